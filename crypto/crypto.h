@@ -1,0 +1,78 @@
+#pragma once
+// crypto/: hashing, authenticated encryption, key derivation and cluster key files, all through
+// OpenSSL 3 EVP. Every function is thread-safe; objects are not shared between threads.
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "base/bytes.h"
+#include "base/status.h"
+
+namespace ffs::crypto {
+
+using Digest = std::array<std::uint8_t, 32>;
+using Key256 = std::array<std::uint8_t, 32>;
+
+std::string ToHex(ByteSpan bytes);
+// Parses exactly 64 hex digits (either case); nullopt otherwise.
+std::optional<Digest> DigestFromHex(std::string_view hex);
+
+// Fills `out` from the OpenSSL CSPRNG; aborts if the generator fails.
+void RandomBytes(MutableByteSpan out);
+std::uint64_t RandomU64();
+
+// Streaming SHA-256.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void Update(ByteSpan data);
+  Digest Finish();
+  static Digest Of(ByteSpan data);
+
+ private:
+  struct Impl;
+  Impl* impl_;  // owned; EVP_MD_CTX
+};
+
+// HMAC-SHA-256 (RFC 2104) in one call.
+Digest HmacSha256(ByteSpan key, ByteSpan data);
+
+// HKDF-SHA-256 (RFC 5869): extract with `salt`, expand with `info` to `length` bytes.
+Bytes Hkdf(ByteSpan ikm, ByteSpan salt, std::string_view info, std::size_t length);
+// A 256-bit subkey of `master` for one purpose (HKDF, empty salt, info = purpose).
+Key256 DeriveKey(const Key256& master, std::string_view purpose);
+
+// AES-256-GCM with 12-byte nonces and 16-byte tags appended to the ciphertext.
+class Aead {
+ public:
+  static constexpr std::size_t kNonceSize = 12;
+  static constexpr std::size_t kTagSize = 16;
+  explicit Aead(const Key256& key) : key_(key) {}
+  // Returns ciphertext || tag.
+  Bytes Seal(ByteSpan nonce, ByteSpan aad, ByteSpan plaintext) const;
+  // Writes the plaintext to `out` (resized); kCorruption if the tag does not verify.
+  Status Open(ByteSpan nonce, ByteSpan aad, ByteSpan sealed, Bytes& out) const;
+
+ private:
+  Key256 key_;
+};
+
+// The cluster key: 32 secret bytes stored in a file as 64 hex digits and a newline.
+struct ClusterKey {
+  Key256 secret{};
+};
+
+// Writes a new random key to `path` with mode 0600. Never overwrites: kExists if it is there.
+Status WriteNewKeyFile(const std::filesystem::path& path);
+// Reads a key file. Refuses (kPermission) a file readable or writable by group or others, with a
+// message naming the path and its mode, as ssh does for private keys.
+Result<ClusterKey> ReadKeyFile(const std::filesystem::path& path);
+
+}  // namespace ffs::crypto

@@ -1,0 +1,153 @@
+#pragma once
+// net/: the wire protocol's messages and their codec (doc/protocol.md describes it in prose).
+// A frame is: u32 length (little-endian, of what follows), u16 message type, payload.
+// Every length and count read from the wire is checked against the bounds below before
+// anything is allocated; decoding never trusts the peer.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "base/bytes.h"
+#include "base/status.h"
+#include "crypto/crypto.h"
+
+namespace ffs::net {
+
+inline constexpr std::uint32_t kMagic = 0x31534646;  // "FFS1" little-endian
+inline constexpr std::uint16_t kProtocolVersion = 1;
+inline constexpr std::size_t kFrameHeaderSize = 6;             // u32 length + u16 type
+inline constexpr std::uint32_t kMaxFrameSize = 16 * 1024 * 1024;  // length field bound
+inline constexpr std::size_t kMaxNameSize = 255;
+inline constexpr std::size_t kMaxAddrSize = 255;
+inline constexpr std::size_t kMaxSymlinkSize = 4095;
+inline constexpr std::uint32_t kMaxPeersPerMessage = 1024;
+inline constexpr std::uint32_t kMaxRecordsPerMessage = 65536;
+inline constexpr std::uint32_t kMaxManifestChunks = kMaxFrameSize / 32;
+inline constexpr std::uint32_t kMaxChunkPayload = 1024 * 1024;
+
+// A replicated version: hybrid logical clock, node id as tie-break. Newer compares greater.
+struct Version {
+  std::uint64_t hlc = 0;
+  std::uint64_t node = 0;
+  auto operator<=>(const Version&) const = default;
+};
+
+enum class InodeKind : std::uint8_t { kFile = 1, kDir = 2, kSymlink = 3 };
+
+// An inode's replicated state: attributes and the current manifest of a file.
+struct InodeRecord {
+  std::uint64_t id = 0;
+  InodeKind kind = InodeKind::kFile;
+  std::uint32_t mode = 0;  // permission bits only (07777)
+  std::uint32_t uid = 0;
+  std::uint32_t gid = 0;
+  std::uint64_t size = 0;
+  std::int64_t mtime_ns = 0;
+  std::int64_t ctime_ns = 0;
+  Version version;
+  bool deleted = false;
+  std::string symlink_target;
+  std::vector<crypto::Digest> manifest;  // chunk i covers bytes [i MiB, (i+1) MiB)
+  bool operator==(const InodeRecord&) const = default;
+};
+
+// A directory entry (parent, name) -> child, with its own version; deleted = tombstone.
+struct DentryRecord {
+  std::uint64_t parent = 0;
+  std::string name;
+  std::uint64_t child = 0;
+  Version version;
+  bool deleted = false;
+  bool operator==(const DentryRecord&) const = default;
+};
+
+enum class MessageType : std::uint16_t {
+  kHello = 1,
+  kAuth = 2,
+  kPeers = 3,
+  kSubscribe = 4,
+  kChanges = 5,
+  kGetChunk = 6,
+  kChunkReply = 7,
+};
+
+// First message on a connection, from both sides.
+struct Hello {
+  std::uint32_t magic = kMagic;
+  std::uint16_t version = kProtocolVersion;
+  std::uint64_t node_id = 0;
+  std::string listen_addr;  // "host:port" this node accepts on ("" if unknown)
+  crypto::Digest nonce{};
+  bool operator==(const Hello&) const = default;
+};
+
+// Second message, from both sides: proof of the cluster key over both nonces.
+struct Auth {
+  crypto::Digest proof{};
+  bool operator==(const Auth&) const = default;
+};
+
+struct PeerAddr {
+  std::uint64_t node_id = 0;
+  std::string addr;
+  bool operator==(const PeerAddr&) const = default;
+};
+struct Peers {
+  std::vector<PeerAddr> peers;
+  bool operator==(const Peers&) const = default;
+};
+
+// "Stream me every namespace record you changed after your sequence number `since`."
+struct Subscribe {
+  std::uint64_t since = 0;
+  bool operator==(const Subscribe&) const = default;
+};
+
+// Records in the sender's change order; after applying them the receiver has seen every change
+// of the sender up to `up_to`.
+struct Changes {
+  std::uint64_t up_to = 0;
+  std::vector<InodeRecord> inodes;
+  std::vector<DentryRecord> dentries;
+  bool operator==(const Changes&) const = default;
+};
+
+struct GetChunk {
+  std::uint64_t request_id = 0;
+  crypto::Digest id{};
+  bool operator==(const GetChunk&) const = default;
+};
+
+struct ChunkReply {
+  std::uint64_t request_id = 0;
+  bool found = false;
+  Bytes data;  // at most kMaxChunkPayload bytes
+  bool operator==(const ChunkReply&) const = default;
+};
+
+using Message = std::variant<Hello, Auth, Peers, Subscribe, Changes, GetChunk, ChunkReply>;
+
+MessageType TypeOf(const Message& m);
+const char* TypeName(MessageType t);
+
+// A whole frame: header and payload.
+Bytes EncodeFrame(const Message& m);
+
+struct FrameHeader {
+  std::uint32_t length = 0;  // bytes after the length field: 2 (type) + payload
+  MessageType type{};
+};
+// Checks the length bound (2 <= length <= kMaxFrameSize) and that the type is known.
+Result<FrameHeader> DecodeFrameHeader(ByteSpan header /* kFrameHeaderSize bytes */);
+// Decodes a payload of the given type. Rejects (kInvalid, saying what) truncated payloads,
+// trailing bytes, counts or lengths over their bounds, invalid names (empty, ".", "..", with
+// '/' or NUL, over kMaxNameSize), unknown inode kinds, and a Hello whose magic is wrong.
+Result<Message> DecodePayload(MessageType type, ByteSpan payload);
+
+// True if `name` may be a directory entry name: 1..255 bytes, not "." or "..", no '/' or NUL.
+bool ValidName(std::string_view name);
+
+}  // namespace ffs::net
