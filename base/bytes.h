@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-namespace ffs {
+namespace foreverfs {
 
 using Bytes = std::vector<std::uint8_t>;
 using ByteSpan = std::span<const std::uint8_t>;
@@ -24,4 +24,4 @@ inline std::string_view AsChars(ByteSpan b) {
 inline constexpr std::size_t kKiB = 1024;
 inline constexpr std::size_t kMiB = 1024 * kKiB;
 
-}  // namespace ffs
+}  // namespace foreverfs

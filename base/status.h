@@ -11,7 +11,9 @@
 
 #include <fmt/format.h>
 
-namespace ffs {
+// The project namespace is foreverfs, not ffs: glibc declares `int ffs(int)` in <strings.h>
+// (pulled in by <cstring>, fmt, Asio, GoogleTest), and a namespace cannot share that name.
+namespace foreverfs {
 
 enum class Code {
   kOk = 0,
@@ -123,4 +125,4 @@ class [[nodiscard]] Result {
   std::variant<T, Status> v_;
 };
 
-}  // namespace ffs
+}  // namespace foreverfs

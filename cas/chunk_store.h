@@ -15,7 +15,7 @@
 #include "base/status.h"
 #include "crypto/crypto.h"
 
-namespace ffs::cas {
+namespace foreverfs::cas {
 
 using ChunkId = crypto::Digest;
 inline constexpr std::size_t kChunkSize = 1 * kMiB;      // files are cut at fixed 1 MiB offsets
@@ -73,4 +73,4 @@ Result<std::unique_ptr<ChunkStore>> MakeLocalStore(const std::filesystem::path& 
 // The key the local store uses to name chunks; peers sharing the cluster key agree on it.
 ChunkHasher MakeHasher(const crypto::ClusterKey& key);
 
-}  // namespace ffs::cas
+}  // namespace foreverfs::cas

@@ -12,7 +12,7 @@
 #include "base/bytes.h"
 #include "base/status.h"
 
-namespace ffs::crypto {
+namespace foreverfs::crypto {
 
 using Digest = std::array<std::uint8_t, 32>;
 using Key256 = std::array<std::uint8_t, 32>;
@@ -75,4 +75,4 @@ Status WriteNewKeyFile(const std::filesystem::path& path);
 // message naming the path and its mode, as ssh does for private keys.
 Result<ClusterKey> ReadKeyFile(const std::filesystem::path& path);
 
-}  // namespace ffs::crypto
+}  // namespace foreverfs::crypto
