@@ -1,0 +1,218 @@
+// Chunks as files: root/ab/cd/<64 hex digits>, where ab and cd are the first two bytes of the
+// id. A Put writes root/tmp/<unique>, fsyncs it, renames it into place and fsyncs the shard
+// directory, so after a crash the final name holds either nothing or the complete chunk. Files
+// left in root/tmp/ by a crash are removed when the store is opened.
+//
+// The store keeps no mutable state beyond the file system, so it is thread-safe; concurrent
+// Puts of one id each rename a complete file over the other, which is harmless.
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+#include <system_error>
+
+#include "base/fd.h"
+#include "cas/chunk_store.h"
+
+namespace foreverfs::cas {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A stored blob may exceed a chunk by the framing of the wrappers (version byte, tag).
+constexpr std::size_t kMaxBlobSize = kMaxChunkSize + 64;
+constexpr std::string_view kTmpDir = "tmp";
+
+bool IsLowerHex(std::string_view s, std::size_t len) {
+  if (s.size() != len) return false;
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+Status MakeDir(const fs::path& dir) {
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return ErrnoStatus(errno, fmt::format("creating directory '{}'", dir.string()));
+  }
+  return Ok();
+}
+
+Status SyncDir(const fs::path& dir) {
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return ErrnoStatus(errno, fmt::format("opening directory '{}'", dir.string()));
+  if (::fsync(fd.get()) != 0) {
+    return ErrnoStatus(errno, fmt::format("syncing directory '{}'", dir.string()));
+  }
+  return Ok();
+}
+
+Status WriteAll(int fd, ByteSpan data, const fs::path& path) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, fmt::format("writing '{}'", path.string()));
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  return Ok();
+}
+
+class DiskChunkStore final : public ChunkStore {
+ public:
+  explicit DiskChunkStore(fs::path root) : root_(std::move(root)), tmp_(root_ / kTmpDir) {}
+
+  // Creates the root and tmp directories and removes stale temp files.
+  Status Open() {
+    std::error_code ec;
+    fs::create_directories(root_, ec);
+    if (ec) return ErrnoStatus(ec.value(), fmt::format("creating store '{}'", root_.string()));
+    if (Status s = MakeDir(tmp_); !s.ok()) return s;
+    for (fs::directory_iterator it(tmp_, ec), end; !ec && it != end; it.increment(ec)) {
+      std::error_code rm_ec;
+      fs::remove_all(it->path(), rm_ec);
+      if (rm_ec) {
+        return ErrnoStatus(rm_ec.value(),
+                           fmt::format("removing stale temp file '{}'", it->path().string()));
+      }
+    }
+    if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", tmp_.string()));
+    return Ok();
+  }
+
+  Status Put(const ChunkId& id, ByteSpan data) override {
+    if (data.size() > kMaxBlobSize) {
+      return Err(Code::kInvalid, "chunk {} of {} bytes exceeds the maximum of {}", Hex(id),
+                 data.size(), kMaxBlobSize);
+    }
+    const fs::path final_path = PathOf(id);
+    if (Exists(final_path)) return Ok();
+    const fs::path shard = final_path.parent_path();
+    if (Status s = MakeDir(shard.parent_path()); !s.ok()) return s;
+    if (Status s = MakeDir(shard); !s.ok()) return s;
+    if (Status s = MakeDir(tmp_); !s.ok()) return s;
+
+    const fs::path tmp_path = tmp_ / fmt::format("{}.{:016x}", Hex(id), crypto::RandomU64());
+    UniqueFd fd(::open(tmp_path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600));
+    if (!fd.valid()) {
+      return ErrnoStatus(errno, fmt::format("creating '{}'", tmp_path.string()));
+    }
+    Status s = WriteAll(fd.get(), data, tmp_path);
+    if (s.ok() && ::fsync(fd.get()) != 0) {
+      s = ErrnoStatus(errno, fmt::format("syncing '{}'", tmp_path.string()));
+    }
+    if (s.ok() && ::close(fd.release()) != 0) {
+      s = ErrnoStatus(errno, fmt::format("closing '{}'", tmp_path.string()));
+    }
+    if (s.ok() && ::rename(tmp_path.c_str(), final_path.c_str()) != 0) {
+      s = ErrnoStatus(errno,
+                      fmt::format("renaming '{}' to '{}'", tmp_path.string(), final_path.string()));
+    }
+    if (!s.ok()) {
+      fd.reset();
+      ::unlink(tmp_path.c_str());
+      return s;
+    }
+    return SyncDir(shard);
+  }
+
+  Result<Bytes> Get(const ChunkId& id) override {
+    const fs::path path = PathOf(id);
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) {
+      if (errno == ENOENT) return Err(Code::kNotFound, "chunk {} not found", Hex(id));
+      return ErrnoStatus(errno, fmt::format("opening '{}'", path.string()));
+    }
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) {
+      return ErrnoStatus(errno, fmt::format("checking '{}'", path.string()));
+    }
+    if (!S_ISREG(st.st_mode) || static_cast<std::size_t>(st.st_size) > kMaxBlobSize) {
+      return Err(Code::kCorruption, "chunk file '{}' is not a regular file of at most {} bytes",
+                 path.string(), kMaxBlobSize);
+    }
+    // Read up to one byte past the limit so that a file that grew since fstat is caught too.
+    Bytes out(static_cast<std::size_t>(st.st_size) + 1);
+    std::size_t got = 0;
+    for (;;) {
+      if (got == out.size()) {
+        if (out.size() > kMaxBlobSize) {
+          return Err(Code::kCorruption, "chunk file '{}' is larger than {} bytes", path.string(),
+                     kMaxBlobSize);
+        }
+        out.resize(std::min(out.size() * 2, kMaxBlobSize + 1));
+      }
+      ssize_t n = ::read(fd.get(), out.data() + got, out.size() - got);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus(errno, fmt::format("reading '{}'", path.string()));
+      }
+      if (n == 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    out.resize(got);
+    return out;
+  }
+
+  bool Has(const ChunkId& id) override { return Exists(PathOf(id)); }
+
+  Status Remove(const ChunkId& id) override {
+    const fs::path path = PathOf(id);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return ErrnoStatus(errno, fmt::format("removing '{}'", path.string()));
+    }
+    return Ok();
+  }
+
+  Status ForEach(const std::function<void(const ChunkId&)>& fn) override {
+    std::error_code ec;
+    for (fs::directory_iterator a(root_, ec), end; !ec && a != end; a.increment(ec)) {
+      const std::string an = a->path().filename().string();
+      if (!IsLowerHex(an, 2) || !a->is_directory()) continue;
+      for (fs::directory_iterator b(a->path(), ec); !ec && b != end; b.increment(ec)) {
+        const std::string bn = b->path().filename().string();
+        if (!IsLowerHex(bn, 2) || !b->is_directory()) continue;
+        for (fs::directory_iterator c(b->path(), ec); !ec && c != end; c.increment(ec)) {
+          const std::string cn = c->path().filename().string();
+          if (!IsLowerHex(cn, 64) || cn.compare(0, 2, an) != 0 || cn.compare(2, 2, bn) != 0) {
+            continue;
+          }
+          if (auto id = crypto::DigestFromHex(cn)) fn(*id);
+        }
+        if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", b->path().string()));
+      }
+      if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", a->path().string()));
+    }
+    if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", root_.string()));
+    return Ok();
+  }
+
+ private:
+  fs::path PathOf(const ChunkId& id) const {
+    const std::string hex = Hex(id);
+    return root_ / hex.substr(0, 2) / hex.substr(2, 2) / hex;
+  }
+
+  static bool Exists(const fs::path& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0;
+  }
+
+  const fs::path root_;
+  const fs::path tmp_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<ChunkStore>> MakeDiskStore(const std::filesystem::path& root) {
+  auto store = std::make_unique<DiskChunkStore>(root);
+  if (Status s = store->Open(); !s.ok()) return s;
+  return std::unique_ptr<ChunkStore>(std::move(store));
+}
+
+}  // namespace foreverfs::cas

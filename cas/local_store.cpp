@@ -1,0 +1,28 @@
+// Chunk ids and the store stack used by the program.
+
+#include "cas/chunk_store.h"
+
+namespace foreverfs::cas {
+namespace {
+
+constexpr std::string_view kIdKeyPurpose = "foreverfs chunk-id v1";
+constexpr std::string_view kDataKeyPurpose = "foreverfs data v1";
+
+}  // namespace
+
+ChunkId ChunkHasher::IdOf(ByteSpan data) const { return crypto::HmacSha256(key_, data); }
+
+ChunkHasher MakeHasher(const crypto::ClusterKey& key) {
+  return ChunkHasher(crypto::DeriveKey(key.secret, kIdKeyPurpose));
+}
+
+Result<std::unique_ptr<ChunkStore>> MakeLocalStore(const std::filesystem::path& root,
+                                                   const crypto::ClusterKey& key) {
+  Result<std::unique_ptr<ChunkStore>> disk = MakeDiskStore(root);
+  if (!disk.ok()) return disk.status();
+  auto encrypting =
+      MakeEncryptingStore(std::move(*disk), crypto::DeriveKey(key.secret, kDataKeyPurpose));
+  return MakeVerifyingStore(std::move(encrypting), MakeHasher(key));
+}
+
+}  // namespace foreverfs::cas

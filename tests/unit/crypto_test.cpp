@@ -1,0 +1,303 @@
+// Crypto against published test vectors, and the cluster key file rules.
+
+#include "crypto/crypto.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace foreverfs::crypto {
+namespace {
+
+namespace fs = std::filesystem;
+
+Bytes FromHex(std::string_view hex) {
+  Bytes out;
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out.push_back(static_cast<std::uint8_t>(std::stoi(std::string(hex.substr(i, 2)), nullptr, 16)));
+  }
+  return out;
+}
+
+std::string HexOf(ByteSpan b) { return ToHex(b); }
+
+TEST(HexTest, RoundTrip) {
+  const std::string hex = "00ff10abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123";
+  auto d = DigestFromHex(hex);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(ToHex(*d), hex);
+  auto upper = DigestFromHex("00FF10ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123");
+  ASSERT_TRUE(upper.has_value());
+  EXPECT_EQ(*upper, *d);
+  EXPECT_FALSE(DigestFromHex(hex.substr(1)).has_value());
+  EXPECT_FALSE(DigestFromHex(hex + "0").has_value());
+  EXPECT_FALSE(DigestFromHex("g" + hex.substr(1)).has_value());
+}
+
+// FIPS 180-2 examples.
+TEST(Sha256Test, PublishedVectors) {
+  EXPECT_EQ(HexOf(Sha256::Of(AsBytes("abc"))),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(HexOf(Sha256::Of({})),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(HexOf(Sha256::Of(AsBytes("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"))),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+}
+
+TEST(Sha256Test, StreamingMatchesOneShot) {
+  Sha256 h;
+  h.Update(AsBytes("abcdbcdecdefdefgefghfghighij"));
+  h.Update({});
+  h.Update(AsBytes("hijkijkljklmklmnlmnomnopnopq"));
+  EXPECT_EQ(HexOf(h.Finish()), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  // Finish resets the object for the next message.
+  h.Update(AsBytes("abc"));
+  EXPECT_EQ(HexOf(h.Finish()), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+// RFC 4231 test cases 1 and 2.
+TEST(HmacSha256Test, Rfc4231) {
+  const Bytes key1(20, 0x0b);
+  EXPECT_EQ(HexOf(HmacSha256(key1, AsBytes("Hi There"))),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+  EXPECT_EQ(HexOf(HmacSha256(AsBytes("Jefe"), AsBytes("what do ya want for nothing?"))),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+}
+
+TEST(HmacSha256Test, EmptyInputs) {
+  // HMAC-SHA-256 with an empty key of an empty message (widely published value).
+  EXPECT_EQ(HexOf(HmacSha256({}, {})),
+            "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad");
+}
+
+// RFC 5869 test case 1.
+TEST(HkdfTest, Rfc5869Case1) {
+  const Bytes ikm(22, 0x0b);
+  const Bytes salt = FromHex("000102030405060708090a0b0c");
+  const Bytes info = FromHex("f0f1f2f3f4f5f6f7f8f9");
+  const Bytes okm = Hkdf(ikm, salt, AsChars(info), 42);
+  EXPECT_EQ(HexOf(okm),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865");
+}
+
+// RFC 5869 test case 3: empty salt and info.
+TEST(HkdfTest, Rfc5869Case3) {
+  const Bytes ikm(22, 0x0b);
+  EXPECT_EQ(HexOf(Hkdf(ikm, {}, "", 42)),
+            "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8");
+}
+
+TEST(HkdfTest, DeriveKeySeparatesPurposes) {
+  Key256 master{};
+  master.fill(0x42);
+  const Key256 a = DeriveKey(master, "foreverfs data v1");
+  const Key256 b = DeriveKey(master, "foreverfs chunk-id v1");
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a, DeriveKey(master, "foreverfs data v1"));
+  const Bytes expected = Hkdf(master, {}, "foreverfs data v1", 32);
+  EXPECT_EQ(Bytes(a.begin(), a.end()), expected);
+}
+
+Key256 KeyFromHex(std::string_view hex) {
+  Key256 k{};
+  const Bytes b = FromHex(hex);
+  std::copy(b.begin(), b.end(), k.begin());
+  return k;
+}
+
+// McGrew & Viega, "The Galois/Counter Mode of Operation", test case 13 (zero key, empty).
+TEST(AeadTest, GcmSpecCase13) {
+  const Aead aead(Key256{});
+  const Bytes nonce(12, 0);
+  const Bytes sealed = aead.Seal(nonce, {}, {});
+  EXPECT_EQ(HexOf(sealed), "530f8afbc74536b9a963b4f1c4cb738b");
+  Bytes out{1, 2, 3};
+  ASSERT_TRUE(aead.Open(nonce, {}, sealed, out).ok());
+  EXPECT_TRUE(out.empty());
+}
+
+// Same paper, test case 16: 256-bit key, 60-byte plaintext, 20 bytes of AAD.
+TEST(AeadTest, GcmSpecCase16) {
+  const Aead aead(KeyFromHex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308"));
+  const Bytes nonce = FromHex("cafebabefacedbaddecaf888");
+  const Bytes aad = FromHex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+  const Bytes plain = FromHex(
+      "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72"
+      "1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39");
+  const std::string expected =
+      "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa"
+      "8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662"
+      "76fc6ece0f4e1768cddf8853bb2d551b";
+  const Bytes sealed = aead.Seal(nonce, aad, plain);
+  EXPECT_EQ(HexOf(sealed), expected);
+  Bytes out;
+  ASSERT_TRUE(aead.Open(nonce, aad, sealed, out).ok());
+  EXPECT_EQ(out, plain);
+}
+
+TEST(AeadTest, TamperingIsCorruption) {
+  Key256 key{};
+  RandomBytes(key);
+  const Aead aead(key);
+  const Bytes nonce(12, 7);
+  const Bytes aad = {1, 2, 3};
+  const Bytes plain(1000, 0x5a);
+  const Bytes sealed = aead.Seal(nonce, aad, plain);
+  ASSERT_EQ(sealed.size(), plain.size() + Aead::kTagSize);
+
+  for (std::size_t pos : {std::size_t{0}, plain.size() - 1, sealed.size() - 1}) {
+    Bytes bad = sealed;
+    bad[pos] ^= 0x01;
+    Bytes out = {9};
+    Status s = aead.Open(nonce, aad, bad, out);
+    EXPECT_EQ(s.code(), Code::kCorruption) << "flipped byte " << pos;
+    EXPECT_EQ(out, Bytes{9}) << "unauthenticated plaintext must not be released";
+  }
+  Bytes out;
+  EXPECT_EQ(aead.Open(nonce, Bytes{1, 2, 4}, sealed, out).code(), Code::kCorruption);
+  EXPECT_EQ(aead.Open(Bytes(12, 8), aad, sealed, out).code(), Code::kCorruption);
+  EXPECT_EQ(aead.Open(nonce, aad, ByteSpan(sealed).first(10), out).code(), Code::kCorruption);
+  Key256 other = key;
+  other[0] ^= 1;
+  EXPECT_EQ(Aead(other).Open(nonce, aad, sealed, out).code(), Code::kCorruption);
+  ASSERT_TRUE(aead.Open(nonce, aad, sealed, out).ok());
+  EXPECT_EQ(out, plain);
+}
+
+TEST(RandomTest, ProducesDifferentValues) {
+  Bytes a(32), b(32);
+  RandomBytes(a);
+  RandomBytes(b);
+  EXPECT_NE(a, b);
+  EXPECT_NE(RandomU64(), RandomU64());
+}
+
+class KeyFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("ffs_crypto_test_" + std::to_string(::getpid()) + "_" + std::to_string(RandomU64()));
+    fs::create_directories(dir_);
+    path_ = dir_ / "cluster.key";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  void WriteFile(const std::string& content, mode_t mode) {
+    std::ofstream(path_) << content;
+    ASSERT_EQ(::chmod(path_.c_str(), mode), 0);
+  }
+  std::string ReadFile() {
+    std::ifstream in(path_);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+  fs::path dir_;
+  fs::path path_;
+};
+
+TEST_F(KeyFileTest, WriteThenReadRoundTrip) {
+  ASSERT_TRUE(WriteNewKeyFile(path_).ok());
+  struct stat st {};
+  ASSERT_EQ(::stat(path_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  const std::string text = ReadFile();
+  ASSERT_EQ(text.size(), 65u);
+  EXPECT_EQ(text.back(), '\n');
+  EXPECT_EQ(text.find_first_not_of("0123456789abcdef"), 64u);
+
+  Result<ClusterKey> key = ReadKeyFile(path_);
+  ASSERT_TRUE(key.ok()) << key.status().message();
+  EXPECT_EQ(ToHex(key->secret) + "\n", text);
+}
+
+TEST_F(KeyFileTest, TwoKeysDiffer) {
+  ASSERT_TRUE(WriteNewKeyFile(path_).ok());
+  ASSERT_TRUE(WriteNewKeyFile(dir_ / "other.key").ok());
+  EXPECT_NE(ReadKeyFile(path_)->secret, ReadKeyFile(dir_ / "other.key")->secret);
+}
+
+TEST_F(KeyFileTest, RefusesToOverwrite) {
+  ASSERT_TRUE(WriteNewKeyFile(path_).ok());
+  const std::string before = ReadFile();
+  Status s = WriteNewKeyFile(path_);
+  EXPECT_EQ(s.code(), Code::kExists);
+  EXPECT_NE(s.message().find(path_.string()), std::string::npos) << s.message();
+  EXPECT_EQ(ReadFile(), before);
+}
+
+TEST_F(KeyFileTest, RefusesOpenPermissions) {
+  const std::string hex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+  for (mode_t mode : {0644, 0640, 0604, 0660, 0606}) {
+    WriteFile(hex + "\n", mode);
+    Result<ClusterKey> key = ReadKeyFile(path_);
+    ASSERT_FALSE(key.ok());
+    EXPECT_EQ(key.status().code(), Code::kPermission);
+    const std::string& msg = key.status().message();
+    EXPECT_NE(msg.find(path_.string()), std::string::npos) << msg;
+    EXPECT_NE(msg.find("too open"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find(hex), std::string::npos) << "the key must never be printed";
+  }
+  char mode_text[8];
+  WriteFile(hex + "\n", 0644);
+  std::snprintf(mode_text, sizeof mode_text, "%04o", 0644);
+  EXPECT_NE(ReadKeyFile(path_).status().message().find(mode_text), std::string::npos);
+  ASSERT_EQ(::chmod(path_.c_str(), 0600), 0);
+  EXPECT_TRUE(ReadKeyFile(path_).ok());
+  ASSERT_EQ(::chmod(path_.c_str(), 0400), 0);
+  EXPECT_TRUE(ReadKeyFile(path_).ok());
+}
+
+TEST_F(KeyFileTest, MissingFile) {
+  Result<ClusterKey> key = ReadKeyFile(path_);
+  EXPECT_EQ(key.status().code(), Code::kNotFound);
+  EXPECT_NE(key.status().message().find(path_.string()), std::string::npos);
+}
+
+TEST_F(KeyFileTest, UnreadableFile) {
+  if (::geteuid() == 0) GTEST_SKIP() << "root reads files of any mode";
+  WriteFile(std::string(64, 'a') + "\n", 0200);
+  Result<ClusterKey> key = ReadKeyFile(path_);
+  EXPECT_EQ(key.status().code(), Code::kPermission);
+  EXPECT_NE(key.status().message().find(path_.string()), std::string::npos);
+}
+
+TEST_F(KeyFileTest, MalformedContent) {
+  const std::string good(64, 'a');
+  const std::string cases[] = {
+      "",
+      good,                          // no newline
+      good + "\n\n",                 // trailing data
+      good.substr(1) + "\n",         // too short
+      std::string(64, 'A') + "\n",   // uppercase
+      std::string(63, 'a') + "g\n",  // not hex
+      " " + good.substr(1) + "\n",   // whitespace
+      good + " \n",                  // trailing space
+  };
+  for (const std::string& content : cases) {
+    WriteFile(content, 0600);
+    Result<ClusterKey> key = ReadKeyFile(path_);
+    ASSERT_FALSE(key.ok()) << "accepted '" << content << "'";
+    EXPECT_EQ(key.status().code(), Code::kInvalid);
+    EXPECT_NE(key.status().message().find(path_.string()), std::string::npos);
+    EXPECT_EQ(key.status().message().find(good.substr(0, 16)), std::string::npos);
+  }
+  WriteFile(good + "\n", 0600);
+  Result<ClusterKey> key = ReadKeyFile(path_);
+  ASSERT_TRUE(key.ok());
+  Key256 expected;
+  expected.fill(0xaa);
+  EXPECT_EQ(key->secret, expected);
+}
+
+TEST_F(KeyFileTest, DirectoryIsNotAKey) {
+  fs::create_directory(path_);
+  ::chmod(path_.c_str(), 0700);
+  EXPECT_FALSE(ReadKeyFile(path_).ok());
+}
+
+}  // namespace
+}  // namespace foreverfs::crypto
