@@ -1,0 +1,379 @@
+#include "net/tcp_transport.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <boost/asio.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <chrono>
+#include <deque>
+#include <map>
+#include <set>
+
+namespace foreverfs::net {
+namespace {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using asio::awaitable;
+using std::chrono::milliseconds;
+constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
+
+// Frames before the handshake completes are tiny; refuse anything larger so a stranger cannot
+// make us allocate.
+constexpr std::uint32_t kMaxHandshakeFrame = 1024;
+constexpr auto kBackoffMin = milliseconds(500);
+constexpr auto kBackoffMax = milliseconds(30000);
+
+std::string Describe(const tcp::socket& s) {
+  boost::system::error_code ec;
+  auto ep = s.remote_endpoint(ec);
+  if (ec) return "?";
+  return fmt::format("{}:{}", ep.address().to_string(), ep.port());
+}
+
+}  // namespace
+
+Result<HostPort> ParseHostPort(std::string_view text) {
+  auto colon = text.rfind(':');
+  if (colon == std::string_view::npos) {
+    return Err(Code::kInvalid, "address '{}' is not HOST:PORT or :PORT", text);
+  }
+  std::string host(text.substr(0, colon));
+  std::string_view port_text = text.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  unsigned port = 0;
+  if (port_text.empty() || port_text.size() > 5 ||
+      !std::all_of(port_text.begin(), port_text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return Err(Code::kInvalid, "address '{}' has no valid port", text);
+  }
+  for (char c : port_text) port = port * 10 + static_cast<unsigned>(c - '0');
+  if (port == 0 || port > 65535) return Err(Code::kInvalid, "address '{}': port out of range", text);
+  return HostPort{host, static_cast<std::uint16_t>(port)};
+}
+
+class TcpLink;
+
+struct TcpTransport::Impl : std::enable_shared_from_this<TcpTransport::Impl> {
+  Impl(asio::io_context& io, TcpOptions o, LinkHandler& h)
+      : io_(io), options_(std::move(o)), handler_(h), acceptor_(io) {}
+
+  asio::io_context& io_;
+  TcpOptions options_;
+  LinkHandler& handler_;
+  tcp::acceptor acceptor_;
+  std::string advertised_;
+  bool stopped_ = false;
+  std::map<std::string, std::shared_ptr<asio::steady_timer>> dialers_;  // addr -> backoff timer
+  std::map<std::string, std::uint64_t> addr_node_;                      // learned by handshakes
+  std::set<std::string> self_addrs_;
+  std::multiset<std::uint64_t> connected_;
+  std::set<std::shared_ptr<TcpLink>> links_;
+};
+
+class TcpLink : public Link, public std::enable_shared_from_this<TcpLink> {
+ public:
+  TcpLink(tcp::socket socket, PeerInfo peer)
+      : socket_(std::move(socket)), signal_(socket_.get_executor()), peer_(std::move(peer)) {
+    signal_.expires_at(asio::steady_timer::time_point::max());
+  }
+
+  void Send(Message m) override {
+    if (closed_) return;
+    Bytes frame = EncodeFrame(m);
+    queued_bytes_ += frame.size();
+    queue_.push_back(std::move(frame));
+    signal_.cancel_one();
+  }
+
+  void Close(std::string reason) override {
+    if (closed_) return;
+    closed_ = true;
+    reason_ = std::move(reason);
+    boost::system::error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+    signal_.cancel();
+  }
+
+  const PeerInfo& Peer() const override { return peer_; }
+  std::size_t QueuedBytes() const override { return queued_bytes_; }
+
+  tcp::socket socket_;
+  asio::steady_timer signal_;
+  std::deque<Bytes> queue_;
+  std::size_t queued_bytes_ = 0;
+  bool closed_ = false;
+  std::string reason_;
+  PeerInfo peer_;
+};
+
+namespace {
+
+// Reads one frame; `limit` bounds the length field further than the protocol does.
+awaitable<Result<Message>> ReadMessage(tcp::socket& socket, std::uint32_t limit) {
+  std::array<std::uint8_t, kFrameHeaderSize> header{};
+  auto [ec, n] = co_await asio::async_read(socket, asio::buffer(header), kNoThrow);
+  if (ec) {
+    co_return Status(Code::kUnavailable, ec == asio::error::eof ? std::string("connection closed")
+                                                                : ec.message());
+  }
+  auto h = DecodeFrameHeader(header);
+  if (!h.ok()) co_return h.status();
+  if (h->length > limit) {
+    co_return Err(Code::kInvalid, "frame of {} bytes is over the {} allowed here", h->length, limit);
+  }
+  Bytes payload(h->length - 2);
+  if (!payload.empty()) {
+    auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(payload), kNoThrow);
+    if (ec2) co_return Status(Code::kUnavailable, ec2.message());
+  }
+  co_return DecodePayload(h->type, payload);
+}
+
+awaitable<boost::system::error_code> WriteMessage(tcp::socket& socket, const Message& m) {
+  Bytes frame = EncodeFrame(m);
+  auto [ec, n] = co_await asio::async_write(socket, asio::buffer(frame), kNoThrow);
+  co_return ec;
+}
+
+awaitable<void> WriterLoop(std::shared_ptr<TcpLink> link) {
+  while (!link->closed_) {
+    if (link->queue_.empty()) {
+      co_await link->signal_.async_wait(kNoThrow);
+      continue;
+    }
+    // Gather what is queued into one write (bounded) to keep syscalls few.
+    std::vector<asio::const_buffer> bufs;
+    std::size_t count = 0, bytes = 0;
+    for (auto& f : link->queue_) {
+      bufs.emplace_back(asio::buffer(f));
+      bytes += f.size();
+      if (++count >= 64 || bytes >= 4 * kMiB) break;
+    }
+    auto [ec, n] = co_await asio::async_write(link->socket_, bufs, kNoThrow);
+    if (ec) {
+      link->Close(fmt::format("write failed: {}", ec.message()));
+      co_return;
+    }
+    for (std::size_t i = 0; i < count; ++i) link->queue_.pop_front();
+    link->queued_bytes_ -= bytes;
+  }
+}
+
+// Handshake, then read until the link closes. Returns true if the handshake succeeded.
+awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, tcp::socket socket,
+                              bool outbound, std::string dial_addr) {
+  const std::string remote = Describe(socket);
+  const std::string who = outbound ? dial_addr : remote;
+  boost::system::error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);
+  socket.set_option(asio::socket_base::keep_alive(true), ignored);
+
+  // A deadline for the whole handshake: closing the socket ends the pending read.
+  asio::steady_timer deadline(socket.get_executor());
+  deadline.expires_after(milliseconds(t->options_.handshake_timeout_ms));
+  deadline.async_wait([&socket](boost::system::error_code ec) {
+    if (!ec) {
+      boost::system::error_code e;
+      socket.close(e);
+    }
+  });
+
+  Hello mine;
+  mine.node_id = t->options_.node_id;
+  mine.listen_addr = t->advertised_;
+  crypto::RandomBytes(mine.nonce);
+  if (auto ec = co_await WriteMessage(socket, mine)) {
+    spdlog::debug("peer {}: handshake write failed: {}", who, ec.message());
+    co_return false;
+  }
+  auto hello_msg = co_await ReadMessage(socket, kMaxHandshakeFrame);
+  const Hello* hello = hello_msg.ok() ? std::get_if<Hello>(&*hello_msg) : nullptr;
+  if (!hello) {
+    spdlog::warn("peer {}: refused: no valid Hello ({})", who,
+                 hello_msg.ok() ? "another message came first" : hello_msg.status().message());
+    co_return false;
+  }
+  if (hello->version != kProtocolVersion) {
+    spdlog::warn("peer {}: refused: protocol version {} (we speak {})", who, hello->version,
+                 kProtocolVersion);
+    co_return false;
+  }
+  if (hello->node_id == t->options_.node_id) {
+    spdlog::debug("peer {}: is this node itself; not dialing it again", who);
+    if (outbound) t->self_addrs_.insert(dial_addr);
+    co_return false;
+  }
+  Auth auth{AuthProof(t->options_.auth_key, mine.nonce, hello->nonce, mine.node_id)};
+  if (auto ec = co_await WriteMessage(socket, auth)) co_return false;
+  auto auth_msg = co_await ReadMessage(socket, kMaxHandshakeFrame);
+  const Auth* theirs = auth_msg.ok() ? std::get_if<Auth>(&*auth_msg) : nullptr;
+  const auto expected = AuthProof(t->options_.auth_key, hello->nonce, mine.nonce, hello->node_id);
+  if (!theirs || theirs->proof != expected) {
+    spdlog::warn("peer {}: refused: it did not prove the cluster key (wrong key file?)", who);
+    co_return false;
+  }
+  deadline.cancel();
+  if (t->stopped_) co_return false;
+
+  PeerInfo info{hello->node_id, hello->listen_addr, remote, outbound};
+  if (outbound) t->addr_node_[dial_addr] = hello->node_id;
+  auto link = std::make_shared<TcpLink>(std::move(socket), info);
+  if (!t->handler_.OnOpen(link)) {
+    link->Close("refused by handler");
+    co_return true;
+  }
+  t->links_.insert(link);
+  t->connected_.insert(info.node_id);
+  asio::co_spawn(link->socket_.get_executor(), WriterLoop(link), [who](std::exception_ptr e) {
+    if (e) spdlog::error("peer {}: writer failed unexpectedly", who);
+  });
+  std::string reason = "closed";
+  while (!link->closed_) {
+    auto m = co_await ReadMessage(link->socket_, kMaxFrameSize);
+    if (!m.ok()) {
+      reason = m.status().message();
+      if (m.status().code() == Code::kInvalid) {
+        spdlog::warn("peer {} ({:016x}): protocol error, disconnecting: {}", who, info.node_id,
+                     reason);
+      }
+      break;
+    }
+    if (std::holds_alternative<Hello>(*m) || std::holds_alternative<Auth>(*m)) {
+      reason = "handshake message after the handshake";
+      spdlog::warn("peer {}: protocol error, disconnecting: {}", who, reason);
+      break;
+    }
+    t->handler_.OnMessage(link, std::move(*m));
+  }
+  if (!link->reason_.empty()) reason = link->reason_;
+  link->Close(reason);
+  t->links_.erase(link);
+  t->connected_.erase(t->connected_.find(info.node_id));
+  t->handler_.OnClose(link, reason);
+  co_return true;
+}
+
+awaitable<void> ServeInbound(std::shared_ptr<TcpTransport::Impl> t, tcp::socket socket) {
+  co_await RunConnection(t, std::move(socket), false, "");
+}
+
+awaitable<void> AcceptLoop(std::shared_ptr<TcpTransport::Impl> t) {
+  while (!t->stopped_) {
+    auto [ec, socket] = co_await t->acceptor_.async_accept(kNoThrow);
+    if (ec) {
+      if (t->stopped_ || ec == asio::error::operation_aborted) co_return;
+      spdlog::warn("accept on {} failed: {}", t->advertised_, ec.message());
+      continue;
+    }
+    asio::co_spawn(t->io_, ServeInbound(t, std::move(socket)), [](std::exception_ptr e) {
+      if (e) spdlog::error("inbound connection failed unexpectedly");
+    });
+  }
+}
+
+awaitable<void> DialLoop(std::shared_ptr<TcpTransport::Impl> t, std::string addr,
+                         std::shared_ptr<asio::steady_timer> timer) {
+  auto backoff = kBackoffMin;
+  std::string last_error;
+  tcp::resolver resolver(t->io_);
+  while (!t->stopped_ && !t->self_addrs_.contains(addr)) {
+    auto known = t->addr_node_.find(addr);
+    bool already = known != t->addr_node_.end() && t->connected_.contains(known->second);
+    if (!already) {
+      auto hp = ParseHostPort(addr);
+      auto [rec, results] = co_await resolver.async_resolve(hp->host, std::to_string(hp->port),
+                                                            kNoThrow);
+      std::string error;
+      if (rec) {
+        error = fmt::format("cannot resolve: {}", rec.message());
+      } else {
+        tcp::socket socket(t->io_);
+        auto [cec, ep] = co_await asio::async_connect(socket, results, kNoThrow);
+        if (cec) {
+          error = cec.message();
+        } else {
+          bool opened = co_await RunConnection(t, std::move(socket), true, addr);
+          if (opened) {
+            backoff = kBackoffMin;
+            last_error.clear();
+          } else {
+            error = "handshake failed";
+          }
+        }
+      }
+      if (!error.empty() && error != last_error) {
+        spdlog::info("peer {}: cannot connect ({}); retrying with backoff", addr, error);
+        last_error = error;
+      }
+    }
+    if (t->stopped_) break;
+    timer->expires_after(backoff);
+    co_await timer->async_wait(kNoThrow);
+    backoff = std::min(backoff * 2, kBackoffMax);
+  }
+}
+
+}  // namespace
+
+TcpTransport::TcpTransport(asio::io_context& io, TcpOptions options, LinkHandler& handler)
+    : impl_(std::make_shared<Impl>(io, std::move(options), handler)) {}
+
+TcpTransport::~TcpTransport() = default;
+
+Status TcpTransport::Listen() {
+  auto hp = ParseHostPort(impl_->options_.listen);
+  if (!hp.ok()) return hp.status();
+  boost::system::error_code ec;
+  auto address = hp->host.empty() ? asio::ip::address(asio::ip::address_v4::any())
+                                  : asio::ip::make_address(hp->host, ec);
+  if (ec) return Err(Code::kInvalid, "--listen {}: '{}' is not an IP address", impl_->options_.listen, hp->host);
+  tcp::endpoint ep(address, hp->port);
+  auto& acc = impl_->acceptor_;
+  if (acc.open(ep.protocol(), ec); ec) return Err(Code::kIOError, "--listen {}: {}", impl_->options_.listen, ec.message());
+  acc.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (acc.bind(ep, ec); ec) {
+    return Err(ec == asio::error::address_in_use ? Code::kExists : Code::kIOError,
+               "cannot listen on {}: {}", impl_->options_.listen, ec.message());
+  }
+  if (acc.listen(asio::socket_base::max_listen_connections, ec); ec) {
+    return Err(Code::kIOError, "cannot listen on {}: {}", impl_->options_.listen, ec.message());
+  }
+  impl_->advertised_ = hp->host.empty() ? "" : impl_->options_.listen;
+  if (impl_->advertised_.empty()) impl_->advertised_ = fmt::format(":{}", hp->port);
+  asio::co_spawn(impl_->io_, AcceptLoop(impl_), [](std::exception_ptr e) {
+    if (e) spdlog::error("accept loop failed unexpectedly");
+  });
+  return Ok();
+}
+
+std::string TcpTransport::AdvertisedAddr() const { return impl_->advertised_; }
+
+void TcpTransport::AddPeer(const std::string& addr) {
+  if (impl_->stopped_ || impl_->dialers_.contains(addr)) return;
+  if (!ParseHostPort(addr).ok()) {
+    spdlog::warn("ignoring peer address '{}': not HOST:PORT", addr);
+    return;
+  }
+  auto timer = std::make_shared<asio::steady_timer>(impl_->io_);
+  impl_->dialers_[addr] = timer;
+  asio::co_spawn(impl_->io_, DialLoop(impl_, addr, timer), [addr](std::exception_ptr e) {
+    if (e) spdlog::error("dialer for {} failed unexpectedly", addr);
+  });
+}
+
+bool TcpTransport::HasPeer(const std::string& addr) const { return impl_->dialers_.contains(addr); }
+
+void TcpTransport::Stop() {
+  impl_->stopped_ = true;
+  boost::system::error_code ec;
+  impl_->acceptor_.close(ec);
+  for (auto& [addr, timer] : impl_->dialers_) timer->cancel();
+  auto links = impl_->links_;
+  for (auto& l : links) l->Close("shutting down");
+}
+
+}  // namespace foreverfs::net

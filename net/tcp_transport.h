@@ -1,0 +1,57 @@
+#pragma once
+// TCP transport: accepts on the listen address, dials every added peer and keeps redialing
+// with exponential backoff (0.5 s doubling to 30 s) while the link is down. Each connection has
+// one reader and one writer coroutine; frames over the protocol's bounds, unknown types and
+// failed handshakes close the connection with a log line naming the peer.
+
+#include <memory>
+#include <string>
+
+#include "base/status.h"
+#include "net/transport.h"
+
+namespace boost::asio {
+class io_context;
+}
+
+namespace foreverfs::net {
+
+struct TcpOptions {
+  std::uint64_t node_id = 0;
+  std::string listen;      // "host:port" or ":port" (all addresses)
+  crypto::Key256 auth_key{};  // derived from the cluster key
+  int handshake_timeout_ms = 5000;
+};
+
+// Splits "host:port" / ":port" / "[v6]:port"; kInvalid naming the text otherwise.
+struct HostPort {
+  std::string host;
+  std::uint16_t port = 0;
+};
+Result<HostPort> ParseHostPort(std::string_view text);
+
+class TcpTransport {
+ public:
+  TcpTransport(boost::asio::io_context& io, TcpOptions options, LinkHandler& handler);
+  ~TcpTransport();
+  TcpTransport(const TcpTransport&) = delete;
+  TcpTransport& operator=(const TcpTransport&) = delete;
+
+  // Binds and starts accepting. kExists if the port is taken, naming the address.
+  Status Listen();
+  // The address peers should dial to reach us ("" until Listen succeeded).
+  std::string AdvertisedAddr() const;
+  // Keeps a connection to `addr` up from now on. Call on the event thread. Idempotent.
+  void AddPeer(const std::string& addr);
+  // Whether a dialer for this address exists.
+  bool HasPeer(const std::string& addr) const;
+  // Stops accepting and dialing and closes every connection. Call on the event thread.
+  void Stop();
+
+  struct Impl;  // public so the connection coroutines in the .cpp can name it
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace foreverfs::net

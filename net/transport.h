@@ -1,0 +1,50 @@
+#pragma once
+// Links between nodes. A Transport delivers whole, decoded Messages between authenticated
+// peers; the handshake (Hello, then Auth proving the cluster key) happens inside the transport,
+// so a LinkHandler only ever sees peers that proved the key.
+//
+// Threading: every LinkHandler callback runs on the transport's single event thread, and
+// Link::Send / Link::Close must be called on that thread too (post to it otherwise).
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "net/messages.h"
+
+namespace foreverfs::net {
+
+struct PeerInfo {
+  std::uint64_t node_id = 0;
+  std::string listen_addr;  // what the peer says it accepts on ("host:port"), may be empty
+  std::string remote;       // the address we see it at, for log lines
+  bool outbound = false;    // we dialed it
+};
+
+class Link {
+ public:
+  virtual ~Link() = default;
+  // Queues a message; messages arrive in the order sent. Never blocks.
+  virtual void Send(Message m) = 0;
+  // Closes the link; on_close follows (once).
+  virtual void Close(std::string reason) = 0;
+  virtual const PeerInfo& Peer() const = 0;
+  // Bytes queued but not yet written, for backpressure.
+  virtual std::size_t QueuedBytes() const = 0;
+};
+
+class LinkHandler {
+ public:
+  virtual ~LinkHandler() = default;
+  // A peer completed the handshake. Return false to refuse it (the link is then closed).
+  virtual bool OnOpen(const std::shared_ptr<Link>& link) = 0;
+  virtual void OnMessage(const std::shared_ptr<Link>& link, Message&& m) = 0;
+  virtual void OnClose(const std::shared_ptr<Link>& link, const std::string& reason) = 0;
+};
+
+// The key-proof both sides send after Hello (see doc/protocol.md).
+crypto::Digest AuthProof(const crypto::Key256& auth_key, const crypto::Digest& own_nonce,
+                         const crypto::Digest& peer_nonce, std::uint64_t own_node_id);
+
+}  // namespace foreverfs::net

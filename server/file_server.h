@@ -1,0 +1,149 @@
+#pragma once
+// FileServer: the filesystem without FUSE or sockets. Namespace operations on inodes and
+// directory entries, and the data path: writes to an open file go to a local staging file
+// (copy-on-write per 1 MiB chunk); Flush/Fsync cut the dirty chunks, store them in the chunk
+// store and commit a new version of the inode; Read serves dirty chunks from staging and the
+// rest from the chunk store, pulling a missing chunk from peers through RemoteChunks.
+//
+// Store/Get/Remove are the path-level API of the original projects, streaming.
+// Thread-safe: any thread may call any method.
+
+#include <sys/statvfs.h>
+
+#include <atomic>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+
+#include "cas/chunk_store.h"
+#include "server/hlc.h"
+#include "server/namespace_db.h"
+
+namespace foreverfs::server {
+
+// Where chunks that are not stored locally come from (the replicator). Blocks until the chunk
+// arrived verified and stored, or fails within the fetch deadline.
+class RemoteChunks {
+ public:
+  virtual ~RemoteChunks() = default;
+  virtual Result<Bytes> Fetch(const cas::ChunkId& id) = 0;
+};
+
+struct Attr {
+  InodeRecord rec;
+  std::uint32_t nlink = 1;
+};
+
+struct SetAttrRequest {
+  std::optional<std::uint32_t> mode;
+  std::optional<std::uint32_t> uid;
+  std::optional<std::uint32_t> gid;
+  std::optional<std::uint64_t> size;
+  std::optional<std::int64_t> mtime_ns;
+};
+
+struct DirEntry {
+  std::string name;
+  InodeId id;
+  InodeKind kind;
+};
+
+struct Created {
+  Attr attr;
+  std::uint64_t handle;
+};
+
+class OpenFile;
+
+class FileServer {
+ public:
+  FileServer(NamespaceDb& ns, cas::ChunkStore& store, cas::ChunkHasher hasher,
+             std::filesystem::path staging_dir);
+  ~FileServer();
+
+  void SetRemote(RemoteChunks* remote) { remote_ = remote; }
+  // Called after every local commit (from the committing thread).
+  void SetOnLocalChange(std::function<void()> fn) { on_local_change_ = std::move(fn); }
+  // Called with the records that won after a remote update was applied.
+  void SetOnRemoteChange(std::function<void(const ChangeSet&)> fn) {
+    on_remote_change_ = std::move(fn);
+  }
+  std::uint64_t node_id() const { return ns_.node_id(); }
+
+  // Namespace.
+  Result<Attr> Lookup(InodeId parent, std::string_view name);
+  Result<Attr> GetAttr(InodeId id);
+  Result<Attr> SetAttr(InodeId id, const SetAttrRequest& req);
+  Result<Attr> Mkdir(InodeId parent, std::string_view name, std::uint32_t mode, std::uint32_t uid,
+                     std::uint32_t gid);
+  Result<Attr> Symlink(InodeId parent, std::string_view name, std::string_view target,
+                       std::uint32_t uid, std::uint32_t gid);
+  Result<std::string> ReadLink(InodeId id);
+  Status Unlink(InodeId parent, std::string_view name);
+  Status Rmdir(InodeId parent, std::string_view name);
+  // flags: RENAME_NOREPLACE is honoured; RENAME_EXCHANGE gives kInvalid.
+  Status Rename(InodeId parent, std::string_view name, InodeId new_parent,
+                std::string_view new_name, unsigned flags);
+  Result<std::vector<DirEntry>> ReadDir(InodeId id);
+  Result<struct statvfs> StatFs();
+
+  // Data. `flags` are open(2) flags (O_TRUNC, O_APPEND, O_EXCL honoured).
+  Result<Created> Create(InodeId parent, std::string_view name, std::uint32_t mode,
+                         std::uint32_t uid, std::uint32_t gid, int flags);
+  Result<std::uint64_t> Open(InodeId id, int flags);
+  Result<std::size_t> Read(std::uint64_t handle, std::uint64_t offset, MutableByteSpan out);
+  Result<std::size_t> Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data);
+  // Commits what was written through any handle of the file (close-to-open consistency).
+  Status Flush(std::uint64_t handle);
+  void Release(std::uint64_t handle);
+
+  // Path API: "/a/b/c". Store creates or replaces the file with what `read` yields until it
+  // returns 0; Get streams the file to `write`.
+  Status Store(std::string_view path, const std::function<Result<std::size_t>(MutableByteSpan)>& read);
+  Status Get(std::string_view path, const std::function<Status(ByteSpan)>& write);
+  Status Remove(std::string_view path);
+  Result<Attr> Resolve(std::string_view path);
+
+  // Replication.
+  Result<ChangeSet> ApplyRemote(const net::Changes& changes, std::uint64_t peer);
+  // Reads a chunk from the local store (verified); kNotFound if absent.
+  Result<Bytes> LocalChunk(const cas::ChunkId& id);
+  // Verifies `data` against `id` and stores it.
+  Status StoreChunk(const cas::ChunkId& id, ByteSpan data);
+  bool HasChunk(const cas::ChunkId& id) { return store_.Has(id); }
+  // The chunk's bytes, local or pulled from a peer (self-healing a corrupt local copy).
+  Result<Bytes> LoadChunk(const cas::ChunkId& id);
+  NamespaceDb& ns() { return ns_; }
+  Hlc& clock() { return hlc_; }
+
+ private:
+  friend class OpenFile;
+  Result<Attr> MakeAttr(InodeRecord rec);
+  Result<InodeRecord> LiveDir(InodeId id);
+  Result<ChangeSet> CommitLocal(const ChangeSet& cs);
+  std::shared_ptr<OpenFile> OpenFileFor(const InodeRecord& rec);
+  std::shared_ptr<OpenFile> HandleFile(std::uint64_t handle);
+  Result<std::pair<InodeId, std::string>> ResolveParent(std::string_view path);
+  std::int64_t NowNs() const;
+
+  NamespaceDb& ns_;
+  cas::ChunkStore& store_;
+  cas::ChunkHasher hasher_;
+  std::filesystem::path staging_dir_;
+  Hlc hlc_;
+  RemoteChunks* remote_ = nullptr;
+  std::function<void()> on_local_change_;
+  std::function<void(const ChangeSet&)> on_remote_change_;
+
+  // Serializes check-then-commit namespace operations. Lock order: mu_ before OpenFile::mu_.
+  std::mutex ns_mu_;
+  std::mutex files_mu_;  // guards the two maps below; taken last
+  std::map<std::uint64_t, std::shared_ptr<OpenFile>> handles_;
+  std::map<InodeId, std::weak_ptr<OpenFile>> open_files_;
+  std::atomic<std::uint64_t> next_handle_{1};
+};
+
+}  // namespace foreverfs::server

@@ -1,0 +1,384 @@
+#include "server/namespace_db.h"
+
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "crypto/crypto.h"
+
+namespace foreverfs::server {
+namespace {
+
+constexpr int kSchemaVersion = 1;
+
+std::int64_t S(std::uint64_t v) { return static_cast<std::int64_t>(v); }
+std::uint64_t U(std::int64_t v) { return static_cast<std::uint64_t>(v); }
+
+// A prepared statement, finalized on destruction.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
+  }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  bool ok() const { return rc_ == SQLITE_OK; }
+  Stmt& Bind(int i, std::int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  Stmt& Bind(int i, std::string_view v) {
+    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindBlob(int i, ByteSpan v) {
+    sqlite3_bind_blob64(stmt_, i, v.data(), v.size(), SQLITE_TRANSIENT);
+    return *this;
+  }
+  // SQLITE_ROW, SQLITE_DONE or an error code.
+  int Step() { return sqlite3_step(stmt_); }
+  Status Run() {
+    int rc = Step();
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+      return Err(rc == SQLITE_FULL ? Code::kNoSpace : Code::kIOError, "metadata database: {}",
+                 sqlite3_errmsg(db_));
+    }
+    return Ok();
+  }
+  std::int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
+  std::string Text(int col) {
+    auto p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, col));
+    return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_, col)))
+             : std::string();
+  }
+  ByteSpan Blob(int col) {
+    auto p = static_cast<const std::uint8_t*>(sqlite3_column_blob(stmt_, col));
+    return {p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_, col))};
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+};
+
+constexpr const char* kInodeColumns =
+    "id, kind, mode, uid, gid, size, mtime, ctime, hlc, node, deleted, target, manifest, seq";
+
+InodeRecord ReadInode(Stmt& s) {
+  InodeRecord r;
+  r.id = U(s.Int(0));
+  r.kind = static_cast<InodeKind>(s.Int(1));
+  r.mode = static_cast<std::uint32_t>(s.Int(2));
+  r.uid = static_cast<std::uint32_t>(s.Int(3));
+  r.gid = static_cast<std::uint32_t>(s.Int(4));
+  r.size = U(s.Int(5));
+  r.mtime_ns = s.Int(6);
+  r.ctime_ns = s.Int(7);
+  r.version = {U(s.Int(8)), U(s.Int(9))};
+  r.deleted = s.Int(10) != 0;
+  r.symlink_target = s.Text(11);
+  ByteSpan m = s.Blob(12);
+  r.manifest.resize(m.size() / 32);
+  if (!r.manifest.empty()) std::memcpy(r.manifest.data(), m.data(), r.manifest.size() * 32);
+  return r;
+}
+
+DentryRecord ReadDentry(Stmt& s) {
+  DentryRecord d;
+  d.parent = U(s.Int(0));
+  d.name = s.Text(1);
+  d.child = U(s.Int(2));
+  d.version = {U(s.Int(3)), U(s.Int(4))};
+  d.deleted = s.Int(5) != 0;
+  return d;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<NamespaceDb>> NamespaceDb::Open(const std::filesystem::path& path) {
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &raw,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                           nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = raw ? sqlite3_errmsg(raw) : "out of memory";
+    sqlite3_close(raw);
+    return Err(Code::kIOError, "cannot open metadata database {}: {}", path.string(), msg);
+  }
+  std::unique_ptr<NamespaceDb> db(new NamespaceDb(raw));
+  if (auto s = db->Init(); !s.ok()) {
+    return Err(s.code(), "metadata database {}: {}", path.string(), s.message());
+  }
+  return db;
+}
+
+NamespaceDb::~NamespaceDb() { sqlite3_close(db_); }
+
+Status NamespaceDb::Exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    return Err(Code::kIOError, "{}", msg);
+  }
+  return Ok();
+}
+
+Status NamespaceDb::Init() {
+  sqlite3_busy_timeout(db_, 5000);
+  if (auto s = Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"); !s.ok()) return s;
+  if (auto s = Exec(
+          "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
+          "CREATE TABLE IF NOT EXISTS inodes(id INTEGER PRIMARY KEY, kind INTEGER, mode INTEGER,"
+          " uid INTEGER, gid INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER, hlc INTEGER,"
+          " node INTEGER, deleted INTEGER, target TEXT, manifest BLOB, seq INTEGER);"
+          "CREATE TABLE IF NOT EXISTS dentries(parent INTEGER, name TEXT, child INTEGER,"
+          " hlc INTEGER, node INTEGER, deleted INTEGER, seq INTEGER, PRIMARY KEY(parent, name))"
+          " WITHOUT ROWID;"
+          "CREATE INDEX IF NOT EXISTS inodes_seq ON inodes(seq);"
+          "CREATE INDEX IF NOT EXISTS dentries_seq ON dentries(seq);"
+          "CREATE INDEX IF NOT EXISTS dentries_child ON dentries(child);"
+          "CREATE TABLE IF NOT EXISTS cursors(peer INTEGER PRIMARY KEY, seq INTEGER);");
+      !s.ok()) {
+    return s;
+  }
+  {
+    Stmt q(db_, "SELECT v FROM meta WHERE k = 'schema'");
+    if (q.Step() == SQLITE_ROW && q.Int(0) != kSchemaVersion) {
+      return Err(Code::kInvalid, "schema version {} is not the {} this build reads", q.Int(0),
+                 kSchemaVersion);
+    }
+  }
+  Stmt q(db_, "SELECT v FROM meta WHERE k = 'node_id'");
+  if (q.Step() == SQLITE_ROW) {
+    node_id_ = U(q.Int(0));
+  } else {
+    do node_id_ = crypto::RandomU64();
+    while (node_id_ == 0);
+    if (auto s = Exec("BEGIN"); !s.ok()) return s;
+    if (auto s = Stmt(db_, "INSERT INTO meta(k, v) VALUES('schema', ?)").Bind(1, kSchemaVersion).Run(); !s.ok()) return s;
+    if (auto s = Stmt(db_, "INSERT INTO meta(k, v) VALUES('node_id', ?)").Bind(1, S(node_id_)).Run(); !s.ok()) return s;
+    // The root is the same on every node: version (0, 0), never sent unless changed.
+    auto s = Stmt(db_,
+                  "INSERT OR IGNORE INTO inodes(id, kind, mode, uid, gid, size, mtime, ctime, hlc,"
+                  " node, deleted, target, manifest, seq) VALUES(1, 2, 493, ?, ?, 0, 0, 0, 0, 0,"
+                  " 0, '', x'', 0)")
+                 .Bind(1, static_cast<std::int64_t>(getuid()))
+                 .Bind(2, static_cast<std::int64_t>(getgid()))
+                 .Run();
+    if (!s.ok()) return s;
+    if (auto c = Exec("COMMIT"); !c.ok()) return c;
+  }
+  Stmt m(db_,
+         "SELECT max(coalesce((SELECT max(seq) FROM inodes), 0),"
+         " coalesce((SELECT max(seq) FROM dentries), 0))");
+  if (m.Step() == SQLITE_ROW) seq_ = U(m.Int(0));
+  return Ok();
+}
+
+std::uint64_t NamespaceDb::MaxHlc() {
+  std::lock_guard lock(mu_);
+  Stmt m(db_,
+         "SELECT max(coalesce((SELECT max(hlc) FROM inodes), 0),"
+         " coalesce((SELECT max(hlc) FROM dentries), 0))");
+  return m.Step() == SQLITE_ROW ? U(m.Int(0)) : 0;
+}
+
+Result<InodeRecord> NamespaceDb::GetInode(InodeId id) {
+  std::lock_guard lock(mu_);
+  Stmt q(db_, fmt::format("SELECT {} FROM inodes WHERE id = ? AND deleted = 0", kInodeColumns)
+                  .c_str());
+  q.Bind(1, S(id));
+  if (q.Step() != SQLITE_ROW) return Err(Code::kNotFound, "inode {:016x} not found", id);
+  return ReadInode(q);
+}
+
+Result<DentryRecord> NamespaceDb::GetDentry(InodeId parent, std::string_view name) {
+  std::lock_guard lock(mu_);
+  Stmt q(db_,
+         "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted FROM dentries d"
+         " JOIN inodes i ON i.id = d.child"
+         " WHERE d.parent = ? AND d.name = ? AND d.deleted = 0 AND i.deleted = 0");
+  q.Bind(1, S(parent)).Bind(2, name);
+  if (q.Step() != SQLITE_ROW) return Err(Code::kNotFound, "'{}' not found", name);
+  return ReadDentry(q);
+}
+
+Result<std::vector<DentryRecord>> NamespaceDb::ListDir(InodeId parent) {
+  std::lock_guard lock(mu_);
+  Stmt q(db_,
+         "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted FROM dentries d"
+         " JOIN inodes i ON i.id = d.child"
+         " WHERE d.parent = ? AND d.deleted = 0 AND i.deleted = 0 ORDER BY d.name");
+  q.Bind(1, S(parent));
+  std::vector<DentryRecord> out;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) out.push_back(ReadDentry(q));
+  if (rc != SQLITE_DONE) return Err(Code::kIOError, "listing directory: {}", sqlite3_errmsg(db_));
+  return out;
+}
+
+Result<std::vector<DentryRecord>> NamespaceDb::LinksTo(InodeId child) {
+  std::lock_guard lock(mu_);
+  Stmt q(db_,
+         "SELECT parent, name, child, hlc, node, deleted FROM dentries"
+         " WHERE child = ? AND deleted = 0");
+  q.Bind(1, S(child));
+  std::vector<DentryRecord> out;
+  while (q.Step() == SQLITE_ROW) out.push_back(ReadDentry(q));
+  return out;
+}
+
+bool NamespaceDb::HasLiveEntries(InodeId parent) {
+  std::lock_guard lock(mu_);
+  Stmt q(db_,
+         "SELECT 1 FROM dentries d JOIN inodes i ON i.id = d.child"
+         " WHERE d.parent = ? AND d.deleted = 0 AND i.deleted = 0 LIMIT 1");
+  q.Bind(1, S(parent));
+  return q.Step() == SQLITE_ROW;
+}
+
+Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std::uint64_t> peer,
+                                     std::uint64_t up_to) {
+  std::lock_guard lock(mu_);
+  if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  ChangeSet won;
+  std::uint64_t seq = seq_;
+  auto fail = [&](Status s) -> Result<ChangeSet> {
+    (void)Exec("ROLLBACK");
+    return s;
+  };
+  for (const auto& r : changes.inodes) {
+    Stmt cur(db_, "SELECT hlc, node FROM inodes WHERE id = ?");
+    cur.Bind(1, S(r.id));
+    if (cur.Step() == SQLITE_ROW && Version{U(cur.Int(0)), U(cur.Int(1))} >= r.version) continue;
+    Bytes manifest(r.manifest.size() * 32);
+    if (!manifest.empty()) std::memcpy(manifest.data(), r.manifest.data(), manifest.size());
+    Stmt ins(db_, fmt::format("INSERT OR REPLACE INTO inodes({}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                              kInodeColumns)
+                      .c_str());
+    ins.Bind(1, S(r.id))
+        .Bind(2, static_cast<std::int64_t>(r.kind))
+        .Bind(3, r.mode)
+        .Bind(4, r.uid)
+        .Bind(5, r.gid)
+        .Bind(6, S(r.size))
+        .Bind(7, r.mtime_ns)
+        .Bind(8, r.ctime_ns)
+        .Bind(9, S(r.version.hlc))
+        .Bind(10, S(r.version.node))
+        .Bind(11, r.deleted ? 1 : 0)
+        .Bind(12, r.symlink_target)
+        .BindBlob(13, manifest)
+        .Bind(14, S(++seq));
+    if (auto s = ins.Run(); !s.ok()) return fail(s);
+    won.inodes.push_back(r);
+  }
+  for (const auto& d : changes.dentries) {
+    Stmt cur(db_, "SELECT hlc, node FROM dentries WHERE parent = ? AND name = ?");
+    cur.Bind(1, S(d.parent)).Bind(2, d.name);
+    if (cur.Step() == SQLITE_ROW && Version{U(cur.Int(0)), U(cur.Int(1))} >= d.version) continue;
+    Stmt ins(db_,
+             "INSERT OR REPLACE INTO dentries(parent, name, child, hlc, node, deleted, seq)"
+             " VALUES(?,?,?,?,?,?,?)");
+    ins.Bind(1, S(d.parent))
+        .Bind(2, d.name)
+        .Bind(3, S(d.child))
+        .Bind(4, S(d.version.hlc))
+        .Bind(5, S(d.version.node))
+        .Bind(6, d.deleted ? 1 : 0)
+        .Bind(7, S(++seq));
+    if (auto s = ins.Run(); !s.ok()) return fail(s);
+    won.dentries.push_back(d);
+  }
+  if (peer) {
+    Stmt c(db_, "INSERT OR REPLACE INTO cursors(peer, seq) VALUES(?, ?)");
+    c.Bind(1, S(*peer)).Bind(2, S(up_to));
+    if (auto s = c.Run(); !s.ok()) return fail(s);
+  }
+  if (auto s = Exec("COMMIT"); !s.ok()) return fail(s);
+  seq_ = seq;
+  return won;
+}
+
+Result<net::Changes> NamespaceDb::ChangesSince(std::uint64_t since, std::size_t max_records,
+                                               std::size_t max_manifest_chunks) {
+  std::lock_guard lock(mu_);
+  struct Item {
+    std::uint64_t seq;
+    std::optional<InodeRecord> inode;
+    std::optional<DentryRecord> dentry;
+  };
+  std::vector<Item> items;
+  {
+    Stmt q(db_, fmt::format("SELECT {} FROM inodes WHERE seq > ? ORDER BY seq LIMIT ?",
+                            kInodeColumns)
+                    .c_str());
+    q.Bind(1, S(since)).Bind(2, static_cast<std::int64_t>(max_records));
+    while (q.Step() == SQLITE_ROW) items.push_back({U(q.Int(13)), ReadInode(q), std::nullopt});
+  }
+  {
+    Stmt q(db_,
+           "SELECT parent, name, child, hlc, node, deleted, seq FROM dentries WHERE seq > ?"
+           " ORDER BY seq LIMIT ?");
+    q.Bind(1, S(since)).Bind(2, static_cast<std::int64_t>(max_records));
+    while (q.Step() == SQLITE_ROW) items.push_back({U(q.Int(6)), std::nullopt, ReadDentry(q)});
+  }
+  std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.seq < b.seq; });
+  net::Changes out;
+  out.up_to = items.empty() ? std::max(since, seq_) : since;
+  std::size_t chunks = 0, count = 0;
+  for (auto& it : items) {
+    if (count >= max_records) break;
+    if (it.inode) {
+      if (count > 0 && chunks + it.inode->manifest.size() > max_manifest_chunks) break;
+      chunks += it.inode->manifest.size();
+      out.inodes.push_back(std::move(*it.inode));
+    } else {
+      out.dentries.push_back(std::move(*it.dentry));
+    }
+    out.up_to = it.seq;
+    ++count;
+  }
+  return out;
+}
+
+std::uint64_t NamespaceDb::LastSeq() {
+  std::lock_guard lock(mu_);
+  return seq_;
+}
+
+std::uint64_t NamespaceDb::Cursor(std::uint64_t peer) {
+  std::lock_guard lock(mu_);
+  Stmt q(db_, "SELECT seq FROM cursors WHERE peer = ?");
+  q.Bind(1, S(peer));
+  return q.Step() == SQLITE_ROW ? U(q.Int(0)) : 0;
+}
+
+Status NamespaceDb::ForEachLiveManifest(const std::function<void(const InodeRecord&)>& fn) {
+  std::vector<InodeRecord> batch;
+  std::int64_t after = std::numeric_limits<std::int64_t>::min();
+  // In batches, so the lock is not held while `fn` runs.
+  for (;;) {
+    batch.clear();
+    {
+      std::lock_guard lock(mu_);
+      Stmt q(db_, fmt::format("SELECT {} FROM inodes WHERE id > ? AND deleted = 0 AND kind = 1"
+                              " ORDER BY id LIMIT 256",
+                              kInodeColumns)
+                      .c_str());
+      q.Bind(1, after);
+      while (q.Step() == SQLITE_ROW) batch.push_back(ReadInode(q));
+    }
+    if (batch.empty()) return Ok();
+    after = S(batch.back().id);
+    for (const auto& r : batch) fn(r);
+  }
+}
+
+}  // namespace foreverfs::server

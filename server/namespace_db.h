@@ -1,0 +1,93 @@
+#pragma once
+// The replicated namespace, kept in SQLite (WAL, synchronous=FULL) under the data directory.
+//
+// Two kinds of record, each a last-writer-wins register keyed by its identity:
+//   inodes   id -> kind, mode, owner, size, times, manifest, symlink target, deleted
+//   dentries (parent, name) -> child, deleted
+// Every record carries a Version (hybrid logical clock, node id). A record replaces the stored
+// one only if its version is greater, so nodes that apply the same records in any order end in
+// the same state. Deletions are tombstones (deleted = true) so that they replicate too.
+//
+// Every change, local or remote, gets the next local sequence number; ChangesSince(seq) is the
+// feed peers subscribe to, and a peer's cursor into our feed is what it persisted last.
+//
+// Thread-safe: one connection behind a mutex.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "base/status.h"
+#include "net/messages.h"
+
+struct sqlite3;
+
+namespace foreverfs::server {
+
+using InodeId = std::uint64_t;
+using net::DentryRecord;
+using net::InodeKind;
+using net::InodeRecord;
+using net::Version;
+inline constexpr InodeId kRootId = 1;
+
+struct ChangeSet {
+  std::vector<InodeRecord> inodes;
+  std::vector<DentryRecord> dentries;
+  bool empty() const { return inodes.empty() && dentries.empty(); }
+};
+
+class NamespaceDb {
+ public:
+  // Opens or creates `path`; a new database gets a random node id and the root directory.
+  static Result<std::unique_ptr<NamespaceDb>> Open(const std::filesystem::path& path);
+  ~NamespaceDb();
+  NamespaceDb(const NamespaceDb&) = delete;
+  NamespaceDb& operator=(const NamespaceDb&) = delete;
+
+  std::uint64_t node_id() const { return node_id_; }
+  // The greatest HLC value stored, so the clock never goes back across restarts.
+  std::uint64_t MaxHlc();
+
+  // Live records only (kNotFound for absent or deleted).
+  Result<InodeRecord> GetInode(InodeId id);
+  Result<DentryRecord> GetDentry(InodeId parent, std::string_view name);
+  // Live entries of a directory whose child inode is known and live, ordered by name.
+  Result<std::vector<DentryRecord>> ListDir(InodeId parent);
+  // Live entries pointing at `child`.
+  Result<std::vector<DentryRecord>> LinksTo(InodeId child);
+  bool HasLiveEntries(InodeId parent);
+
+  // Applies records whose version is newer than the stored one, in one transaction; returns
+  // those that won. Used for local changes (fresh versions always win) and remote ones.
+  // If `peer` is set, its feed cursor becomes `up_to` in the same transaction.
+  Result<ChangeSet> Apply(const ChangeSet& changes, std::optional<std::uint64_t> peer = {},
+                          std::uint64_t up_to = 0);
+
+  // Up to `max_records` records changed after `since`, in change order (bounded by `max_bytes`
+  // of manifests too). up_to is the sequence of the last one returned (or the current one if
+  // none).
+  Result<net::Changes> ChangesSince(std::uint64_t since, std::size_t max_records,
+                                    std::size_t max_manifest_chunks);
+  std::uint64_t LastSeq();
+  std::uint64_t Cursor(std::uint64_t peer);
+
+  // Every chunk id referenced by a live inode (for replication and garbage collection).
+  Status ForEachLiveManifest(const std::function<void(const InodeRecord&)>& fn);
+
+ private:
+  explicit NamespaceDb(sqlite3* db) : db_(db) {}
+  Status Exec(const char* sql);
+  Status Init();
+
+  std::mutex mu_;
+  sqlite3* db_;
+  std::uint64_t node_id_ = 0;
+  std::uint64_t seq_ = 0;
+};
+
+}  // namespace foreverfs::server

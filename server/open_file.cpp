@@ -1,0 +1,239 @@
+#include "server/open_file.h"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace foreverfs::server {
+namespace {
+
+constexpr std::uint64_t kCS = cas::kChunkSize;
+
+bool AllZero(ByteSpan b) {
+  return std::all_of(b.begin(), b.end(), [](std::uint8_t c) { return c == 0; });
+}
+
+Status PreadFull(int fd, std::uint8_t* buf, std::size_t len, std::uint64_t off) {
+  std::size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::pread(fd, buf + done, len - done, static_cast<off_t>(off + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, "reading staging file");
+    }
+    if (n == 0) {  // beyond the staging file's end: zeros
+      std::memset(buf + done, 0, len - done);
+      break;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  return Ok();
+}
+
+Status PwriteFull(int fd, const std::uint8_t* buf, std::size_t len, std::uint64_t off) {
+  std::size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::pwrite(fd, buf + done, len - done, static_cast<off_t>(off + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, "writing staging file");
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  return Ok();
+}
+
+}  // namespace
+
+OpenFile::OpenFile(FileServer& fs, const InodeRecord& rec)
+    : fs_(fs), id_(rec.id), manifest_(rec.manifest), size_(rec.size), mtime_ns_(rec.mtime_ns) {
+  Resize(size_);
+}
+
+void OpenFile::Resize(std::uint64_t size) {
+  std::size_t n = static_cast<std::size_t>((size + kCS - 1) / kCS);
+  manifest_.resize(n, cas::kHoleId);
+  dirty_.resize(n, false);
+  written_.resize(n, false);
+}
+
+std::uint64_t OpenFile::ChunkLen(std::size_t index) const {
+  std::uint64_t start = index * kCS;
+  return start >= size_ ? 0 : std::min(kCS, size_ - start);
+}
+
+Status OpenFile::EnsureStaging() {
+  if (staging_.valid()) return Ok();
+  int fd = ::open(fs_.staging_dir_.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoStatus(errno, fmt::format("creating a staging file in {}", fs_.staging_dir_.string()));
+  staging_.reset(fd);
+  return Ok();
+}
+
+Result<const Bytes*> OpenFile::CommittedChunk(std::size_t index) {
+  const auto& id = manifest_[index];
+  if (cached_index_ == index && cached_id_ == id) return &cached_;
+  auto data = fs_.LoadChunk(id);
+  if (!data.ok()) return data.status();
+  cached_ = std::move(*data);
+  cached_index_ = index;
+  cached_id_ = id;
+  return &cached_;
+}
+
+Status OpenFile::Materialize(std::size_t index) {
+  if (auto s = EnsureStaging(); !s.ok()) return s;
+  const std::uint64_t start = index * kCS;
+  if (written_[index]) {
+    // Whatever staging holds for this chunk is stale: clear it.
+    if (::fallocate(staging_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                    static_cast<off_t>(start), static_cast<off_t>(kCS)) != 0) {
+      Bytes zeros(kCS, 0);
+      if (auto s = PwriteFull(staging_.get(), zeros.data(), zeros.size(), start); !s.ok()) return s;
+    }
+  }
+  if (manifest_[index] != cas::kHoleId) {
+    auto chunk = CommittedChunk(index);
+    if (!chunk.ok()) return chunk.status();
+    std::size_t len = std::min<std::size_t>((*chunk)->size(), ChunkLen(index));
+    if (auto s = PwriteFull(staging_.get(), (*chunk)->data(), len, start); !s.ok()) return s;
+  }
+  dirty_[index] = true;
+  written_[index] = true;
+  return Ok();
+}
+
+Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
+  std::lock_guard lock(mu_);
+  if (offset >= size_) return std::size_t{0};
+  const std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), size_ - offset));
+  std::size_t done = 0;
+  while (done < len) {
+    const std::uint64_t pos = offset + done;
+    const std::size_t i = static_cast<std::size_t>(pos / kCS);
+    const std::size_t in = static_cast<std::size_t>(pos % kCS);
+    const std::size_t n = std::min<std::size_t>(len - done, kCS - in);
+    std::uint8_t* dst = out.data() + done;
+    if (dirty_[i]) {
+      if (auto s = PreadFull(staging_.get(), dst, n, pos); !s.ok()) return s;
+    } else if (manifest_[i] == cas::kHoleId) {
+      std::memset(dst, 0, n);
+    } else {
+      auto chunk = CommittedChunk(i);
+      if (!chunk.ok()) return chunk.status();
+      const Bytes& c = **chunk;
+      std::size_t avail = in < c.size() ? std::min(n, c.size() - in) : 0;
+      if (avail) std::memcpy(dst, c.data() + in, avail);
+      if (avail < n) std::memset(dst + avail, 0, n - avail);
+    }
+    done += n;
+  }
+  return len;
+}
+
+Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool append) {
+  std::lock_guard lock(mu_);
+  if (append) offset = size_;
+  if (data.empty()) return std::size_t{0};
+  const std::uint64_t end = offset + data.size();
+  if (auto s = EnsureStaging(); !s.ok()) return s;
+  const std::uint64_t old_size = size_;
+  if (end > size_) Resize(end);
+  for (std::size_t i = static_cast<std::size_t>(offset / kCS); i * kCS < end; ++i) {
+    if (dirty_[i]) continue;
+    const std::uint64_t start = i * kCS;
+    const std::uint64_t old_valid =
+        manifest_[i] == cas::kHoleId || start >= old_size ? 0 : std::min(kCS, old_size - start);
+    const bool covers_old = offset <= start && end >= start + old_valid;
+    const bool covers_all = offset <= start && end >= start + kCS;
+    if (covers_old && (!written_[i] || covers_all)) {
+      dirty_[i] = written_[i] = true;  // nothing of the old chunk survives this write
+      continue;
+    }
+    if (auto s = Materialize(i); !s.ok()) return s;
+  }
+  if (auto s = PwriteFull(staging_.get(), data.data(), data.size(), offset); !s.ok()) return s;
+  size_ = std::max(size_, end);
+  mtime_ns_ = fs_.NowNs();
+  changed_ = true;
+  return data.size();
+}
+
+Status OpenFile::Truncate(std::uint64_t size) {
+  std::lock_guard lock(mu_);
+  if (size < size_) {
+    const std::size_t k = static_cast<std::size_t>(size / kCS);
+    if (size % kCS != 0 && !dirty_[k]) {
+      if (auto s = Materialize(k); !s.ok()) return s;
+    }
+    // Staging beyond the new end must read as zeros if the file grows again.
+    if (staging_.valid() && ::ftruncate(staging_.get(), static_cast<off_t>(size)) != 0) {
+      return ErrnoStatus(errno, "truncating staging file");
+    }
+    size_ = size;
+    Resize(size);
+  } else if (size > size_) {
+    size_ = size;
+    Resize(size);
+  }
+  mtime_ns_ = fs_.NowNs();
+  changed_ = true;
+  return Ok();
+}
+
+Status OpenFile::Commit() {
+  std::lock_guard lock(mu_);
+  if (!changed_) return Ok();
+  Bytes buf;
+  for (std::size_t i = 0; i < manifest_.size(); ++i) {
+    if (!dirty_[i]) continue;
+    buf.resize(static_cast<std::size_t>(ChunkLen(i)));
+    if (auto s = PreadFull(staging_.get(), buf.data(), buf.size(), i * kCS); !s.ok()) return s;
+    if (AllZero(buf)) {
+      manifest_[i] = cas::kHoleId;
+    } else {
+      auto id = fs_.hasher_.IdOf(buf);
+      if (auto s = fs_.store_.Put(id, buf); !s.ok()) return s;
+      manifest_[i] = id;
+    }
+  }
+  auto cur = fs_.ns_.GetInode(id_);
+  if (!cur.ok()) {
+    // Unlinked while open: nothing to commit to.
+    changed_ = false;
+    return Ok();
+  }
+  InodeRecord rec = std::move(*cur);
+  rec.size = size_;
+  rec.manifest = manifest_;
+  rec.mtime_ns = mtime_ns_;
+  rec.ctime_ns = fs_.NowNs();
+  rec.version = fs_.hlc_.Next();
+  auto applied = fs_.CommitLocal({{rec}, {}});
+  if (!applied.ok()) return applied.status();
+  std::fill(dirty_.begin(), dirty_.end(), false);
+  changed_ = false;
+  return Ok();
+}
+
+void OpenFile::OnRemoteUpdate(const InodeRecord& rec) {
+  std::lock_guard lock(mu_);
+  if (changed_) return;  // our uncommitted writes will follow as a newer version
+  manifest_ = rec.manifest;
+  size_ = rec.size;
+  mtime_ns_ = rec.mtime_ns;
+  std::fill(dirty_.begin(), dirty_.end(), false);
+  Resize(size_);
+}
+
+void OpenFile::Overlay(InodeRecord& rec) {
+  std::lock_guard lock(mu_);
+  if (!changed_) return;
+  rec.size = size_;
+  rec.mtime_ns = mtime_ns_;
+}
+
+}  // namespace foreverfs::server

@@ -1,0 +1,55 @@
+#pragma once
+// The state of a file while any handle has it open: a working manifest, a size, and a staging
+// file (unlinked O_TMPFILE, so a crash leaves nothing behind) holding the chunks written since
+// the last commit. A chunk is copied into staging before a partial write touches it
+// (copy-on-write), so a commit only re-reads, hashes and stores the chunks that changed.
+// Thread-safe; all handles of one inode share one OpenFile.
+
+#include <mutex>
+#include <vector>
+
+#include "base/fd.h"
+#include "server/file_server.h"
+
+namespace foreverfs::server {
+
+class OpenFile {
+ public:
+  OpenFile(FileServer& fs, const InodeRecord& rec);
+
+  InodeId id() const { return id_; }
+  Result<std::size_t> Read(std::uint64_t offset, MutableByteSpan out);
+  // Writes at `offset`, or at the end if `append`. Returns bytes written.
+  Result<std::size_t> Write(std::uint64_t offset, ByteSpan data, bool append);
+  Status Truncate(std::uint64_t size);
+  // Stores dirty chunks and commits a new version of the inode; no-op if nothing changed.
+  Status Commit();
+  // A peer committed a new version: adopt it unless we have uncommitted writes.
+  void OnRemoteUpdate(const InodeRecord& rec);
+  // Size and mtime as a reader of this file should see them now.
+  void Overlay(InodeRecord& rec);
+
+ private:
+  Status EnsureStaging();
+  Status Materialize(std::size_t index);
+  // The committed bytes of chunk `index` (may be shorter than the chunk's span: zeros follow).
+  Result<const Bytes*> CommittedChunk(std::size_t index);
+  void Resize(std::uint64_t size);
+  std::uint64_t ChunkLen(std::size_t index) const;
+
+  FileServer& fs_;
+  const InodeId id_;
+  std::mutex mu_;
+  std::vector<cas::ChunkId> manifest_;
+  std::vector<bool> dirty_;    // chunk's current bytes are in staging
+  std::vector<bool> written_;  // staging holds bytes for this chunk (maybe stale)
+  std::uint64_t size_;
+  std::int64_t mtime_ns_;
+  bool changed_ = false;  // size, mtime or chunks differ from the committed version
+  UniqueFd staging_;
+  std::size_t cached_index_ = SIZE_MAX;
+  cas::ChunkId cached_id_{};
+  Bytes cached_;
+};
+
+}  // namespace foreverfs::server

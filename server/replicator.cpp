@@ -1,0 +1,392 @@
+#include "server/replicator.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <deque>
+#include <future>
+#include <map>
+#include <set>
+
+namespace foreverfs::server {
+namespace {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+constexpr std::size_t kFeedBatchRecords = 512;
+constexpr std::size_t kFeedBatchChunks = 64 * 1024;
+constexpr std::size_t kMaxQueuedBytes = 8 * kMiB;  // per link, before the feed waits
+constexpr auto kPerPeerTimeout = std::chrono::milliseconds(5000);
+constexpr auto kNoPeerRetry = std::chrono::milliseconds(200);
+
+std::string Short(std::uint64_t node) { return fmt::format("{:016x}", node); }
+
+// Rendezvous score of a node for a chunk: highest wins.
+std::uint64_t Score(std::uint64_t node, const cas::ChunkId& id) {
+  std::uint64_t h = 1469598103934665603ull ^ node;
+  for (auto b : id) h = (h ^ b) * 1099511628211ull;
+  h ^= h >> 29;
+  h *= 0xbf58476d1ce4e5b9ull;
+  return h ^ (h >> 32);
+}
+
+}  // namespace
+
+struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
+  struct Peer {
+    std::shared_ptr<net::Link> link;
+    std::uint64_t feed_cursor = 0;
+    bool subscribed = false;
+    bool pump_scheduled = false;
+  };
+  using Callback = std::function<void(Result<Bytes>)>;
+  struct FetchJob {
+    cas::ChunkId id;
+    Clock::time_point deadline;
+    std::vector<std::uint64_t> tried;
+    Callback done;
+  };
+  struct Pending {
+    std::shared_ptr<FetchJob> job;
+    std::uint64_t node;
+    std::shared_ptr<asio::steady_timer> timer;
+  };
+
+  Impl(asio::io_context& io, FileServer& fs, ReplicatorOptions o)
+      : io_(io), fs_(fs), options_(o) {}
+
+  asio::io_context& io_;
+  FileServer& fs_;
+  ReplicatorOptions options_;
+  std::function<void(const std::string&)> dial_;
+  std::map<std::uint64_t, Peer> peers_;
+  std::map<std::uint64_t, Pending> pending_;
+  std::uint64_t next_request_ = 1;
+  std::deque<cas::ChunkId> queue_;
+  std::set<cas::ChunkId> queued_;
+  std::size_t in_flight_ = 0;
+  std::atomic<bool> notify_posted_{false};
+
+  bool ShouldHold(const cas::ChunkId& id) const {
+    if (options_.replicas <= 0 || peers_.size() + 1 <= static_cast<std::size_t>(options_.replicas)) {
+      return true;
+    }
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> scores;
+    scores.emplace_back(Score(fs_.node_id(), id), fs_.node_id());
+    for (auto& [node, p] : peers_) scores.emplace_back(Score(node, id), node);
+    std::sort(scores.rbegin(), scores.rend());
+    for (int i = 0; i < options_.replicas; ++i) {
+      if (scores[static_cast<std::size_t>(i)].second == fs_.node_id()) return true;
+    }
+    return false;
+  }
+
+  // --- namespace feed -------------------------------------------------------------------
+  void Pump(std::uint64_t node) {
+    auto it = peers_.find(node);
+    if (it == peers_.end() || !it->second.subscribed) return;
+    Peer& p = it->second;
+    for (;;) {
+      if (p.link->QueuedBytes() > kMaxQueuedBytes) {
+        SchedulePump(node);
+        return;
+      }
+      auto changes = fs_.ns().ChangesSince(p.feed_cursor, kFeedBatchRecords, kFeedBatchChunks);
+      if (!changes.ok()) {
+        spdlog::error("reading the change feed for peer {}: {}", Short(node), changes.status().message());
+        return;
+      }
+      bool empty = changes->inodes.empty() && changes->dentries.empty();
+      if (empty && changes->up_to == p.feed_cursor) return;
+      p.feed_cursor = changes->up_to;
+      p.link->Send(std::move(*changes));
+      if (empty) return;
+    }
+  }
+
+  void SchedulePump(std::uint64_t node) {
+    auto& p = peers_[node];
+    if (p.pump_scheduled) return;
+    p.pump_scheduled = true;
+    auto timer = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(20));
+    timer->async_wait([self = shared_from_this(), node, timer](boost::system::error_code) {
+      auto it = self->peers_.find(node);
+      if (it == self->peers_.end()) return;
+      it->second.pump_scheduled = false;
+      self->Pump(node);
+    });
+  }
+
+  void PumpAll() {
+    for (auto& [node, p] : peers_) Pump(node);
+  }
+
+  void OnChanges(std::uint64_t node, net::Changes&& changes) {
+    auto won = fs_.ApplyRemote(changes, node);
+    if (!won.ok()) {
+      spdlog::error("applying changes from peer {}: {}", Short(node), won.status().message());
+      return;
+    }
+    if (won->empty()) return;
+    spdlog::debug("peer {}: applied {} inode and {} entry changes", Short(node), won->inodes.size(),
+                  won->dentries.size());
+    for (const auto& r : won->inodes) {
+      if (!r.deleted) EnqueueManifest(r);
+    }
+    PumpAll();  // relay to the others
+  }
+
+  // --- chunks ---------------------------------------------------------------------------
+  void EnqueueManifest(const InodeRecord& r) {
+    for (const auto& id : r.manifest) {
+      if (id == cas::kHoleId || queued_.contains(id) || !ShouldHold(id) || fs_.HasChunk(id)) continue;
+      queued_.insert(id);
+      queue_.push_back(id);
+    }
+    RunQueue();
+  }
+
+  void ScanMissing() {
+    auto s = fs_.ns().ForEachLiveManifest([this](const InodeRecord& r) { EnqueueManifest(r); });
+    if (!s.ok()) spdlog::error("scanning for missing chunks: {}", s.message());
+  }
+
+  void RunQueue() {
+    while (in_flight_ < options_.background_fetches && !queue_.empty() && !peers_.empty()) {
+      cas::ChunkId id = queue_.front();
+      queue_.pop_front();
+      if (fs_.HasChunk(id)) {
+        queued_.erase(id);
+        continue;
+      }
+      ++in_flight_;
+      StartFetch(id, [self = shared_from_this(), id](Result<Bytes> r) {
+        --self->in_flight_;
+        self->queued_.erase(id);
+        if (!r.ok()) spdlog::warn("chunk {}: background replication failed: {}", cas::Hex(id), r.status().message());
+        self->RunQueue();
+      });
+    }
+  }
+
+  void StartFetch(const cas::ChunkId& id, Callback done) {
+    auto job = std::make_shared<FetchJob>(FetchJob{id, Clock::now() + options_.fetch_timeout, {}, std::move(done)});
+    TryNext(job);
+  }
+
+  void TryNext(const std::shared_ptr<FetchJob>& job) {
+    const auto now = Clock::now();
+    if (now >= job->deadline) {
+      job->done(Err(Code::kUnavailable, "chunk {}: no reachable peer served it within {} ms",
+                    cas::Hex(job->id), options_.fetch_timeout.count()));
+      return;
+    }
+    // Candidates not tried yet, best rendezvous score first.
+    std::uint64_t best = 0, best_score = 0;
+    bool found = false;
+    for (auto& [node, p] : peers_) {
+      if (std::find(job->tried.begin(), job->tried.end(), node) != job->tried.end()) continue;
+      auto s = Score(node, job->id);
+      if (!found || s > best_score) best = node, best_score = s, found = true;
+    }
+    if (!found) {
+      // Nobody (left) to ask: wait for a peer to (re)connect, until the deadline.
+      job->tried.clear();
+      auto timer = std::make_shared<asio::steady_timer>(io_, kNoPeerRetry);
+      timer->async_wait([self = shared_from_this(), job, timer](boost::system::error_code) {
+        self->TryNext(job);
+      });
+      return;
+    }
+    job->tried.push_back(best);
+    std::uint64_t req = next_request_++;
+    auto timer = std::make_shared<asio::steady_timer>(
+        io_, std::min<Clock::duration>(kPerPeerTimeout, job->deadline - now));
+    pending_[req] = Pending{job, best, timer};
+    timer->async_wait([self = shared_from_this(), req](boost::system::error_code ec) {
+      if (ec) return;  // cancelled: the reply came
+      auto it = self->pending_.find(req);
+      if (it == self->pending_.end()) return;
+      auto job = it->second.job;
+      spdlog::debug("chunk {}: peer {} did not answer in time", cas::Hex(job->id), Short(it->second.node));
+      self->pending_.erase(it);
+      self->TryNext(job);
+    });
+    peers_[best].link->Send(net::GetChunk{req, job->id});
+  }
+
+  void OnChunkReply(std::uint64_t node, net::ChunkReply&& reply) {
+    auto it = pending_.find(reply.request_id);
+    if (it == pending_.end() || it->second.node != node) return;  // late or not ours
+    auto job = it->second.job;
+    it->second.timer->cancel();
+    pending_.erase(it);
+    if (!reply.found) {
+      TryNext(job);
+      return;
+    }
+    if (auto s = fs_.StoreChunk(job->id, reply.data); !s.ok()) {
+      if (s.code() == Code::kCorruption) {
+        spdlog::warn("peer {} sent chunk {} with bytes that do not match it; ignored", Short(node),
+                     cas::Hex(job->id));
+        TryNext(job);
+      } else {
+        job->done(Err(s.code(), "storing chunk {}: {}", cas::Hex(job->id), s.message()));
+      }
+      return;
+    }
+    job->done(std::move(reply.data));
+  }
+
+  void OnGetChunk(const std::shared_ptr<net::Link>& link, const net::GetChunk& req) {
+    net::ChunkReply reply{req.request_id, false, {}};
+    auto data = fs_.LocalChunk(req.id);
+    if (data.ok()) {
+      reply.found = true;
+      reply.data = std::move(*data);
+    } else if (data.status().code() == Code::kCorruption) {
+      spdlog::error("chunk {}: local copy is corrupt; not serving it ({})", cas::Hex(req.id),
+                    data.status().message());
+    }
+    link->Send(std::move(reply));
+  }
+
+  void SendPeers(const std::shared_ptr<net::Link>& to) {
+    net::Peers msg;
+    for (auto& [node, p] : peers_) {
+      if (p.link == to) continue;
+      auto addr = DialableAddr(p.link->Peer());
+      if (!addr.empty()) msg.peers.push_back({node, addr});
+    }
+    if (!msg.peers.empty()) to->Send(std::move(msg));
+  }
+
+  // The address others can reach a peer at: its advertised one, with our view of its host
+  // when it listens on all addresses (":port").
+  static std::string DialableAddr(const net::PeerInfo& p) {
+    if (p.listen_addr.empty()) return {};
+    if (p.listen_addr.front() != ':') return p.listen_addr;
+    auto colon = p.remote.rfind(':');
+    if (colon == std::string::npos) return {};
+    return p.remote.substr(0, colon) + p.listen_addr;
+  }
+};
+
+Replicator::Replicator(asio::io_context& io, FileServer& fs, ReplicatorOptions options)
+    : impl_(std::make_shared<Impl>(io, fs, options)) {}
+
+Replicator::~Replicator() = default;
+
+bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
+  auto& im = *impl_;
+  const auto& info = link->Peer();
+  const std::uint64_t self = im.fs_.node_id();
+  auto it = im.peers_.find(info.node_id);
+  if (it != im.peers_.end()) {
+    // Two links to one peer (both dialed at once): keep the one dialed by the lower node id,
+    // which both ends decide alike.
+    auto dialer = [&](const net::PeerInfo& p) { return p.outbound ? self : p.node_id; };
+    if (dialer(info) >= dialer(it->second.link->Peer())) return false;
+    auto old = it->second.link;
+    im.peers_.erase(it);
+    old->Close("replaced by a newer link to the same peer");
+  }
+  spdlog::info("peer {} ({}) connected", info.remote, Short(info.node_id));
+  im.peers_[info.node_id] = Impl::Peer{link};
+  im.SendPeers(link);
+  for (auto& [node, p] : im.peers_) {
+    if (node != info.node_id) im.SendPeers(p.link);
+  }
+  link->Send(net::Subscribe{im.fs_.ns().Cursor(info.node_id)});
+  im.ScanMissing();
+  return true;
+}
+
+void Replicator::OnMessage(const std::shared_ptr<net::Link>& link, net::Message&& m) {
+  auto& im = *impl_;
+  const std::uint64_t node = link->Peer().node_id;
+  auto it = im.peers_.find(node);
+  if (it == im.peers_.end() || it->second.link != link) return;
+  std::visit(
+      [&](auto&& msg) {
+        using T = std::decay_t<decltype(msg)>;
+        if constexpr (std::is_same_v<T, net::Subscribe>) {
+          auto since = msg.since;
+          if (since > im.fs_.ns().LastSeq()) since = 0;  // our feed restarted: send it all
+          it->second.feed_cursor = since;
+          it->second.subscribed = true;
+          im.Pump(node);
+        } else if constexpr (std::is_same_v<T, net::Changes>) {
+          im.OnChanges(node, std::move(msg));
+        } else if constexpr (std::is_same_v<T, net::GetChunk>) {
+          im.OnGetChunk(link, msg);
+        } else if constexpr (std::is_same_v<T, net::ChunkReply>) {
+          im.OnChunkReply(node, std::move(msg));
+        } else if constexpr (std::is_same_v<T, net::Peers>) {
+          for (const auto& p : msg.peers) {
+            if (p.node_id != im.fs_.node_id() && !im.peers_.contains(p.node_id) && im.dial_) {
+              im.dial_(p.addr);
+            }
+          }
+        }
+      },
+      std::move(m));
+}
+
+void Replicator::OnClose(const std::shared_ptr<net::Link>& link, const std::string& reason) {
+  auto& im = *impl_;
+  const auto& info = link->Peer();
+  auto it = im.peers_.find(info.node_id);
+  if (it == im.peers_.end() || it->second.link != link) return;
+  spdlog::info("peer {} ({}) disconnected: {}", info.remote, Short(info.node_id), reason);
+  im.peers_.erase(it);
+  // Requests in flight to that peer go to the next one.
+  std::vector<std::shared_ptr<Impl::FetchJob>> retry;
+  for (auto p = im.pending_.begin(); p != im.pending_.end();) {
+    if (p->second.node == info.node_id) {
+      p->second.timer->cancel();
+      retry.push_back(p->second.job);
+      p = im.pending_.erase(p);
+    } else {
+      ++p;
+    }
+  }
+  for (auto& job : retry) im.TryNext(job);
+}
+
+Result<Bytes> Replicator::Fetch(const cas::ChunkId& id) {
+  auto promise = std::make_shared<std::promise<Result<Bytes>>>();
+  auto future = promise->get_future();
+  asio::post(impl_->io_, [impl = impl_, id, promise] {
+    impl->StartFetch(id, [promise](Result<Bytes> r) { promise->set_value(std::move(r)); });
+  });
+  if (future.wait_for(impl_->options_.fetch_timeout + std::chrono::seconds(2)) !=
+      std::future_status::ready) {
+    return Err(Code::kTimedOut, "chunk {}: fetch did not finish in time", cas::Hex(id));
+  }
+  return future.get();
+}
+
+void Replicator::NotifyLocalChange() {
+  if (impl_->notify_posted_.exchange(true)) return;
+  asio::post(impl_->io_, [impl = impl_] {
+    impl->notify_posted_ = false;
+    impl->PumpAll();
+  });
+}
+
+void Replicator::SetDialer(std::function<void(const std::string&)> dial) { impl_->dial_ = std::move(dial); }
+
+std::vector<PeerStatus> Replicator::Peers() const {
+  std::vector<PeerStatus> out;
+  for (auto& [node, p] : impl_->peers_) out.push_back({node, p.link->Peer().remote, p.link->Peer().outbound});
+  return out;
+}
+
+std::size_t Replicator::Backlog() const { return impl_->queue_.size() + impl_->in_flight_; }
+
+}  // namespace foreverfs::server
