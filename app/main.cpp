@@ -1,1 +1,269 @@
-int main() { return 0; }
+// The foreverfs command: argument parsing, data directory, wiring of the layers, mount loop.
+
+#define FUSE_USE_VERSION 314
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
+
+#include "base/fd.h"
+#include "cas/chunk_store.h"
+#include "crypto/crypto.h"
+#include "fuse/fuse_fs.h"
+#include "net/tcp_transport.h"
+#include "server/file_server.h"
+#include "server/namespace_db.h"
+#include "server/replicator.h"
+
+namespace fs = std::filesystem;
+namespace asio = boost::asio;
+using namespace foreverfs;
+
+namespace {
+
+constexpr const char* kExamples = R"(
+Examples:
+  foreverfs keygen ~/cluster.key                     # once; copy the file to every machine
+  foreverfs /mnt/fs --listen :3000 --key ~/cluster.key                        # machine 1
+  foreverfs /mnt/fs --listen :3000 --peer 10.0.0.1:3000 --key ~/cluster.key   # machines 2, 3
+  cp film.mkv /mnt/fs/          # on machine 1
+  cat /mnt/fs/film.mkv          # on machine 3: the same bytes
+  fusermount -u /mnt/fs         # unmount; the process exits 0
+)";
+
+struct Options {
+  std::string mountpoint;
+  std::string listen = ":3000";
+  std::vector<std::string> peers;
+  std::string data;
+  std::string key;
+  int replicas = 0;
+  bool foreground = false;
+  std::vector<std::string> fuse_options;
+  std::string log_level = "info";
+  std::string log_file;
+  double fetch_timeout_s = 10;
+};
+
+fs::path HomeDir() {
+  const char* home = std::getenv("HOME");
+  return home && *home ? fs::path(home) : fs::path("/root");
+}
+
+fs::path XdgDir(const char* var, const char* fallback) {
+  const char* v = std::getenv(var);
+  return v && *v ? fs::path(v) : HomeDir() / fallback;
+}
+
+// "/mnt/fs" -> "mnt-fs", as systemd names mount units.
+std::string Escape(const fs::path& p) {
+  std::string s = p.string();
+  while (!s.empty() && s.front() == '/') s.erase(0, 1);
+  for (auto& c : s) {
+    if (c == '/') c = '-';
+  }
+  return s.empty() ? "root" : s;
+}
+
+// -o name=value for our own options (so /etc/fstab lines work); the rest go to FUSE.
+void SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
+  std::vector<std::string> fuse;
+  for (const auto& group : raw) {
+    std::size_t start = 0;
+    while (start <= group.size()) {
+      auto comma = group.find(',', start);
+      std::string opt = group.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      start = comma == std::string::npos ? group.size() + 1 : comma + 1;
+      if (opt.empty()) continue;
+      auto eq = opt.find('=');
+      std::string name = opt.substr(0, eq), value = eq == std::string::npos ? "" : opt.substr(eq + 1);
+      if (name == "listen") o.listen = value;
+      else if (name == "peer") o.peers.push_back(value);
+      else if (name == "data") o.data = value;
+      else if (name == "key") o.key = value;
+      else if (name == "replicas") o.replicas = std::atoi(value.c_str());
+      else if (name == "_netdev" || name == "nofail" || name == "auto" || name == "noauto") continue;
+      else fuse.push_back(opt);
+    }
+  }
+  o.fuse_options = fuse;
+}
+
+void SetupLogging(const Options& o) {
+  std::shared_ptr<spdlog::logger> logger;
+  if (!o.log_file.empty()) {
+    logger = spdlog::basic_logger_mt("foreverfs", o.log_file);
+  } else {
+    logger = spdlog::stderr_color_mt("foreverfs");
+  }
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+  spdlog::set_level(spdlog::level::from_str(o.log_level));
+  spdlog::flush_on(spdlog::level::info);
+}
+
+Result<crypto::ClusterKey> LoadOrCreateKey(const Options& o) {
+  fs::path path = o.key;
+  if (path.empty()) {
+    path = XdgDir("XDG_CONFIG_HOME", ".config") / "foreverfs" / "cluster.key";
+    if (!fs::exists(path)) {
+      std::error_code ec;
+      fs::create_directories(path.parent_path(), ec);
+      if (auto s = crypto::WriteNewKeyFile(path); !s.ok()) return s;
+      spdlog::info("created a new cluster key at {}; copy it to every machine of the cluster "
+                   "and pass it with --key",
+                   path.string());
+    }
+  }
+  return crypto::ReadKeyFile(path);
+}
+
+int Keygen(const std::string& file) {
+  if (auto s = crypto::WriteNewKeyFile(file); !s.ok()) {
+    fmt::print(stderr, "foreverfs keygen: {}\n", s.message());
+    return 1;
+  }
+  fmt::print("wrote a new cluster key to {} (mode 0600); copy it to every machine of the cluster\n",
+             file);
+  return 0;
+}
+
+int Serve(Options o) {
+  SetupLogging(o);
+  auto fail = [](const std::string& msg) {
+    spdlog::error("{}", msg);
+    return 1;
+  };
+  auto key = LoadOrCreateKey(o);
+  if (!key.ok()) return fail(key.status().message());
+
+  std::error_code ec;
+  fs::path mount_abs = fs::absolute(o.mountpoint, ec);
+  fs::path data = o.data.empty()
+                      ? XdgDir("XDG_DATA_HOME", ".local/share") / "foreverfs" / Escape(mount_abs)
+                      : fs::path(o.data);
+  for (const char* sub : {"", "chunks", "staging"}) {
+    fs::create_directories(data / sub, ec);
+    if (ec) return fail(fmt::format("cannot create data directory {}: {}", (data / sub).string(), ec.message()));
+  }
+  ::chmod(data.c_str(), 0700);
+  UniqueFd lock(::open((data / "lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock.valid() || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+    return fail(fmt::format("data directory {} is in use by another foreverfs process", data.string()));
+  }
+
+  auto ns = server::NamespaceDb::Open(data / "meta.db");
+  if (!ns.ok()) return fail(ns.status().message());
+  auto store = cas::MakeLocalStore(data / "chunks", *key);
+  if (!store.ok()) return fail(store.status().message());
+  server::FileServer files(**ns, **store, cas::MakeHasher(*key), data / "staging");
+
+  auto io = std::make_unique<asio::io_context>(1);
+  server::ReplicatorOptions ropts;
+  ropts.replicas = o.replicas;
+  ropts.fetch_timeout = std::chrono::milliseconds(static_cast<long>(o.fetch_timeout_s * 1000));
+  auto replicator = std::make_unique<server::Replicator>(*io, files, ropts);
+  net::TcpOptions topts;
+  topts.node_id = files.node_id();
+  topts.listen = o.listen;
+  topts.auth_key = crypto::DeriveKey(key->secret, "foreverfs auth v1");
+  auto transport = std::make_unique<net::TcpTransport>(*io, topts, *replicator);
+  if (auto s = transport->Listen(); !s.ok()) return fail(s.message());
+  replicator->SetDialer([t = transport.get()](const std::string& addr) { t->AddPeer(addr); });
+  for (const auto& p : o.peers) {
+    if (auto hp = net::ParseHostPort(p); !hp.ok()) return fail(fmt::format("--peer: {}", hp.status().message()));
+    transport->AddPeer(p);
+  }
+  files.SetRemote(replicator.get());
+  files.SetOnLocalChange([r = replicator.get()] { r->NotifyLocalChange(); });
+
+  fuse::FuseFs fuse(files);
+  files.SetOnRemoteChange([&fuse](const server::ChangeSet& cs) { fuse.Invalidate(cs); });
+  if (auto s = fuse.Mount({o.mountpoint, o.fuse_options, 1.0}); !s.ok()) return fail(s.message());
+  spdlog::info("foreverfs {} mounted on {} (node {:016x}, listening on {}, data in {})",
+               FOREVERFS_VERSION, mount_abs.string(), files.node_id(), transport->AdvertisedAddr(),
+               data.string());
+  if (!o.foreground) {
+    io->notify_fork(asio::io_context::fork_prepare);
+    if (fuse_daemonize(0) != 0) return fail("cannot daemonize");
+    io->notify_fork(asio::io_context::fork_child);
+  }
+  fuse.InstallSignalHandlers();
+
+  auto guard = asio::make_work_guard(*io);
+  std::thread net_thread([&io] { io->run(); });
+  Status run = fuse.Run();
+  fuse.Unmount();
+  files.SetOnRemoteChange(nullptr);
+
+  asio::post(*io, [t = transport.get()] { t->Stop(); });
+  guard.reset();
+  io->stop();
+  net_thread.join();
+  transport.reset();
+  replicator.reset();
+  io.reset();
+  if (!run.ok()) return fail(run.message());
+  spdlog::info("unmounted {}; bye", mount_abs.string());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"foreverfs: a FUSE filesystem whose files live in a peer-to-peer, encrypted, "
+               "content-addressed store"};
+  app.footer(kExamples);
+  app.set_version_flag("--version", std::string("foreverfs ") + FOREVERFS_VERSION);
+  app.require_subcommand(0, 1);
+
+  std::string keygen_file;
+  auto* keygen = app.add_subcommand("keygen", "Write a new random cluster key to FILE (never overwrites)");
+  keygen->add_option("FILE", keygen_file, "Where to write the key")->required();
+
+  Options o;
+  std::vector<std::string> raw_opts;
+  app.add_option("MOUNTPOINT", o.mountpoint, "Directory to mount the filesystem on");
+  app.add_option("--listen", o.listen, "Address to accept peers on, HOST:PORT or :PORT")
+      ->capture_default_str();
+  app.add_option("--peer", o.peers, "A peer to connect to, HOST:PORT (repeatable)");
+  app.add_option("--data", o.data,
+                 "Data directory (default: ~/.local/share/foreverfs/<mountpoint>)");
+  app.add_option("--key", o.key,
+                 "Cluster key file (default: ~/.config/foreverfs/cluster.key, created if missing)");
+  app.add_option("--replicas", o.replicas,
+                 "How many nodes hold each chunk (default 0: every node)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("-f,--foreground", o.foreground, "Stay in the foreground");
+  app.add_option("-o", raw_opts,
+                 "Mount options: FUSE ones (allow_other, ro, ...) and name=value for the options "
+                 "above (listen=, peer=, data=, key=, replicas=)");
+  app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
+  app.add_option("--log-file", o.log_file, "Write the log here instead of stderr");
+  app.add_option("--fetch-timeout", o.fetch_timeout_s,
+                 "Seconds a read waits for a chunk no local copy has before failing with EIO")
+      ->capture_default_str();
+
+  CLI11_PARSE(app, argc, argv);
+  if (keygen->parsed()) return Keygen(keygen_file);
+  if (o.mountpoint.empty()) {
+    fmt::print(stderr, "foreverfs: missing MOUNTPOINT\n{}", app.help());
+    return 2;
+  }
+  SplitMountOptions(o, raw_opts);
+  return Serve(std::move(o));
+}

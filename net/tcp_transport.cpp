@@ -50,7 +50,7 @@ Result<HostPort> ParseHostPort(std::string_view text) {
     return Err(Code::kInvalid, "address '{}' has no valid port", text);
   }
   for (char c : port_text) port = port * 10 + static_cast<unsigned>(c - '0');
-  if (port == 0 || port > 65535) return Err(Code::kInvalid, "address '{}': port out of range", text);
+  if (port > 65535) return Err(Code::kInvalid, "address '{}': port out of range", text);
   return HostPort{host, static_cast<std::uint16_t>(port)};
 }
 
@@ -342,8 +342,11 @@ Status TcpTransport::Listen() {
   if (acc.listen(asio::socket_base::max_listen_connections, ec); ec) {
     return Err(Code::kIOError, "cannot listen on {}: {}", impl_->options_.listen, ec.message());
   }
-  impl_->advertised_ = hp->host.empty() ? "" : impl_->options_.listen;
-  if (impl_->advertised_.empty()) impl_->advertised_ = fmt::format(":{}", hp->port);
+  const auto port = acc.local_endpoint(ec).port();  // the real one when asked for port 0
+  impl_->advertised_ = hp->host.empty() ? fmt::format(":{}", port)
+                       : hp->host.find(':') != std::string::npos
+                           ? fmt::format("[{}]:{}", hp->host, port)
+                           : fmt::format("{}:{}", hp->host, port);
   asio::co_spawn(impl_->io_, AcceptLoop(impl_), [](std::exception_ptr e) {
     if (e) spdlog::error("accept loop failed unexpectedly");
   });

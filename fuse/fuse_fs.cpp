@@ -1,0 +1,441 @@
+#define FUSE_USE_VERSION 314
+#include "fuse/fuse_fs.h"
+
+#include <fuse_lowlevel.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <csignal>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <thread>
+
+namespace foreverfs::fuse {
+namespace {
+
+using server::Attr;
+using server::InodeKind;
+
+struct stat ToStat(const Attr& a) {
+  struct stat st {};
+  const auto& r = a.rec;
+  st.st_ino = r.id;
+  switch (r.kind) {
+    case InodeKind::kDir: st.st_mode = S_IFDIR; break;
+    case InodeKind::kSymlink: st.st_mode = S_IFLNK; break;
+    case InodeKind::kFile: st.st_mode = S_IFREG; break;
+  }
+  st.st_mode |= r.mode & 07777;
+  st.st_nlink = a.nlink;
+  st.st_uid = r.uid;
+  st.st_gid = r.gid;
+  st.st_size = static_cast<off_t>(r.kind == InodeKind::kDir ? 4096 : r.size);
+  st.st_blksize = 1 << 20;
+  st.st_blocks = static_cast<blkcnt_t>((st.st_size + 511) / 512);
+  auto ts = [](std::int64_t ns) {
+    return timespec{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+  };
+  st.st_mtim = ts(r.mtime_ns);
+  st.st_atim = ts(r.mtime_ns);
+  st.st_ctim = ts(r.ctime_ns);
+  return st;
+}
+
+mode_t KindBits(InodeKind k) {
+  return k == InodeKind::kDir ? S_IFDIR : k == InodeKind::kSymlink ? S_IFLNK : S_IFREG;
+}
+
+struct Invalidation {
+  bool entry;
+  std::uint64_t ino;  // parent for entries
+  std::string name;
+};
+
+}  // namespace
+
+struct FuseFs::Impl {
+  explicit Impl(server::FileServer& f) : fs(f) {}
+  server::FileServer& fs;
+  fuse_session* se = nullptr;
+  bool mounted = false;
+  double timeout = 1.0;
+  std::string mountpoint;
+
+  std::mutex dirs_mu;
+  std::map<std::uint64_t, std::vector<server::DirEntry>> dirs;  // open directory snapshots
+  std::uint64_t next_dir = 1;
+
+  std::mutex inval_mu;
+  std::condition_variable inval_cv;
+  std::deque<Invalidation> inval_queue;
+  bool inval_stop = false;
+  std::thread inval_thread;
+
+  static Impl& Of(fuse_req_t req) { return *static_cast<Impl*>(fuse_req_userdata(req)); }
+
+  // The one place a Status becomes an errno.
+  static void ReplyError(fuse_req_t req, const Status& s, const char* op) {
+    int err = ToErrno(s);
+    if (err == EIO || err == ETIMEDOUT || err == ENOSPC) {
+      spdlog::error("{}: {}", op, s.message());
+    } else {
+      spdlog::debug("{}: {}", op, s.message());
+    }
+    fuse_reply_err(req, err);
+  }
+
+  void ReplyEntry(fuse_req_t req, const Attr& a) {
+    fuse_entry_param e{};
+    e.ino = a.rec.id;
+    e.attr = ToStat(a);
+    e.attr_timeout = timeout;
+    e.entry_timeout = timeout;
+    fuse_reply_entry(req, &e);
+  }
+
+  void InvalidationLoop() {
+    for (;;) {
+      Invalidation inv;
+      {
+        std::unique_lock lock(inval_mu);
+        inval_cv.wait(lock, [&] { return inval_stop || !inval_queue.empty(); });
+        if (inval_stop) return;
+        inv = std::move(inval_queue.front());
+        inval_queue.pop_front();
+      }
+      if (inv.entry) {
+        fuse_lowlevel_notify_inval_entry(se, inv.ino, inv.name.c_str(), inv.name.size());
+      } else {
+        fuse_lowlevel_notify_inval_inode(se, inv.ino, 0, 0);
+      }
+    }
+  }
+};
+
+namespace {
+
+using Impl = FuseFs::Impl;
+
+void OpInit(void* userdata, fuse_conn_info* conn) {
+  (void)userdata;
+  if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  conn->max_write = 1 << 20;
+  conn->max_readahead = 1 << 20;
+}
+
+void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  auto& im = Impl::Of(req);
+  auto a = im.fs.Lookup(parent, name);
+  if (!a.ok()) return Impl::ReplyError(req, a.status(), "lookup");
+  im.ReplyEntry(req, *a);
+}
+
+void OpForget(fuse_req_t req, fuse_ino_t, uint64_t) { fuse_reply_none(req); }
+
+void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  auto& im = Impl::Of(req);
+  auto a = im.fs.GetAttr(ino);
+  if (!a.ok()) return Impl::ReplyError(req, a.status(), "getattr");
+  auto st = ToStat(*a);
+  fuse_reply_attr(req, &st, im.timeout);
+}
+
+void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
+  auto& im = Impl::Of(req);
+  server::SetAttrRequest r;
+  if (to_set & FUSE_SET_ATTR_MODE) r.mode = attr->st_mode & 07777;
+  if (to_set & FUSE_SET_ATTR_UID) r.uid = attr->st_uid;
+  if (to_set & FUSE_SET_ATTR_GID) r.gid = attr->st_gid;
+  if (to_set & FUSE_SET_ATTR_SIZE) r.size = static_cast<std::uint64_t>(attr->st_size);
+  if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+    timespec now{};
+    clock_gettime(CLOCK_REALTIME, &now);
+    r.mtime_ns = now.tv_sec * 1000000000LL + now.tv_nsec;
+  } else if (to_set & FUSE_SET_ATTR_MTIME) {
+    r.mtime_ns = attr->st_mtim.tv_sec * 1000000000LL + attr->st_mtim.tv_nsec;
+  }
+  auto a = im.fs.SetAttr(ino, r);
+  if (!a.ok()) return Impl::ReplyError(req, a.status(), "setattr");
+  auto st = ToStat(*a);
+  fuse_reply_attr(req, &st, im.timeout);
+}
+
+void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
+  auto t = Impl::Of(req).fs.ReadLink(ino);
+  if (!t.ok()) return Impl::ReplyError(req, t.status(), "readlink");
+  fuse_reply_readlink(req, t->c_str());
+}
+
+void OpMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  auto& im = Impl::Of(req);
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  auto a = im.fs.Mkdir(parent, name, mode & ~ctx->umask, ctx->uid, ctx->gid);
+  if (!a.ok()) return Impl::ReplyError(req, a.status(), "mkdir");
+  im.ReplyEntry(req, *a);
+}
+
+void OpSymlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+  auto& im = Impl::Of(req);
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  auto a = im.fs.Symlink(parent, name, target, ctx->uid, ctx->gid);
+  if (!a.ok()) return Impl::ReplyError(req, a.status(), "symlink");
+  im.ReplyEntry(req, *a);
+}
+
+void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  auto s = Impl::Of(req).fs.Unlink(parent, name);
+  if (!s.ok()) return Impl::ReplyError(req, s, "unlink");
+  fuse_reply_err(req, 0);
+}
+
+void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  auto s = Impl::Of(req).fs.Rmdir(parent, name);
+  if (!s.ok()) return Impl::ReplyError(req, s, "rmdir");
+  fuse_reply_err(req, 0);
+}
+
+void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+              const char* newname, unsigned int flags) {
+  auto s = Impl::Of(req).fs.Rename(parent, name, newparent, newname, flags);
+  if (!s.ok()) return Impl::ReplyError(req, s, "rename");
+  fuse_reply_err(req, 0);
+}
+
+void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto h = Impl::Of(req).fs.Open(ino, fi->flags);
+  if (!h.ok()) return Impl::ReplyError(req, h.status(), "open");
+  fi->fh = *h;
+  fuse_reply_open(req, fi);
+}
+
+void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+  auto& im = Impl::Of(req);
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  auto c = im.fs.Create(parent, name, mode & ~ctx->umask, ctx->uid, ctx->gid, fi->flags);
+  if (!c.ok()) return Impl::ReplyError(req, c.status(), "create");
+  fi->fh = c->handle;
+  fuse_entry_param e{};
+  e.ino = c->attr.rec.id;
+  e.attr = ToStat(c->attr);
+  e.attr_timeout = im.timeout;
+  e.entry_timeout = im.timeout;
+  fuse_reply_create(req, &e, fi);
+}
+
+void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  Bytes buf(size);
+  auto n = Impl::Of(req).fs.Read(fi->fh, static_cast<std::uint64_t>(off), buf);
+  if (!n.ok()) return Impl::ReplyError(req, n.status(), "read");
+  fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
+}
+
+void OpWrite(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off, fuse_file_info* fi) {
+  auto n = Impl::Of(req).fs.Write(fi->fh, static_cast<std::uint64_t>(off),
+                                  ByteSpan(reinterpret_cast<const std::uint8_t*>(data), size));
+  if (!n.ok()) return Impl::ReplyError(req, n.status(), "write");
+  fuse_reply_write(req, *n);
+}
+
+void OpFlush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  auto s = Impl::Of(req).fs.Flush(fi->fh);
+  if (!s.ok()) return Impl::ReplyError(req, s, "flush");
+  fuse_reply_err(req, 0);
+}
+
+void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  Impl::Of(req).fs.Release(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+void OpFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
+  auto s = Impl::Of(req).fs.Flush(fi->fh);
+  if (!s.ok()) return Impl::ReplyError(req, s, "fsync");
+  fuse_reply_err(req, 0);
+}
+
+void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto& im = Impl::Of(req);
+  auto entries = im.fs.ReadDir(ino);
+  if (!entries.ok()) return Impl::ReplyError(req, entries.status(), "opendir");
+  std::lock_guard lock(im.dirs_mu);
+  fi->fh = im.next_dir++;
+  im.dirs[fi->fh] = std::move(*entries);
+  fuse_reply_open(req, fi);
+}
+
+void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  auto& im = Impl::Of(req);
+  std::lock_guard lock(im.dirs_mu);
+  auto it = im.dirs.find(fi->fh);
+  if (it == im.dirs.end()) {
+    fuse_reply_err(req, EBADF);
+    return;
+  }
+  const auto& entries = it->second;
+  std::vector<char> buf(size);
+  std::size_t used = 0;
+  // Offsets: 1 is ".", 2 is "..", 3 + i is entries[i].
+  for (auto pos = static_cast<std::size_t>(off); pos < entries.size() + 2; ++pos) {
+    struct stat st {};
+    const char* name;
+    if (pos == 0) {
+      name = ".";
+      st.st_ino = ino;
+      st.st_mode = S_IFDIR;
+    } else if (pos == 1) {
+      name = "..";
+      st.st_ino = ino;
+      st.st_mode = S_IFDIR;
+    } else {
+      const auto& e = entries[pos - 2];
+      name = e.name.c_str();
+      st.st_ino = e.id;
+      st.st_mode = KindBits(e.kind);
+    }
+    std::size_t n = fuse_add_direntry(req, buf.data() + used, size - used, name, &st,
+                                      static_cast<off_t>(pos + 1));
+    if (n > size - used) break;
+    used += n;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void OpReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  auto& im = Impl::Of(req);
+  {
+    std::lock_guard lock(im.dirs_mu);
+    im.dirs.erase(fi->fh);
+  }
+  fuse_reply_err(req, 0);
+}
+
+void OpStatfs(fuse_req_t req, fuse_ino_t) {
+  auto st = Impl::Of(req).fs.StatFs();
+  if (!st.ok()) return Impl::ReplyError(req, st.status(), "statfs");
+  fuse_reply_statfs(req, &*st);
+}
+
+const fuse_lowlevel_ops kOps = [] {
+  fuse_lowlevel_ops ops{};
+  ops.init = OpInit;
+  ops.lookup = OpLookup;
+  ops.forget = OpForget;
+  ops.getattr = OpGetattr;
+  ops.setattr = OpSetattr;
+  ops.readlink = OpReadlink;
+  ops.mkdir = OpMkdir;
+  ops.symlink = OpSymlink;
+  ops.unlink = OpUnlink;
+  ops.rmdir = OpRmdir;
+  ops.rename = OpRename;
+  ops.open = OpOpen;
+  ops.create = OpCreate;
+  ops.read = OpRead;
+  ops.write = OpWrite;
+  ops.flush = OpFlush;
+  ops.release = OpRelease;
+  ops.fsync = OpFsync;
+  ops.opendir = OpOpendir;
+  ops.readdir = OpReaddir;
+  ops.releasedir = OpReleasedir;
+  ops.statfs = OpStatfs;
+  return ops;
+}();
+
+bool IsMounted(const std::string& path) {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string dev, dir, rest;
+  while (mounts >> dev >> dir && std::getline(mounts, rest)) {
+    if (dir == path) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+FuseFs::FuseFs(server::FileServer& fs) : impl_(std::make_unique<Impl>(fs)) {}
+
+FuseFs::~FuseFs() {
+  {
+    std::lock_guard lock(impl_->inval_mu);
+    impl_->inval_stop = true;
+  }
+  impl_->inval_cv.notify_all();
+  if (impl_->inval_thread.joinable()) impl_->inval_thread.join();
+  Unmount();
+  if (impl_->se) fuse_session_destroy(impl_->se);
+}
+
+Status FuseFs::Mount(const MountOptions& options) {
+  std::error_code ec;
+  auto canonical = std::filesystem::canonical(options.mountpoint, ec);
+  if (ec) return Err(Code::kNotFound, "mountpoint {}: {}", options.mountpoint, ec.message());
+  if (!std::filesystem::is_directory(canonical)) {
+    return Err(Code::kNotDir, "mountpoint {} is not a directory", options.mountpoint);
+  }
+  if (IsMounted(canonical.string())) {
+    return Err(Code::kExists, "mountpoint {} is already in use (unmount it with fusermount -u {})",
+               canonical.string(), canonical.string());
+  }
+  impl_->mountpoint = canonical.string();
+  impl_->timeout = options.attr_timeout_s;
+  std::string opts = "fsname=foreverfs,subtype=foreverfs,default_permissions";
+  for (const auto& o : options.options) opts += "," + o;
+  std::vector<std::string> argv_s = {"foreverfs", "-o", opts};
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  impl_->se = fuse_session_new(&args, &kOps, sizeof(kOps), impl_.get());
+  if (!impl_->se) return Err(Code::kInvalid, "cannot create a FUSE session (mount options '{}')", opts);
+  if (fuse_session_mount(impl_->se, impl_->mountpoint.c_str()) != 0) {
+    return Err(Code::kIOError, "cannot mount {} (is /dev/fuse there and fusermount3 installed?)",
+               impl_->mountpoint);
+  }
+  impl_->mounted = true;
+  return Ok();
+}
+
+void FuseFs::InstallSignalHandlers() { fuse_set_signal_handlers(impl_->se); }
+
+Status FuseFs::Run() {
+  impl_->inval_thread = std::thread([im = impl_.get()] { im->InvalidationLoop(); });
+  fuse_loop_config* cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_idle_threads(cfg, 8);
+  fuse_loop_cfg_set_max_threads(cfg, 64);
+  int rc = fuse_session_loop_mt(impl_->se, cfg);
+  fuse_loop_cfg_destroy(cfg);
+  fuse_remove_signal_handlers(impl_->se);
+  {
+    std::lock_guard lock(impl_->inval_mu);
+    impl_->inval_stop = true;
+  }
+  impl_->inval_cv.notify_all();
+  impl_->inval_thread.join();
+  if (rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP) {
+    return Err(Code::kIOError, "FUSE session on {} ended with error {}", impl_->mountpoint, rc);
+  }
+  return Ok();
+}
+
+void FuseFs::Unmount() {
+  if (impl_->se && impl_->mounted) {
+    fuse_session_unmount(impl_->se);
+    impl_->mounted = false;
+  }
+}
+
+void FuseFs::Invalidate(const server::ChangeSet& changes) {
+  {
+    std::lock_guard lock(impl_->inval_mu);
+    if (impl_->inval_stop) return;
+    for (const auto& r : changes.inodes) impl_->inval_queue.push_back({false, r.id, {}});
+    for (const auto& d : changes.dentries) impl_->inval_queue.push_back({true, d.parent, d.name});
+  }
+  impl_->inval_cv.notify_one();
+}
+
+}  // namespace foreverfs::fuse

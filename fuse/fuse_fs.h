@@ -1,0 +1,49 @@
+#pragma once
+// fuse/: the libfuse3 low-level adapter over a FileServer. Inode numbers are the namespace's
+// stable 64-bit inode ids (the root is 1), so no inode table is needed and lookup counts carry
+// no state. Every Status becomes an errno in exactly one place (ReplyError). Peer changes
+// invalidate the kernel's cached entries, attributes and pages from a dedicated thread, never
+// from a request handler, so a handler waiting on the network cannot deadlock with it.
+// Knows nothing of sockets.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "server/file_server.h"
+
+namespace foreverfs::fuse {
+
+struct MountOptions {
+  std::string mountpoint;
+  std::vector<std::string> options;  // -o options passed to libfuse ("allow_other", "ro", ...)
+  double attr_timeout_s = 1.0;
+};
+
+class FuseFs {
+ public:
+  explicit FuseFs(server::FileServer& fs);
+  ~FuseFs();
+  FuseFs(const FuseFs&) = delete;
+  FuseFs& operator=(const FuseFs&) = delete;
+
+  // Creates the session and mounts. Errors name the mountpoint and the reason.
+  Status Mount(const MountOptions& options);
+  // Installs SIGINT/SIGTERM/SIGHUP handlers that end Run.
+  void InstallSignalHandlers();
+  // Serves requests on several threads until unmounted or signalled. Starts the invalidation
+  // thread. Returns Ok after a clean unmount.
+  Status Run();
+  // Unmounts if still mounted (after Run returned because of a signal).
+  void Unmount();
+  // Queues kernel cache invalidations for records a peer changed. Any thread.
+  void Invalidate(const server::ChangeSet& changes);
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace foreverfs::fuse

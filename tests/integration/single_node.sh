@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One node, a real FUSE mount: the basic file operations behave as on a local disk, the
+# data survives an unmount and remount, and the process exits 0 on unmount.
+set -u
+FF=${FOREVERFS:-$(cd "$(dirname "$0")/../.." && pwd)/build/foreverfs}
+W=$(mktemp -d /tmp/ffsingle.XXXXXX)
+M=$W/mnt; D=$W/data; L=$W/log
+mkdir -p "$M" "$D"
+PASS=0; FAIL=0; PID=
+FUSERMOUNT=$(command -v fusermount3 || command -v fusermount)
+cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; "$FUSERMOUNT" -u -z "$M" 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+check() { local name=$1; shift; if "$@"; then PASS=$((PASS+1)); echo "ok - $name"; else FAIL=$((FAIL+1)); echo "not ok - $name"; fi; }
+mounted() { grep -q " $M fuse" /proc/mounts; }
+start() {
+  "$FF" "$M" --listen 127.0.0.1:0 --data "$D" --key "$W/key" -f >>"$L" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 100); do mounted && return 0; kill -0 $PID 2>/dev/null || break; sleep 0.1; done
+  echo "# did not mount:"; tail -20 "$L" | sed 's/^/#   /'; return 1
+}
+stop() {
+  "$FUSERMOUNT" -u "$M" || return 1
+  for _ in $(seq 1 100); do kill -0 $PID 2>/dev/null || break; sleep 0.1; done
+  wait $PID; local rc=$?; PID=; [ $rc = 0 ]
+}
+
+"$FF" keygen "$W/key" >/dev/null
+check "keygen refuses to overwrite" bash -c "! '$FF' keygen '$W/key' 2>/dev/null"
+check "key file has mode 600" test "$(stat -c %a "$W/key")" = 600
+check "mount" start
+
+printf 'hello\n' >"$M/a.txt"
+check "create and read back" test "$(cat "$M/a.txt")" = hello
+printf 'world\n' >>"$M/a.txt"
+check "append" test "$(cat "$M/a.txt")" = "$(printf 'hello\nworld')"
+truncate -s 3 "$M/a.txt"
+check "truncate down" test "$(cat "$M/a.txt")" = hel
+truncate -s 2000000 "$M/a.txt"
+check "truncate up reads zeros" bash -c "[ \$(stat -c %s '$M/a.txt') = 2000000 ] && [ \"\$(tail -c 1999997 '$M/a.txt' | tr -d '\\0' | wc -c)\" = 0 ]"
+mkdir -p "$M/d1/d2"
+check "mkdir nested" test -d "$M/d1/d2"
+mv "$M/a.txt" "$M/d1/d2/b.txt"
+check "rename into a subdirectory" bash -c "[ ! -e '$M/a.txt' ] && [ -f '$M/d1/d2/b.txt' ]"
+check "readdir lists entries" test "$(ls "$M/d1")" = d2
+check "rmdir of a non-empty directory fails" bash -c "! rmdir '$M/d1/d2' 2>/dev/null"
+rm "$M/d1/d2/b.txt"
+check "unlink" test ! -e "$M/d1/d2/b.txt"
+rmdir "$M/d1/d2"
+check "rmdir" test ! -e "$M/d1/d2"
+check "stat of a missing file fails" bash -c "! stat '$M/nope' 2>/dev/null"
+
+# Random writes into a 20 MiB file, compared with the same writes on a local file.
+head -c 20971520 /dev/urandom >"$W/model"
+cp "$W/model" "$M/big"
+check "20 MiB copy reads back identical" cmp -s "$W/model" "$M/big"
+for i in $(seq 1 40); do
+  off=$(( (RANDOM * 32768 + RANDOM) % 22000000 ))
+  len=$(( RANDOM % 300000 + 1 ))
+  head -c "$len" /dev/urandom >"$W/piece"
+  dd if="$W/piece" of="$W/model" bs=1 seek="$off" conv=notrunc status=none oflag=seek_bytes 2>/dev/null || \
+    dd if="$W/piece" of="$W/model" bs=1M seek="$off" oflag=seek_bytes conv=notrunc status=none
+  dd if="$W/piece" of="$M/big" bs=1M seek="$off" oflag=seek_bytes conv=notrunc status=none
+done
+check "random writes match a local model" cmp -s "$W/model" "$M/big"
+ln -s big "$M/link"
+check "symlink" test "$(readlink "$M/link")" = big
+
+check "unmount exits 0" stop
+check "remount on the same data" start
+check "data survives remount" cmp -s "$W/model" "$M/big"
+check "no plaintext of the file under --data" bash -c "! grep -rqa hello '$D'"
+check "unmount again" stop
+
+echo "$PASS passed, $FAIL failed"
+[ $FAIL = 0 ]
