@@ -1,0 +1,290 @@
+// The encoding of every message; doc/protocol.md describes the same layout in prose and must be
+// changed with it.
+
+#include "net/messages.h"
+
+#include <type_traits>
+
+#include "net/codec.h"
+
+namespace foreverfs::net {
+namespace {
+
+// The fewest bytes each repeated item can take on the wire, used to bound a count by the bytes
+// that are left before reserving anything.
+constexpr std::size_t kMinPeerSize = 8 + 2;  // node_id, addr length
+constexpr std::size_t kMinInodeSize =
+    8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 1 + 2 + 4;         // fixed fields, target length, count
+constexpr std::size_t kMinDentrySize = 8 + 2 + 8 + 8 + 8 + 1;  // an empty name fails later
+constexpr std::size_t kDigestSize = std::tuple_size_v<crypto::Digest>;
+constexpr std::uint32_t kModeBits = 07777;
+
+// --- Encoding -----------------------------------------------------------------------------
+
+void Put(Writer& w, const Version& v) {
+  w.PutU64(v.hlc);
+  w.PutU64(v.node);
+}
+
+void Put(Writer& w, const Hello& m) {
+  w.PutU32(m.magic);
+  w.PutU16(m.version);
+  w.PutU64(m.node_id);
+  w.PutStr16(m.listen_addr);
+  w.PutDigest(m.nonce);
+}
+
+void Put(Writer& w, const Auth& m) { w.PutDigest(m.proof); }
+
+void Put(Writer& w, const Peers& m) {
+  w.PutU32(static_cast<std::uint32_t>(m.peers.size()));
+  for (const PeerAddr& p : m.peers) {
+    w.PutU64(p.node_id);
+    w.PutStr16(p.addr);
+  }
+}
+
+void Put(Writer& w, const Subscribe& m) { w.PutU64(m.since); }
+
+void Put(Writer& w, const InodeRecord& r) {
+  w.PutU64(r.id);
+  w.PutU8(static_cast<std::uint8_t>(r.kind));
+  w.PutU32(r.mode);
+  w.PutU32(r.uid);
+  w.PutU32(r.gid);
+  w.PutU64(r.size);
+  w.PutI64(r.mtime_ns);
+  w.PutI64(r.ctime_ns);
+  Put(w, r.version);
+  w.PutBool(r.deleted);
+  w.PutStr16(r.symlink_target);
+  w.PutU32(static_cast<std::uint32_t>(r.manifest.size()));
+  for (const crypto::Digest& d : r.manifest) w.PutDigest(d);
+}
+
+void Put(Writer& w, const DentryRecord& r) {
+  w.PutU64(r.parent);
+  w.PutStr16(r.name);
+  w.PutU64(r.child);
+  Put(w, r.version);
+  w.PutBool(r.deleted);
+}
+
+void Put(Writer& w, const Changes& m) {
+  w.PutU64(m.up_to);
+  w.PutU32(static_cast<std::uint32_t>(m.inodes.size()));
+  for (const InodeRecord& r : m.inodes) Put(w, r);
+  w.PutU32(static_cast<std::uint32_t>(m.dentries.size()));
+  for (const DentryRecord& r : m.dentries) Put(w, r);
+}
+
+void Put(Writer& w, const GetChunk& m) {
+  w.PutU64(m.request_id);
+  w.PutDigest(m.id);
+}
+
+void Put(Writer& w, const ChunkReply& m) {
+  w.PutU64(m.request_id);
+  w.PutBool(m.found);
+  w.PutBlob32(m.data);
+}
+
+// --- Decoding -----------------------------------------------------------------------------
+// Each Get reads into `out` and leaves any failure in the Reader; DecodePayload checks it.
+
+void Get(Reader& r, Version& v) {
+  v.hlc = r.GetU64("version hlc");
+  v.node = r.GetU64("version node");
+}
+
+void Get(Reader& r, Hello& m) {
+  m.magic = r.GetU32("magic");
+  if (r.ok() && m.magic != kMagic) {
+    r.Fail(fmt::format("magic {:#010x} is not {:#010x}", m.magic, kMagic));
+  }
+  // A version other than ours is decoded: the transport refuses it with a better message.
+  m.version = r.GetU16("version");
+  m.node_id = r.GetU64("node id");
+  m.listen_addr = r.GetStr16("listen address", kMaxAddrSize);
+  m.nonce = r.GetDigest("nonce");
+}
+
+void Get(Reader& r, Auth& m) { m.proof = r.GetDigest("proof"); }
+
+void Get(Reader& r, Peers& m) {
+  std::uint32_t n = r.GetCount("peer", kMaxPeersPerMessage, kMinPeerSize);
+  m.peers.reserve(n);
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+    PeerAddr& p = m.peers.emplace_back();
+    p.node_id = r.GetU64("peer node id");
+    p.addr = r.GetStr16("peer address", kMaxAddrSize);
+  }
+}
+
+void Get(Reader& r, Subscribe& m) { m.since = r.GetU64("since"); }
+
+void Get(Reader& r, InodeRecord& rec) {
+  rec.id = r.GetU64("inode id");
+  std::uint8_t kind = r.GetU8("inode kind");
+  if (r.ok()) {
+    switch (static_cast<InodeKind>(kind)) {
+      case InodeKind::kFile:
+      case InodeKind::kDir:
+      case InodeKind::kSymlink:
+        rec.kind = static_cast<InodeKind>(kind);
+        break;
+      default:
+        r.Fail(fmt::format("inode {} has unknown kind {}", rec.id, kind));
+    }
+  }
+  rec.mode = r.GetU32("inode mode");
+  if (r.ok() && (rec.mode & ~kModeBits) != 0) {
+    r.Fail(fmt::format("inode {} mode {:#o} has bits outside 07777", rec.id, rec.mode));
+  }
+  rec.uid = r.GetU32("inode uid");
+  rec.gid = r.GetU32("inode gid");
+  rec.size = r.GetU64("inode size");
+  rec.mtime_ns = r.GetI64("inode mtime");
+  rec.ctime_ns = r.GetI64("inode ctime");
+  Get(r, rec.version);
+  rec.deleted = r.GetBool("inode deleted");
+  rec.symlink_target = r.GetStr16("inode symlink target", kMaxSymlinkSize);
+  std::uint32_t n = r.GetCount("inode manifest chunk", kMaxManifestChunks, kDigestSize);
+  rec.manifest.reserve(n);
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+    rec.manifest.push_back(r.GetDigest("inode manifest chunk id"));
+  }
+}
+
+void Get(Reader& r, DentryRecord& rec) {
+  rec.parent = r.GetU64("dentry parent");
+  rec.name = r.GetStr16("dentry name", kMaxNameSize);
+  if (r.ok() && !ValidName(rec.name)) r.Fail("dentry name is invalid");
+  rec.child = r.GetU64("dentry child");
+  Get(r, rec.version);
+  rec.deleted = r.GetBool("dentry deleted");
+}
+
+void Get(Reader& r, Changes& m) {
+  m.up_to = r.GetU64("up_to");
+  std::uint32_t n_inodes = r.GetCount("inode record", kMaxRecordsPerMessage, kMinInodeSize);
+  m.inodes.reserve(n_inodes);
+  for (std::uint32_t i = 0; i < n_inodes && r.ok(); ++i) Get(r, m.inodes.emplace_back());
+  // The bound is on all records of the message together.
+  std::uint32_t n_dentries =
+      r.GetCount("dentry record", kMaxRecordsPerMessage - n_inodes, kMinDentrySize);
+  m.dentries.reserve(n_dentries);
+  for (std::uint32_t i = 0; i < n_dentries && r.ok(); ++i) Get(r, m.dentries.emplace_back());
+}
+
+void Get(Reader& r, GetChunk& m) {
+  m.request_id = r.GetU64("request id");
+  m.id = r.GetDigest("chunk id");
+}
+
+void Get(Reader& r, ChunkReply& m) {
+  m.request_id = r.GetU64("request id");
+  m.found = r.GetBool("found");
+  m.data = r.GetBlob32("data", kMaxChunkPayload);
+  if (r.ok() && !m.found && !m.data.empty()) {
+    r.Fail(fmt::format("{} bytes of data in a not-found reply", m.data.size()));
+  }
+}
+
+template <typename T>
+Result<Message> Decode(MessageType type, ByteSpan payload) {
+  T m;
+  Reader r(payload, TypeName(type));
+  Get(r, m);
+  if (Status s = r.Finish(); !s.ok()) return s;
+  return Message(std::move(m));
+}
+
+bool KnownType(std::uint16_t t) {
+  return t >= static_cast<std::uint16_t>(MessageType::kHello) &&
+         t <= static_cast<std::uint16_t>(MessageType::kChunkReply);
+}
+
+}  // namespace
+
+MessageType TypeOf(const Message& m) {
+  // The variant's alternatives are in MessageType order, starting at 1.
+  static_assert(std::is_same_v<std::variant_alternative_t<0, Message>, Hello>);
+  static_assert(std::is_same_v<std::variant_alternative_t<6, Message>, ChunkReply>);
+  return static_cast<MessageType>(m.index() + 1);
+}
+
+const char* TypeName(MessageType t) {
+  switch (t) {
+    case MessageType::kHello:
+      return "Hello";
+    case MessageType::kAuth:
+      return "Auth";
+    case MessageType::kPeers:
+      return "Peers";
+    case MessageType::kSubscribe:
+      return "Subscribe";
+    case MessageType::kChanges:
+      return "Changes";
+    case MessageType::kGetChunk:
+      return "GetChunk";
+    case MessageType::kChunkReply:
+      return "ChunkReply";
+  }
+  return "Unknown";
+}
+
+Bytes EncodeFrame(const Message& m) {
+  Writer w;
+  w.PutU32(0);  // length, patched below
+  w.PutU16(static_cast<std::uint16_t>(TypeOf(m)));
+  std::visit([&w](const auto& msg) { Put(w, msg); }, m);
+  // A frame over kMaxFrameSize is encoded anyway and refused by the receiver; senders split
+  // their batches well below it.
+  w.PatchU32(0, static_cast<std::uint32_t>(w.size() - 4));
+  return std::move(w).Take();
+}
+
+Result<FrameHeader> DecodeFrameHeader(ByteSpan header) {
+  if (header.size() != kFrameHeaderSize) {
+    return Err(Code::kInvalid, "frame header is {} bytes, not {}", header.size(), kFrameHeaderSize);
+  }
+  Reader r(header, "frame header");
+  FrameHeader h;
+  h.length = r.GetU32("length");
+  std::uint16_t type = r.GetU16("type");
+  if (h.length < 2) return Err(Code::kInvalid, "frame length {} is below 2", h.length);
+  if (h.length > kMaxFrameSize) {
+    return Err(Code::kInvalid, "frame length {} exceeds {}", h.length, kMaxFrameSize);
+  }
+  if (!KnownType(type)) return Err(Code::kInvalid, "unknown message type {}", type);
+  h.type = static_cast<MessageType>(type);
+  return h;
+}
+
+Result<Message> DecodePayload(MessageType type, ByteSpan payload) {
+  switch (type) {
+    case MessageType::kHello:
+      return Decode<Hello>(type, payload);
+    case MessageType::kAuth:
+      return Decode<Auth>(type, payload);
+    case MessageType::kPeers:
+      return Decode<Peers>(type, payload);
+    case MessageType::kSubscribe:
+      return Decode<Subscribe>(type, payload);
+    case MessageType::kChanges:
+      return Decode<Changes>(type, payload);
+    case MessageType::kGetChunk:
+      return Decode<GetChunk>(type, payload);
+    case MessageType::kChunkReply:
+      return Decode<ChunkReply>(type, payload);
+  }
+  return Err(Code::kInvalid, "unknown message type {}", static_cast<std::uint16_t>(type));
+}
+
+bool ValidName(std::string_view name) {
+  return !name.empty() && name.size() <= kMaxNameSize && name != "." && name != ".." &&
+         name.find('/') == std::string_view::npos && name.find('\0') == std::string_view::npos;
+}
+
+}  // namespace foreverfs::net
