@@ -14,7 +14,7 @@
 #include "base/status.h"
 #include "crypto/crypto.h"
 
-namespace ffs::net {
+namespace foreverfs::net {
 
 inline constexpr std::uint32_t kMagic = 0x31534646;  // "FFS1" little-endian
 inline constexpr std::uint16_t kProtocolVersion = 1;
@@ -150,4 +150,4 @@ Result<Message> DecodePayload(MessageType type, ByteSpan payload);
 // True if `name` may be a directory entry name: 1..255 bytes, not "." or "..", no '/' or NUL.
 bool ValidName(std::string_view name);
 
-}  // namespace ffs::net
+}  // namespace foreverfs::net
