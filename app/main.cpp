@@ -179,6 +179,7 @@ int Serve(Options o) {
   topts.node_id = files.node_id();
   topts.listen = o.listen;
   topts.auth_key = crypto::DeriveKey(key->secret, "foreverfs auth v1");
+  topts.tls_psk = crypto::DeriveKey(key->secret, "foreverfs tls psk v1");
   auto transport = std::make_unique<net::TcpTransport>(*io, topts, *replicator);
   if (auto s = transport->Listen(); !s.ok()) return fail(s.message());
   replicator->SetDialer([t = transport.get()](const std::string& addr) { t->AddPeer(addr); });

@@ -3,8 +3,11 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstring>
+#include <openssl/ssl.h>
+
 #include <boost/asio.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ssl.hpp>
 #include <chrono>
 #include <deque>
 #include <map>
@@ -15,6 +18,7 @@ namespace {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
+using SslStream = asio::ssl::stream<tcp::socket>;
 using asio::awaitable;
 using std::chrono::milliseconds;
 constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
@@ -30,6 +34,63 @@ std::string Describe(const tcp::socket& s) {
   auto ep = s.remote_endpoint(ec);
   if (ec) return "?";
   return fmt::format("{}:{}", ep.address().to_string(), ep.port());
+}
+
+// TLS 1.3 with an external PSK derived from the cluster key: no certificates, and (EC)DHE on
+// top of the PSK (OpenSSL offers only psk_dhe_ke), so past traffic stays secret even if the key
+// leaks later. The PSK's hash must match the one ciphersuite we allow.
+constexpr char kPskIdentity[] = "foreverfs-cluster-v1";
+constexpr unsigned char kTlsAes256GcmSha384[] = {0x13, 0x02};
+
+// Where the PSK hangs on the SSL_CTX (Asio keeps its own callback in the app-data slot).
+int PskIndex() {
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+SSL_SESSION* MakePskSession(SSL* ssl) {
+  auto* key = static_cast<const crypto::Key256*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), PskIndex()));
+  const SSL_CIPHER* cipher = SSL_CIPHER_find(ssl, kTlsAes256GcmSha384);
+  SSL_SESSION* session = SSL_SESSION_new();
+  if (!key || !cipher || !session || !SSL_SESSION_set1_master_key(session, key->data(), key->size()) ||
+      !SSL_SESSION_set_cipher(session, cipher) ||
+      !SSL_SESSION_set_protocol_version(session, TLS1_3_VERSION)) {
+    SSL_SESSION_free(session);
+    return nullptr;
+  }
+  return session;
+}
+
+int UsePsk(SSL* ssl, const EVP_MD* md, const unsigned char** id, std::size_t* idlen,
+           SSL_SESSION** out) {
+  SSL_SESSION* session = MakePskSession(ssl);
+  if (!session) return 0;
+  if (md && md != SSL_CIPHER_get_handshake_digest(SSL_SESSION_get0_cipher(session))) {
+    SSL_SESSION_free(session);
+    *out = nullptr;
+    *id = nullptr;
+    *idlen = 0;
+    return 1;
+  }
+  *out = session;
+  *id = reinterpret_cast<const unsigned char*>(kPskIdentity);
+  *idlen = sizeof(kPskIdentity) - 1;
+  return 1;
+}
+
+int FindPsk(SSL* ssl, const unsigned char* identity, std::size_t len, SSL_SESSION** out) {
+  *out = nullptr;
+  if (len != sizeof(kPskIdentity) - 1 || std::memcmp(identity, kPskIdentity, len) != 0) return 1;
+  *out = MakePskSession(ssl);
+  return *out ? 1 : 0;
+}
+
+std::string TlsError(const boost::system::error_code& ec) {
+  std::string m = ec.message();
+  if (ec.category() == asio::error::get_ssl_category()) {
+    m += " (the peer probably holds another cluster key, or does not speak TLS)";
+  }
+  return m;
 }
 
 }  // namespace
@@ -58,12 +119,22 @@ class TcpLink;
 
 struct TcpTransport::Impl : std::enable_shared_from_this<TcpTransport::Impl> {
   Impl(asio::io_context& io, TcpOptions o, LinkHandler& h)
-      : io_(io), options_(std::move(o)), handler_(h), acceptor_(io) {}
+      : io_(io), options_(std::move(o)), handler_(h), acceptor_(io), tls_(asio::ssl::context::tls) {
+    SSL_CTX* c = tls_.native_handle();
+    SSL_CTX_set_min_proto_version(c, TLS1_3_VERSION);
+    SSL_CTX_set_ciphersuites(c, "TLS_AES_256_GCM_SHA384");
+    SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
+    SSL_CTX_set_verify(c, SSL_VERIFY_NONE, nullptr);
+    SSL_CTX_set_ex_data(c, PskIndex(), &options_.tls_psk);
+    SSL_CTX_set_psk_use_session_callback(c, UsePsk);
+    SSL_CTX_set_psk_find_session_callback(c, FindPsk);
+  }
 
   asio::io_context& io_;
   TcpOptions options_;
   LinkHandler& handler_;
   tcp::acceptor acceptor_;
+  asio::ssl::context tls_;
   std::string advertised_;
   bool stopped_ = false;
   std::map<std::string, std::shared_ptr<asio::steady_timer>> dialers_;  // addr -> backoff timer
@@ -75,8 +146,8 @@ struct TcpTransport::Impl : std::enable_shared_from_this<TcpTransport::Impl> {
 
 class TcpLink : public Link, public std::enable_shared_from_this<TcpLink> {
  public:
-  TcpLink(tcp::socket socket, PeerInfo peer)
-      : socket_(std::move(socket)), signal_(socket_.get_executor()), peer_(std::move(peer)) {
+  TcpLink(tcp::socket socket, asio::ssl::context& tls)
+      : stream_(std::move(socket), tls), signal_(stream_.get_executor()) {
     signal_.expires_at(asio::steady_timer::time_point::max());
   }
 
@@ -93,15 +164,15 @@ class TcpLink : public Link, public std::enable_shared_from_this<TcpLink> {
     closed_ = true;
     reason_ = std::move(reason);
     boost::system::error_code ec;
-    socket_.shutdown(tcp::socket::shutdown_both, ec);
-    socket_.close(ec);
+    stream_.lowest_layer().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.lowest_layer().close(ec);
     signal_.cancel();
   }
 
   const PeerInfo& Peer() const override { return peer_; }
   std::size_t QueuedBytes() const override { return queued_bytes_; }
 
-  tcp::socket socket_;
+  SslStream stream_;
   asio::steady_timer signal_;
   std::deque<Bytes> queue_;
   std::size_t queued_bytes_ = 0;
@@ -113,7 +184,7 @@ class TcpLink : public Link, public std::enable_shared_from_this<TcpLink> {
 namespace {
 
 // Reads one frame; `limit` bounds the length field further than the protocol does.
-awaitable<Result<Message>> ReadMessage(tcp::socket& socket, std::uint32_t limit) {
+awaitable<Result<Message>> ReadMessage(SslStream& socket, std::uint32_t limit) {
   std::array<std::uint8_t, kFrameHeaderSize> header{};
   auto [ec, n] = co_await asio::async_read(socket, asio::buffer(header), kNoThrow);
   if (ec) {
@@ -133,7 +204,7 @@ awaitable<Result<Message>> ReadMessage(tcp::socket& socket, std::uint32_t limit)
   co_return DecodePayload(h->type, payload);
 }
 
-awaitable<boost::system::error_code> WriteMessage(tcp::socket& socket, const Message& m) {
+awaitable<boost::system::error_code> WriteMessage(SslStream& socket, const Message& m) {
   Bytes frame = EncodeFrame(m);
   auto [ec, n] = co_await asio::async_write(socket, asio::buffer(frame), kNoThrow);
   co_return ec;
@@ -153,7 +224,7 @@ awaitable<void> WriterLoop(std::shared_ptr<TcpLink> link) {
       bytes += f.size();
       if (++count >= 64 || bytes >= 4 * kMiB) break;
     }
-    auto [ec, n] = co_await asio::async_write(link->socket_, bufs, kNoThrow);
+    auto [ec, n] = co_await asio::async_write(link->stream_, bufs, kNoThrow);
     if (ec) {
       link->Close(fmt::format("write failed: {}", ec.message()));
       co_return;
@@ -163,7 +234,8 @@ awaitable<void> WriterLoop(std::shared_ptr<TcpLink> link) {
   }
 }
 
-// Handshake, then read until the link closes. Returns true if the handshake succeeded.
+// TLS handshake, Hello and Auth, then read until the link closes. Returns true if the peer
+// completed the handshake.
 awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, tcp::socket socket,
                               bool outbound, std::string dial_addr) {
   const std::string remote = Describe(socket);
@@ -171,26 +243,34 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, tcp::socket
   boost::system::error_code ignored;
   socket.set_option(tcp::no_delay(true), ignored);
   socket.set_option(asio::socket_base::keep_alive(true), ignored);
+  auto link = std::make_shared<TcpLink>(std::move(socket), t->tls_);
+  auto& stream = link->stream_;
 
-  // A deadline for the whole handshake: closing the socket ends the pending read.
-  asio::steady_timer deadline(socket.get_executor());
+  // A deadline for the whole handshake: closing the socket ends whatever is pending.
+  asio::steady_timer deadline(stream.get_executor());
   deadline.expires_after(milliseconds(t->options_.handshake_timeout_ms));
-  deadline.async_wait([&socket](boost::system::error_code ec) {
+  deadline.async_wait([link](boost::system::error_code ec) {
     if (!ec) {
       boost::system::error_code e;
-      socket.close(e);
+      link->stream_.lowest_layer().close(e);
     }
   });
 
+  auto [hec] = co_await stream.async_handshake(
+      outbound ? asio::ssl::stream_base::client : asio::ssl::stream_base::server, kNoThrow);
+  if (hec) {
+    spdlog::warn("peer {}: refused: TLS handshake failed: {}", who, TlsError(hec));
+    co_return false;
+  }
   Hello mine;
   mine.node_id = t->options_.node_id;
   mine.listen_addr = t->advertised_;
   crypto::RandomBytes(mine.nonce);
-  if (auto ec = co_await WriteMessage(socket, mine)) {
+  if (auto ec = co_await WriteMessage(stream, mine)) {
     spdlog::debug("peer {}: handshake write failed: {}", who, ec.message());
     co_return false;
   }
-  auto hello_msg = co_await ReadMessage(socket, kMaxHandshakeFrame);
+  auto hello_msg = co_await ReadMessage(stream, kMaxHandshakeFrame);
   const Hello* hello = hello_msg.ok() ? std::get_if<Hello>(&*hello_msg) : nullptr;
   if (!hello) {
     spdlog::warn("peer {}: refused: no valid Hello ({})", who,
@@ -208,8 +288,8 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, tcp::socket
     co_return false;
   }
   Auth auth{AuthProof(t->options_.auth_key, mine.nonce, hello->nonce, mine.node_id)};
-  if (auto ec = co_await WriteMessage(socket, auth)) co_return false;
-  auto auth_msg = co_await ReadMessage(socket, kMaxHandshakeFrame);
+  if (auto ec = co_await WriteMessage(stream, auth)) co_return false;
+  auto auth_msg = co_await ReadMessage(stream, kMaxHandshakeFrame);
   const Auth* theirs = auth_msg.ok() ? std::get_if<Auth>(&*auth_msg) : nullptr;
   const auto expected = AuthProof(t->options_.auth_key, hello->nonce, mine.nonce, hello->node_id);
   if (!theirs || theirs->proof != expected) {
@@ -219,21 +299,21 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, tcp::socket
   deadline.cancel();
   if (t->stopped_) co_return false;
 
-  PeerInfo info{hello->node_id, hello->listen_addr, remote, outbound};
-  if (outbound) t->addr_node_[dial_addr] = hello->node_id;
-  auto link = std::make_shared<TcpLink>(std::move(socket), info);
+  link->peer_ = PeerInfo{hello->node_id, hello->listen_addr, remote, outbound};
+  const auto info = link->peer_;
+  if (outbound) t->addr_node_[dial_addr] = info.node_id;
   if (!t->handler_.OnOpen(link)) {
     link->Close("refused by handler");
     co_return true;
   }
   t->links_.insert(link);
   t->connected_.insert(info.node_id);
-  asio::co_spawn(link->socket_.get_executor(), WriterLoop(link), [who](std::exception_ptr e) {
+  asio::co_spawn(stream.get_executor(), WriterLoop(link), [who](std::exception_ptr e) {
     if (e) spdlog::error("peer {}: writer failed unexpectedly", who);
   });
   std::string reason = "closed";
   while (!link->closed_) {
-    auto m = co_await ReadMessage(link->socket_, kMaxFrameSize);
+    auto m = co_await ReadMessage(stream, kMaxFrameSize);
     if (!m.ok()) {
       reason = m.status().message();
       if (m.status().code() == Code::kInvalid) {

@@ -1,5 +1,6 @@
 #pragma once
-// TCP transport: accepts on the listen address, dials every added peer and keeps redialing
+// TCP transport, TLS 1.3 with a pre-shared key derived from the cluster key (see
+// doc/protocol.md): accepts on the listen address, dials every added peer and keeps redialing
 // with exponential backoff (0.5 s doubling to 30 s) while the link is down. Each connection has
 // one reader and one writer coroutine; frames over the protocol's bounds, unknown types and
 // failed handshakes close the connection with a log line naming the peer.
@@ -19,7 +20,8 @@ namespace foreverfs::net {
 struct TcpOptions {
   std::uint64_t node_id = 0;
   std::string listen;      // "host:port" or ":port" (all addresses)
-  crypto::Key256 auth_key{};  // derived from the cluster key
+  crypto::Key256 auth_key{};  // derived from the cluster key, for the Auth proof
+  crypto::Key256 tls_psk{};   // derived from the cluster key, the TLS 1.3 external PSK
   int handshake_timeout_ms = 5000;
 };
 
