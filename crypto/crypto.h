@@ -64,6 +64,13 @@ class Aead {
   Key256 key_;
 };
 
+// AES-256-CTR: XORs `data` in place with the keystream at byte `offset` of the stream whose
+// first counter block is `iv` (so any range can be encrypted or decrypted on its own).
+// Confidentiality only, no integrity: for local scratch data under a key that never leaves
+// the process.
+void CtrXor(const Key256& key, const std::array<std::uint8_t, 16>& iv, std::uint64_t offset,
+            MutableByteSpan data);
+
 // The cluster key: 32 secret bytes stored in a file as 64 hex digits and a newline.
 struct ClusterKey {
   Key256 secret{};

@@ -16,36 +16,6 @@ bool AllZero(ByteSpan b) {
   return std::all_of(b.begin(), b.end(), [](std::uint8_t c) { return c == 0; });
 }
 
-Status PreadFull(int fd, std::uint8_t* buf, std::size_t len, std::uint64_t off) {
-  std::size_t done = 0;
-  while (done < len) {
-    ssize_t n = ::pread(fd, buf + done, len - done, static_cast<off_t>(off + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus(errno, "reading staging file");
-    }
-    if (n == 0) {  // beyond the staging file's end: zeros
-      std::memset(buf + done, 0, len - done);
-      break;
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  return Ok();
-}
-
-Status PwriteFull(int fd, const std::uint8_t* buf, std::size_t len, std::uint64_t off) {
-  std::size_t done = 0;
-  while (done < len) {
-    ssize_t n = ::pwrite(fd, buf + done, len - done, static_cast<off_t>(off + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus(errno, "writing staging file");
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  return Ok();
-}
-
 }  // namespace
 
 OpenFile::OpenFile(FileServer& fs, const InodeRecord& rec)
@@ -66,10 +36,10 @@ std::uint64_t OpenFile::ChunkLen(std::size_t index) const {
 }
 
 Status OpenFile::EnsureStaging() {
-  if (staging_.valid()) return Ok();
-  int fd = ::open(fs_.staging_dir_.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-  if (fd < 0) return ErrnoStatus(errno, fmt::format("creating a staging file in {}", fs_.staging_dir_.string()));
-  staging_.reset(fd);
+  if (staging_) return Ok();
+  auto f = StagingFile::Create(fs_.staging_dir_);
+  if (!f.ok()) return f.status();
+  staging_.emplace(std::move(*f));
   return Ok();
 }
 
@@ -89,17 +59,13 @@ Status OpenFile::Materialize(std::size_t index) {
   const std::uint64_t start = index * kCS;
   if (written_[index]) {
     // Whatever staging holds for this chunk is stale: clear it.
-    if (::fallocate(staging_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                    static_cast<off_t>(start), static_cast<off_t>(kCS)) != 0) {
-      Bytes zeros(kCS, 0);
-      if (auto s = PwriteFull(staging_.get(), zeros.data(), zeros.size(), start); !s.ok()) return s;
-    }
+    if (auto s = staging_->Zero(start, kCS); !s.ok()) return s;
   }
   if (manifest_[index] != cas::kHoleId) {
     auto chunk = CommittedChunk(index);
     if (!chunk.ok()) return chunk.status();
     std::size_t len = std::min<std::size_t>((*chunk)->size(), ChunkLen(index));
-    if (auto s = PwriteFull(staging_.get(), (*chunk)->data(), len, start); !s.ok()) return s;
+    if (auto s = staging_->Write(start, ByteSpan((*chunk)->data(), len)); !s.ok()) return s;
   }
   dirty_[index] = true;
   written_[index] = true;
@@ -108,6 +74,7 @@ Status OpenFile::Materialize(std::size_t index) {
 
 Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
   std::lock_guard lock(mu_);
+  AdoptRemote();
   if (offset >= size_) return std::size_t{0};
   const std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), size_ - offset));
   std::size_t done = 0;
@@ -118,7 +85,7 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
     const std::size_t n = std::min<std::size_t>(len - done, kCS - in);
     std::uint8_t* dst = out.data() + done;
     if (dirty_[i]) {
-      if (auto s = PreadFull(staging_.get(), dst, n, pos); !s.ok()) return s;
+      if (auto s = staging_->Read(pos, MutableByteSpan(dst, n)); !s.ok()) return s;
     } else if (manifest_[i] == cas::kHoleId) {
       std::memset(dst, 0, n);
     } else {
@@ -136,6 +103,7 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
 
 Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool append) {
   std::lock_guard lock(mu_);
+  AdoptRemote();
   if (append) offset = size_;
   if (data.empty()) return std::size_t{0};
   const std::uint64_t end = offset + data.size();
@@ -155,7 +123,7 @@ Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool ap
     }
     if (auto s = Materialize(i); !s.ok()) return s;
   }
-  if (auto s = PwriteFull(staging_.get(), data.data(), data.size(), offset); !s.ok()) return s;
+  if (auto s = staging_->Write(offset, data); !s.ok()) return s;
   size_ = std::max(size_, end);
   mtime_ns_ = fs_.NowNs();
   changed_ = true;
@@ -164,14 +132,15 @@ Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool ap
 
 Status OpenFile::Truncate(std::uint64_t size) {
   std::lock_guard lock(mu_);
+  AdoptRemote();
   if (size < size_) {
     const std::size_t k = static_cast<std::size_t>(size / kCS);
     if (size % kCS != 0 && !dirty_[k]) {
       if (auto s = Materialize(k); !s.ok()) return s;
     }
     // Staging beyond the new end must read as zeros if the file grows again.
-    if (staging_.valid() && ::ftruncate(staging_.get(), static_cast<off_t>(size)) != 0) {
-      return ErrnoStatus(errno, "truncating staging file");
+    if (staging_) {
+      if (auto s = staging_->Truncate(size); !s.ok()) return s;
     }
     size_ = size;
     Resize(size);
@@ -186,12 +155,13 @@ Status OpenFile::Truncate(std::uint64_t size) {
 
 Status OpenFile::Commit() {
   std::lock_guard lock(mu_);
+  AdoptRemote();
   if (!changed_) return Ok();
   Bytes buf;
   for (std::size_t i = 0; i < manifest_.size(); ++i) {
     if (!dirty_[i]) continue;
     buf.resize(static_cast<std::size_t>(ChunkLen(i)));
-    if (auto s = PreadFull(staging_.get(), buf.data(), buf.size(), i * kCS); !s.ok()) return s;
+    if (auto s = staging_->Read(i * kCS, buf); !s.ok()) return s;
     if (AllZero(buf)) {
       manifest_[i] = cas::kHoleId;
     } else {
@@ -220,17 +190,40 @@ Status OpenFile::Commit() {
 }
 
 void OpenFile::OnRemoteUpdate(const InodeRecord& rec) {
-  std::lock_guard lock(mu_);
-  if (changed_) return;  // our uncommitted writes will follow as a newer version
+  // Deleted elsewhere: like a local unlink, open handles keep the bytes they had (a tombstone
+  // carries no manifest).
+  if (rec.deleted) return;
+  {
+    std::lock_guard remote(remote_mu_);
+    if (!remote_ || remote_->version < rec.version) remote_ = rec;
+  }
+  std::unique_lock lock(mu_, std::try_to_lock);
+  if (lock.owns_lock()) AdoptRemote();
+}
+
+void OpenFile::AdoptRemote() {
+  std::optional<InodeRecord> pending;
+  {
+    std::lock_guard remote(remote_mu_);
+    pending.swap(remote_);
+  }
+  if (!pending || changed_) return;  // our uncommitted writes will follow as a newer version
+  const InodeRecord& rec = *pending;
   manifest_ = rec.manifest;
   size_ = rec.size;
   mtime_ns_ = rec.mtime_ns;
   std::fill(dirty_.begin(), dirty_.end(), false);
+  // Nothing staged is current any more. Drop the staging file: chunks cut off by a smaller
+  // size would otherwise lose their written_ mark while their stale bytes stay in staging, and
+  // a later write or truncate that grows the file would expose them.
+  staging_.reset();
+  std::fill(written_.begin(), written_.end(), false);
   Resize(size_);
 }
 
 void OpenFile::Overlay(InodeRecord& rec) {
   std::lock_guard lock(mu_);
+  AdoptRemote();
   if (!changed_) return;
   rec.size = size_;
   rec.mtime_ns = mtime_ns_;

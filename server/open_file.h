@@ -1,14 +1,17 @@
 #pragma once
 // The state of a file while any handle has it open: a working manifest, a size, and a staging
 // file (unlinked O_TMPFILE, so a crash leaves nothing behind) holding the chunks written since
-// the last commit. A chunk is copied into staging before a partial write touches it
+// the last commit, encrypted (see StagingFile). A chunk is copied into staging before a partial write touches it
 // (copy-on-write), so a commit only re-reads, hashes and stores the chunks that changed.
 // Thread-safe; all handles of one inode share one OpenFile.
 
 #include <mutex>
+#include <optional>
 #include <vector>
 
-#include "base/fd.h"
+#include <optional>
+
+#include "server/staging_file.h"
 #include "server/file_server.h"
 
 namespace foreverfs::server {
@@ -24,12 +27,16 @@ class OpenFile {
   Status Truncate(std::uint64_t size);
   // Stores dirty chunks and commits a new version of the inode; no-op if nothing changed.
   Status Commit();
-  // A peer committed a new version: adopt it unless we have uncommitted writes.
+  // A peer committed a new version: adopt it unless we have uncommitted writes. Never waits
+  // for mu_ (it runs on the event thread, which a reader holding mu_ may be waiting on for a
+  // chunk): if the file is busy, the holder adopts the version at its next operation.
   void OnRemoteUpdate(const InodeRecord& rec);
   // Size and mtime as a reader of this file should see them now.
   void Overlay(InodeRecord& rec);
 
  private:
+  // Requires mu_: adopts the version OnRemoteUpdate left, if any.
+  void AdoptRemote();
   Status EnsureStaging();
   Status Materialize(std::size_t index);
   // The committed bytes of chunk `index` (may be shorter than the chunk's span: zeros follow).
@@ -46,10 +53,13 @@ class OpenFile {
   std::uint64_t size_;
   std::int64_t mtime_ns_;
   bool changed_ = false;  // size, mtime or chunks differ from the committed version
-  UniqueFd staging_;
+  std::optional<StagingFile> staging_;
   std::size_t cached_index_ = SIZE_MAX;
   cas::ChunkId cached_id_{};
   Bytes cached_;
+  // Taken alone or inside mu_, never the other way round.
+  std::mutex remote_mu_;
+  std::optional<InodeRecord> remote_;  // a remote version not adopted yet, guarded by remote_mu_
 };
 
 }  // namespace foreverfs::server
