@@ -70,6 +70,7 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   std::set<cas::ChunkId> queued_;
   std::size_t in_flight_ = 0;
   std::atomic<bool> notify_posted_{false};
+  bool rescan_scheduled_ = false;
 
   bool ShouldHold(const cas::ChunkId& id) const {
     if (options_.replicas <= 0 || peers_.size() + 1 <= static_cast<std::size_t>(options_.replicas)) {
@@ -167,10 +168,25 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
       StartFetch(id, [self = shared_from_this(), id](Result<Bytes> r) {
         --self->in_flight_;
         self->queued_.erase(id);
-        if (!r.ok()) spdlog::warn("chunk {}: background replication failed: {}", cas::Hex(id), r.status().message());
+        if (!r.ok()) {
+          spdlog::warn("chunk {}: background replication failed: {}", cas::Hex(id), r.status().message());
+          self->ScheduleRescan();
+        }
         self->RunQueue();
       });
     }
+  }
+
+  // A background fetch failed (no peer had the chunk yet): look for missing chunks again one
+  // fetch timeout later, since no new link or manifest may come along to trigger it.
+  void ScheduleRescan() {
+    if (rescan_scheduled_) return;
+    rescan_scheduled_ = true;
+    auto timer = std::make_shared<asio::steady_timer>(io_, options_.fetch_timeout);
+    timer->async_wait([self = shared_from_this(), timer](boost::system::error_code) {
+      self->rescan_scheduled_ = false;
+      self->ScanMissing();
+    });
   }
 
   void StartFetch(const cas::ChunkId& id, Callback done) {
