@@ -57,7 +57,8 @@ namespace memory_detail {
 // Both ends of one link. Ownership: the network holds open pipes, a pipe holds its two links,
 // a link points back weakly; posted deliveries hold the pipe until they ran.
 struct Pipe : std::enable_shared_from_this<Pipe> {
-  Pipe(asio::io_context& io, std::weak_ptr<MemoryNetwork::Impl> net) : io(io), net(std::move(net)) {}
+  Pipe(asio::io_context& io, std::weak_ptr<MemoryNetwork::Impl> net)
+      : io(io), net(std::move(net)) {}
 
   // Event thread: decodes a frame sent towards side `to` and hands it to that side's handler.
   void Deliver(int to, const Bytes& frame) {
@@ -101,9 +102,8 @@ void MemoryLink::Send(Message m) {
   auto pipe = pipe_.lock();
   if (!pipe || pipe->closed) return;
   Bytes frame = EncodeFrame(m);
-  asio::post(pipe->io, [pipe, to = 1 - side_, frame = std::move(frame)] {
-    pipe->Deliver(to, frame);
-  });
+  asio::post(pipe->io,
+             [pipe, to = 1 - side_, frame = std::move(frame)] { pipe->Deliver(to, frame); });
 }
 
 void MemoryLink::Close(std::string reason) {
@@ -151,7 +151,8 @@ MemoryNetwork::~MemoryNetwork() {
 
 void MemoryNetwork::Connect(std::uint64_t node_a, LinkHandler& a, std::uint64_t node_b,
                             LinkHandler& b) {
-  asio::post(impl_->io_, [impl = impl_, node_a, &a, node_b, &b] { impl->Open(node_a, a, node_b, b); });
+  asio::post(impl_->io_,
+             [impl = impl_, node_a, &a, node_b, &b] { impl->Open(node_a, a, node_b, b); });
 }
 
 void MemoryNetwork::Disconnect(std::uint64_t node_a, std::uint64_t node_b) {

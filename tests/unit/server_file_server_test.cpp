@@ -1,0 +1,800 @@
+// FileServer without peers: the path API, the handle data path against a byte-vector model,
+// copy-on-write chunk staging, and the namespace operations with their error codes.
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <linux/fs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cas/chunk_store.h"
+#include "server/file_server.h"
+
+namespace foreverfs::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::uint64_t kCS = cas::kChunkSize;
+
+class TempDir {
+ public:
+  TempDir()
+      : path_(fs::temp_directory_path() / ("ffs_fs_test_" + std::to_string(::getpid()) + "_" +
+                                           std::to_string(crypto::RandomU64()))) {
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+Bytes Pattern(std::size_t size, std::uint32_t seed) {
+  Bytes b(size);
+  std::uint32_t x = seed * 2654435761u + 1;
+  for (auto& c : b) {
+    x = x * 1664525u + 1013904223u;
+    c = static_cast<std::uint8_t>(x >> 24);
+  }
+  return b;
+}
+
+crypto::Key256 FixedKey() {
+  crypto::Key256 k;
+  k.fill(0x5a);
+  return k;
+}
+
+std::string Name(const DirEntry& e) { return e.name; }
+
+class FileServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto db = NamespaceDb::Open(dir_.path() / "ns.db");
+    ASSERT_TRUE(db.ok()) << db.status().message();
+    db_ = std::move(*db);
+    store_ = cas::MakeMemoryStore();
+    fs::create_directories(dir_.path() / "staging");
+    fs_ = std::make_unique<FileServer>(*db_, *store_, cas::ChunkHasher(FixedKey()),
+                                       dir_.path() / "staging");
+    fs_->SetOnLocalChange([this] { ++local_changes_; });
+  }
+
+  // Streams `data` into `path` in uneven pieces (the callback may return less than asked).
+  Status StoreBytes(std::string_view path, const Bytes& data, std::size_t piece = 100'003) {
+    std::size_t at = 0;
+    return fs_->Store(path, [&](MutableByteSpan buf) -> Result<std::size_t> {
+      std::size_t n = std::min({piece, buf.size(), data.size() - at});
+      std::memcpy(buf.data(), data.data() + at, n);
+      at += n;
+      return n;
+    });
+  }
+
+  Result<Bytes> GetBytes(std::string_view path) {
+    Bytes out;
+    Status s = fs_->Get(path, [&](ByteSpan b) {
+      out.insert(out.end(), b.begin(), b.end());
+      return Ok();
+    });
+    if (!s.ok()) return s;
+    return out;
+  }
+
+  Bytes ReadRange(std::uint64_t h, std::uint64_t off, std::size_t len) {
+    Bytes out(len);
+    auto n = fs_->Read(h, off, out);
+    EXPECT_TRUE(n.ok()) << n.status().message();
+    out.resize(n.ok() ? *n : 0);
+    return out;
+  }
+
+  void WriteAt(std::uint64_t h, std::uint64_t off, ByteSpan data) {
+    auto n = fs_->Write(h, off, data);
+    ASSERT_TRUE(n.ok()) << n.status().message();
+    ASSERT_EQ(*n, data.size());
+  }
+
+  std::uint64_t CreateFile(std::string_view name, int flags = O_RDWR, InodeId parent = kRootId) {
+    auto c = fs_->Create(parent, name, 0644, 1000, 1000, flags);
+    EXPECT_TRUE(c.ok()) << c.status().message();
+    return c.ok() ? c->handle : 0;
+  }
+
+  std::set<cas::ChunkId> StoredChunks() {
+    std::set<cas::ChunkId> ids;
+    EXPECT_TRUE(store_->ForEach([&](const cas::ChunkId& id) { ids.insert(id); }).ok());
+    return ids;
+  }
+
+  std::vector<std::string> RootNames() {
+    auto list = fs_->ReadDir(kRootId);
+    EXPECT_TRUE(list.ok());
+    std::vector<std::string> names;
+    if (list.ok()) std::transform(list->begin(), list->end(), std::back_inserter(names), Name);
+    return names;
+  }
+
+  InodeId IdOf(std::string_view path) {
+    auto a = fs_->Resolve(path);
+    EXPECT_TRUE(a.ok()) << path << ": " << a.status().message();
+    return a.ok() ? a->rec.id : 0;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<NamespaceDb> db_;
+  std::unique_ptr<cas::ChunkStore> store_;
+  std::unique_ptr<FileServer> fs_;
+  int local_changes_ = 0;
+};
+
+// --- Path API ------------------------------------------------------------------------------
+
+TEST_F(FileServerTest, StoreGetRemoveByPath) {
+  const Bytes data = Pattern(5 * kMiB + 123, 1);
+  ASSERT_TRUE(StoreBytes("/big.bin", data).ok());
+  EXPECT_GT(local_changes_, 0);
+
+  auto got = GetBytes("/big.bin");
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_EQ(got->size(), data.size());
+  EXPECT_TRUE(*got == data);
+
+  auto attr = fs_->Resolve("big.bin");
+  ASSERT_TRUE(attr.ok());
+  EXPECT_EQ(attr->rec.size, data.size());
+  EXPECT_EQ(attr->rec.kind, InodeKind::kFile);
+  EXPECT_EQ(attr->rec.manifest.size(), 6u);
+  EXPECT_EQ(StoredChunks().size(), 6u);
+
+  ASSERT_TRUE(fs_->Remove("/big.bin").ok());
+  EXPECT_EQ(GetBytes("/big.bin").status().code(), Code::kNotFound);
+  EXPECT_EQ(fs_->Remove("/big.bin").code(), Code::kNotFound);
+  EXPECT_TRUE(RootNames().empty());
+}
+
+TEST_F(FileServerTest, StoreReplacesAndHandlesEmptyAndNestedPaths) {
+  ASSERT_TRUE(StoreBytes("/f", Pattern(3 * kMiB, 2)).ok());
+  const Bytes shorter = Pattern(1000, 3);
+  ASSERT_TRUE(StoreBytes("/f", shorter).ok());
+  EXPECT_TRUE(*GetBytes("/f") == shorter);
+  EXPECT_EQ(fs_->Resolve("/f")->rec.size, 1000u);
+
+  ASSERT_TRUE(StoreBytes("/empty", {}).ok());
+  auto empty = GetBytes("/empty");
+  ASSERT_TRUE(empty.ok());
+  EXPECT_TRUE(empty->empty());
+
+  EXPECT_EQ(StoreBytes("/no/such/dir/f", shorter).code(), Code::kNotFound);
+  ASSERT_TRUE(fs_->Mkdir(kRootId, "d", 0755, 0, 0).ok());
+  ASSERT_TRUE(StoreBytes("/d/inner", shorter).ok());
+  EXPECT_TRUE(*GetBytes("d//inner") == shorter);  // empty components are skipped
+  EXPECT_EQ(GetBytes("/d").status().code(), Code::kIsDir);
+  EXPECT_EQ(fs_->Remove("/d").code(), Code::kNotEmpty);
+  ASSERT_TRUE(fs_->Remove("/d/inner").ok());
+  ASSERT_TRUE(fs_->Remove("/d").ok());
+  EXPECT_EQ(fs_->Store("/", [](MutableByteSpan) -> Result<std::size_t> { return 0; }).code(),
+            Code::kInvalid);
+}
+
+TEST_F(FileServerTest, StoreAndGetPropagateCallbackErrors) {
+  Status s = fs_->Store("/f", [](MutableByteSpan) -> Result<std::size_t> {
+    return Err(Code::kIOError, "source broke");
+  });
+  EXPECT_EQ(s.code(), Code::kIOError);
+  ASSERT_TRUE(StoreBytes("/g", Pattern(10, 4)).ok());
+  s = fs_->Get("/g", [](ByteSpan) { return Err(Code::kNoSpace, "sink full"); });
+  EXPECT_EQ(s.code(), Code::kNoSpace);
+}
+
+// --- Handles -------------------------------------------------------------------------------
+
+TEST_F(FileServerTest, CreateWriteReadFlushRelease) {
+  auto c = fs_->Create(kRootId, "f", 0640, 1000, 1001, O_RDWR | O_CREAT);
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->attr.rec.mode, 0640u);
+  EXPECT_EQ(c->attr.rec.uid, 1000u);
+  EXPECT_EQ(c->attr.rec.gid, 1001u);
+  const std::uint64_t h = c->handle;
+  WriteAt(h, 0, AsBytes("hello, world"));
+  // Readable and visible in attributes before any commit.
+  EXPECT_EQ(AsChars(ReadRange(h, 0, 100)), "hello, world");
+  EXPECT_EQ(AsChars(ReadRange(h, 7, 5)), "world");
+  EXPECT_TRUE(ReadRange(h, 12, 10).empty());
+  EXPECT_TRUE(ReadRange(h, 1000, 10).empty());
+  EXPECT_EQ(fs_->GetAttr(c->attr.rec.id)->rec.size, 12u);
+  EXPECT_EQ(db_->GetInode(c->attr.rec.id)->size, 0u) << "not committed yet";
+
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  EXPECT_EQ(db_->GetInode(c->attr.rec.id)->size, 12u);
+  fs_->Release(h);
+  EXPECT_EQ(fs_->Read(h, 0, MutableByteSpan()).status().code(), Code::kBadHandle);
+  EXPECT_EQ(fs_->Write(h, 0, AsBytes("x")).status().code(), Code::kBadHandle);
+  EXPECT_EQ(fs_->Flush(h).code(), Code::kBadHandle);
+
+  auto h2 = fs_->Open(c->attr.rec.id, O_RDONLY);
+  ASSERT_TRUE(h2.ok());
+  EXPECT_EQ(AsChars(ReadRange(*h2, 0, 100)), "hello, world");
+  fs_->Release(*h2);
+
+  EXPECT_EQ(fs_->Create(kRootId, "f", 0644, 0, 0, O_RDWR | O_CREAT | O_EXCL).status().code(),
+            Code::kExists);
+  // Without O_EXCL, Create opens the existing file.
+  auto again = fs_->Create(kRootId, "f", 0644, 0, 0, O_RDWR | O_CREAT);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->attr.rec.id, c->attr.rec.id);
+  EXPECT_EQ(AsChars(ReadRange(again->handle, 0, 100)), "hello, world");
+  fs_->Release(again->handle);
+}
+
+TEST_F(FileServerTest, ReleaseCommitsAndTwoHandlesShareState) {
+  const std::uint64_t a = CreateFile("f");
+  const InodeId id = IdOf("/f");
+  auto b = fs_->Open(id, O_RDWR);
+  ASSERT_TRUE(b.ok());
+  WriteAt(a, 0, AsBytes("aaaa"));
+  WriteAt(*b, 2, AsBytes("bbbb"));
+  EXPECT_EQ(AsChars(ReadRange(a, 0, 10)), "aabbbb");
+  fs_->Release(a);  // commits both handles' writes
+  EXPECT_EQ(db_->GetInode(id)->size, 6u);
+  fs_->Release(*b);
+  EXPECT_TRUE(*GetBytes("/f") == Bytes(AsBytes("aabbbb").begin(), AsBytes("aabbbb").end()));
+}
+
+class FileServerModelTest : public FileServerTest,
+                            public ::testing::WithParamInterface<std::uint64_t> {};
+
+TEST_P(FileServerModelTest, RandomWritesAndTruncatesMatchAModel) {
+  std::mt19937_64 rng(GetParam());
+  auto pick = [&](std::uint64_t lo, std::uint64_t hi) {
+    return std::uniform_int_distribution<std::uint64_t>(lo, hi)(rng);
+  };
+  std::uint64_t h = CreateFile("model");
+  const InodeId id = IdOf("/model");
+  Bytes model;
+  std::uint32_t seed = 100;
+
+  auto check_all = [&](const char* when, int step) {
+    auto attr = fs_->GetAttr(id);
+    ASSERT_TRUE(attr.ok());
+    ASSERT_EQ(attr->rec.size, model.size()) << when << " step " << step;
+    Bytes all = ReadRange(h, 0, model.size() + 10);
+    ASSERT_EQ(all.size(), model.size()) << when << " step " << step;
+    ASSERT_TRUE(all == model) << when << " step " << step << ": first difference at "
+                              << (std::mismatch(all.begin(), all.end(), model.begin()).first -
+                                  all.begin());
+  };
+
+  for (int step = 0; step < 150; ++step) {
+    const auto op = pick(0, 99);
+    if (op < 55) {
+      // A write, often straddling a chunk boundary.
+      std::uint64_t off = pick(0, 9) < 4 ? pick(1, 4) * kCS - pick(0, 5000) : pick(0, 9 * kCS / 2);
+      std::size_t len =
+          static_cast<std::size_t>(pick(0, 9) < 2 ? pick(kCS, 2 * kCS) : pick(1, 300'000));
+      Bytes data = Pattern(len, ++seed);
+      WriteAt(h, off, data);
+      if (model.size() < off + len) model.resize(off + len, 0);
+      std::copy(data.begin(), data.end(), model.begin() + static_cast<std::ptrdiff_t>(off));
+    } else if (op < 70) {
+      // Truncate down or up (through SetAttr, which commits).
+      std::uint64_t size = pick(0, 9) < 3 ? pick(0, 5) * kCS : pick(0, 5 * kCS);
+      SetAttrRequest req;
+      req.size = size;
+      auto a = fs_->SetAttr(id, req);
+      ASSERT_TRUE(a.ok()) << a.status().message();
+      EXPECT_EQ(a->rec.size, size);
+      model.resize(size, 0);
+    } else if (op < 80) {
+      ASSERT_TRUE(fs_->Flush(h).ok());
+    } else if (op < 85) {
+      // Close and reopen: everything must have been committed.
+      fs_->Release(h);
+      auto rec = db_->GetInode(id);
+      ASSERT_TRUE(rec.ok());
+      ASSERT_EQ(rec->size, model.size());
+      auto reopened = fs_->Open(id, O_RDWR);
+      ASSERT_TRUE(reopened.ok());
+      h = *reopened;
+    } else {
+      // A random read.
+      std::uint64_t off = pick(0, model.size() + 10);
+      std::size_t len = static_cast<std::size_t>(pick(0, 3 * kCS));
+      Bytes got = ReadRange(h, off, len);
+      std::size_t want = off >= model.size() ? 0 : std::min<std::size_t>(len, model.size() - off);
+      ASSERT_EQ(got.size(), want) << "step " << step;
+      ASSERT_TRUE(
+          std::equal(got.begin(), got.end(), model.begin() + static_cast<std::ptrdiff_t>(off)))
+          << "step " << step;
+    }
+    if (step % 10 == 0) check_all("periodic", step);
+  }
+  check_all("end", -1);
+  fs_->Release(h);
+  auto got = GetBytes("/model");
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(*got == model);
+}
+
+INSTANTIATE_TEST_SUITE_P(Seeds, FileServerModelTest, ::testing::Values(7, 1234, 99));
+
+TEST_F(FileServerTest, TruncateDownThenUpReadsZeros) {
+  const Bytes data = Pattern(5 * kCS / 2, 11);  // 2.5 chunks
+  ASSERT_TRUE(StoreBytes("/f", data).ok());
+  const InodeId id = IdOf("/f");
+  SetAttrRequest down;
+  down.size = 3 * kCS / 2;
+  ASSERT_TRUE(fs_->SetAttr(id, down).ok());
+  SetAttrRequest up;
+  up.size = 3 * kCS;
+  ASSERT_TRUE(fs_->SetAttr(id, up).ok());
+  auto got = GetBytes("/f");
+  ASSERT_TRUE(got.ok());
+  ASSERT_EQ(got->size(), 3 * kCS);
+  EXPECT_TRUE(std::equal(data.begin(), data.begin() + 3 * kCS / 2, got->begin()));
+  EXPECT_TRUE(std::all_of(got->begin() + 3 * kCS / 2, got->end(), [](auto c) { return c == 0; }));
+}
+
+TEST_F(FileServerTest, ShrinkingADirtyChunkThenGrowingReadsZeros) {
+  const std::uint64_t h = CreateFile("f");
+  const InodeId id = IdOf("/f");
+  const Bytes data = Pattern(kCS + 500'000, 12);
+  WriteAt(h, 0, data);  // chunk 1 dirty, uncommitted
+  SetAttrRequest down;
+  down.size = kCS + 100;
+  ASSERT_TRUE(fs_->SetAttr(id, down).ok());
+  // Grow by writing past the end, leaving a gap.
+  WriteAt(h, kCS + 300'000, AsBytes("tail"));
+  Bytes got = ReadRange(h, 0, 2 * kCS);
+  ASSERT_EQ(got.size(), kCS + 300'004);
+  EXPECT_TRUE(std::equal(data.begin(), data.begin() + kCS + 100, got.begin()));
+  EXPECT_TRUE(std::all_of(got.begin() + kCS + 100, got.begin() + kCS + 300'000,
+                          [](auto c) { return c == 0; }));
+  EXPECT_EQ(AsChars(ByteSpan(got).subspan(kCS + 300'000)), "tail");
+
+  // Same with a truncate up instead of a write, and after a flush.
+  down.size = kCS + 10;
+  ASSERT_TRUE(fs_->SetAttr(id, down).ok());
+  SetAttrRequest up;
+  up.size = 2 * kCS;
+  ASSERT_TRUE(fs_->SetAttr(id, up).ok());
+  fs_->Release(h);
+  auto all = GetBytes("/f");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2 * kCS);
+  EXPECT_TRUE(std::equal(data.begin(), data.begin() + kCS + 10, all->begin()));
+  EXPECT_TRUE(std::all_of(all->begin() + kCS + 10, all->end(), [](auto c) { return c == 0; }));
+}
+
+TEST_F(FileServerTest, ShrinkUncommittedWriteWithinOneChunkThenGrow) {
+  // Chunk 0 committed with data; then overwritten (dirty) and shrunk inside the same chunk.
+  ASSERT_TRUE(StoreBytes("/f", Pattern(800'000, 13)).ok());
+  const InodeId id = IdOf("/f");
+  auto h = fs_->Open(id, O_RDWR);
+  ASSERT_TRUE(h.ok());
+  WriteAt(*h, 0, Pattern(700'000, 14));
+  SetAttrRequest req;
+  req.size = 1000;
+  ASSERT_TRUE(fs_->SetAttr(id, req).ok());
+  req.size = 800'000;
+  ASSERT_TRUE(fs_->SetAttr(id, req).ok());
+  Bytes got = ReadRange(*h, 0, kCS);
+  ASSERT_EQ(got.size(), 800'000u);
+  Bytes want = Pattern(700'000, 14);
+  want.resize(1000);
+  want.resize(800'000, 0);
+  EXPECT_TRUE(got == want);
+  fs_->Release(*h);
+}
+
+TEST_F(FileServerTest, OpenWithTruncEmptiesTheFile) {
+  ASSERT_TRUE(StoreBytes("/f", Pattern(2 * kCS, 15)).ok());
+  const InodeId id = IdOf("/f");
+  auto h = fs_->Open(id, O_WRONLY | O_TRUNC);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(fs_->GetAttr(id)->rec.size, 0u);
+  WriteAt(*h, 0, AsBytes("new"));
+  fs_->Release(*h);
+  EXPECT_EQ(AsChars(*GetBytes("/f")), "new");
+  // O_TRUNC on a read-only open is ignored.
+  auto r = fs_->Open(id, O_RDONLY | O_TRUNC);
+  ASSERT_TRUE(r.ok());
+  fs_->Release(*r);
+  EXPECT_EQ(AsChars(*GetBytes("/f")), "new");
+}
+
+TEST_F(FileServerTest, AppendWritesGoToTheEnd) {
+  const std::uint64_t h = CreateFile("log", O_WRONLY | O_APPEND);
+  WriteAt(h, 0, AsBytes("one,"));
+  WriteAt(h, 0, AsBytes("two,"));
+  WriteAt(h, 999, AsBytes("three"));
+  fs_->Release(h);
+  EXPECT_EQ(AsChars(*GetBytes("/log")), "one,two,three");
+
+  // Across a chunk boundary, after reopening with O_APPEND.
+  const InodeId id = IdOf("/log");
+  SetAttrRequest req;
+  req.size = kCS - 2;
+  ASSERT_TRUE(fs_->SetAttr(id, req).ok());
+  auto a = fs_->Open(id, O_WRONLY | O_APPEND);
+  auto plain = fs_->Open(id, O_RDWR);
+  ASSERT_TRUE(a.ok() && plain.ok());
+  WriteAt(*a, 0, AsBytes("xyzw"));
+  WriteAt(*plain, 0, AsBytes("O"));  // a handle without O_APPEND writes where it is told
+  fs_->Release(*a);
+  fs_->Release(*plain);
+  auto got = GetBytes("/log");
+  ASSERT_TRUE(got.ok());
+  ASSERT_EQ(got->size(), kCS + 2);
+  EXPECT_EQ(AsChars(ByteSpan(*got).first(13)), "One,two,three");
+  EXPECT_EQ(AsChars(ByteSpan(*got).last(4)), "xyzw");
+}
+
+TEST_F(FileServerTest, SparseFileStoresOnlyWrittenChunks) {
+  const std::uint64_t h = CreateFile("sparse");
+  WriteAt(h, 3 * kCS, AsBytes("end of a hole"));
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  fs_->Release(h);
+  auto rec = db_->GetInode(IdOf("/sparse"));
+  ASSERT_TRUE(rec.ok());
+  EXPECT_EQ(rec->size, 3 * kCS + 13);
+  ASSERT_EQ(rec->manifest.size(), 4u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(rec->manifest[static_cast<std::size_t>(i)], cas::kHoleId);
+  EXPECT_NE(rec->manifest[3], cas::kHoleId);
+  EXPECT_EQ(StoredChunks().size(), 1u);
+  auto got = GetBytes("/sparse");
+  ASSERT_TRUE(got.ok());
+  ASSERT_EQ(got->size(), 3 * kCS + 13);
+  EXPECT_TRUE(std::all_of(got->begin(), got->begin() + 3 * kCS, [](auto c) { return c == 0; }));
+  EXPECT_EQ(AsChars(ByteSpan(*got).last(13)), "end of a hole");
+  // A chunk of zeros written explicitly is a hole too.
+  ASSERT_TRUE(StoreBytes("/zeros", Bytes(2 * kCS, 0)).ok());
+  EXPECT_EQ(StoredChunks().size(), 1u);
+  EXPECT_EQ(GetBytes("/zeros")->size(), 2 * kCS);
+}
+
+TEST_F(FileServerTest, OneByteWriteStoresExactlyOneNewChunk) {
+  const Bytes data = Pattern(4 * kCS, 16);
+  ASSERT_TRUE(StoreBytes("/f", data).ok());
+  const InodeId id = IdOf("/f");
+  const auto before = StoredChunks();
+  ASSERT_EQ(before.size(), 4u);
+  const auto old_manifest = db_->GetInode(id)->manifest;
+
+  auto h = fs_->Open(id, O_RDWR);
+  ASSERT_TRUE(h.ok());
+  const std::uint64_t at = 2 * kCS + 12345;
+  const std::uint8_t byte = static_cast<std::uint8_t>(data[at] ^ 0xff);
+  WriteAt(*h, at, ByteSpan(&byte, 1));
+  ASSERT_TRUE(fs_->Flush(*h).ok());
+  fs_->Release(*h);
+
+  const auto after = StoredChunks();
+  EXPECT_EQ(after.size(), 5u);
+  EXPECT_TRUE(std::includes(after.begin(), after.end(), before.begin(), before.end()));
+  const auto manifest = db_->GetInode(id)->manifest;
+  ASSERT_EQ(manifest.size(), 4u);
+  EXPECT_EQ(manifest[0], old_manifest[0]);
+  EXPECT_EQ(manifest[1], old_manifest[1]);
+  EXPECT_NE(manifest[2], old_manifest[2]);
+  EXPECT_EQ(manifest[3], old_manifest[3]);
+
+  Bytes want = data;
+  want[at] = byte;
+  EXPECT_TRUE(*GetBytes("/f") == want);
+  // Flushing again with nothing written stores and commits nothing.
+  const int changes = local_changes_;
+  auto h2 = fs_->Open(id, O_RDWR);
+  ASSERT_TRUE(h2.ok());
+  ASSERT_TRUE(fs_->Flush(*h2).ok());
+  fs_->Release(*h2);
+  EXPECT_EQ(local_changes_, changes);
+  EXPECT_EQ(StoredChunks().size(), 5u);
+}
+
+TEST_F(FileServerTest, SetAttrChangesModeOwnerAndTimes) {
+  const std::uint64_t h = CreateFile("f");
+  fs_->Release(h);
+  const InodeId id = IdOf("/f");
+  const auto v0 = db_->GetInode(id)->version;
+  SetAttrRequest req;
+  req.mode = 0100600;  // file type bits are dropped
+  req.uid = 7;
+  req.gid = 8;
+  req.mtime_ns = 42;
+  auto a = fs_->SetAttr(id, req);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->rec.mode, 0600u);
+  EXPECT_EQ(a->rec.uid, 7u);
+  EXPECT_EQ(a->rec.gid, 8u);
+  EXPECT_EQ(a->rec.mtime_ns, 42);
+  EXPECT_GT(a->rec.version, v0);
+  SetAttrRequest trunc_dir;
+  trunc_dir.size = 0;
+  EXPECT_EQ(fs_->SetAttr(kRootId, trunc_dir).status().code(), Code::kIsDir);
+  EXPECT_EQ(fs_->SetAttr(999, req).status().code(), Code::kNotFound);
+}
+
+TEST_F(FileServerTest, UnlinkWhileOpenKeepsTheHandleReadable) {
+  ASSERT_TRUE(StoreBytes("/f", Pattern(1000, 17)).ok());
+  const InodeId id = IdOf("/f");
+  auto h = fs_->Open(id, O_RDWR);
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(fs_->Unlink(kRootId, "f").ok());
+  EXPECT_EQ(fs_->Lookup(kRootId, "f").status().code(), Code::kNotFound);
+  EXPECT_TRUE(ReadRange(*h, 0, 2000) == Pattern(1000, 17));
+  WriteAt(*h, 0, AsBytes("x"));
+  EXPECT_TRUE(fs_->Flush(*h).ok());  // nothing to commit to, not an error
+  fs_->Release(*h);
+  EXPECT_EQ(fs_->GetAttr(id).status().code(), Code::kNotFound);
+}
+
+// --- Remote updates of open files ----------------------------------------------------------
+
+// A newer version of `id` as a peer would send it.
+InodeRecord RemoteVersion(NamespaceDb& db, InodeId id) {
+  auto rec = db.GetInode(id);
+  EXPECT_TRUE(rec.ok());
+  InodeRecord r = rec.ok() ? *rec : InodeRecord{};
+  r.version = {r.version.hlc + 1'000'000, 999};
+  return r;
+}
+
+TEST_F(FileServerTest, RemoteShrinkThenLocalGrowthReadsZeros) {
+  const std::uint64_t h = CreateFile("f");
+  const InodeId id = IdOf("/f");
+  WriteAt(h, 0, Pattern(2 * kCS, 30));
+  ASSERT_TRUE(fs_->Flush(h).ok());
+
+  // A peer shrinks the file to half a chunk while we hold it open (with nothing uncommitted).
+  const Bytes half = Pattern(kCS / 2, 31);
+  const auto half_id = cas::ChunkHasher(FixedKey()).IdOf(half);
+  ASSERT_TRUE(fs_->StoreChunk(half_id, half).ok());
+  InodeRecord r = RemoteVersion(*db_, id);
+  r.size = half.size();
+  r.manifest = {half_id};
+  auto won = fs_->ApplyRemote(net::Changes{1, {r}, {}}, 999);
+  ASSERT_TRUE(won.ok());
+  ASSERT_EQ(won->inodes.size(), 1u);
+  EXPECT_TRUE(ReadRange(h, 0, kCS) == half);
+
+  // Growing again locally must not bring back bytes staged before the remote update.
+  WriteAt(h, kCS, AsBytes("x"));
+  SetAttrRequest req;
+  req.size = 2 * kCS;
+  ASSERT_TRUE(fs_->SetAttr(id, req).ok());
+  Bytes got = ReadRange(h, 0, 2 * kCS);
+  ASSERT_EQ(got.size(), 2 * kCS);
+  EXPECT_TRUE(std::equal(half.begin(), half.end(), got.begin()));
+  EXPECT_TRUE(std::all_of(got.begin() + kCS / 2, got.begin() + kCS, [](auto c) { return c == 0; }));
+  EXPECT_EQ(got[kCS], 'x');
+  EXPECT_TRUE(std::all_of(got.begin() + kCS + 1, got.end(), [](auto c) { return c == 0; }))
+      << "stale staged bytes reappeared";
+  fs_->Release(h);
+}
+
+TEST_F(FileServerTest, RemoteUpdateIsAdoptedByAnOpenFileWithoutLocalChanges) {
+  ASSERT_TRUE(StoreBytes("/f", Pattern(1000, 32)).ok());
+  const InodeId id = IdOf("/f");
+  auto h = fs_->Open(id, O_RDONLY);
+  ASSERT_TRUE(h.ok());
+  const Bytes data = Pattern(3000, 33);
+  const auto cid = cas::ChunkHasher(FixedKey()).IdOf(data);
+  ASSERT_TRUE(fs_->StoreChunk(cid, data).ok());
+  InodeRecord r = RemoteVersion(*db_, id);
+  r.size = data.size();
+  r.manifest = {cid};
+  ASSERT_TRUE(fs_->ApplyRemote(net::Changes{1, {r}, {}}, 999).ok());
+  EXPECT_TRUE(ReadRange(*h, 0, 10'000) == data);
+  fs_->Release(*h);
+  EXPECT_TRUE(*GetBytes("/f") == data);
+}
+
+TEST_F(FileServerTest, RemoteWriteDoesNotOverrideUncommittedLocalWrites) {
+  const std::uint64_t h = CreateFile("f");
+  const InodeId id = IdOf("/f");
+  WriteAt(h, 0, AsBytes("local"));
+  InodeRecord r = RemoteVersion(*db_, id);
+  r.size = 3;
+  r.manifest = {cas::kHoleId};
+  ASSERT_TRUE(fs_->ApplyRemote(net::Changes{1, {r}, {}}, 999).ok());
+  EXPECT_EQ(AsChars(ReadRange(h, 0, 100)), "local");
+  fs_->Release(h);  // commits with a version newer than the remote one
+  EXPECT_EQ(AsChars(*GetBytes("/f")), "local");
+  EXPECT_GT(db_->GetInode(id)->version, r.version);
+}
+
+TEST_F(FileServerTest, RemoteDeleteOfAnOpenFileKeepsItsDataReadable) {
+  ASSERT_TRUE(StoreBytes("/f", Pattern(kCS + 10, 34)).ok());
+  const InodeId id = IdOf("/f");
+  auto h = fs_->Open(id, O_RDONLY);
+  ASSERT_TRUE(h.ok());
+  InodeRecord r = RemoteVersion(*db_, id);
+  r.deleted = true;
+  r.manifest.clear();  // as Unlink sends it
+  auto d = db_->GetDentry(kRootId, "f");
+  ASSERT_TRUE(d.ok());
+  DentryRecord tomb = *d;
+  tomb.deleted = true;
+  tomb.version = r.version;
+  ASSERT_TRUE(fs_->ApplyRemote(net::Changes{1, {r}, {tomb}}, 999).ok());
+  EXPECT_EQ(fs_->Lookup(kRootId, "f").status().code(), Code::kNotFound);
+  // Like a local unlink: the open handle still reads what the file held.
+  EXPECT_TRUE(ReadRange(*h, 0, 2 * kCS) == Pattern(kCS + 10, 34));
+  fs_->Release(*h);
+}
+
+// --- Namespace -----------------------------------------------------------------------------
+
+TEST_F(FileServerTest, MkdirReadDirRmdir) {
+  auto d = fs_->Mkdir(kRootId, "d", 0750, 1, 2);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  EXPECT_EQ(d->rec.kind, InodeKind::kDir);
+  EXPECT_EQ(d->rec.mode, 0750u);
+  EXPECT_EQ(fs_->Mkdir(kRootId, "d", 0755, 0, 0).status().code(), Code::kExists);
+  const std::uint64_t h = CreateFile("f", O_RDWR, d->rec.id);
+  fs_->Release(h);
+  ASSERT_TRUE(fs_->Mkdir(d->rec.id, "sub", 0755, 0, 0).ok());
+  ASSERT_TRUE(fs_->Mkdir(kRootId, "a", 0755, 0, 0).ok());
+
+  EXPECT_EQ(RootNames(), (std::vector<std::string>{"a", "d"}));
+  auto inner = fs_->ReadDir(d->rec.id);
+  ASSERT_TRUE(inner.ok());
+  ASSERT_EQ(inner->size(), 2u);
+  EXPECT_EQ((*inner)[0].name, "f");
+  EXPECT_EQ((*inner)[0].kind, InodeKind::kFile);
+  EXPECT_EQ((*inner)[1].name, "sub");
+  EXPECT_EQ((*inner)[1].kind, InodeKind::kDir);
+
+  EXPECT_EQ(fs_->Rmdir(kRootId, "d").code(), Code::kNotEmpty);
+  EXPECT_EQ(fs_->Rmdir(d->rec.id, "f").code(), Code::kNotDir);
+  EXPECT_EQ(fs_->Unlink(d->rec.id, "sub").code(), Code::kIsDir);
+  EXPECT_EQ(fs_->ReadDir(IdOf("/d/f")).status().code(), Code::kNotDir);
+  EXPECT_EQ(fs_->Mkdir(IdOf("/d/f"), "x", 0755, 0, 0).status().code(), Code::kNotDir);
+  ASSERT_TRUE(fs_->Unlink(d->rec.id, "f").ok());
+  ASSERT_TRUE(fs_->Rmdir(d->rec.id, "sub").ok());
+  ASSERT_TRUE(fs_->Rmdir(kRootId, "d").ok());
+  EXPECT_EQ(fs_->Lookup(kRootId, "d").status().code(), Code::kNotFound);
+  EXPECT_EQ(fs_->ReadDir(d->rec.id).status().code(), Code::kNotFound);
+  EXPECT_EQ(fs_->Mkdir(d->rec.id, "x", 0755, 0, 0).status().code(), Code::kNotFound);
+  EXPECT_EQ(fs_->Rmdir(kRootId, "d").code(), Code::kNotFound);
+  EXPECT_EQ(fs_->Unlink(kRootId, "nothing").code(), Code::kNotFound);
+  EXPECT_EQ(RootNames(), (std::vector<std::string>{"a"}));
+  // A name can be used again after removal.
+  EXPECT_TRUE(fs_->Mkdir(kRootId, "d", 0755, 0, 0).ok());
+}
+
+TEST_F(FileServerTest, SymlinkAndReadLink) {
+  auto s = fs_->Symlink(kRootId, "ln", "../target", 0, 0);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->rec.kind, InodeKind::kSymlink);
+  EXPECT_EQ(s->rec.size, 9u);
+  EXPECT_EQ(*fs_->ReadLink(s->rec.id), "../target");
+  EXPECT_EQ(fs_->ReadLink(kRootId).status().code(), Code::kInvalid);
+  EXPECT_EQ(fs_->Symlink(kRootId, "ln", "x", 0, 0).status().code(), Code::kExists);
+  EXPECT_FALSE(fs_->Symlink(kRootId, "empty", "", 0, 0).ok());
+  ASSERT_TRUE(fs_->Unlink(kRootId, "ln").ok());
+}
+
+TEST_F(FileServerTest, RenameOverAnExistingFileReplacesIt) {
+  ASSERT_TRUE(StoreBytes("/a", Pattern(100, 20)).ok());
+  ASSERT_TRUE(StoreBytes("/b", Pattern(200, 21)).ok());
+  const InodeId a = IdOf("/a"), b = IdOf("/b");
+  ASSERT_TRUE(fs_->Rename(kRootId, "a", kRootId, "b", 0).ok());
+  EXPECT_EQ(RootNames(), (std::vector<std::string>{"b"}));
+  EXPECT_EQ(IdOf("/b"), a);
+  EXPECT_TRUE(*GetBytes("/b") == Pattern(100, 20));
+  EXPECT_EQ(fs_->GetAttr(b).status().code(), Code::kNotFound) << "the replaced inode is gone";
+  EXPECT_EQ(fs_->Rename(kRootId, "a", kRootId, "c", 0).code(), Code::kNotFound);
+}
+
+TEST_F(FileServerTest, RenameNoReplaceAndExchange) {
+  ASSERT_TRUE(StoreBytes("/a", Pattern(10, 22)).ok());
+  ASSERT_TRUE(StoreBytes("/b", Pattern(10, 23)).ok());
+  EXPECT_EQ(fs_->Rename(kRootId, "a", kRootId, "b", RENAME_NOREPLACE).code(), Code::kExists);
+  EXPECT_EQ(fs_->Rename(kRootId, "a", kRootId, "b", RENAME_EXCHANGE).code(), Code::kInvalid);
+  EXPECT_TRUE(*GetBytes("/b") == Pattern(10, 23));
+  ASSERT_TRUE(fs_->Rename(kRootId, "a", kRootId, "c", RENAME_NOREPLACE).ok());
+  EXPECT_EQ(RootNames(), (std::vector<std::string>{"b", "c"}));
+  // Renaming onto itself changes nothing.
+  ASSERT_TRUE(fs_->Rename(kRootId, "c", kRootId, "c", 0).ok());
+  EXPECT_EQ(RootNames(), (std::vector<std::string>{"b", "c"}));
+}
+
+TEST_F(FileServerTest, RenameDirectories) {
+  auto d = fs_->Mkdir(kRootId, "d", 0755, 0, 0);
+  ASSERT_TRUE(d.ok());
+  auto sub = fs_->Mkdir(d->rec.id, "sub", 0755, 0, 0);
+  ASSERT_TRUE(sub.ok());
+  auto deep = fs_->Mkdir(sub->rec.id, "deep", 0755, 0, 0);
+  ASSERT_TRUE(deep.ok());
+  ASSERT_TRUE(StoreBytes("/d/sub/file", Pattern(10, 24)).ok());
+
+  // Into its own subtree, or into itself.
+  EXPECT_EQ(fs_->Rename(kRootId, "d", deep->rec.id, "x", 0).code(), Code::kInvalid);
+  EXPECT_EQ(fs_->Rename(kRootId, "d", d->rec.id, "x", 0).code(), Code::kInvalid);
+  EXPECT_EQ(fs_->Rename(d->rec.id, "sub", sub->rec.id, "x", 0).code(), Code::kInvalid);
+
+  // Over a non-empty directory; over an empty one works.
+  ASSERT_TRUE(fs_->Mkdir(kRootId, "full", 0755, 0, 0).ok());
+  ASSERT_TRUE(StoreBytes("/full/x", Pattern(1, 25)).ok());
+  ASSERT_TRUE(fs_->Mkdir(kRootId, "empty", 0755, 0, 0).ok());
+  EXPECT_EQ(fs_->Rename(kRootId, "d", kRootId, "full", 0).code(), Code::kNotEmpty);
+  const InodeId empty = IdOf("/empty");
+  ASSERT_TRUE(fs_->Rename(kRootId, "d", kRootId, "empty", 0).ok());
+  EXPECT_EQ(IdOf("/empty"), d->rec.id);
+  EXPECT_EQ(fs_->GetAttr(empty).status().code(), Code::kNotFound);
+  EXPECT_TRUE(*GetBytes("/empty/sub/file") == Pattern(10, 24));
+
+  // Kind mismatches.
+  EXPECT_EQ(fs_->Rename(kRootId, "full", kRootId, "empty", 0).code(), Code::kNotEmpty);
+  EXPECT_EQ(fs_->Rename(IdOf("/full"), "x", kRootId, "empty", 0).code(), Code::kIsDir);
+  EXPECT_EQ(fs_->Rename(kRootId, "empty", IdOf("/full"), "x", 0).code(), Code::kNotDir);
+
+  // A directory moves with its contents into another directory.
+  ASSERT_TRUE(fs_->Rename(kRootId, "empty", IdOf("/full"), "moved", 0).ok());
+  EXPECT_TRUE(*GetBytes("/full/moved/sub/file") == Pattern(10, 24));
+  EXPECT_EQ(RootNames(), (std::vector<std::string>{"full"}));
+  // Into a parent that is not a directory.
+  EXPECT_EQ(fs_->Rename(kRootId, "full", IdOf("/full/x"), "y", 0).code(), Code::kNotDir);
+}
+
+TEST_F(FileServerTest, NamesAreValidated) {
+  const std::string too_long(256, 'n');
+  const std::string longest(255, 'n');
+  const std::vector<std::string_view> bad_names = {"..", ".", "a/b", "",
+                                                   std::string_view("a\0b", 3)};
+  for (std::string_view bad : bad_names) {
+    EXPECT_EQ(fs_->Mkdir(kRootId, bad, 0755, 0, 0).status().code(), Code::kInvalid) << bad;
+    EXPECT_EQ(fs_->Create(kRootId, bad, 0644, 0, 0, O_RDWR).status().code(), Code::kInvalid);
+    EXPECT_EQ(fs_->Symlink(kRootId, bad, "t", 0, 0).status().code(), Code::kInvalid);
+  }
+  EXPECT_EQ(fs_->Mkdir(kRootId, too_long, 0755, 0, 0).status().code(), Code::kNameTooLong);
+  EXPECT_EQ(fs_->Create(kRootId, too_long, 0644, 0, 0, O_RDWR).status().code(), Code::kNameTooLong);
+  EXPECT_EQ(fs_->Lookup(kRootId, too_long).status().code(), Code::kNameTooLong);
+  ASSERT_TRUE(StoreBytes("/f", Pattern(1, 26)).ok());
+  EXPECT_EQ(fs_->Rename(kRootId, "f", kRootId, "x/y", 0).code(), Code::kInvalid);
+  EXPECT_EQ(fs_->Rename(kRootId, "f", kRootId, too_long, 0).code(), Code::kNameTooLong);
+  EXPECT_TRUE(fs_->Mkdir(kRootId, longest, 0755, 0, 0).ok());
+  EXPECT_TRUE(fs_->Lookup(kRootId, longest).ok());
+  EXPECT_EQ(RootNames(), (std::vector<std::string>{"f", longest}));
+}
+
+TEST_F(FileServerTest, LookupErrors) {
+  EXPECT_EQ(fs_->Lookup(kRootId, "missing").status().code(), Code::kNotFound);
+  EXPECT_EQ(fs_->Lookup(12345, "x").status().code(), Code::kNotFound);
+  EXPECT_EQ(fs_->GetAttr(12345).status().code(), Code::kNotFound);
+  EXPECT_EQ(fs_->Open(12345, O_RDONLY).status().code(), Code::kNotFound);
+  EXPECT_EQ(fs_->Resolve("/a/b").status().code(), Code::kNotFound);
+  EXPECT_EQ(fs_->Create(12345, "x", 0644, 0, 0, O_RDWR).status().code(), Code::kNotFound);
+  ASSERT_TRUE(fs_->Mkdir(kRootId, "d", 0755, 0, 0).ok());
+  auto found = fs_->Lookup(kRootId, "d");
+  ASSERT_TRUE(found.ok());
+  EXPECT_EQ(found->rec.kind, InodeKind::kDir);
+  EXPECT_EQ(fs_->Open(found->rec.id, O_RDWR).status().code(), Code::kIsDir);
+  EXPECT_EQ(fs_->Resolve("/")->rec.id, kRootId);
+}
+
+TEST_F(FileServerTest, AFileMissingItsChunkFailsWithoutPeers) {
+  ASSERT_TRUE(StoreBytes("/f", Pattern(10, 27)).ok());
+  const auto id = db_->GetInode(IdOf("/f"))->manifest.at(0);
+  ASSERT_TRUE(store_->Remove(id).ok());
+  EXPECT_EQ(GetBytes("/f").status().code(), Code::kUnavailable);
+}
+
+}  // namespace
+}  // namespace foreverfs::server

@@ -1,0 +1,518 @@
+// NamespaceDb: last-writer-wins records, tombstones, the change feed, cursors, persistence,
+// and convergence of nodes that apply the same records in different orders.
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "server/namespace_db.h"
+
+namespace foreverfs::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::size_t kHuge = 1'000'000;
+
+class TempDir {
+ public:
+  TempDir()
+      : path_(fs::temp_directory_path() / ("ffs_ns_test_" + std::to_string(::getpid()) + "_" +
+                                           std::to_string(crypto::RandomU64()))) {
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+std::unique_ptr<NamespaceDb> OpenDb(const fs::path& path) {
+  auto db = NamespaceDb::Open(path);
+  EXPECT_TRUE(db.ok()) << db.status().message();
+  return db.ok() ? std::move(*db) : nullptr;
+}
+
+InodeRecord File(InodeId id, Version v, std::uint32_t mode = 0644, bool deleted = false) {
+  InodeRecord r;
+  r.id = id;
+  r.kind = InodeKind::kFile;
+  r.mode = mode;
+  r.size = 10;
+  r.mtime_ns = r.ctime_ns = 1234;
+  r.version = v;
+  r.deleted = deleted;
+  return r;
+}
+
+InodeRecord Dir(InodeId id, Version v) {
+  InodeRecord r = File(id, v, 0755);
+  r.kind = InodeKind::kDir;
+  r.size = 0;
+  return r;
+}
+
+DentryRecord Entry(InodeId parent, std::string name, InodeId child, Version v,
+                   bool deleted = false) {
+  return DentryRecord{parent, std::move(name), child, v, deleted};
+}
+
+ChangeSet Inodes(std::vector<InodeRecord> r) { return {std::move(r), {}}; }
+ChangeSet Dentries(std::vector<DentryRecord> d) { return {{}, std::move(d)}; }
+
+ChangeSet ApplyOk(NamespaceDb& db, const ChangeSet& cs, std::optional<std::uint64_t> peer = {},
+                  std::uint64_t up_to = 0) {
+  auto won = db.Apply(cs, peer, up_to);
+  EXPECT_TRUE(won.ok()) << won.status().message();
+  return won.ok() ? std::move(*won) : ChangeSet{};
+}
+
+class NamespaceDbTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = OpenDb(dir_.path() / "ns.db");
+    ASSERT_NE(db_, nullptr);
+  }
+  TempDir dir_;
+  std::unique_ptr<NamespaceDb> db_;
+};
+
+TEST_F(NamespaceDbTest, NewDatabaseHasRootAndNodeId) {
+  EXPECT_NE(db_->node_id(), 0u);
+  auto root = db_->GetInode(kRootId);
+  ASSERT_TRUE(root.ok()) << root.status().message();
+  EXPECT_EQ(root->kind, InodeKind::kDir);
+  EXPECT_EQ(root->mode, 0755u);
+  EXPECT_EQ(root->version, (Version{0, 0}));
+  auto list = db_->ListDir(kRootId);
+  ASSERT_TRUE(list.ok());
+  EXPECT_TRUE(list->empty());
+  EXPECT_EQ(db_->LastSeq(), 0u);
+  // The root is implicit on every node and never part of the feed.
+  auto changes = db_->ChangesSince(0, kHuge, kHuge);
+  ASSERT_TRUE(changes.ok());
+  EXPECT_TRUE(changes->inodes.empty());
+  EXPECT_TRUE(changes->dentries.empty());
+  EXPECT_EQ(changes->up_to, 0u);
+  EXPECT_EQ(db_->GetInode(2).status().code(), Code::kNotFound);
+}
+
+TEST_F(NamespaceDbTest, TwoDatabasesGetDifferentNodeIds) {
+  auto other = OpenDb(dir_.path() / "other.db");
+  ASSERT_NE(other, nullptr);
+  EXPECT_NE(other->node_id(), db_->node_id());
+}
+
+TEST_F(NamespaceDbTest, InodeLastWriterWins) {
+  auto won = ApplyOk(*db_, Inodes({File(5, {100, 1}, 0600)}));
+  EXPECT_EQ(won.inodes.size(), 1u);
+  EXPECT_EQ(db_->LastSeq(), 1u);
+
+  // Older: ignored.
+  won = ApplyOk(*db_, Inodes({File(5, {99, 7}, 0611)}));
+  EXPECT_TRUE(won.empty());
+  EXPECT_EQ(db_->GetInode(5)->mode, 0600u);
+  // Equal version: ignored, even with other content.
+  won = ApplyOk(*db_, Inodes({File(5, {100, 1}, 0622)}));
+  EXPECT_TRUE(won.empty());
+  EXPECT_EQ(db_->GetInode(5)->mode, 0600u);
+  EXPECT_EQ(db_->LastSeq(), 1u);
+  // Same HLC, greater node id: newer.
+  won = ApplyOk(*db_, Inodes({File(5, {100, 2}, 0633)}));
+  EXPECT_EQ(won.inodes.size(), 1u);
+  EXPECT_EQ(db_->GetInode(5)->mode, 0633u);
+  // Newer HLC: wins.
+  won = ApplyOk(*db_, Inodes({File(5, {101, 0}, 0644)}));
+  EXPECT_EQ(won.inodes.size(), 1u);
+  auto r = db_->GetInode(5);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, File(5, {101, 0}, 0644));
+  EXPECT_EQ(db_->LastSeq(), 3u);
+}
+
+TEST_F(NamespaceDbTest, RecordsRoundTripEveryField) {
+  InodeRecord r = File(7, {55, 9});
+  r.kind = InodeKind::kSymlink;
+  r.uid = 1001;
+  r.gid = 1002;
+  r.size = 5ull << 40;
+  r.mtime_ns = -5;
+  r.ctime_ns = std::numeric_limits<std::int64_t>::max();
+  r.symlink_target = "../some/where";
+  r.manifest = {crypto::Digest{}, crypto::Sha256::Of(AsBytes("a")),
+                crypto::Sha256::Of(AsBytes("b"))};
+  InodeRecord big_id = File(~0ull, {56, 9});  // ids use all 64 bits
+  ApplyOk(*db_, Inodes({r, big_id}));
+  EXPECT_EQ(*db_->GetInode(7), r);
+  EXPECT_EQ(*db_->GetInode(~0ull), big_id);
+  DentryRecord d = Entry(~0ull, std::string(255, 'x'), 7, {~0ull >> 1, ~0ull});
+  ApplyOk(*db_, Dentries({d}));
+  auto got = db_->GetDentry(~0ull, std::string(255, 'x'));
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_EQ(*got, d);
+}
+
+TEST_F(NamespaceDbTest, DentryLastWriterWins) {
+  ApplyOk(*db_, Inodes({File(5, {1, 1}), File(6, {1, 1})}));
+  auto won = ApplyOk(*db_, Dentries({Entry(kRootId, "a", 5, {10, 1})}));
+  EXPECT_EQ(won.dentries.size(), 1u);
+  EXPECT_TRUE(ApplyOk(*db_, Dentries({Entry(kRootId, "a", 6, {9, 1})})).empty());
+  EXPECT_TRUE(ApplyOk(*db_, Dentries({Entry(kRootId, "a", 6, {10, 1})})).empty());
+  EXPECT_EQ(db_->GetDentry(kRootId, "a")->child, 5u);
+  EXPECT_EQ(ApplyOk(*db_, Dentries({Entry(kRootId, "a", 6, {11, 1})})).dentries.size(), 1u);
+  EXPECT_EQ(db_->GetDentry(kRootId, "a")->child, 6u);
+  // Names are case-sensitive and distinct keys.
+  ApplyOk(*db_, Dentries({Entry(kRootId, "A", 5, {12, 1})}));
+  EXPECT_EQ(db_->GetDentry(kRootId, "A")->child, 5u);
+  EXPECT_EQ(db_->GetDentry(kRootId, "a")->child, 6u);
+}
+
+TEST_F(NamespaceDbTest, OneBatchWithTwoVersionsOfOneKeyKeepsTheNewest) {
+  auto won = ApplyOk(*db_, Inodes({File(5, {3, 1}, 0603), File(5, {1, 1}, 0601),
+                                   File(5, {4, 1}, 0604), File(5, {2, 1}, 0602)}));
+  EXPECT_EQ(won.inodes.size(), 2u);  // {3,1} then {4,1}
+  EXPECT_EQ(db_->GetInode(5)->mode, 0604u);
+}
+
+TEST_F(NamespaceDbTest, TombstonesHideAndDoNotResurrect) {
+  ApplyOk(*db_, {{File(5, {1, 1}), Dir(6, {1, 1})},
+                 {Entry(kRootId, "f", 5, {2, 1}), Entry(kRootId, "d", 6, {2, 1})}});
+  ASSERT_EQ(db_->ListDir(kRootId)->size(), 2u);
+  EXPECT_TRUE(db_->HasLiveEntries(kRootId));
+  EXPECT_EQ(db_->LinksTo(5)->size(), 1u);
+
+  // Dentry tombstone: entry gone, inode still there.
+  ApplyOk(*db_, Dentries({Entry(kRootId, "f", 5, {3, 1}, /*deleted=*/true)}));
+  EXPECT_EQ(db_->GetDentry(kRootId, "f").status().code(), Code::kNotFound);
+  EXPECT_TRUE(db_->GetInode(5).ok());
+  EXPECT_TRUE(db_->LinksTo(5)->empty());
+  auto list = db_->ListDir(kRootId);
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].name, "d");
+
+  // An older live version arriving late does not bring it back.
+  ApplyOk(*db_, Dentries({Entry(kRootId, "f", 5, {2, 9})}));
+  EXPECT_EQ(db_->GetDentry(kRootId, "f").status().code(), Code::kNotFound);
+
+  // Inode tombstone: the entry that still points at it is hidden too.
+  ApplyOk(*db_, Inodes({[] {
+    auto r = Dir(6, {4, 1});
+    r.deleted = true;
+    return r;
+  }()}));
+  EXPECT_EQ(db_->GetInode(6).status().code(), Code::kNotFound);
+  EXPECT_EQ(db_->GetDentry(kRootId, "d").status().code(), Code::kNotFound);
+  EXPECT_TRUE(db_->ListDir(kRootId)->empty());
+  EXPECT_FALSE(db_->HasLiveEntries(kRootId));
+  ApplyOk(*db_, Inodes({Dir(6, {3, 7})}));
+  EXPECT_EQ(db_->GetInode(6).status().code(), Code::kNotFound);
+
+  // A newer live version after a tombstone is a re-creation.
+  ApplyOk(*db_, Dentries({Entry(kRootId, "f", 5, {9, 1})}));
+  EXPECT_EQ(db_->GetDentry(kRootId, "f")->child, 5u);
+
+  // Tombstones are in the feed, so they replicate.
+  auto changes = db_->ChangesSince(0, kHuge, kHuge);
+  ASSERT_TRUE(changes.ok());
+  bool saw_inode_tomb = std::any_of(changes->inodes.begin(), changes->inodes.end(),
+                                    [](const InodeRecord& r) { return r.id == 6 && r.deleted; });
+  EXPECT_TRUE(saw_inode_tomb);
+}
+
+TEST_F(NamespaceDbTest, ListDirIsSortedAndSkipsEntriesWhoseInodeIsUnknown) {
+  ApplyOk(*db_, Inodes({File(5, {1, 1}), File(6, {1, 1}), File(7, {1, 1})}));
+  ApplyOk(*db_, Dentries({Entry(kRootId, "c", 5, {1, 1}), Entry(kRootId, "a", 6, {1, 1}),
+                          Entry(kRootId, "b", 7, {1, 1}), Entry(kRootId, "z", 99, {1, 1})}));
+  auto list = db_->ListDir(kRootId);
+  ASSERT_TRUE(list.ok());
+  std::vector<std::string> names;
+  for (auto& d : *list) names.push_back(d.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(db_->GetDentry(kRootId, "z").status().code(), Code::kNotFound);
+}
+
+TEST_F(NamespaceDbTest, ChangesSinceReturnsChangesInOrderWithUpTo) {
+  // Interleave inode and dentry changes across transactions.
+  ApplyOk(*db_, Inodes({File(5, {1, 1})}));                   // seq 1
+  ApplyOk(*db_, Dentries({Entry(kRootId, "a", 5, {1, 1})}));  // seq 2
+  ApplyOk(*db_, Inodes({File(6, {1, 1})}));                   // seq 3
+  ApplyOk(*db_, Dentries({Entry(kRootId, "b", 6, {1, 1})}));  // seq 4
+  ApplyOk(*db_, Inodes({File(5, {2, 1}, 0600)}));             // seq 5: inode 5 moves last
+  EXPECT_EQ(db_->LastSeq(), 5u);
+
+  auto all = db_->ChangesSince(0, kHuge, kHuge);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->up_to, 5u);
+  ASSERT_EQ(all->inodes.size(), 2u);
+  EXPECT_EQ(all->inodes[0].id, 6u);  // seq 3
+  EXPECT_EQ(all->inodes[1].id, 5u);  // seq 5
+  EXPECT_EQ(all->inodes[1].mode, 0600u);
+  ASSERT_EQ(all->dentries.size(), 2u);
+  EXPECT_EQ(all->dentries[0].name, "a");
+  EXPECT_EQ(all->dentries[1].name, "b");
+
+  // One record at a time walks the sequence in order: seq 2 (a), 3 (6), 4 (b), 5 (5).
+  std::vector<std::string> walked;
+  std::uint64_t since = 0;
+  for (int guard = 0; guard < 10; ++guard) {
+    auto page = db_->ChangesSince(since, 1, kHuge);
+    ASSERT_TRUE(page.ok());
+    if (page->inodes.empty() && page->dentries.empty()) {
+      EXPECT_EQ(page->up_to, 5u);
+      break;
+    }
+    ASSERT_EQ(page->inodes.size() + page->dentries.size(), 1u);
+    EXPECT_GT(page->up_to, since);
+    since = page->up_to;
+    walked.push_back(page->inodes.empty() ? "d:" + page->dentries[0].name
+                                          : "i:" + std::to_string(page->inodes[0].id));
+  }
+  EXPECT_EQ(walked, (std::vector<std::string>{"d:a", "i:6", "d:b", "i:5"}));
+
+  auto tail = db_->ChangesSince(3, kHuge, kHuge);
+  ASSERT_TRUE(tail.ok());
+  EXPECT_EQ(tail->up_to, 5u);
+  EXPECT_EQ(tail->inodes.size(), 1u);
+  EXPECT_EQ(tail->dentries.size(), 1u);
+
+  auto none = db_->ChangesSince(5, kHuge, kHuge);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->inodes.empty() && none->dentries.empty());
+  EXPECT_EQ(none->up_to, 5u);
+}
+
+TEST_F(NamespaceDbTest, ChangesSinceHonoursRecordAndManifestLimits) {
+  for (InodeId id = 10; id < 20; ++id) {
+    InodeRecord r = File(id, {id, 1});
+    r.manifest.assign(10, crypto::Sha256::Of(AsBytes(std::to_string(id))));
+    ApplyOk(*db_, Inodes({r}));
+  }
+  ASSERT_EQ(db_->LastSeq(), 10u);
+
+  auto three = db_->ChangesSince(0, 3, kHuge);
+  ASSERT_TRUE(three.ok());
+  ASSERT_EQ(three->inodes.size(), 3u);
+  EXPECT_EQ(three->inodes[0].id, 10u);
+  EXPECT_EQ(three->up_to, 3u);
+
+  // 25 chunks allow two 10-chunk manifests.
+  auto two = db_->ChangesSince(0, kHuge, 25);
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(two->inodes.size(), 2u);
+  EXPECT_EQ(two->up_to, 2u);
+
+  // A manifest over the limit still goes alone, so the feed always moves.
+  auto one = db_->ChangesSince(4, kHuge, 5);
+  ASSERT_TRUE(one.ok());
+  ASSERT_EQ(one->inodes.size(), 1u);
+  EXPECT_EQ(one->inodes[0].id, 14u);
+  EXPECT_EQ(one->up_to, 5u);
+
+  // Paging with both limits visits every record exactly once.
+  std::vector<InodeId> seen;
+  std::uint64_t since = 0;
+  for (int guard = 0; guard < 20; ++guard) {
+    auto page = db_->ChangesSince(since, 3, 15);
+    ASSERT_TRUE(page.ok());
+    if (page->inodes.empty()) break;
+    for (auto& r : page->inodes) seen.push_back(r.id);
+    since = page->up_to;
+  }
+  std::vector<InodeId> expected;
+  for (InodeId id = 10; id < 20; ++id) expected.push_back(id);
+  EXPECT_EQ(seen, expected);
+}
+
+TEST_F(NamespaceDbTest, CursorIsWrittenOnlyWithAPeerBatch) {
+  ApplyOk(*db_, Inodes({File(5, {1, 1})}), 42, 7);
+  EXPECT_EQ(db_->Cursor(42), 7u);
+  ApplyOk(*db_, Inodes({File(5, {1, 1})}));  // nothing won, no cursor
+  EXPECT_EQ(db_->Cursor(42), 7u);
+  // An empty batch from a peer still moves its cursor (an empty Changes carries up_to).
+  ApplyOk(*db_, ChangeSet{}, 42, 9);
+  EXPECT_EQ(db_->Cursor(42), 9u);
+  EXPECT_EQ(db_->LastSeq(), 1u);
+}
+
+TEST_F(NamespaceDbTest, CursorsPersistAcrossReopen) {
+  EXPECT_EQ(db_->Cursor(42), 0u);
+  ApplyOk(*db_, Inodes({File(5, {1, 1})}), 42, 17);
+  ApplyOk(*db_, Inodes({File(6, {1, 1})}), 43, 3);
+  EXPECT_EQ(db_->Cursor(42), 17u);
+  EXPECT_EQ(db_->Cursor(43), 3u);
+  EXPECT_EQ(db_->Cursor(44), 0u);
+  db_.reset();
+  db_ = OpenDb(dir_.path() / "ns.db");
+  ASSERT_NE(db_, nullptr);
+  EXPECT_EQ(db_->Cursor(42), 17u);
+  EXPECT_EQ(db_->Cursor(43), 3u);
+}
+
+TEST_F(NamespaceDbTest, ReopenKeepsNodeIdDataAndSequence) {
+  const auto node = db_->node_id();
+  ApplyOk(*db_, {{File(5, {1000, 1}), Dir(6, {1001, 1})},
+                 {Entry(kRootId, "f", 5, {1002, 1}), Entry(kRootId, "d", 6, {1003, 1})}});
+  const auto seq = db_->LastSeq();
+  EXPECT_EQ(db_->MaxHlc(), 1003u);
+  db_.reset();
+
+  db_ = OpenDb(dir_.path() / "ns.db");
+  ASSERT_NE(db_, nullptr);
+  EXPECT_EQ(db_->node_id(), node);
+  EXPECT_EQ(db_->LastSeq(), seq);
+  EXPECT_EQ(db_->MaxHlc(), 1003u);
+  EXPECT_EQ(*db_->GetInode(5), File(5, {1000, 1}));
+  EXPECT_EQ(db_->GetDentry(kRootId, "d")->child, 6u);
+  EXPECT_EQ(db_->ListDir(kRootId)->size(), 2u);
+  // New changes continue the sequence rather than reusing it.
+  ApplyOk(*db_, Inodes({File(7, {1, 1})}));
+  EXPECT_EQ(db_->LastSeq(), seq + 1);
+  auto tail = db_->ChangesSince(seq, kHuge, kHuge);
+  ASSERT_EQ(tail->inodes.size(), 1u);
+  EXPECT_EQ(tail->inodes[0].id, 7u);
+}
+
+TEST_F(NamespaceDbTest, ForEachLiveManifestVisitsLiveFilesOnly) {
+  InodeRecord a = File(5, {1, 1});
+  a.manifest = {crypto::Sha256::Of(AsBytes("a"))};
+  InodeRecord gone = File(6, {1, 1}, 0644, /*deleted=*/true);
+  InodeRecord big = File(~0ull - 3, {1, 1});  // negative as a SQLite integer
+  ApplyOk(*db_, Inodes({a, gone, big, Dir(7, {1, 1})}));
+  std::vector<InodeId> seen;
+  ASSERT_TRUE(db_->ForEachLiveManifest([&](const InodeRecord& r) { seen.push_back(r.id); }).ok());
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(seen, (std::vector<InodeId>{5, ~0ull - 3}));
+}
+
+// --- Convergence ---------------------------------------------------------------------------
+
+using DentryKey = std::pair<InodeId, std::string>;
+
+struct State {
+  std::map<InodeId, InodeRecord> inodes;
+  std::map<DentryKey, DentryRecord> dentries;
+  bool operator==(const State&) const = default;
+};
+
+State Snapshot(NamespaceDb& db) {
+  State s;
+  auto all = db.ChangesSince(0, kHuge, kHuge);
+  EXPECT_TRUE(all.ok());
+  for (auto& r : all->inodes) EXPECT_TRUE(s.inodes.emplace(r.id, r).second) << "inode twice";
+  for (auto& d : all->dentries) {
+    EXPECT_TRUE(s.dentries.emplace(DentryKey{d.parent, d.name}, d).second) << "dentry twice";
+  }
+  return s;
+}
+
+TEST(NamespaceConvergenceTest, AnyApplyOrderGivesTheSameState) {
+  std::mt19937_64 rng(20240611);
+  auto pick = [&](std::uint64_t n) {
+    return std::uniform_int_distribution<std::uint64_t>(0, n - 1)(rng);
+  };
+  const std::vector<std::string> names = {"a", "b", "c", "d"};
+
+  // 300 records over 8 inodes and 3 x 4 dentry keys. Versions are unique (node = index), as
+  // they are in a real cluster where one node never issues one version twice.
+  std::vector<InodeRecord> inodes;
+  std::vector<DentryRecord> dentries;
+  for (std::uint64_t i = 0; i < 300; ++i) {
+    Version v{1 + pick(150), 1 + i};
+    if (pick(2) == 0) {
+      InodeRecord r = pick(3) == 0 ? Dir(2 + pick(8), v) : File(2 + pick(8), v);
+      r.mode = static_cast<std::uint32_t>(pick(01000));
+      r.size = pick(1 << 20);
+      r.deleted = pick(5) == 0;
+      if (!r.deleted && r.kind == InodeKind::kFile) {
+        r.manifest.assign(pick(3), crypto::Sha256::Of(AsBytes(std::to_string(i))));
+      }
+      inodes.push_back(r);
+    } else {
+      dentries.push_back(
+          Entry(1 + pick(3), names[pick(names.size())], 2 + pick(8), v, pick(4) == 0));
+    }
+  }
+
+  // The expected state: per key, the record with the greatest version.
+  State expected;
+  for (auto& r : inodes) {
+    auto [it, fresh] = expected.inodes.emplace(r.id, r);
+    if (!fresh && it->second.version < r.version) it->second = r;
+  }
+  for (auto& d : dentries) {
+    auto [it, fresh] = expected.dentries.emplace(DentryKey{d.parent, d.name}, d);
+    if (!fresh && it->second.version < d.version) it->second = d;
+  }
+
+  TempDir dir;
+  std::vector<State> states;
+  for (int node = 0; node < 5; ++node) {
+    auto db = OpenDb(dir.path() / ("node" + std::to_string(node) + ".db"));
+    ASSERT_NE(db, nullptr);
+    // Shuffle inode and dentry records together, then apply them in batches of 1..10.
+    struct Op {
+      bool is_inode;
+      std::size_t index;
+    };
+    std::vector<Op> ops;
+    for (std::size_t i = 0; i < inodes.size(); ++i) ops.push_back({true, i});
+    for (std::size_t i = 0; i < dentries.size(); ++i) ops.push_back({false, i});
+    std::mt19937_64 order(1000 + node);
+    std::shuffle(ops.begin(), ops.end(), order);
+    for (std::size_t at = 0; at < ops.size();) {
+      ChangeSet batch;
+      std::size_t n = 1 + order() % 10;
+      for (; n > 0 && at < ops.size(); --n, ++at) {
+        if (ops[at].is_inode) {
+          batch.inodes.push_back(inodes[ops[at].index]);
+        } else {
+          batch.dentries.push_back(dentries[ops[at].index]);
+        }
+      }
+      ApplyOk(*db, batch, /*peer=*/77, /*up_to=*/at);
+    }
+    states.push_back(Snapshot(*db));
+    EXPECT_EQ(states.back(), expected) << "node " << node;
+
+    // The live views agree with the records too.
+    for (InodeId id = 2; id < 10; ++id) {
+      auto it = expected.inodes.find(id);
+      bool live = it != expected.inodes.end() && !it->second.deleted;
+      auto got = db->GetInode(id);
+      EXPECT_EQ(got.ok(), live) << "inode " << id;
+      if (got.ok() && live) {
+        EXPECT_EQ(*got, it->second);
+      }
+    }
+    for (InodeId parent = 1; parent <= 3; ++parent) {
+      auto list = db->ListDir(parent);
+      ASSERT_TRUE(list.ok());
+      std::vector<DentryRecord> want;
+      for (auto& [key, d] : expected.dentries) {
+        if (key.first != parent || d.deleted) continue;
+        auto child = expected.inodes.find(d.child);
+        if (child == expected.inodes.end() || child->second.deleted) continue;
+        want.push_back(d);
+      }
+      EXPECT_EQ(*list, want) << "directory " << parent;
+    }
+    EXPECT_EQ(db->Cursor(77), ops.size());
+  }
+  for (std::size_t i = 1; i < states.size(); ++i) EXPECT_EQ(states[i], states[0]);
+}
+
+}  // namespace
+}  // namespace foreverfs::server
