@@ -7,7 +7,8 @@ pkgs=(
   libboost1.81-dev
   libssl-dev libfmt-dev libspdlog-dev libcli11-dev libsqlite3-dev
   libgtest-dev libgmock-dev
-  iproute2 util-linux attr
+  iproute2 util-linux attr bc
+  clang libclang-rt-14-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do

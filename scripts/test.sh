@@ -21,6 +21,9 @@ else
   failed+=("sanitized build")
 fi
 
+step "fuzz targets (clang, ASan/UBSan, ${FUZZ_SECONDS:-60} s each)"
+bash scripts/fuzz.sh || failed+=("fuzzing")
+
 for t in tests/integration/*.sh; do
   step "integration: $t"
   FOREVERFS="$root/build/foreverfs" bash "$t" || failed+=("$t")

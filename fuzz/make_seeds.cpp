@@ -1,0 +1,49 @@
+// Writes the seed corpus: one valid frame of every message type (frame_fuzzer) and a few
+// Changes payloads (changes_fuzzer). Run by scripts/fuzz.sh.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "net/messages.h"
+
+using namespace foreverfs;
+using namespace foreverfs::net;
+
+int main(int argc, char** argv) {
+  if (argc != 2) return 2;
+  std::filesystem::path out = argv[1];
+  std::filesystem::create_directories(out / "frame");
+  std::filesystem::create_directories(out / "changes");
+  InodeRecord inode{42, InodeKind::kFile, 0644, 1000, 1000, 3 << 20, 1700000000000000000, 1700000000000000001,
+                    {1700000000000000002, 9}, false, "", {crypto::Digest{1}, crypto::Digest{}, crypto::Digest{3}}};
+  InodeRecord link{43, InodeKind::kSymlink, 0777, 0, 0, 6, 1, 2, {3, 4}, false, "target", {}};
+  DentryRecord entry{1, "file.txt", 42, {1700000000000000003, 9}, false};
+  DentryRecord tomb{1, "old", 43, {5, 6}, true};
+  Changes changes{99, {inode, link}, {entry, tomb}};
+  std::vector<Message> messages = {
+      Hello{kMagic, kProtocolVersion, 7, "10.0.0.1:3000", crypto::Digest{5}},
+      Auth{crypto::Digest{6}},
+      Peers{{{1, "10.0.0.2:3000"}, {2, "[::1]:3000"}}},
+      Subscribe{12345},
+      changes,
+      GetChunk{77, crypto::Digest{8}},
+      ChunkReply{77, true, Bytes(300, 0xab)},
+      ChunkReply{78, false, {}},
+  };
+  int i = 0;
+  for (const auto& m : messages) {
+    Bytes f = EncodeFrame(m);
+    std::ofstream(out / "frame" / ("seed" + std::to_string(i++)), std::ios::binary)
+        .write(reinterpret_cast<const char*>(f.data()), static_cast<std::streamsize>(f.size()));
+  }
+  std::vector<Changes> payloads = {changes, Changes{1, {inode}, {}}, Changes{2, {}, {entry}}, Changes{}};
+  i = 0;
+  for (const auto& c : payloads) {
+    Bytes f = EncodeFrame(c);
+    std::ofstream(out / "changes" / ("seed" + std::to_string(i++)), std::ios::binary)
+        .write(reinterpret_cast<const char*>(f.data() + kFrameHeaderSize),
+               static_cast<std::streamsize>(f.size() - kFrameHeaderSize));
+  }
+  std::printf("wrote seeds to %s\n", out.c_str());
+  return 0;
+}
