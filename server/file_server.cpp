@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <set>
 
 #include "server/open_file.h"
 
@@ -220,8 +221,10 @@ Status FileServer::Rename(InodeId parent, std::string_view name, InodeId new_par
   if (!moved.ok()) return moved.status();
   if (parent == new_parent && name == new_name) return Ok();
   if (moved->kind == InodeKind::kDir) {
-    // Refuse to move a directory into its own subtree.
-    for (InodeId at = new_parent; at != kRootId;) {
+    // Refuse to move a directory into its own subtree. Concurrent renames on two nodes can
+    // leave a cycle cut off from the root, so stop at a directory seen before.
+    std::set<InodeId> seen;
+    for (InodeId at = new_parent; at != kRootId && seen.insert(at).second;) {
       if (at == moved->id) return Err(Code::kInvalid, "cannot move '{}' into itself", name);
       auto up = ns_.LinksTo(at);
       if (!up.ok() || up->empty()) break;
