@@ -128,7 +128,7 @@ Status StoreBytes(FileServer& fs, std::string_view path, const Bytes& data) {
   std::size_t at = 0;
   return fs.Store(path, [&](MutableByteSpan buf) -> Result<std::size_t> {
     std::size_t n = std::min(buf.size(), data.size() - at);
-    std::memcpy(buf.data(), data.data() + at, n);
+    if (n > 0) std::memcpy(buf.data(), data.data() + at, n);
     at += n;
     return n;
   });
