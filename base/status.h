@@ -32,6 +32,9 @@ enum class Code {
   kTimedOut,      // ETIMEDOUT
   kBadHandle,     // EBADF
   kNotSupported,  // EOPNOTSUPP
+  kNoData,        // ENODATA: no such extended attribute
+  kNotPermitted,  // EPERM: the operation is not allowed on this kind of file
+  kRange,         // ERANGE: a value does not fit
 };
 
 class [[nodiscard]] Status {
@@ -68,8 +71,8 @@ inline Status ErrnoStatus(int err, std::string_view what) {
     case ENOTEMPTY: c = Code::kNotEmpty; break;
     case EINVAL: c = Code::kInvalid; break;
     case ENAMETOOLONG: c = Code::kNameTooLong; break;
-    case EACCES:
-    case EPERM: c = Code::kPermission; break;
+    case EACCES: c = Code::kPermission; break;
+    case EPERM: c = Code::kNotPermitted; break;
     case ENOSPC:
     case EDQUOT: c = Code::kNoSpace; break;
     case ETIMEDOUT: c = Code::kTimedOut; break;
@@ -94,6 +97,9 @@ inline int ToErrno(const Status& s) {
     case Code::kTimedOut: return ETIMEDOUT;
     case Code::kBadHandle: return EBADF;
     case Code::kNotSupported: return EOPNOTSUPP;
+    case Code::kNoData: return ENODATA;
+    case Code::kNotPermitted: return EPERM;
+    case Code::kRange: return ERANGE;
     case Code::kCorruption:
     case Code::kIOError:
     case Code::kUnavailable: return EIO;

@@ -28,6 +28,7 @@ struct stat ToStat(const Attr& a) {
     case InodeKind::kDir: st.st_mode = S_IFDIR; break;
     case InodeKind::kSymlink: st.st_mode = S_IFLNK; break;
     case InodeKind::kFile: st.st_mode = S_IFREG; break;
+    case InodeKind::kFifo: st.st_mode = S_IFIFO; break;
   }
   st.st_mode |= r.mode & 07777;
   st.st_nlink = a.nlink;
@@ -40,13 +41,19 @@ struct stat ToStat(const Attr& a) {
     return timespec{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
   };
   st.st_mtim = ts(r.mtime_ns);
-  st.st_atim = ts(r.mtime_ns);
+  st.st_atim = ts(r.atime_ns);
   st.st_ctim = ts(r.ctime_ns);
   return st;
 }
 
 mode_t KindBits(InodeKind k) {
-  return k == InodeKind::kDir ? S_IFDIR : k == InodeKind::kSymlink ? S_IFLNK : S_IFREG;
+  switch (k) {
+    case InodeKind::kDir: return S_IFDIR;
+    case InodeKind::kSymlink: return S_IFLNK;
+    case InodeKind::kFifo: return S_IFIFO;
+    case InodeKind::kFile: break;
+  }
+  return S_IFREG;
 }
 
 struct Invalidation {
@@ -151,12 +158,18 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fu
   if (to_set & FUSE_SET_ATTR_UID) r.uid = attr->st_uid;
   if (to_set & FUSE_SET_ATTR_GID) r.gid = attr->st_gid;
   if (to_set & FUSE_SET_ATTR_SIZE) r.size = static_cast<std::uint64_t>(attr->st_size);
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  auto ns = [](const timespec& t) { return t.tv_sec * 1000000000LL + t.tv_nsec; };
   if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
-    timespec now{};
-    clock_gettime(CLOCK_REALTIME, &now);
-    r.mtime_ns = now.tv_sec * 1000000000LL + now.tv_nsec;
+    r.mtime_ns = ns(now);
   } else if (to_set & FUSE_SET_ATTR_MTIME) {
-    r.mtime_ns = attr->st_mtim.tv_sec * 1000000000LL + attr->st_mtim.tv_nsec;
+    r.mtime_ns = ns(attr->st_mtim);
+  }
+  if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+    r.atime_ns = ns(now);
+  } else if (to_set & FUSE_SET_ATTR_ATIME) {
+    r.atime_ns = ns(attr->st_atim);
   }
   auto a = im.fs.SetAttr(ino, r);
   if (!a.ok()) return Impl::ReplyError(req, a.status(), "setattr");
@@ -184,6 +197,68 @@ void OpSymlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char
   auto a = im.fs.Symlink(parent, name, target, ctx->uid, ctx->gid);
   if (!a.ok()) return Impl::ReplyError(req, a.status(), "symlink");
   im.ReplyEntry(req, *a);
+}
+
+void OpLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  auto& im = Impl::Of(req);
+  auto a = im.fs.Link(ino, newparent, newname);
+  if (!a.ok()) return Impl::ReplyError(req, a.status(), "link");
+  im.ReplyEntry(req, *a);
+}
+
+void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
+  auto& im = Impl::Of(req);
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  auto a = im.fs.Mknod(parent, name, (mode & S_IFMT) | (mode & ~S_IFMT & ~ctx->umask), ctx->uid,
+                       ctx->gid);
+  if (!a.ok()) return Impl::ReplyError(req, a.status(), "mknod");
+  im.ReplyEntry(req, *a);
+}
+
+void OpSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                int flags) {
+  auto s = Impl::Of(req).fs.SetXattr(ino, name, ByteSpan(reinterpret_cast<const std::uint8_t*>(value), size), flags);
+  if (!s.ok()) return Impl::ReplyError(req, s, "setxattr");
+  fuse_reply_err(req, 0);
+}
+
+void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  auto v = Impl::Of(req).fs.GetXattr(ino, name);
+  if (!v.ok()) return Impl::ReplyError(req, v.status(), "getxattr");
+  if (size == 0) {
+    fuse_reply_xattr(req, v->size());
+  } else if (size < v->size()) {
+    fuse_reply_err(req, ERANGE);
+  } else {
+    fuse_reply_buf(req, reinterpret_cast<const char*>(v->data()), v->size());
+  }
+}
+
+void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  auto names = Impl::Of(req).fs.ListXattr(ino);
+  if (!names.ok()) return Impl::ReplyError(req, names.status(), "listxattr");
+  std::string list;
+  for (const auto& n : *names) list.append(n).push_back('\0');
+  if (size == 0) {
+    fuse_reply_xattr(req, list.size());
+  } else if (size < list.size()) {
+    fuse_reply_err(req, ERANGE);
+  } else {
+    fuse_reply_buf(req, list.data(), list.size());
+  }
+}
+
+void OpRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  auto s = Impl::Of(req).fs.RemoveXattr(ino, name);
+  if (!s.ok()) return Impl::ReplyError(req, s, "removexattr");
+  fuse_reply_err(req, 0);
+}
+
+void OpFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length, fuse_file_info* fi) {
+  auto s = Impl::Of(req).fs.Fallocate(fi->fh, mode, static_cast<std::uint64_t>(offset),
+                                      static_cast<std::uint64_t>(length));
+  if (!s.ok()) return Impl::ReplyError(req, s, "fallocate");
+  fuse_reply_err(req, 0);
 }
 
 void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -235,7 +310,8 @@ void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* 
 
 void OpWrite(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off, fuse_file_info* fi) {
   auto n = Impl::Of(req).fs.Write(fi->fh, static_cast<std::uint64_t>(off),
-                                  ByteSpan(reinterpret_cast<const std::uint8_t*>(data), size));
+                                  ByteSpan(reinterpret_cast<const std::uint8_t*>(data), size),
+                                  fuse_req_ctx(req)->uid);
   if (!n.ok()) return Impl::ReplyError(req, n.status(), "write");
   fuse_reply_write(req, *n);
 }
@@ -330,6 +406,13 @@ const fuse_lowlevel_ops kOps = [] {
   ops.mkdir = OpMkdir;
   ops.symlink = OpSymlink;
   ops.unlink = OpUnlink;
+  ops.link = OpLink;
+  ops.mknod = OpMknod;
+  ops.setxattr = OpSetxattr;
+  ops.getxattr = OpGetxattr;
+  ops.listxattr = OpListxattr;
+  ops.removexattr = OpRemovexattr;
+  ops.fallocate = OpFallocate;
   ops.rmdir = OpRmdir;
   ops.rename = OpRename;
   ops.open = OpOpen;

@@ -14,7 +14,8 @@ namespace {
 // that are left before reserving anything.
 constexpr std::size_t kMinPeerSize = 8 + 2;  // node_id, addr length
 constexpr std::size_t kMinInodeSize =
-    8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 1 + 2 + 4;         // fixed fields, target length, count
+    8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 2 + 2 + 4;  // fixed fields, lengths, counts
+constexpr std::size_t kMinXattrSize = 2 + 4;                     // name length, value length
 constexpr std::size_t kMinDentrySize = 8 + 2 + 8 + 8 + 8 + 1;  // an empty name fails later
 constexpr std::size_t kDigestSize = std::tuple_size_v<crypto::Digest>;
 constexpr std::uint32_t kModeBits = 07777;
@@ -55,9 +56,15 @@ void Put(Writer& w, const InodeRecord& r) {
   w.PutU64(r.size);
   w.PutI64(r.mtime_ns);
   w.PutI64(r.ctime_ns);
+  w.PutI64(r.atime_ns);
   Put(w, r.version);
   w.PutBool(r.deleted);
   w.PutStr16(r.symlink_target);
+  w.PutU16(static_cast<std::uint16_t>(r.xattrs.size()));
+  for (const Xattr& x : r.xattrs) {
+    w.PutStr16(x.name);
+    w.PutBlob32(x.value);
+  }
   w.PutU32(static_cast<std::uint32_t>(r.manifest.size()));
   for (const crypto::Digest& d : r.manifest) w.PutDigest(d);
 }
@@ -131,6 +138,7 @@ void Get(Reader& r, InodeRecord& rec) {
       case InodeKind::kFile:
       case InodeKind::kDir:
       case InodeKind::kSymlink:
+      case InodeKind::kFifo:
         rec.kind = static_cast<InodeKind>(kind);
         break;
       default:
@@ -146,9 +154,28 @@ void Get(Reader& r, InodeRecord& rec) {
   rec.size = r.GetU64("inode size");
   rec.mtime_ns = r.GetI64("inode mtime");
   rec.ctime_ns = r.GetI64("inode ctime");
+  rec.atime_ns = r.GetI64("inode atime");
   Get(r, rec.version);
   rec.deleted = r.GetBool("inode deleted");
   rec.symlink_target = r.GetStr16("inode symlink target", kMaxSymlinkSize);
+  std::uint16_t n_x = r.GetU16("inode xattr count");
+  if (r.ok() && n_x > kMaxXattrs) r.Fail(fmt::format("inode {} has {} xattrs, over {}", rec.id, n_x, kMaxXattrs));
+  std::size_t total = 0;
+  for (std::uint16_t i = 0; i < n_x && r.ok(); ++i) {
+    Xattr x;
+    x.name = r.GetStr16("xattr name", kMaxNameSize);
+    x.value = r.GetBlob32("xattr value", kMaxXattrValue);
+    if (!r.ok()) break;
+    total += x.name.size() + x.value.size();
+    if (x.name.empty() || x.name.find('\0') != std::string::npos) {
+      r.Fail(fmt::format("inode {} has an invalid xattr name", rec.id));
+    } else if (!rec.xattrs.empty() && !(rec.xattrs.back().name < x.name)) {
+      r.Fail(fmt::format("inode {} xattrs are not sorted and unique", rec.id));
+    } else if (total > kMaxXattrTotal) {
+      r.Fail(fmt::format("inode {} xattrs exceed {} bytes", rec.id, kMaxXattrTotal));
+    }
+    rec.xattrs.push_back(std::move(x));
+  }
   std::uint32_t n = r.GetCount("inode manifest chunk", kMaxManifestChunks, kDigestSize);
   rec.manifest.reserve(n);
   for (std::uint32_t i = 0; i < n && r.ok(); ++i) {

@@ -27,6 +27,9 @@ inline constexpr std::uint32_t kMaxPeersPerMessage = 1024;
 inline constexpr std::uint32_t kMaxRecordsPerMessage = 65536;
 inline constexpr std::uint32_t kMaxManifestChunks = kMaxFrameSize / 32;
 inline constexpr std::uint32_t kMaxChunkPayload = 1024 * 1024;
+inline constexpr std::uint32_t kMaxXattrs = 128;                // per inode
+inline constexpr std::size_t kMaxXattrValue = 64 * 1024;         // bytes, as Linux allows
+inline constexpr std::size_t kMaxXattrTotal = 64 * 1024;         // names + values per inode
 
 // A replicated version: hybrid logical clock, node id as tie-break. Newer compares greater.
 struct Version {
@@ -35,7 +38,14 @@ struct Version {
   auto operator<=>(const Version&) const = default;
 };
 
-enum class InodeKind : std::uint8_t { kFile = 1, kDir = 2, kSymlink = 3 };
+enum class InodeKind : std::uint8_t { kFile = 1, kDir = 2, kSymlink = 3, kFifo = 4 };
+
+// An extended attribute; an inode keeps them sorted by name, names unique.
+struct Xattr {
+  std::string name;
+  Bytes value;
+  bool operator==(const Xattr&) const = default;
+};
 
 // An inode's replicated state: attributes and the current manifest of a file.
 struct InodeRecord {
@@ -47,9 +57,11 @@ struct InodeRecord {
   std::uint64_t size = 0;
   std::int64_t mtime_ns = 0;
   std::int64_t ctime_ns = 0;
+  std::int64_t atime_ns = 0;
   Version version;
   bool deleted = false;
   std::string symlink_target;
+  std::vector<Xattr> xattrs;
   std::vector<crypto::Digest> manifest;  // chunk i covers bytes [i MiB, (i+1) MiB)
   bool operator==(const InodeRecord&) const = default;
 };

@@ -28,6 +28,8 @@ constexpr auto kNoThrow = asio::as_tuple(asio::use_awaitable);
 constexpr std::uint32_t kMaxHandshakeFrame = 1024;
 constexpr auto kBackoffMin = milliseconds(500);
 constexpr auto kBackoffMax = milliseconds(30000);
+// A peer that stops reading must not make us queue without bound.
+constexpr std::size_t kMaxSendQueue = 64 * kMiB;
 
 std::string Describe(const tcp::socket& s) {
   boost::system::error_code ec;
@@ -153,6 +155,12 @@ class TcpLink : public Link, public std::enable_shared_from_this<TcpLink> {
 
   void Send(Message m) override {
     if (closed_) return;
+    if (queued_bytes_ > kMaxSendQueue) {
+      spdlog::warn("peer {}: over {} MiB queued for it; disconnecting a peer that does not read",
+                   peer_.remote, kMaxSendQueue / kMiB);
+      Close("send queue full");
+      return;
+    }
     Bytes frame = EncodeFrame(m);
     queued_bytes_ += frame.size();
     queue_.push_back(std::move(frame));

@@ -1,9 +1,11 @@
 #include "server/file_server.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/fs.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 
 #include <chrono>
 #include <set>
@@ -100,38 +102,74 @@ Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& req) {
     if (auto s = of->Truncate(*req.size); !s.ok()) return s;
     if (auto s = of->Commit(); !s.ok()) return s;
   }
-  if (req.mode || req.uid || req.gid || req.mtime_ns) {
-    std::lock_guard lock(ns_mu_);
-    auto rec = ns_.GetInode(id);
-    if (!rec.ok()) return rec.status();
-    if (req.mode) rec->mode = *req.mode & 07777;
-    if (req.uid) rec->uid = *req.uid;
-    if (req.gid) rec->gid = *req.gid;
-    if (req.mtime_ns) rec->mtime_ns = *req.mtime_ns;
-    rec->ctime_ns = NowNs();
-    rec->version = hlc_.Next();
-    if (auto w = CommitLocal({{*rec}, {}}); !w.ok()) return w.status();
+  if (req.mode || req.uid || req.gid || req.mtime_ns || req.atime_ns) {
+    auto s = UpdateInode(id, [&](InodeRecord& rec) {
+      if (req.mode) rec.mode = *req.mode & 07777;
+      if (req.uid) rec.uid = *req.uid;
+      if (req.gid) rec.gid = *req.gid;
+      if (req.mtime_ns) rec.mtime_ns = *req.mtime_ns;
+      if (req.atime_ns) rec.atime_ns = *req.atime_ns;
+      return Ok();
+    });
+    if (!s.ok()) return s;
+    if (req.mtime_ns) {
+      // A file open for writing keeps the time just set, not the time of its last write.
+      std::shared_ptr<OpenFile> of;
+      {
+        std::lock_guard lock(files_mu_);
+        auto it = open_files_.find(id);
+        if (it != open_files_.end()) of = it->second.lock();
+      }
+      if (of) of->SetMtime(*req.mtime_ns);
+    }
   }
   return GetAttr(id);
+}
+
+Status FileServer::UpdateInode(InodeId id, const std::function<Status(InodeRecord&)>& change) {
+  std::lock_guard lock(ns_mu_);
+  auto rec = ns_.GetInode(id);
+  if (!rec.ok()) return rec.status();
+  if (auto s = change(*rec); !s.ok()) return s;
+  rec->ctime_ns = NowNs();
+  rec->version = hlc_.Next();
+  auto w = CommitLocal({{*rec}, {}});
+  return w.ok() ? Ok() : w.status();
+}
+
+InodeRecord FileServer::NewInode(InodeKind kind, std::uint32_t mode, std::uint32_t uid,
+                                 std::uint32_t gid, const InodeRecord& parent) {
+  InodeRecord rec;
+  do rec.id = crypto::RandomU64();
+  while (rec.id <= kRootId);
+  rec.kind = kind;
+  rec.mode = mode & 07777;
+  rec.uid = uid;
+  rec.gid = gid;
+  if (parent.mode & S_ISGID) {  // BSD group semantics in a setgid directory
+    rec.gid = parent.gid;
+    if (kind == InodeKind::kDir) rec.mode |= S_ISGID;
+  }
+  rec.mtime_ns = rec.ctime_ns = rec.atime_ns = NowNs();
+  rec.version = hlc_.Next();
+  return rec;
+}
+
+Status FileServer::AddEntry(InodeId parent, std::string_view name, const InodeRecord& rec) {
+  if (ns_.GetDentry(parent, name).ok()) return Err(Code::kExists, "'{}' exists", name);
+  DentryRecord d{parent, std::string(name), rec.id, hlc_.Next(), false};
+  auto w = CommitLocal({{rec}, {d}});
+  return w.ok() ? Ok() : w.status();
 }
 
 Result<Attr> FileServer::Mkdir(InodeId parent, std::string_view name, std::uint32_t mode,
                                std::uint32_t uid, std::uint32_t gid) {
   if (auto s = CheckName(name); !s.ok()) return s;
   std::lock_guard lock(ns_mu_);
-  if (auto p = LiveDir(parent); !p.ok()) return p.status();
-  if (ns_.GetDentry(parent, name).ok()) return Err(Code::kExists, "'{}' exists", name);
-  InodeRecord rec;
-  do rec.id = crypto::RandomU64();
-  while (rec.id <= kRootId);
-  rec.kind = InodeKind::kDir;
-  rec.mode = mode & 07777;
-  rec.uid = uid;
-  rec.gid = gid;
-  rec.mtime_ns = rec.ctime_ns = NowNs();
-  rec.version = hlc_.Next();
-  DentryRecord d{parent, std::string(name), rec.id, hlc_.Next(), false};
-  if (auto w = CommitLocal({{rec}, {d}}); !w.ok()) return w.status();
+  auto p = LiveDir(parent);
+  if (!p.ok()) return p.status();
+  InodeRecord rec = NewInode(InodeKind::kDir, mode, uid, gid, *p);
+  if (auto s = AddEntry(parent, name, rec); !s.ok()) return s;
   return MakeAttr(rec);
 }
 
@@ -142,21 +180,12 @@ Result<Attr> FileServer::Symlink(InodeId parent, std::string_view name, std::str
     return Err(Code::kNameTooLong, "symlink target is empty or too long");
   }
   std::lock_guard lock(ns_mu_);
-  if (auto p = LiveDir(parent); !p.ok()) return p.status();
-  if (ns_.GetDentry(parent, name).ok()) return Err(Code::kExists, "'{}' exists", name);
-  InodeRecord rec;
-  do rec.id = crypto::RandomU64();
-  while (rec.id <= kRootId);
-  rec.kind = InodeKind::kSymlink;
-  rec.mode = 0777;
-  rec.uid = uid;
-  rec.gid = gid;
+  auto p = LiveDir(parent);
+  if (!p.ok()) return p.status();
+  InodeRecord rec = NewInode(InodeKind::kSymlink, 0777, uid, gid, *p);
   rec.size = target.size();
   rec.symlink_target = std::string(target);
-  rec.mtime_ns = rec.ctime_ns = NowNs();
-  rec.version = hlc_.Next();
-  DentryRecord d{parent, std::string(name), rec.id, hlc_.Next(), false};
-  if (auto w = CommitLocal({{rec}, {d}}); !w.ok()) return w.status();
+  if (auto s = AddEntry(parent, name, rec); !s.ok()) return s;
   return MakeAttr(rec);
 }
 
@@ -165,6 +194,100 @@ Result<std::string> FileServer::ReadLink(InodeId id) {
   if (!rec.ok()) return rec.status();
   if (rec->kind != InodeKind::kSymlink) return Err(Code::kInvalid, "not a symlink");
   return rec->symlink_target;
+}
+
+Result<Attr> FileServer::Link(InodeId id, InodeId new_parent, std::string_view new_name) {
+  if (auto s = CheckName(new_name); !s.ok()) return s;
+  std::lock_guard lock(ns_mu_);
+  auto rec = ns_.GetInode(id);
+  if (!rec.ok()) return rec.status();
+  if (rec->kind == InodeKind::kDir) return Err(Code::kNotPermitted, "cannot hard-link a directory");
+  if (auto p = LiveDir(new_parent); !p.ok()) return p.status();
+  if (ns_.GetDentry(new_parent, new_name).ok()) return Err(Code::kExists, "'{}' exists", new_name);
+  InodeRecord touched = *rec;  // a new link changes the inode's ctime
+  touched.ctime_ns = NowNs();
+  touched.version = hlc_.Next();
+  DentryRecord d{new_parent, std::string(new_name), id, hlc_.Next(), false};
+  if (auto w = CommitLocal({{touched}, {d}}); !w.ok()) return w.status();
+  return MakeAttr(touched);
+}
+
+Result<Attr> FileServer::Mknod(InodeId parent, std::string_view name, std::uint32_t mode,
+                               std::uint32_t uid, std::uint32_t gid) {
+  InodeKind kind;
+  switch (mode & S_IFMT) {
+    case 0:
+    case S_IFREG: kind = InodeKind::kFile; break;
+    case S_IFIFO: kind = InodeKind::kFifo; break;
+    default: return Err(Code::kNotPermitted, "'{}': only regular files and FIFOs can be made", name);
+  }
+  if (auto s = CheckName(name); !s.ok()) return s;
+  std::lock_guard lock(ns_mu_);
+  auto p = LiveDir(parent);
+  if (!p.ok()) return p.status();
+  InodeRecord rec = NewInode(kind, mode, uid, gid, *p);
+  if (auto s = AddEntry(parent, name, rec); !s.ok()) return s;
+  return MakeAttr(rec);
+}
+
+namespace {
+constexpr std::string_view kUserPrefix = "user.";
+bool UserXattr(std::string_view name) { return name.starts_with(kUserPrefix) && name.size() > kUserPrefix.size(); }
+}  // namespace
+
+Status FileServer::SetXattr(InodeId id, std::string_view name, ByteSpan value, int flags) {
+  if (!UserXattr(name)) return Err(Code::kNotSupported, "only user.* extended attributes are stored");
+  if (name.size() > net::kMaxNameSize) return Err(Code::kRange, "xattr name longer than 255 bytes");
+  if (value.size() > net::kMaxXattrValue) return Err(Code::kNoSpace, "xattr value over 64 KiB");
+  return UpdateInode(id, [&](InodeRecord& rec) -> Status {
+    auto it = std::lower_bound(rec.xattrs.begin(), rec.xattrs.end(), name,
+                               [](const net::Xattr& x, std::string_view n) { return x.name < n; });
+    const bool exists = it != rec.xattrs.end() && it->name == name;
+    if (exists && (flags & XATTR_CREATE)) return Err(Code::kExists, "xattr {} exists", name);
+    if (!exists && (flags & XATTR_REPLACE)) return Err(Code::kNoData, "no xattr {}", name);
+    std::size_t total = name.size() + value.size();
+    for (const auto& x : rec.xattrs) {
+      if (x.name != name) total += x.name.size() + x.value.size();
+    }
+    if (total > net::kMaxXattrTotal) return Err(Code::kNoSpace, "xattrs of an inode are limited to 64 KiB");
+    if (!exists && rec.xattrs.size() >= net::kMaxXattrs) return Err(Code::kNoSpace, "too many xattrs");
+    if (exists) {
+      it->value.assign(value.begin(), value.end());
+    } else {
+      rec.xattrs.insert(it, net::Xattr{std::string(name), Bytes(value.begin(), value.end())});
+    }
+    return Ok();
+  });
+}
+
+Result<Bytes> FileServer::GetXattr(InodeId id, std::string_view name) {
+  // Not a user attribute (security.capability is asked on every write): answer at once.
+  if (!UserXattr(name)) return Err(Code::kNoData, "no xattr {}", name);
+  auto rec = ns_.GetInode(id);
+  if (!rec.ok()) return rec.status();
+  for (const auto& x : rec->xattrs) {
+    if (x.name == name) return x.value;
+  }
+  return Err(Code::kNoData, "no xattr {}", name);
+}
+
+Result<std::vector<std::string>> FileServer::ListXattr(InodeId id) {
+  auto rec = ns_.GetInode(id);
+  if (!rec.ok()) return rec.status();
+  std::vector<std::string> names;
+  for (const auto& x : rec->xattrs) names.push_back(x.name);
+  return names;
+}
+
+Status FileServer::RemoveXattr(InodeId id, std::string_view name) {
+  if (!UserXattr(name)) return Err(Code::kNoData, "no xattr {}", name);
+  return UpdateInode(id, [&](InodeRecord& rec) -> Status {
+    auto it = std::find_if(rec.xattrs.begin(), rec.xattrs.end(),
+                           [&](const net::Xattr& x) { return x.name == name; });
+    if (it == rec.xattrs.end()) return Err(Code::kNoData, "no xattr {}", name);
+    rec.xattrs.erase(it);
+    return Ok();
+  });
 }
 
 Status FileServer::Unlink(InodeId parent, std::string_view name) {
@@ -235,8 +358,10 @@ Status FileServer::Rename(InodeId parent, std::string_view name, InodeId new_par
   auto dst = ns_.GetDentry(new_parent, new_name);
   if (dst.ok()) {
     if (flags & RENAME_NOREPLACE) return Err(Code::kExists, "'{}' exists", new_name);
+    // Both names already point at the same inode: POSIX says do nothing.
+    if (dst->child == moved->id) return Ok();
     auto victim = ns_.GetInode(dst->child);
-    if (victim.ok() && victim->id != moved->id) {
+    if (victim.ok()) {
       bool victim_dir = victim->kind == InodeKind::kDir;
       bool moved_dir = moved->kind == InodeKind::kDir;
       if (victim_dir && !moved_dir) return Err(Code::kIsDir, "'{}' is a directory", new_name);
@@ -265,14 +390,11 @@ Status FileServer::Rename(InodeId parent, std::string_view name, InodeId new_par
 
 Result<std::vector<DirEntry>> FileServer::ReadDir(InodeId id) {
   if (auto d = LiveDir(id); !d.ok()) return d.status();
-  auto entries = ns_.ListDir(id);
-  if (!entries.ok()) return entries.status();
+  auto rows = ns_.ListDirKinds(id);
+  if (!rows.ok()) return rows.status();
   std::vector<DirEntry> out;
-  out.reserve(entries->size());
-  for (auto& e : *entries) {
-    auto child = ns_.GetInode(e.child);
-    if (child.ok()) out.push_back({std::move(e.name), e.child, child->kind});
-  }
+  out.reserve(rows->size());
+  for (auto& r : *rows) out.push_back({std::move(r.name), r.child, r.kind});
   return out;
 }
 
@@ -304,22 +426,14 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
   InodeId id = 0;
   {
     std::lock_guard lock(ns_mu_);
-    if (auto p = LiveDir(parent); !p.ok()) return p.status();
+    auto p = LiveDir(parent);
+    if (!p.ok()) return p.status();
     if (auto d = ns_.GetDentry(parent, name); d.ok()) {
       if (flags & O_EXCL) return Err(Code::kExists, "'{}' exists", name);
       id = d->child;
     } else {
-      InodeRecord rec;
-      do rec.id = crypto::RandomU64();
-      while (rec.id <= kRootId);
-      rec.kind = InodeKind::kFile;
-      rec.mode = mode & 07777;
-      rec.uid = uid;
-      rec.gid = gid;
-      rec.mtime_ns = rec.ctime_ns = NowNs();
-      rec.version = hlc_.Next();
-      DentryRecord entry{parent, std::string(name), rec.id, hlc_.Next(), false};
-      if (auto w = CommitLocal({{rec}, {entry}}); !w.ok()) return w.status();
+      InodeRecord rec = NewInode(InodeKind::kFile, mode, uid, gid, *p);
+      if (auto s = AddEntry(parent, name, rec); !s.ok()) return s;
       id = rec.id;
     }
   }
@@ -354,10 +468,32 @@ Result<std::size_t> FileServer::Read(std::uint64_t handle, std::uint64_t offset,
   return of->Read(offset, out);
 }
 
-Result<std::size_t> FileServer::Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data) {
+Result<std::size_t> FileServer::Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data,
+                                      std::uint32_t caller_uid) {
   auto of = HandleFile(handle);
   if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);
+  if (caller_uid != 0 && of->TakePrivilegeCheck()) {
+    // Writing drops setuid, and setgid where it means "set group id" (group-executable).
+    auto s = UpdateInode(of->id(), [](InodeRecord& rec) -> Status {
+      std::uint32_t kill = S_ISUID | ((rec.mode & S_IXGRP) ? S_ISGID : 0);
+      if (!(rec.mode & kill)) return Err(Code::kExists, "nothing to clear");
+      rec.mode &= ~kill;
+      return Ok();
+    });
+    if (!s.ok() && s.code() != Code::kExists) return s;
+  }
   return of->Write(offset, data, handle & 1);
+}
+
+Status FileServer::Fallocate(std::uint64_t handle, int mode, std::uint64_t offset,
+                             std::uint64_t length) {
+  auto of = HandleFile(handle);
+  if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);
+  if (mode & ~FALLOC_FL_KEEP_SIZE) {
+    return Err(Code::kNotSupported, "fallocate mode {:#x} is not supported (only allocation)", mode);
+  }
+  if (mode & FALLOC_FL_KEEP_SIZE) return Ok();  // space is not reserved ahead in a CAS
+  return of->Extend(offset + length);
 }
 
 Status FileServer::Flush(std::uint64_t handle) {

@@ -43,6 +43,7 @@ struct SetAttrRequest {
   std::optional<std::uint32_t> gid;
   std::optional<std::uint64_t> size;
   std::optional<std::int64_t> mtime_ns;
+  std::optional<std::int64_t> atime_ns;
 };
 
 struct DirEntry {
@@ -82,6 +83,17 @@ class FileServer {
   Result<Attr> Symlink(InodeId parent, std::string_view name, std::string_view target,
                        std::uint32_t uid, std::uint32_t gid);
   Result<std::string> ReadLink(InodeId id);
+  // A new name for an existing file or symlink (hard link); kNotPermitted for directories.
+  Result<Attr> Link(InodeId id, InodeId new_parent, std::string_view new_name);
+  // A regular file or a FIFO (mode carries S_IFREG or S_IFIFO); other kinds: kNotPermitted.
+  Result<Attr> Mknod(InodeId parent, std::string_view name, std::uint32_t mode, std::uint32_t uid,
+                     std::uint32_t gid);
+  // Extended attributes of the "user." namespace, stored and replicated with the inode.
+  // flags: XATTR_CREATE / XATTR_REPLACE.
+  Status SetXattr(InodeId id, std::string_view name, ByteSpan value, int flags);
+  Result<Bytes> GetXattr(InodeId id, std::string_view name);
+  Result<std::vector<std::string>> ListXattr(InodeId id);
+  Status RemoveXattr(InodeId id, std::string_view name);
   Status Unlink(InodeId parent, std::string_view name);
   Status Rmdir(InodeId parent, std::string_view name);
   // flags: RENAME_NOREPLACE is honoured; RENAME_EXCHANGE gives kInvalid.
@@ -95,7 +107,11 @@ class FileServer {
                          std::uint32_t uid, std::uint32_t gid, int flags);
   Result<std::uint64_t> Open(InodeId id, int flags);
   Result<std::size_t> Read(std::uint64_t handle, std::uint64_t offset, MutableByteSpan out);
-  Result<std::size_t> Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data);
+  // `caller_uid` decides whether setuid/setgid bits are cleared, as the kernel does elsewhere.
+  Result<std::size_t> Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data,
+                            std::uint32_t caller_uid = 0);
+  // mode 0 (extend) and FALLOC_FL_KEEP_SIZE; anything else is kNotSupported.
+  Status Fallocate(std::uint64_t handle, int mode, std::uint64_t offset, std::uint64_t length);
   // Commits what was written through any handle of the file (close-to-open consistency).
   Status Flush(std::uint64_t handle);
   void Release(std::uint64_t handle);
@@ -123,6 +139,12 @@ class FileServer {
   friend class OpenFile;
   Result<Attr> MakeAttr(InodeRecord rec);
   Result<InodeRecord> LiveDir(InodeId id);
+  // A fresh inode created in `parent` (group and setgid inherited from a setgid directory).
+  InodeRecord NewInode(InodeKind kind, std::uint32_t mode, std::uint32_t uid, std::uint32_t gid,
+                       const InodeRecord& parent);
+  // Checks the name and the parent and commits `rec` under it. Call with ns_mu_ held.
+  Status AddEntry(InodeId parent, std::string_view name, const InodeRecord& rec);
+  Status UpdateInode(InodeId id, const std::function<Status(InodeRecord&)>& change);
   Result<ChangeSet> CommitLocal(const ChangeSet& cs);
   std::shared_ptr<OpenFile> OpenFileFor(const InodeRecord& rec);
   std::shared_ptr<OpenFile> HandleFile(std::uint64_t handle);

@@ -7,11 +7,12 @@
 #include <cstring>
 
 #include "crypto/crypto.h"
+#include "net/codec.h"
 
 namespace foreverfs::server {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 
 std::int64_t S(std::uint64_t v) { return static_cast<std::int64_t>(v); }
 std::uint64_t U(std::int64_t v) { return static_cast<std::uint64_t>(v); }
@@ -67,7 +68,30 @@ class Stmt {
 };
 
 constexpr const char* kInodeColumns =
-    "id, kind, mode, uid, gid, size, mtime, ctime, hlc, node, deleted, target, manifest, seq";
+    "id, kind, mode, uid, gid, size, mtime, ctime, hlc, node, deleted, target, manifest, seq, atime,"
+    " xattrs";
+
+// Extended attributes in one column: u16 name length, name, u32 value length, value; repeated.
+Bytes EncodeXattrs(const std::vector<net::Xattr>& xattrs) {
+  net::Writer w;
+  for (const auto& x : xattrs) {
+    w.PutStr16(x.name);
+    w.PutBlob32(x.value);
+  }
+  return std::move(w).Take();
+}
+
+std::vector<net::Xattr> DecodeXattrs(ByteSpan blob) {
+  std::vector<net::Xattr> out;
+  net::Reader r(blob, "xattrs");
+  while (r.ok() && r.remaining() > 0) {
+    net::Xattr x;
+    x.name = r.GetStr16("name", net::kMaxNameSize);
+    x.value = r.GetBlob32("value", net::kMaxXattrValue);
+    if (r.ok()) out.push_back(std::move(x));
+  }
+  return out;
+}
 
 InodeRecord ReadInode(Stmt& s) {
   InodeRecord r;
@@ -85,6 +109,8 @@ InodeRecord ReadInode(Stmt& s) {
   ByteSpan m = s.Blob(12);
   r.manifest.resize(m.size() / 32);
   if (!r.manifest.empty()) std::memcpy(r.manifest.data(), m.data(), r.manifest.size() * 32);
+  r.atime_ns = s.Int(14);
+  r.xattrs = DecodeXattrs(s.Blob(15));
   return r;
 }
 
@@ -136,7 +162,8 @@ Status NamespaceDb::Init() {
           "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
           "CREATE TABLE IF NOT EXISTS inodes(id INTEGER PRIMARY KEY, kind INTEGER, mode INTEGER,"
           " uid INTEGER, gid INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER, hlc INTEGER,"
-          " node INTEGER, deleted INTEGER, target TEXT, manifest BLOB, seq INTEGER);"
+          " node INTEGER, deleted INTEGER, target TEXT, manifest BLOB, seq INTEGER, atime INTEGER,"
+          " xattrs BLOB);"
           "CREATE TABLE IF NOT EXISTS dentries(parent INTEGER, name TEXT, child INTEGER,"
           " hlc INTEGER, node INTEGER, deleted INTEGER, seq INTEGER, PRIMARY KEY(parent, name))"
           " WITHOUT ROWID;"
@@ -166,8 +193,8 @@ Status NamespaceDb::Init() {
     // The root is the same on every node: version (0, 0), never sent unless changed.
     auto s = Stmt(db_,
                   "INSERT OR IGNORE INTO inodes(id, kind, mode, uid, gid, size, mtime, ctime, hlc,"
-                  " node, deleted, target, manifest, seq) VALUES(1, 2, 493, ?, ?, 0, 0, 0, 0, 0,"
-                  " 0, '', x'', 0)")
+                  " node, deleted, target, manifest, seq, atime, xattrs) VALUES(1, 2, 493, ?, ?, 0,"
+                  " 0, 0, 0, 0, 0, '', x'', 0, 0, x'')")
                  .Bind(1, static_cast<std::int64_t>(getuid()))
                  .Bind(2, static_cast<std::int64_t>(getgid()))
                  .Run();
@@ -223,6 +250,21 @@ Result<std::vector<DentryRecord>> NamespaceDb::ListDir(InodeId parent) {
   return out;
 }
 
+Result<std::vector<NamespaceDb::DirRow>> NamespaceDb::ListDirKinds(InodeId parent) {
+  std::lock_guard lock(mu_);
+  Stmt q(db_,
+         "SELECT d.name, d.child, i.kind FROM dentries d JOIN inodes i ON i.id = d.child"
+         " WHERE d.parent = ? AND d.deleted = 0 AND i.deleted = 0 ORDER BY d.name");
+  q.Bind(1, S(parent));
+  std::vector<DirRow> out;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) {
+    out.push_back({q.Text(0), U(q.Int(1)), static_cast<InodeKind>(q.Int(2))});
+  }
+  if (rc != SQLITE_DONE) return Err(Code::kIOError, "listing directory: {}", sqlite3_errmsg(db_));
+  return out;
+}
+
 Result<std::vector<DentryRecord>> NamespaceDb::LinksTo(InodeId child) {
   std::lock_guard lock(mu_);
   Stmt q(db_,
@@ -259,7 +301,7 @@ Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std
     if (cur.Step() == SQLITE_ROW && Version{U(cur.Int(0)), U(cur.Int(1))} >= r.version) continue;
     Bytes manifest(r.manifest.size() * 32);
     if (!manifest.empty()) std::memcpy(manifest.data(), r.manifest.data(), manifest.size());
-    Stmt ins(db_, fmt::format("INSERT OR REPLACE INTO inodes({}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    Stmt ins(db_, fmt::format("INSERT OR REPLACE INTO inodes({}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                               kInodeColumns)
                       .c_str());
     ins.Bind(1, S(r.id))
@@ -275,7 +317,9 @@ Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std
         .Bind(11, r.deleted ? 1 : 0)
         .Bind(12, r.symlink_target)
         .BindBlob(13, manifest)
-        .Bind(14, S(++seq));
+        .Bind(14, S(++seq))
+        .Bind(15, r.atime_ns)
+        .BindBlob(16, EncodeXattrs(r.xattrs));
     if (auto s = ins.Run(); !s.ok()) return fail(s);
     won.inodes.push_back(r);
   }

@@ -58,6 +58,13 @@ class NamespaceDb {
   Result<DentryRecord> GetDentry(InodeId parent, std::string_view name);
   // Live entries of a directory whose child inode is known and live, ordered by name.
   Result<std::vector<DentryRecord>> ListDir(InodeId parent);
+  // The same, with each child's kind, in one query (for readdir of large directories).
+  struct DirRow {
+    std::string name;
+    InodeId child;
+    InodeKind kind;
+  };
+  Result<std::vector<DirRow>> ListDirKinds(InodeId parent);
   // Live entries pointing at `child`.
   Result<std::vector<DentryRecord>> LinksTo(InodeId child);
   bool HasLiveEntries(InodeId parent);

@@ -153,6 +153,19 @@ Status OpenFile::Truncate(std::uint64_t size) {
   return Ok();
 }
 
+Status OpenFile::Extend(std::uint64_t size) {
+  {
+    std::lock_guard lock(mu_);
+    if (size <= size_) return Ok();
+  }
+  return Truncate(size);
+}
+
+void OpenFile::SetMtime(std::int64_t mtime_ns) {
+  std::lock_guard lock(mu_);
+  mtime_ns_ = mtime_ns;
+}
+
 Status OpenFile::Commit() {
   std::lock_guard lock(mu_);
   AdoptRemote();

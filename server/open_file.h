@@ -5,6 +5,7 @@
 // (copy-on-write), so a commit only re-reads, hashes and stores the chunks that changed.
 // Thread-safe; all handles of one inode share one OpenFile.
 
+#include <atomic>
 #include <mutex>
 #include <optional>
 #include <vector>
@@ -25,6 +26,11 @@ class OpenFile {
   // Writes at `offset`, or at the end if `append`. Returns bytes written.
   Result<std::size_t> Write(std::uint64_t offset, ByteSpan data, bool append);
   Status Truncate(std::uint64_t size);
+  // Grows the file to `size` (zeros) if it is smaller; never shrinks.
+  Status Extend(std::uint64_t size);
+  void SetMtime(std::int64_t mtime_ns);
+  // True the first time it is called: the first write of a file checks its setuid bits.
+  bool TakePrivilegeCheck() { return !privileges_checked_.exchange(true); }
   // Stores dirty chunks and commits a new version of the inode; no-op if nothing changed.
   Status Commit();
   // A peer committed a new version: adopt it unless we have uncommitted writes. Never waits
@@ -52,7 +58,8 @@ class OpenFile {
   std::vector<bool> written_;  // staging holds bytes for this chunk (maybe stale)
   std::uint64_t size_;
   std::int64_t mtime_ns_;
-  bool changed_ = false;  // size, mtime or chunks differ from the committed version
+  bool changed_ = false;
+  std::atomic<bool> privileges_checked_{false};  // size, mtime or chunks differ from the committed version
   std::optional<StagingFile> staging_;
   std::size_t cached_index_ = SIZE_MAX;
   cas::ChunkId cached_id_{};

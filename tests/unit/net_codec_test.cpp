@@ -57,8 +57,10 @@ InodeRecord SampleFile() {
   r.size = 3 * kMiB + 17;
   r.mtime_ns = -1234567890123456789ll;  // before 1970
   r.ctime_ns = std::numeric_limits<std::int64_t>::max();
+  r.atime_ns = 17;
   r.version = {0xAABBCCDDEEFF0011ull, 42};
   r.manifest = {DigestOf(1), DigestOf(2), DigestOf(3), DigestOf(4)};
+  r.xattrs = {{"user.a", {}}, {"user.b", Bytes(300, 0x5a)}};
   return r;
 }
 
@@ -191,8 +193,30 @@ TEST(NetCodecTest, FrameLayoutMatchesTheDocument) {
   Changes i;
   i.inodes = {SampleDir()};
   Bytes inode_payload = PayloadOf(i);
-  // up_to 8 + count 4 + 68 fixed bytes of the record + count 4 of dentries.
-  EXPECT_EQ(inode_payload.size(), 8u + 4u + 68u + 4u);
+  // up_to 8 + count 4 + 78 fixed bytes of the record + count 4 of dentries.
+  EXPECT_EQ(inode_payload.size(), 8u + 4u + 78u + 4u);
+}
+
+TEST(NetCodecTest, XattrsAreBoundedSortedAndNamed) {
+  auto decode = [](std::vector<Xattr> xattrs) {
+    Changes c;
+    InodeRecord r = SampleFile();
+    r.xattrs = std::move(xattrs);
+    c.inodes = {r};
+    return DecodePayload(MessageType::kChanges, PayloadOf(c));
+  };
+  EXPECT_TRUE(decode({{"user.x", Bytes(kMaxXattrValue - 6, 1)}}).ok());
+  EXPECT_FALSE(decode({{"user.b", {}}, {"user.a", {}}}).ok());  // not sorted
+  EXPECT_FALSE(decode({{"user.a", {}}, {"user.a", {}}}).ok());  // not unique
+  EXPECT_FALSE(decode({{"", {1}}}).ok());
+  EXPECT_FALSE(decode({{std::string("user.\0x", 7), {1}}}).ok());
+  EXPECT_FALSE(decode({{"user.big", Bytes(kMaxXattrValue + 1, 1)}}).ok());
+  EXPECT_FALSE(decode({{"user.a", Bytes(40000, 1)}, {"user.b", Bytes(40000, 1)}}).ok());
+  std::vector<Xattr> many;
+  for (unsigned i = 0; i <= kMaxXattrs; ++i) many.push_back({fmt::format("user.{:04}", i), {}});
+  EXPECT_FALSE(decode(many).ok());
+  many.pop_back();
+  EXPECT_TRUE(decode(many).ok());
 }
 
 // --- Frame header -------------------------------------------------------------------------
@@ -455,21 +479,21 @@ TEST(NetCodecTest, RejectsInvalidDentryNames) {
 // mode and deleted flag.
 constexpr std::size_t kKindAt = 8 + 4 + 8;
 constexpr std::size_t kModeAt = kKindAt + 1;
-constexpr std::size_t kInodeDeletedAt = kKindAt + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 8;
+constexpr std::size_t kInodeDeletedAt = kKindAt + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 8;
 
 Bytes OneDirPayload() { return PayloadOf(Changes{1, {SampleDir()}, {}}); }
 
 TEST(NetCodecTest, RejectsUnknownInodeKinds) {
   Bytes good = OneDirPayload();
   ASSERT_EQ(good[kKindAt], static_cast<std::uint8_t>(InodeKind::kDir));
-  for (std::uint8_t kind : {0, 4, 255}) {
+  for (std::uint8_t kind : {0, 5, 255}) {
     Bytes p = good;
     p[kKindAt] = kind;
     Status s = DecodeStatus(MessageType::kChanges, p);
     EXPECT_EQ(s.code(), Code::kInvalid);
     EXPECT_EQ(s.message(), "Changes: inode 1 has unknown kind " + std::to_string(kind));
   }
-  for (std::uint8_t kind : {1, 2, 3}) {
+  for (std::uint8_t kind : {1, 2, 3, 4}) {
     Bytes p = good;
     p[kKindAt] = kind;
     auto r = DecodePayload(MessageType::kChanges, p);
