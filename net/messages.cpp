@@ -14,9 +14,9 @@ namespace {
 // that are left before reserving anything.
 constexpr std::size_t kMinPeerSize = 8 + 2;  // node_id, addr length
 constexpr std::size_t kMinInodeSize =
-    8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 2 + 2 + 4;  // fixed fields, lengths, counts
+    8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 16 + 2 + 1 + 2 + 2 + 4;  // fixed, lengths, counts
 constexpr std::size_t kMinXattrSize = 2 + 4;                     // name length, value length
-constexpr std::size_t kMinDentrySize = 8 + 2 + 8 + 8 + 8 + 1;  // an empty name fails later
+constexpr std::size_t kMinDentrySize = 8 + 2 + 8 + 8 + 8 + 1 + 16;  // an empty name fails later
 constexpr std::size_t kDigestSize = std::tuple_size_v<crypto::Digest>;
 constexpr std::uint32_t kModeBits = 07777;
 
@@ -58,6 +58,11 @@ void Put(Writer& w, const InodeRecord& r) {
   w.PutI64(r.ctime_ns);
   w.PutI64(r.atime_ns);
   Put(w, r.version);
+  w.PutU16(static_cast<std::uint16_t>(r.content_clock.size()));
+  for (const ClockEntry& e : r.content_clock) {
+    w.PutU64(e.node);
+    w.PutU64(e.hlc);
+  }
   w.PutBool(r.deleted);
   w.PutStr16(r.symlink_target);
   w.PutU16(static_cast<std::uint16_t>(r.xattrs.size()));
@@ -75,6 +80,7 @@ void Put(Writer& w, const DentryRecord& r) {
   w.PutU64(r.child);
   Put(w, r.version);
   w.PutBool(r.deleted);
+  Put(w, r.replaces);
 }
 
 void Put(Writer& w, const Changes& m) {
@@ -156,6 +162,17 @@ void Get(Reader& r, InodeRecord& rec) {
   rec.ctime_ns = r.GetI64("inode ctime");
   rec.atime_ns = r.GetI64("inode atime");
   Get(r, rec.version);
+  std::uint16_t n_clock = r.GetU16("inode content clock count");
+  if (r.ok() && n_clock > kMaxClockEntries) {
+    r.Fail(fmt::format("inode {} content clock has {} entries, over {}", rec.id, n_clock, kMaxClockEntries));
+  }
+  for (std::uint16_t i = 0; i < n_clock && r.ok(); ++i) {
+    ClockEntry e{r.GetU64("clock node"), r.GetU64("clock hlc")};
+    if (r.ok() && !rec.content_clock.empty() && !(rec.content_clock.back().node < e.node)) {
+      r.Fail(fmt::format("inode {} content clock is not sorted by node", rec.id));
+    }
+    rec.content_clock.push_back(e);
+  }
   rec.deleted = r.GetBool("inode deleted");
   rec.symlink_target = r.GetStr16("inode symlink target", kMaxSymlinkSize);
   std::uint16_t n_x = r.GetU16("inode xattr count");
@@ -190,6 +207,7 @@ void Get(Reader& r, DentryRecord& rec) {
   rec.child = r.GetU64("dentry child");
   Get(r, rec.version);
   rec.deleted = r.GetBool("dentry deleted");
+  Get(r, rec.replaces);
 }
 
 void Get(Reader& r, Changes& m) {

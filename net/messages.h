@@ -38,6 +38,13 @@ struct Version {
   auto operator<=>(const Version&) const = default;
 };
 
+struct ClockEntry {
+  std::uint64_t node = 0;
+  std::uint64_t hlc = 0;
+  bool operator==(const ClockEntry&) const = default;
+};
+inline constexpr std::uint32_t kMaxClockEntries = 256;
+
 enum class InodeKind : std::uint8_t { kFile = 1, kDir = 2, kSymlink = 3, kFifo = 4 };
 
 // An extended attribute; an inode keeps them sorted by name, names unique.
@@ -59,6 +66,10 @@ struct InodeRecord {
   std::int64_t ctime_ns = 0;
   std::int64_t atime_ns = 0;
   Version version;
+  // Content lineage, to tell a newer write from a concurrent one: for every node that wrote
+  // the content this version descends from, the clock of its latest such write (a version
+  // vector, sorted by node). A write by node n sets clock[n] to its version's hlc.
+  std::vector<ClockEntry> content_clock;
   bool deleted = false;
   std::string symlink_target;
   std::vector<Xattr> xattrs;
@@ -73,6 +84,10 @@ struct DentryRecord {
   std::uint64_t child = 0;
   Version version;
   bool deleted = false;
+  // The version of the live entry under this name that the writer knowingly replaced (zero if
+  // the name was free). A live entry that replaced less than the one it wins over was made
+  // concurrently, and the other file keeps a conflict name.
+  Version replaces;
   bool operator==(const DentryRecord&) const = default;
 };
 

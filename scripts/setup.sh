@@ -9,6 +9,7 @@ pkgs=(
   libgtest-dev libgmock-dev
   iproute2 util-linux attr bc
   clang libclang-rt-14-dev
+  python3 git rsync sqlite3 make gcc tar
 )
 missing=()
 for p in "${pkgs[@]}"; do

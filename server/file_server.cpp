@@ -10,6 +10,7 @@
 #include <chrono>
 #include <set>
 
+#include "server/content_clock.h"
 #include "server/open_file.h"
 
 namespace foreverfs::server {
@@ -89,7 +90,17 @@ Result<Attr> FileServer::Lookup(InodeId parent, std::string_view name) {
 
 Result<Attr> FileServer::GetAttr(InodeId id) {
   auto rec = ns_.GetInode(id);
-  if (!rec.ok()) return rec.status();
+  if (!rec.ok()) {
+    // Unlinked but still open: fstat works and says it has no links, as on a local disk.
+    std::shared_ptr<OpenFile> of;
+    {
+      std::lock_guard lock(files_mu_);
+      auto it = open_files_.find(id);
+      if (it != open_files_.end()) of = it->second.lock();
+    }
+    if (!of) return rec.status();
+    return Attr{of->Snapshot(), 0};
+  }
   return MakeAttr(std::move(*rec));
 }
 
@@ -152,6 +163,7 @@ InodeRecord FileServer::NewInode(InodeKind kind, std::uint32_t mode, std::uint32
   }
   rec.mtime_ns = rec.ctime_ns = rec.atime_ns = NowNs();
   rec.version = hlc_.Next();
+  if (kind == InodeKind::kFile) rec.content_clock = {{hlc_.node(), rec.version.hlc}};
   return rec;
 }
 
@@ -383,6 +395,7 @@ Status FileServer::Rename(InodeId parent, std::string_view name, InodeId new_par
   tomb.deleted = true;
   tomb.version = hlc_.Next();
   DentryRecord fresh{new_parent, std::string(new_name), moved->id, hlc_.Next(), false};
+  if (dst.ok()) fresh.replaces = dst->version;  // we saw what we replace: not a conflict
   cs.dentries = {tomb, fresh};
   auto w = CommitLocal(cs);
   return w.ok() ? Ok() : w.status();

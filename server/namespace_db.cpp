@@ -5,14 +5,16 @@
 
 #include <algorithm>
 #include <cstring>
+#include <ctime>
 
 #include "crypto/crypto.h"
 #include "net/codec.h"
+#include "server/content_clock.h"
 
 namespace foreverfs::server {
 namespace {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 5;
 
 std::int64_t S(std::uint64_t v) { return static_cast<std::int64_t>(v); }
 std::uint64_t U(std::int64_t v) { return static_cast<std::uint64_t>(v); }
@@ -69,7 +71,7 @@ class Stmt {
 
 constexpr const char* kInodeColumns =
     "id, kind, mode, uid, gid, size, mtime, ctime, hlc, node, deleted, target, manifest, seq, atime,"
-    " xattrs";
+    " xattrs, clock";
 
 // Extended attributes in one column: u16 name length, name, u32 value length, value; repeated.
 Bytes EncodeXattrs(const std::vector<net::Xattr>& xattrs) {
@@ -111,6 +113,13 @@ InodeRecord ReadInode(Stmt& s) {
   if (!r.manifest.empty()) std::memcpy(r.manifest.data(), m.data(), r.manifest.size() * 32);
   r.atime_ns = s.Int(14);
   r.xattrs = DecodeXattrs(s.Blob(15));
+  ByteSpan clock = s.Blob(16);
+  for (std::size_t i = 0; i + 16 <= clock.size(); i += 16) {
+    net::ClockEntry e;
+    std::memcpy(&e.node, clock.data() + i, 8);
+    std::memcpy(&e.hlc, clock.data() + i + 8, 8);
+    r.content_clock.push_back(e);
+  }
   return r;
 }
 
@@ -121,6 +130,7 @@ DentryRecord ReadDentry(Stmt& s) {
   d.child = U(s.Int(2));
   d.version = {U(s.Int(3)), U(s.Int(4))};
   d.deleted = s.Int(5) != 0;
+  d.replaces = {U(s.Int(6)), U(s.Int(7))};
   return d;
 }
 
@@ -163,9 +173,10 @@ Status NamespaceDb::Init() {
           "CREATE TABLE IF NOT EXISTS inodes(id INTEGER PRIMARY KEY, kind INTEGER, mode INTEGER,"
           " uid INTEGER, gid INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER, hlc INTEGER,"
           " node INTEGER, deleted INTEGER, target TEXT, manifest BLOB, seq INTEGER, atime INTEGER,"
-          " xattrs BLOB);"
+          " xattrs BLOB, clock BLOB);"
           "CREATE TABLE IF NOT EXISTS dentries(parent INTEGER, name TEXT, child INTEGER,"
-          " hlc INTEGER, node INTEGER, deleted INTEGER, seq INTEGER, PRIMARY KEY(parent, name))"
+          " hlc INTEGER, node INTEGER, deleted INTEGER, seq INTEGER, rep_hlc INTEGER,"
+          " rep_node INTEGER, PRIMARY KEY(parent, name))"
           " WITHOUT ROWID;"
           "CREATE INDEX IF NOT EXISTS inodes_seq ON inodes(seq);"
           "CREATE INDEX IF NOT EXISTS dentries_seq ON dentries(seq);"
@@ -193,8 +204,8 @@ Status NamespaceDb::Init() {
     // The root is the same on every node: version (0, 0), never sent unless changed.
     auto s = Stmt(db_,
                   "INSERT OR IGNORE INTO inodes(id, kind, mode, uid, gid, size, mtime, ctime, hlc,"
-                  " node, deleted, target, manifest, seq, atime, xattrs) VALUES(1, 2, 493, ?, ?, 0,"
-                  " 0, 0, 0, 0, 0, '', x'', 0, 0, x'')")
+                  " node, deleted, target, manifest, seq, atime, xattrs, clock) VALUES(1, 2, 493, ?,"
+                  " ?, 0, 0, 0, 0, 0, 0, '', x'', 0, 0, x'', x'')")
                  .Bind(1, static_cast<std::int64_t>(getuid()))
                  .Bind(2, static_cast<std::int64_t>(getgid()))
                  .Run();
@@ -228,7 +239,7 @@ Result<InodeRecord> NamespaceDb::GetInode(InodeId id) {
 Result<DentryRecord> NamespaceDb::GetDentry(InodeId parent, std::string_view name) {
   std::lock_guard lock(mu_);
   Stmt q(db_,
-         "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted FROM dentries d"
+         "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted, d.rep_hlc, d.rep_node FROM dentries d"
          " JOIN inodes i ON i.id = d.child"
          " WHERE d.parent = ? AND d.name = ? AND d.deleted = 0 AND i.deleted = 0");
   q.Bind(1, S(parent)).Bind(2, name);
@@ -239,7 +250,7 @@ Result<DentryRecord> NamespaceDb::GetDentry(InodeId parent, std::string_view nam
 Result<std::vector<DentryRecord>> NamespaceDb::ListDir(InodeId parent) {
   std::lock_guard lock(mu_);
   Stmt q(db_,
-         "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted FROM dentries d"
+         "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted, d.rep_hlc, d.rep_node FROM dentries d"
          " JOIN inodes i ON i.id = d.child"
          " WHERE d.parent = ? AND d.deleted = 0 AND i.deleted = 0 ORDER BY d.name");
   q.Bind(1, S(parent));
@@ -268,7 +279,7 @@ Result<std::vector<NamespaceDb::DirRow>> NamespaceDb::ListDirKinds(InodeId paren
 Result<std::vector<DentryRecord>> NamespaceDb::LinksTo(InodeId child) {
   std::lock_guard lock(mu_);
   Stmt q(db_,
-         "SELECT parent, name, child, hlc, node, deleted FROM dentries"
+         "SELECT parent, name, child, hlc, node, deleted, rep_hlc, rep_node FROM dentries"
          " WHERE child = ? AND deleted = 0");
   q.Bind(1, S(child));
   std::vector<DentryRecord> out;
@@ -285,6 +296,198 @@ bool NamespaceDb::HasLiveEntries(InodeId parent) {
   return q.Step() == SQLITE_ROW;
 }
 
+namespace {
+
+// Whether `loser`, replaced by `winner` under last-writer-wins, holds content written
+// concurrently with the winner's (neither saw the other's write): then it is kept as a copy.
+// (A delete carries the clock of what it deleted: it drops only content it had seen.)
+bool ConcurrentContent(const InodeRecord& loser, const InodeRecord& winner) {
+  if (loser.deleted || loser.kind != InodeKind::kFile || loser.content_clock.empty()) return false;
+  return !Dominates(winner.content_clock, loser.content_clock);
+}
+
+// `live` won over the tombstone `deleted` and holds content the deleting node had not seen.
+bool Resurrects(const InodeRecord& live, const InodeRecord& deleted) {
+  return !live.deleted && deleted.deleted && live.kind == InodeKind::kFile &&
+         !live.content_clock.empty() && !Dominates(deleted.content_clock, live.content_clock);
+}
+
+// "NAME.conflict-<node>-<UTC time>-<tag>": the node and time of the losing write, and a tag
+// from the losing record so that two losers never share a name.
+std::string ConflictName(std::string_view name, const net::ClockEntry& v, std::uint64_t tag) {
+  std::time_t t = static_cast<std::time_t>(v.hlc / 1000000000ull);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char when[32];
+  std::strftime(when, sizeof when, "%Y%m%d-%H%M%S", &tm);
+  std::string suffix = fmt::format(".conflict-{:016x}-{}-{:04x}", v.node, when, tag & 0xffff);
+  std::string base(name.substr(0, std::min(name.size(), net::kMaxNameSize - suffix.size())));
+  return base + suffix;
+}
+
+}  // namespace
+
+std::optional<InodeRecord> NamespaceDb::AnyInode(InodeId id) {
+  Stmt q(db_, fmt::format("SELECT {} FROM inodes WHERE id = ?", kInodeColumns).c_str());
+  q.Bind(1, S(id));
+  if (q.Step() != SQLITE_ROW) return std::nullopt;
+  return ReadInode(q);
+}
+
+Status NamespaceDb::PutInode(const InodeRecord& r, std::uint64_t& seq, ChangeSet& won) {
+  auto cur = AnyInode(r.id);
+  if (cur && cur->version >= r.version) {
+    if (cur->version == r.version) return Ok();
+    if (ConcurrentContent(r, *cur)) return KeepConflictCopy(r, seq, won);
+    if (Resurrects(*cur, r)) return RestoreName(*cur, seq, won);
+    return Ok();
+  }
+  Bytes manifest(r.manifest.size() * 32);
+  if (!manifest.empty()) std::memcpy(manifest.data(), r.manifest.data(), manifest.size());
+  Bytes clock(r.content_clock.size() * 16);
+  for (std::size_t i = 0; i < r.content_clock.size(); ++i) {
+    std::memcpy(clock.data() + 16 * i, &r.content_clock[i].node, 8);
+    std::memcpy(clock.data() + 16 * i + 8, &r.content_clock[i].hlc, 8);
+  }
+  Stmt ins(db_, fmt::format("INSERT OR REPLACE INTO inodes({}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+                            "?)",
+                            kInodeColumns)
+                    .c_str());
+  ins.Bind(1, S(r.id))
+      .Bind(2, static_cast<std::int64_t>(r.kind))
+      .Bind(3, r.mode)
+      .Bind(4, r.uid)
+      .Bind(5, r.gid)
+      .Bind(6, S(r.size))
+      .Bind(7, r.mtime_ns)
+      .Bind(8, r.ctime_ns)
+      .Bind(9, S(r.version.hlc))
+      .Bind(10, S(r.version.node))
+      .Bind(11, r.deleted ? 1 : 0)
+      .Bind(12, r.symlink_target)
+      .BindBlob(13, manifest)
+      .Bind(14, S(++seq))
+      .Bind(15, r.atime_ns)
+      .BindBlob(16, EncodeXattrs(r.xattrs))
+      .BindBlob(17, clock);
+  if (auto s = ins.Run(); !s.ok()) return s;
+  won.inodes.push_back(r);
+  if (cur && ConcurrentContent(*cur, r)) {
+    if (auto s = KeepConflictCopy(*cur, seq, won); !s.ok()) return s;
+  }
+  if (cur && Resurrects(r, *cur)) return RestoreName(r, seq, won);
+  return Ok();
+}
+
+// A file written after its deletion (in version order) by a node that had not seen the
+// deletion: the write wins, and the file must not be left without a name. It gets back its
+// newest name (or a conflict name if that is taken) with the write's version, which beats the
+// name's tombstone; every node that sees the pair derives the same entry, and it replicates.
+Status NamespaceDb::RestoreName(const InodeRecord& rec, std::uint64_t& seq, ChangeSet& won) {
+  Stmt q(db_,
+         "SELECT parent, name, deleted FROM dentries WHERE child = ?"
+         " ORDER BY deleted, hlc DESC, node DESC LIMIT 1");
+  q.Bind(1, S(rec.id));
+  if (q.Step() != SQLITE_ROW) return Ok();  // its name has not arrived yet: it will be live
+  if (q.Int(2) == 0) return Ok();           // it still has a live name
+  InodeId parent = U(q.Int(0));
+  std::string name = q.Text(1);
+  auto dir = AnyInode(parent);
+  if (!dir || dir->deleted) parent = 1;
+  Stmt taken(db_, "SELECT child FROM dentries WHERE parent = ? AND name = ? AND deleted = 0");
+  taken.Bind(1, S(parent)).Bind(2, name);
+  if (taken.Step() == SQLITE_ROW && U(taken.Int(0)) != rec.id) {
+    name = ConflictName(name, Latest(rec.content_clock), rec.id ^ rec.version.hlc);
+  }
+  DentryRecord restored{parent, name, rec.id, rec.version, false};
+  restored.replaces = rec.version;
+  return PutDentry(restored, seq, won);
+}
+
+Status NamespaceDb::PutDentry(const DentryRecord& d, std::uint64_t& seq, ChangeSet& won) {
+  Stmt cur(db_,
+           "SELECT hlc, node, child, deleted, rep_hlc, rep_node FROM dentries"
+           " WHERE parent = ? AND name = ?");
+  cur.Bind(1, S(d.parent)).Bind(2, d.name);
+  std::optional<DentryRecord> old;
+  if (cur.Step() == SQLITE_ROW) {
+    old = DentryRecord{d.parent, d.name, U(cur.Int(2)), {U(cur.Int(0)), U(cur.Int(1))},
+                       cur.Int(3) != 0, {U(cur.Int(4)), U(cur.Int(5))}};
+  }
+  // Two live entries for one name pointing at different files, the newer made without seeing
+  // the older (both nodes created the name): the older one keeps its file under a conflict name.
+  auto clash = [](const DentryRecord& loser, const DentryRecord& winner) {
+    return !loser.deleted && !winner.deleted && loser.child != winner.child &&
+           winner.replaces < loser.version;
+  };
+  if (old && old->version >= d.version) {
+    return old->version != d.version && clash(d, *old) ? KeepDisplaced(d, seq, won) : Ok();
+  }
+  Stmt ins(db_,
+           "INSERT OR REPLACE INTO dentries(parent, name, child, hlc, node, deleted, seq, rep_hlc,"
+           " rep_node) VALUES(?,?,?,?,?,?,?,?,?)");
+  ins.Bind(1, S(d.parent))
+      .Bind(2, d.name)
+      .Bind(3, S(d.child))
+      .Bind(4, S(d.version.hlc))
+      .Bind(5, S(d.version.node))
+      .Bind(6, d.deleted ? 1 : 0)
+      .Bind(7, S(++seq))
+      .Bind(8, S(d.replaces.hlc))
+      .Bind(9, S(d.replaces.node));
+  if (auto s = ins.Run(); !s.ok()) return s;
+  won.dentries.push_back(d);
+  if (old && clash(*old, d)) return KeepDisplaced(*old, seq, won);
+  return Ok();
+}
+
+Status NamespaceDb::KeepDisplaced(const DentryRecord& loser, std::uint64_t& seq, ChangeSet& won) {
+  std::string name = ConflictName(loser.name, {loser.version.node, loser.version.hlc},
+                                  loser.child ^ loser.version.hlc);
+  DentryRecord kept{loser.parent, name, loser.child, loser.version, false};
+  kept.replaces = loser.version;
+  return PutDentry(kept, seq, won);
+}
+
+// Keeps `loser` as a new file beside the one it lost to. Every node that sees the same two
+// versions derives the same records (id, name and versions come from the loser), so the copy
+// converges like any other record, whichever node noticed the conflict first.
+Status NamespaceDb::KeepConflictCopy(const InodeRecord& loser, std::uint64_t& seq,
+                                     ChangeSet& won) {
+  Bytes seed;
+  for (int i = 0; i < 8; ++i) seed.push_back(static_cast<std::uint8_t>(loser.id >> (8 * i)));
+  for (const auto& e : loser.content_clock) {
+    for (int i = 0; i < 8; ++i) seed.push_back(static_cast<std::uint8_t>(e.node >> (8 * i)));
+    for (int i = 0; i < 8; ++i) seed.push_back(static_cast<std::uint8_t>(e.hlc >> (8 * i)));
+  }
+  auto digest = crypto::Sha256::Of(seed);
+  InodeId copy_id = 0;
+  for (int i = 0; i < 8; ++i) copy_id |= static_cast<std::uint64_t>(digest[static_cast<std::size_t>(i)]) << (8 * i);
+  if (copy_id <= 1) copy_id += 2;
+  // Where the file was: its newest name, live or not.
+  InodeId parent = 1;
+  std::string name = fmt::format("{:016x}", loser.id);
+  {
+    Stmt q(db_,
+           "SELECT parent, name FROM dentries WHERE child = ? ORDER BY deleted, hlc DESC, node DESC"
+           " LIMIT 1");
+    q.Bind(1, S(loser.id));
+    if (q.Step() == SQLITE_ROW) {
+      parent = U(q.Int(0));
+      name = q.Text(1);
+    }
+  }
+  auto dir = AnyInode(parent);
+  if (!dir || dir->deleted) parent = 1;
+  InodeRecord copy = loser;
+  copy.id = copy_id;
+  if (auto s = PutInode(copy, seq, won); !s.ok()) return s;
+  DentryRecord entry{parent, ConflictName(name, Latest(loser.content_clock), copy_id), copy_id,
+                     loser.version, false};
+  entry.replaces = loser.version;
+  return PutDentry(entry, seq, won);
+}
+
 Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std::uint64_t> peer,
                                      std::uint64_t up_to) {
   std::lock_guard lock(mu_);
@@ -296,49 +499,10 @@ Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std
     return s;
   };
   for (const auto& r : changes.inodes) {
-    Stmt cur(db_, "SELECT hlc, node FROM inodes WHERE id = ?");
-    cur.Bind(1, S(r.id));
-    if (cur.Step() == SQLITE_ROW && Version{U(cur.Int(0)), U(cur.Int(1))} >= r.version) continue;
-    Bytes manifest(r.manifest.size() * 32);
-    if (!manifest.empty()) std::memcpy(manifest.data(), r.manifest.data(), manifest.size());
-    Stmt ins(db_, fmt::format("INSERT OR REPLACE INTO inodes({}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                              kInodeColumns)
-                      .c_str());
-    ins.Bind(1, S(r.id))
-        .Bind(2, static_cast<std::int64_t>(r.kind))
-        .Bind(3, r.mode)
-        .Bind(4, r.uid)
-        .Bind(5, r.gid)
-        .Bind(6, S(r.size))
-        .Bind(7, r.mtime_ns)
-        .Bind(8, r.ctime_ns)
-        .Bind(9, S(r.version.hlc))
-        .Bind(10, S(r.version.node))
-        .Bind(11, r.deleted ? 1 : 0)
-        .Bind(12, r.symlink_target)
-        .BindBlob(13, manifest)
-        .Bind(14, S(++seq))
-        .Bind(15, r.atime_ns)
-        .BindBlob(16, EncodeXattrs(r.xattrs));
-    if (auto s = ins.Run(); !s.ok()) return fail(s);
-    won.inodes.push_back(r);
+    if (auto s = PutInode(r, seq, won); !s.ok()) return fail(s);
   }
   for (const auto& d : changes.dentries) {
-    Stmt cur(db_, "SELECT hlc, node FROM dentries WHERE parent = ? AND name = ?");
-    cur.Bind(1, S(d.parent)).Bind(2, d.name);
-    if (cur.Step() == SQLITE_ROW && Version{U(cur.Int(0)), U(cur.Int(1))} >= d.version) continue;
-    Stmt ins(db_,
-             "INSERT OR REPLACE INTO dentries(parent, name, child, hlc, node, deleted, seq)"
-             " VALUES(?,?,?,?,?,?,?)");
-    ins.Bind(1, S(d.parent))
-        .Bind(2, d.name)
-        .Bind(3, S(d.child))
-        .Bind(4, S(d.version.hlc))
-        .Bind(5, S(d.version.node))
-        .Bind(6, d.deleted ? 1 : 0)
-        .Bind(7, S(++seq));
-    if (auto s = ins.Run(); !s.ok()) return fail(s);
-    won.dentries.push_back(d);
+    if (auto s = PutDentry(d, seq, won); !s.ok()) return fail(s);
   }
   if (peer) {
     Stmt c(db_, "INSERT OR REPLACE INTO cursors(peer, seq) VALUES(?, ?)");
@@ -368,10 +532,10 @@ Result<net::Changes> NamespaceDb::ChangesSince(std::uint64_t since, std::size_t 
   }
   {
     Stmt q(db_,
-           "SELECT parent, name, child, hlc, node, deleted, seq FROM dentries WHERE seq > ?"
-           " ORDER BY seq LIMIT ?");
+           "SELECT parent, name, child, hlc, node, deleted, rep_hlc, rep_node, seq FROM dentries"
+           " WHERE seq > ? ORDER BY seq LIMIT ?");
     q.Bind(1, S(since)).Bind(2, static_cast<std::int64_t>(max_records));
-    while (q.Step() == SQLITE_ROW) items.push_back({U(q.Int(6)), std::nullopt, ReadDentry(q)});
+    while (q.Step() == SQLITE_ROW) items.push_back({U(q.Int(8)), std::nullopt, ReadDentry(q)});
   }
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.seq < b.seq; });
   net::Changes out;

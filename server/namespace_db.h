@@ -8,6 +8,10 @@
 // one only if its version is greater, so nodes that apply the same records in any order end in
 // the same state. Deletions are tombstones (deleted = true) so that they replicate too.
 //
+// When a version loses to one that was written concurrently (neither saw the other's
+// content), the loser is kept as a file named "NAME.conflict-<node>-<UTC time>" beside it, so
+// no write is lost; every node derives the same copy.
+//
 // Every change, local or remote, gets the next local sequence number; ChangesSince(seq) is the
 // feed peers subscribe to, and a peer's cursor into our feed is what it persisted last.
 //
@@ -90,6 +94,13 @@ class NamespaceDb {
   explicit NamespaceDb(sqlite3* db) : db_(db) {}
   Status Exec(const char* sql);
   Status Init();
+  // Inside Apply's transaction, with mu_ held.
+  std::optional<InodeRecord> AnyInode(InodeId id);
+  Status PutInode(const InodeRecord& r, std::uint64_t& seq, ChangeSet& won);
+  Status PutDentry(const DentryRecord& d, std::uint64_t& seq, ChangeSet& won);
+  Status KeepConflictCopy(const InodeRecord& loser, std::uint64_t& seq, ChangeSet& won);
+  Status RestoreName(const InodeRecord& rec, std::uint64_t& seq, ChangeSet& won);
+  Status KeepDisplaced(const DentryRecord& loser, std::uint64_t& seq, ChangeSet& won);
 
   std::mutex mu_;
   sqlite3* db_;

@@ -19,7 +19,13 @@ bool AllZero(ByteSpan b) {
 }  // namespace
 
 OpenFile::OpenFile(FileServer& fs, const InodeRecord& rec)
-    : fs_(fs), id_(rec.id), manifest_(rec.manifest), size_(rec.size), mtime_ns_(rec.mtime_ns) {
+    : fs_(fs),
+      id_(rec.id),
+      manifest_(rec.manifest),
+      base_clock_(rec.content_clock),
+      record_(rec),
+      size_(rec.size),
+      mtime_ns_(rec.mtime_ns) {
   Resize(size_);
 }
 
@@ -195,8 +201,13 @@ Status OpenFile::Commit() {
   rec.mtime_ns = mtime_ns_;
   rec.ctime_ns = fs_.NowNs();
   rec.version = fs_.hlc_.Next();
+  // Our content descends from what we opened (or last adopted), not necessarily from what the
+  // namespace holds now: a peer's concurrent write then shows up as a conflict, not a loss.
+  rec.content_clock = Advance(base_clock_, fs_.hlc_.node(), rec.version.hlc);
   auto applied = fs_.CommitLocal({{rec}, {}});
   if (!applied.ok()) return applied.status();
+  base_clock_ = rec.content_clock;
+  record_ = rec;
   std::fill(dirty_.begin(), dirty_.end(), false);
   changed_ = false;
   return Ok();
@@ -222,6 +233,8 @@ void OpenFile::AdoptRemote() {
   }
   if (!pending || changed_) return;  // our uncommitted writes will follow as a newer version
   const InodeRecord& rec = *pending;
+  base_clock_ = rec.content_clock;
+  record_ = rec;
   manifest_ = rec.manifest;
   size_ = rec.size;
   mtime_ns_ = rec.mtime_ns;
@@ -232,6 +245,14 @@ void OpenFile::AdoptRemote() {
   staging_.reset();
   std::fill(written_.begin(), written_.end(), false);
   Resize(size_);
+}
+
+InodeRecord OpenFile::Snapshot() {
+  std::lock_guard lock(mu_);
+  InodeRecord rec = record_;
+  rec.size = size_;
+  rec.mtime_ns = mtime_ns_;
+  return rec;
 }
 
 void OpenFile::Overlay(InodeRecord& rec) {

@@ -12,6 +12,7 @@
 
 #include <optional>
 
+#include "server/content_clock.h"
 #include "server/staging_file.h"
 #include "server/file_server.h"
 
@@ -39,6 +40,8 @@ class OpenFile {
   void OnRemoteUpdate(const InodeRecord& rec);
   // Size and mtime as a reader of this file should see them now.
   void Overlay(InodeRecord& rec);
+  // The file's attributes as last known here (for a file unlinked while open).
+  InodeRecord Snapshot();
 
  private:
   // Requires mu_: adopts the version OnRemoteUpdate left, if any.
@@ -54,6 +57,8 @@ class OpenFile {
   const InodeId id_;
   std::mutex mu_;
   std::vector<cas::ChunkId> manifest_;
+  ContentClock base_clock_;  // lineage of the committed content this file started from
+  InodeRecord record_;       // attributes as opened or last committed
   std::vector<bool> dirty_;    // chunk's current bytes are in staging
   std::vector<bool> written_;  // staging holds bytes for this chunk (maybe stale)
   std::uint64_t size_;

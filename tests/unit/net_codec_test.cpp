@@ -59,6 +59,7 @@ InodeRecord SampleFile() {
   r.ctime_ns = std::numeric_limits<std::int64_t>::max();
   r.atime_ns = 17;
   r.version = {0xAABBCCDDEEFF0011ull, 42};
+  r.content_clock = {{42, 0xAABBCCDDEEFF0010ull}, {77, 78}};
   r.manifest = {DigestOf(1), DigestOf(2), DigestOf(3), DigestOf(4)};
   r.xattrs = {{"user.a", {}}, {"user.b", Bytes(300, 0x5a)}};
   return r;
@@ -181,20 +182,22 @@ TEST(NetCodecTest, FrameLayoutMatchesTheDocument) {
 
   Changes c;
   c.up_to = 5;
-  c.dentries = {{1, "a", 2, {3, 4}, true}};
-  EXPECT_EQ(EncodeFrame(c), (Bytes{54, 0, 0, 0, 5, 0,                   // header
+  c.dentries = {{1, "a", 2, {3, 4}, true, {5, 6}}};
+  EXPECT_EQ(EncodeFrame(c), (Bytes{70, 0, 0, 0, 5, 0,                   // header
                                    5,  0, 0, 0, 0, 0, 0, 0,             // up_to
                                    0,  0, 0, 0,                         // no inodes
                                    1,  0, 0, 0,                         // one dentry
                                    1,  0, 0, 0, 0, 0, 0, 0, 1, 0, 'a',  // parent, name
                                    2,  0, 0, 0, 0, 0, 0, 0, 3, 0, 0,   0, 0, 0, 0, 0,  // child, hlc
-                                   4,  0, 0, 0, 0, 0, 0, 0, 1}));  // node, deleted
+                                   4,  0, 0, 0, 0, 0, 0, 0, 1,    // node, deleted
+                                   5,  0, 0, 0, 0, 0, 0, 0,       // replaces: hlc
+                                   6,  0, 0, 0, 0, 0, 0, 0}));    // replaces: node
 
   Changes i;
   i.inodes = {SampleDir()};
   Bytes inode_payload = PayloadOf(i);
-  // up_to 8 + count 4 + 78 fixed bytes of the record + count 4 of dentries.
-  EXPECT_EQ(inode_payload.size(), 8u + 4u + 78u + 4u);
+  // up_to 8 + count 4 + 80 fixed bytes of the record + count 4 of dentries.
+  EXPECT_EQ(inode_payload.size(), 8u + 4u + 80u + 4u);
 }
 
 TEST(NetCodecTest, XattrsAreBoundedSortedAndNamed) {
@@ -479,7 +482,7 @@ TEST(NetCodecTest, RejectsInvalidDentryNames) {
 // mode and deleted flag.
 constexpr std::size_t kKindAt = 8 + 4 + 8;
 constexpr std::size_t kModeAt = kKindAt + 1;
-constexpr std::size_t kInodeDeletedAt = kKindAt + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 8;
+constexpr std::size_t kInodeDeletedAt = kKindAt + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 16 + 2;
 
 Bytes OneDirPayload() { return PayloadOf(Changes{1, {SampleDir()}, {}}); }
 
@@ -518,7 +521,7 @@ TEST(NetCodecTest, RejectsBoolsOtherThanZeroOrOne) {
             "Changes: inode deleted is 2, not a bool (0 or 1)");
 
   Bytes dentry = ChangesWithName("a");
-  dentry.back() = 0xFF;
+  dentry[dentry.size() - 17] = 0xFF;  // the bool before the 16-byte `replaces`
   EXPECT_EQ(DecodeStatus(MessageType::kChanges, dentry).message(),
             "Changes: dentry deleted is 255, not a bool (0 or 1)");
 
