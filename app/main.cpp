@@ -8,6 +8,8 @@
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -16,14 +18,19 @@
 #include <boost/asio/post.hpp>
 #include <cstdlib>
 #include <filesystem>
+#include <condition_variable>
+#include <future>
+#include <mutex>
 #include <thread>
 
+#include "app/control.h"
 #include "base/fd.h"
 #include "cas/chunk_store.h"
 #include "crypto/crypto.h"
 #include "fuse/fuse_fs.h"
 #include "net/tcp_transport.h"
 #include "server/file_server.h"
+#include "server/gc.h"
 #include "server/namespace_db.h"
 #include "server/replicator.h"
 
@@ -55,6 +62,7 @@ struct Options {
   std::string log_level = "info";
   std::string log_file;
   double fetch_timeout_s = 10;
+  double gc_interval_s = 600;
 };
 
 fs::path HomeDir() {
@@ -140,6 +148,99 @@ int Keygen(const std::string& file) {
   return 0;
 }
 
+// The control socket's answers (see app/control.h).
+struct Daemon {
+  server::FileServer& files;
+  server::Replicator& replicator;
+  asio::io_context& io;
+  server::ChunkMaintenance& maintenance;
+  fs::path data;
+  std::string listen;
+};
+
+// Runs `fn` on the event thread and waits for it.
+template <typename T>
+T OnEventThread(asio::io_context& io, std::function<T()> fn) {
+  std::promise<T> p;
+  auto f = p.get_future();
+  asio::post(io, [&] { p.set_value(fn()); });
+  return f.get();
+}
+
+void HandleControl(Daemon& d, const std::string& command,
+                   const std::function<void(const std::string&)>& out) {
+  if (command == "status" || command == "status-json") {
+    auto peers = OnEventThread<std::vector<server::PeerStatus>>(d.io, [&] { return d.replicator.Peers(); });
+    auto backlog = OnEventThread<std::size_t>(d.io, [&] { return d.replicator.Backlog(); });
+    struct statvfs st {};
+    ::statvfs(d.data.c_str(), &st);
+    const double free_gib = static_cast<double>(st.f_bavail) * st.f_frsize / (1 << 30);
+    const double total_gib = static_cast<double>(st.f_blocks) * st.f_frsize / (1 << 30);
+    if (command == "status") {
+      out(fmt::format("node        {:016x}", d.files.node_id()));
+      out(fmt::format("listening   {}", d.listen));
+      out(fmt::format("data        {} ({:.1f} GiB free of {:.1f} GiB)", d.data.string(), free_gib, total_gib));
+      out(fmt::format("changes     {} (local change sequence)", d.files.ns().LastSeq()));
+      out(fmt::format("backlog     {} chunks to fetch", backlog));
+      out(fmt::format("peers       {}", peers.size()));
+      for (const auto& p : peers) {
+        out(fmt::format("  {:016x}  {}  {}", p.node_id, p.addr, p.outbound ? "dialed" : "accepted"));
+      }
+    } else {
+      std::string json = fmt::format(
+          R"({{"node":"{:016x}","listen":"{}","data":"{}","free_bytes":{},"total_bytes":{},"changes":{},"backlog_chunks":{},"peers":[)",
+          d.files.node_id(), d.listen, d.data.string(), static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize,
+          static_cast<std::uint64_t>(st.f_blocks) * st.f_frsize, d.files.ns().LastSeq(), backlog);
+      for (std::size_t i = 0; i < peers.size(); ++i) {
+        json += fmt::format(R"({}{{"node":"{:016x}","addr":"{}","direction":"{}"}})", i ? "," : "",
+                            peers[i].node_id, peers[i].addr, peers[i].outbound ? "dialed" : "accepted");
+      }
+      out(json + "]}");
+    }
+  } else if (command == "scrub") {
+    spdlog::info("scrub started");
+    auto r = d.maintenance.Scrub([&](const std::string& line) {
+      spdlog::info("{}", line);
+      out(line);
+    });
+    if (!r.ok()) out("scrub failed: " + r.status().message());
+  } else if (command == "gc") {
+    auto r = d.maintenance.Collect();
+    if (r.ok()) {
+      out(fmt::format("gc: {} chunks stored, {} referenced, {} removed, {} unreferenced (removed by the next pass)",
+                      r->stored, r->referenced, r->removed, r->marked));
+    } else {
+      out("gc failed: " + r.status().message());
+    }
+  } else {
+    out(fmt::format("unknown command '{}' (status, status-json, scrub, gc)", command));
+  }
+}
+
+// `foreverfs status|scrub|gc [MOUNTPOINT] [--data DIR]`: the daemon's control socket is
+// DIR/control.sock; the mount also names it in the xattr user.foreverfs.control of its root.
+int ControlClient(const std::string& command, const std::string& mountpoint, const std::string& data) {
+  fs::path socket;
+  if (!data.empty()) {
+    socket = fs::path(data) / "control.sock";
+  } else {
+    std::string mp = mountpoint.empty() ? "." : mountpoint;
+    char buf[4096];
+    ssize_t n = ::getxattr(mp.c_str(), "user.foreverfs.control", buf, sizeof buf - 1);
+    if (n <= 0) {
+      fmt::print(stderr, "foreverfs {}: {} is not a foreverfs mount (or give --data DIR)\n", command, mp);
+      return 2;
+    }
+    socket = std::string(buf, static_cast<std::size_t>(n));
+  }
+  auto s = app::RunControlCommand(socket, command, [](const std::string& line) { fmt::print("{}\n", line); });
+  if (!s.ok()) {
+    fmt::print(stderr, "foreverfs {}: {}\n", command, s.message());
+    return 1;
+  }
+  return 0;
+}
+
 int Serve(Options o) {
   SetupLogging(o);
   auto fail = [](const std::string& msg) {
@@ -191,6 +292,7 @@ int Serve(Options o) {
   files.SetOnLocalChange([r = replicator.get()] { r->NotifyLocalChange(); });
 
   fuse::FuseFs fuse(files);
+  fuse.SetControlPath((data / "control.sock").string());
   files.SetOnRemoteChange([&fuse](const server::ChangeSet& cs) { fuse.Invalidate(cs); });
   if (auto s = fuse.Mount({o.mountpoint, o.fuse_options, 1.0}); !s.ok()) return fail(s.message());
   spdlog::info("foreverfs {} mounted on {} (node {:016x}, listening on {}, data in {})",
@@ -205,7 +307,37 @@ int Serve(Options o) {
 
   auto guard = asio::make_work_guard(*io);
   std::thread net_thread([&io] { io->run(); });
+
+  server::ChunkMaintenance maintenance(files);
+  Daemon daemon{files, *replicator, *io, maintenance, data, transport->AdvertisedAddr()};
+  auto control = app::ControlServer::Start(
+      data / "control.sock",
+      [&daemon](const std::string& cmd, const std::function<void(const std::string&)>& out) {
+        HandleControl(daemon, cmd, out);
+      });
+  if (!control.ok()) spdlog::warn("no control socket: {}", control.status().message());
+  // Garbage collection every --gc-interval seconds (a chunk goes after two passes).
+  std::mutex gc_mu;
+  std::condition_variable gc_cv;
+  bool gc_stop = false;
+  std::thread gc_thread([&] {
+    std::unique_lock lock(gc_mu);
+    const auto interval = std::chrono::milliseconds(static_cast<long>(o.gc_interval_s * 1000));
+    while (!gc_cv.wait_for(lock, interval, [&] { return gc_stop; })) {
+      lock.unlock();
+      if (auto r = maintenance.Collect(); !r.ok()) spdlog::error("gc: {}", r.status().message());
+      lock.lock();
+    }
+  });
+
   Status run = fuse.Run();
+  {
+    std::lock_guard lock(gc_mu);
+    gc_stop = true;
+  }
+  gc_cv.notify_all();
+  gc_thread.join();
+  if (control.ok()) (*control)->Stop();
   fuse.Unmount();
   files.SetOnRemoteChange(nullptr);
 
@@ -234,6 +366,19 @@ int main(int argc, char** argv) {
   auto* keygen = app.add_subcommand("keygen", "Write a new random cluster key to FILE (never overwrites)");
   keygen->add_option("FILE", keygen_file, "Where to write the key")->required();
 
+  std::string ctl_mount, ctl_data;
+  bool json = false;
+  auto* status = app.add_subcommand("status", "Show the node, its peers, replication backlog and usage");
+  status->add_option("MOUNTPOINT", ctl_mount, "A foreverfs mount (default: the current directory)");
+  status->add_option("--data", ctl_data, "The node's data directory instead of a mountpoint");
+  status->add_flag("--json", json, "Print one JSON object");
+  auto* scrub = app.add_subcommand("scrub", "Verify every local chunk and repair bad or missing ones from peers");
+  scrub->add_option("MOUNTPOINT", ctl_mount, "A foreverfs mount (default: the current directory)");
+  scrub->add_option("--data", ctl_data, "The node's data directory instead of a mountpoint");
+  auto* gc = app.add_subcommand("gc", "Run one garbage-collection pass now");
+  gc->add_option("MOUNTPOINT", ctl_mount, "A foreverfs mount (default: the current directory)");
+  gc->add_option("--data", ctl_data, "The node's data directory instead of a mountpoint");
+
   Options o;
   std::vector<std::string> raw_opts;
   app.add_option("MOUNTPOINT", o.mountpoint, "Directory to mount the filesystem on");
@@ -259,8 +404,16 @@ int main(int argc, char** argv) {
                  "Seconds a read waits for a chunk no local copy has before failing with EIO")
       ->capture_default_str();
 
+  app.add_option("--gc-interval", o.gc_interval_s,
+                 "Seconds between garbage-collection passes; an unreferenced chunk is removed by "
+                 "the second pass that finds it")
+      ->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
   if (keygen->parsed()) return Keygen(keygen_file);
+  if (status->parsed()) return ControlClient(json ? "status-json" : "status", ctl_mount, ctl_data);
+  if (scrub->parsed()) return ControlClient("scrub", ctl_mount, ctl_data);
+  if (gc->parsed()) return ControlClient("gc", ctl_mount, ctl_data);
   if (o.mountpoint.empty()) {
     fmt::print(stderr, "foreverfs: missing MOUNTPOINT\n{}", app.help());
     return 2;

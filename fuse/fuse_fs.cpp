@@ -71,6 +71,7 @@ struct FuseFs::Impl {
   bool mounted = false;
   double timeout = 1.0;
   std::string mountpoint;
+  std::string control_path;
 
   std::mutex dirs_mu;
   std::map<std::uint64_t, std::vector<server::DirEntry>> dirs;  // open directory snapshots
@@ -222,8 +223,13 @@ void OpSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* va
   fuse_reply_err(req, 0);
 }
 
+constexpr std::string_view kControlXattr = "user.foreverfs.control";
+
 void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-  auto v = Impl::Of(req).fs.GetXattr(ino, name);
+  auto& im = Impl::Of(req);
+  auto v = ino == FUSE_ROOT_ID && name == kControlXattr && !im.control_path.empty()
+               ? Result<Bytes>(Bytes(im.control_path.begin(), im.control_path.end()))
+               : im.fs.GetXattr(ino, name);
   if (!v.ok()) return Impl::ReplyError(req, v.status(), "getxattr");
   if (size == 0) {
     fuse_reply_xattr(req, v->size());
@@ -510,6 +516,8 @@ void FuseFs::Unmount() {
     impl_->mounted = false;
   }
 }
+
+void FuseFs::SetControlPath(std::string path) { impl_->control_path = std::move(path); }
 
 void FuseFs::Invalidate(const server::ChangeSet& changes) {
   {

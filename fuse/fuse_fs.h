@@ -37,6 +37,8 @@ class FuseFs {
   Status Run();
   // Unmounts if still mounted (after Run returned because of a signal).
   void Unmount();
+  // Where the daemon's control socket is: the root answers it as xattr user.foreverfs.control.
+  void SetControlPath(std::string path);
   // Queues kernel cache invalidations for records a peer changed. Any thread.
   void Invalidate(const server::ChangeSet& changes);
 

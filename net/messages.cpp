@@ -15,7 +15,6 @@ namespace {
 constexpr std::size_t kMinPeerSize = 8 + 2;  // node_id, addr length
 constexpr std::size_t kMinInodeSize =
     8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 16 + 2 + 1 + 2 + 2 + 4;  // fixed, lengths, counts
-constexpr std::size_t kMinXattrSize = 2 + 4;                     // name length, value length
 constexpr std::size_t kMinDentrySize = 8 + 2 + 8 + 8 + 8 + 1 + 16;  // an empty name fails later
 constexpr std::size_t kDigestSize = std::tuple_size_v<crypto::Digest>;
 constexpr std::uint32_t kModeBits = 07777;

@@ -637,6 +637,18 @@ Result<ChangeSet> FileServer::ApplyRemote(const net::Changes& changes, std::uint
   return won;
 }
 
+void FileServer::ForEachOpenManifest(
+    const std::function<void(const std::vector<cas::ChunkId>&)>& fn) {
+  std::vector<std::shared_ptr<OpenFile>> open;
+  {
+    std::lock_guard lock(files_mu_);
+    for (auto& [id, weak] : open_files_) {
+      if (auto of = weak.lock()) open.push_back(std::move(of));
+    }
+  }
+  for (auto& of : open) fn(of->Manifest());
+}
+
 Result<Bytes> FileServer::LocalChunk(const cas::ChunkId& id) { return store_.Get(id); }
 
 Status FileServer::StoreChunk(const cas::ChunkId& id, ByteSpan data) {

@@ -133,6 +133,10 @@ class FileServer {
   // The chunk's bytes, local or pulled from a peer (self-healing a corrupt local copy).
   Result<Bytes> LoadChunk(const cas::ChunkId& id);
   NamespaceDb& ns() { return ns_; }
+  cas::ChunkStore& store() { return store_; }
+  // Calls `fn` with the working manifest of every file open here (they may reference chunks
+  // no committed version does, e.g. a file unlinked while open).
+  void ForEachOpenManifest(const std::function<void(const std::vector<cas::ChunkId>&)>& fn);
   Hlc& clock() { return hlc_; }
 
  private:

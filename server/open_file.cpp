@@ -247,6 +247,11 @@ void OpenFile::AdoptRemote() {
   Resize(size_);
 }
 
+std::vector<cas::ChunkId> OpenFile::Manifest() {
+  std::lock_guard lock(mu_);
+  return manifest_;
+}
+
 InodeRecord OpenFile::Snapshot() {
   std::lock_guard lock(mu_);
   InodeRecord rec = record_;

@@ -42,6 +42,7 @@ class OpenFile {
   void Overlay(InodeRecord& rec);
   // The file's attributes as last known here (for a file unlinked while open).
   InodeRecord Snapshot();
+  std::vector<cas::ChunkId> Manifest();
 
  private:
   // Requires mu_: adopts the version OnRemoteUpdate left, if any.

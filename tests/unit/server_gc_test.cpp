@@ -1,0 +1,162 @@
+// ChunkMaintenance: garbage collection removes a chunk only on the second pass that finds it
+// unreferenced, never one a live file or an open file needs; scrub finds corrupt and missing
+// chunks and repairs them from a peer.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "server/gc.h"
+
+namespace foreverfs::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A peer that holds a copy of every chunk stored through it.
+class FakeRemote : public RemoteChunks {
+ public:
+  std::map<cas::ChunkId, Bytes> chunks;
+  FileServer* fs = nullptr;
+  Result<Bytes> Fetch(const cas::ChunkId& id) override {
+    auto it = chunks.find(id);
+    if (it == chunks.end()) return Err(Code::kUnavailable, "no peer has it");
+    if (auto s = fs->StoreChunk(id, it->second); !s.ok()) return s;
+    return it->second;
+  }
+};
+
+class ChunkMaintenanceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("ffs_gc_" + std::to_string(::getpid()) + "_" +
+                                        std::to_string(crypto::RandomU64()));
+    fs::create_directories(dir_ / "staging");
+    key_.secret.fill(7);
+    db_ = NamespaceDb::Open(dir_ / "ns.db").value();
+    store_ = cas::MakeLocalStore(dir_ / "chunks", key_).value();
+    files_ = std::make_unique<FileServer>(*db_, *store_, cas::MakeHasher(key_), dir_ / "staging");
+    remote_.fs = files_.get();
+    files_->SetRemote(&remote_);
+    gc_ = std::make_unique<ChunkMaintenance>(*files_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  void Write(const std::string& path, std::size_t size, std::uint8_t fill) {
+    Bytes data(size, fill);
+    // Distinct bytes in every chunk, so chunks do not deduplicate.
+    for (std::size_t i = 0; i < size; i += 4096) data[i] = static_cast<std::uint8_t>((i >> 20) * 37 + (i >> 12));
+    std::size_t at = 0;
+    ASSERT_TRUE(files_->Store(path, [&](MutableByteSpan out) -> Result<std::size_t> {
+                        std::size_t n = std::min(out.size(), data.size() - at);
+                        std::copy_n(data.begin() + static_cast<long>(at), n, out.begin());
+                        at += n;
+                        return n;
+                      }).ok());
+  }
+  std::size_t Stored() {
+    std::size_t n = 0;
+    EXPECT_TRUE(store_->ForEach([&](const cas::ChunkId&) { ++n; }).ok());
+    return n;
+  }
+
+  fs::path dir_;
+  crypto::ClusterKey key_;
+  std::unique_ptr<NamespaceDb> db_;
+  std::unique_ptr<cas::ChunkStore> store_;
+  std::unique_ptr<FileServer> files_;
+  FakeRemote remote_;
+  std::unique_ptr<ChunkMaintenance> gc_;
+};
+
+TEST_F(ChunkMaintenanceTest, RemovesUnreferencedChunksOnTheSecondPass) {
+  Write("/keep", 3 * cas::kChunkSize, 1);
+  Write("/drop", 2 * cas::kChunkSize, 2);
+  ASSERT_EQ(Stored(), 5u);
+  ASSERT_TRUE(files_->Remove("/drop").ok());
+  auto first = gc_->Collect();
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->removed, 0u);
+  EXPECT_EQ(first->marked, 2u);
+  EXPECT_EQ(Stored(), 5u);
+  auto second = gc_->Collect();
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->removed, 2u);
+  EXPECT_EQ(Stored(), 3u);
+  Bytes back;
+  ASSERT_TRUE(files_->Get("/keep", [&](ByteSpan b) {
+                       back.insert(back.end(), b.begin(), b.end());
+                       return Ok();
+                     }).ok());
+  EXPECT_EQ(back.size(), 3 * cas::kChunkSize);
+}
+
+TEST_F(ChunkMaintenanceTest, AChunkReferencedAgainBeforeTheSecondPassStays) {
+  Write("/a", cas::kChunkSize, 3);
+  ASSERT_TRUE(files_->Remove("/a").ok());
+  ASSERT_TRUE(gc_->Collect().ok());
+  Write("/b", cas::kChunkSize, 3);  // the same bytes: the same chunk, live again
+  auto r = gc_->Collect();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->removed, 0u);
+  EXPECT_EQ(Stored(), 1u);
+}
+
+TEST_F(ChunkMaintenanceTest, ChunksOfAFileUnlinkedWhileOpenStay) {
+  Write("/open", 2 * cas::kChunkSize, 4);
+  auto attr = files_->Resolve("/open");
+  ASSERT_TRUE(attr.ok());
+  auto h = files_->Open(attr->rec.id, O_RDONLY);
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(files_->Remove("/open").ok());
+  ASSERT_TRUE(gc_->Collect().ok());
+  ASSERT_TRUE(gc_->Collect().ok());
+  Bytes buf(cas::kChunkSize);
+  auto n = files_->Read(*h, cas::kChunkSize, buf);
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  EXPECT_EQ(*n, cas::kChunkSize);
+  files_->Release(*h);
+}
+
+TEST_F(ChunkMaintenanceTest, ScrubRepairsCorruptAndMissingChunksFromAPeer) {
+  Write("/f", 3 * cas::kChunkSize, 5);
+  std::vector<cas::ChunkId> ids;
+  ASSERT_TRUE(store_->ForEach([&](const cas::ChunkId& id) { ids.push_back(id); }).ok());
+  ASSERT_EQ(ids.size(), 3u);
+  for (const auto& id : ids) remote_.chunks[id] = *store_->Get(id);
+  // Flip a byte of one chunk file; delete another.
+  auto path_of = [&](const cas::ChunkId& id) {
+    auto hex = cas::Hex(id);
+    return dir_ / "chunks" / hex.substr(0, 2) / hex.substr(2, 2) / hex;
+  };
+  {
+    std::fstream f(path_of(ids[0]), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x42');
+  }
+  fs::remove(path_of(ids[1]));
+  std::vector<std::string> lines;
+  auto r = gc_->Scrub([&](const std::string& line) { lines.push_back(line); });
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->checked, 2u);
+  EXPECT_EQ(r->corrupt, 1u);
+  EXPECT_EQ(r->missing, 1u);
+  EXPECT_EQ(r->repaired, 2u);
+  EXPECT_EQ(r->unrepaired, 0u);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_NE(lines.back().find("scrub done"), std::string::npos);
+  for (const auto& id : ids) EXPECT_TRUE(store_->Get(id).ok());
+  // Without the peer, the same damage is counted but not repaired.
+  remote_.chunks.clear();
+  fs::remove(path_of(ids[2]));
+  auto again = gc_->Scrub([](const std::string&) {});
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->missing, 1u);
+  EXPECT_EQ(again->unrepaired, 1u);
+}
+
+}  // namespace
+}  // namespace foreverfs::server
