@@ -65,6 +65,21 @@ check "random writes match a local model" cmp -s "$W/model" "$M/big"
 ln -s big "$M/link"
 check "symlink" test "$(readlink "$M/link")" = big
 
+# Operations: status, scrub, garbage collection through the control socket.
+check "status names the node" bash -c "'$FF' status '$M' | grep -q '^node '"
+check "status --json is one object" bash -c "'$FF' status --json '$M' | python3 -c 'import json,sys; json.load(sys.stdin)'"
+check "control socket is private (0600)" test "$(stat -c %a "$D/control.sock")" = 600
+check "scrub checks every chunk and finds nothing wrong" bash -c "'$FF' scrub '$M' | tail -1 | grep -q 'scrub done: .* 0 corrupt, 0 missing'"
+chunks_kib() { du -sk "$D/chunks" | cut -f1; }
+head -c 33554432 /dev/urandom >"$M/garbage"
+before=$(chunks_kib)
+rm "$M/garbage"
+"$FF" gc "$M" >/dev/null; "$FF" gc "$M" >/dev/null
+after=$(chunks_kib)
+echo "# chunks under --data: ${before} KiB with a 32 MiB file, ${after} KiB after rm and two gc passes"
+check "gc gives back the space of a deleted file" test $((before - after)) -gt 30000
+check "the other files are intact after gc" cmp -s "$W/model" "$M/big"
+
 check "unmount exits 0" stop
 check "remount on the same data" start
 check "data survives remount" cmp -s "$W/model" "$M/big"
