@@ -1,10 +1,12 @@
 #include "server/namespace_db.h"
 
+#include <spdlog/spdlog.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 #include <ctime>
 
 #include "crypto/crypto.h"
@@ -441,6 +443,42 @@ Status NamespaceDb::PutDentry(const DentryRecord& d, std::uint64_t& seq, ChangeS
   return Ok();
 }
 
+// The revived directory's version comes from the records that caused it (the newer of its
+// tombstone and its newest live entry, plus one), so every node derives the same one.
+Status NamespaceDb::ReviveDir(InodeId id, std::uint64_t& seq, ChangeSet& won) {
+  auto rec = AnyInode(id);
+  if (!rec || !rec->deleted || rec->kind != InodeKind::kDir) return Ok();
+  Stmt q(db_,
+         "SELECT d.hlc, d.node FROM dentries d JOIN inodes i ON i.id = d.child"
+         " WHERE d.parent = ? AND d.deleted = 0 AND i.deleted = 0 ORDER BY d.hlc DESC, d.node DESC"
+         " LIMIT 1");
+  q.Bind(1, S(id));
+  if (q.Step() != SQLITE_ROW) return Ok();  // empty: it stays deleted
+  const Version newest = std::max(rec->version, Version{U(q.Int(0)), U(q.Int(1))});
+  InodeRecord revived = *rec;
+  revived.deleted = false;
+  revived.version = {newest.hlc + 1, newest.node};
+  spdlog::info("directory {:016x} was deleted while entries were added to it elsewhere; keeping it",
+               id);
+  if (auto s = PutInode(revived, seq, won); !s.ok()) return s;
+  Stmt n(db_,
+         "SELECT parent, name, deleted FROM dentries WHERE child = ?"
+         " ORDER BY deleted, hlc DESC, node DESC LIMIT 1");
+  n.Bind(1, S(id));
+  if (n.Step() != SQLITE_ROW || n.Int(2) == 0) return Ok();
+  InodeId parent = U(n.Int(0));
+  std::string name = n.Text(1);
+  Stmt taken(db_, "SELECT child FROM dentries WHERE parent = ? AND name = ? AND deleted = 0");
+  taken.Bind(1, S(parent)).Bind(2, name);
+  if (taken.Step() == SQLITE_ROW && U(taken.Int(0)) != id) {
+    name = ConflictName(name, {revived.version.node, revived.version.hlc}, id);
+  }
+  DentryRecord entry{parent, name, id, revived.version, false};
+  entry.replaces = revived.version;
+  if (auto s = PutDentry(entry, seq, won); !s.ok()) return s;
+  return ReviveDir(parent, seq, won);  // its own directory may be gone too
+}
+
 Status NamespaceDb::KeepDisplaced(const DentryRecord& loser, std::uint64_t& seq, ChangeSet& won) {
   std::string name = ConflictName(loser.name, {loser.version.node, loser.version.hlc},
                                   loser.child ^ loser.version.hlc);
@@ -503,6 +541,19 @@ Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std
   }
   for (const auto& d : changes.dentries) {
     if (auto s = PutDentry(d, seq, won); !s.ok()) return fail(s);
+  }
+  // A directory deleted on one node while another put something in it comes back, so the
+  // new entry stays reachable. Checked after the whole batch: a recursive delete sends the
+  // children's tombstones in the same batch as the directory's.
+  std::set<InodeId> dirs;
+  for (const auto& r : won.inodes) {
+    if (r.deleted && r.kind == InodeKind::kDir) dirs.insert(r.id);
+  }
+  for (const auto& d : won.dentries) {
+    if (!d.deleted) dirs.insert(d.parent);
+  }
+  for (InodeId dir : dirs) {
+    if (auto s = ReviveDir(dir, seq, won); !s.ok()) return fail(s);
   }
   if (peer) {
     Stmt c(db_, "INSERT OR REPLACE INTO cursors(peer, seq) VALUES(?, ?)");

@@ -101,6 +101,7 @@ class NamespaceDb {
   Status KeepConflictCopy(const InodeRecord& loser, std::uint64_t& seq, ChangeSet& won);
   Status RestoreName(const InodeRecord& rec, std::uint64_t& seq, ChangeSet& won);
   Status KeepDisplaced(const DentryRecord& loser, std::uint64_t& seq, ChangeSet& won);
+  Status ReviveDir(InodeId id, std::uint64_t& seq, ChangeSet& won);
 
   std::mutex mu_;
   sqlite3* db_;

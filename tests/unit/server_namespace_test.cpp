@@ -518,6 +518,40 @@ TEST(NamespaceConvergenceTest, AnyApplyOrderGivesTheSameState) {
   for (std::size_t i = 1; i < states.size(); ++i) EXPECT_EQ(states[i], states[0]);
 }
 
+// Node A removes directory d (it saw it empty) while node B creates d/f. In either order, d
+// comes back with its name and f stays reachable; both nodes end the same.
+TEST(NamespaceConvergenceTest, ADirectoryDeletedWhileAFileWasCreatedInItComesBack) {
+  TempDir dir;
+  InodeRecord d = Dir(10, {5, 1});
+  DentryRecord d_entry = Entry(kRootId, "d", 10, {5, 1});
+  // A: rmdir d.
+  DentryRecord d_tomb = Entry(kRootId, "d", 10, {20, 1}, true);
+  InodeRecord d_gone = Dir(10, {21, 1});
+  d_gone.deleted = true;
+  // B: create d/f.
+  InodeRecord f = File(11, {19, 2});
+  f.content_clock = {{2, 19}};
+  DentryRecord f_entry = Entry(10, "f", 11, {19, 2});
+  std::vector<State> states;
+  for (int order = 0; order < 2; ++order) {
+    auto db = OpenDb(dir.path() / ("r" + std::to_string(order) + ".db"));
+    ASSERT_NE(db, nullptr);
+    ApplyOk(*db, {{d}, {d_entry}});
+    ChangeSet a{{d_gone}, {d_tomb}}, b{{f}, {f_entry}};
+    ApplyOk(*db, order == 0 ? a : b);
+    ApplyOk(*db, order == 0 ? b : a);
+    auto back = db->GetDentry(kRootId, "d");
+    ASSERT_TRUE(back.ok()) << "order " << order;
+    EXPECT_EQ(back->child, 10u);
+    EXPECT_TRUE(db->GetInode(10).ok());
+    auto inside = db->GetDentry(10, "f");
+    ASSERT_TRUE(inside.ok());
+    EXPECT_EQ(inside->child, 11u);
+    states.push_back(Snapshot(*db));
+  }
+  EXPECT_TRUE(states[0] == states[1]);
+}
+
 // Concurrent writers: content clocks that do not dominate each other, deletes that did not see
 // a write, names created on two nodes at once. The conflict copies and restored names derived
 // from them must come out the same whatever order the records arrive in.
