@@ -630,6 +630,13 @@ Result<ChangeSet> FileServer::ApplyRemote(const net::Changes& changes, std::uint
       std::lock_guard lock(files_mu_);
       auto it = open_files_.find(r.id);
       if (it != open_files_.end()) of = it->second.lock();
+      // Handles already open keep reading the version they opened, whole (a reader never
+      // sees two versions mixed); the next open gets the new one. A file with uncommitted
+      // writes stays: its commit follows, and a concurrent version becomes a conflict copy.
+      if (of && !of->HasUncommittedWrites()) {
+        open_files_.erase(it);
+        of.reset();
+      }
     }
     if (of) of->OnRemoteUpdate(r);
   }

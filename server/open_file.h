@@ -38,6 +38,8 @@ class OpenFile {
   // for mu_ (it runs on the event thread, which a reader holding mu_ may be waiting on for a
   // chunk): if the file is busy, the holder adopts the version at its next operation.
   void OnRemoteUpdate(const InodeRecord& rec);
+  // Written here and not committed yet.
+  bool HasUncommittedWrites() const { return changed_; }
   // Size and mtime as a reader of this file should see them now.
   void Overlay(InodeRecord& rec);
   // The file's attributes as last known here (for a file unlinked while open).
@@ -64,7 +66,8 @@ class OpenFile {
   std::vector<bool> written_;  // staging holds bytes for this chunk (maybe stale)
   std::uint64_t size_;
   std::int64_t mtime_ns_;
-  bool changed_ = false;
+  // Atomic so that the event thread can ask without waiting for a reader holding mu_.
+  std::atomic<bool> changed_{false};
   std::atomic<bool> privileges_checked_{false};  // size, mtime or chunks differ from the committed version
   std::optional<StagingFile> staging_;
   std::size_t cached_index_ = SIZE_MAX;

@@ -22,6 +22,7 @@ constexpr std::size_t kFeedBatchChunks = 64 * 1024;
 constexpr std::size_t kMaxQueuedBytes = 8 * kMiB;  // per link, before the feed waits
 constexpr auto kPerPeerTimeout = std::chrono::milliseconds(5000);
 constexpr auto kNoPeerRetry = std::chrono::milliseconds(200);
+constexpr auto kRecentFailure = std::chrono::milliseconds(500);
 
 std::string Short(std::uint64_t node) { return fmt::format("{:016x}", node); }
 
@@ -70,6 +71,9 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   std::set<cas::ChunkId> queued_;
   std::size_t in_flight_ = 0;
   std::atomic<bool> notify_posted_{false};
+  // Chunks a blocking Fetch could not get, and when (any thread; guarded).
+  std::mutex failed_mu_;
+  std::map<cas::ChunkId, Clock::time_point> failed_;
   bool rescan_scheduled_ = false;
 
   bool ShouldHold(const cas::ChunkId& id) const {
@@ -312,6 +316,10 @@ bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
     old->Close("replaced by a newer link to the same peer");
   }
   spdlog::info("peer {} ({}) connected", info.remote, Short(info.node_id));
+  {
+    std::lock_guard lock(im.failed_mu_);
+    im.failed_.clear();  // the new peer may have what nobody had
+  }
   im.peers_[info.node_id] = Impl::Peer{link};
   im.SendPeers(link);
   for (auto& [node, p] : im.peers_) {
@@ -375,16 +383,35 @@ void Replicator::OnClose(const std::shared_ptr<net::Link>& link, const std::stri
 }
 
 Result<Bytes> Replicator::Fetch(const cas::ChunkId& id) {
+  // A chunk nobody could serve a moment ago fails at once: the kernel retries a failed
+  // read-ahead page with a second read right away, which must not wait the whole timeout
+  // again. Half a second covers that retry and no more.
+  {
+    std::lock_guard lock(impl_->failed_mu_);
+    auto it = impl_->failed_.find(id);
+    if (it != impl_->failed_.end()) {
+      if (Clock::now() - it->second < kRecentFailure) {
+        return Err(Code::kUnavailable, "chunk {}: no reachable peer served it (recently)", cas::Hex(id));
+      }
+      impl_->failed_.erase(it);
+    }
+  }
   auto promise = std::make_shared<std::promise<Result<Bytes>>>();
   auto future = promise->get_future();
   asio::post(impl_->io_, [impl = impl_, id, promise] {
     impl->StartFetch(id, [promise](Result<Bytes> r) { promise->set_value(std::move(r)); });
   });
-  if (future.wait_for(impl_->options_.fetch_timeout + std::chrono::seconds(2)) !=
-      std::future_status::ready) {
-    return Err(Code::kTimedOut, "chunk {}: fetch did not finish in time", cas::Hex(id));
+  Result<Bytes> result =
+      future.wait_for(impl_->options_.fetch_timeout + std::chrono::seconds(2)) ==
+              std::future_status::ready
+          ? future.get()
+          : Result<Bytes>(Err(Code::kTimedOut, "chunk {}: fetch did not finish in time", cas::Hex(id)));
+  if (!result.ok()) {
+    std::lock_guard lock(impl_->failed_mu_);
+    if (impl_->failed_.size() > 4096) impl_->failed_.clear();
+    impl_->failed_[id] = Clock::now();
   }
-  return future.get();
+  return result;
 }
 
 void Replicator::NotifyLocalChange() {

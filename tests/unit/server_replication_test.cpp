@@ -495,7 +495,9 @@ TEST_F(ReplicationTest, ChunkWhoseBytesDoNotMatchItsIdIsRejected) {
   EXPECT_GE(liar.get_chunks.load(), 1);
   EXPECT_FALSE(node.files->HasChunk(IdOf(data)));
 
-  // Once the peer tells the truth the same read works.
+  // Once the peer tells the truth the same read works (after the half second in which a
+  // chunk that just failed fails at once).
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
   OnIo(io_, [&] {
     liar.answer = [data](const std::shared_ptr<net::Link>& link, const net::GetChunk& g) {
       link->Send(net::ChunkReply{g.request_id, true, data});
