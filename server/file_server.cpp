@@ -664,6 +664,12 @@ Status FileServer::StoreChunk(const cas::ChunkId& id, ByteSpan data) {
     return Err(Code::kCorruption, "chunk {}: {} bytes received that do not match the id",
                cas::Hex(id), data.size());
   }
+  // A copy already here that fails verification is replaced now that good bytes are in hand
+  // (a store keeps the first copy of an id otherwise).
+  if (store_.Has(id) && store_.Get(id).status().code() == Code::kCorruption) {
+    if (auto s = store_.Remove(id); !s.ok()) return s;
+    spdlog::info("chunk {}: corrupt local copy replaced by a verified one", cas::Hex(id));
+  }
   return store_.Put(id, data);
 }
 
@@ -671,9 +677,11 @@ Result<Bytes> FileServer::LoadChunk(const cas::ChunkId& id) {
   auto local = store_.Get(id);
   if (local.ok()) return local;
   if (local.status().code() == Code::kCorruption) {
+    // Keep the bad copy until a verified one replaces it (StoreChunk): the damage may be in
+    // the read, not on disk, and with no peer there is nothing better to keep.
     spdlog::error("chunk {}: local copy is corrupt ({}); fetching it again from peers",
                   cas::Hex(id), local.status().message());
-    (void)store_.Remove(id);
+    if (!remote_) return local;
   } else if (local.status().code() != Code::kNotFound) {
     return local;
   }
