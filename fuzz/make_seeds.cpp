@@ -14,10 +14,25 @@ int main(int argc, char** argv) {
   std::filesystem::path out = argv[1];
   std::filesystem::create_directories(out / "frame");
   std::filesystem::create_directories(out / "changes");
-  InodeRecord inode{42, InodeKind::kFile, 0644, 1000, 1000, 3 << 20, 1700000000000000000, 1700000000000000001,
-                    {1700000000000000002, 9}, false, "", {crypto::Digest{1}, crypto::Digest{}, crypto::Digest{3}}};
-  InodeRecord link{43, InodeKind::kSymlink, 0777, 0, 0, 6, 1, 2, {3, 4}, false, "target", {}};
-  DentryRecord entry{1, "file.txt", 42, {1700000000000000003, 9}, false};
+  InodeRecord inode;
+  inode.id = 42;
+  inode.kind = InodeKind::kFile;
+  inode.mode = 0644;
+  inode.uid = inode.gid = 1000;
+  inode.size = 3 << 20;
+  inode.mtime_ns = inode.ctime_ns = inode.atime_ns = 1700000000000000000;
+  inode.version = {1700000000000000002, 9};
+  inode.content_clock = {{7, 1700000000000000001}, {9, 1700000000000000002}};
+  inode.xattrs = {{"user.a", Bytes(3, 1)}, {"user.b", {}}};
+  inode.manifest = {crypto::Digest{1}, crypto::Digest{}, crypto::Digest{3}};
+  InodeRecord link;
+  link.id = 43;
+  link.kind = InodeKind::kSymlink;
+  link.mode = 0777;
+  link.size = 6;
+  link.version = {3, 4};
+  link.symlink_target = "target";
+  DentryRecord entry{1, "file.txt", 42, {1700000000000000003, 9}, false, {1700000000000000001, 9}};
   DentryRecord tomb{1, "old", 43, {5, 6}, true};
   Changes changes{99, {inode, link}, {entry, tomb}};
   std::vector<Message> messages = {
