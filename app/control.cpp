@@ -112,7 +112,8 @@ Status RunControlCommand(const std::filesystem::path& socket, const std::string&
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return ErrnoStatus(errno, "creating a socket");
   if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0) {
-    return ErrnoStatus(errno, fmt::format("connecting to {} (is foreverfs running on it?)", socket.string()));
+    return ErrnoStatus(
+        errno, fmt::format("connecting to {} (is foreverfs running on it?)", socket.string()));
   }
   if (!WriteAll(fd.get(), command + "\n")) return ErrnoStatus(errno, "sending the command");
   std::string line;

@@ -16,8 +16,8 @@
 
 namespace foreverfs::app {
 
-using CommandHandler =
-    std::function<void(const std::string& command, const std::function<void(const std::string&)>& out)>;
+using CommandHandler = std::function<void(const std::string& command,
+                                          const std::function<void(const std::string&)>& out)>;
 
 class ControlServer {
  public:

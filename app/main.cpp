@@ -16,9 +16,9 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
-#include <condition_variable>
 #include <future>
 #include <mutex>
 #include <thread>
@@ -92,18 +92,27 @@ void SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
     std::size_t start = 0;
     while (start <= group.size()) {
       auto comma = group.find(',', start);
-      std::string opt = group.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      std::string opt =
+          group.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
       start = comma == std::string::npos ? group.size() + 1 : comma + 1;
       if (opt.empty()) continue;
       auto eq = opt.find('=');
-      std::string name = opt.substr(0, eq), value = eq == std::string::npos ? "" : opt.substr(eq + 1);
-      if (name == "listen") o.listen = value;
-      else if (name == "peer") o.peers.push_back(value);
-      else if (name == "data") o.data = value;
-      else if (name == "key") o.key = value;
-      else if (name == "replicas") o.replicas = std::atoi(value.c_str());
-      else if (name == "_netdev" || name == "nofail" || name == "auto" || name == "noauto") continue;
-      else fuse.push_back(opt);
+      std::string name = opt.substr(0, eq),
+                  value = eq == std::string::npos ? "" : opt.substr(eq + 1);
+      if (name == "listen")
+        o.listen = value;
+      else if (name == "peer")
+        o.peers.push_back(value);
+      else if (name == "data")
+        o.data = value;
+      else if (name == "key")
+        o.key = value;
+      else if (name == "replicas")
+        o.replicas = std::atoi(value.c_str());
+      else if (name == "_netdev" || name == "nofail" || name == "auto" || name == "noauto")
+        continue;
+      else
+        fuse.push_back(opt);
     }
   }
   o.fuse_options = fuse;
@@ -130,9 +139,10 @@ Result<crypto::ClusterKey> LoadOrCreateKey(const Options& o) {
       std::error_code ec;
       fs::create_directories(path.parent_path(), ec);
       if (auto s = crypto::WriteNewKeyFile(path); !s.ok()) return s;
-      spdlog::info("created a new cluster key at {}; copy it to every machine of the cluster "
-                   "and pass it with --key",
-                   path.string());
+      spdlog::info(
+          "created a new cluster key at {}; copy it to every machine of the cluster "
+          "and pass it with --key",
+          path.string());
     }
   }
   return crypto::ReadKeyFile(path);
@@ -170,7 +180,8 @@ T OnEventThread(asio::io_context& io, std::function<T()> fn) {
 void HandleControl(Daemon& d, const std::string& command,
                    const std::function<void(const std::string&)>& out) {
   if (command == "status" || command == "status-json") {
-    auto peers = OnEventThread<std::vector<server::PeerStatus>>(d.io, [&] { return d.replicator.Peers(); });
+    auto peers =
+        OnEventThread<std::vector<server::PeerStatus>>(d.io, [&] { return d.replicator.Peers(); });
     auto backlog = OnEventThread<std::size_t>(d.io, [&] { return d.replicator.Backlog(); });
     struct statvfs st {};
     ::statvfs(d.data.c_str(), &st);
@@ -179,21 +190,25 @@ void HandleControl(Daemon& d, const std::string& command,
     if (command == "status") {
       out(fmt::format("node        {:016x}", d.files.node_id()));
       out(fmt::format("listening   {}", d.listen));
-      out(fmt::format("data        {} ({:.1f} GiB free of {:.1f} GiB)", d.data.string(), free_gib, total_gib));
+      out(fmt::format("data        {} ({:.1f} GiB free of {:.1f} GiB)", d.data.string(), free_gib,
+                      total_gib));
       out(fmt::format("changes     {} (local change sequence)", d.files.ns().LastSeq()));
       out(fmt::format("backlog     {} chunks to fetch", backlog));
       out(fmt::format("peers       {}", peers.size()));
       for (const auto& p : peers) {
-        out(fmt::format("  {:016x}  {}  {}", p.node_id, p.addr, p.outbound ? "dialed" : "accepted"));
+        out(fmt::format("  {:016x}  {}  {}", p.node_id, p.addr,
+                        p.outbound ? "dialed" : "accepted"));
       }
     } else {
       std::string json = fmt::format(
           R"({{"node":"{:016x}","listen":"{}","data":"{}","free_bytes":{},"total_bytes":{},"changes":{},"backlog_chunks":{},"peers":[)",
-          d.files.node_id(), d.listen, d.data.string(), static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize,
+          d.files.node_id(), d.listen, d.data.string(),
+          static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize,
           static_cast<std::uint64_t>(st.f_blocks) * st.f_frsize, d.files.ns().LastSeq(), backlog);
       for (std::size_t i = 0; i < peers.size(); ++i) {
-        json += fmt::format(R"({}{{"node":"{:016x}","addr":"{}","direction":"{}"}})", i ? "," : "",
-                            peers[i].node_id, peers[i].addr, peers[i].outbound ? "dialed" : "accepted");
+        json +=
+            fmt::format(R"({}{{"node":"{:016x}","addr":"{}","direction":"{}"}})", i ? "," : "",
+                        peers[i].node_id, peers[i].addr, peers[i].outbound ? "dialed" : "accepted");
       }
       out(json + "]}");
     }
@@ -207,7 +222,9 @@ void HandleControl(Daemon& d, const std::string& command,
   } else if (command == "gc") {
     auto r = d.maintenance.Collect();
     if (r.ok()) {
-      out(fmt::format("gc: {} chunks stored, {} referenced, {} removed, {} unreferenced (removed by the next pass)",
+      out(
+          fmt::format("gc: {} chunks stored, {} referenced, {} removed, {} unreferenced (removed "
+                      "by the next pass)",
                       r->stored, r->referenced, r->removed, r->marked));
     } else {
       out("gc failed: " + r.status().message());
@@ -219,7 +236,8 @@ void HandleControl(Daemon& d, const std::string& command,
 
 // `foreverfs status|scrub|gc [MOUNTPOINT] [--data DIR]`: the daemon's control socket is
 // DIR/control.sock; the mount also names it in the xattr user.foreverfs.control of its root.
-int ControlClient(const std::string& command, const std::string& mountpoint, const std::string& data) {
+int ControlClient(const std::string& command, const std::string& mountpoint,
+                  const std::string& data) {
   fs::path socket;
   if (!data.empty()) {
     socket = fs::path(data) / "control.sock";
@@ -228,12 +246,14 @@ int ControlClient(const std::string& command, const std::string& mountpoint, con
     char buf[4096];
     ssize_t n = ::getxattr(mp.c_str(), "user.foreverfs.control", buf, sizeof buf - 1);
     if (n <= 0) {
-      fmt::print(stderr, "foreverfs {}: {} is not a foreverfs mount (or give --data DIR)\n", command, mp);
+      fmt::print(stderr, "foreverfs {}: {} is not a foreverfs mount (or give --data DIR)\n",
+                 command, mp);
       return 2;
     }
     socket = std::string(buf, static_cast<std::size_t>(n));
   }
-  auto s = app::RunControlCommand(socket, command, [](const std::string& line) { fmt::print("{}\n", line); });
+  auto s = app::RunControlCommand(socket, command,
+                                  [](const std::string& line) { fmt::print("{}\n", line); });
   if (!s.ok()) {
     fmt::print(stderr, "foreverfs {}: {}\n", command, s.message());
     return 1;
@@ -257,12 +277,15 @@ int Serve(Options o) {
                       : fs::path(o.data);
   for (const char* sub : {"", "chunks", "staging"}) {
     fs::create_directories(data / sub, ec);
-    if (ec) return fail(fmt::format("cannot create data directory {}: {}", (data / sub).string(), ec.message()));
+    if (ec)
+      return fail(
+          fmt::format("cannot create data directory {}: {}", (data / sub).string(), ec.message()));
   }
   ::chmod(data.c_str(), 0700);
   UniqueFd lock(::open((data / "lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lock.valid() || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
-    return fail(fmt::format("data directory {} is in use by another foreverfs process", data.string()));
+    return fail(
+        fmt::format("data directory {} is in use by another foreverfs process", data.string()));
   }
 
   auto ns = server::NamespaceDb::Open(data / "meta.db");
@@ -285,7 +308,8 @@ int Serve(Options o) {
   if (auto s = transport->Listen(); !s.ok()) return fail(s.message());
   replicator->SetDialer([t = transport.get()](const std::string& addr) { t->AddPeer(addr); });
   for (const auto& p : o.peers) {
-    if (auto hp = net::ParseHostPort(p); !hp.ok()) return fail(fmt::format("--peer: {}", hp.status().message()));
+    if (auto hp = net::ParseHostPort(p); !hp.ok())
+      return fail(fmt::format("--peer: {}", hp.status().message()));
     transport->AddPeer(p);
   }
   files.SetRemote(replicator.get());
@@ -356,23 +380,27 @@ int Serve(Options o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"foreverfs: a FUSE filesystem whose files live in a peer-to-peer, encrypted, "
-               "content-addressed store"};
+  CLI::App app{
+      "foreverfs: a FUSE filesystem whose files live in a peer-to-peer, encrypted, "
+      "content-addressed store"};
   app.footer(kExamples);
   app.set_version_flag("--version", std::string("foreverfs ") + FOREVERFS_VERSION);
   app.require_subcommand(0, 1);
 
   std::string keygen_file;
-  auto* keygen = app.add_subcommand("keygen", "Write a new random cluster key to FILE (never overwrites)");
+  auto* keygen =
+      app.add_subcommand("keygen", "Write a new random cluster key to FILE (never overwrites)");
   keygen->add_option("FILE", keygen_file, "Where to write the key")->required();
 
   std::string ctl_mount, ctl_data;
   bool json = false;
-  auto* status = app.add_subcommand("status", "Show the node, its peers, replication backlog and usage");
+  auto* status =
+      app.add_subcommand("status", "Show the node, its peers, replication backlog and usage");
   status->add_option("MOUNTPOINT", ctl_mount, "A foreverfs mount (default: the current directory)");
   status->add_option("--data", ctl_data, "The node's data directory instead of a mountpoint");
   status->add_flag("--json", json, "Print one JSON object");
-  auto* scrub = app.add_subcommand("scrub", "Verify every local chunk and repair bad or missing ones from peers");
+  auto* scrub = app.add_subcommand(
+      "scrub", "Verify every local chunk and repair bad or missing ones from peers");
   scrub->add_option("MOUNTPOINT", ctl_mount, "A foreverfs mount (default: the current directory)");
   scrub->add_option("--data", ctl_data, "The node's data directory instead of a mountpoint");
   auto* gc = app.add_subcommand("gc", "Run one garbage-collection pass now");
@@ -389,8 +417,7 @@ int main(int argc, char** argv) {
                  "Data directory (default: ~/.local/share/foreverfs/<mountpoint>)");
   app.add_option("--key", o.key,
                  "Cluster key file (default: ~/.config/foreverfs/cluster.key, created if missing)");
-  app.add_option("--replicas", o.replicas,
-                 "How many nodes hold each chunk (default 0: every node)")
+  app.add_option("--replicas", o.replicas, "How many nodes hold each chunk (default 0: every node)")
       ->check(CLI::NonNegativeNumber);
   app.add_flag("-f,--foreground", o.foreground, "Stay in the foreground");
   app.add_option("-o", raw_opts,

@@ -2,14 +2,14 @@
 // Errors as values across layer boundaries. A Status names what failed (path, chunk or peer)
 // in its message; the FUSE edge turns its code into an errno in exactly one place.
 
+#include <fmt/format.h>
+
 #include <cerrno>
 #include <cstring>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <variant>
-
-#include <fmt/format.h>
 
 // The project namespace is foreverfs, not ffs: glibc declares `int ffs(int)` in <strings.h>
 // (pulled in by <cstring>, fmt, Asio, GoogleTest), and a namespace cannot share that name.
@@ -64,19 +64,42 @@ Status Err(Code code, fmt::format_string<Args...> f, Args&&... args) {
 inline Status ErrnoStatus(int err, std::string_view what) {
   Code c = Code::kIOError;
   switch (err) {
-    case ENOENT: c = Code::kNotFound; break;
-    case EEXIST: c = Code::kExists; break;
-    case ENOTDIR: c = Code::kNotDir; break;
-    case EISDIR: c = Code::kIsDir; break;
-    case ENOTEMPTY: c = Code::kNotEmpty; break;
-    case EINVAL: c = Code::kInvalid; break;
-    case ENAMETOOLONG: c = Code::kNameTooLong; break;
-    case EACCES: c = Code::kPermission; break;
-    case EPERM: c = Code::kNotPermitted; break;
+    case ENOENT:
+      c = Code::kNotFound;
+      break;
+    case EEXIST:
+      c = Code::kExists;
+      break;
+    case ENOTDIR:
+      c = Code::kNotDir;
+      break;
+    case EISDIR:
+      c = Code::kIsDir;
+      break;
+    case ENOTEMPTY:
+      c = Code::kNotEmpty;
+      break;
+    case EINVAL:
+      c = Code::kInvalid;
+      break;
+    case ENAMETOOLONG:
+      c = Code::kNameTooLong;
+      break;
+    case EACCES:
+      c = Code::kPermission;
+      break;
+    case EPERM:
+      c = Code::kNotPermitted;
+      break;
     case ENOSPC:
-    case EDQUOT: c = Code::kNoSpace; break;
-    case ETIMEDOUT: c = Code::kTimedOut; break;
-    default: break;
+    case EDQUOT:
+      c = Code::kNoSpace;
+      break;
+    case ETIMEDOUT:
+      c = Code::kTimedOut;
+      break;
+    default:
+      break;
   }
   return Status(c, fmt::format("{}: {}", what, std::strerror(err)));
 }
@@ -84,25 +107,42 @@ inline Status ErrnoStatus(int err, std::string_view what) {
 // The errno a local filesystem would give for this status.
 inline int ToErrno(const Status& s) {
   switch (s.code()) {
-    case Code::kOk: return 0;
-    case Code::kNotFound: return ENOENT;
-    case Code::kExists: return EEXIST;
-    case Code::kNotDir: return ENOTDIR;
-    case Code::kIsDir: return EISDIR;
-    case Code::kNotEmpty: return ENOTEMPTY;
-    case Code::kInvalid: return EINVAL;
-    case Code::kNameTooLong: return ENAMETOOLONG;
-    case Code::kPermission: return EACCES;
-    case Code::kNoSpace: return ENOSPC;
-    case Code::kTimedOut: return ETIMEDOUT;
-    case Code::kBadHandle: return EBADF;
-    case Code::kNotSupported: return EOPNOTSUPP;
-    case Code::kNoData: return ENODATA;
-    case Code::kNotPermitted: return EPERM;
-    case Code::kRange: return ERANGE;
+    case Code::kOk:
+      return 0;
+    case Code::kNotFound:
+      return ENOENT;
+    case Code::kExists:
+      return EEXIST;
+    case Code::kNotDir:
+      return ENOTDIR;
+    case Code::kIsDir:
+      return EISDIR;
+    case Code::kNotEmpty:
+      return ENOTEMPTY;
+    case Code::kInvalid:
+      return EINVAL;
+    case Code::kNameTooLong:
+      return ENAMETOOLONG;
+    case Code::kPermission:
+      return EACCES;
+    case Code::kNoSpace:
+      return ENOSPC;
+    case Code::kTimedOut:
+      return ETIMEDOUT;
+    case Code::kBadHandle:
+      return EBADF;
+    case Code::kNotSupported:
+      return EOPNOTSUPP;
+    case Code::kNoData:
+      return ENODATA;
+    case Code::kNotPermitted:
+      return EPERM;
+    case Code::kRange:
+      return ERANGE;
     case Code::kCorruption:
     case Code::kIOError:
-    case Code::kUnavailable: return EIO;
+    case Code::kUnavailable:
+      return EIO;
   }
   return EIO;
 }
@@ -111,7 +151,7 @@ inline int ToErrno(const Status& s) {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {}  // NOLINT
   bool ok() const { return std::holds_alternative<T>(v_); }
   explicit operator bool() const { return ok(); }

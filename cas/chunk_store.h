@@ -18,8 +18,8 @@
 namespace foreverfs::cas {
 
 using ChunkId = crypto::Digest;
-inline constexpr std::size_t kChunkSize = 1 * kMiB;      // files are cut at fixed 1 MiB offsets
-inline constexpr std::size_t kMaxChunkSize = 1 * kMiB;   // no stored chunk is larger
+inline constexpr std::size_t kChunkSize = 1 * kMiB;     // files are cut at fixed 1 MiB offsets
+inline constexpr std::size_t kMaxChunkSize = 1 * kMiB;  // no stored chunk is larger
 // The all-zero id names a chunk of zeros (a hole); it is never stored.
 inline constexpr ChunkId kHoleId{};
 

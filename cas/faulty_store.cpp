@@ -36,7 +36,8 @@ Status FaultyChunkStore::Put(const ChunkId& id, ByteSpan data) {
     f = impl_->faults;
   }
   if (f.full) return Err(Code::kNoSpace, "chunk {}: No space left on device (injected)", Hex(id));
-  if (impl_->Roll(f.put_io_error)) return Err(Code::kIOError, "chunk {}: I/O error (injected)", Hex(id));
+  if (impl_->Roll(f.put_io_error))
+    return Err(Code::kIOError, "chunk {}: I/O error (injected)", Hex(id));
   return impl_->inner->Put(id, data);
 }
 
@@ -46,7 +47,8 @@ Result<Bytes> FaultyChunkStore::Get(const ChunkId& id) {
     std::lock_guard lock(impl_->mu);
     f = impl_->faults;
   }
-  if (impl_->Roll(f.get_io_error)) return Err(Code::kIOError, "chunk {}: I/O error (injected)", Hex(id));
+  if (impl_->Roll(f.get_io_error))
+    return Err(Code::kIOError, "chunk {}: I/O error (injected)", Hex(id));
   auto data = impl_->inner->Get(id);
   if (data.ok() && !data->empty() && impl_->Roll(f.get_bit_flip)) {
     std::lock_guard lock(impl_->mu);

@@ -10,10 +10,10 @@
 namespace foreverfs::cas {
 
 struct Faults {
-  bool full = false;              // every Put fails with kNoSpace
-  double put_io_error = 0;        // probability a Put fails with kIOError
-  double get_io_error = 0;        // probability a Get fails with kIOError
-  double get_bit_flip = 0;        // probability a Get returns the bytes with one bit flipped
+  bool full = false;        // every Put fails with kNoSpace
+  double put_io_error = 0;  // probability a Put fails with kIOError
+  double get_io_error = 0;  // probability a Get fails with kIOError
+  double get_bit_flip = 0;  // probability a Get returns the bytes with one bit flipped
 };
 
 class FaultyChunkStore : public ChunkStore {

@@ -24,9 +24,10 @@ void CtrXor(const Key256& key, const std::array<std::uint8_t, 16>& iv, std::uint
                                                                       EVP_CIPHER_CTX_free);
   int len = 0;
   std::array<std::uint8_t, 16> skip{};
-  if (!ctx || EVP_EncryptInit_ex2(ctx.get(), EVP_aes_256_ctr(), key.data(), counter.data(), nullptr) != 1 ||
-      (offset % 16 != 0 &&
-       EVP_EncryptUpdate(ctx.get(), skip.data(), &len, skip.data(), static_cast<int>(offset % 16)) != 1)) {
+  if (!ctx ||
+      EVP_EncryptInit_ex2(ctx.get(), EVP_aes_256_ctr(), key.data(), counter.data(), nullptr) != 1 ||
+      (offset % 16 != 0 && EVP_EncryptUpdate(ctx.get(), skip.data(), &len, skip.data(),
+                                             static_cast<int>(offset % 16)) != 1)) {
     std::fprintf(stderr, "foreverfs: fatal OpenSSL failure in CtrXor\n");
     std::abort();
   }

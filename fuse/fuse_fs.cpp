@@ -5,8 +5,8 @@
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
-#include <csignal>
 #include <condition_variable>
+#include <csignal>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -25,10 +25,18 @@ struct stat ToStat(const Attr& a) {
   const auto& r = a.rec;
   st.st_ino = r.id;
   switch (r.kind) {
-    case InodeKind::kDir: st.st_mode = S_IFDIR; break;
-    case InodeKind::kSymlink: st.st_mode = S_IFLNK; break;
-    case InodeKind::kFile: st.st_mode = S_IFREG; break;
-    case InodeKind::kFifo: st.st_mode = S_IFIFO; break;
+    case InodeKind::kDir:
+      st.st_mode = S_IFDIR;
+      break;
+    case InodeKind::kSymlink:
+      st.st_mode = S_IFLNK;
+      break;
+    case InodeKind::kFile:
+      st.st_mode = S_IFREG;
+      break;
+    case InodeKind::kFifo:
+      st.st_mode = S_IFIFO;
+      break;
   }
   st.st_mode |= r.mode & 07777;
   st.st_nlink = a.nlink;
@@ -48,10 +56,14 @@ struct stat ToStat(const Attr& a) {
 
 mode_t KindBits(InodeKind k) {
   switch (k) {
-    case InodeKind::kDir: return S_IFDIR;
-    case InodeKind::kSymlink: return S_IFLNK;
-    case InodeKind::kFifo: return S_IFIFO;
-    case InodeKind::kFile: break;
+    case InodeKind::kDir:
+      return S_IFDIR;
+    case InodeKind::kSymlink:
+      return S_IFLNK;
+    case InodeKind::kFifo:
+      return S_IFIFO;
+    case InodeKind::kFile:
+      break;
   }
   return S_IFREG;
 }
@@ -218,7 +230,8 @@ void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, d
 
 void OpSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                 int flags) {
-  auto s = Impl::Of(req).fs.SetXattr(ino, name, ByteSpan(reinterpret_cast<const std::uint8_t*>(value), size), flags);
+  auto s = Impl::Of(req).fs.SetXattr(
+      ino, name, ByteSpan(reinterpret_cast<const std::uint8_t*>(value), size), flags);
   if (!s.ok()) return Impl::ReplyError(req, s, "setxattr");
   fuse_reply_err(req, 0);
 }
@@ -260,7 +273,8 @@ void OpRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
   fuse_reply_err(req, 0);
 }
 
-void OpFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length, fuse_file_info* fi) {
+void OpFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length,
+                 fuse_file_info* fi) {
   auto s = Impl::Of(req).fs.Fallocate(fi->fh, mode, static_cast<std::uint64_t>(offset),
                                       static_cast<std::uint64_t>(length));
   if (!s.ok()) return Impl::ReplyError(req, s, "fallocate");
@@ -293,7 +307,8 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fuse_reply_open(req, fi);
 }
 
-void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+              fuse_file_info* fi) {
   auto& im = Impl::Of(req);
   const fuse_ctx* ctx = fuse_req_ctx(req);
   auto c = im.fs.Create(parent, name, mode & ~ctx->umask, ctx->uid, ctx->gid, fi->flags);
@@ -314,7 +329,8 @@ void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* 
   fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
 }
 
-void OpWrite(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off, fuse_file_info* fi) {
+void OpWrite(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off,
+             fuse_file_info* fi) {
   auto n = Impl::Of(req).fs.Write(fi->fh, static_cast<std::uint64_t>(off),
                                   ByteSpan(reinterpret_cast<const std::uint8_t*>(data), size),
                                   fuse_req_ctx(req)->uid);
@@ -479,7 +495,8 @@ Status FuseFs::Mount(const MountOptions& options) {
   for (auto& s : argv_s) argv.push_back(s.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
   impl_->se = fuse_session_new(&args, &kOps, sizeof(kOps), impl_.get());
-  if (!impl_->se) return Err(Code::kInvalid, "cannot create a FUSE session (mount options '{}')", opts);
+  if (!impl_->se)
+    return Err(Code::kInvalid, "cannot create a FUSE session (mount options '{}')", opts);
   if (fuse_session_mount(impl_->se, impl_->mountpoint.c_str()) != 0) {
     return Err(Code::kIOError, "cannot mount {} (is /dev/fuse there and fusermount3 installed?)",
                impl_->mountpoint);

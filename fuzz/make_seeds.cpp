@@ -51,7 +51,8 @@ int main(int argc, char** argv) {
     std::ofstream(out / "frame" / ("seed" + std::to_string(i++)), std::ios::binary)
         .write(reinterpret_cast<const char*>(f.data()), static_cast<std::streamsize>(f.size()));
   }
-  std::vector<Changes> payloads = {changes, Changes{1, {inode}, {}}, Changes{2, {}, {entry}}, Changes{}};
+  std::vector<Changes> payloads = {changes, Changes{1, {inode}, {}}, Changes{2, {}, {entry}},
+                                   Changes{}};
   i = 0;
   for (const auto& c : payloads) {
     Bytes f = EncodeFrame(c);

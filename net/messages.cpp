@@ -14,7 +14,7 @@ namespace {
 // that are left before reserving anything.
 constexpr std::size_t kMinPeerSize = 8 + 2;  // node_id, addr length
 constexpr std::size_t kMinInodeSize =
-    8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 16 + 2 + 1 + 2 + 2 + 4;  // fixed, lengths, counts
+    8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 16 + 2 + 1 + 2 + 2 + 4;     // fixed, lengths, counts
 constexpr std::size_t kMinDentrySize = 8 + 2 + 8 + 8 + 8 + 1 + 16;  // an empty name fails later
 constexpr std::size_t kDigestSize = std::tuple_size_v<crypto::Digest>;
 constexpr std::uint32_t kModeBits = 07777;
@@ -163,7 +163,8 @@ void Get(Reader& r, InodeRecord& rec) {
   Get(r, rec.version);
   std::uint16_t n_clock = r.GetU16("inode content clock count");
   if (r.ok() && n_clock > kMaxClockEntries) {
-    r.Fail(fmt::format("inode {} content clock has {} entries, over {}", rec.id, n_clock, kMaxClockEntries));
+    r.Fail(fmt::format("inode {} content clock has {} entries, over {}", rec.id, n_clock,
+                       kMaxClockEntries));
   }
   for (std::uint16_t i = 0; i < n_clock && r.ok(); ++i) {
     ClockEntry e{r.GetU64("clock node"), r.GetU64("clock hlc")};
@@ -175,7 +176,8 @@ void Get(Reader& r, InodeRecord& rec) {
   rec.deleted = r.GetBool("inode deleted");
   rec.symlink_target = r.GetStr16("inode symlink target", kMaxSymlinkSize);
   std::uint16_t n_x = r.GetU16("inode xattr count");
-  if (r.ok() && n_x > kMaxXattrs) r.Fail(fmt::format("inode {} has {} xattrs, over {}", rec.id, n_x, kMaxXattrs));
+  if (r.ok() && n_x > kMaxXattrs)
+    r.Fail(fmt::format("inode {} has {} xattrs, over {}", rec.id, n_x, kMaxXattrs));
   std::size_t total = 0;
   for (std::uint16_t i = 0; i < n_x && r.ok(); ++i) {
     Xattr x;

@@ -18,7 +18,7 @@ namespace foreverfs::net {
 
 inline constexpr std::uint32_t kMagic = 0x31534646;  // "FFS1" little-endian
 inline constexpr std::uint16_t kProtocolVersion = 1;
-inline constexpr std::size_t kFrameHeaderSize = 6;             // u32 length + u16 type
+inline constexpr std::size_t kFrameHeaderSize = 6;                // u32 length + u16 type
 inline constexpr std::uint32_t kMaxFrameSize = 16 * 1024 * 1024;  // length field bound
 inline constexpr std::size_t kMaxNameSize = 255;
 inline constexpr std::size_t kMaxAddrSize = 255;
@@ -27,9 +27,9 @@ inline constexpr std::uint32_t kMaxPeersPerMessage = 1024;
 inline constexpr std::uint32_t kMaxRecordsPerMessage = 65536;
 inline constexpr std::uint32_t kMaxManifestChunks = kMaxFrameSize / 32;
 inline constexpr std::uint32_t kMaxChunkPayload = 1024 * 1024;
-inline constexpr std::uint32_t kMaxXattrs = 128;                // per inode
-inline constexpr std::size_t kMaxXattrValue = 64 * 1024;         // bytes, as Linux allows
-inline constexpr std::size_t kMaxXattrTotal = 64 * 1024;         // names + values per inode
+inline constexpr std::uint32_t kMaxXattrs = 128;          // per inode
+inline constexpr std::size_t kMaxXattrValue = 64 * 1024;  // bytes, as Linux allows
+inline constexpr std::size_t kMaxXattrTotal = 64 * 1024;  // names + values per inode
 
 // A replicated version: hybrid logical clock, node id as tie-break. Newer compares greater.
 struct Version {

@@ -1,14 +1,13 @@
 #include "net/tcp_transport.h"
 
+#include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <cstring>
-#include <openssl/ssl.h>
-
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
 #include <chrono>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <set>
@@ -51,10 +50,12 @@ int PskIndex() {
 }
 
 SSL_SESSION* MakePskSession(SSL* ssl) {
-  auto* key = static_cast<const crypto::Key256*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), PskIndex()));
+  auto* key =
+      static_cast<const crypto::Key256*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), PskIndex()));
   const SSL_CIPHER* cipher = SSL_CIPHER_find(ssl, kTlsAes256GcmSha384);
   SSL_SESSION* session = SSL_SESSION_new();
-  if (!key || !cipher || !session || !SSL_SESSION_set1_master_key(session, key->data(), key->size()) ||
+  if (!key || !cipher || !session ||
+      !SSL_SESSION_set1_master_key(session, key->data(), key->size()) ||
       !SSL_SESSION_set_cipher(session, cipher) ||
       !SSL_SESSION_set_protocol_version(session, TLS1_3_VERSION)) {
     SSL_SESSION_free(session);
@@ -109,7 +110,8 @@ Result<HostPort> ParseHostPort(std::string_view text) {
   }
   unsigned port = 0;
   if (port_text.empty() || port_text.size() > 5 ||
-      !std::all_of(port_text.begin(), port_text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      !std::all_of(port_text.begin(), port_text.end(),
+                   [](char c) { return c >= '0' && c <= '9'; })) {
     return Err(Code::kInvalid, "address '{}' has no valid port", text);
   }
   for (char c : port_text) port = port * 10 + static_cast<unsigned>(c - '0');
@@ -196,13 +198,14 @@ awaitable<Result<Message>> ReadMessage(SslStream& socket, std::uint32_t limit) {
   std::array<std::uint8_t, kFrameHeaderSize> header{};
   auto [ec, n] = co_await asio::async_read(socket, asio::buffer(header), kNoThrow);
   if (ec) {
-    co_return Status(Code::kUnavailable, ec == asio::error::eof ? std::string("connection closed")
-                                                                : ec.message());
+    co_return Status(Code::kUnavailable,
+                     ec == asio::error::eof ? std::string("connection closed") : ec.message());
   }
   auto h = DecodeFrameHeader(header);
   if (!h.ok()) co_return h.status();
   if (h->length > limit) {
-    co_return Err(Code::kInvalid, "frame of {} bytes is over the {} allowed here", h->length, limit);
+    co_return Err(Code::kInvalid, "frame of {} bytes is over the {} allowed here", h->length,
+                  limit);
   }
   Bytes payload(h->length - 2);
   if (!payload.empty()) {
@@ -373,8 +376,8 @@ awaitable<void> DialLoop(std::shared_ptr<TcpTransport::Impl> t, std::string addr
     bool already = known != t->addr_node_.end() && t->connected_.contains(known->second);
     if (!already) {
       auto hp = ParseHostPort(addr);
-      auto [rec, results] = co_await resolver.async_resolve(hp->host, std::to_string(hp->port),
-                                                            kNoThrow);
+      auto [rec, results] =
+          co_await resolver.async_resolve(hp->host, std::to_string(hp->port), kNoThrow);
       std::string error;
       if (rec) {
         error = fmt::format("cannot resolve: {}", rec.message());
@@ -418,10 +421,13 @@ Status TcpTransport::Listen() {
   boost::system::error_code ec;
   auto address = hp->host.empty() ? asio::ip::address(asio::ip::address_v4::any())
                                   : asio::ip::make_address(hp->host, ec);
-  if (ec) return Err(Code::kInvalid, "--listen {}: '{}' is not an IP address", impl_->options_.listen, hp->host);
+  if (ec)
+    return Err(Code::kInvalid, "--listen {}: '{}' is not an IP address", impl_->options_.listen,
+               hp->host);
   tcp::endpoint ep(address, hp->port);
   auto& acc = impl_->acceptor_;
-  if (acc.open(ep.protocol(), ec); ec) return Err(Code::kIOError, "--listen {}: {}", impl_->options_.listen, ec.message());
+  if (acc.open(ep.protocol(), ec); ec)
+    return Err(Code::kIOError, "--listen {}: {}", impl_->options_.listen, ec.message());
   acc.set_option(tcp::acceptor::reuse_address(true), ec);
   if (acc.bind(ep, ec); ec) {
     return Err(ec == asio::error::address_in_use ? Code::kExists : Code::kIOError,

@@ -19,7 +19,7 @@ namespace foreverfs::net {
 
 struct TcpOptions {
   std::uint64_t node_id = 0;
-  std::string listen;      // "host:port" or ":port" (all addresses)
+  std::string listen;         // "host:port" or ":port" (all addresses)
   crypto::Key256 auth_key{};  // derived from the cluster key, for the Auth proof
   crypto::Key256 tls_psk{};   // derived from the cluster key, the TLS 1.3 external PSK
   int handshake_timeout_ms = 5000;

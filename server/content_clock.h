@@ -14,8 +14,9 @@ using ContentClock = std::vector<net::ClockEntry>;  // sorted by node, nodes uni
 // True if `a` has seen every write `b` has.
 inline bool Dominates(const ContentClock& a, const ContentClock& b) {
   for (const auto& e : b) {
-    auto it = std::lower_bound(a.begin(), a.end(), e.node,
-                               [](const net::ClockEntry& x, std::uint64_t n) { return x.node < n; });
+    auto it =
+        std::lower_bound(a.begin(), a.end(), e.node,
+                         [](const net::ClockEntry& x, std::uint64_t n) { return x.node < n; });
     if (it == a.end() || it->node != e.node || it->hlc < e.hlc) return false;
   }
   return true;

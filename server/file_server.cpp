@@ -17,7 +17,8 @@ namespace foreverfs::server {
 namespace {
 
 Status CheckName(std::string_view name) {
-  if (name.size() > net::kMaxNameSize) return Err(Code::kNameTooLong, "name '{}...' is longer than 255 bytes", name.substr(0, 32));
+  if (name.size() > net::kMaxNameSize)
+    return Err(Code::kNameTooLong, "name '{}...' is longer than 255 bytes", name.substr(0, 32));
   if (!net::ValidName(name)) return Err(Code::kInvalid, "'{}' is not a valid file name", name);
   return Ok();
 }
@@ -71,7 +72,8 @@ Result<Attr> FileServer::MakeAttr(InodeRecord rec) {
 Result<InodeRecord> FileServer::LiveDir(InodeId id) {
   auto rec = ns_.GetInode(id);
   if (!rec.ok()) return rec.status();
-  if (rec->kind != InodeKind::kDir) return Err(Code::kNotDir, "inode {:016x} is not a directory", id);
+  if (rec->kind != InodeKind::kDir)
+    return Err(Code::kNotDir, "inode {:016x} is not a directory", id);
   return rec;
 }
 
@@ -82,7 +84,8 @@ Result<ChangeSet> FileServer::CommitLocal(const ChangeSet& cs) {
 }
 
 Result<Attr> FileServer::Lookup(InodeId parent, std::string_view name) {
-  if (name.size() > net::kMaxNameSize) return Err(Code::kNameTooLong, "name is longer than 255 bytes");
+  if (name.size() > net::kMaxNameSize)
+    return Err(Code::kNameTooLong, "name is longer than 255 bytes");
   auto d = ns_.GetDentry(parent, name);
   if (!d.ok()) return d.status();
   return GetAttr(d->child);
@@ -229,9 +232,14 @@ Result<Attr> FileServer::Mknod(InodeId parent, std::string_view name, std::uint3
   InodeKind kind;
   switch (mode & S_IFMT) {
     case 0:
-    case S_IFREG: kind = InodeKind::kFile; break;
-    case S_IFIFO: kind = InodeKind::kFifo; break;
-    default: return Err(Code::kNotPermitted, "'{}': only regular files and FIFOs can be made", name);
+    case S_IFREG:
+      kind = InodeKind::kFile;
+      break;
+    case S_IFIFO:
+      kind = InodeKind::kFifo;
+      break;
+    default:
+      return Err(Code::kNotPermitted, "'{}': only regular files and FIFOs can be made", name);
   }
   if (auto s = CheckName(name); !s.ok()) return s;
   std::lock_guard lock(ns_mu_);
@@ -244,11 +252,14 @@ Result<Attr> FileServer::Mknod(InodeId parent, std::string_view name, std::uint3
 
 namespace {
 constexpr std::string_view kUserPrefix = "user.";
-bool UserXattr(std::string_view name) { return name.starts_with(kUserPrefix) && name.size() > kUserPrefix.size(); }
+bool UserXattr(std::string_view name) {
+  return name.starts_with(kUserPrefix) && name.size() > kUserPrefix.size();
+}
 }  // namespace
 
 Status FileServer::SetXattr(InodeId id, std::string_view name, ByteSpan value, int flags) {
-  if (!UserXattr(name)) return Err(Code::kNotSupported, "only user.* extended attributes are stored");
+  if (!UserXattr(name))
+    return Err(Code::kNotSupported, "only user.* extended attributes are stored");
   if (name.size() > net::kMaxNameSize) return Err(Code::kRange, "xattr name longer than 255 bytes");
   if (value.size() > net::kMaxXattrValue) return Err(Code::kNoSpace, "xattr value over 64 KiB");
   return UpdateInode(id, [&](InodeRecord& rec) -> Status {
@@ -261,8 +272,10 @@ Status FileServer::SetXattr(InodeId id, std::string_view name, ByteSpan value, i
     for (const auto& x : rec.xattrs) {
       if (x.name != name) total += x.name.size() + x.value.size();
     }
-    if (total > net::kMaxXattrTotal) return Err(Code::kNoSpace, "xattrs of an inode are limited to 64 KiB");
-    if (!exists && rec.xattrs.size() >= net::kMaxXattrs) return Err(Code::kNoSpace, "too many xattrs");
+    if (total > net::kMaxXattrTotal)
+      return Err(Code::kNoSpace, "xattrs of an inode are limited to 64 KiB");
+    if (!exists && rec.xattrs.size() >= net::kMaxXattrs)
+      return Err(Code::kNoSpace, "too many xattrs");
     if (exists) {
       it->value.assign(value.begin(), value.end());
     } else {
@@ -333,7 +346,8 @@ Status FileServer::Rmdir(InodeId parent, std::string_view name) {
   auto child = ns_.GetInode(d->child);
   if (!child.ok()) return child.status();
   if (child->kind != InodeKind::kDir) return Err(Code::kNotDir, "'{}' is not a directory", name);
-  if (ns_.HasLiveEntries(child->id)) return Err(Code::kNotEmpty, "directory '{}' is not empty", name);
+  if (ns_.HasLiveEntries(child->id))
+    return Err(Code::kNotEmpty, "directory '{}' is not empty", name);
   DentryRecord tomb = *d;
   tomb.deleted = true;
   tomb.version = hlc_.Next();
@@ -413,7 +427,8 @@ Result<std::vector<DirEntry>> FileServer::ReadDir(InodeId id) {
 
 Result<struct statvfs> FileServer::StatFs() {
   struct statvfs st {};
-  if (::statvfs(staging_dir_.c_str(), &st) != 0) return ErrnoStatus(errno, "statfs of the data directory");
+  if (::statvfs(staging_dir_.c_str(), &st) != 0)
+    return ErrnoStatus(errno, "statfs of the data directory");
   st.f_namemax = 255;
   return st;
 }
@@ -503,7 +518,8 @@ Status FileServer::Fallocate(std::uint64_t handle, int mode, std::uint64_t offse
   auto of = HandleFile(handle);
   if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);
   if (mode & ~FALLOC_FL_KEEP_SIZE) {
-    return Err(Code::kNotSupported, "fallocate mode {:#x} is not supported (only allocation)", mode);
+    return Err(Code::kNotSupported, "fallocate mode {:#x} is not supported (only allocation)",
+               mode);
   }
   if (mode & FALLOC_FL_KEEP_SIZE) return Ok();  // space is not reserved ahead in a CAS
   return of->Extend(offset + length);
@@ -685,7 +701,9 @@ Result<Bytes> FileServer::LoadChunk(const cas::ChunkId& id) {
   } else if (local.status().code() != Code::kNotFound) {
     return local;
   }
-  if (!remote_) return Err(Code::kUnavailable, "chunk {} is not stored here and there are no peers", cas::Hex(id));
+  if (!remote_)
+    return Err(Code::kUnavailable, "chunk {} is not stored here and there are no peers",
+               cas::Hex(id));
   return remote_->Fetch(id);
 }
 

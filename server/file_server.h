@@ -118,7 +118,8 @@ class FileServer {
 
   // Path API: "/a/b/c". Store creates or replaces the file with what `read` yields until it
   // returns 0; Get streams the file to `write`.
-  Status Store(std::string_view path, const std::function<Result<std::size_t>(MutableByteSpan)>& read);
+  Status Store(std::string_view path,
+               const std::function<Result<std::size_t>(MutableByteSpan)>& read);
   Status Get(std::string_view path, const std::function<Status(ByteSpan)>& write);
   Status Remove(std::string_view path);
   Result<Attr> Resolve(std::string_view path);

@@ -25,7 +25,8 @@ Result<GcStats> ChunkMaintenance::Collect() {
   // Stored ids first, references second: a chunk stored in between is not in `stored`, and a
   // version committed in between is in `refs`, so neither can be taken for garbage.
   std::vector<cas::ChunkId> stored;
-  if (auto s = fs_.store().ForEach([&](const cas::ChunkId& id) { stored.push_back(id); }); !s.ok()) {
+  if (auto s = fs_.store().ForEach([&](const cas::ChunkId& id) { stored.push_back(id); });
+      !s.ok()) {
     return s;
   }
   auto refs = Referenced();
@@ -48,17 +49,20 @@ Result<GcStats> ChunkMaintenance::Collect() {
   marked_ = std::move(unreferenced);
   stats.marked = marked_.size();
   if (stats.removed || stats.marked) {
-    spdlog::info("gc: {} chunks stored, {} referenced, {} removed, {} unreferenced (removed next pass)",
-                 stats.stored, stats.referenced, stats.removed, stats.marked);
+    spdlog::info(
+        "gc: {} chunks stored, {} referenced, {} removed, {} unreferenced (removed next pass)",
+        stats.stored, stats.referenced, stats.removed, stats.marked);
   }
   return stats;
 }
 
-Result<ScrubStats> ChunkMaintenance::Scrub(const std::function<void(const std::string&)>& progress) {
+Result<ScrubStats> ChunkMaintenance::Scrub(
+    const std::function<void(const std::string&)>& progress) {
   std::lock_guard lock(mu_);
   ScrubStats st;
   std::vector<cas::ChunkId> stored;
-  if (auto s = fs_.store().ForEach([&](const cas::ChunkId& id) { stored.push_back(id); }); !s.ok()) {
+  if (auto s = fs_.store().ForEach([&](const cas::ChunkId& id) { stored.push_back(id); });
+      !s.ok()) {
     return s;
   }
   auto refs = Referenced();
@@ -70,11 +74,12 @@ Result<ScrubStats> ChunkMaintenance::Scrub(const std::function<void(const std::s
     if (!final && now - last < std::chrono::seconds(1)) return;
     last = now;
     double secs = std::chrono::duration<double>(now - start).count();
-    progress(fmt::format("scrub{}: {}/{} chunks checked, {:.1f} MiB at {:.0f} MiB/s; {} corrupt, {} missing, "
-                         "{} repaired, {} not repaired",
-                         final ? " done" : "", st.checked, stored.size(), st.bytes / 1048576.0,
-                         secs > 0 ? st.bytes / 1048576.0 / secs : 0.0, st.corrupt, st.missing,
-                         st.repaired, st.unrepaired));
+    progress(fmt::format(
+        "scrub{}: {}/{} chunks checked, {:.1f} MiB at {:.0f} MiB/s; {} corrupt, {} missing, "
+        "{} repaired, {} not repaired",
+        final ? " done" : "", st.checked, stored.size(), st.bytes / 1048576.0,
+        secs > 0 ? st.bytes / 1048576.0 / secs : 0.0, st.corrupt, st.missing, st.repaired,
+        st.unrepaired));
   };
   auto repair = [&](const cas::ChunkId& id) {
     auto fetched = fs_.LoadChunk(id);  // removes a corrupt copy and fetches it from a peer
@@ -82,7 +87,8 @@ Result<ScrubStats> ChunkMaintenance::Scrub(const std::function<void(const std::s
       ++st.repaired;
     } else {
       ++st.unrepaired;
-      spdlog::error("scrub: chunk {} could not be repaired: {}", cas::Hex(id), fetched.status().message());
+      spdlog::error("scrub: chunk {} could not be repaired: {}", cas::Hex(id),
+                    fetched.status().message());
     }
   };
   std::set<cas::ChunkId> present;

@@ -18,10 +18,9 @@ class Hlc {
 
   net::Version Next() {
     std::lock_guard lock(mu_);
-    auto wall = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(
-            std::chrono::system_clock::now().time_since_epoch())
-            .count());
+    auto wall = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               std::chrono::system_clock::now().time_since_epoch())
+                                               .count());
     last_ = std::max(last_ + 1, wall);
     return {last_, node_};
   }

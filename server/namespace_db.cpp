@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <set>
 #include <ctime>
+#include <set>
 
 #include "crypto/crypto.h"
 #include "net/codec.h"
@@ -72,7 +72,8 @@ class Stmt {
 };
 
 constexpr const char* kInodeColumns =
-    "id, kind, mode, uid, gid, size, mtime, ctime, hlc, node, deleted, target, manifest, seq, atime,"
+    "id, kind, mode, uid, gid, size, mtime, ctime, hlc, node, deleted, target, manifest, seq, "
+    "atime,"
     " xattrs, clock";
 
 // Extended attributes in one column: u16 name length, name, u32 value length, value; repeated.
@@ -140,9 +141,9 @@ DentryRecord ReadDentry(Stmt& s) {
 
 Result<std::unique_ptr<NamespaceDb>> NamespaceDb::Open(const std::filesystem::path& path) {
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &raw,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                           nullptr);
+  int rc =
+      sqlite3_open_v2(path.c_str(), &raw,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     std::string msg = raw ? sqlite3_errmsg(raw) : "out of memory";
     sqlite3_close(raw);
@@ -201,16 +202,23 @@ Status NamespaceDb::Init() {
     do node_id_ = crypto::RandomU64();
     while (node_id_ == 0);
     if (auto s = Exec("BEGIN"); !s.ok()) return s;
-    if (auto s = Stmt(db_, "INSERT INTO meta(k, v) VALUES('schema', ?)").Bind(1, kSchemaVersion).Run(); !s.ok()) return s;
-    if (auto s = Stmt(db_, "INSERT INTO meta(k, v) VALUES('node_id', ?)").Bind(1, S(node_id_)).Run(); !s.ok()) return s;
+    if (auto s =
+            Stmt(db_, "INSERT INTO meta(k, v) VALUES('schema', ?)").Bind(1, kSchemaVersion).Run();
+        !s.ok())
+      return s;
+    if (auto s =
+            Stmt(db_, "INSERT INTO meta(k, v) VALUES('node_id', ?)").Bind(1, S(node_id_)).Run();
+        !s.ok())
+      return s;
     // The root is the same on every node: version (0, 0), never sent unless changed.
-    auto s = Stmt(db_,
-                  "INSERT OR IGNORE INTO inodes(id, kind, mode, uid, gid, size, mtime, ctime, hlc,"
-                  " node, deleted, target, manifest, seq, atime, xattrs, clock) VALUES(1, 2, 493, ?,"
-                  " ?, 0, 0, 0, 0, 0, 0, '', x'', 0, 0, x'', x'')")
-                 .Bind(1, static_cast<std::int64_t>(getuid()))
-                 .Bind(2, static_cast<std::int64_t>(getgid()))
-                 .Run();
+    auto s =
+        Stmt(db_,
+             "INSERT OR IGNORE INTO inodes(id, kind, mode, uid, gid, size, mtime, ctime, hlc,"
+             " node, deleted, target, manifest, seq, atime, xattrs, clock) VALUES(1, 2, 493, ?,"
+             " ?, 0, 0, 0, 0, 0, 0, '', x'', 0, 0, x'', x'')")
+            .Bind(1, static_cast<std::int64_t>(getuid()))
+            .Bind(2, static_cast<std::int64_t>(getgid()))
+            .Run();
     if (!s.ok()) return s;
     if (auto c = Exec("COMMIT"); !c.ok()) return c;
   }
@@ -231,8 +239,8 @@ std::uint64_t NamespaceDb::MaxHlc() {
 
 Result<InodeRecord> NamespaceDb::GetInode(InodeId id) {
   std::lock_guard lock(mu_);
-  Stmt q(db_, fmt::format("SELECT {} FROM inodes WHERE id = ? AND deleted = 0", kInodeColumns)
-                  .c_str());
+  Stmt q(db_,
+         fmt::format("SELECT {} FROM inodes WHERE id = ? AND deleted = 0", kInodeColumns).c_str());
   q.Bind(1, S(id));
   if (q.Step() != SQLITE_ROW) return Err(Code::kNotFound, "inode {:016x} not found", id);
   return ReadInode(q);
@@ -241,7 +249,8 @@ Result<InodeRecord> NamespaceDb::GetInode(InodeId id) {
 Result<DentryRecord> NamespaceDb::GetDentry(InodeId parent, std::string_view name) {
   std::lock_guard lock(mu_);
   Stmt q(db_,
-         "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted, d.rep_hlc, d.rep_node FROM dentries d"
+         "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted, d.rep_hlc, d.rep_node FROM "
+         "dentries d"
          " JOIN inodes i ON i.id = d.child"
          " WHERE d.parent = ? AND d.name = ? AND d.deleted = 0 AND i.deleted = 0");
   q.Bind(1, S(parent)).Bind(2, name);
@@ -252,7 +261,8 @@ Result<DentryRecord> NamespaceDb::GetDentry(InodeId parent, std::string_view nam
 Result<std::vector<DentryRecord>> NamespaceDb::ListDir(InodeId parent) {
   std::lock_guard lock(mu_);
   Stmt q(db_,
-         "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted, d.rep_hlc, d.rep_node FROM dentries d"
+         "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted, d.rep_hlc, d.rep_node FROM "
+         "dentries d"
          " JOIN inodes i ON i.id = d.child"
          " WHERE d.parent = ? AND d.deleted = 0 AND i.deleted = 0 ORDER BY d.name");
   q.Bind(1, S(parent));
@@ -351,10 +361,11 @@ Status NamespaceDb::PutInode(const InodeRecord& r, std::uint64_t& seq, ChangeSet
     std::memcpy(clock.data() + 16 * i, &r.content_clock[i].node, 8);
     std::memcpy(clock.data() + 16 * i + 8, &r.content_clock[i].hlc, 8);
   }
-  Stmt ins(db_, fmt::format("INSERT OR REPLACE INTO inodes({}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
-                            "?)",
-                            kInodeColumns)
-                    .c_str());
+  Stmt ins(db_,
+           fmt::format("INSERT OR REPLACE INTO inodes({}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+                       "?)",
+                       kInodeColumns)
+               .c_str());
   ins.Bind(1, S(r.id))
       .Bind(2, static_cast<std::int64_t>(r.kind))
       .Bind(3, r.mode)
@@ -413,7 +424,8 @@ Status NamespaceDb::PutDentry(const DentryRecord& d, std::uint64_t& seq, ChangeS
   cur.Bind(1, S(d.parent)).Bind(2, d.name);
   std::optional<DentryRecord> old;
   if (cur.Step() == SQLITE_ROW) {
-    old = DentryRecord{d.parent, d.name, U(cur.Int(2)), {U(cur.Int(0)), U(cur.Int(1))},
+    old = DentryRecord{d.parent,        d.name,
+                       U(cur.Int(2)),   {U(cur.Int(0)), U(cur.Int(1))},
                        cur.Int(3) != 0, {U(cur.Int(4)), U(cur.Int(5))}};
   }
   // Two live entries for one name pointing at different files, the newer made without seeing
@@ -490,8 +502,7 @@ Status NamespaceDb::KeepDisplaced(const DentryRecord& loser, std::uint64_t& seq,
 // Keeps `loser` as a new file beside the one it lost to. Every node that sees the same two
 // versions derives the same records (id, name and versions come from the loser), so the copy
 // converges like any other record, whichever node noticed the conflict first.
-Status NamespaceDb::KeepConflictCopy(const InodeRecord& loser, std::uint64_t& seq,
-                                     ChangeSet& won) {
+Status NamespaceDb::KeepConflictCopy(const InodeRecord& loser, std::uint64_t& seq, ChangeSet& won) {
   Bytes seed;
   for (int i = 0; i < 8; ++i) seed.push_back(static_cast<std::uint8_t>(loser.id >> (8 * i)));
   for (const auto& e : loser.content_clock) {
@@ -500,7 +511,8 @@ Status NamespaceDb::KeepConflictCopy(const InodeRecord& loser, std::uint64_t& se
   }
   auto digest = crypto::Sha256::Of(seed);
   InodeId copy_id = 0;
-  for (int i = 0; i < 8; ++i) copy_id |= static_cast<std::uint64_t>(digest[static_cast<std::size_t>(i)]) << (8 * i);
+  for (int i = 0; i < 8; ++i)
+    copy_id |= static_cast<std::uint64_t>(digest[static_cast<std::size_t>(i)]) << (8 * i);
   if (copy_id <= 1) copy_id += 2;
   // Where the file was: its newest name, live or not.
   InodeId parent = 1;
@@ -575,9 +587,9 @@ Result<net::Changes> NamespaceDb::ChangesSince(std::uint64_t since, std::size_t 
   };
   std::vector<Item> items;
   {
-    Stmt q(db_, fmt::format("SELECT {} FROM inodes WHERE seq > ? ORDER BY seq LIMIT ?",
-                            kInodeColumns)
-                    .c_str());
+    Stmt q(db_,
+           fmt::format("SELECT {} FROM inodes WHERE seq > ? ORDER BY seq LIMIT ?", kInodeColumns)
+               .c_str());
     q.Bind(1, S(since)).Bind(2, static_cast<std::int64_t>(max_records));
     while (q.Step() == SQLITE_ROW) items.push_back({U(q.Int(13)), ReadInode(q), std::nullopt});
   }

@@ -82,7 +82,8 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
   std::lock_guard lock(mu_);
   AdoptRemote();
   if (offset >= size_) return std::size_t{0};
-  const std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), size_ - offset));
+  const std::size_t len =
+      static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), size_ - offset));
   std::size_t done = 0;
   while (done < len) {
     const std::uint64_t pos = offset + done;

@@ -1,20 +1,18 @@
 #pragma once
 // The state of a file while any handle has it open: a working manifest, a size, and a staging
 // file (unlinked O_TMPFILE, so a crash leaves nothing behind) holding the chunks written since
-// the last commit, encrypted (see StagingFile). A chunk is copied into staging before a partial write touches it
-// (copy-on-write), so a commit only re-reads, hashes and stores the chunks that changed.
-// Thread-safe; all handles of one inode share one OpenFile.
+// the last commit, encrypted (see StagingFile). A chunk is copied into staging before a partial
+// write touches it (copy-on-write), so a commit only re-reads, hashes and stores the chunks that
+// changed. Thread-safe; all handles of one inode share one OpenFile.
 
 #include <atomic>
 #include <mutex>
 #include <optional>
 #include <vector>
 
-#include <optional>
-
 #include "server/content_clock.h"
-#include "server/staging_file.h"
 #include "server/file_server.h"
+#include "server/staging_file.h"
 
 namespace foreverfs::server {
 
@@ -60,15 +58,16 @@ class OpenFile {
   const InodeId id_;
   std::mutex mu_;
   std::vector<cas::ChunkId> manifest_;
-  ContentClock base_clock_;  // lineage of the committed content this file started from
-  InodeRecord record_;       // attributes as opened or last committed
+  ContentClock base_clock_;    // lineage of the committed content this file started from
+  InodeRecord record_;         // attributes as opened or last committed
   std::vector<bool> dirty_;    // chunk's current bytes are in staging
   std::vector<bool> written_;  // staging holds bytes for this chunk (maybe stale)
   std::uint64_t size_;
   std::int64_t mtime_ns_;
   // Atomic so that the event thread can ask without waiting for a reader holding mu_.
   std::atomic<bool> changed_{false};
-  std::atomic<bool> privileges_checked_{false};  // size, mtime or chunks differ from the committed version
+  std::atomic<bool> privileges_checked_{
+      false};  // size, mtime or chunks differ from the committed version
   std::optional<StagingFile> staging_;
   std::size_t cached_index_ = SIZE_MAX;
   cas::ChunkId cached_id_{};

@@ -57,8 +57,7 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
     std::shared_ptr<asio::steady_timer> timer;
   };
 
-  Impl(asio::io_context& io, FileServer& fs, ReplicatorOptions o)
-      : io_(io), fs_(fs), options_(o) {}
+  Impl(asio::io_context& io, FileServer& fs, ReplicatorOptions o) : io_(io), fs_(fs), options_(o) {}
 
   asio::io_context& io_;
   FileServer& fs_;
@@ -77,7 +76,8 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   bool rescan_scheduled_ = false;
 
   bool ShouldHold(const cas::ChunkId& id) const {
-    if (options_.replicas <= 0 || peers_.size() + 1 <= static_cast<std::size_t>(options_.replicas)) {
+    if (options_.replicas <= 0 ||
+        peers_.size() + 1 <= static_cast<std::size_t>(options_.replicas)) {
       return true;
     }
     std::vector<std::pair<std::uint64_t, std::uint64_t>> scores;
@@ -102,7 +102,8 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
       }
       auto changes = fs_.ns().ChangesSince(p.feed_cursor, kFeedBatchRecords, kFeedBatchChunks);
       if (!changes.ok()) {
-        spdlog::error("reading the change feed for peer {}: {}", Short(node), changes.status().message());
+        spdlog::error("reading the change feed for peer {}: {}", Short(node),
+                      changes.status().message());
         return;
       }
       bool empty = changes->inodes.empty() && changes->dentries.empty();
@@ -148,7 +149,8 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   // --- chunks ---------------------------------------------------------------------------
   void EnqueueManifest(const InodeRecord& r) {
     for (const auto& id : r.manifest) {
-      if (id == cas::kHoleId || queued_.contains(id) || !ShouldHold(id) || fs_.HasChunk(id)) continue;
+      if (id == cas::kHoleId || queued_.contains(id) || !ShouldHold(id) || fs_.HasChunk(id))
+        continue;
       queued_.insert(id);
       queue_.push_back(id);
     }
@@ -173,7 +175,8 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
         --self->in_flight_;
         self->queued_.erase(id);
         if (!r.ok()) {
-          spdlog::warn("chunk {}: background replication failed: {}", cas::Hex(id), r.status().message());
+          spdlog::warn("chunk {}: background replication failed: {}", cas::Hex(id),
+                       r.status().message());
           self->ScheduleRescan();
         }
         self->RunQueue();
@@ -194,7 +197,8 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   }
 
   void StartFetch(const cas::ChunkId& id, Callback done) {
-    auto job = std::make_shared<FetchJob>(FetchJob{id, Clock::now() + options_.fetch_timeout, {}, std::move(done)});
+    auto job = std::make_shared<FetchJob>(
+        FetchJob{id, Clock::now() + options_.fetch_timeout, {}, std::move(done)});
     TryNext(job);
   }
 
@@ -232,7 +236,8 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
       auto it = self->pending_.find(req);
       if (it == self->pending_.end()) return;
       auto job = it->second.job;
-      spdlog::debug("chunk {}: peer {} did not answer in time", cas::Hex(job->id), Short(it->second.node));
+      spdlog::debug("chunk {}: peer {} did not answer in time", cas::Hex(job->id),
+                    Short(it->second.node));
       self->pending_.erase(it);
       self->TryNext(job);
     });
@@ -391,7 +396,8 @@ Result<Bytes> Replicator::Fetch(const cas::ChunkId& id) {
     auto it = impl_->failed_.find(id);
     if (it != impl_->failed_.end()) {
       if (Clock::now() - it->second < kRecentFailure) {
-        return Err(Code::kUnavailable, "chunk {}: no reachable peer served it (recently)", cas::Hex(id));
+        return Err(Code::kUnavailable, "chunk {}: no reachable peer served it (recently)",
+                   cas::Hex(id));
       }
       impl_->failed_.erase(it);
     }
@@ -405,7 +411,8 @@ Result<Bytes> Replicator::Fetch(const cas::ChunkId& id) {
       future.wait_for(impl_->options_.fetch_timeout + std::chrono::seconds(2)) ==
               std::future_status::ready
           ? future.get()
-          : Result<Bytes>(Err(Code::kTimedOut, "chunk {}: fetch did not finish in time", cas::Hex(id)));
+          : Result<Bytes>(
+                Err(Code::kTimedOut, "chunk {}: fetch did not finish in time", cas::Hex(id)));
   if (!result.ok()) {
     std::lock_guard lock(impl_->failed_mu_);
     if (impl_->failed_.size() > 4096) impl_->failed_.clear();
@@ -422,11 +429,14 @@ void Replicator::NotifyLocalChange() {
   });
 }
 
-void Replicator::SetDialer(std::function<void(const std::string&)> dial) { impl_->dial_ = std::move(dial); }
+void Replicator::SetDialer(std::function<void(const std::string&)> dial) {
+  impl_->dial_ = std::move(dial);
+}
 
 std::vector<PeerStatus> Replicator::Peers() const {
   std::vector<PeerStatus> out;
-  for (auto& [node, p] : impl_->peers_) out.push_back({node, p.link->Peer().remote, p.link->Peer().outbound});
+  for (auto& [node, p] : impl_->peers_)
+    out.push_back({node, p.link->Peer().remote, p.link->Peer().outbound});
   return out;
 }
 

@@ -93,7 +93,8 @@ Status StagingFile::Write(std::uint64_t offset, ByteSpan data) {
     if (auto s = Read(a, MutableByteSpan(buf.data(), kBlock)); !s.ok()) return s;
   }
   if (b != offset + data.size() && (b - kBlock != a || a == offset)) {
-    if (auto s = Read(b - kBlock, MutableByteSpan(buf.data() + buf.size() - kBlock, kBlock)); !s.ok()) {
+    if (auto s = Read(b - kBlock, MutableByteSpan(buf.data() + buf.size() - kBlock, kBlock));
+        !s.ok()) {
       return s;
     }
   }
@@ -108,7 +109,8 @@ Status StagingFile::Truncate(std::uint64_t size) {
   if (a != size) {
     if (auto s = Read(a, MutableByteSpan(keep.data(), size - a)); !s.ok()) return s;
   }
-  if (::ftruncate(fd_.get(), static_cast<off_t>(a)) != 0) return ErrnoStatus(errno, "truncating a staging file");
+  if (::ftruncate(fd_.get(), static_cast<off_t>(a)) != 0)
+    return ErrnoStatus(errno, "truncating a staging file");
   if (a != size) return Write(a, ByteSpan(keep.data(), kBlock));  // the tail of the block is zeros
   return Ok();
 }

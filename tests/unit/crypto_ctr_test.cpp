@@ -24,12 +24,12 @@ TEST(CtrXor, NistSp800_38aF55) {
   std::array<std::uint8_t, 16> iv{};
   auto c = Hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff");
   std::copy(c.begin(), c.end(), iv.begin());
-  Bytes data = Hex(
-      "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
-      "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710");
-  const Bytes expected = Hex(
-      "601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c5"
-      "2b0930daa23de94ce87017ba2d84988ddfc9c58db67aada613c2dd08457941a6");
+  Bytes data =
+      Hex("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+          "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710");
+  const Bytes expected =
+      Hex("601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c5"
+          "2b0930daa23de94ce87017ba2d84988ddfc9c58db67aada613c2dd08457941a6");
   Bytes whole = data;
   CtrXor(key, iv, 0, whole);
   EXPECT_EQ(whole, expected);
@@ -57,7 +57,8 @@ TEST(CtrXor, AnyRangeMatchesTheWholeStream) {
   for (int i = 0; i < 200; ++i) {
     std::size_t off = rng() % plain.size();
     std::size_t len = rng() % (plain.size() - off);
-    Bytes part(plain.begin() + static_cast<long>(off), plain.begin() + static_cast<long>(off + len));
+    Bytes part(plain.begin() + static_cast<long>(off),
+               plain.begin() + static_cast<long>(off + len));
     CtrXor(key, iv, off, part);
     ASSERT_TRUE(std::equal(part.begin(), part.end(), whole.begin() + static_cast<long>(off)))
         << "offset " << off << " length " << len;

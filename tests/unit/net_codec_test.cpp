@@ -189,9 +189,9 @@ TEST(NetCodecTest, FrameLayoutMatchesTheDocument) {
                                    1,  0, 0, 0,                         // one dentry
                                    1,  0, 0, 0, 0, 0, 0, 0, 1, 0, 'a',  // parent, name
                                    2,  0, 0, 0, 0, 0, 0, 0, 3, 0, 0,   0, 0, 0, 0, 0,  // child, hlc
-                                   4,  0, 0, 0, 0, 0, 0, 0, 1,    // node, deleted
-                                   5,  0, 0, 0, 0, 0, 0, 0,       // replaces: hlc
-                                   6,  0, 0, 0, 0, 0, 0, 0}));    // replaces: node
+                                   4,  0, 0, 0, 0, 0, 0, 0, 1,  // node, deleted
+                                   5,  0, 0, 0, 0, 0, 0, 0,     // replaces: hlc
+                                   6,  0, 0, 0, 0, 0, 0, 0}));  // replaces: node
 
   Changes i;
   i.inodes = {SampleDir()};

@@ -17,8 +17,8 @@ namespace fs = std::filesystem;
 class FaultyStoreTest : public ::testing::TestWithParam<std::uint64_t> {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("ffs_faults_" + std::to_string(::getpid()) + "_" +
-                                        std::to_string(crypto::RandomU64()));
+    dir_ = fs::temp_directory_path() /
+           ("ffs_faults_" + std::to_string(::getpid()) + "_" + std::to_string(crypto::RandomU64()));
     fs::create_directories(dir_ / "staging");
     crypto::Key256 key;
     key.fill(3);

@@ -32,8 +32,8 @@ class FakeRemote : public RemoteChunks {
 class ChunkMaintenanceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("ffs_gc_" + std::to_string(::getpid()) + "_" +
-                                        std::to_string(crypto::RandomU64()));
+    dir_ = fs::temp_directory_path() /
+           ("ffs_gc_" + std::to_string(::getpid()) + "_" + std::to_string(crypto::RandomU64()));
     fs::create_directories(dir_ / "staging");
     key_.secret.fill(7);
     db_ = NamespaceDb::Open(dir_ / "ns.db").value();
@@ -48,14 +48,18 @@ class ChunkMaintenanceTest : public ::testing::Test {
   void Write(const std::string& path, std::size_t size, std::uint8_t fill) {
     Bytes data(size, fill);
     // Distinct bytes in every chunk, so chunks do not deduplicate.
-    for (std::size_t i = 0; i < size; i += 4096) data[i] = static_cast<std::uint8_t>((i >> 20) * 37 + (i >> 12));
+    for (std::size_t i = 0; i < size; i += 4096)
+      data[i] = static_cast<std::uint8_t>((i >> 20) * 37 + (i >> 12));
     std::size_t at = 0;
-    ASSERT_TRUE(files_->Store(path, [&](MutableByteSpan out) -> Result<std::size_t> {
-                        std::size_t n = std::min(out.size(), data.size() - at);
-                        std::copy_n(data.begin() + static_cast<long>(at), n, out.begin());
-                        at += n;
-                        return n;
-                      }).ok());
+    ASSERT_TRUE(files_
+                    ->Store(path,
+                            [&](MutableByteSpan out) -> Result<std::size_t> {
+                              std::size_t n = std::min(out.size(), data.size() - at);
+                              std::copy_n(data.begin() + static_cast<long>(at), n, out.begin());
+                              at += n;
+                              return n;
+                            })
+                    .ok());
   }
   std::size_t Stored() {
     std::size_t n = 0;
@@ -87,10 +91,13 @@ TEST_F(ChunkMaintenanceTest, RemovesUnreferencedChunksOnTheSecondPass) {
   EXPECT_EQ(second->removed, 2u);
   EXPECT_EQ(Stored(), 3u);
   Bytes back;
-  ASSERT_TRUE(files_->Get("/keep", [&](ByteSpan b) {
-                       back.insert(back.end(), b.begin(), b.end());
-                       return Ok();
-                     }).ok());
+  ASSERT_TRUE(files_
+                  ->Get("/keep",
+                        [&](ByteSpan b) {
+                          back.insert(back.end(), b.begin(), b.end());
+                          return Ok();
+                        })
+                  .ok());
   EXPECT_EQ(back.size(), 3 * cas::kChunkSize);
 }
 

@@ -584,7 +584,8 @@ TEST(NamespaceConvergenceTest, ConflictResolutionConvergesInAnyOrder) {
         }
       }
       r.deleted = pick(6) == 0;
-      if (!r.deleted) r.manifest.assign(1 + pick(2), crypto::Sha256::Of(AsBytes(std::to_string(i))));
+      if (!r.deleted)
+        r.manifest.assign(1 + pick(2), crypto::Sha256::Of(AsBytes(std::to_string(i))));
       inodes.push_back(r);
     } else {
       DentryRecord d = Entry(kRootId, names[pick(3)], 2 + pick(6), v, pick(5) == 0);
@@ -633,11 +634,13 @@ TEST(NamespaceConvergenceTest, ConflictResolutionConvergesInAnyOrder) {
     // No live file with content is left without a name.
     for (auto& [id, rec] : states.back().inodes) {
       if (rec.deleted || rec.kind != InodeKind::kFile) continue;
-      EXPECT_FALSE(dbs[node]->LinksTo(id)->empty()) << "inode " << id << " lost its name on node " << node;
+      EXPECT_FALSE(dbs[node]->LinksTo(id)->empty())
+          << "inode " << id << " lost its name on node " << node;
     }
   }
   std::size_t copies = 0;
-  for (auto& [key, d] : states[0].dentries) copies += key.second.find(".conflict-") != std::string::npos;
+  for (auto& [key, d] : states[0].dentries)
+    copies += key.second.find(".conflict-") != std::string::npos;
   EXPECT_GT(copies, 0u);
   auto describe = [](const State& a, const State& b) {
     std::string out;
@@ -658,8 +661,8 @@ TEST(NamespaceConvergenceTest, ConflictResolutionConvergesInAnyOrder) {
     return out;
   };
   for (std::size_t i = 1; i < states.size(); ++i) {
-    EXPECT_TRUE(states[i] == states[0])
-        << "node " << i << describe(states[i], states[0]) << "\n vs" << describe(states[0], states[i]);
+    EXPECT_TRUE(states[i] == states[0]) << "node " << i << describe(states[i], states[0]) << "\n vs"
+                                        << describe(states[0], states[i]);
   }
 }
 
