@@ -17,12 +17,14 @@ g++ "${common[@]}" fuzz/make_seeds.cpp "${codec[@]}" -lfmt -o "$OUT/make_seeds"
 "$OUT/make_seeds" "$OUT/seeds"
 for t in frame changes; do
   mkdir -p "$OUT/corpus-$t"
-  echo "== $t: replaying $(ls "$OUT/seeds/$t" | wc -l) seeds"
-  "$OUT/${t}_fuzzer" -runs=0 "$OUT/seeds/$t"
+  # Generated seeds, plus inputs that once found a bug (fuzz/corpus/<target>/), kept as tests.
+  mkdir -p "fuzz/corpus/$t"
+  echo "== $t: replaying $(ls "$OUT/seeds/$t" "fuzz/corpus/$t" | grep -vc ':$') seeds"
+  "$OUT/${t}_fuzzer" -runs=0 "$OUT/seeds/$t" "fuzz/corpus/$t"
   echo "== $t: fuzzing for ${SECONDS_EACH}s"
   rc=0
   "$OUT/${t}_fuzzer" -max_total_time="$SECONDS_EACH" -print_final_stats=1 -max_len=65536 \
-    "$OUT/corpus-$t" "$OUT/seeds/$t" >"$OUT/$t.log" 2>&1 || rc=$?
+    -artifact_prefix="$OUT/crash-$t-" "$OUT/corpus-$t" "$OUT/seeds/$t" >"$OUT/$t.log" 2>&1 || rc=$?
   grep -E '^stat::number_of_executed_units|ERROR|SUMMARY' "$OUT/$t.log" || true
   if [ "$rc" != 0 ]; then tail -40 "$OUT/$t.log"; echo "fuzz target $t failed (exit $rc)"; exit 1; fi
 done

@@ -492,6 +492,10 @@ Status NamespaceDb::ReviveDir(InodeId id, std::uint64_t& seq, ChangeSet& won) {
 }
 
 Status NamespaceDb::KeepDisplaced(const DentryRecord& loser, std::uint64_t& seq, ChangeSet& won) {
+  // A file that still has a name elsewhere (or got its conflict name already) is not lost.
+  Stmt named(db_, "SELECT 1 FROM dentries WHERE child = ? AND deleted = 0 LIMIT 1");
+  named.Bind(1, S(loser.child));
+  if (named.Step() == SQLITE_ROW) return Ok();
   std::string name = ConflictName(loser.name, {loser.version.node, loser.version.hlc},
                                   loser.child ^ loser.version.hlc);
   DentryRecord kept{loser.parent, name, loser.child, loser.version, false};
@@ -532,6 +536,11 @@ Status NamespaceDb::KeepConflictCopy(const InodeRecord& loser, std::uint64_t& se
   InodeRecord copy = loser;
   copy.id = copy_id;
   if (auto s = PutInode(copy, seq, won); !s.ok()) return s;
+  // The copy is placed once: if it has a name already (or had one the user removed), it keeps
+  // that, however often the conflict is seen again.
+  Stmt named(db_, "SELECT 1 FROM dentries WHERE child = ? LIMIT 1");
+  named.Bind(1, S(copy_id));
+  if (named.Step() == SQLITE_ROW) return Ok();
   DentryRecord entry{parent, ConflictName(name, Latest(loser.content_clock), copy_id), copy_id,
                      loser.version, false};
   entry.replaces = loser.version;
