@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cas/chunk_store.h"
+#include "unit/temp_dir.h"
 
 namespace foreverfs::cas {
 namespace {
@@ -27,24 +28,7 @@ crypto::ClusterKey TestKey(std::uint8_t fill = 0x17) {
 }
 
 // A directory removed at the end of the test.
-class TempDir {
- public:
-  TempDir()
-      : path_(fs::temp_directory_path() / ("ffs_cas_test_" + std::to_string(::getpid()) + "_" +
-                                           std::to_string(crypto::RandomU64()))) {
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using test::TempDir;
 
 Bytes Pattern(std::size_t size, std::uint32_t seed) {
   Bytes b(size);

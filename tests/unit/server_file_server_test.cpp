@@ -18,6 +18,7 @@
 
 #include "cas/chunk_store.h"
 #include "server/file_server.h"
+#include "unit/temp_dir.h"
 
 namespace foreverfs::server {
 namespace {
@@ -26,24 +27,7 @@ namespace fs = std::filesystem;
 
 constexpr std::uint64_t kCS = cas::kChunkSize;
 
-class TempDir {
- public:
-  TempDir()
-      : path_(fs::temp_directory_path() / ("ffs_fs_test_" + std::to_string(::getpid()) + "_" +
-                                           std::to_string(crypto::RandomU64()))) {
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using test::TempDir;
 
 Bytes Pattern(std::size_t size, std::uint32_t seed) {
   Bytes b(size);

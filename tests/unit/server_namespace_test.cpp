@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "server/namespace_db.h"
+#include "unit/temp_dir.h"
 
 namespace foreverfs::server {
 namespace {
@@ -21,24 +22,7 @@ namespace fs = std::filesystem;
 
 constexpr std::size_t kHuge = 1'000'000;
 
-class TempDir {
- public:
-  TempDir()
-      : path_(fs::temp_directory_path() / ("ffs_ns_test_" + std::to_string(::getpid()) + "_" +
-                                           std::to_string(crypto::RandomU64()))) {
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using test::TempDir;
 
 std::unique_ptr<NamespaceDb> OpenDb(const fs::path& path) {
   auto db = NamespaceDb::Open(path);

@@ -29,6 +29,7 @@
 #include "net/memory_transport.h"
 #include "server/file_server.h"
 #include "server/replicator.h"
+#include "unit/temp_dir.h"
 
 namespace foreverfs::server {
 namespace {
@@ -41,24 +42,7 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kFetchTimeout = 2s;
 constexpr auto kEventually = 10s;
 
-class TempDir {
- public:
-  TempDir()
-      : path_(fs::temp_directory_path() / ("ffs_repl_test_" + std::to_string(::getpid()) + "_" +
-                                           std::to_string(crypto::RandomU64()))) {
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using test::TempDir;
 
 Bytes Pattern(std::size_t size, std::uint32_t seed) {
   Bytes b(size);
