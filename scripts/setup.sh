@@ -10,6 +10,7 @@ pkgs=(
   iproute2 util-linux attr bc
   clang libclang-rt-14-dev
   python3 git rsync sqlite3 make gcc tar
+  fio iperf3 libbenchmark-dev dpkg-dev file
 )
 missing=()
 for p in "${pkgs[@]}"; do
