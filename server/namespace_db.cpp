@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <set>
 
 #include "crypto/crypto.h"
@@ -290,9 +291,13 @@ Result<std::vector<NamespaceDb::DirRow>> NamespaceDb::ListDirKinds(InodeId paren
 
 Result<std::vector<DentryRecord>> NamespaceDb::LinksTo(InodeId child) {
   std::lock_guard lock(mu_);
+  return LiveNames(child);
+}
+
+std::vector<DentryRecord> NamespaceDb::LiveNames(InodeId child) {
   Stmt q(db_,
          "SELECT parent, name, child, hlc, node, deleted, rep_hlc, rep_node FROM dentries"
-         " WHERE child = ? AND deleted = 0");
+         " WHERE child = ? AND deleted = 0 ORDER BY hlc DESC, node DESC");
   q.Bind(1, S(child));
   std::vector<DentryRecord> out;
   while (q.Step() == SQLITE_ROW) out.push_back(ReadDentry(q));
@@ -491,6 +496,88 @@ Status NamespaceDb::ReviveDir(InodeId id, std::uint64_t& seq, ChangeSet& won) {
   return ReviveDir(parent, seq, won);  // its own directory may be gone too
 }
 
+// Follows each directory's newest live name upwards from `from`: true if it reaches the root
+// without passing `avoid`, false at a directory with no name, a loop, or `avoid`.
+bool NamespaceDb::ReachesRoot(InodeId from, InodeId avoid) {
+  std::set<InodeId> seen;
+  for (InodeId at = from; at != kRootId;) {
+    if (at == avoid || !seen.insert(at).second || seen.size() > kMaxTreeDepth) return false;
+    auto names = LiveNames(at);
+    if (names.empty()) return false;
+    at = names.front().parent;
+  }
+  return true;
+}
+
+// Every record derived here takes its version and name from the records that caused it, so
+// nodes that see the same records derive the same repair.
+Status NamespaceDb::KeepInTree(InodeId id, std::uint64_t& seq, ChangeSet& won) {
+  auto rec = AnyInode(id);
+  if (id == kRootId || !rec || rec->deleted || rec->kind != InodeKind::kDir) return Ok();
+  // One name: the newest move wins, the other names go.
+  auto names = LiveNames(id);
+  for (std::size_t i = 1; i < names.size(); ++i) {
+    DentryRecord gone = names[i];
+    gone.deleted = true;
+    gone.version = gone.replaces = names.front().version;
+    spdlog::info("directory {:016x} was moved on two nodes at once; keeping the newer name '{}'",
+                 id, names.front().name);
+    if (auto s = PutDentry(gone, seq, won); !s.ok()) return s;
+  }
+  // Not inside itself: walk up; a directory seen twice closes a cycle.
+  for (int round = 0; round < 64; ++round) {
+    std::vector<DentryRecord> path;  // path[i] names the directory path[i-1] sits in
+    std::map<InodeId, std::size_t> index;
+    std::optional<std::size_t> cycle;
+    for (InodeId at = id; at != kRootId && path.size() < kMaxTreeDepth;) {
+      if (auto it = index.find(at); it != index.end()) {
+        cycle = it->second;
+        break;
+      }
+      auto up = LiveNames(at);
+      if (up.empty()) break;  // no name at all: not a cycle
+      index[at] = path.size();
+      path.push_back(up.front());
+      at = up.front().parent;
+    }
+    if (!cycle) return Ok();
+    // Undo the newest move in the cycle: its directory goes back where it was before (the
+    // newest name it lost), or to the root if that place is inside the cycle too.
+    const DentryRecord newest = *std::max_element(
+        path.begin() + static_cast<std::ptrdiff_t>(*cycle), path.end(),
+        [](const DentryRecord& a, const DentryRecord& b) { return a.version < b.version; });
+    const Version v{newest.version.hlc + 1, newest.version.node};
+    DentryRecord cut = newest;
+    cut.deleted = true;
+    cut.version = cut.replaces = v;
+    if (auto s = PutDentry(cut, seq, won); !s.ok()) return s;
+    InodeId parent = kRootId;
+    std::string name = newest.name;
+    Stmt prev(db_,
+              "SELECT parent, name FROM dentries WHERE child = ? AND deleted = 1"
+              " AND NOT (parent = ? AND name = ?) ORDER BY hlc DESC, node DESC LIMIT 1");
+    prev.Bind(1, S(newest.child)).Bind(2, S(newest.parent)).Bind(3, newest.name);
+    if (prev.Step() == SQLITE_ROW && ReachesRoot(U(prev.Int(0)), newest.child)) {
+      parent = U(prev.Int(0));
+      name = prev.Text(1);
+    }
+    Stmt taken(db_, "SELECT child FROM dentries WHERE parent = ? AND name = ? AND deleted = 0");
+    taken.Bind(1, S(parent)).Bind(2, name);
+    if (taken.Step() == SQLITE_ROW && U(taken.Int(0)) != newest.child) {
+      name = ConflictName(name, {v.node, v.hlc}, newest.child);
+    }
+    spdlog::warn(
+        "directories were moved into each other on two nodes; '{}' ({:016x}) goes back to "
+        "'{}' in directory {:016x}",
+        newest.name, newest.child, name, parent);
+    DentryRecord back{parent, name, newest.child, v, false};
+    back.replaces = v;
+    if (auto s = PutDentry(back, seq, won); !s.ok()) return s;
+    if (auto s = ReviveDir(parent, seq, won); !s.ok()) return s;
+  }
+  return Err(Code::kIOError, "directory {:016x}: could not put it back in the tree", id);
+}
+
 Status NamespaceDb::KeepDisplaced(const DentryRecord& loser, std::uint64_t& seq, ChangeSet& won) {
   // A file that still has a name elsewhere (or got its conflict name already) is not lost.
   Stmt named(db_, "SELECT 1 FROM dentries WHERE child = ? AND deleted = 0 LIMIT 1");
@@ -575,6 +662,18 @@ Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std
   }
   for (InodeId dir : dirs) {
     if (auto s = ReviveDir(dir, seq, won); !s.ok()) return fail(s);
+  }
+  // A directory moved on two nodes at once may now have two names, or two directories moved
+  // into each other may form a cycle cut off from the root: put each back in one tree.
+  std::set<InodeId> moved;
+  for (const auto& d : won.dentries) {
+    if (!d.deleted) moved.insert(d.child);
+  }
+  for (const auto& r : won.inodes) {
+    if (!r.deleted && r.kind == InodeKind::kDir) moved.insert(r.id);
+  }
+  for (InodeId dir : moved) {
+    if (auto s = KeepInTree(dir, seq, won); !s.ok()) return fail(s);
   }
   if (peer) {
     Stmt c(db_, "INSERT OR REPLACE INTO cursors(peer, seq) VALUES(?, ?)");

@@ -102,6 +102,10 @@ class NamespaceDb {
   Status RestoreName(const InodeRecord& rec, std::uint64_t& seq, ChangeSet& won);
   Status KeepDisplaced(const DentryRecord& loser, std::uint64_t& seq, ChangeSet& won);
   Status ReviveDir(InodeId id, std::uint64_t& seq, ChangeSet& won);
+  Status KeepInTree(InodeId id, std::uint64_t& seq, ChangeSet& won);
+  bool ReachesRoot(InodeId from, InodeId avoid);
+  std::vector<DentryRecord> LiveNames(InodeId child);  // newest first
+  static constexpr std::size_t kMaxTreeDepth = 4096;
 
   std::mutex mu_;
   sqlite3* db_;
