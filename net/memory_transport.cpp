@@ -4,6 +4,10 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <deque>
+#include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <utility>
@@ -46,10 +50,19 @@ struct MemoryNetwork::Impl : std::enable_shared_from_this<MemoryNetwork::Impl> {
 
   void Open(std::uint64_t node_a, LinkHandler& a, std::uint64_t node_b, LinkHandler& b);
   void Disconnect(std::uint64_t node_a, std::uint64_t node_b);
+  // A fault closed `pipe`: open the pair again later, if faults say so.
+  void Redial(const Pipe& pipe);
+  bool Blocked(std::uint64_t a, std::uint64_t b) const {
+    return partitions_.contains({std::min(a, b), std::max(a, b)});
+  }
 
   asio::io_context& io_;
   bool stopped_ = false;
   std::set<std::shared_ptr<Pipe>> pipes_;  // open links
+  std::optional<Faults> faults_;
+  std::mt19937_64 rng_;
+  std::uint64_t dropped_ = 0;
+  std::set<std::pair<std::uint64_t, std::uint64_t>> partitions_;  // (smaller, larger) node id
 };
 
 namespace memory_detail {
@@ -96,14 +109,49 @@ struct Pipe : std::enable_shared_from_this<Pipe> {
   std::shared_ptr<MemoryLink> links[2];
   bool accepted[2] = {false, false};
   bool closed = false;
+  std::optional<MemoryNetwork::Faults> faults;  // copied from the network when opened
+  // Frames held back by an injected delay, towards each side, in the order sent.
+  std::deque<std::pair<std::chrono::steady_clock::time_point, Bytes>> delayed[2];
+
+  // Event thread: delivers delayed frames towards `to` as they come due, in order.
+  void ArmDelayed(int to) {
+    auto timer = std::make_shared<asio::steady_timer>(io, delayed[to].front().first);
+    timer->async_wait([self = shared_from_this(), to, timer](const boost::system::error_code&) {
+      auto& q = self->delayed[to];
+      while (!q.empty() && q.front().first <= std::chrono::steady_clock::now()) {
+        Bytes frame = std::move(q.front().second);
+        q.pop_front();
+        self->Deliver(to, frame);
+      }
+      if (!q.empty() && !self->closed) self->ArmDelayed(to);
+    });
+  }
 };
 
 void MemoryLink::Send(Message m) {
   auto pipe = pipe_.lock();
   if (!pipe || pipe->closed) return;
   Bytes frame = EncodeFrame(m);
-  asio::post(pipe->io,
-             [pipe, to = 1 - side_, frame = std::move(frame)] { pipe->Deliver(to, frame); });
+  const int to = 1 - side_;
+  auto net = pipe->net.lock();
+  if (!pipe->faults || !net) {
+    asio::post(pipe->io, [pipe, to, frame = std::move(frame)] { pipe->Deliver(to, frame); });
+    return;
+  }
+  const MemoryNetwork::Faults& f = *pipe->faults;
+  if (std::uniform_real_distribution<double>(0, 1)(net->rng_) < f.drop) {
+    ++net->dropped_;
+    pipe->Close("injected fault: connection reset");
+    net->Redial(*pipe);
+    return;
+  }
+  const auto delay = std::chrono::milliseconds(
+      std::uniform_int_distribution<std::int64_t>(0, f.max_delay.count())(net->rng_));
+  auto& q = pipe->delayed[to];
+  const auto due = std::max(q.empty() ? std::chrono::steady_clock::time_point{} : q.back().first,
+                            std::chrono::steady_clock::now() + delay);
+  q.emplace_back(due, std::move(frame));
+  if (q.size() == 1) pipe->ArmDelayed(to);
 }
 
 void MemoryLink::Close(std::string reason) {
@@ -114,12 +162,13 @@ void MemoryLink::Close(std::string reason) {
 
 void MemoryNetwork::Impl::Open(std::uint64_t node_a, LinkHandler& a, std::uint64_t node_b,
                                LinkHandler& b) {
-  if (stopped_) return;
+  if (stopped_ || Blocked(node_a, node_b)) return;
   auto pipe = std::make_shared<Pipe>(io_, weak_from_this());
   pipe->nodes[0] = node_a;
   pipe->nodes[1] = node_b;
   pipe->handlers[0] = &a;
   pipe->handlers[1] = &b;
+  pipe->faults = faults_;
   pipe->links[0] = std::make_shared<MemoryLink>(
       pipe, 0, PeerInfo{node_b, MemAddr(node_b), MemAddr(node_b), /*outbound=*/true});
   pipe->links[1] = std::make_shared<MemoryLink>(
@@ -141,6 +190,16 @@ void MemoryNetwork::Impl::Disconnect(std::uint64_t node_a, std::uint64_t node_b)
   for (const auto& p : matching) p->Close("disconnected");
 }
 
+void MemoryNetwork::Impl::Redial(const Pipe& pipe) {
+  if (stopped_ || !pipe.faults || pipe.faults->redial_after.count() == 0) return;
+  auto timer = std::make_shared<asio::steady_timer>(io_, pipe.faults->redial_after);
+  timer->async_wait([self = shared_from_this(), timer, a = pipe.nodes[0], b = pipe.nodes[1],
+                     ha = pipe.handlers[0],
+                     hb = pipe.handlers[1]](const boost::system::error_code&) {
+    if (!self->stopped_) self->Open(a, *ha, b, *hb);
+  });
+}
+
 MemoryNetwork::MemoryNetwork(asio::io_context& io) : impl_(std::make_shared<Impl>(io)) {}
 
 MemoryNetwork::~MemoryNetwork() {
@@ -160,5 +219,27 @@ void MemoryNetwork::Disconnect(std::uint64_t node_a, std::uint64_t node_b) {
 }
 
 std::size_t MemoryNetwork::LinkCount() const { return impl_->pipes_.size(); }
+
+void MemoryNetwork::SetFaults(Faults faults) {
+  asio::post(impl_->io_, [impl = impl_, faults] {
+    impl->faults_ = faults;
+    impl->rng_.seed(faults.seed);
+  });
+}
+
+void MemoryNetwork::Partition(std::uint64_t node_a, std::uint64_t node_b) {
+  asio::post(impl_->io_, [impl = impl_, node_a, node_b] {
+    impl->partitions_.insert({std::min(node_a, node_b), std::max(node_a, node_b)});
+    impl->Disconnect(node_a, node_b);
+  });
+}
+
+void MemoryNetwork::Heal(std::uint64_t node_a, std::uint64_t node_b) {
+  asio::post(impl_->io_, [impl = impl_, node_a, node_b] {
+    impl->partitions_.erase({std::min(node_a, node_b), std::max(node_a, node_b)});
+  });
+}
+
+std::uint64_t MemoryNetwork::Dropped() const { return impl_->dropped_; }
 
 }  // namespace foreverfs::net

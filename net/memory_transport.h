@@ -10,6 +10,7 @@
 // Transport. Destroy the MemoryNetwork on the event thread or after the io_context stopped
 // running; links that outlive it stay closed and their Send does nothing.
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 
@@ -37,6 +38,27 @@ class MemoryNetwork {
 
   // Links currently open, counting each pair once. Event thread.
   std::size_t LinkCount() const;
+
+  // Faults for links opened after the call, drawn from one seeded generator on the event
+  // thread, so a test that makes the same calls in the same order sees the same faults:
+  //  - every message waits a random time in [0, max_delay] before delivery, in the order sent
+  //    (as on a stream);
+  //  - with probability `drop` a message is lost together with its link, as when a connection
+  //    resets mid-transfer: nothing after it arrives, both sides get OnClose;
+  //  - a link that a fault closed is opened again after `redial_after` (zero: never), as the
+  //    TCP transport redials, unless the pair is partitioned.
+  struct Faults {
+    std::uint64_t seed = 1;
+    double drop = 0;
+    std::chrono::milliseconds max_delay{0};
+    std::chrono::milliseconds redial_after{0};
+  };
+  void SetFaults(Faults faults);
+  // Cuts the pair's links and refuses to open new ones between them until Heal.
+  void Partition(std::uint64_t node_a, std::uint64_t node_b);
+  void Heal(std::uint64_t node_a, std::uint64_t node_b);
+  // Messages lost and links closed by faults so far. Event thread.
+  std::uint64_t Dropped() const;
 
   struct Impl;  // public so the link class in the .cpp can name it
 
