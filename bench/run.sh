@@ -1,0 +1,319 @@
+#!/usr/bin/env bash
+# The foreverfs benchmark: every workload on a single-node foreverfs mount and on libfuse's
+# passthrough_ll example over a directory of the same disk (the cost of FUSE alone), then
+# replication between two nodes in network namespaces against store-and-forward (iperf3
+# between the same namespaces + a cold passthrough read), then micro benchmarks of the per-byte
+# code beside `openssl speed`. Prints one table; ratios are speed ratios (>1: foreverfs faster).
+#
+# Usage: sudo bash bench/run.sh [SIZE_MIB]        (default 1024; about 10-15 minutes)
+#        sudo BENCH_QUICK=1 bash bench/run.sh     (64 MiB, fewer files, short fio runs)
+# Environment:
+#   BENCH_BUILD=DIR   build directory (default build-bench; configured and built if needed)
+#   BENCH_PERF=DIR    also `perf record -g` the foreverfs process during each of its workloads,
+#                     one DIR/<workload>.data per workload (for profiles; slows foreverfs a bit)
+#
+# Method notes (why the workloads look the way they do):
+# - Data are random (openssl AES-CTR keystream, generated before any timing): zeros would be
+#   holes to foreverfs and identical chunks deduplicate, which would flatter it. Every source
+#   file has different content, and so does every workload, for the same reason.
+# - Cold reads: `sync; echo 3 > /proc/sys/vm/drop_caches` first, which empties the page cache of
+#   both mounts and of the disk under them.
+# - fio uses buffered I/O (direct=0), 1 job, psync: that is what applications do, and both
+#   filesystems then go through the same kernel FUSE page cache (neither sets keep_cache or
+#   direct_io, so each open starts with an empty cache for the file). Caches are dropped before
+#   each read run; over a run the cache warms equally for both. O_DIRECT is not the honest
+#   default: passthrough_ll hands O_DIRECT on to ext4 (every read goes to the disk) while a
+#   filesystem with its own storage format decides for itself; it is shown as an extra row.
+#   randwrite ends with an fsync (end_fsync=1), inside the measured time.
+# - No mass deletes between timed runs (ext4 slows down after them): every run writes into a
+#   fresh directory; everything goes at the end, in the EXIT trap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CMDLINE="sudo${BENCH_QUICK:+ BENCH_QUICK=$BENCH_QUICK}${BENCH_PERF:+ BENCH_PERF=$BENCH_PERF} bash bench/run.sh $*"
+[ "$(id -u)" = 0 ] || { echo "run as root (mounts, network namespaces, drop_caches)" >&2; exit 1; }
+
+QUICK=${BENCH_QUICK:-0}
+[ "$QUICK" = 0 ] && QUICK=
+if [ -n "$QUICK" ]; then
+  SIZE=${1:-64}; NFILES=500; NLS=1000; FIO_RT=5; BIG=256; MICRO_MIN=0.2; SPEED_S=1
+else
+  SIZE=${1:-1024}; NFILES=5000; NLS=10000; FIO_RT=20; BIG=4096; MICRO_MIN=1; SPEED_S=2
+fi
+BUILD=${BENCH_BUILD:-build-bench}
+PERF_DIR=${BENCH_PERF:-}
+
+# --- build -------------------------------------------------------------------------------------
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFOREVERFS_TESTS=OFF >/dev/null
+fi
+cmake --build "$BUILD" -j"$(nproc)" --target foreverfs foreverfs_micro >/dev/null
+export FOREVERFS=$ROOT/$BUILD/foreverfs
+MICRO=$ROOT/$BUILD/foreverfs_micro
+
+. tests/lib/cluster.sh   # makes $CW (under /tmp) and the network-namespace helpers
+PT_PID=""; IPERF_PID=""; PERF_PID=""
+cleanup() {
+  set +e
+  [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null && wait "$PERF_PID" 2>/dev/null
+  [ -n "$IPERF_PID" ] && kill "$IPERF_PID" 2>/dev/null
+  if [ -n "$PT_PID" ]; then
+    "$FUSERMOUNT" -u -z "$CW/pt" 2>/dev/null
+    kill "$PT_PID" 2>/dev/null
+  fi
+  cluster_cleanup
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now() { date +%s.%N; }
+calc() { echo "$*" | bc -l; }
+fmt() { printf "%.${2:-2}f" "$1"; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+warm() { cat "$@" >/dev/null; }
+size_is() { [ "$(stat -c %s "$1" 2>/dev/null)" = "$2" ]; }
+mounted_at() { ceventually "${2:-10}" cmounted "$1"; }
+# Pseudo-random bytes at several hundred MB/s: the AES-CTR keystream of a random key.
+random_stream() { openssl enc -aes-256-ctr -nosalt -pbkdf2 -pass "pass:$(openssl rand -hex 16)" </dev/zero 2>/dev/null || true; }
+random_file() {  # random_file PATH MIB
+  random_stream | head -c "$(($2 * 1048576))" >"$1"
+  size_is "$1" "$(($2 * 1048576))" || { echo "could not make $1" >&2; exit 1; }
+}
+
+perf_start() {  # perf_start NAME PID
+  [ -n "$PERF_DIR" ] || return 0
+  mkdir -p "$PERF_DIR"
+  perf record -g -q -p "$2" -o "$PERF_DIR/$1.data" >/dev/null 2>&1 &
+  PERF_PID=$!
+  sleep 0.5
+}
+perf_stop() {
+  [ -n "$PERF_PID" ] || return 0
+  kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true; PERF_PID=""
+}
+
+# --- machine ---------------------------------------------------------------------------------
+echo "# command: $CMDLINE"
+echo "# date:    $(date -u '+%Y-%m-%d %H:%M UTC'); foreverfs $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (with local changes)')"
+echo "# machine: $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+echo "# disk:    data directories under $CW: $(findmnt -n -o FSTYPE,SOURCE,OPTIONS -T "$CW" | awk '{print $1" on "$2" ("$3")"}')"
+echo "# load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at start"
+echo "# sizes:   ${SIZE} MiB files, ${NFILES} small files, ${NLS} entries for ls -l, fio ${FIO_RT} s per run, ${BIG} MiB stream for RSS"
+
+# --- inputs, made before any timing --------------------------------------------------------------
+SRC=$CW/src.bin; FIO_SRC=$CW/fio-src.bin; RSRC=$CW/repl-src.bin
+random_file "$SRC" "$SIZE"
+random_file "$FIO_SRC" "$SIZE"
+random_file "$RSRC" "$SIZE"
+python3 - "$CW/small" "$NFILES" <<'EOF'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = os.path.join(root, "d%02d" % (i % 50))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%05d" % i), "wb") as f:
+        f.write(os.urandom(random.randint(1024, 16384)))
+EOF
+tar -C "$CW/small" -cf "$CW/small.tar" .
+SMALL_BYTES=$(du -sb "$CW/small" | cut -f1)
+
+# --- passthrough_ll, the baseline -------------------------------------------------------------
+EX=/usr/share/doc/libfuse3-dev/examples
+mkdir -p "$CW/ptbuild" "$CW/pt-src" "$CW/pt"
+for f in passthrough_ll.c passthrough_helpers.h; do
+  if [ -f "$EX/$f" ]; then cp "$EX/$f" "$CW/ptbuild/"
+  elif [ -f "$EX/$f.gz" ]; then gzip -dc "$EX/$f.gz" >"$CW/ptbuild/$f"
+  else echo "missing $EX/$f (install libfuse3-dev)" >&2; exit 1; fi
+done
+# shellcheck disable=SC2046
+gcc -O2 -Wall -o "$CW/ptbuild/passthrough_ll" "$CW/ptbuild/passthrough_ll.c" $(pkg-config --cflags --libs fuse3) 2>"$CW/ptbuild/gcc.log" ||
+  { cat "$CW/ptbuild/gcc.log" >&2; exit 1; }
+# Its defaults: cache=auto (entry/attr timeout 1 s, page cache dropped on open), no writeback
+# cache, no xattr, multi-threaded loop, reads spliced. -o source= is the directory it mirrors.
+"$CW/ptbuild/passthrough_ll" -f -o source="$CW/pt-src" "$CW/pt" 2>"$CW/ptlog" &
+PT_PID=$!
+mounted_at "$CW/pt" || { echo "passthrough_ll did not mount:"; cat "$CW/ptlog"; exit 1; } >&2
+echo "# baseline: libfuse $(pkg-config --modversion fuse3) passthrough_ll -o source=DIR (defaults: cache=auto, timeout=1s, no writeback, no xattr, multi-threaded)"
+
+# --- the workloads, on one mount ----------------------------------------------------------------
+declare -A R  # R[fs.workload] = figure
+
+fio_json() {  # fio_json FILE RW DIRECT [extra...] -> iops
+  local file=$1 rw=$2 direct=$3; shift 3
+  fio --name="$rw" --filename="$file" --rw="$rw" --bs=4k --size="${SIZE}M" --runtime="$FIO_RT" \
+    --time_based --ioengine=psync --direct="$direct" --numjobs=1 --output-format=json "$@" 2>/dev/null |
+    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("%.0f" % (j["read"]["iops"] + j["write"]["iops"]))'
+}
+
+suite() {  # suite FS MNT PID
+  local fs=$1 m=$2 pid=$3 t0 t1 d
+  # Sequential write of SIZE MiB from a file in the page cache, fsynced.
+  d=$m/seq; mkdir "$d"; warm "$SRC"; drop_caches; warm "$SRC"
+  perf_start "$fs-seqwrite" "$pid"
+  t0=$(now); dd if="$SRC" of="$d/f" bs=1M conv=fsync status=none; t1=$(now)
+  perf_stop
+  R[$fs.seqwrite]=$(calc "$SIZE / ($t1 - $t0)")
+  # Cold sequential read of it.
+  drop_caches
+  perf_start "$fs-coldread" "$pid"
+  t0=$(now); dd if="$d/f" of=/dev/null bs=1M status=none; t1=$(now)
+  perf_stop
+  R[$fs.coldread]=$(calc "$SIZE / ($t1 - $t0)")
+  # Unpacking many small files, then sync.
+  d=$m/tar; mkdir "$d"; warm "$CW/small.tar"
+  perf_start "$fs-smallfiles" "$pid"
+  t0=$(now); tar -C "$d" -xf "$CW/small.tar"; sync; t1=$(now)
+  perf_stop
+  R[$fs.smallfiles]=$(calc "$t1 - $t0")
+  # 4 KiB random I/O on a SIZE MiB file laid out first (random content of its own).
+  d=$m/fio; mkdir "$d"; dd if="$FIO_SRC" of="$d/fio.bin" bs=1M conv=fsync status=none
+  drop_caches
+  perf_start "$fs-randread" "$pid"
+  R[$fs.randread]=$(fio_json "$d/fio.bin" randread 0)
+  perf_stop
+  drop_caches
+  R[$fs.randread_direct]=$(fio_json "$d/fio.bin" randread 1)
+  drop_caches
+  perf_start "$fs-randwrite" "$pid"
+  R[$fs.randwrite]=$(fio_json "$d/fio.bin" randwrite 0 --end_fsync=1)
+  perf_stop
+  # ls -l of a directory of NLS entries, created before, caches dropped.
+  d=$m/ls; mkdir "$d"
+  python3 -c 'import os,sys
+for i in range(int(sys.argv[2])): open(os.path.join(sys.argv[1], "entry-%06d" % i), "w").close()' "$d" "$NLS"
+  drop_caches
+  perf_start "$fs-ls" "$pid"
+  t0=$(now); ls -l "$d" >/dev/null; t1=$(now)
+  perf_stop
+  R[$fs.ls]=$(calc "$t1 - $t0")
+  R[$fs.rss]=$(cpeak_rss "$pid")
+}
+
+echo "# running the workloads on passthrough_ll..."
+suite pt "$CW/pt" "$PT_PID"
+cluster_net; cluster_host 1; cluster_host 2; cluster_host 3; cluster_host 4
+echo "# running the workloads on foreverfs..."
+cnode_start 1
+suite ff "$(cmnt 1)" "$(cpid 1)"
+cnode_stop 1
+
+# Peak RSS of a fresh process while one BIG MiB file streams in (random, never in memory whole).
+echo "# streaming ${BIG} MiB into a fresh foreverfs process..."
+cnode_start 2
+perf_start ff-bigwrite "$(cpid 2)"
+t0=$(now)
+random_stream | head -c "$((BIG * 1048576))" | dd of="$(cmnt 2)/big.bin" bs=1M iflag=fullblock conv=fsync status=none
+t1=$(now)
+perf_stop
+R[ff.bigrss]=$(cpeak_rss "$(cpid 2)")
+R[ff.bigwrite]=$(calc "$BIG / ($t1 - $t0)")
+cnode_stop 2
+
+# --- replication ------------------------------------------------------------------------------
+echo "# replication between two network namespaces..."
+cnode_start 3
+cnode_start 4 --peer "$(caddr 3)"
+echo ready >"$(cmnt 3)/ready"
+ceventually 60 test -f "$(cmnt 4)/ready" || { echo "the nodes did not connect" >&2; exit 1; }
+warm "$RSRC"
+perf_start ff-replication-sender "$(cpid 3)"
+dd if="$RSRC" of="$(cmnt 3)/r.bin" bs=1M conv=fsync status=none
+t0=$(now)
+want=$((SIZE * 1048576))
+ceventually 600 size_is "$(cmnt 4)/r.bin" "$want" ||
+  { echo "the file never reached node 4" >&2; exit 1; }
+ceventually 600 cmp -s "$RSRC" "$(cmnt 4)/r.bin" || { echo "node 4 never read it identical" >&2; exit 1; }
+t1=$(now)
+perf_stop
+R[ff.repl]=$(calc "$t1 - $t0")
+R[ff.replrss]="$(cpeak_rss "$(cpid 3)") / $(cpeak_rss "$(cpid 4)")"
+cnode_stop 4; cnode_stop 3
+
+# Store-and-forward: the same bytes over TCP between the same two namespaces, then a cold read.
+cin 4 iperf3 -s -1 -B 10.98.0.4 -p 5201 >/dev/null 2>&1 &
+IPERF_PID=$!
+iperf_secs=""
+for _ in $(seq 1 50); do
+  iperf_secs=$(cin 3 iperf3 -c 10.98.0.4 -p 5201 -n "${SIZE}M" -J 2>/dev/null |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["seconds"])' 2>/dev/null) && break
+  sleep 0.2
+done
+[ -n "$iperf_secs" ] || { echo "iperf3 failed" >&2; exit 1; }
+wait "$IPERF_PID" 2>/dev/null || true; IPERF_PID=""
+pt_read_s=$(calc "$SIZE / ${R[pt.coldread]}")
+R[pt.repl]=$(calc "$iperf_secs + $pt_read_s")
+
+# --- micro benchmarks ----------------------------------------------------------------------------
+echo "# micro benchmarks..."
+"$MICRO" --benchmark_min_time="$MICRO_MIN" --benchmark_out="$CW/micro.json" --benchmark_out_format=json >"$CW/micro.txt" 2>&1
+ossl() {  # ossl ALG -> bytes/s at 1 MiB
+  openssl speed -evp "$1" -bytes 1048576 -seconds "$SPEED_S" 2>/dev/null |
+    awk 'END {v=$NF; sub(/k$/, "", v); printf "%.0f", v * 1000}'
+}
+OSSL_SHA=$(ossl sha256); OSSL_GCM=$(ossl aes-256-gcm); OSSL_CTR=$(ossl aes-256-ctr)
+
+# --- report ----------------------------------------------------------------------------------------
+echo
+mib() { calc "$1 / 1048576"; }
+row() {  # row LABEL FF PT RATIO GOAL(min ratio or "-")
+  local verdict="-"
+  if [ "$5" != "-" ]; then
+    if [ "$(calc "$4 >= $5")" = 1 ]; then verdict="ok (>=${5}x)"; else verdict="SHORT (goal ${5}x)"; fi
+  fi
+  printf '%-46s %14s %14s %7sx  %s\n' "$1" "$2" "$3" "$(fmt "$4")" "$verdict"
+}
+printf '%-46s %14s %14s %8s  %s\n' "workload" "foreverfs" "passthrough" "ratio" "goal"
+printf '%s\n' "------------------------------------------------------------------------------------------------"
+row "sequential write ${SIZE} MiB, dd conv=fsync" "$(fmt "${R[ff.seqwrite]}" 0) MiB/s" "$(fmt "${R[pt.seqwrite]}" 0) MiB/s" \
+  "$(calc "${R[ff.seqwrite]} / ${R[pt.seqwrite]}")" 0.8
+row "cold sequential read ${SIZE} MiB" "$(fmt "${R[ff.coldread]}" 0) MiB/s" "$(fmt "${R[pt.coldread]}" 0) MiB/s" \
+  "$(calc "${R[ff.coldread]} / ${R[pt.coldread]}")" 0.8
+row "tar -x ${NFILES} files of 1-16 KiB, sync" "$(fmt "${R[ff.smallfiles]}") s" "$(fmt "${R[pt.smallfiles]}") s" \
+  "$(calc "${R[pt.smallfiles]} / ${R[ff.smallfiles]}")" 0.5
+row "fio 4 KiB randread, cold, buffered" "$(fmt "${R[ff.randread]}" 0) IOPS" "$(fmt "${R[pt.randread]}" 0) IOPS" \
+  "$(calc "${R[ff.randread]} / ${R[pt.randread]}")" 0.5
+row "fio 4 KiB randread, O_DIRECT (for reference)" "$(fmt "${R[ff.randread_direct]}" 0) IOPS" "$(fmt "${R[pt.randread_direct]}" 0) IOPS" \
+  "$(calc "${R[ff.randread_direct]} / ${R[pt.randread_direct]}")" -
+row "fio 4 KiB randwrite, buffered, end_fsync" "$(fmt "${R[ff.randwrite]}" 0) IOPS" "$(fmt "${R[pt.randwrite]}" 0) IOPS" \
+  "$(calc "${R[ff.randwrite]} / ${R[pt.randwrite]}")" -
+row "ls -l of ${NLS} entries, cold" "$(fmt "${R[ff.ls]}") s" "$(fmt "${R[pt.ls]}") s" \
+  "$(calc "${R[pt.ls]} / ${R[ff.ls]}")" -
+row "replication ${SIZE} MiB: end of write -> identical" "$(fmt "${R[ff.repl]}") s" "$(fmt "${R[pt.repl]}") s" \
+  "$(calc "${R[pt.repl]} / ${R[ff.repl]}")" 0.8
+printf '  %s\n' "(baseline: store-and-forward = iperf3 between the same namespaces $(fmt "$iperf_secs") s + passthrough cold read $(fmt "$pt_read_s") s)"
+ok_rss() { [ "$(calc "$1 <= 64")" = 1 ] && echo "ok (<=64 MiB)" || echo "SHORT (goal <=64 MiB)"; }
+printf '%-46s %14s %14s %8s  %s\n' "peak RSS through all of the above" "${R[ff.rss]} MiB" "${R[pt.rss]} MiB" "" "$(ok_rss "${R[ff.rss]}")"
+printf '%-46s %14s %14s %8s  %s\n' "peak RSS, fresh process, ${BIG} MiB written" "${R[ff.bigrss]} MiB" "" "" "$(ok_rss "${R[ff.bigrss]}")"
+printf '%-46s %14s\n' "  (that write: $(fmt "${R[ff.bigwrite]}" 0) MiB/s incl. generating it)" ""
+printf '%-46s %14s\n' "peak RSS, replication sender / receiver" "${R[ff.replrss]} MiB"
+
+echo
+echo "micro benchmarks (1 MiB buffers; Google Benchmark, then openssl speed on this machine)"
+python3 - "$CW/micro.json" "$OSSL_SHA" "$OSSL_GCM" "$OSSL_CTR" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+sha, gcm, ctr = (float(x) for x in sys.argv[2:5])
+ref = {"BM_Sha256": ("sha256", sha), "BM_ChunkId": ("sha256", sha),
+       "BM_AeadSeal": ("aes-256-gcm", gcm), "BM_AeadOpen": ("aes-256-gcm", gcm),
+       "BM_CtrXor": ("aes-256-ctr", ctr)}
+what = {"BM_Sha256": "SHA-256 (crypto::Sha256::Of)",
+        "BM_ChunkId": "chunk id, HMAC-SHA-256 (cas::MakeHasher)",
+        "BM_AeadSeal": "AES-256-GCM seal (crypto::Aead)",
+        "BM_AeadOpen": "AES-256-GCM open (crypto::Aead)",
+        "BM_CtrXor": "AES-256-CTR (crypto::CtrXor)",
+        "BM_StorePut": "id + chunk store put, memory (hash,verify,seal)",
+        "BM_StoreGet": "chunk store get, memory (open, verify)",
+        "BM_EncodeChunkFrame": "net::EncodeFrame, 1 MiB ChunkReply",
+        "BM_DecodeChunkFrame": "net::DecodePayload, 1 MiB ChunkReply"}
+print("%-46s %14s %14s %8s" % ("operation", "foreverfs", "openssl speed", "ratio"))
+for b in j["benchmarks"]:
+    name, bps = b["name"], b.get("bytes_per_second", 0)
+    r = ref.get(name)
+    if r:
+        print("%-46s %10.0f MB/s %10.0f MB/s %7.2fx" % (what.get(name, name), bps / 1e6, r[1] / 1e6, bps / r[1]))
+    else:
+        print("%-46s %10.0f MB/s" % (what.get(name, name), bps / 1e6))
+EOF
+echo "  (openssl speed -evp {sha256,aes-256-gcm,aes-256-ctr} -bytes 1048576 -seconds $SPEED_S; MB = 10^6 bytes)"
+echo
+echo "# load: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at the end; other work on this machine makes figures noisy"
