@@ -5,17 +5,22 @@
 #include <fuse_lowlevel.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/syslog_sink.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <charconv>
+#include <cmath>
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
@@ -47,7 +52,12 @@ Examples:
   foreverfs /mnt/fs --listen :3000 --peer 10.0.0.1:3000 --key ~/cluster.key   # machines 2, 3
   cp film.mkv /mnt/fs/          # on machine 1
   cat /mnt/fs/film.mkv          # on machine 3: the same bytes
-  fusermount -u /mnt/fs         # unmount; the process exits 0
+  fusermount3 -u /mnt/fs        # unmount; the process exits 0
+
+  With mount(8): every long option is also a mount option, -o name=value
+  mount -t fuse.foreverfs foreverfs /mnt/fs -o listen=:3000,key=/etc/foreverfs/cluster.key
+  /etc/fstab line (then `mount /mnt/fs`):
+  foreverfs /mnt/fs fuse.foreverfs listen=:3000,peer=10.0.0.1:3000,key=/etc/foreverfs/cluster.key,_netdev 0 0
 )";
 
 struct Options {
@@ -85,8 +95,25 @@ std::string Escape(const fs::path& p) {
   return s.empty() ? "root" : s;
 }
 
-// -o name=value for our own options (so /etc/fstab lines work); the rest go to FUSE.
-void SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
+// Options for mount(8), fstab and systemd (mount.fuse3 removes some of them, not all), and
+// atime variants and other kernel flags that libfuse would refuse ("unknown option") and that
+// mean nothing to foreverfs. nosymfollow and mand are refused rather than silently dropped.
+constexpr std::string_view kIgnoredMountOptions[] = {
+    "_netdev",    "nofail",   "auto",       "noauto",      "defaults",      "user",
+    "users",      "nouser",   "owner",      "group",       "comment",       "diratime",
+    "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime",
+    "nolazytime", "iversion", "noiversion", "silent",      "loud",          "nomand"};
+
+bool ParseNumber(const std::string& text, double& out) {
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, out);
+  return ec == std::errc() && ptr == end && out >= 0;
+}
+
+// -o name=value for our own options (so /etc/fstab lines work); the rest go to FUSE, except
+// the ones meant for mount(8) and systemd, which libfuse would reject. Returns an error
+// message, empty if every option is valid.
+std::string SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
   std::vector<std::string> fuse;
   for (const auto& group : raw) {
     std::size_t start = 0;
@@ -99,23 +126,39 @@ void SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
       auto eq = opt.find('=');
       std::string name = opt.substr(0, eq),
                   value = eq == std::string::npos ? "" : opt.substr(eq + 1);
-      if (name == "listen")
+      double number = 0;
+      if (name == "listen") {
         o.listen = value;
-      else if (name == "peer")
+      } else if (name == "peer") {
         o.peers.push_back(value);
-      else if (name == "data")
+      } else if (name == "data") {
         o.data = value;
-      else if (name == "key")
+      } else if (name == "key") {
         o.key = value;
-      else if (name == "replicas")
-        o.replicas = std::atoi(value.c_str());
-      else if (name == "_netdev" || name == "nofail" || name == "auto" || name == "noauto")
+      } else if (name == "log-level") {
+        if (spdlog::level::from_str(value) == spdlog::level::off && value != "off")
+          return "log-level=" + value +
+                 ": not one of trace, debug, info, warn, error, critical, off";
+        o.log_level = value;
+      } else if (name == "log-file") {
+        o.log_file = value;
+      } else if (name == "replicas" || name == "fetch-timeout" || name == "gc-interval") {
+        if (!ParseNumber(value, number) || (name == "replicas" && number != std::floor(number)))
+          return opt + ": not a non-negative number";
+        if (name == "replicas") o.replicas = static_cast<int>(number);
+        if (name == "fetch-timeout") o.fetch_timeout_s = number;
+        if (name == "gc-interval") o.gc_interval_s = number;
+      } else if (std::find(std::begin(kIgnoredMountOptions), std::end(kIgnoredMountOptions),
+                           name) != std::end(kIgnoredMountOptions) ||
+                 name.starts_with("x-")) {
         continue;
-      else
+      } else {
         fuse.push_back(opt);
+      }
     }
   }
   o.fuse_options = fuse;
+  return "";
 }
 
 void SetupLogging(const Options& o) {
@@ -274,7 +317,7 @@ int Serve(Options o) {
   fs::path mount_abs = fs::absolute(o.mountpoint, ec);
   fs::path data = o.data.empty()
                       ? XdgDir("XDG_DATA_HOME", ".local/share") / "foreverfs" / Escape(mount_abs)
-                      : fs::path(o.data);
+                      : fs::absolute(o.data, ec);
   for (const char* sub : {"", "chunks", "staging"}) {
     fs::create_directories(data / sub, ec);
     if (ec)
@@ -326,6 +369,13 @@ int Serve(Options o) {
     io->notify_fork(asio::io_context::fork_prepare);
     if (fuse_daemonize(0) != 0) return fail("cannot daemonize");
     io->notify_fork(asio::io_context::fork_child);
+    // stderr is /dev/null from here on.
+    if (o.log_file.empty()) {
+      auto syslog = spdlog::syslog_logger_mt("foreverfs-syslog", "foreverfs", LOG_PID, LOG_DAEMON);
+      syslog->set_pattern("%v");
+      syslog->set_level(spdlog::level::from_str(o.log_level));
+      spdlog::set_default_logger(syslog);
+    }
   }
   fuse.InstallSignalHandlers();
 
@@ -409,10 +459,16 @@ int main(int argc, char** argv) {
 
   Options o;
   std::vector<std::string> raw_opts;
+  std::string source;
+  app.add_option("SOURCE", source,
+                 "Ignored when MOUNTPOINT follows (mount(8) passes the fstab source field); "
+                 "alone, it is the MOUNTPOINT");
   app.add_option("MOUNTPOINT", o.mountpoint, "Directory to mount the filesystem on");
   app.add_option("--listen", o.listen, "Address to accept peers on, HOST:PORT or :PORT")
       ->capture_default_str();
-  app.add_option("--peer", o.peers, "A peer to connect to, HOST:PORT (repeatable)");
+  // One value per --peer and per -o, so that a MOUNTPOINT after them is not taken as another.
+  app.add_option("--peer", o.peers, "A peer to connect to, HOST:PORT (repeatable)")
+      ->allow_extra_args(false);
   app.add_option("--data", o.data,
                  "Data directory (default: ~/.local/share/foreverfs/<mountpoint>)");
   app.add_option("--key", o.key,
@@ -422,11 +478,15 @@ int main(int argc, char** argv) {
   app.add_flag("-f,--foreground", o.foreground, "Stay in the foreground");
   app.add_option("-o", raw_opts,
                  "Mount options: FUSE ones (allow_other, ro, ...) and name=value for the options "
-                 "above (listen=, peer=, data=, key=, replicas=)");
+                 "above (listen=, peer=, data=, key=, replicas=, log-level=, log-file=, "
+                 "fetch-timeout=, gc-interval=); _netdev, nofail, noauto, x-* and other "
+                 "mount(8) options are ignored")
+      ->allow_extra_args(false);
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
-  app.add_option("--log-file", o.log_file, "Write the log here instead of stderr");
+  app.add_option("--log-file", o.log_file,
+                 "Write the log here instead of stderr (syslog once in the background)");
   app.add_option("--fetch-timeout", o.fetch_timeout_s,
                  "Seconds a read waits for a chunk no local copy has before failing with EIO")
       ->capture_default_str();
@@ -441,10 +501,14 @@ int main(int argc, char** argv) {
   if (status->parsed()) return ControlClient(json ? "status-json" : "status", ctl_mount, ctl_data);
   if (scrub->parsed()) return ControlClient("scrub", ctl_mount, ctl_data);
   if (gc->parsed()) return ControlClient("gc", ctl_mount, ctl_data);
+  if (o.mountpoint.empty()) o.mountpoint = source;
   if (o.mountpoint.empty()) {
     fmt::print(stderr, "foreverfs: missing MOUNTPOINT\n{}", app.help());
     return 2;
   }
-  SplitMountOptions(o, raw_opts);
+  if (auto error = SplitMountOptions(o, raw_opts); !error.empty()) {
+    fmt::print(stderr, "foreverfs: -o {}\n", error);
+    return 2;
+  }
   return Serve(std::move(o));
 }
