@@ -11,6 +11,7 @@ pkgs=(
   clang libclang-rt-14-dev
   python3 git rsync sqlite3 make gcc tar
   fio iperf3 libbenchmark-dev dpkg-dev file
+  man-db groff-base procps
 )
 missing=()
 for p in "${pkgs[@]}"; do
