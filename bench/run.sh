@@ -9,8 +9,12 @@
 #        sudo BENCH_QUICK=1 bash bench/run.sh     (64 MiB, fewer files, short fio runs)
 # Environment:
 #   BENCH_BUILD=DIR   build directory (default build-bench; configured and built if needed)
-#   BENCH_PERF=DIR    also `perf record -g` the foreverfs process during each of its workloads,
-#                     one DIR/<workload>.data per workload (for profiles; slows foreverfs a bit)
+#   BENCH_PERF=DIR    also `perf record` the foreverfs process during each of its workloads,
+#                     one DIR/<workload>.data per workload (for profiles; slows foreverfs a bit;
+#                     see the figures of a run without it). Read with
+#                     perf report -i DIR/ff-seqwrite.data --no-children --sort sym
+#   BENCH_PERF_OPTS   perf record options (default: DWARF call graphs at 499 Hz, since the
+#                     libraries and a RelWithDebInfo build have no frame pointers)
 #
 # Method notes (why the workloads look the way they do):
 # - Data are random (openssl AES-CTR keystream, generated before any timing): zeros would be
@@ -42,12 +46,16 @@ else
 fi
 BUILD=${BENCH_BUILD:-build-bench}
 PERF_DIR=${BENCH_PERF:-}
+PERF_OPTS=${BENCH_PERF_OPTS:---call-graph dwarf,16384 -F 499}
 
 # --- build -------------------------------------------------------------------------------------
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFOREVERFS_TESTS=OFF >/dev/null
 fi
-cmake --build "$BUILD" -j"$(nproc)" --target foreverfs foreverfs_micro >/dev/null
+cmake --build "$BUILD" -j"$(nproc)" --target foreverfs >/dev/null
+# The micro benchmarks exist only where Google Benchmark is installed (libbenchmark-dev).
+HAVE_MICRO=1
+cmake --build "$BUILD" -j"$(nproc)" --target foreverfs_micro >/dev/null 2>&1 || HAVE_MICRO=
 export FOREVERFS=$ROOT/$BUILD/foreverfs
 MICRO=$ROOT/$BUILD/foreverfs_micro
 
@@ -80,10 +88,11 @@ random_file() {  # random_file PATH MIB
   size_is "$1" "$(($2 * 1048576))" || { echo "could not make $1" >&2; exit 1; }
 }
 
-perf_start() {  # perf_start NAME PID
+perf_start() {  # perf_start NAME PID[,PID...]
   [ -n "$PERF_DIR" ] || return 0
   mkdir -p "$PERF_DIR"
-  perf record -g -q -p "$2" -o "$PERF_DIR/$1.data" >/dev/null 2>&1 &
+  # shellcheck disable=SC2086
+  perf record $PERF_OPTS -q -p "$2" -o "$PERF_DIR/$1.data" >/dev/null 2>&1 &
   PERF_PID=$!
   sleep 0.5
 }
@@ -216,7 +225,7 @@ cnode_start 4 --peer "$(caddr 3)"
 echo ready >"$(cmnt 3)/ready"
 ceventually 60 test -f "$(cmnt 4)/ready" || { echo "the nodes did not connect" >&2; exit 1; }
 warm "$RSRC"
-perf_start ff-replication-sender "$(cpid 3)"
+perf_start ff-replication "$(cpid 3),$(cpid 4)"
 dd if="$RSRC" of="$(cmnt 3)/r.bin" bs=1M conv=fsync status=none
 t0=$(now)
 want=$((SIZE * 1048576))
@@ -244,13 +253,15 @@ pt_read_s=$(calc "$SIZE / ${R[pt.coldread]}")
 R[pt.repl]=$(calc "$iperf_secs + $pt_read_s")
 
 # --- micro benchmarks ----------------------------------------------------------------------------
-echo "# micro benchmarks..."
-"$MICRO" --benchmark_min_time="$MICRO_MIN" --benchmark_out="$CW/micro.json" --benchmark_out_format=json >"$CW/micro.txt" 2>&1
-ossl() {  # ossl ALG -> bytes/s at 1 MiB
-  openssl speed -evp "$1" -bytes 1048576 -seconds "$SPEED_S" 2>/dev/null |
-    awk 'END {v=$NF; sub(/k$/, "", v); printf "%.0f", v * 1000}'
-}
-OSSL_SHA=$(ossl sha256); OSSL_GCM=$(ossl aes-256-gcm); OSSL_CTR=$(ossl aes-256-ctr)
+if [ -n "$HAVE_MICRO" ]; then
+  echo "# micro benchmarks..."
+  "$MICRO" --benchmark_min_time="$MICRO_MIN" --benchmark_out="$CW/micro.json" --benchmark_out_format=json >"$CW/micro.txt" 2>&1
+  ossl() {  # ossl ALG -> bytes/s at 1 MiB
+    openssl speed -evp "$1" -bytes 1048576 -seconds "$SPEED_S" 2>/dev/null |
+      awk 'END {v=$NF; sub(/k$/, "", v); printf "%.0f", v * 1000}'
+  }
+  OSSL_SHA=$(ossl sha256); OSSL_GCM=$(ossl aes-256-gcm); OSSL_CTR=$(ossl aes-256-ctr)
+fi
 
 # --- report ----------------------------------------------------------------------------------------
 echo
@@ -288,6 +299,9 @@ printf '%-46s %14s\n' "  (that write: $(fmt "${R[ff.bigwrite]}" 0) MiB/s incl. g
 printf '%-46s %14s\n' "peak RSS, replication sender / receiver" "${R[ff.replrss]} MiB"
 
 echo
+if [ -z "$HAVE_MICRO" ]; then
+  echo "micro benchmarks: skipped ($BUILD/foreverfs_micro did not build; is libbenchmark-dev installed?)"
+else
 echo "micro benchmarks (1 MiB buffers; Google Benchmark, then openssl speed on this machine)"
 python3 - "$CW/micro.json" "$OSSL_SHA" "$OSSL_GCM" "$OSSL_CTR" <<'EOF'
 import json, sys
@@ -315,5 +329,6 @@ for b in j["benchmarks"]:
         print("%-46s %10.0f MB/s" % (what.get(name, name), bps / 1e6))
 EOF
 echo "  (openssl speed -evp {sha256,aes-256-gcm,aes-256-ctr} -bytes 1048576 -seconds $SPEED_S; MB = 10^6 bytes)"
+fi
 echo
 echo "# load: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at the end; other work on this machine makes figures noisy"
