@@ -22,6 +22,14 @@ inline constexpr std::size_t kChunkSize = 1 * kMiB;     // files are cut at fixe
 inline constexpr std::size_t kMaxChunkSize = 1 * kMiB;  // no stored chunk is larger
 // The all-zero id names a chunk of zeros (a hole); it is never stored.
 inline constexpr ChunkId kHoleId{};
+// What the wrappers may add to a chunk on disk (framing, a tag per segment).
+inline constexpr std::size_t kMaxBlobOverhead = 4096;
+
+// A ranged read: `n` bytes were copied; the whole chunk (or blob) has `total` bytes.
+struct Extent {
+  std::size_t n = 0;
+  std::size_t total = 0;
+};
 
 inline std::string Hex(const ChunkId& id) { return crypto::ToHex(id); }
 
@@ -29,10 +37,16 @@ class ChunkStore {
  public:
   virtual ~ChunkStore() = default;
   // Stores `data` under `id`. Storing an id that is present is a no-op returning Ok.
-  // Atomic: after a crash the chunk is either absent or complete.
+  // Atomic: after a crash of the process the chunk is either absent or complete. Durable
+  // against power loss only after Sync (as a local file system is after fsync).
   virtual Status Put(const ChunkId& id, ByteSpan data) = 0;
+  // Makes every Put so far durable.
+  virtual Status Sync() = 0;
   // The bytes stored under `id`: kNotFound if absent, kCorruption if they fail verification.
   virtual Result<Bytes> Get(const ChunkId& id) = 0;
+  // Up to out.size() bytes of the chunk from `offset`, verified as Get is; fewer at its end.
+  // The default reads the whole chunk; stores that can read a part cheaply override it.
+  virtual Result<Extent> ReadAt(const ChunkId& id, std::size_t offset, MutableByteSpan out);
   virtual bool Has(const ChunkId& id) = 0;
   // Removes `id`; Ok if it was absent.
   virtual Status Remove(const ChunkId& id) = 0;
@@ -53,12 +67,14 @@ class ChunkHasher {
 // In memory, for tests.
 std::unique_ptr<ChunkStore> MakeMemoryStore();
 
-// Files under `root`: root/ab/cd/<64 hex digits>, written to a temp file, fsynced, renamed.
+// Files under `root`: root/ab/cd/<64 hex digits>, written to a temp file and renamed; Sync is
+// one syncfs(2) of the file system holding `root`.
 // Get returns the bytes as stored (verification belongs to the wrappers).
 Result<std::unique_ptr<ChunkStore>> MakeDiskStore(const std::filesystem::path& root);
 
 // Seals every chunk with AES-256-GCM under a per-chunk key HKDF(data_key, id) (convergent:
-// the same plaintext gives the same blob on every node). Blob: version byte 1, ciphertext, tag.
+// the same plaintext gives the same blob on every node), in 16 KiB segments that each carry
+// their own tag, so that a small read opens only the segments it covers.
 std::unique_ptr<ChunkStore> MakeEncryptingStore(std::unique_ptr<ChunkStore> inner,
                                                 const crypto::Key256& data_key);
 
@@ -67,7 +83,9 @@ std::unique_ptr<ChunkStore> MakeEncryptingStore(std::unique_ptr<ChunkStore> inne
 std::unique_ptr<ChunkStore> MakeVerifyingStore(std::unique_ptr<ChunkStore> inner,
                                                ChunkHasher hasher);
 
-// The stack used by the program: Verifying(Encrypting(Disk(root))).
+// The stack used by the program: Encrypting(Disk(root)). No Verifying layer: the GCM tags
+// already authenticate every byte read back (the key and the associated data are the id), and
+// every Put comes with an id its caller computed or checked (FileServer::StoreChunk).
 Result<std::unique_ptr<ChunkStore>> MakeLocalStore(const std::filesystem::path& root,
                                                    const crypto::ClusterKey& key);
 // The key the local store uses to name chunks; peers sharing the cluster key agree on it.

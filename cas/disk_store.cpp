@@ -1,7 +1,10 @@
 // Chunks as files: root/ab/cd/<64 hex digits>, where ab and cd are the first two bytes of the
-// id. A Put writes root/tmp/<unique>, fsyncs it, renames it into place and fsyncs the shard
-// directory, so after a crash the final name holds either nothing or the complete chunk. Files
-// left in root/tmp/ by a crash are removed when the store is opened.
+// id. A Put writes root/tmp/<unique> and renames it into place, so after a crash of the process
+// the final name holds either nothing or the complete chunk. Put does not fsync: Sync makes
+// every chunk so far durable with one syncfs(2), which is what FileServer does on fsync(2)
+// before the namespace is synced (a file system does the same: durable after fsync, not after
+// write). A chunk that a power failure cut short fails its GCM tag on read and is fetched again
+// from a peer. Files left in root/tmp/ by a crash are removed when the store is opened.
 //
 // The store keeps no mutable state beyond the file system, so it is thread-safe; concurrent
 // Puts of one id each rename a complete file over the other, which is harmless.
@@ -23,7 +26,7 @@ namespace {
 namespace fs = std::filesystem;
 
 // A stored blob may exceed a chunk by the framing of the wrappers (version byte, tag).
-constexpr std::size_t kMaxBlobSize = kMaxChunkSize + 64;
+constexpr std::size_t kMaxBlobSize = kMaxChunkSize + kMaxBlobOverhead;
 constexpr std::string_view kTmpDir = "tmp";
 
 bool IsLowerHex(std::string_view s, std::size_t len) {
@@ -37,15 +40,6 @@ bool IsLowerHex(std::string_view s, std::size_t len) {
 Status MakeDir(const fs::path& dir) {
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return ErrnoStatus(errno, fmt::format("creating directory '{}'", dir.string()));
-  }
-  return Ok();
-}
-
-Status SyncDir(const fs::path& dir) {
-  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd.valid()) return ErrnoStatus(errno, fmt::format("opening directory '{}'", dir.string()));
-  if (::fsync(fd.get()) != 0) {
-    return ErrnoStatus(errno, fmt::format("syncing directory '{}'", dir.string()));
   }
   return Ok();
 }
@@ -82,6 +76,15 @@ class DiskChunkStore final : public ChunkStore {
       }
     }
     if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", tmp_.string()));
+    root_fd_ = UniqueFd(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!root_fd_.valid()) return ErrnoStatus(errno, fmt::format("opening '{}'", root_.string()));
+    return Ok();
+  }
+
+  Status Sync() override {
+    if (::syncfs(root_fd_.get()) != 0) {
+      return ErrnoStatus(errno, fmt::format("syncing the file system of '{}'", root_.string()));
+    }
     return Ok();
   }
 
@@ -103,9 +106,6 @@ class DiskChunkStore final : public ChunkStore {
       return ErrnoStatus(errno, fmt::format("creating '{}'", tmp_path.string()));
     }
     Status s = WriteAll(fd.get(), data, tmp_path);
-    if (s.ok() && ::fsync(fd.get()) != 0) {
-      s = ErrnoStatus(errno, fmt::format("syncing '{}'", tmp_path.string()));
-    }
     if (s.ok() && ::close(fd.release()) != 0) {
       s = ErrnoStatus(errno, fmt::format("closing '{}'", tmp_path.string()));
     }
@@ -118,11 +118,11 @@ class DiskChunkStore final : public ChunkStore {
       ::unlink(tmp_path.c_str());
       return s;
     }
-    return SyncDir(shard);
+    return Ok();
   }
 
-  Result<Bytes> Get(const ChunkId& id) override {
-    const fs::path path = PathOf(id);
+  // Opens the chunk's file and checks that it is a regular file of a possible size.
+  Result<std::pair<UniqueFd, std::size_t>> OpenChunk(const ChunkId& id, const fs::path& path) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) {
       if (errno == ENOENT) return Err(Code::kNotFound, "chunk {} not found", Hex(id));
@@ -136,8 +136,41 @@ class DiskChunkStore final : public ChunkStore {
       return Err(Code::kCorruption, "chunk file '{}' is not a regular file of at most {} bytes",
                  path.string(), kMaxBlobSize);
     }
+    return std::pair{std::move(fd), static_cast<std::size_t>(st.st_size)};
+  }
+
+  Result<Extent> ReadAt(const ChunkId& id, std::size_t offset, MutableByteSpan out) override {
+    const fs::path path = PathOf(id);
+    auto opened = OpenChunk(id, path);
+    if (!opened.ok()) return opened.status();
+    auto& [fd, size] = *opened;
+    Extent e{0, size};
+    if (offset >= size) return e;
+    const std::size_t want = std::min(out.size(), size - offset);
+    // A part of a chunk is read where a small read wants it; read-ahead would only cost.
+    if (want < size) ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_RANDOM);
+    while (e.n < want) {
+      ssize_t n = ::pread(fd.get(), out.data() + e.n, want - e.n,
+                          static_cast<off_t>(offset + e.n));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus(errno, fmt::format("reading '{}'", path.string()));
+      }
+      if (n == 0) {
+        return Err(Code::kCorruption, "chunk file '{}' shrank while it was read", path.string());
+      }
+      e.n += static_cast<std::size_t>(n);
+    }
+    return e;
+  }
+
+  Result<Bytes> Get(const ChunkId& id) override {
+    const fs::path path = PathOf(id);
+    auto opened = OpenChunk(id, path);
+    if (!opened.ok()) return opened.status();
+    auto& [fd, size] = *opened;
     // Read up to one byte past the limit so that a file that grew since fstat is caught too.
-    Bytes out(static_cast<std::size_t>(st.st_size) + 1);
+    Bytes out(size + 1);
     std::size_t got = 0;
     for (;;) {
       if (got == out.size()) {
@@ -205,6 +238,7 @@ class DiskChunkStore final : public ChunkStore {
 
   const fs::path root_;
   const fs::path tmp_;
+  UniqueFd root_fd_;
 };
 
 }  // namespace

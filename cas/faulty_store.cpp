@@ -2,6 +2,7 @@
 
 #include <mutex>
 #include <random>
+#include <set>
 
 namespace foreverfs::cas {
 
@@ -10,6 +11,7 @@ struct FaultyChunkStore::Impl {
   std::mutex mu;
   std::mt19937_64 rng;
   Faults faults;
+  std::set<ChunkId> unsynced;  // stored by a Put since the last Sync
   bool Roll(double p) {
     std::lock_guard lock(mu);
     return p > 0 && std::uniform_real_distribution<double>(0, 1)(rng) < p;
@@ -38,7 +40,32 @@ Status FaultyChunkStore::Put(const ChunkId& id, ByteSpan data) {
   if (f.full) return Err(Code::kNoSpace, "chunk {}: No space left on device (injected)", Hex(id));
   if (impl_->Roll(f.put_io_error))
     return Err(Code::kIOError, "chunk {}: I/O error (injected)", Hex(id));
-  return impl_->inner->Put(id, data);
+  const bool had = impl_->inner->Has(id);
+  Status s = impl_->inner->Put(id, data);
+  if (s.ok() && !had) {
+    std::lock_guard lock(impl_->mu);
+    impl_->unsynced.insert(id);
+  }
+  return s;
+}
+
+Status FaultyChunkStore::Sync() {
+  Status s = impl_->inner->Sync();
+  if (s.ok()) {
+    std::lock_guard lock(impl_->mu);
+    impl_->unsynced.clear();
+  }
+  return s;
+}
+
+std::size_t FaultyChunkStore::LoseUnsynced() {
+  std::set<ChunkId> lost;
+  {
+    std::lock_guard lock(impl_->mu);
+    lost.swap(impl_->unsynced);
+  }
+  for (const auto& id : lost) (void)impl_->inner->Remove(id);
+  return lost.size();
 }
 
 Result<Bytes> FaultyChunkStore::Get(const ChunkId& id) {

@@ -1,7 +1,8 @@
 #pragma once
 // A chunk store that fails on purpose, for tests: a seeded, deterministic wrapper that can
 // refuse writes as a full disk does (ENOSPC), fail reads and writes with EIO at a given rate,
-// and hand back flipped bytes (bit rot). Thread-safe.
+// and hand back flipped bytes (bit rot), and lose every chunk not yet synced as a power failure
+// does. Thread-safe.
 
 #include <memory>
 
@@ -21,8 +22,11 @@ class FaultyChunkStore : public ChunkStore {
   FaultyChunkStore(std::unique_ptr<ChunkStore> inner, std::uint64_t seed);
   ~FaultyChunkStore() override;
   void Set(const Faults& faults);
+  // A power failure: every chunk Put since the last Sync is gone. Returns how many.
+  std::size_t LoseUnsynced();
 
   Status Put(const ChunkId& id, ByteSpan data) override;
+  Status Sync() override;
   Result<Bytes> Get(const ChunkId& id) override;
   bool Has(const ChunkId& id) override;
   Status Remove(const ChunkId& id) override;

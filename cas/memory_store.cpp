@@ -17,6 +17,8 @@ class MemoryChunkStore final : public ChunkStore {
     return Ok();
   }
 
+  Status Sync() override { return Ok(); }
+
   Result<Bytes> Get(const ChunkId& id) override {
     std::lock_guard lock(mu_);
     auto it = chunks_.find(id);

@@ -30,6 +30,7 @@ class VerifyingChunkStore final : public ChunkStore {
     return data;
   }
 
+  Status Sync() override { return inner_->Sync(); }
   bool Has(const ChunkId& id) override { return inner_->Has(id); }
   Status Remove(const ChunkId& id) override { return inner_->Remove(id); }
   Status ForEach(const std::function<void(const ChunkId&)>& fn) override {

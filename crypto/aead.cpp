@@ -1,5 +1,7 @@
-// AES-256-GCM through EVP_CIPHER_CTX.
+// AES-256-GCM through EVP_CIPHER_CTX. Each Aead keeps one context per direction, keyed once;
+// every message then only sets its nonce.
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -18,17 +20,6 @@ namespace {
   std::abort();
 }
 
-struct CtxDeleter {
-  void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
-};
-using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, CtxDeleter>;
-
-CipherCtx NewCtx() {
-  CipherCtx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx) Die("EVP_CIPHER_CTX_new");
-  return ctx;
-}
-
 int IntSize(std::size_t n, const char* what) {
   if (n > static_cast<std::size_t>(INT_MAX)) Die(what);
   return static_cast<int>(n);
@@ -36,33 +27,99 @@ int IntSize(std::size_t n, const char* what) {
 
 }  // namespace
 
-Bytes Aead::Seal(ByteSpan nonce, ByteSpan aad, ByteSpan plaintext) const {
+struct Aead::Ctx {
+  EVP_CIPHER_CTX* ctx = nullptr;
+  ~Ctx() { EVP_CIPHER_CTX_free(ctx); }
+};
+
+Aead::Aead(const Key256& key) : key_(key) {}
+
+Aead::~Aead() {
+  delete enc_;
+  delete dec_;
+  OPENSSL_cleanse(key_.data(), key_.size());
+}
+
+void Aead::SealTo(ByteSpan nonce, ByteSpan aad, ByteSpan in, std::uint8_t* out,
+                  std::uint8_t* tag) const {
   if (nonce.size() != kNonceSize) Die("Aead::Seal: nonce size");
-  CipherCtx ctx = NewCtx();
-  if (EVP_EncryptInit_ex2(ctx.get(), EVP_aes_256_gcm(), key_.data(), nonce.data(), nullptr) != 1) {
-    Die("EVP_EncryptInit_ex2");
+  auto* self = const_cast<Aead*>(this);
+  if (!enc_) {
+    self->enc_ = new Ctx;
+    enc_->ctx = EVP_CIPHER_CTX_new();
+    if (!enc_->ctx) Die("EVP_CIPHER_CTX_new");
+    if (EVP_EncryptInit_ex2(enc_->ctx, EVP_aes_256_gcm(), key_.data(), nullptr, nullptr) != 1) {
+      Die("EVP_EncryptInit_ex2(key)");
+    }
+  }
+  EVP_CIPHER_CTX* ctx = enc_->ctx;
+  if (EVP_EncryptInit_ex2(ctx, nullptr, nullptr, nonce.data(), nullptr) != 1) {
+    Die("EVP_EncryptInit_ex2(nonce)");
   }
   int len = 0;
-  if (!aad.empty() && EVP_EncryptUpdate(ctx.get(), nullptr, &len, aad.data(),
-                                        IntSize(aad.size(), "aad size")) != 1) {
+  if (!aad.empty() &&
+      EVP_EncryptUpdate(ctx, nullptr, &len, aad.data(), IntSize(aad.size(), "aad size")) != 1) {
     Die("EVP_EncryptUpdate(aad)");
   }
-  Bytes out(plaintext.size() + kTagSize);
   std::size_t written = 0;
-  if (!plaintext.empty()) {
-    if (EVP_EncryptUpdate(ctx.get(), out.data(), &len, plaintext.data(),
-                          IntSize(plaintext.size(), "plaintext size")) != 1) {
+  if (!in.empty()) {
+    if (EVP_EncryptUpdate(ctx, out, &len, in.data(), IntSize(in.size(), "plaintext size")) != 1) {
       Die("EVP_EncryptUpdate");
     }
     written = static_cast<std::size_t>(len);
   }
-  if (EVP_EncryptFinal_ex(ctx.get(), out.data() + written, &len) != 1) Die("EVP_EncryptFinal_ex");
+  if (EVP_EncryptFinal_ex(ctx, out + written, &len) != 1) Die("EVP_EncryptFinal_ex");
   written += static_cast<std::size_t>(len);
-  if (written != plaintext.size()) Die("AES-GCM output size");
-  if (EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, static_cast<int>(kTagSize),
-                          out.data() + written) != 1) {
+  if (written != in.size()) Die("AES-GCM output size");
+  if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, static_cast<int>(kTagSize), tag) != 1) {
     Die("EVP_CTRL_GCM_GET_TAG");
   }
+}
+
+Status Aead::OpenTo(ByteSpan nonce, ByteSpan aad, ByteSpan in, const std::uint8_t* tag,
+                    std::uint8_t* out) const {
+  if (nonce.size() != kNonceSize) return Err(Code::kInvalid, "AES-GCM nonce must be 12 bytes");
+  auto* self = const_cast<Aead*>(this);
+  if (!dec_) {
+    self->dec_ = new Ctx;
+    dec_->ctx = EVP_CIPHER_CTX_new();
+    if (!dec_->ctx) Die("EVP_CIPHER_CTX_new");
+    if (EVP_DecryptInit_ex2(dec_->ctx, EVP_aes_256_gcm(), key_.data(), nullptr, nullptr) != 1) {
+      Die("EVP_DecryptInit_ex2(key)");
+    }
+  }
+  EVP_CIPHER_CTX* ctx = dec_->ctx;
+  if (EVP_DecryptInit_ex2(ctx, nullptr, nullptr, nonce.data(), nullptr) != 1) {
+    Die("EVP_DecryptInit_ex2(nonce)");
+  }
+  int len = 0;
+  if (!aad.empty() &&
+      EVP_DecryptUpdate(ctx, nullptr, &len, aad.data(), IntSize(aad.size(), "aad size")) != 1) {
+    Die("EVP_DecryptUpdate(aad)");
+  }
+  std::size_t written = 0;
+  if (!in.empty()) {
+    if (EVP_DecryptUpdate(ctx, out, &len, in.data(), IntSize(in.size(), "ciphertext size")) != 1) {
+      Die("EVP_DecryptUpdate");
+    }
+    written = static_cast<std::size_t>(len);
+  }
+  // The tag is copied because the ctrl takes a non-const pointer.
+  std::uint8_t t[kTagSize];
+  std::copy(tag, tag + kTagSize, t);
+  if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, static_cast<int>(kTagSize), t) != 1) {
+    Die("EVP_CTRL_GCM_SET_TAG");
+  }
+  if (EVP_DecryptFinal_ex(ctx, out + written, &len) != 1) {
+    OPENSSL_cleanse(out, in.size());
+    return Err(Code::kCorruption, "AES-GCM tag does not verify");
+  }
+  return Ok();
+}
+
+Bytes Aead::Seal(ByteSpan nonce, ByteSpan aad, ByteSpan plaintext) const {
+  Bytes out(plaintext.size() + kTagSize);
+  SealTo(nonce, aad, plaintext, out.data(), out.data() + plaintext.size());
   return out;
 }
 
@@ -72,34 +129,10 @@ Status Aead::Open(ByteSpan nonce, ByteSpan aad, ByteSpan sealed, Bytes& out) con
     return Err(Code::kCorruption, "sealed data of {} bytes is shorter than its tag", sealed.size());
   }
   const std::size_t ct_size = sealed.size() - kTagSize;
-  CipherCtx ctx = NewCtx();
-  if (EVP_DecryptInit_ex2(ctx.get(), EVP_aes_256_gcm(), key_.data(), nonce.data(), nullptr) != 1) {
-    Die("EVP_DecryptInit_ex2");
-  }
-  int len = 0;
-  if (!aad.empty() && EVP_DecryptUpdate(ctx.get(), nullptr, &len, aad.data(),
-                                        IntSize(aad.size(), "aad size")) != 1) {
-    Die("EVP_DecryptUpdate(aad)");
-  }
   Bytes plain(ct_size);
-  std::size_t written = 0;
-  if (ct_size > 0) {
-    if (EVP_DecryptUpdate(ctx.get(), plain.data(), &len, sealed.data(),
-                          IntSize(ct_size, "ciphertext size")) != 1) {
-      Die("EVP_DecryptUpdate");
-    }
-    written = static_cast<std::size_t>(len);
-  }
-  // The tag is copied because the ctrl takes a non-const pointer.
-  std::uint8_t tag[kTagSize];
-  std::copy(sealed.begin() + static_cast<std::ptrdiff_t>(ct_size), sealed.end(), tag);
-  if (EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, static_cast<int>(kTagSize), tag) != 1) {
-    Die("EVP_CTRL_GCM_SET_TAG");
-  }
-  if (EVP_DecryptFinal_ex(ctx.get(), plain.data() + written, &len) != 1) {
-    // Never release unauthenticated plaintext.
-    OPENSSL_cleanse(plain.data(), plain.size());
-    return Err(Code::kCorruption, "AES-GCM tag does not verify");
+  if (Status s = OpenTo(nonce, aad, sealed.first(ct_size), sealed.data() + ct_size, plain.data());
+      !s.ok()) {
+    return s;
   }
   out = std::move(plain);
   return Ok();

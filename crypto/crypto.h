@@ -54,14 +54,27 @@ class Aead {
  public:
   static constexpr std::size_t kNonceSize = 12;
   static constexpr std::size_t kTagSize = 16;
-  explicit Aead(const Key256& key) : key_(key) {}
+  explicit Aead(const Key256& key);
+  ~Aead();
+  Aead(const Aead&) = delete;
+  Aead& operator=(const Aead&) = delete;
   // Returns ciphertext || tag.
   Bytes Seal(ByteSpan nonce, ByteSpan aad, ByteSpan plaintext) const;
   // Writes the plaintext to `out` (resized); kCorruption if the tag does not verify.
   Status Open(ByteSpan nonce, ByteSpan aad, ByteSpan sealed, Bytes& out) const;
+  // The same into caller buffers, for messages sealed in segments: `out` has in.size() bytes
+  // and may be `in` itself. The key schedule is done once per Aead, not per call.
+  void SealTo(ByteSpan nonce, ByteSpan aad, ByteSpan in, std::uint8_t* out,
+              std::uint8_t* tag) const;
+  // On a bad tag `out` is wiped and kCorruption returned: unauthenticated bytes never leave.
+  Status OpenTo(ByteSpan nonce, ByteSpan aad, ByteSpan in, const std::uint8_t* tag,
+                std::uint8_t* out) const;
 
  private:
+  struct Ctx;
   Key256 key_;
+  Ctx* enc_ = nullptr;  // owned; created on first use
+  Ctx* dec_ = nullptr;
 };
 
 // AES-256-CTR: XORs `data` in place with the keystream at byte `offset` of the stream whose

@@ -350,8 +350,14 @@ void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 }
 
 void OpFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
-  auto s = Impl::Of(req).fs.Flush(fi->fh);
+  auto s = Impl::Of(req).fs.Fsync(fi->fh);
   if (!s.ok()) return Impl::ReplyError(req, s, "fsync");
+  fuse_reply_err(req, 0);
+}
+
+void OpFsyncdir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
+  auto s = Impl::Of(req).fs.Sync();
+  if (!s.ok()) return Impl::ReplyError(req, s, "fsyncdir");
   fuse_reply_err(req, 0);
 }
 
@@ -444,6 +450,7 @@ const fuse_lowlevel_ops kOps = [] {
   ops.flush = OpFlush;
   ops.release = OpRelease;
   ops.fsync = OpFsync;
+  ops.fsyncdir = OpFsyncdir;
   ops.opendir = OpOpendir;
   ops.readdir = OpReaddir;
   ops.releasedir = OpReleasedir;

@@ -8,6 +8,7 @@
 #include <sys/xattr.h>
 
 #include <chrono>
+#include <cstring>
 #include <set>
 
 #include "server/content_clock.h"
@@ -531,6 +532,17 @@ Status FileServer::Flush(std::uint64_t handle) {
   return of->Commit();
 }
 
+Status FileServer::Fsync(std::uint64_t handle) {
+  if (auto s = Flush(handle); !s.ok()) return s;
+  return Sync();
+}
+
+Status FileServer::Sync() {
+  // Chunks first: once the namespace is durable, every chunk it names must be.
+  if (auto s = store_.Sync(); !s.ok()) return s;
+  return ns_.Sync();
+}
+
 void FileServer::Release(std::uint64_t handle) {
   std::shared_ptr<OpenFile> of;
   {
@@ -687,6 +699,21 @@ Status FileServer::StoreChunk(const cas::ChunkId& id, ByteSpan data) {
     spdlog::info("chunk {}: corrupt local copy replaced by a verified one", cas::Hex(id));
   }
   return store_.Put(id, data);
+}
+
+Status FileServer::ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out) {
+  auto part = store_.ReadAt(id, offset, out);
+  if (!part.ok()) {
+    auto whole = LoadChunk(id);
+    if (!whole.ok()) return whole.status();
+    part = cas::Extent{0, whole->size()};
+    if (offset < whole->size()) {
+      part->n = std::min(out.size(), whole->size() - offset);
+      std::memcpy(out.data(), whole->data() + offset, part->n);
+    }
+  }
+  if (part->n < out.size()) std::memset(out.data() + part->n, 0, out.size() - part->n);
+  return Ok();
 }
 
 Result<Bytes> FileServer::LoadChunk(const cas::ChunkId& id) {

@@ -114,6 +114,10 @@ class FileServer {
   Status Fallocate(std::uint64_t handle, int mode, std::uint64_t offset, std::uint64_t length);
   // Commits what was written through any handle of the file (close-to-open consistency).
   Status Flush(std::uint64_t handle);
+  // Flush, then make it durable against power loss: fsync(2).
+  Status Fsync(std::uint64_t handle);
+  // Makes every commit so far durable (chunks, then the namespace).
+  Status Sync();
   void Release(std::uint64_t handle);
 
   // Path API: "/a/b/c". Store creates or replaces the file with what `read` yields until it
@@ -133,6 +137,9 @@ class FileServer {
   bool HasChunk(const cas::ChunkId& id) { return store_.Has(id); }
   // The chunk's bytes, local or pulled from a peer (self-healing a corrupt local copy).
   Result<Bytes> LoadChunk(const cas::ChunkId& id);
+  // Part of a chunk into `out` (zeros past its end): read in place when the chunk is here and
+  // sound, else through LoadChunk.
+  Status ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out);
   NamespaceDb& ns() { return ns_; }
   cas::ChunkStore& store() { return store_; }
   // Calls `fn` with the working manifest of every file open here (they may reference chunks

@@ -1,6 +1,7 @@
 #include "server/namespace_db.h"
 
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <map>
 #include <set>
 
+#include "base/fd.h"
 #include "crypto/crypto.h"
 #include "net/codec.h"
 #include "server/content_clock.h"
@@ -18,6 +20,8 @@ namespace foreverfs::server {
 namespace {
 
 constexpr int kSchemaVersion = 5;
+// Sequence numbers reserved at a time (see the header): one full-sync commit per block.
+constexpr std::uint64_t kSeqBlock = 1 << 16;
 
 std::int64_t S(std::uint64_t v) { return static_cast<std::int64_t>(v); }
 std::uint64_t U(std::int64_t v) { return static_cast<std::uint64_t>(v); }
@@ -169,9 +173,23 @@ Status NamespaceDb::Exec(const char* sql) {
   return Ok();
 }
 
+Status NamespaceDb::Sync() {
+  // The WAL holds every commit since the last checkpoint; the database file the rest.
+  for (const std::string& path : {file_ + "-wal", file_}) {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) {
+      if (errno == ENOENT) continue;
+      return ErrnoStatus(errno, fmt::format("opening {} to sync it", path));
+    }
+    if (::fsync(fd.get()) != 0) return ErrnoStatus(errno, fmt::format("syncing {}", path));
+  }
+  return Ok();
+}
+
 Status NamespaceDb::Init() {
   sqlite3_busy_timeout(db_, 5000);
-  if (auto s = Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"); !s.ok()) return s;
+  if (const char* f = sqlite3_db_filename(db_, "main")) file_ = f;
+  if (auto s = Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"); !s.ok()) return s;
   if (auto s = Exec(
           "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
           "CREATE TABLE IF NOT EXISTS inodes(id INTEGER PRIMARY KEY, kind INTEGER, mode INTEGER,"
@@ -227,6 +245,10 @@ Status NamespaceDb::Init() {
          "SELECT max(coalesce((SELECT max(seq) FROM inodes), 0),"
          " coalesce((SELECT max(seq) FROM dentries), 0))");
   if (m.Step() == SQLITE_ROW) seq_ = U(m.Int(0));
+  Stmt r(db_, "SELECT v FROM meta WHERE k = 'seq_reserved'");
+  if (r.Step() == SQLITE_ROW) seq_reserved_ = U(r.Int(0));
+  // Numbers up to the reservation may have been handed out by commits a power failure lost.
+  seq_ = std::max(seq_, seq_reserved_);
   return Ok();
 }
 
@@ -634,9 +656,33 @@ Status NamespaceDb::KeepConflictCopy(const InodeRecord& loser, std::uint64_t& se
   return PutDentry(entry, seq, won);
 }
 
+Status NamespaceDb::ReserveSeqs(std::uint64_t need) {
+  const std::uint64_t reserved = seq_ + std::max(kSeqBlock, 2 * need);
+  if (auto s = Exec("PRAGMA synchronous=FULL"); !s.ok()) return s;
+  Status s = Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES('seq_reserved', ?)")
+                 .Bind(1, S(reserved))
+                 .Run();
+  (void)Exec("PRAGMA synchronous=NORMAL");
+  if (!s.ok()) return s;
+  seq_reserved_ = reserved;
+  return Ok();
+}
+
 Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std::uint64_t> peer,
                                      std::uint64_t up_to) {
   std::lock_guard lock(mu_);
+  // Each record takes a number, and may bring a few derived ones (conflict copies, names
+  // restored, directories put back in the tree).
+  const std::uint64_t need = 4 * (changes.inodes.size() + changes.dentries.size()) + 64;
+  if (seq_ + need > seq_reserved_) {
+    if (auto s = ReserveSeqs(need); !s.ok()) return s;
+  }
+  return ApplyLocked(changes, peer, up_to, 0);
+}
+
+Result<ChangeSet> NamespaceDb::ApplyLocked(const ChangeSet& changes,
+                                           std::optional<std::uint64_t> peer, std::uint64_t up_to,
+                                           int attempt) {
   if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
   ChangeSet won;
   std::uint64_t seq = seq_;
@@ -679,6 +725,14 @@ Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std
     Stmt c(db_, "INSERT OR REPLACE INTO cursors(peer, seq) VALUES(?, ?)");
     c.Bind(1, S(*peer)).Bind(2, S(up_to));
     if (auto s = c.Run(); !s.ok()) return fail(s);
+  }
+  if (seq > seq_reserved_) {
+    // More derived records than foreseen: reserve for this many and do the batch again (it
+    // depends only on what is stored, so it comes out the same).
+    (void)Exec("ROLLBACK");
+    if (attempt > 0) return Err(Code::kIOError, "sequence reservation did not hold");
+    if (auto s = ReserveSeqs(seq - seq_); !s.ok()) return s;
+    return ApplyLocked(changes, peer, up_to, attempt + 1);
   }
   if (auto s = Exec("COMMIT"); !s.ok()) return fail(s);
   seq_ = seq;

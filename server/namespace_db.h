@@ -1,5 +1,7 @@
 #pragma once
-// The replicated namespace, kept in SQLite (WAL, synchronous=FULL) under the data directory.
+// The replicated namespace, kept in SQLite (WAL, synchronous=NORMAL) under the data directory.
+// A commit survives a crash of the process at once, and a power failure after Sync (called on
+// fsync(2)) or the next checkpoint, as files on a local file system do.
 //
 // Two kinds of record, each a last-writer-wins register keyed by its identity:
 //   inodes   id -> kind, mode, owner, size, times, manifest, symlink target, deleted
@@ -14,6 +16,10 @@
 //
 // Every change, local or remote, gets the next local sequence number; ChangesSince(seq) is the
 // feed peers subscribe to, and a peer's cursor into our feed is what it persisted last.
+// Sequence numbers are reserved in blocks recorded durably (the commit that crosses a block
+// boundary is a full-sync one): a power failure may lose the last commits, but never lets
+// their numbers be handed out again, which would hide the new changes from peers whose cursor
+// already passed them.
 //
 // Thread-safe: one connection behind a mutex.
 
@@ -54,6 +60,8 @@ class NamespaceDb {
   NamespaceDb& operator=(const NamespaceDb&) = delete;
 
   std::uint64_t node_id() const { return node_id_; }
+  // Makes every commit so far durable (fsync of the WAL and the database file).
+  Status Sync();
   // The greatest HLC value stored, so the clock never goes back across restarts.
   std::uint64_t MaxHlc();
 
@@ -94,6 +102,10 @@ class NamespaceDb {
   explicit NamespaceDb(sqlite3* db) : db_(db) {}
   Status Exec(const char* sql);
   Status Init();
+  // Durably reserves sequence numbers for at least `need` more changes. With mu_ held.
+  Status ReserveSeqs(std::uint64_t need);
+  Result<ChangeSet> ApplyLocked(const ChangeSet& changes, std::optional<std::uint64_t> peer,
+                                std::uint64_t up_to, int attempt);
   // Inside Apply's transaction, with mu_ held.
   std::optional<InodeRecord> AnyInode(InodeId id);
   Status PutInode(const InodeRecord& r, std::uint64_t& seq, ChangeSet& won);
@@ -111,6 +123,8 @@ class NamespaceDb {
   sqlite3* db_;
   std::uint64_t node_id_ = 0;
   std::uint64_t seq_ = 0;
+  std::uint64_t seq_reserved_ = 0;
+  std::string file_;  // the database file  // durably recorded: no number up to this was lost
 };
 
 }  // namespace foreverfs::server

@@ -95,13 +95,14 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
       if (auto s = staging_->Read(pos, MutableByteSpan(dst, n)); !s.ok()) return s;
     } else if (manifest_[i] == cas::kHoleId) {
       std::memset(dst, 0, n);
-    } else {
-      auto chunk = CommittedChunk(i);
-      if (!chunk.ok()) return chunk.status();
-      const Bytes& c = **chunk;
+    } else if (cached_index_ == i && cached_id_ == manifest_[i]) {
+      const Bytes& c = cached_;
       std::size_t avail = in < c.size() ? std::min(n, c.size() - in) : 0;
       if (avail) std::memcpy(dst, c.data() + in, avail);
       if (avail < n) std::memset(dst + avail, 0, n - avail);
+    } else {
+      // Only the part asked for: a 4 KiB read opens one 16 KiB segment, not the whole chunk.
+      if (auto s = fs_.ReadChunk(manifest_[i], in, MutableByteSpan(dst, n)); !s.ok()) return s;
     }
     done += n;
   }

@@ -142,6 +142,37 @@ class StoreNames {
 
 TYPED_TEST_SUITE(ChunkStoreContractTest, StoreTypes, StoreNames);
 
+// ReadAt agrees with Get for every size around the segment boundaries and every kind of range:
+// inside one segment, across several, past the end, and empty.
+TYPED_TEST(ChunkStoreContractTest, ReadAtMatchesGet) {
+  constexpr std::size_t kSeg = 16 * 1024;
+  for (std::size_t size : {std::size_t{0}, std::size_t{1}, kSeg - 1, kSeg, kSeg + 1, 3 * kSeg + 7,
+                           kMaxChunkSize}) {
+    const Bytes data = Pattern(size, static_cast<std::uint8_t>(size));
+    const ChunkId id = this->PutOk(data);
+    for (std::size_t off : {std::size_t{0}, std::size_t{1}, kSeg - 3, kSeg, size / 2,
+                            size ? size - 1 : 0, size, size + 5}) {
+      for (std::size_t len : {std::size_t{0}, std::size_t{1}, std::size_t{4096}, 2 * kSeg + 9,
+                              kMaxChunkSize}) {
+        Bytes out(len, 0xee);
+        auto got = this->store_->ReadAt(id, off, out);
+        ASSERT_TRUE(got.ok()) << got.status().message() << " size " << size << " off " << off;
+        const std::size_t want = off < size ? std::min(len, size - off) : 0;
+        ASSERT_EQ(got->n, want) << "size " << size << " off " << off << " len " << len;
+        if (len > 0) {
+          EXPECT_EQ(got->total, size);
+        }
+        EXPECT_TRUE(std::equal(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(want),
+                               data.begin() + static_cast<std::ptrdiff_t>(std::min(off, size))))
+            << "size " << size << " off " << off << " len " << len;
+      }
+    }
+  }
+  Bytes out(10);
+  EXPECT_EQ(this->store_->ReadAt(this->IdOf(AsBytes("absent")), 0, out).status().code(),
+            Code::kNotFound);
+}
+
 TYPED_TEST(ChunkStoreContractTest, PutGetRoundTrip) {
   const Bytes data = Pattern(4096, 1);
   const ChunkId id = this->PutOk(data);
@@ -322,13 +353,17 @@ TEST(DiskStoreTest, OversizedFileIsCorruption) {
   const Bytes small = Pattern(10, 9);
   const ChunkId id = crypto::Sha256::Of(small);
   ASSERT_TRUE((*store)->Put(id, small).ok());
-  WriteFile(ChunkPath(dir.path(), id), Bytes(kMaxChunkSize + 65, 0));
+  constexpr std::size_t kLimit = kMaxChunkSize + kMaxBlobOverhead;
+  WriteFile(ChunkPath(dir.path(), id), Bytes(kLimit + 1, 0));
   EXPECT_EQ((*store)->Get(id).status().code(), Code::kCorruption);
+  Bytes part(10);
+  EXPECT_EQ((*store)->ReadAt(id, 0, part).status().code(), Code::kCorruption);
   // The largest blob the wrappers can produce is accepted.
-  WriteFile(ChunkPath(dir.path(), id), Bytes(kMaxChunkSize + 64, 0));
+  WriteFile(ChunkPath(dir.path(), id), Bytes(kLimit, 0));
   EXPECT_TRUE((*store)->Get(id).ok());
+  EXPECT_TRUE((*store)->ReadAt(id, 0, part).ok());
   // And Put refuses what Get would refuse.
-  EXPECT_EQ((*store)->Put(crypto::Sha256::Of(AsBytes("x")), Bytes(kMaxChunkSize + 65, 0)).code(),
+  EXPECT_EQ((*store)->Put(crypto::Sha256::Of(AsBytes("x")), Bytes(kLimit + 1, 0)).code(),
             Code::kInvalid);
 }
 
@@ -456,7 +491,7 @@ TEST_F(LocalStoreTest, BlobOnDiskDoesNotContainPlaintext) {
   ASSERT_TRUE(store->Put(id, data).ok());
   const Bytes blob = ReadFile(ChunkPath(dir_.path(), id));
   ASSERT_FALSE(blob.empty());
-  EXPECT_EQ(blob[0], 1) << "format version";
+  EXPECT_EQ(blob[0], 2) << "format version";
   const std::string_view needle = "attack at dawn";
   const std::string_view haystack = AsChars(blob);
   EXPECT_EQ(haystack.find(needle), std::string_view::npos);
@@ -488,11 +523,13 @@ TEST_F(LocalStoreTest, UnknownBlobVersionIsCorruption) {
   const ChunkId id = hasher_.IdOf(data);
   ASSERT_TRUE(store->Put(id, data).ok());
   Bytes blob = ReadFile(ChunkPath(dir_.path(), id));
-  blob[0] = 2;
+  blob[0] = 1;  // the format before segments
   WriteFile(ChunkPath(dir_.path(), id), blob);
   Result<Bytes> got = store->Get(id);
   EXPECT_EQ(got.status().code(), Code::kCorruption);
   EXPECT_NE(got.status().message().find(Hex(id)), std::string::npos);
+  Bytes part(10);
+  EXPECT_EQ(store->ReadAt(id, 0, part).status().code(), Code::kCorruption);
 }
 
 TEST_F(LocalStoreTest, BlobSwappedBetweenIdsIsCorruption) {
@@ -506,6 +543,44 @@ TEST_F(LocalStoreTest, BlobSwappedBetweenIdsIsCorruption) {
   ASSERT_TRUE(store->Put(idb, b).ok());
   WriteFile(ChunkPath(dir_.path(), idb), ReadFile(ChunkPath(dir_.path(), ida)));
   EXPECT_EQ(store->Get(idb).status().code(), Code::kCorruption);
+}
+
+// Segments: a part of a chunk opens only the segments it covers, and each is authenticated on
+// its own, bound to its place and to the chunk's length.
+TEST_F(LocalStoreTest, DamageInOneSegmentFailsReadsOfItAndNoOthers) {
+  auto store = Open(dir_.path());
+  const Bytes data = Pattern(kMaxChunkSize, 22);
+  const ChunkId id = hasher_.IdOf(data);
+  ASSERT_TRUE(store->Put(id, data).ok());
+  const fs::path path = ChunkPath(dir_.path(), id);
+  const Bytes blob = ReadFile(path);
+  constexpr std::size_t kSeg = 16 * 1024, kSealed = kSeg + crypto::Aead::kTagSize;
+  ASSERT_EQ(blob.size(), 1 + data.size() + (data.size() / kSeg) * crypto::Aead::kTagSize);
+  Bytes bad = blob;
+  bad[1 + 5 * kSealed + 100] ^= 0x40;  // in segment 5
+  WriteFile(path, bad);
+  Bytes four(4096);
+  EXPECT_EQ(store->ReadAt(id, 5 * kSeg + 8192, four).status().code(), Code::kCorruption);
+  EXPECT_EQ(store->ReadAt(id, 5 * kSeg - 10, four).status().code(), Code::kCorruption)
+      << "a read spanning segments 4 and 5";
+  auto ok = store->ReadAt(id, 7 * kSeg, four);
+  ASSERT_TRUE(ok.ok()) << ok.status().message();
+  EXPECT_TRUE(std::equal(four.begin(), four.end(), data.begin() + 7 * kSeg));
+  EXPECT_EQ(store->Get(id).status().code(), Code::kCorruption);
+  // Two segments swapped: both fail (the index is in the nonce and the associated data).
+  bad = blob;
+  std::swap_ranges(bad.begin() + 1 + 2 * kSealed, bad.begin() + 1 + 3 * kSealed,
+                   bad.begin() + 1 + 3 * kSealed);
+  WriteFile(path, bad);
+  EXPECT_EQ(store->ReadAt(id, 2 * kSeg, four).status().code(), Code::kCorruption);
+  EXPECT_EQ(store->ReadAt(id, 3 * kSeg, four).status().code(), Code::kCorruption);
+  // Cut at a segment boundary: the length is bound into every segment, so none opens.
+  WriteFile(path, ByteSpan(blob).first(1 + 10 * kSealed));
+  EXPECT_EQ(store->ReadAt(id, 0, four).status().code(), Code::kCorruption);
+  EXPECT_EQ(store->ReadAt(id, 9 * kSeg, four).status().code(), Code::kCorruption);
+  WriteFile(path, blob);
+  ASSERT_TRUE(store->ReadAt(id, 5 * kSeg + 8192, four).ok());
+  EXPECT_TRUE(std::equal(four.begin(), four.end(), data.begin() + 5 * kSeg + 8192));
 }
 
 TEST(EncryptingStoreTest, RefusesOversizedChunk) {

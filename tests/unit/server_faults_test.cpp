@@ -2,6 +2,7 @@
 // disk fails the writer with ENOSPC and damages nothing committed; I/O errors and bit rot
 // are reported, never returned as data.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -121,6 +122,38 @@ TEST_P(FaultyStoreTest, WriteErrorsFailTheCommitAndARetryWorks) {
   ASSERT_TRUE(s.ok()) << "no attempt succeeded";
   faulty_->Set({});
   EXPECT_TRUE(*Read("/g") == data);
+}
+
+// A power failure loses what was not synced. fsync(2) is the promise: what it covered survives;
+// a file only closed may lose its new chunks, and then reads fail (EIO) instead of returning
+// wrong bytes.
+TEST_P(FaultyStoreTest, APowerFailureKeepsWhatFsyncCoveredAndNeverReturnsWrongBytes) {
+  auto write = [&](const std::string& name, const Bytes& data, bool sync) {
+    auto c = files_->Create(kRootId, name, 0644, 0, 0, O_RDWR);
+    EXPECT_TRUE(c.ok()) << c.status().message();
+    if (!c.ok()) return;
+    auto n = files_->Write(c->handle, 0, data);
+    EXPECT_TRUE(n.ok() && *n == data.size());
+    Status s = sync ? files_->Fsync(c->handle) : files_->Flush(c->handle);
+    EXPECT_TRUE(s.ok()) << s.message();
+    files_->Release(c->handle);
+  };
+  const Bytes synced = Data(2 * cas::kChunkSize + 100, 5);
+  write("synced", synced, true);
+  EXPECT_EQ(faulty_->LoseUnsynced(), 0u) << "fsync left chunks unsynced";
+  auto back = Read("/synced");
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_TRUE(*back == synced);
+
+  const Bytes closed = Data(3 * cas::kChunkSize, 100);  // no chunk in common with `synced`
+  write("closed", closed, false);
+  EXPECT_EQ(faulty_->LoseUnsynced(), 3u);
+  auto lost = Read("/closed");
+  ASSERT_FALSE(lost.ok()) << "a file whose chunks were lost read back without an error";
+  EXPECT_EQ(ToErrno(lost.status()), EIO) << lost.status().message();
+  back = Read("/synced");
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_TRUE(*back == synced) << "losing unsynced chunks damaged a synced file";
 }
 
 INSTANTIATE_TEST_SUITE_P(Seeds, FaultyStoreTest, ::testing::Values(1, 2, 3));
