@@ -178,6 +178,9 @@ class FileServer {
   std::map<std::uint64_t, std::shared_ptr<OpenFile>> handles_;
   std::map<InodeId, std::weak_ptr<OpenFile>> open_files_;
   std::atomic<std::uint64_t> next_handle_{1};
+  // Sequential-write buffers (1 MiB each) in use, and the most there may be.
+  static constexpr int kMaxSeqBuffers = 16;
+  std::atomic<int> seq_buffers_{0};
 };
 
 }  // namespace foreverfs::server

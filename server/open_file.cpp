@@ -29,6 +29,84 @@ OpenFile::OpenFile(FileServer& fs, const InodeRecord& rec)
   Resize(size_);
 }
 
+OpenFile::~OpenFile() { DropBuffer(); }
+
+void OpenFile::DropBuffer() {
+  if (buf_index_ == SIZE_MAX) return;
+  buf_index_ = SIZE_MAX;
+  buf_.clear();
+  buf_.shrink_to_fit();
+  fs_.seq_buffers_.fetch_sub(1);
+}
+
+Result<bool> OpenFile::TryBuffer(std::size_t i, std::size_t in, ByteSpan data,
+                                 std::uint64_t old_size) {
+  if (buf_index_ == i && in == buf_.size()) {
+    buf_.insert(buf_.end(), data.begin(), data.end());
+  } else {
+    if (buf_index_ == i) {  // a write elsewhere in the buffered chunk
+      if (auto s = SpillBuffer(); !s.ok()) return s;
+      return false;
+    }
+    // A buffer starts at a chunk's first byte, where nothing of the old chunk would survive
+    // (the chunk's end past the buffer then reads as zeros) and staging holds nothing.
+    const std::uint64_t start = i * kCS;
+    const std::uint64_t old_valid =
+        manifest_[i] == cas::kHoleId || start >= old_size ? 0 : std::min(kCS, old_size - start);
+    if (in != 0 || dirty_[i] || written_[i] || old_valid > data.size()) return false;
+    if (buf_index_ != SIZE_MAX) {
+      if (auto s = SpillBuffer(); !s.ok()) return s;
+    }
+    if (fs_.seq_buffers_.fetch_add(1) >= FileServer::kMaxSeqBuffers) {
+      fs_.seq_buffers_.fetch_sub(1);  // memory stays bounded: many writers use staging
+      return false;
+    }
+    buf_index_ = i;
+    buf_.reserve(kCS);
+    buf_.assign(data.begin(), data.end());
+  }
+  if (buf_.size() == kCS) {
+    // A store that fails here has moved the bytes to staging: the commit tries again and
+    // reports the error (a write never leaves half a version committed).
+    if (auto s = StoreBuffer(); !s.ok() && buf_index_ != SIZE_MAX) return s;
+  }
+  return true;
+}
+
+Status OpenFile::StoreBuffer() {
+  const std::size_t i = buf_index_;
+  const std::size_t len = static_cast<std::size_t>(ChunkLen(i));
+  if (buf_.size() < len) buf_.resize(len, 0);
+  buf_.resize(len);
+  cas::ChunkId id = cas::kHoleId;
+  if (!AllZero(buf_)) {
+    id = fs_.hasher_.IdOf(buf_);
+    if (auto s = fs_.store_.Put(id, buf_); !s.ok()) {
+      // The bytes are not lost: they go to staging (unless that fails too).
+      (void)SpillBuffer();
+      return s;
+    }
+  }
+  manifest_[i] = id;
+  dirty_[i] = false;
+  // A reader of this chunk now would load it again: keep the bytes as the cached chunk.
+  cached_.swap(buf_);
+  cached_index_ = i;
+  cached_id_ = id;
+  DropBuffer();
+  return Ok();
+}
+
+Status OpenFile::SpillBuffer() {
+  if (buf_index_ == SIZE_MAX) return Ok();
+  const std::size_t i = buf_index_;
+  if (auto s = EnsureStaging(); !s.ok()) return s;
+  if (auto s = staging_->Write(i * kCS, buf_); !s.ok()) return s;
+  dirty_[i] = written_[i] = true;
+  DropBuffer();
+  return Ok();
+}
+
 void OpenFile::Resize(std::uint64_t size) {
   std::size_t n = static_cast<std::size_t>((size + kCS - 1) / kCS);
   manifest_.resize(n, cas::kHoleId);
@@ -91,7 +169,11 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
     const std::size_t in = static_cast<std::size_t>(pos % kCS);
     const std::size_t n = std::min<std::size_t>(len - done, kCS - in);
     std::uint8_t* dst = out.data() + done;
-    if (dirty_[i]) {
+    if (i == buf_index_) {
+      std::size_t avail = in < buf_.size() ? std::min(n, buf_.size() - in) : 0;
+      if (avail) std::memcpy(dst, buf_.data() + in, avail);
+      if (avail < n) std::memset(dst + avail, 0, n - avail);
+    } else if (dirty_[i]) {
       if (auto s = staging_->Read(pos, MutableByteSpan(dst, n)); !s.ok()) return s;
     } else if (manifest_[i] == cas::kHoleId) {
       std::memset(dst, 0, n);
@@ -115,11 +197,33 @@ Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool ap
   if (append) offset = size_;
   if (data.empty()) return std::size_t{0};
   const std::uint64_t end = offset + data.size();
-  if (auto s = EnsureStaging(); !s.ok()) return s;
   const std::uint64_t old_size = size_;
   if (end > size_) Resize(end);
-  for (std::size_t i = static_cast<std::size_t>(offset / kCS); i * kCS < end; ++i) {
-    if (dirty_[i]) continue;
+  // Chunk by chunk: the sequential buffer takes what it can, staging the rest.
+  for (std::uint64_t pos = offset; pos < end;) {
+    const std::size_t i = static_cast<std::size_t>(pos / kCS);
+    const std::size_t in = static_cast<std::size_t>(pos % kCS);
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(end - pos, kCS - in));
+    const ByteSpan part = data.subspan(static_cast<std::size_t>(pos - offset), n);
+    size_ = std::max(size_, pos + n);  // the buffered chunk's length in the file
+    auto buffered = TryBuffer(i, in, part, old_size);
+    if (!buffered.ok()) return buffered.status();
+    if (!*buffered) {
+      if (auto s = StageWrite(i, pos, part, old_size); !s.ok()) return s;
+    }
+    pos += n;
+  }
+  size_ = std::max(size_, end);
+  mtime_ns_ = fs_.NowNs();
+  changed_ = true;
+  return data.size();
+}
+
+Status OpenFile::StageWrite(std::size_t i, std::uint64_t offset, ByteSpan data,
+                            std::uint64_t old_size) {
+  if (auto s = EnsureStaging(); !s.ok()) return s;
+  const std::uint64_t end = offset + data.size();
+  if (!dirty_[i]) {
     const std::uint64_t start = i * kCS;
     const std::uint64_t old_valid =
         manifest_[i] == cas::kHoleId || start >= old_size ? 0 : std::min(kCS, old_size - start);
@@ -127,20 +231,17 @@ Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool ap
     const bool covers_all = offset <= start && end >= start + kCS;
     if (covers_old && (!written_[i] || covers_all)) {
       dirty_[i] = written_[i] = true;  // nothing of the old chunk survives this write
-      continue;
+    } else if (auto s = Materialize(i); !s.ok()) {
+      return s;
     }
-    if (auto s = Materialize(i); !s.ok()) return s;
   }
-  if (auto s = staging_->Write(offset, data); !s.ok()) return s;
-  size_ = std::max(size_, end);
-  mtime_ns_ = fs_.NowNs();
-  changed_ = true;
-  return data.size();
+  return staging_->Write(offset, data);
 }
 
 Status OpenFile::Truncate(std::uint64_t size) {
   std::lock_guard lock(mu_);
   AdoptRemote();
+  if (auto s = SpillBuffer(); !s.ok()) return s;
   if (size < size_) {
     const std::size_t k = static_cast<std::size_t>(size / kCS);
     if (size % kCS != 0 && !dirty_[k]) {
@@ -178,6 +279,9 @@ Status OpenFile::Commit() {
   std::lock_guard lock(mu_);
   AdoptRemote();
   if (!changed_) return Ok();
+  if (buf_index_ != SIZE_MAX) {
+    if (auto s = StoreBuffer(); !s.ok()) return s;
+  }
   Bytes buf;
   for (std::size_t i = 0; i < manifest_.size(); ++i) {
     if (!dirty_[i]) continue;

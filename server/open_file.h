@@ -3,7 +3,10 @@
 // file (unlinked O_TMPFILE, so a crash leaves nothing behind) holding the chunks written since
 // the last commit, encrypted (see StagingFile). A chunk is copied into staging before a partial
 // write touches it (copy-on-write), so a commit only re-reads, hashes and stores the chunks that
-// changed. Thread-safe; all handles of one inode share one OpenFile.
+// changed. Writes that fill a chunk in order from its start (cp, dd, tar: nearly every write)
+// skip staging: they gather in a buffer of one chunk, which is stored in the chunk store as
+// soon as it is full, so those bytes are written once, while the file is still being written.
+// Thread-safe; all handles of one inode share one OpenFile.
 
 #include <atomic>
 #include <mutex>
@@ -19,6 +22,7 @@ namespace foreverfs::server {
 class OpenFile {
  public:
   OpenFile(FileServer& fs, const InodeRecord& rec);
+  ~OpenFile();
 
   InodeId id() const { return id_; }
   Result<std::size_t> Read(std::uint64_t offset, MutableByteSpan out);
@@ -48,6 +52,16 @@ class OpenFile {
   // Requires mu_: adopts the version OnRemoteUpdate left, if any.
   void AdoptRemote();
   Status EnsureStaging();
+  // The sequential buffer (see the top): appends `data` at `in` of chunk `i` if it continues
+  // the buffer or may start one there; false if the write must go through staging.
+  Result<bool> TryBuffer(std::size_t i, std::size_t in, ByteSpan data, std::uint64_t old_size);
+  // Stores the buffered chunk (padded with zeros to its length in the file).
+  Status StoreBuffer();
+  // Moves the buffered bytes into staging, for a write or truncate the buffer cannot take.
+  Status SpillBuffer();
+  void DropBuffer();
+  // A write within chunk `i` through staging (copy-on-write of the old chunk if needed).
+  Status StageWrite(std::size_t i, std::uint64_t offset, ByteSpan data, std::uint64_t old_size);
   Status Materialize(std::size_t index);
   // The committed bytes of chunk `index` (may be shorter than the chunk's span: zeros follow).
   Result<const Bytes*> CommittedChunk(std::size_t index);
@@ -69,6 +83,8 @@ class OpenFile {
   std::atomic<bool> privileges_checked_{
       false};  // size, mtime or chunks differ from the committed version
   std::optional<StagingFile> staging_;
+  std::size_t buf_index_ = SIZE_MAX;  // chunk gathered in buf_, SIZE_MAX if none
+  Bytes buf_;
   std::size_t cached_index_ = SIZE_MAX;
   cas::ChunkId cached_id_{};
   Bytes cached_;

@@ -252,6 +252,7 @@ TEST_P(FileServerModelTest, RandomWritesAndTruncatesMatchAModel) {
   const InodeId id = IdOf("/model");
   Bytes model;
   std::uint32_t seed = 100;
+  std::uint64_t last_end = 0;
 
   auto check_all = [&](const char* when, int step) {
     auto attr = fs_->GetAttr(id);
@@ -267,12 +268,18 @@ TEST_P(FileServerModelTest, RandomWritesAndTruncatesMatchAModel) {
   for (int step = 0; step < 150; ++step) {
     const auto op = pick(0, 99);
     if (op < 55) {
-      // A write, often straddling a chunk boundary.
-      std::uint64_t off = pick(0, 9) < 4 ? pick(1, 4) * kCS - pick(0, 5000) : pick(0, 9 * kCS / 2);
+      // A write, often straddling a chunk boundary, often continuing the previous one (the
+      // sequential buffer), sometimes from a chunk's start.
+      const auto where = pick(0, 9);
+      std::uint64_t off = where < 3   ? pick(1, 4) * kCS - pick(0, 5000)
+                          : where < 5 ? std::min<std::uint64_t>(last_end, 5 * kCS)
+                          : where < 6 ? pick(0, 4) * kCS
+                                      : pick(0, 9 * kCS / 2);
       std::size_t len =
           static_cast<std::size_t>(pick(0, 9) < 2 ? pick(kCS, 2 * kCS) : pick(1, 300'000));
       Bytes data = Pattern(len, ++seed);
       WriteAt(h, off, data);
+      last_end = off + len;
       if (model.size() < off + len) model.resize(off + len, 0);
       std::copy(data.begin(), data.end(), model.begin() + static_cast<std::ptrdiff_t>(off));
     } else if (op < 70) {
@@ -315,7 +322,34 @@ TEST_P(FileServerModelTest, RandomWritesAndTruncatesMatchAModel) {
   EXPECT_TRUE(*got == model);
 }
 
-INSTANTIATE_TEST_SUITE_P(Seeds, FileServerModelTest, ::testing::Values(7, 1234, 99));
+INSTANTIATE_TEST_SUITE_P(Seeds, FileServerModelTest,
+                         ::testing::Values(7, 1234, 99, 5, 42, 2026, 31337, 8));
+
+// Writes in order from a chunk's start go to the chunk store as each chunk fills, before any
+// commit, and bypass staging; the file reads right throughout and commits whole.
+TEST_F(FileServerTest, SequentialWritesStoreEachChunkAsItFills) {
+  const Bytes data = Pattern(3 * kCS + kCS / 2, 31);
+  const std::uint64_t h = CreateFile("seq");
+  std::size_t at = 0;
+  for (std::size_t piece : {std::size_t{4096}, kCS - 4096, kCS / 3, kCS}) {
+    WriteAt(h, at, ByteSpan(data).subspan(at, piece));
+    at += piece;
+  }
+  EXPECT_EQ(StoredChunks().size(), 2u) << "two whole chunks written, none committed yet";
+  EXPECT_EQ(db_->GetInode(IdOf("/seq"))->size, 0u);
+  Bytes so_far = ReadRange(h, 0, at);
+  EXPECT_TRUE(so_far == Bytes(data.begin(), data.begin() + static_cast<std::ptrdiff_t>(at)));
+  WriteAt(h, at, ByteSpan(data).subspan(at));
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  EXPECT_EQ(StoredChunks().size(), 4u);
+  fs_->Release(h);
+  Bytes back;
+  ASSERT_TRUE(fs_->Get("/seq", [&](ByteSpan b) {
+                    back.insert(back.end(), b.begin(), b.end());
+                    return Ok();
+                  }).ok());
+  EXPECT_TRUE(back == data);
+}
 
 TEST_F(FileServerTest, TruncateDownThenUpReadsZeros) {
   const Bytes data = Pattern(5 * kCS / 2, 11);  // 2.5 chunks
