@@ -70,6 +70,8 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   std::set<cas::ChunkId> queued_;
   std::size_t in_flight_ = 0;
   std::atomic<bool> notify_posted_{false};
+  // peers_.size(), readable from any thread (peers_ itself belongs to the event thread).
+  std::atomic<std::size_t> peer_count_{0};
   // Chunks a blocking Fetch could not get, and when (any thread; guarded).
   std::mutex failed_mu_;
   std::map<cas::ChunkId, Clock::time_point> failed_;
@@ -326,6 +328,7 @@ bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
     im.failed_.clear();  // the new peer may have what nobody had
   }
   im.peers_[info.node_id] = Impl::Peer{link};
+  im.peer_count_ = im.peers_.size();
   im.SendPeers(link);
   for (auto& [node, p] : im.peers_) {
     if (node != info.node_id) im.SendPeers(p.link);
@@ -373,6 +376,7 @@ void Replicator::OnClose(const std::shared_ptr<net::Link>& link, const std::stri
   if (it == im.peers_.end() || it->second.link != link) return;
   spdlog::info("peer {} ({}) disconnected: {}", info.remote, Short(info.node_id), reason);
   im.peers_.erase(it);
+  im.peer_count_ = im.peers_.size();
   // Requests in flight to that peer go to the next one.
   std::vector<std::shared_ptr<Impl::FetchJob>> retry;
   for (auto p = im.pending_.begin(); p != im.pending_.end();) {
@@ -421,9 +425,20 @@ Result<Bytes> Replicator::Fetch(const cas::ChunkId& id) {
   return result;
 }
 
+namespace {
+constexpr auto kNotifyDelay = std::chrono::milliseconds(2);
+}  // namespace
+
 void Replicator::NotifyLocalChange() {
+  // With no peer connected there is no one to tell: a peer that connects later subscribes
+  // from its cursor and gets the change then.
+  if (impl_->peer_count_ == 0) return;
   if (impl_->notify_posted_.exchange(true)) return;
-  asio::post(impl_->io_, [impl = impl_] {
+  // Changes that follow within kNotifyDelay go out in the same pump: a tar of small files
+  // commits every few hundred microseconds, and waking the event thread for each costs more
+  // than the change.
+  auto timer = std::make_shared<asio::steady_timer>(impl_->io_, kNotifyDelay);
+  timer->async_wait([impl = impl_, timer](boost::system::error_code) {
     impl->notify_posted_ = false;
     impl->PumpAll();
   });
