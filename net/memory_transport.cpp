@@ -32,6 +32,8 @@ class MemoryLink final : public Link {
   void Close(std::string reason) override;
   const PeerInfo& Peer() const override { return peer_; }
   std::size_t QueuedBytes() const override { return 0; }
+  const Traffic& Counters() const override { return traffic_; }
+  Traffic traffic_;
 
  private:
   std::weak_ptr<Pipe> pipe_;
@@ -84,6 +86,7 @@ struct Pipe : std::enable_shared_from_this<Pipe> {
       return Close(fmt::format("frame length {} does not match the {} bytes sent", header->length,
                                all.size() - 4));
     }
+    links[to]->traffic_.In(all.size());
     auto msg = DecodePayload(header->type, all.subspan(kFrameHeaderSize));
     if (!msg.ok()) return Close(msg.status().message());
     handlers[to]->OnMessage(links[to], std::move(*msg));
@@ -132,6 +135,7 @@ void MemoryLink::Send(Message m) {
   auto pipe = pipe_.lock();
   if (!pipe || pipe->closed) return;
   Bytes frame = EncodeFrame(m);
+  traffic_.Out(frame.size());
   const int to = 1 - side_;
   auto net = pipe->net.lock();
   if (!pipe->faults || !net) {
@@ -169,10 +173,14 @@ void MemoryNetwork::Impl::Open(std::uint64_t node_a, LinkHandler& a, std::uint64
   pipe->handlers[0] = &a;
   pipe->handlers[1] = &b;
   pipe->faults = faults_;
+  const auto now = std::chrono::system_clock::now();
   pipe->links[0] = std::make_shared<MemoryLink>(
-      pipe, 0, PeerInfo{node_b, MemAddr(node_b), MemAddr(node_b), /*outbound=*/true});
+      pipe, 0,
+      PeerInfo{node_b, MemAddr(node_b), MemAddr(node_b), /*outbound=*/true, kProtocolVersion, now});
   pipe->links[1] = std::make_shared<MemoryLink>(
-      pipe, 1, PeerInfo{node_a, MemAddr(node_a), MemAddr(node_a), /*outbound=*/false});
+      pipe, 1,
+      PeerInfo{node_a, MemAddr(node_a), MemAddr(node_a), /*outbound=*/false, kProtocolVersion,
+               now});
   pipes_.insert(pipe);
   pipe->accepted[0] = a.OnOpen(pipe->links[0]);
   if (pipe->accepted[0] && !pipe->closed) pipe->accepted[1] = b.OnOpen(pipe->links[1]);

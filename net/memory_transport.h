@@ -2,7 +2,8 @@
 // An in-process transport for tests: links between LinkHandlers in one process, driven by one
 // io_context. Every message is encoded into a frame and decoded again on delivery, so the
 // wire codec is exercised exactly as over TCP; a frame that fails to decode closes the link.
-// Delivery is posted to the io_context, in the order sent.
+// Delivery is posted to the io_context, in the order sent. Each link counts the frame bytes it
+// sent and received (Link::Counters), as the TCP transport does.
 //
 // Threading: every LinkHandler callback runs on the io_context's thread (run it on exactly
 // one thread). Connect and Disconnect may be called from any thread: they take effect on the

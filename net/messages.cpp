@@ -101,6 +101,18 @@ void Put(Writer& w, const ChunkReply& m) {
   w.PutBlob32(m.data);
 }
 
+void Put(Writer& w, const HaveChunks& m) {
+  w.PutU64(m.request_id);
+  w.PutU32(static_cast<std::uint32_t>(m.ids.size()));
+  for (const crypto::Digest& d : m.ids) w.PutDigest(d);
+}
+
+void Put(Writer& w, const HaveChunksReply& m) {
+  w.PutU64(m.request_id);
+  w.PutU32(m.count);
+  w.PutBlob32(m.bitmap);
+}
+
 // --- Decoding -----------------------------------------------------------------------------
 // Each Get reads into `out` and leaves any failure in the Reader; DecodePayload checks it.
 
@@ -237,6 +249,30 @@ void Get(Reader& r, ChunkReply& m) {
   }
 }
 
+void Get(Reader& r, HaveChunks& m) {
+  m.request_id = r.GetU64("request id");
+  std::uint32_t n = r.GetCount("chunk id", kMaxHaveChunksQuery, kDigestSize);
+  m.ids.reserve(n);
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) m.ids.push_back(r.GetDigest("chunk id"));
+}
+
+void Get(Reader& r, HaveChunksReply& m) {
+  m.request_id = r.GetU64("request id");
+  m.count = r.GetU32("count");
+  if (r.ok() && m.count > kMaxHaveChunksQuery) {
+    r.Fail(fmt::format("count {} exceeds {}", m.count, kMaxHaveChunksQuery));
+    return;
+  }
+  const std::size_t bytes = (std::size_t{m.count} + 7) / 8;
+  m.bitmap = r.GetBlob32("bitmap", bytes);
+  if (!r.ok()) return;
+  if (m.bitmap.size() != bytes) {
+    r.Fail(fmt::format("bitmap of {} bytes for {} ids, not {}", m.bitmap.size(), m.count, bytes));
+  } else if (m.count % 8 != 0 && (m.bitmap.back() >> (m.count % 8)) != 0) {
+    r.Fail("bitmap has bits set past the count");
+  }
+}
+
 template <typename T>
 Result<Message> Decode(MessageType type, ByteSpan payload) {
   T m;
@@ -248,7 +284,7 @@ Result<Message> Decode(MessageType type, ByteSpan payload) {
 
 bool KnownType(std::uint16_t t) {
   return t >= static_cast<std::uint16_t>(MessageType::kHello) &&
-         t <= static_cast<std::uint16_t>(MessageType::kChunkReply);
+         t <= static_cast<std::uint16_t>(MessageType::kHaveChunksReply);
 }
 
 }  // namespace
@@ -257,6 +293,7 @@ MessageType TypeOf(const Message& m) {
   // The variant's alternatives are in MessageType order, starting at 1.
   static_assert(std::is_same_v<std::variant_alternative_t<0, Message>, Hello>);
   static_assert(std::is_same_v<std::variant_alternative_t<6, Message>, ChunkReply>);
+  static_assert(std::is_same_v<std::variant_alternative_t<8, Message>, HaveChunksReply>);
   return static_cast<MessageType>(m.index() + 1);
 }
 
@@ -276,6 +313,10 @@ const char* TypeName(MessageType t) {
       return "GetChunk";
     case MessageType::kChunkReply:
       return "ChunkReply";
+    case MessageType::kHaveChunks:
+      return "HaveChunks";
+    case MessageType::kHaveChunksReply:
+      return "HaveChunksReply";
   }
   return "Unknown";
 }
@@ -324,8 +365,16 @@ Result<Message> DecodePayload(MessageType type, ByteSpan payload) {
       return Decode<GetChunk>(type, payload);
     case MessageType::kChunkReply:
       return Decode<ChunkReply>(type, payload);
+    case MessageType::kHaveChunks:
+      return Decode<HaveChunks>(type, payload);
+    case MessageType::kHaveChunksReply:
+      return Decode<HaveChunksReply>(type, payload);
   }
   return Err(Code::kInvalid, "unknown message type {}", static_cast<std::uint16_t>(type));
+}
+
+HaveChunksReply EmptyHaveReply(std::uint64_t request_id, std::uint32_t count) {
+  return HaveChunksReply{request_id, count, Bytes((std::size_t{count} + 7) / 8, 0)};
 }
 
 bool ValidName(std::string_view name) {

@@ -30,6 +30,7 @@ inline constexpr std::uint32_t kMaxChunkPayload = 1024 * 1024;
 inline constexpr std::uint32_t kMaxXattrs = 128;          // per inode
 inline constexpr std::size_t kMaxXattrValue = 64 * 1024;  // bytes, as Linux allows
 inline constexpr std::size_t kMaxXattrTotal = 64 * 1024;  // names + values per inode
+inline constexpr std::uint32_t kMaxHaveChunksQuery = 4096;  // chunk ids in one HaveChunks
 
 // A replicated version: hybrid logical clock, node id as tie-break. Newer compares greater.
 struct Version {
@@ -99,6 +100,8 @@ enum class MessageType : std::uint16_t {
   kChanges = 5,
   kGetChunk = 6,
   kChunkReply = 7,
+  kHaveChunks = 8,
+  kHaveChunksReply = 9,
 };
 
 // First message on a connection, from both sides.
@@ -155,7 +158,31 @@ struct ChunkReply {
   bool operator==(const ChunkReply&) const = default;
 };
 
-using Message = std::variant<Hello, Auth, Peers, Subscribe, Changes, GetChunk, ChunkReply>;
+// "Which of these chunks do you hold?" (for user.foreverfs.replicas); at most
+// kMaxHaveChunksQuery ids.
+struct HaveChunks {
+  std::uint64_t request_id = 0;
+  std::vector<crypto::Digest> ids;
+  bool operator==(const HaveChunks&) const = default;
+};
+
+// The answer: bit i (of byte i / 8, least significant bit first) is set if the sender holds
+// ids[i] locally. `count` must equal the query's id count.
+struct HaveChunksReply {
+  std::uint64_t request_id = 0;
+  std::uint32_t count = 0;
+  Bytes bitmap;  // exactly (count + 7) / 8 bytes; bits past `count` are zero
+  bool Has(std::size_t i) const { return i < count && ((bitmap[i / 8] >> (i % 8)) & 1) != 0; }
+  void Set(std::size_t i) {
+    bitmap[i / 8] = static_cast<std::uint8_t>(bitmap[i / 8] | (1u << (i % 8)));
+  }
+  bool operator==(const HaveChunksReply&) const = default;
+};
+// A reply for `count` ids with no bit set.
+HaveChunksReply EmptyHaveReply(std::uint64_t request_id, std::uint32_t count);
+
+using Message = std::variant<Hello, Auth, Peers, Subscribe, Changes, GetChunk, ChunkReply,
+                             HaveChunks, HaveChunksReply>;
 
 MessageType TypeOf(const Message& m);
 const char* TypeName(MessageType t);

@@ -88,6 +88,12 @@ int FindPsk(SSL* ssl, const unsigned char* identity, std::size_t len, SSL_SESSIO
   return *out ? 1 : 0;
 }
 
+std::string RemoteHost(const tcp::socket& s) {
+  boost::system::error_code ec;
+  auto ep = s.remote_endpoint(ec);
+  return ec ? std::string("?") : ep.address().to_string();
+}
+
 std::string TlsError(const boost::system::error_code& ec) {
   std::string m = ec.message();
   if (ec.category() == asio::error::get_ssl_category()) {
@@ -146,6 +152,36 @@ struct TcpTransport::Impl : std::enable_shared_from_this<TcpTransport::Impl> {
   std::set<std::string> self_addrs_;
   std::multiset<std::uint64_t> connected_;
   std::set<std::shared_ptr<TcpLink>> links_;
+  Traffic totals_;
+  // What went wrong last, per dial address and per inbound host (for `foreverfs status`).
+  std::map<std::string, TcpTransport::AddrStatus> addrs_;
+
+  // Event thread. `key` is the dial address, or the remote host of an inbound connection.
+  TcpTransport::AddrStatus& Addr(const std::string& key, bool dialing) {
+    auto it = addrs_.find(key);
+    if (it == addrs_.end()) {
+      // Inbound strangers must not grow the map without bound: forget the oldest one.
+      constexpr std::size_t kMaxInbound = 256;
+      if (!dialing && addrs_.size() >= kMaxInbound + dialers_.size()) {
+        auto oldest = addrs_.end();
+        for (auto a = addrs_.begin(); a != addrs_.end(); ++a) {
+          if (!a->second.dialing &&
+              (oldest == addrs_.end() || a->second.last_error_at < oldest->second.last_error_at))
+            oldest = a;
+        }
+        if (oldest != addrs_.end()) addrs_.erase(oldest);
+      }
+      it = addrs_.emplace(key, TcpTransport::AddrStatus{}).first;
+      it->second.addr = key;
+    }
+    it->second.dialing = it->second.dialing || dialing;
+    return it->second;
+  }
+  void NoteError(const std::string& key, bool dialing, std::string error) {
+    auto& a = Addr(key, dialing);
+    a.last_error = std::move(error);
+    a.last_error_at = std::chrono::system_clock::now();
+  }
 };
 
 class TcpLink : public Link, public std::enable_shared_from_this<TcpLink> {
@@ -181,6 +217,7 @@ class TcpLink : public Link, public std::enable_shared_from_this<TcpLink> {
 
   const PeerInfo& Peer() const override { return peer_; }
   std::size_t QueuedBytes() const override { return queued_bytes_; }
+  const Traffic& Counters() const override { return traffic_; }
 
   SslStream stream_;
   asio::steady_timer signal_;
@@ -189,12 +226,23 @@ class TcpLink : public Link, public std::enable_shared_from_this<TcpLink> {
   bool closed_ = false;
   std::string reason_;
   PeerInfo peer_;
+  Traffic traffic_;
+  Traffic* totals_ = nullptr;  // the transport's, which outlives the link's coroutines
+  void In(std::size_t n) {
+    traffic_.In(n);
+    if (totals_) totals_->In(n);
+  }
+  void Out(std::size_t n) {
+    traffic_.Out(n);
+    if (totals_) totals_->Out(n);
+  }
 };
 
 namespace {
 
 // Reads one frame; `limit` bounds the length field further than the protocol does.
-awaitable<Result<Message>> ReadMessage(SslStream& socket, std::uint32_t limit) {
+awaitable<Result<Message>> ReadMessage(TcpLink& link, std::uint32_t limit) {
+  auto& socket = link.stream_;
   std::array<std::uint8_t, kFrameHeaderSize> header{};
   auto [ec, n] = co_await asio::async_read(socket, asio::buffer(header), kNoThrow);
   if (ec) {
@@ -212,12 +260,14 @@ awaitable<Result<Message>> ReadMessage(SslStream& socket, std::uint32_t limit) {
     auto [ec2, n2] = co_await asio::async_read(socket, asio::buffer(payload), kNoThrow);
     if (ec2) co_return Status(Code::kUnavailable, ec2.message());
   }
+  link.In(kFrameHeaderSize + payload.size());
   co_return DecodePayload(h->type, payload);
 }
 
-awaitable<boost::system::error_code> WriteMessage(SslStream& socket, const Message& m) {
+awaitable<boost::system::error_code> WriteMessage(TcpLink& link, const Message& m) {
   Bytes frame = EncodeFrame(m);
-  auto [ec, n] = co_await asio::async_write(socket, asio::buffer(frame), kNoThrow);
+  auto [ec, n] = co_await asio::async_write(link.stream_, asio::buffer(frame), kNoThrow);
+  link.Out(n);
   co_return ec;
 }
 
@@ -242,6 +292,7 @@ awaitable<void> WriterLoop(std::shared_ptr<TcpLink> link) {
     }
     for (std::size_t i = 0; i < count; ++i) link->queue_.pop_front();
     link->queued_bytes_ -= bytes;
+    link->Out(bytes);
   }
 }
 
@@ -251,10 +302,17 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, tcp::socket
                               bool outbound, std::string dial_addr) {
   const std::string remote = Describe(socket);
   const std::string who = outbound ? dial_addr : remote;
+  // Where status shows what went wrong: the dial address, or the host a stranger came from.
+  const std::string key = outbound ? dial_addr : fmt::format("{} (inbound)", RemoteHost(socket));
+  auto refuse = [&](std::string why) {
+    spdlog::warn("peer {}: refused: {}", who, why);
+    t->NoteError(key, outbound, "refused: " + why);
+  };
   boost::system::error_code ignored;
   socket.set_option(tcp::no_delay(true), ignored);
   socket.set_option(asio::socket_base::keep_alive(true), ignored);
   auto link = std::make_shared<TcpLink>(std::move(socket), t->tls_);
+  link->totals_ = &t->totals_;
   auto& stream = link->stream_;
 
   // A deadline for the whole handshake: closing the socket ends whatever is pending.
@@ -270,51 +328,63 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, tcp::socket
   auto [hec] = co_await stream.async_handshake(
       outbound ? asio::ssl::stream_base::client : asio::ssl::stream_base::server, kNoThrow);
   if (hec) {
-    spdlog::warn("peer {}: refused: TLS handshake failed: {}", who, TlsError(hec));
+    refuse(fmt::format("TLS handshake failed: {}", TlsError(hec)));
     co_return false;
   }
   Hello mine;
   mine.node_id = t->options_.node_id;
   mine.listen_addr = t->advertised_;
   crypto::RandomBytes(mine.nonce);
-  if (auto ec = co_await WriteMessage(stream, mine)) {
+  if (auto ec = co_await WriteMessage(*link, mine)) {
     spdlog::debug("peer {}: handshake write failed: {}", who, ec.message());
+    t->NoteError(key, outbound, fmt::format("handshake write failed: {}", ec.message()));
     co_return false;
   }
-  auto hello_msg = co_await ReadMessage(stream, kMaxHandshakeFrame);
+  auto hello_msg = co_await ReadMessage(*link, kMaxHandshakeFrame);
   const Hello* hello = hello_msg.ok() ? std::get_if<Hello>(&*hello_msg) : nullptr;
   if (!hello) {
-    spdlog::warn("peer {}: refused: no valid Hello ({})", who,
-                 hello_msg.ok() ? "another message came first" : hello_msg.status().message());
+    refuse(fmt::format("no valid Hello ({})", hello_msg.ok() ? "another message came first"
+                                                             : hello_msg.status().message()));
     co_return false;
   }
   if (hello->version != kProtocolVersion) {
-    spdlog::warn("peer {}: refused: protocol version {} (we speak {})", who, hello->version,
-                 kProtocolVersion);
+    refuse(fmt::format("protocol version {} (we speak {})", hello->version, kProtocolVersion));
     co_return false;
   }
   if (hello->node_id == t->options_.node_id) {
     spdlog::debug("peer {}: is this node itself; not dialing it again", who);
-    if (outbound) t->self_addrs_.insert(dial_addr);
+    if (outbound) {
+      t->self_addrs_.insert(dial_addr);
+      t->NoteError(key, outbound, "this node itself; not dialed again");
+    }
     co_return false;
   }
+  if (outbound) t->Addr(key, true).node_id = hello->node_id;
   Auth auth{AuthProof(t->options_.auth_key, mine.nonce, hello->nonce, mine.node_id)};
-  if (auto ec = co_await WriteMessage(stream, auth)) co_return false;
-  auto auth_msg = co_await ReadMessage(stream, kMaxHandshakeFrame);
+  if (auto ec = co_await WriteMessage(*link, auth)) {
+    t->NoteError(key, outbound, fmt::format("handshake write failed: {}", ec.message()));
+    co_return false;
+  }
+  auto auth_msg = co_await ReadMessage(*link, kMaxHandshakeFrame);
   const Auth* theirs = auth_msg.ok() ? std::get_if<Auth>(&*auth_msg) : nullptr;
   const auto expected = AuthProof(t->options_.auth_key, hello->nonce, mine.nonce, hello->node_id);
   if (!theirs || theirs->proof != expected) {
-    spdlog::warn("peer {}: refused: it did not prove the cluster key (wrong key file?)", who);
+    refuse("it did not prove the cluster key (wrong key file?)");
     co_return false;
   }
   deadline.cancel();
   if (t->stopped_) co_return false;
 
-  link->peer_ = PeerInfo{hello->node_id, hello->listen_addr, remote, outbound};
+  link->peer_ = PeerInfo{hello->node_id, hello->listen_addr, remote,
+                         outbound,       hello->version,     std::chrono::system_clock::now()};
   const auto info = link->peer_;
-  if (outbound) t->addr_node_[dial_addr] = info.node_id;
+  if (outbound) {
+    t->addr_node_[dial_addr] = info.node_id;
+    t->Addr(key, true).connected = true;
+  }
   if (!t->handler_.OnOpen(link)) {
     link->Close("refused by handler");
+    if (outbound) t->Addr(key, true).connected = false;
     co_return true;
   }
   t->links_.insert(link);
@@ -324,7 +394,7 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, tcp::socket
   });
   std::string reason = "closed";
   while (!link->closed_) {
-    auto m = co_await ReadMessage(stream, kMaxFrameSize);
+    auto m = co_await ReadMessage(*link, kMaxFrameSize);
     if (!m.ok()) {
       reason = m.status().message();
       if (m.status().code() == Code::kInvalid) {
@@ -344,6 +414,10 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, tcp::socket
   link->Close(reason);
   t->links_.erase(link);
   t->connected_.erase(t->connected_.find(info.node_id));
+  if (outbound) {
+    t->NoteError(key, true, "disconnected: " + reason);
+    t->Addr(key, true).connected = false;
+  }
   t->handler_.OnClose(link, reason);
   co_return true;
 }
@@ -396,6 +470,7 @@ awaitable<void> DialLoop(std::shared_ptr<TcpTransport::Impl> t, std::string addr
           }
         }
       }
+      if (!error.empty() && error != "handshake failed") t->NoteError(addr, true, error);
       if (!error.empty() && error != last_error) {
         spdlog::info("peer {}: cannot connect ({}); retrying with backoff", addr, error);
         last_error = error;
@@ -457,12 +532,21 @@ void TcpTransport::AddPeer(const std::string& addr) {
   }
   auto timer = std::make_shared<asio::steady_timer>(impl_->io_);
   impl_->dialers_[addr] = timer;
+  impl_->Addr(addr, true);
   asio::co_spawn(impl_->io_, DialLoop(impl_, addr, timer), [addr](std::exception_ptr e) {
     if (e) spdlog::error("dialer for {} failed unexpectedly", addr);
   });
 }
 
 bool TcpTransport::HasPeer(const std::string& addr) const { return impl_->dialers_.contains(addr); }
+
+std::vector<TcpTransport::AddrStatus> TcpTransport::Addresses() const {
+  std::vector<AddrStatus> out;
+  for (const auto& [key, a] : impl_->addrs_) out.push_back(a);
+  return out;
+}
+
+const Traffic& TcpTransport::Totals() const { return impl_->totals_; }
 
 void TcpTransport::Stop() {
   impl_->stopped_ = true;

@@ -5,8 +5,10 @@
 // one reader and one writer coroutine; frames over the protocol's bounds, unknown types and
 // failed handshakes close the connection with a log line naming the peer.
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "base/status.h"
 #include "net/transport.h"
@@ -47,6 +49,20 @@ class TcpTransport {
   void AddPeer(const std::string& addr);
   // Whether a dialer for this address exists.
   bool HasPeer(const std::string& addr) const;
+  // What this transport knows of each dial address (configured with --peer or learned) and of
+  // each host that connected to us and failed the handshake (key "HOST (inbound)", the 256
+  // most recent). Event thread.
+  struct AddrStatus {
+    std::string addr;
+    std::uint64_t node_id = 0;  // learned by a handshake, 0 if none got that far
+    bool dialing = false;       // we keep a connection to it up
+    bool connected = false;     // a link we dialed is up
+    std::string last_error;     // the last handshake failure, dial error or disconnect reason
+    std::chrono::system_clock::time_point last_error_at{};
+  };
+  std::vector<AddrStatus> Addresses() const;
+  // Frame bytes received and sent on every connection since start. Any thread.
+  const Traffic& Totals() const;
   // Stops accepting and dialing and closes every connection. Call on the event thread.
   void Stop();
 

@@ -6,6 +6,8 @@
 // Threading: every LinkHandler callback runs on the transport's single event thread, and
 // Link::Send / Link::Close must be called on that thread too (post to it otherwise).
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -20,6 +22,19 @@ struct PeerInfo {
   std::string listen_addr;  // what the peer says it accepts on ("host:port"), may be empty
   std::string remote;       // the address we see it at, for log lines
   bool outbound = false;    // we dialed it
+  std::uint16_t version = 0;  // protocol version from its Hello (0: unknown)
+  std::chrono::system_clock::time_point connected_since{};  // handshake completed
+};
+
+// Bytes of frames (header and payload, after TLS decryption: TLS records add ~2%) a link or a
+// whole transport has received and sent, handshake frames included. Any thread.
+struct Traffic {
+  std::atomic<std::uint64_t> bytes_in{0};
+  std::atomic<std::uint64_t> bytes_out{0};
+  void In(std::size_t n) { bytes_in.fetch_add(n, std::memory_order_relaxed); }
+  void Out(std::size_t n) { bytes_out.fetch_add(n, std::memory_order_relaxed); }
+  std::uint64_t BytesIn() const { return bytes_in.load(std::memory_order_relaxed); }
+  std::uint64_t BytesOut() const { return bytes_out.load(std::memory_order_relaxed); }
 };
 
 class Link {
@@ -32,6 +47,8 @@ class Link {
   virtual const PeerInfo& Peer() const = 0;
   // Bytes queued but not yet written, for backpressure.
   virtual std::size_t QueuedBytes() const = 0;
+  // Frame bytes received and sent on this link so far (see Traffic). Any thread.
+  virtual const Traffic& Counters() const = 0;
 };
 
 class LinkHandler {
