@@ -43,6 +43,28 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
     std::uint64_t feed_cursor = 0;
     bool subscribed = false;
     bool pump_scheduled = false;
+    std::uint64_t records_received = 0;
+    std::uint64_t peer_seq = 0;
+    Clock::time_point last_progress_log{};
+  };
+  // A chunk-holder query (Holders) in progress; event thread.
+  struct HolderQuery {
+    std::vector<cas::ChunkId> ids;
+    struct Answer {
+      std::string addr;
+      std::size_t pending = 0;  // batches not answered yet
+      bool has_all = true;
+    };
+    std::map<std::uint64_t, Answer> answers;  // by node id
+    std::shared_ptr<std::promise<HolderReport>> promise;
+    HolderReport report;
+    std::shared_ptr<asio::steady_timer> timer;
+    bool done = false;
+  };
+  struct HaveRequest {
+    std::shared_ptr<HolderQuery> query;
+    std::uint64_t node = 0;
+    std::size_t offset = 0, count = 0;
   };
   using Callback = std::function<void(Result<Bytes>)>;
   struct FetchJob {
@@ -76,6 +98,16 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   std::mutex failed_mu_;
   std::map<cas::ChunkId, Clock::time_point> failed_;
   bool rescan_scheduled_ = false;
+  // Peers whose link closed: why, and when (bounded; event thread).
+  std::map<std::uint64_t, PeerStatus> gone_;
+  std::map<std::uint64_t, HaveRequest> have_requests_;
+  // The current round of background chunk fetches, for progress in the log and in status.
+  struct Round {
+    bool running = false;
+    Clock::time_point start{}, end{}, last_log{};
+    std::size_t total = 0, done = 0, failed = 0;
+    std::uint64_t bytes = 0;
+  } round_;
 
   bool ShouldHold(const cas::ChunkId& id) const {
     if (options_.replicas <= 0 ||
@@ -134,6 +166,21 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   }
 
   void OnChanges(std::uint64_t node, net::Changes&& changes) {
+    if (auto p = peers_.find(node); p != peers_.end()) {
+      auto& peer = p->second;
+      const std::size_t n = changes.inodes.size() + changes.dentries.size();
+      peer.records_received += n;
+      peer.peer_seq = changes.up_to;
+      // A long catch-up of the namespace says how far it got every 5 s.
+      const auto now = Clock::now();
+      if (n > 0 && now - peer.last_progress_log >= std::chrono::seconds(5)) {
+        if (peer.last_progress_log != Clock::time_point{}) {
+          spdlog::info("catch-up from peer {}: {} records received, at its change {}", Short(node),
+                       peer.records_received, peer.peer_seq);
+        }
+        peer.last_progress_log = now;
+      }
+    }
     auto won = fs_.ApplyRemote(changes, node);
     if (!won.ok()) {
       spdlog::error("applying changes from peer {}: {}", Short(node), won.status().message());
@@ -155,6 +202,10 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
         continue;
       queued_.insert(id);
       queue_.push_back(id);
+      if (!round_.running) {
+        round_ = Round{true, Clock::now(), {}, Clock::now(), 0, 0, 0, 0};
+      }
+      ++round_.total;
     }
     RunQueue();
   }
@@ -177,13 +228,116 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
         --self->in_flight_;
         self->queued_.erase(id);
         if (!r.ok()) {
+          ++self->round_.failed;
           spdlog::warn("chunk {}: background replication failed: {}", cas::Hex(id),
                        r.status().message());
           self->ScheduleRescan();
+        } else {
+          ++self->round_.done;
+          self->round_.bytes += r->size();
         }
         self->RunQueue();
+        self->LogRound();
       });
     }
+  }
+
+  // A progress line every 5 s while a round of background fetches runs, and one at its end.
+  void LogRound() {
+    if (!round_.running) return;
+    const auto now = Clock::now();
+    const double secs = std::chrono::duration<double>(now - round_.start).count();
+    const double mib = static_cast<double>(round_.bytes) / kMiB;
+    if (queue_.empty() && in_flight_ == 0) {
+      round_.running = false;
+      round_.end = now;
+      if (round_.total >= 16 || secs >= 1) {
+        spdlog::info("catch-up done: {} of {} chunks fetched ({:.1f} MiB) in {:.1f} s, {:.1f} MiB/s{}",
+                     round_.done, round_.total, mib, secs, secs > 0 ? mib / secs : 0.0,
+                     round_.failed ? fmt::format(", {} failed (retried later)", round_.failed)
+                                   : std::string());
+      }
+    } else if (now - round_.last_log >= std::chrono::seconds(5)) {
+      round_.last_log = now;
+      spdlog::info("catch-up: {} of {} chunks fetched ({:.1f} MiB), {:.1f} chunks/s, {:.1f} MiB/s",
+                   round_.done, round_.total, mib, secs > 0 ? round_.done / secs : 0.0,
+                   secs > 0 ? mib / secs : 0.0);
+    }
+  }
+
+  // --- chunk holders --------------------------------------------------------------------
+  void StartHolderQuery(const std::shared_ptr<HolderQuery>& q, std::chrono::milliseconds timeout) {
+    for (auto& [node, p] : peers_) {
+      auto& answer = q->answers[node];
+      answer.addr = DialableAddr(p.link->Peer());
+      if (answer.addr.empty()) answer.addr = p.link->Peer().remote;
+      ++q->report.asked;
+      // At least one batch, so that an empty list still asks (every peer that answers holds
+      // all of nothing).
+      for (std::size_t off = 0; off == 0 || off < q->ids.size();
+           off += net::kMaxHaveChunksQuery) {
+        const std::size_t n = std::min<std::size_t>(net::kMaxHaveChunksQuery, q->ids.size() - off);
+        const std::uint64_t req = next_request_++;
+        have_requests_[req] = HaveRequest{q, node, off, n};
+        ++answer.pending;
+        net::HaveChunks msg{req, std::vector<cas::ChunkId>(q->ids.begin() + off,
+                                                           q->ids.begin() + off + n)};
+        p.link->Send(std::move(msg));
+      }
+    }
+    q->timer = std::make_shared<asio::steady_timer>(io_, timeout);
+    q->timer->async_wait([self = shared_from_this(), q](boost::system::error_code ec) {
+      if (!ec) self->FinishHolderQuery(q);
+    });
+    MaybeFinishHolderQuery(q);
+  }
+
+  void MaybeFinishHolderQuery(const std::shared_ptr<HolderQuery>& q) {
+    for (auto& [node, a] : q->answers) {
+      if (a.pending > 0) return;
+    }
+    FinishHolderQuery(q);
+  }
+
+  void FinishHolderQuery(const std::shared_ptr<HolderQuery>& q) {
+    if (q->done) return;
+    q->done = true;
+    if (q->timer) q->timer->cancel();
+    for (auto it = have_requests_.begin(); it != have_requests_.end();) {
+      it = it->second.query == q ? have_requests_.erase(it) : std::next(it);
+    }
+    for (auto& [node, a] : q->answers) {
+      if (a.pending > 0) continue;
+      ++q->report.answered;
+      if (a.has_all) q->report.peers.push_back({node, a.addr});
+    }
+    q->promise->set_value(q->report);
+  }
+
+  void OnHaveReply(std::uint64_t node, const net::HaveChunksReply& reply) {
+    auto it = have_requests_.find(reply.request_id);
+    if (it == have_requests_.end() || it->second.node != node) return;  // late or not ours
+    HaveRequest req = it->second;
+    have_requests_.erase(it);
+    auto& a = req.query->answers[node];
+    if (reply.count != req.count) {
+      spdlog::warn("peer {}: HaveChunks reply for {} ids, asked {}; counted as not holding",
+                   Short(node), reply.count, req.count);
+      a.has_all = false;
+    }
+    for (std::size_t i = 0; i < req.count && a.has_all; ++i) {
+      if (!reply.Has(i)) a.has_all = false;
+    }
+    --a.pending;
+    MaybeFinishHolderQuery(req.query);
+  }
+
+  void OnHaveChunks(const std::shared_ptr<net::Link>& link, net::HaveChunks&& q) {
+    auto reply = net::EmptyHaveReply(q.request_id, static_cast<std::uint32_t>(q.ids.size()));
+    for (std::size_t i = 0; i < q.ids.size(); ++i) {
+      if (fs_.HasChunk(q.ids[i])) reply.Set(i);
+    }
+    link->Send(std::move(reply));
   }
 
   // A background fetch failed (no peer had the chunk yet): look for missing chunks again one
@@ -358,6 +512,10 @@ void Replicator::OnMessage(const std::shared_ptr<net::Link>& link, net::Message&
           im.OnGetChunk(link, msg);
         } else if constexpr (std::is_same_v<T, net::ChunkReply>) {
           im.OnChunkReply(node, std::move(msg));
+        } else if constexpr (std::is_same_v<T, net::HaveChunks>) {
+          im.OnHaveChunks(link, std::move(msg));
+        } else if constexpr (std::is_same_v<T, net::HaveChunksReply>) {
+          im.OnHaveReply(node, msg);
         } else if constexpr (std::is_same_v<T, net::Peers>) {
           for (const auto& p : msg.peers) {
             if (p.node_id != im.fs_.node_id() && !im.peers_.contains(p.node_id) && im.dial_) {
@@ -375,6 +533,39 @@ void Replicator::OnClose(const std::shared_ptr<net::Link>& link, const std::stri
   auto it = im.peers_.find(info.node_id);
   if (it == im.peers_.end() || it->second.link != link) return;
   spdlog::info("peer {} ({}) disconnected: {}", info.remote, Short(info.node_id), reason);
+  {
+    PeerStatus gone;
+    gone.node_id = info.node_id;
+    gone.addr = Impl::DialableAddr(info);
+    gone.remote = info.remote;
+    gone.outbound = info.outbound;
+    gone.connected_since = std::chrono::system_clock::now();
+    gone.bytes_in = link->Counters().BytesIn();
+    gone.bytes_out = link->Counters().BytesOut();
+    gone.last_error = "disconnected: " + reason;
+    gone.last_error_at = gone.connected_since;
+    if (im.gone_.size() >= 256 && !im.gone_.contains(info.node_id)) {
+      auto oldest = std::min_element(im.gone_.begin(), im.gone_.end(), [](auto& a, auto& b) {
+        return a.second.last_error_at < b.second.last_error_at;
+      });
+      im.gone_.erase(oldest);
+    }
+    im.gone_[info.node_id] = std::move(gone);
+  }
+  // Holder queries waiting on that peer count it as not answering.
+  std::vector<std::shared_ptr<Impl::HolderQuery>> queries;
+  for (auto r = im.have_requests_.begin(); r != im.have_requests_.end();) {
+    if (r->second.node == info.node_id) {
+      queries.push_back(r->second.query);
+      r = im.have_requests_.erase(r);
+    } else {
+      ++r;
+    }
+  }
+  for (auto& q : queries) {
+    q->answers.erase(info.node_id);
+    im.MaybeFinishHolderQuery(q);
+  }
   im.peers_.erase(it);
   im.peer_count_ = im.peers_.size();
   // Requests in flight to that peer go to the next one.
@@ -448,11 +639,79 @@ void Replicator::SetDialer(std::function<void(const std::string&)> dial) {
   impl_->dial_ = std::move(dial);
 }
 
-std::vector<PeerStatus> Replicator::Peers() const {
+std::vector<PeerStatus> Replicator::Peers(bool include_gone) const {
+  auto& im = *impl_;
   std::vector<PeerStatus> out;
-  for (auto& [node, p] : impl_->peers_)
-    out.push_back({node, p.link->Peer().remote, p.link->Peer().outbound});
+  const std::uint64_t last_seq = im.fs_.ns().LastSeq();
+  for (auto& [node, p] : im.peers_) {
+    const auto& info = p.link->Peer();
+    PeerStatus s;
+    s.node_id = node;
+    s.addr = Impl::DialableAddr(info);
+    s.remote = info.remote;
+    s.outbound = info.outbound;
+    s.connected = true;
+    s.connected_since = info.connected_since;
+    s.bytes_in = p.link->Counters().BytesIn();
+    s.bytes_out = p.link->Counters().BytesOut();
+    s.changes_to_send =
+        p.subscribed && last_seq > p.feed_cursor ? last_seq - p.feed_cursor : 0;
+    for (auto& [req, pending] : im.pending_) {
+      if (pending.node == node) ++s.chunks_in_flight;
+    }
+    s.records_received = p.records_received;
+    s.peer_seq = p.peer_seq;
+    if (auto g = im.gone_.find(node); g != im.gone_.end()) {
+      s.last_error = g->second.last_error;
+      s.last_error_at = g->second.last_error_at;
+    }
+    out.push_back(std::move(s));
+  }
+  if (include_gone) {
+    for (auto& [node, g] : im.gone_) {
+      if (!im.peers_.contains(node)) out.push_back(g);
+    }
+  }
   return out;
+}
+
+std::size_t Replicator::PeerCount() const { return impl_->peer_count_; }
+
+CatchUpStatus Replicator::CatchUp() const {
+  const auto& r = impl_->round_;
+  CatchUpStatus s;
+  s.running = r.running;
+  s.total = r.total;
+  s.done = r.done;
+  s.failed = r.failed;
+  s.bytes = r.bytes;
+  if (r.start != Clock::time_point{}) {
+    s.seconds = std::chrono::duration<double>((r.running ? Clock::now() : r.end) - r.start).count();
+  }
+  return s;
+}
+
+HolderReport Replicator::Holders(const std::vector<cas::ChunkId>& ids,
+                                 std::chrono::milliseconds timeout) {
+  auto q = std::make_shared<Impl::HolderQuery>();
+  std::set<cas::ChunkId> distinct;
+  for (const auto& id : ids) {
+    if (id != cas::kHoleId && distinct.insert(id).second) q->ids.push_back(id);
+  }
+  q->report.chunks = q->ids.size();
+  q->report.local = std::all_of(q->ids.begin(), q->ids.end(),
+                                [&](const cas::ChunkId& id) { return impl_->fs_.HasChunk(id); });
+  q->promise = std::make_shared<std::promise<HolderReport>>();
+  auto future = q->promise->get_future();
+  asio::post(impl_->io_, [impl = impl_, q, timeout] { impl->StartHolderQuery(q, timeout); });
+  if (future.wait_for(timeout + std::chrono::seconds(1)) != std::future_status::ready) {
+    // The event thread is stuck or stopped: report what is known locally.
+    HolderReport r;
+    r.chunks = q->ids.size();
+    r.local = q->report.local;
+    return r;
+  }
+  return future.get();
 }
 
 std::size_t Replicator::Backlog() const { return impl_->queue_.size() + impl_->in_flight_; }

@@ -22,6 +22,7 @@
 #include <future>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -645,6 +646,71 @@ TEST_F(ReplicationTest, NodesConvergeOverLossyDelayedLinksAndAPartition) {
   EXPECT_TRUE(has(Pattern(2 * kMiB, 2)));
   EXPECT_TRUE(has(Pattern(kMiB / 2, 3)));
   EXPECT_GT(OnIo(io_, [&] { return network_->Dropped(); }), 0u) << "no fault was injected";
+}
+
+// --- Observability: who holds a file's chunks, per-peer counters, catch-up progress ----------
+
+TEST_F(ReplicationTest, HoldersNamesThePeersWithEveryChunk) {
+  MakeMesh();
+  const Bytes data = Pattern(3 * kMiB, 7);
+  ASSERT_TRUE(StoreBytes(*n(1).files, "/held", data).ok());
+  ASSERT_TRUE(
+      Eventually([&] { return HoldsAllChunks(n(2), *n(1).db) && HoldsAllChunks(n(3), *n(1).db); }));
+  const auto manifest = n(1).files->Resolve("/held")->rec.manifest;
+  ASSERT_EQ(manifest.size(), 3u);
+
+  HolderReport r = n(1).replicator->Holders(manifest, 2000ms);
+  EXPECT_EQ(r.chunks, 3u);
+  EXPECT_TRUE(r.local);
+  EXPECT_EQ(r.asked, 2u);
+  EXPECT_EQ(r.answered, 2u);
+  std::set<std::uint64_t> holders;
+  for (const auto& h : r.peers) holders.insert(h.node_id);
+  EXPECT_EQ(holders, (std::set<std::uint64_t>{n(2).id(), n(3).id()}));
+
+  // Node 3 loses one chunk: it no longer holds every chunk; node 1 still does.
+  ASSERT_TRUE(n(3).store->Remove(manifest[1]).ok());
+  r = n(2).replicator->Holders(manifest, 2000ms);
+  EXPECT_TRUE(r.local);
+  ASSERT_EQ(r.peers.size(), 1u);
+  EXPECT_EQ(r.peers[0].node_id, n(1).id());
+  EXPECT_FALSE(n(3).replicator->Holders(manifest, 2000ms).local);
+}
+
+TEST_F(ReplicationTest, PeersReportBytesConnectedSinceAndWhyALinkWent) {
+  Node& a = AddNode();
+  Node& b = AddNode();
+  const auto before = std::chrono::system_clock::now();
+  Connect(a, b);
+  ASSERT_TRUE(Eventually([&] { return PeerCount(a) == 1 && PeerCount(b) == 1; }));
+  const Bytes data = Pattern(2 * kMiB, 8);
+  ASSERT_TRUE(StoreBytes(*a.files, "/f", data).ok());
+  ASSERT_TRUE(Eventually([&] { return HoldsAllChunks(b, *a.db); }));
+
+  auto peers = OnIo(io_, [&] { return a.replicator->Peers(); });
+  ASSERT_EQ(peers.size(), 1u);
+  EXPECT_EQ(peers[0].node_id, b.id());
+  EXPECT_TRUE(peers[0].connected);
+  EXPECT_GE(peers[0].connected_since, before);
+  EXPECT_GT(peers[0].bytes_out, 2 * kMiB);  // the chunks went out
+  EXPECT_GT(peers[0].bytes_in, 0u);
+  auto b_view = OnIo(io_, [&] { return b.replicator->Peers(); });
+  ASSERT_EQ(b_view.size(), 1u);
+  EXPECT_GT(b_view[0].bytes_in, 2 * kMiB);
+  EXPECT_GT(b_view[0].records_received, 0u);
+  auto round = OnIo(io_, [&] { return b.replicator->CatchUp(); });
+  EXPECT_EQ(round.done, 2u);
+  EXPECT_EQ(round.total, 2u);
+  EXPECT_EQ(round.bytes, 2 * kMiB);
+  EXPECT_EQ(a.replicator->PeerCount(), 1u);
+
+  Disconnect(a, b);
+  ASSERT_TRUE(Eventually([&] { return PeerCount(a) == 0; }));
+  EXPECT_TRUE(OnIo(io_, [&] { return a.replicator->Peers(); }).empty());
+  auto gone = OnIo(io_, [&] { return a.replicator->Peers(/*include_gone=*/true); });
+  ASSERT_EQ(gone.size(), 1u);
+  EXPECT_FALSE(gone[0].connected);
+  EXPECT_EQ(gone[0].last_error, "disconnected: disconnected");
 }
 
 }  // namespace
