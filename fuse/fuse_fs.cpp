@@ -84,6 +84,8 @@ struct FuseFs::Impl {
   double timeout = 1.0;
   std::string mountpoint;
   std::string control_path;
+  std::function<void(std::size_t, std::chrono::nanoseconds)> op_observer;
+  FuseFs::VirtualXattr virtual_xattr;
 
   std::mutex dirs_mu;
   std::map<std::uint64_t, std::vector<server::DirEntry>> dirs;  // open directory snapshots
@@ -228,8 +230,13 @@ void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, d
   im.ReplyEntry(req, *a);
 }
 
+// Names the daemon answers itself (the control socket, replica counts): read-only.
+constexpr std::string_view kReservedXattrPrefix = "user.foreverfs.";
+
 void OpSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                 int flags) {
+  if (std::string_view(name).starts_with(kReservedXattrPrefix))
+    return (void)fuse_reply_err(req, EPERM);
   auto s = Impl::Of(req).fs.SetXattr(
       ino, name, ByteSpan(reinterpret_cast<const std::uint8_t*>(value), size), flags);
   if (!s.ok()) return Impl::ReplyError(req, s, "setxattr");
@@ -240,7 +247,12 @@ constexpr std::string_view kControlXattr = "user.foreverfs.control";
 
 void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   auto& im = Impl::Of(req);
-  auto v = ino == FUSE_ROOT_ID && name == kControlXattr && !im.control_path.empty()
+  std::optional<Result<Bytes>> virt;
+  if (im.virtual_xattr && std::string_view(name).starts_with(kReservedXattrPrefix)) {
+    virt = im.virtual_xattr(ino, name);
+  }
+  auto v = virt ? std::move(*virt)
+           : ino == FUSE_ROOT_ID && name == kControlXattr && !im.control_path.empty()
                ? Result<Bytes>(Bytes(im.control_path.begin(), im.control_path.end()))
                : im.fs.GetXattr(ino, name);
   if (!v.ok()) return Impl::ReplyError(req, v.status(), "getxattr");
@@ -268,6 +280,8 @@ void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 }
 
 void OpRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  if (std::string_view(name).starts_with(kReservedXattrPrefix))
+    return (void)fuse_reply_err(req, EPERM);
   auto s = Impl::Of(req).fs.RemoveXattr(ino, name);
   if (!s.ok()) return Impl::ReplyError(req, s, "removexattr");
   fuse_reply_err(req, 0);
@@ -458,6 +472,47 @@ const fuse_lowlevel_ops kOps = [] {
   return ops;
 }();
 
+// Timing hook for metrics: the same handlers, each wrapped to report how long it took.
+template <std::size_t K, auto Op, typename... A>
+void Timed(fuse_req_t req, A... a) {
+  auto& im = Impl::Of(req);  // before Op: replying frees req
+  const auto start = std::chrono::steady_clock::now();
+  Op(req, a...);
+  if (im.op_observer) im.op_observer(K, std::chrono::steady_clock::now() - start);
+}
+template <std::size_t K, auto Op, typename... A>
+constexpr auto MakeTimed(void (*)(fuse_req_t, A...)) {
+  return &Timed<K, Op, A...>;
+}
+#define FFS_TIMED(k, op) MakeTimed<k, op>(op)
+
+const std::vector<std::string> kTimedOpNames = {
+    "lookup", "getattr", "setattr", "mkdir", "create", "open",    "read",     "write", "flush",
+    "fsync",  "release", "unlink",  "rmdir", "rename", "readdir", "getxattr", "statfs"};
+
+const fuse_lowlevel_ops kTimedOps = [] {
+  fuse_lowlevel_ops ops = kOps;
+  ops.lookup = FFS_TIMED(0, OpLookup);
+  ops.getattr = FFS_TIMED(1, OpGetattr);
+  ops.setattr = FFS_TIMED(2, OpSetattr);
+  ops.mkdir = FFS_TIMED(3, OpMkdir);
+  ops.create = FFS_TIMED(4, OpCreate);
+  ops.open = FFS_TIMED(5, OpOpen);
+  ops.read = FFS_TIMED(6, OpRead);
+  ops.write = FFS_TIMED(7, OpWrite);
+  ops.flush = FFS_TIMED(8, OpFlush);
+  ops.fsync = FFS_TIMED(9, OpFsync);
+  ops.release = FFS_TIMED(10, OpRelease);
+  ops.unlink = FFS_TIMED(11, OpUnlink);
+  ops.rmdir = FFS_TIMED(12, OpRmdir);
+  ops.rename = FFS_TIMED(13, OpRename);
+  ops.readdir = FFS_TIMED(14, OpReaddir);
+  ops.getxattr = FFS_TIMED(15, OpGetxattr);
+  ops.statfs = FFS_TIMED(16, OpStatfs);
+  return ops;
+}();
+#undef FFS_TIMED
+
 bool IsMounted(const std::string& path) {
   std::ifstream mounts("/proc/self/mounts");
   std::string dev, dir, rest;
@@ -501,7 +556,7 @@ Status FuseFs::Mount(const MountOptions& options) {
   std::vector<char*> argv;
   for (auto& s : argv_s) argv.push_back(s.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
-  impl_->se = fuse_session_new(&args, &kOps, sizeof(kOps), impl_.get());
+  impl_->se = fuse_session_new(&args, &kTimedOps, sizeof(kTimedOps), impl_.get());
   if (!impl_->se)
     return Err(Code::kInvalid, "cannot create a FUSE session (mount options '{}')", opts);
   if (fuse_session_mount(impl_->se, impl_->mountpoint.c_str()) != 0) {
@@ -542,6 +597,14 @@ void FuseFs::Unmount() {
 }
 
 void FuseFs::SetControlPath(std::string path) { impl_->control_path = std::move(path); }
+
+const std::vector<std::string>& FuseFs::TimedOpNames() { return kTimedOpNames; }
+
+void FuseFs::SetOpObserver(std::function<void(std::size_t, std::chrono::nanoseconds)> fn) {
+  impl_->op_observer = std::move(fn);
+}
+
+void FuseFs::SetVirtualXattr(VirtualXattr fn) { impl_->virtual_xattr = std::move(fn); }
 
 void FuseFs::Invalidate(const server::ChangeSet& changes) {
   {

@@ -6,8 +6,12 @@
 // from a request handler, so a handler waiting on the network cannot deadlock with it.
 // Knows nothing of sockets.
 
+#include <chrono>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/status.h"
@@ -39,6 +43,19 @@ class FuseFs {
   void Unmount();
   // Where the daemon's control socket is: the root answers it as xattr user.foreverfs.control.
   void SetControlPath(std::string path);
+  // Names of the operations whose handler time goes to the observer, by index.
+  static const std::vector<std::string>& TimedOpNames();
+  // Called after each timed handler with its index in TimedOpNames() and how long it took
+  // (from the request's arrival in the handler to its return, which is when it replied).
+  // Set before Mount; called on FUSE threads.
+  void SetOpObserver(std::function<void(std::size_t op, std::chrono::nanoseconds)> fn);
+  // Extended attributes computed by the daemon (user.foreverfs.replicas, .holders): for a name
+  // it knows, returns the value or an error; nullopt for any other name. Not listed by
+  // listxattr; every user.foreverfs.* name is read-only (setxattr and removexattr give EPERM).
+  // May block (getxattr of these names may wait on the network). Set before Mount.
+  using VirtualXattr =
+      std::function<std::optional<Result<Bytes>>(std::uint64_t ino, std::string_view name)>;
+  void SetVirtualXattr(VirtualXattr fn);
   // Queues kernel cache invalidations for records a peer changed. Any thread.
   void Invalidate(const server::ChangeSet& changes);
 
