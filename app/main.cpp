@@ -23,12 +23,16 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <future>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <thread>
 
 #include "app/control.h"
+#include "app/metrics.h"
 #include "base/fd.h"
 #include "cas/chunk_store.h"
 #include "crypto/crypto.h"
@@ -58,6 +62,12 @@ Examples:
   mount -t fuse.foreverfs foreverfs /mnt/fs -o listen=:3000,key=/etc/foreverfs/cluster.key
   /etc/fstab line (then `mount /mnt/fs`):
   foreverfs /mnt/fs fuse.foreverfs listen=:3000,peer=10.0.0.1:3000,key=/etc/foreverfs/cluster.key,_netdev 0 0
+
+  Observing a node:
+  foreverfs status /mnt/fs --json                   # peers, bytes in/out, backlog, last errors
+  getfattr -n user.foreverfs.replicas /mnt/fs/film.mkv   # nodes holding every chunk of it
+  getfattr -n user.foreverfs.holders /mnt/fs/film.mkv    # which ones (node id@address)
+  foreverfs /mnt/fs --metrics 127.0.0.1:9464 ...    # Prometheus: curl 127.0.0.1:9464/metrics
 )";
 
 struct Options {
@@ -73,6 +83,7 @@ struct Options {
   std::string log_file;
   double fetch_timeout_s = 10;
   double gc_interval_s = 600;
+  std::string metrics;  // ADDR:PORT for Prometheus, "" for none
 };
 
 fs::path HomeDir() {
@@ -140,6 +151,8 @@ std::string SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
           return "log-level=" + value +
                  ": not one of trace, debug, info, warn, error, critical, off";
         o.log_level = value;
+      } else if (name == "metrics") {
+        o.metrics = value;
       } else if (name == "log-file") {
         o.log_file = value;
       } else if (name == "replicas" || name == "fetch-timeout" || name == "gc-interval") {
@@ -205,10 +218,12 @@ int Keygen(const std::string& file) {
 struct Daemon {
   server::FileServer& files;
   server::Replicator& replicator;
+  net::TcpTransport& transport;
   asio::io_context& io;
   server::ChunkMaintenance& maintenance;
   fs::path data;
   std::string listen;
+  int replicas = 0;
 };
 
 // Runs `fn` on the event thread and waits for it.
@@ -220,41 +235,223 @@ T OnEventThread(asio::io_context& io, std::function<T()> fn) {
   return f.get();
 }
 
+// The same, giving up after `limit` (a metrics scrape must not hang on a busy event thread).
+template <typename T>
+std::optional<T> TryOnEventThread(asio::io_context& io, std::function<T()> fn,
+                                  std::chrono::milliseconds limit) {
+  auto p = std::make_shared<std::promise<T>>();
+  auto f = p->get_future();
+  asio::post(io, [p, fn = std::move(fn)] { p->set_value(fn()); });
+  if (f.wait_for(limit) != std::future_status::ready) return std::nullopt;
+  return f.get();
+}
+
+// Chunk files and their bytes under DATA/chunks, by walking it; cached for 2 s so that status
+// and scrapes cost one walk at most every 2 s.
+struct LocalUsage {
+  std::uint64_t chunks = 0, bytes = 0;
+};
+LocalUsage Usage(const fs::path& data) {
+  static std::mutex mu;
+  static std::chrono::steady_clock::time_point at{};
+  static LocalUsage cached;
+  std::lock_guard lock(mu);
+  const auto now = std::chrono::steady_clock::now();
+  if (at != std::chrono::steady_clock::time_point{} && now - at < std::chrono::seconds(2))
+    return cached;
+  LocalUsage u;
+  std::error_code ec;
+  const fs::path root = data / "chunks";
+  for (fs::recursive_directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it.depth() == 0 && it->path().filename() == "tmp") {
+      it.disable_recursion_pending();
+      continue;
+    }
+    std::error_code fec;
+    if (it->is_regular_file(fec)) {
+      ++u.chunks;
+      u.bytes += it->file_size(fec);
+    }
+  }
+  cached = u;
+  at = now;
+  return u;
+}
+
+std::string JsonString(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += fmt::format("\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(c)));
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+std::string UtcTime(std::chrono::system_clock::time_point t) {
+  const std::time_t tt = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  ::gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string Duration(double s) {
+  const auto total = static_cast<std::uint64_t>(s);
+  if (total < 60) return fmt::format("{}s", total);
+  if (total < 3600) return fmt::format("{}m{:02}s", total / 60, total % 60);
+  if (total < 86400) return fmt::format("{}h{:02}m", total / 3600, total % 3600 / 60);
+  return fmt::format("{}d{:02}h", total / 86400, total % 86400 / 3600);
+}
+
+std::string Mib(std::uint64_t b) {
+  return fmt::format("{:.1f} MiB", static_cast<double>(b) / kMiB);
+}
+
+// Every peer status knows of: connected ones, ones whose link went, and addresses the transport
+// dials or that failed a handshake, merged by node id where one is known.
+std::vector<server::PeerStatus> AllPeers(Daemon& d) {
+  using Row = server::PeerStatus;
+  auto [rows, addrs] =
+      OnEventThread<std::pair<std::vector<Row>, std::vector<net::TcpTransport::AddrStatus>>>(
+          d.io, [&] { return std::make_pair(d.replicator.Peers(true), d.transport.Addresses()); });
+  for (const auto& a : addrs) {
+    auto it = std::find_if(rows.begin(), rows.end(), [&](const Row& r) {
+      return (a.node_id != 0 && r.node_id == a.node_id) || (!r.addr.empty() && r.addr == a.addr);
+    });
+    if (it != rows.end()) {
+      if (!a.last_error.empty() && a.last_error_at > it->last_error_at) {
+        it->last_error = a.last_error;
+        it->last_error_at = a.last_error_at;
+      }
+      continue;
+    }
+    Row r;
+    r.node_id = a.node_id;
+    r.addr = a.addr;
+    r.outbound = a.dialing;
+    r.last_error = a.last_error;
+    r.last_error_at = a.last_error_at;
+    rows.push_back(std::move(r));
+  }
+  return rows;
+}
+
+// Live files with a chunk this node does not hold (a manifest walk and one stat per chunk).
+std::pair<std::uint64_t, std::uint64_t> FilesMissingChunks(server::FileServer& files) {
+  std::uint64_t live = 0, missing = 0;
+  auto s = files.ns().ForEachLiveManifest([&](const server::InodeRecord& r) {
+    ++live;
+    for (const auto& id : r.manifest) {
+      if (id != cas::kHoleId && !files.HasChunk(id)) {
+        ++missing;
+        break;
+      }
+    }
+  });
+  if (!s.ok()) spdlog::warn("status: walking manifests: {}", s.message());
+  return {live, missing};
+}
+
+void HandleStatus(Daemon& d, bool json, const std::function<void(const std::string&)>& out) {
+  auto peers = AllPeers(d);
+  auto [backlog, round] = OnEventThread<std::pair<std::size_t, server::CatchUpStatus>>(
+      d.io, [&] { return std::make_pair(d.replicator.Backlog(), d.replicator.CatchUp()); });
+  const LocalUsage usage = Usage(d.data);
+  const auto [live_files, incomplete] = FilesMissingChunks(d.files);
+  struct statvfs st {};
+  ::statvfs(d.data.c_str(), &st);
+  const auto now = std::chrono::system_clock::now();
+  auto since = [&](std::chrono::system_clock::time_point t) {
+    return std::chrono::duration<double>(now - t).count();
+  };
+  const double rate = round.seconds > 0 ? round.done / round.seconds : 0;
+  const double byte_rate = round.seconds > 0 ? round.bytes / round.seconds : 0;
+  if (!json) {
+    const double free_gib = static_cast<double>(st.f_bavail) * st.f_frsize / (1 << 30);
+    const double total_gib = static_cast<double>(st.f_blocks) * st.f_frsize / (1 << 30);
+    out(fmt::format("node        {:016x}", d.files.node_id()));
+    out(fmt::format("listening   {}", d.listen));
+    out(fmt::format("data        {} ({:.1f} GiB free of {:.1f} GiB)", d.data.string(), free_gib,
+                    total_gib));
+    out(fmt::format("local       {} chunks, {}", usage.chunks, Mib(usage.bytes)));
+    out(fmt::format("changes     {} (local change sequence)", d.files.ns().LastSeq()));
+    out(fmt::format("backlog     {} chunks to fetch", backlog));
+    if (round.running) {
+      out(fmt::format("catch-up    {} of {} chunks ({}), {:.1f} chunks/s, {:.1f} MiB/s, {}",
+                      round.done, round.total, Mib(round.bytes), rate, byte_rate / kMiB,
+                      Duration(round.seconds)));
+    }
+    out(fmt::format("files       {} live, {} with chunks missing here{}", live_files, incomplete,
+                    d.replicas > 0 ? fmt::format(" (--replicas {}: this node holds only its "
+                                                 "share; see user.foreverfs.replicas per file)",
+                                                 d.replicas)
+                                   : ""));
+    std::size_t connected = 0;
+    for (const auto& p : peers) connected += p.connected;
+    out(fmt::format("peers       {} connected, {} known", connected, peers.size()));
+    for (const auto& p : peers) {
+      const std::string id = p.node_id ? fmt::format("{:016x}", p.node_id) : "?";
+      const std::string addr = p.addr.empty() ? p.remote : p.addr;
+      if (p.connected) {
+        out(
+            fmt::format("  {}  {}  {}  connected since {} ({})  in {}  out {}  backlog {} "
+                        "changes to send, {} chunks requested",
+                        id, addr, p.outbound ? "dialed" : "accepted", UtcTime(p.connected_since),
+                        Duration(since(p.connected_since)), Mib(p.bytes_in), Mib(p.bytes_out),
+                        p.changes_to_send, p.chunks_in_flight));
+      } else {
+        out(fmt::format("  {}  {}  not connected", id, addr));
+      }
+      if (!p.last_error.empty()) {
+        out(fmt::format("      last error: {} ({}, {} ago)", p.last_error, UtcTime(p.last_error_at),
+                        Duration(since(p.last_error_at))));
+      }
+    }
+    return;
+  }
+  std::string j = fmt::format(
+      R"({{"node":"{:016x}","listen":{},"data":{},"free_bytes":{},"total_bytes":{},"changes":{},)"
+      R"("backlog_chunks":{},"replicas":{},"local":{{"chunks":{},"bytes":{}}},)"
+      R"("files":{{"live":{},"missing_chunks_locally":{}}},)"
+      R"("catch_up":{{"running":{},"done":{},"total":{},"failed":{},"bytes":{},"seconds":{:.3f},)"
+      R"("chunks_per_second":{:.3f},"bytes_per_second":{:.0f}}},"peers":[)",
+      d.files.node_id(), JsonString(d.listen), JsonString(d.data.string()),
+      static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize,
+      static_cast<std::uint64_t>(st.f_blocks) * st.f_frsize, d.files.ns().LastSeq(), backlog,
+      d.replicas, usage.chunks, usage.bytes, live_files, incomplete, round.running, round.done,
+      round.total, round.failed, round.bytes, round.seconds, rate, byte_rate);
+  for (std::size_t i = 0; i < peers.size(); ++i) {
+    const auto& p = peers[i];
+    j += fmt::format(
+        R"({}{{"node":{},"addr":{},"remote":{},"direction":"{}","connected":{},)", i ? "," : "",
+        p.node_id ? JsonString(fmt::format("{:016x}", p.node_id)) : "null", JsonString(p.addr),
+        JsonString(p.remote), p.outbound ? "dialed" : "accepted", p.connected);
+    if (p.connected) {
+      j += fmt::format(
+          R"("connected_since":"{}","connected_seconds":{:.0f},"bytes_in":{},"bytes_out":{},)"
+          R"("backlog":{{"changes_to_send":{},"chunks_requested":{}}},)"
+          R"("records_received":{},"peer_seq":{},)",
+          UtcTime(p.connected_since), since(p.connected_since), p.bytes_in, p.bytes_out,
+          p.changes_to_send, p.chunks_in_flight, p.records_received, p.peer_seq);
+    }
+    j += p.last_error.empty() ? std::string(R"("last_error":null})")
+                              : fmt::format(R"("last_error":{},"last_error_at":"{}"}})",
+                                            JsonString(p.last_error), UtcTime(p.last_error_at));
+  }
+  out(j + "]}");
+}
+
 void HandleControl(Daemon& d, const std::string& command,
                    const std::function<void(const std::string&)>& out) {
   if (command == "status" || command == "status-json") {
-    auto peers =
-        OnEventThread<std::vector<server::PeerStatus>>(d.io, [&] { return d.replicator.Peers(); });
-    auto backlog = OnEventThread<std::size_t>(d.io, [&] { return d.replicator.Backlog(); });
-    struct statvfs st {};
-    ::statvfs(d.data.c_str(), &st);
-    const double free_gib = static_cast<double>(st.f_bavail) * st.f_frsize / (1 << 30);
-    const double total_gib = static_cast<double>(st.f_blocks) * st.f_frsize / (1 << 30);
-    if (command == "status") {
-      out(fmt::format("node        {:016x}", d.files.node_id()));
-      out(fmt::format("listening   {}", d.listen));
-      out(fmt::format("data        {} ({:.1f} GiB free of {:.1f} GiB)", d.data.string(), free_gib,
-                      total_gib));
-      out(fmt::format("changes     {} (local change sequence)", d.files.ns().LastSeq()));
-      out(fmt::format("backlog     {} chunks to fetch", backlog));
-      out(fmt::format("peers       {}", peers.size()));
-      for (const auto& p : peers) {
-        out(fmt::format("  {:016x}  {}  {}", p.node_id, p.addr,
-                        p.outbound ? "dialed" : "accepted"));
-      }
-    } else {
-      std::string json = fmt::format(
-          R"({{"node":"{:016x}","listen":"{}","data":"{}","free_bytes":{},"total_bytes":{},"changes":{},"backlog_chunks":{},"peers":[)",
-          d.files.node_id(), d.listen, d.data.string(),
-          static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize,
-          static_cast<std::uint64_t>(st.f_blocks) * st.f_frsize, d.files.ns().LastSeq(), backlog);
-      for (std::size_t i = 0; i < peers.size(); ++i) {
-        json +=
-            fmt::format(R"({}{{"node":"{:016x}","addr":"{}","direction":"{}"}})", i ? "," : "",
-                        peers[i].node_id, peers[i].addr, peers[i].outbound ? "dialed" : "accepted");
-      }
-      out(json + "]}");
-    }
+    HandleStatus(d, command == "status-json", out);
   } else if (command == "scrub") {
     spdlog::info("scrub started");
     auto r = d.maintenance.Scrub([&](const std::string& line) {
@@ -275,6 +472,41 @@ void HandleControl(Daemon& d, const std::string& command,
   } else {
     out(fmt::format("unknown command '{}' (status, status-json, scrub, gc)", command));
   }
+}
+
+// user.foreverfs.replicas: how many nodes (this one included) hold every chunk of the file's
+// current version, as far as this node and its connected peers say within 2 s;
+// user.foreverfs.holders: which, as "nodeid@address" separated by commas, this node first.
+constexpr std::string_view kReplicasXattr = "user.foreverfs.replicas";
+constexpr std::string_view kHoldersXattr = "user.foreverfs.holders";
+constexpr auto kHoldersTimeout = std::chrono::milliseconds(2000);
+
+std::optional<Result<Bytes>> ReplicaXattr(server::FileServer& files, server::Replicator& r,
+                                          const std::string& self_addr, std::uint64_t ino,
+                                          std::string_view name) {
+  if (name != kReplicasXattr && name != kHoldersXattr) return std::nullopt;
+  auto rec = files.ns().GetInode(ino);
+  if (!rec.ok()) return rec.status();
+  if (rec->deleted) return Status(Code::kNotFound, "inode is deleted");
+  if (rec->kind != server::InodeKind::kFile) {
+    return Err(Code::kNoData, "{} is only there for regular files", name);
+  }
+  const auto report = r.Holders(rec->manifest, kHoldersTimeout);
+  spdlog::debug(
+      "getxattr {} of inode {:016x}: {} chunks, here: {}, {} of {} peers answered, {} "
+      "hold them all",
+      name, ino, report.chunks, report.local, report.answered, report.asked, report.peers.size());
+  std::string value;
+  if (name == kReplicasXattr) {
+    value = std::to_string((report.local ? 1 : 0) + report.peers.size());
+  } else {
+    std::vector<std::string> holders;
+    if (report.local) holders.push_back(fmt::format("{:016x}@{}", files.node_id(), self_addr));
+    for (const auto& h : report.peers)
+      holders.push_back(fmt::format("{:016x}@{}", h.node_id, h.addr));
+    value = fmt::format("{}", fmt::join(holders, ","));
+  }
+  return Bytes(value.begin(), value.end());
 }
 
 // `foreverfs status|scrub|gc [MOUNTPOINT] [--data DIR]`: the daemon's control socket is
@@ -360,6 +592,32 @@ int Serve(Options o) {
 
   fuse::FuseFs fuse(files);
   fuse.SetControlPath((data / "control.sock").string());
+  app::OpLatency latency(fuse::FuseFs::TimedOpNames());
+  fuse.SetOpObserver(
+      [&latency](std::size_t op, std::chrono::nanoseconds d) { latency.Observe(op, d); });
+  fuse.SetVirtualXattr([&files, r = replicator.get(), self = transport->AdvertisedAddr()](
+                           std::uint64_t ino, std::string_view name) {
+    return ReplicaXattr(files, *r, self, ino, name);
+  });
+  std::unique_ptr<app::MetricsServer> metrics;
+  if (!o.metrics.empty()) {
+    auto m = app::MetricsServer::Bind(o.metrics, [&] {
+      app::MetricsSnapshot snap;
+      const LocalUsage usage = Usage(data);
+      snap.bytes_stored = usage.bytes;
+      snap.chunks = usage.chunks;
+      snap.bytes_sent = transport->Totals().BytesOut();
+      snap.bytes_received = transport->Totals().BytesIn();
+      snap.peers_connected = replicator->PeerCount();
+      snap.replication_backlog =
+          TryOnEventThread<std::size_t>(
+              *io, [&] { return replicator->Backlog(); }, std::chrono::milliseconds(1000))
+              .value_or(0);
+      return app::RenderMetrics(snap, &latency);
+    });
+    if (!m.ok()) return fail(m.status().message());
+    metrics = std::move(*m);
+  }
   files.SetOnRemoteChange([&fuse](const server::ChangeSet& cs) { fuse.Invalidate(cs); });
   if (auto s = fuse.Mount({o.mountpoint, o.fuse_options, 1.0}); !s.ok()) return fail(s.message());
   spdlog::info("foreverfs {} mounted on {} (node {:016x}, listening on {}, data in {})",
@@ -383,7 +641,13 @@ int Serve(Options o) {
   std::thread net_thread([&io] { io->run(); });
 
   server::ChunkMaintenance maintenance(files);
-  Daemon daemon{files, *replicator, *io, maintenance, data, transport->AdvertisedAddr()};
+  Daemon daemon{
+      files,     *replicator, *transport, *io, maintenance, data, transport->AdvertisedAddr(),
+      o.replicas};
+  if (metrics) {
+    metrics->Serve();
+    spdlog::info("serving Prometheus metrics on http://{}/metrics", o.metrics);
+  }
   auto control = app::ControlServer::Start(
       data / "control.sock",
       [&daemon](const std::string& cmd, const std::function<void(const std::string&)>& out) {
@@ -412,6 +676,7 @@ int Serve(Options o) {
   gc_cv.notify_all();
   gc_thread.join();
   if (control.ok()) (*control)->Stop();
+  if (metrics) metrics->Stop();
   fuse.Unmount();
   files.SetOnRemoteChange(nullptr);
 
@@ -479,7 +744,7 @@ int main(int argc, char** argv) {
   app.add_option("-o", raw_opts,
                  "Mount options: FUSE ones (allow_other, ro, ...) and name=value for the options "
                  "above (listen=, peer=, data=, key=, replicas=, log-level=, log-file=, "
-                 "fetch-timeout=, gc-interval=); _netdev, nofail, noauto, x-* and other "
+                 "fetch-timeout=, gc-interval=, metrics=); _netdev, nofail, noauto, x-* and other "
                  "mount(8) options are ignored")
       ->allow_extra_args(false);
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error")
@@ -491,6 +756,8 @@ int main(int argc, char** argv) {
                  "Seconds a read waits for a chunk no local copy has before failing with EIO")
       ->capture_default_str();
 
+  app.add_option("--metrics", o.metrics,
+                 "Serve Prometheus metrics at http://ADDR:PORT/metrics (e.g. 127.0.0.1:9464)");
   app.add_option("--gc-interval", o.gc_interval_s,
                  "Seconds between garbage-collection passes; an unreferenced chunk is removed by "
                  "the second pass that finds it")

@@ -75,8 +75,8 @@ TEST(NetHoldersTest, TheLayoutIsTheDocumentedOne) {
   HaveChunksReply r = EmptyHaveReply(5, 10);
   r.Set(0);
   r.Set(9);
-  EXPECT_EQ(EncodeFrame(r), (Bytes{20, 0, 0, 0, 9, 0, 5, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0, 2, 0,
-                                   0, 0, 0x01, 0x02}));
+  EXPECT_EQ(EncodeFrame(r), (Bytes{20, 0, 0,  0, 9, 0, 5, 0, 0, 0, 0,    0,
+                                   0,  0, 10, 0, 0, 0, 2, 0, 0, 0, 0x01, 0x02}));
 }
 
 TEST(NetHoldersTest, BoundsAreCheckedBeforeAllocating) {
