@@ -102,11 +102,8 @@ std::string HttpResponse(std::string_view request, const std::function<std::stri
   const std::string_view method = line.substr(0, sp1);
   std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
   target = target.substr(0, target.find('?'));
-  if (target != "/metrics") {
-    return reply("404 Not Found", "text/plain; charset=utf-8", "not found; try /metrics\n");
-  }
-  if (method != "GET") {
-    return reply("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n");
+  if (method != "GET" || target != "/metrics") {
+    return reply("404 Not Found", "text/plain; charset=utf-8", "only GET /metrics is here\n");
   }
   return reply("200 OK", "text/plain; version=0.0.4; charset=utf-8", body());
 }

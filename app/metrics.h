@@ -75,7 +75,7 @@ struct MetricsSnapshot {
 std::string RenderMetrics(const MetricsSnapshot& m, const OpLatency* latency);
 
 // Answers one HTTP request (the bytes up to the blank line): 200 with `body()` for GET /metrics,
-// 404 for any other path, 405 for another method on /metrics, 400 if it is not HTTP.
+// 404 for any other method or path, 400 if it is not an HTTP/1.x request line.
 std::string HttpResponse(std::string_view request, const std::function<std::string()>& body);
 
 // A thread with a blocking accept loop, one connection at a time, each bounded: 8 KiB of

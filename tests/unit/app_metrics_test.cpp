@@ -91,7 +91,7 @@ TEST(AppMetricsTest, OnlyGetMetricsIsServed) {
   EXPECT_TRUE(HttpResponse("GET /metrics?x=1 HTTP/1.0\r\n\r\n", body).starts_with("HTTP/1.1 200"));
   EXPECT_TRUE(HttpResponse("GET / HTTP/1.1\r\n\r\n", body).starts_with("HTTP/1.1 404"));
   EXPECT_TRUE(HttpResponse("GET /metricsx HTTP/1.1\r\n\r\n", body).starts_with("HTTP/1.1 404"));
-  EXPECT_TRUE(HttpResponse("POST /metrics HTTP/1.1\r\n\r\n", body).starts_with("HTTP/1.1 405"));
+  EXPECT_TRUE(HttpResponse("POST /metrics HTTP/1.1\r\n\r\n", body).starts_with("HTTP/1.1 404"));
   EXPECT_TRUE(HttpResponse("garbage", body).starts_with("HTTP/1.1 400"));
   EXPECT_TRUE(HttpResponse("", body).starts_with("HTTP/1.1 400"));
 }
