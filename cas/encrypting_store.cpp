@@ -17,6 +17,7 @@
 #include <openssl/crypto.h>
 
 #include <algorithm>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -79,7 +80,11 @@ class EncryptingChunkStore final : public ChunkStore {
     }
     if (inner_->Has(id)) return Ok();
     const crypto::Aead aead(ChunkKey(id));
-    Bytes blob(BlobSize(data.size()));
+    // One buffer per thread, kept: a fresh megabyte for every chunk costs a page fault per
+    // page, which on these machines is as much as sealing it.
+    thread_local std::unique_ptr<std::uint8_t[]> scratch;
+    if (!scratch) scratch = std::make_unique_for_overwrite<std::uint8_t[]>(BlobSize(kMaxChunkSize));
+    const MutableByteSpan blob(scratch.get(), BlobSize(data.size()));
     blob[0] = kBlobVersion;
     std::uint8_t* out = blob.data() + 1;
     for (std::size_t i = 0, n = Segments(data.size()); i < n; ++i) {

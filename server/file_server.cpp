@@ -118,6 +118,13 @@ Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& req) {
     if (auto s = of->Commit(); !s.ok()) return s;
   }
   if (req.mode || req.uid || req.gid || req.mtime_ns || req.atime_ns) {
+    std::shared_ptr<OpenFile> open;
+    {
+      std::lock_guard lock(files_mu_);
+      auto it = open_files_.find(id);
+      if (it != open_files_.end()) open = it->second.lock();
+    }
+    if (open && open->DeferAttrs(req)) return GetAttr(id);
     auto s = UpdateInode(id, [&](InodeRecord& rec) {
       if (req.mode) rec.mode = *req.mode & 07777;
       if (req.uid) rec.uid = *req.uid;

@@ -32,8 +32,9 @@ OpenFile::OpenFile(FileServer& fs, const InodeRecord& rec)
 OpenFile::~OpenFile() { DropBuffer(); }
 
 void OpenFile::DropBuffer() {
-  if (buf_index_ == SIZE_MAX) return;
   buf_index_ = SIZE_MAX;
+  if (!buf_slot_) return;
+  buf_slot_ = false;
   buf_.clear();
   buf_.shrink_to_fit();
   fs_.seq_buffers_.fetch_sub(1);
@@ -57,9 +58,12 @@ Result<bool> OpenFile::TryBuffer(std::size_t i, std::size_t in, ByteSpan data,
     if (buf_index_ != SIZE_MAX) {
       if (auto s = SpillBuffer(); !s.ok()) return s;
     }
-    if (fs_.seq_buffers_.fetch_add(1) >= FileServer::kMaxSeqBuffers) {
-      fs_.seq_buffers_.fetch_sub(1);  // memory stays bounded: many writers use staging
-      return false;
+    if (!buf_slot_) {
+      if (fs_.seq_buffers_.fetch_add(1) >= FileServer::kMaxSeqBuffers) {
+        fs_.seq_buffers_.fetch_sub(1);  // memory stays bounded: many writers use staging
+        return false;
+      }
+      buf_slot_ = true;
     }
     buf_index_ = i;
     buf_.reserve(kCS);
@@ -89,11 +93,14 @@ Status OpenFile::StoreBuffer() {
   }
   manifest_[i] = id;
   dirty_[i] = false;
-  // A reader of this chunk now would load it again: keep the bytes as the cached chunk.
+  // A reader of this chunk now would load it again: keep the bytes as the cached chunk. The
+  // buffer keeps its memory for the next chunk (fresh pages cost a fault each); the commit
+  // gives it back.
   cached_.swap(buf_);
   cached_index_ = i;
   cached_id_ = id;
-  DropBuffer();
+  buf_.clear();
+  buf_index_ = SIZE_MAX;
   return Ok();
 }
 
@@ -270,6 +277,18 @@ Status OpenFile::Extend(std::uint64_t size) {
   return Truncate(size);
 }
 
+bool OpenFile::DeferAttrs(const SetAttrRequest& req) {
+  std::lock_guard lock(mu_);
+  AdoptRemote();
+  if (!changed_) return false;
+  if (req.mode) deferred_.mode = req.mode;
+  if (req.uid) deferred_.uid = req.uid;
+  if (req.gid) deferred_.gid = req.gid;
+  if (req.atime_ns) deferred_.atime_ns = req.atime_ns;
+  if (req.mtime_ns) mtime_ns_ = *req.mtime_ns;
+  return true;
+}
+
 void OpenFile::SetMtime(std::int64_t mtime_ns) {
   std::lock_guard lock(mu_);
   mtime_ns_ = mtime_ns;
@@ -298,6 +317,7 @@ Status OpenFile::Commit() {
   auto cur = fs_.ns_.GetInode(id_);
   if (!cur.ok()) {
     // Unlinked while open: nothing to commit to.
+    deferred_ = {};
     changed_ = false;
     return Ok();
   }
@@ -305,6 +325,10 @@ Status OpenFile::Commit() {
   rec.size = size_;
   rec.manifest = manifest_;
   rec.mtime_ns = mtime_ns_;
+  if (deferred_.mode) rec.mode = *deferred_.mode;
+  if (deferred_.uid) rec.uid = *deferred_.uid;
+  if (deferred_.gid) rec.gid = *deferred_.gid;
+  if (deferred_.atime_ns) rec.atime_ns = *deferred_.atime_ns;
   rec.ctime_ns = fs_.NowNs();
   rec.version = fs_.hlc_.Next();
   // Our content descends from what we opened (or last adopted), not necessarily from what the
@@ -315,7 +339,9 @@ Status OpenFile::Commit() {
   base_clock_ = rec.content_clock;
   record_ = rec;
   std::fill(dirty_.begin(), dirty_.end(), false);
+  deferred_ = {};
   changed_ = false;
+  DropBuffer();
   return Ok();
 }
 
@@ -372,6 +398,10 @@ void OpenFile::Overlay(InodeRecord& rec) {
   if (!changed_) return;
   rec.size = size_;
   rec.mtime_ns = mtime_ns_;
+  if (deferred_.mode) rec.mode = *deferred_.mode;
+  if (deferred_.uid) rec.uid = *deferred_.uid;
+  if (deferred_.gid) rec.gid = *deferred_.gid;
+  if (deferred_.atime_ns) rec.atime_ns = *deferred_.atime_ns;
 }
 
 }  // namespace foreverfs::server

@@ -32,6 +32,10 @@ class OpenFile {
   // Grows the file to `size` (zeros) if it is smaller; never shrinks.
   Status Extend(std::uint64_t size);
   void SetMtime(std::int64_t mtime_ns);
+  // Attribute changes to a file with uncommitted writes wait for its commit (tar sets owner,
+  // mode and times on every file it writes, before closing it): one namespace commit instead
+  // of four. False if the file has no uncommitted writes (the caller commits them itself).
+  bool DeferAttrs(const SetAttrRequest& req);
   // True the first time it is called: the first write of a file checks its setuid bits.
   bool TakePrivilegeCheck() { return !privileges_checked_.exchange(true); }
   // Stores dirty chunks and commits a new version of the inode; no-op if nothing changed.
@@ -78,6 +82,7 @@ class OpenFile {
   std::vector<bool> written_;  // staging holds bytes for this chunk (maybe stale)
   std::uint64_t size_;
   std::int64_t mtime_ns_;
+  SetAttrRequest deferred_;  // mode, owner and atime for the next commit (see DeferAttrs)
   // Atomic so that the event thread can ask without waiting for a reader holding mu_.
   std::atomic<bool> changed_{false};
   std::atomic<bool> privileges_checked_{
@@ -85,6 +90,7 @@ class OpenFile {
   std::optional<StagingFile> staging_;
   std::size_t buf_index_ = SIZE_MAX;  // chunk gathered in buf_, SIZE_MAX if none
   Bytes buf_;
+  bool buf_slot_ = false;  // counted in FileServer::seq_buffers_ (buf_ may hold memory)
   std::size_t cached_index_ = SIZE_MAX;
   cas::ChunkId cached_id_{};
   Bytes cached_;

@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <deque>
 #include <future>
 #include <map>
@@ -92,6 +94,12 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   std::set<cas::ChunkId> queued_;
   std::size_t in_flight_ = 0;
   std::atomic<bool> notify_posted_{false};
+  // Storage work (verify, seal and write a chunk received; read and open one to send) runs
+  // here, off the event thread, which is left with the network. Owned by Replicator, which
+  // joins it before Impl can go. Started on first use, on the event thread: threads started
+  // before the process daemonizes (fork) would not exist in the daemon.
+  asio::thread_pool* storage_ = nullptr;
+  std::unique_ptr<asio::thread_pool>* storage_owner_ = nullptr;  // null once Replicator is gone
   // peers_.size(), readable from any thread (peers_ itself belongs to the event thread).
   std::atomic<std::size_t> peer_count_{0};
   // Chunks a blocking Fetch could not get, and when (any thread; guarded).
@@ -108,6 +116,27 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
     std::size_t total = 0, done = 0, failed = 0;
     std::uint64_t bytes = 0;
   } round_;
+
+  // Runs `work` on the storage pool and `then(result)` back on the event thread. The event
+  // loop counts as busy meanwhile, so io_context::run does not return under it.
+  template <typename Work, typename Then>
+  void OffThread(Work work, Then then) {
+    if (!storage_ && storage_owner_) {
+      *storage_owner_ = std::make_unique<asio::thread_pool>(2);
+      storage_ = storage_owner_->get();
+    }
+    if (!storage_) {
+      then(work());
+      return;
+    }
+    asio::post(*storage_, [self = shared_from_this(), work = std::move(work),
+                           then = std::move(then), guard = asio::make_work_guard(io_)]() mutable {
+      auto result = work();
+      asio::post(self->io_, [then = std::move(then), result = std::move(result)]() mutable {
+        then(std::move(result));
+      });
+    });
+  }
 
   bool ShouldHold(const cas::ChunkId& id) const {
     if (options_.replicas <= 0 ||
@@ -333,11 +362,16 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   }
 
   void OnHaveChunks(const std::shared_ptr<net::Link>& link, net::HaveChunks&& q) {
-    auto reply = net::EmptyHaveReply(q.request_id, static_cast<std::uint32_t>(q.ids.size()));
-    for (std::size_t i = 0; i < q.ids.size(); ++i) {
-      if (fs_.HasChunk(q.ids[i])) reply.Set(i);
-    }
-    link->Send(std::move(reply));
+    auto ids = std::make_shared<std::vector<cas::ChunkId>>(std::move(q.ids));
+    OffThread(
+        [this, ids, req = q.request_id] {
+          auto reply = net::EmptyHaveReply(req, static_cast<std::uint32_t>(ids->size()));
+          for (std::size_t i = 0; i < ids->size(); ++i) {
+            if (fs_.HasChunk((*ids)[i])) reply.Set(i);
+          }
+          return reply;
+        },
+        [link](net::HaveChunksReply reply) { link->Send(std::move(reply)); });
   }
 
   // A background fetch failed (no peer had the chunk yet): look for missing chunks again one
@@ -410,30 +444,34 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
       TryNext(job);
       return;
     }
-    if (auto s = fs_.StoreChunk(job->id, reply.data); !s.ok()) {
-      if (s.code() == Code::kCorruption) {
-        spdlog::warn("peer {} sent chunk {} with bytes that do not match it; ignored", Short(node),
-                     cas::Hex(job->id));
-        TryNext(job);
-      } else {
-        job->done(Err(s.code(), "storing chunk {}: {}", cas::Hex(job->id), s.message()));
-      }
-      return;
-    }
-    job->done(std::move(reply.data));
+    auto data = std::make_shared<Bytes>(std::move(reply.data));
+    OffThread([this, id = job->id, data] { return fs_.StoreChunk(id, *data); },
+              [self = shared_from_this(), job, node, data](Status s) {
+                if (s.ok()) {
+                  job->done(std::move(*data));
+                } else if (s.code() == Code::kCorruption) {
+                  spdlog::warn("peer {} sent chunk {} with bytes that do not match it; ignored",
+                               Short(node), cas::Hex(job->id));
+                  self->TryNext(job);
+                } else {
+                  job->done(Err(s.code(), "storing chunk {}: {}", cas::Hex(job->id), s.message()));
+                }
+              });
   }
 
   void OnGetChunk(const std::shared_ptr<net::Link>& link, const net::GetChunk& req) {
-    net::ChunkReply reply{req.request_id, false, {}};
-    auto data = fs_.LocalChunk(req.id);
-    if (data.ok()) {
-      reply.found = true;
-      reply.data = std::move(*data);
-    } else if (data.status().code() == Code::kCorruption) {
-      spdlog::error("chunk {}: local copy is corrupt; not serving it ({})", cas::Hex(req.id),
-                    data.status().message());
-    }
-    link->Send(std::move(reply));
+    OffThread([this, id = req.id] { return fs_.LocalChunk(id); },
+              [link, req](Result<Bytes> data) {
+                net::ChunkReply reply{req.request_id, false, {}};
+                if (data.ok()) {
+                  reply.found = true;
+                  reply.data = std::move(*data);
+                } else if (data.status().code() == Code::kCorruption) {
+                  spdlog::error("chunk {}: local copy is corrupt; not serving it ({})",
+                                cas::Hex(req.id), data.status().message());
+                }
+                link->Send(std::move(reply));
+              });
   }
 
   void SendPeers(const std::shared_ptr<net::Link>& to) {
@@ -458,9 +496,15 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
 };
 
 Replicator::Replicator(asio::io_context& io, FileServer& fs, ReplicatorOptions options)
-    : impl_(std::make_shared<Impl>(io, fs, options)) {}
+    : impl_(std::make_shared<Impl>(io, fs, options)) {
+  impl_->storage_owner_ = &storage_;
+}
 
-Replicator::~Replicator() = default;
+Replicator::~Replicator() {
+  if (storage_) storage_->join();
+  impl_->storage_ = nullptr;
+  impl_->storage_owner_ = nullptr;
+}
 
 bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
   auto& im = *impl_;

@@ -21,7 +21,8 @@
 
 namespace boost::asio {
 class io_context;
-}
+class thread_pool;
+}  // namespace boost::asio
 
 namespace foreverfs::server {
 
@@ -106,6 +107,7 @@ class Replicator : public net::LinkHandler, public RemoteChunks {
 
  private:
   std::shared_ptr<Impl> impl_;
+  std::unique_ptr<boost::asio::thread_pool> storage_;  // see Impl::storage_
 };
 
 }  // namespace foreverfs::server

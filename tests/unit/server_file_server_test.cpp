@@ -548,6 +548,47 @@ TEST_F(FileServerTest, SetAttrChangesModeOwnerAndTimes) {
   EXPECT_EQ(fs_->SetAttr(999, req).status().code(), Code::kNotFound);
 }
 
+// tar writes a file, then sets its owner, mode and times, then closes it: the attribute changes
+// wait for the commit of the writes, so the file is one namespace commit, not four. Readers on
+// this node see the new attributes at once; the committed record gets them at the flush.
+TEST_F(FileServerTest, AttributesSetOnAFileWithUncommittedWritesCommitWithThem) {
+  const std::uint64_t h = CreateFile("t");
+  const InodeId id = IdOf("/t");
+  WriteAt(h, 0, Pattern(5000, 3));
+  const auto v0 = db_->GetInode(id)->version;
+  SetAttrRequest req;
+  req.mode = 0640;
+  req.uid = 7;
+  req.gid = 8;
+  req.mtime_ns = 42;
+  req.atime_ns = 43;
+  auto a = fs_->SetAttr(id, req);
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  EXPECT_EQ(a->rec.mode, 0640u);
+  EXPECT_EQ(a->rec.uid, 7u);
+  EXPECT_EQ(a->rec.gid, 8u);
+  EXPECT_EQ(a->rec.mtime_ns, 42);
+  EXPECT_EQ(a->rec.size, 5000u);
+  EXPECT_EQ(fs_->GetAttr(id)->rec.mode, 0640u);
+  EXPECT_EQ(db_->GetInode(id)->version, v0) << "nothing committed before the flush";
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  auto rec = db_->GetInode(id);
+  EXPECT_EQ(rec->mode, 0640u);
+  EXPECT_EQ(rec->uid, 7u);
+  EXPECT_EQ(rec->gid, 8u);
+  EXPECT_EQ(rec->mtime_ns, 42);
+  EXPECT_EQ(rec->atime_ns, 43);
+  EXPECT_EQ(rec->size, 5000u);
+  // With nothing uncommitted, a change commits at once.
+  SetAttrRequest again;
+  again.mode = 0600;
+  ASSERT_TRUE(fs_->SetAttr(id, again).ok());
+  EXPECT_EQ(db_->GetInode(id)->mode, 0600u);
+  fs_->Release(h);
+  EXPECT_EQ(db_->GetInode(id)->mode, 0600u);
+  EXPECT_EQ(db_->GetInode(id)->mtime_ns, 42);
+}
+
 TEST_F(FileServerTest, UnlinkWhileOpenKeepsTheHandleReadable) {
   ASSERT_TRUE(StoreBytes("/f", Pattern(1000, 17)).ok());
   const InodeId id = IdOf("/f");
