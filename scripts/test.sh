@@ -15,7 +15,7 @@ step "unit tests"
 
 step "unit tests under ASan/UBSan"
 if cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFOREVERFS_SANITIZE=ON >/dev/null &&
-   cmake --build build-asan -j"$(nproc)" --target test_crypto test_cas test_net test_server; then
+   cmake --build build-asan -j"$(nproc)" --target test_crypto test_cas test_net test_server test_app; then
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2) || failed+=("sanitized unit tests")
 else
   failed+=("sanitized build")

@@ -21,6 +21,7 @@
 #include "cas/chunk_store.h"
 #include "server/hlc.h"
 #include "server/namespace_db.h"
+#include "server/work_queue.h"
 
 namespace foreverfs::server {
 
@@ -178,9 +179,13 @@ class FileServer {
   std::map<std::uint64_t, std::shared_ptr<OpenFile>> handles_;
   std::map<InodeId, std::weak_ptr<OpenFile>> open_files_;
   std::atomic<std::uint64_t> next_handle_{1};
-  // Sequential-write buffers (1 MiB each) in use, and the most there may be.
-  static constexpr int kMaxSeqBuffers = 16;
+  // Files holding sequential-write buffers (up to 1 + kMaxChunksInFlight MiB each), and the
+  // most there may be.
+  static constexpr int kMaxSeqBuffers = 8;
+  static constexpr std::size_t kMaxChunksInFlight = 2;  // per file, hashed and stored by
   std::atomic<int> seq_buffers_{0};
+  WorkQueue store_queue_{2};  // ...these threads while the writer goes on (last member: it
+                              // finishes its jobs before the rest goes away)
 };
 
 }  // namespace foreverfs::server

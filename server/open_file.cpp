@@ -29,14 +29,17 @@ OpenFile::OpenFile(FileServer& fs, const InodeRecord& rec)
   Resize(size_);
 }
 
-OpenFile::~OpenFile() { DropBuffer(); }
+OpenFile::~OpenFile() {
+  (void)Reap(0);
+  DropBuffer();
+}
 
 void OpenFile::DropBuffer() {
   buf_index_ = SIZE_MAX;
   if (!buf_slot_) return;
   buf_slot_ = false;
-  buf_.clear();
-  buf_.shrink_to_fit();
+  Bytes().swap(buf_);
+  Bytes().swap(spare_);
   fs_.seq_buffers_.fetch_sub(1);
 }
 
@@ -47,6 +50,7 @@ Result<bool> OpenFile::TryBuffer(std::size_t i, std::size_t in, ByteSpan data,
   } else {
     if (buf_index_ == i) {  // a write elsewhere in the buffered chunk
       if (auto s = SpillBuffer(); !s.ok()) return s;
+  if (auto s = Reap(0); !s.ok()) return s;
       return false;
     }
     // A buffer starts at a chunk's first byte, where nothing of the old chunk would survive
@@ -79,29 +83,54 @@ Result<bool> OpenFile::TryBuffer(std::size_t i, std::size_t in, ByteSpan data,
 
 Status OpenFile::StoreBuffer() {
   const std::size_t i = buf_index_;
-  const std::size_t len = static_cast<std::size_t>(ChunkLen(i));
-  if (buf_.size() < len) buf_.resize(len, 0);
-  buf_.resize(len);
-  cas::ChunkId id = cas::kHoleId;
-  if (!AllZero(buf_)) {
-    id = fs_.hasher_.IdOf(buf_);
-    if (auto s = fs_.store_.Put(id, buf_); !s.ok()) {
-      // The bytes are not lost: they go to staging (unless that fails too).
-      (void)SpillBuffer();
-      return s;
-    }
-  }
-  manifest_[i] = id;
-  dirty_[i] = false;
-  // A reader of this chunk now would load it again: keep the bytes as the cached chunk. The
-  // buffer keeps its memory for the next chunk (fresh pages cost a fault each); the commit
-  // gives it back.
-  cached_.swap(buf_);
-  cached_index_ = i;
-  cached_id_ = id;
+  buf_.resize(static_cast<std::size_t>(ChunkLen(i)), 0);  // zeros up to its length in the file
+  auto data = std::make_shared<Bytes>();
+  data->swap(buf_);
+  buf_.swap(spare_);  // a buffer whose pages are already there, if there is one
   buf_.clear();
   buf_index_ = SIZE_MAX;
-  return Ok();
+  auto id = std::make_shared<std::promise<Result<cas::ChunkId>>>();
+  inflight_.push_back({i, data, id->get_future()});
+  // Hashing, sealing and writing the chunk overlap with the writer's next chunk.
+  fs_.store_queue_.Post([&fs = fs_, data, id] {
+    if (AllZero(*data)) return id->set_value(cas::kHoleId);
+    const cas::ChunkId chunk = fs.hasher_.IdOf(*data);
+    Status s = fs.store_.Put(chunk, *data);
+    id->set_value(s.ok() ? Result<cas::ChunkId>(chunk) : Result<cas::ChunkId>(s));
+  });
+  return Reap(FileServer::kMaxChunksInFlight);
+}
+
+Status OpenFile::Reap(std::size_t keep) {
+  Status first = Ok();
+  while (!inflight_.empty() &&
+         (inflight_.size() > keep ||
+          inflight_.front().id.wait_for(std::chrono::seconds(0)) == std::future_status::ready)) {
+    InFlight job = std::move(inflight_.front());
+    inflight_.pop_front();
+    Result<cas::ChunkId> id = job.id.get();
+    if (id.ok()) {
+      manifest_[job.index] = *id;
+      dirty_[job.index] = false;
+    } else {
+      // Not lost: into staging, where the commit stores it again (and reports the error).
+      spdlog::warn("inode {:016x}: storing chunk {} failed, kept in staging: {}", id_, job.index,
+                   id.status().message());
+      Status s = EnsureStaging();
+      if (s.ok()) s = staging_->Write(job.index * kCS, *job.data);
+      if (!s.ok() && first.ok()) first = s;
+      dirty_[job.index] = written_[job.index] = true;
+    }
+    if (job.data.use_count() == 1 && spare_.capacity() == 0) spare_.swap(*job.data);
+  }
+  return first;
+}
+
+bool OpenFile::InFlightAt(std::uint64_t offset, std::uint64_t end) const {
+  for (const auto& job : inflight_) {
+    if (job.index * kCS < end && offset < (job.index + 1) * kCS) return true;
+  }
+  return false;
 }
 
 Status OpenFile::SpillBuffer() {
@@ -176,9 +205,14 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
     const std::size_t in = static_cast<std::size_t>(pos % kCS);
     const std::size_t n = std::min<std::size_t>(len - done, kCS - in);
     std::uint8_t* dst = out.data() + done;
-    if (i == buf_index_) {
-      std::size_t avail = in < buf_.size() ? std::min(n, buf_.size() - in) : 0;
-      if (avail) std::memcpy(dst, buf_.data() + in, avail);
+    const Bytes* gathered = i == buf_index_ ? &buf_ : nullptr;
+    for (const auto& job : inflight_) {
+      if (job.index == i) gathered = job.data.get();
+    }
+    if (gathered) {
+      const Bytes& b = *gathered;
+      std::size_t avail = in < b.size() ? std::min(n, b.size() - in) : 0;
+      if (avail) std::memcpy(dst, b.data() + in, avail);
       if (avail < n) std::memset(dst + avail, 0, n - avail);
     } else if (dirty_[i]) {
       if (auto s = staging_->Read(pos, MutableByteSpan(dst, n)); !s.ok()) return s;
@@ -204,6 +238,9 @@ Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool ap
   if (append) offset = size_;
   if (data.empty()) return std::size_t{0};
   const std::uint64_t end = offset + data.size();
+  if (InFlightAt(offset, end)) {
+    if (auto s = Reap(0); !s.ok()) return s;
+  }
   const std::uint64_t old_size = size_;
   if (end > size_) Resize(end);
   // Chunk by chunk: the sequential buffer takes what it can, staging the rest.
@@ -301,6 +338,7 @@ Status OpenFile::Commit() {
   if (buf_index_ != SIZE_MAX) {
     if (auto s = StoreBuffer(); !s.ok()) return s;
   }
+  if (auto s = Reap(0); !s.ok()) return s;
   Bytes buf;
   for (std::size_t i = 0; i < manifest_.size(); ++i) {
     if (!dirty_[i]) continue;
@@ -381,6 +419,7 @@ void OpenFile::AdoptRemote() {
 
 std::vector<cas::ChunkId> OpenFile::Manifest() {
   std::lock_guard lock(mu_);
+  (void)Reap(0);
   return manifest_;
 }
 

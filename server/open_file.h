@@ -9,6 +9,9 @@
 // Thread-safe; all handles of one inode share one OpenFile.
 
 #include <atomic>
+#include <deque>
+#include <future>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <vector>
@@ -59,8 +62,13 @@ class OpenFile {
   // The sequential buffer (see the top): appends `data` at `in` of chunk `i` if it continues
   // the buffer or may start one there; false if the write must go through staging.
   Result<bool> TryBuffer(std::size_t i, std::size_t in, ByteSpan data, std::uint64_t old_size);
-  // Stores the buffered chunk (padded with zeros to its length in the file).
+  // Hands the buffered chunk (padded with zeros to its length in the file) to the store queue.
   Status StoreBuffer();
+  // Takes in the chunks stored in the background, waiting until at most `keep` are left. A
+  // chunk the store refused goes to staging: the commit tries again and reports the error.
+  Status Reap(std::size_t keep);
+  // A chunk in [offset, end) is being stored in the background.
+  bool InFlightAt(std::uint64_t offset, std::uint64_t end) const;
   // Moves the buffered bytes into staging, for a write or truncate the buffer cannot take.
   Status SpillBuffer();
   void DropBuffer();
@@ -90,7 +98,14 @@ class OpenFile {
   std::optional<StagingFile> staging_;
   std::size_t buf_index_ = SIZE_MAX;  // chunk gathered in buf_, SIZE_MAX if none
   Bytes buf_;
-  bool buf_slot_ = false;  // counted in FileServer::seq_buffers_ (buf_ may hold memory)
+  bool buf_slot_ = false;
+  struct InFlight {
+    std::size_t index;
+    std::shared_ptr<Bytes> data;  // read-only once queued
+    std::future<Result<cas::ChunkId>> id;
+  };
+  std::deque<InFlight> inflight_;  // oldest first
+  Bytes spare_;                    // a used buffer, for the next chunk  // counted in FileServer::seq_buffers_ (buf_ may hold memory)
   std::size_t cached_index_ = SIZE_MAX;
   cas::ChunkId cached_id_{};
   Bytes cached_;
