@@ -145,6 +145,10 @@ using Impl = FuseFs::Impl;
 void OpInit(void* userdata, fuse_conn_info* conn) {
   (void)userdata;
   if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  // Attributes come with directory listings (the kernel asks for them when it sees lookups
+  // follow a listing, as `ls -l` does).
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
   conn->max_write = 1 << 20;
   conn->max_readahead = 1 << 20;
 }
@@ -385,7 +389,10 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fuse_reply_open(req, fi);
 }
 
-void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+// readdir and readdirplus: the second also gives each entry's attributes, so that `ls -l`
+// does not send a LOOKUP per entry. Offsets: 1 is ".", 2 is "..", 3 + i is entries[i].
+void ReplyDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+              bool plus) {
   auto& im = Impl::Of(req);
   std::lock_guard lock(im.dirs_mu);
   auto it = im.dirs.find(fi->fh);
@@ -396,30 +403,45 @@ void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file
   const auto& entries = it->second;
   std::vector<char> buf(size);
   std::size_t used = 0;
-  // Offsets: 1 is ".", 2 is "..", 3 + i is entries[i].
   for (auto pos = static_cast<std::size_t>(off); pos < entries.size() + 2; ++pos) {
-    struct stat st {};
+    fuse_entry_param e{};
     const char* name;
-    if (pos == 0) {
-      name = ".";
-      st.st_ino = ino;
-      st.st_mode = S_IFDIR;
-    } else if (pos == 1) {
-      name = "..";
-      st.st_ino = ino;
-      st.st_mode = S_IFDIR;
+    if (pos < 2) {
+      name = pos == 0 ? "." : "..";
+      e.attr.st_ino = ino;
+      e.attr.st_mode = S_IFDIR;
     } else {
-      const auto& e = entries[pos - 2];
-      name = e.name.c_str();
-      st.st_ino = e.id;
-      st.st_mode = KindBits(e.kind);
+      const auto& d = entries[pos - 2];
+      name = d.name.c_str();
+      e.attr.st_ino = d.id;
+      e.attr.st_mode = KindBits(d.kind);
+      if (plus) {
+        // An entry gone since opendir goes out without attributes (ino 0: the kernel then
+        // looks it up if it needs it).
+        if (auto a = im.fs.GetAttr(d.id); a.ok()) {
+          e.ino = d.id;
+          e.attr = ToStat(*a);
+          e.attr_timeout = im.timeout;
+          e.entry_timeout = im.timeout;
+        }
+      }
     }
-    std::size_t n = fuse_add_direntry(req, buf.data() + used, size - used, name, &st,
-                                      static_cast<off_t>(pos + 1));
+    const off_t next = static_cast<off_t>(pos + 1);
+    std::size_t n =
+        plus ? fuse_add_direntry_plus(req, buf.data() + used, size - used, name, &e, next)
+             : fuse_add_direntry(req, buf.data() + used, size - used, name, &e.attr, next);
     if (n > size - used) break;
     used += n;
   }
   fuse_reply_buf(req, buf.data(), used);
+}
+
+void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  ReplyDir(req, ino, size, off, fi, false);
+}
+
+void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  ReplyDir(req, ino, size, off, fi, true);
 }
 
 void OpReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
@@ -467,6 +489,7 @@ const fuse_lowlevel_ops kOps = [] {
   ops.fsyncdir = OpFsyncdir;
   ops.opendir = OpOpendir;
   ops.readdir = OpReaddir;
+  ops.readdirplus = OpReaddirplus;
   ops.releasedir = OpReleasedir;
   ops.statfs = OpStatfs;
   return ops;
@@ -488,7 +511,8 @@ constexpr auto MakeTimed(void (*)(fuse_req_t, A...)) {
 
 const std::vector<std::string> kTimedOpNames = {
     "lookup", "getattr", "setattr", "mkdir", "create", "open",    "read",     "write", "flush",
-    "fsync",  "release", "unlink",  "rmdir", "rename", "readdir", "getxattr", "statfs"};
+    "fsync",  "release", "unlink",  "rmdir", "rename", "readdir", "getxattr", "statfs",
+    "readdirplus"};
 
 const fuse_lowlevel_ops kTimedOps = [] {
   fuse_lowlevel_ops ops = kOps;
@@ -507,6 +531,7 @@ const fuse_lowlevel_ops kTimedOps = [] {
   ops.rmdir = FFS_TIMED(12, OpRmdir);
   ops.rename = FFS_TIMED(13, OpRename);
   ops.readdir = FFS_TIMED(14, OpReaddir);
+  ops.readdirplus = FFS_TIMED(17, OpReaddirplus);
   ops.getxattr = FFS_TIMED(15, OpGetxattr);
   ops.statfs = FFS_TIMED(16, OpStatfs);
   return ops;
