@@ -335,6 +335,10 @@ TEST_F(FileServerTest, SequentialWritesStoreEachChunkAsItFills) {
     WriteAt(h, at, ByteSpan(data).subspan(at, piece));
     at += piece;
   }
+  // Stored by the worker threads, without waiting for a commit.
+  for (int i = 0; i < 500 && StoredChunks().size() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   EXPECT_EQ(StoredChunks().size(), 2u) << "two whole chunks written, none committed yet";
   EXPECT_EQ(db_->GetInode(IdOf("/seq"))->size, 0u);
   Bytes so_far = ReadRange(h, 0, at);
