@@ -7,8 +7,8 @@
 
 #include <cstring>
 #include <filesystem>
-#include <string>
 #include <memory>
+#include <string>
 #include <variant>
 
 #include "cas/chunk_store.h"
@@ -148,7 +148,8 @@ void BM_EncodeChunkFrame(benchmark::State& state) {
 BENCHMARK(BM_EncodeChunkFrame);
 
 void BM_DecodeChunkFrame(benchmark::State& state) {
-  const net::Message m = net::ChunkReply{.request_id = 7, .found = true, .data = RandomBuffer(kBuf)};
+  const net::Message m =
+      net::ChunkReply{.request_id = 7, .found = true, .data = RandomBuffer(kBuf)};
   const Bytes frame = net::EncodeFrame(m);
   const ByteSpan all(frame);
   for (auto _ : state) {

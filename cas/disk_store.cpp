@@ -150,8 +150,7 @@ class DiskChunkStore final : public ChunkStore {
     // A part of a chunk is read where a small read wants it; read-ahead would only cost.
     if (want < size) ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_RANDOM);
     while (e.n < want) {
-      ssize_t n = ::pread(fd.get(), out.data() + e.n, want - e.n,
-                          static_cast<off_t>(offset + e.n));
+      ssize_t n = ::pread(fd.get(), out.data() + e.n, want - e.n, static_cast<off_t>(offset + e.n));
       if (n < 0) {
         if (errno == EINTR) continue;
         return ErrnoStatus(errno, fmt::format("reading '{}'", path.string()));

@@ -130,8 +130,8 @@ class EncryptingChunkStore final : public ChunkStore {
                  got->n - head, expect);
     }
     Bytes plain(std::min(*plain_len, (last + 1) * kSeg) - first * kSeg);
-    if (Status s = OpenSegments(id, *plain_len, first, ByteSpan(raw).subspan(head, expect),
-                                plain.data());
+    if (Status s =
+            OpenSegments(id, *plain_len, first, ByteSpan(raw).subspan(head, expect), plain.data());
         !s.ok()) {
       return s;
     }
@@ -166,8 +166,8 @@ class EncryptingChunkStore final : public ChunkStore {
   }
 
   // Opens consecutive sealed segments from index `first` in `sealed` into `out`.
-  Status OpenSegments(const ChunkId& id, std::size_t plain_len, std::size_t first,
-                      ByteSpan sealed, std::uint8_t* out) const {
+  Status OpenSegments(const ChunkId& id, std::size_t plain_len, std::size_t first, ByteSpan sealed,
+                      std::uint8_t* out) const {
     const crypto::Aead aead(ChunkKey(id));
     std::size_t pos = 0;
     for (std::size_t i = first; pos < sealed.size(); ++i) {
@@ -176,8 +176,8 @@ class EncryptingChunkStore final : public ChunkStore {
         return Err(Code::kCorruption, "chunk {}: segment {} is cut short", Hex(id), i);
       }
       const SegmentParams p(id, plain_len, i);
-      if (Status s = aead.OpenTo(p.nonce, p.aad, sealed.subspan(pos, len),
-                                 sealed.data() + pos + len, out);
+      if (Status s =
+              aead.OpenTo(p.nonce, p.aad, sealed.subspan(pos, len), sealed.data() + pos + len, out);
           !s.ok()) {
         return Err(Code::kCorruption, "chunk {} failed authentication in segment {}: {}", Hex(id),
                    i, s.message());

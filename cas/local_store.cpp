@@ -1,8 +1,8 @@
 // Chunk ids and the store stack used by the program.
 
-#include "cas/chunk_store.h"
-
 #include <algorithm>
+
+#include "cas/chunk_store.h"
 
 namespace foreverfs::cas {
 namespace {

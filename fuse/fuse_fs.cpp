@@ -510,9 +510,9 @@ constexpr auto MakeTimed(void (*)(fuse_req_t, A...)) {
 #define FFS_TIMED(k, op) MakeTimed<k, op>(op)
 
 const std::vector<std::string> kTimedOpNames = {
-    "lookup", "getattr", "setattr", "mkdir", "create", "open",    "read",     "write", "flush",
-    "fsync",  "release", "unlink",  "rmdir", "rename", "readdir", "getxattr", "statfs",
-    "readdirplus"};
+    "lookup", "getattr", "setattr", "mkdir",    "create",  "open",
+    "read",   "write",   "flush",   "fsync",    "release", "unlink",
+    "rmdir",  "rename",  "readdir", "getxattr", "statfs",  "readdirplus"};
 
 const fuse_lowlevel_ops kTimedOps = [] {
   fuse_lowlevel_ops ops = kOps;

@@ -27,9 +27,9 @@ inline constexpr std::uint32_t kMaxPeersPerMessage = 1024;
 inline constexpr std::uint32_t kMaxRecordsPerMessage = 65536;
 inline constexpr std::uint32_t kMaxManifestChunks = kMaxFrameSize / 32;
 inline constexpr std::uint32_t kMaxChunkPayload = 1024 * 1024;
-inline constexpr std::uint32_t kMaxXattrs = 128;          // per inode
-inline constexpr std::size_t kMaxXattrValue = 64 * 1024;  // bytes, as Linux allows
-inline constexpr std::size_t kMaxXattrTotal = 64 * 1024;  // names + values per inode
+inline constexpr std::uint32_t kMaxXattrs = 128;            // per inode
+inline constexpr std::size_t kMaxXattrValue = 64 * 1024;    // bytes, as Linux allows
+inline constexpr std::size_t kMaxXattrTotal = 64 * 1024;    // names + values per inode
 inline constexpr std::uint32_t kMaxHaveChunksQuery = 4096;  // chunk ids in one HaveChunks
 
 // A replicated version: hybrid logical clock, node id as tie-break. Newer compares greater.

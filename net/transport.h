@@ -19,9 +19,9 @@ namespace foreverfs::net {
 
 struct PeerInfo {
   std::uint64_t node_id = 0;
-  std::string listen_addr;  // what the peer says it accepts on ("host:port"), may be empty
-  std::string remote;       // the address we see it at, for log lines
-  bool outbound = false;    // we dialed it
+  std::string listen_addr;    // what the peer says it accepts on ("host:port"), may be empty
+  std::string remote;         // the address we see it at, for log lines
+  bool outbound = false;      // we dialed it
   std::uint16_t version = 0;  // protocol version from its Hello (0: unknown)
   std::chrono::system_clock::time_point connected_since{};  // handshake completed
 };

@@ -50,7 +50,7 @@ Result<bool> OpenFile::TryBuffer(std::size_t i, std::size_t in, ByteSpan data,
   } else {
     if (buf_index_ == i) {  // a write elsewhere in the buffered chunk
       if (auto s = SpillBuffer(); !s.ok()) return s;
-  if (auto s = Reap(0); !s.ok()) return s;
+      if (auto s = Reap(0); !s.ok()) return s;
       return false;
     }
     // A buffer starts at a chunk's first byte, where nothing of the old chunk would survive

@@ -105,7 +105,8 @@ class OpenFile {
     std::future<Result<cas::ChunkId>> id;
   };
   std::deque<InFlight> inflight_;  // oldest first
-  Bytes spare_;                    // a used buffer, for the next chunk  // counted in FileServer::seq_buffers_ (buf_ may hold memory)
+  Bytes spare_;  // a used buffer, for the next chunk  // counted in FileServer::seq_buffers_ (buf_
+                 // may hold memory)
   std::size_t cached_index_ = SIZE_MAX;
   cas::ChunkId cached_id_{};
   Bytes cached_;

@@ -3,9 +3,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <deque>
@@ -281,10 +281,11 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
       round_.running = false;
       round_.end = now;
       if (round_.total >= 16 || secs >= 1) {
-        spdlog::info("catch-up done: {} of {} chunks fetched ({:.1f} MiB) in {:.1f} s, {:.1f} MiB/s{}",
-                     round_.done, round_.total, mib, secs, secs > 0 ? mib / secs : 0.0,
-                     round_.failed ? fmt::format(", {} failed (retried later)", round_.failed)
-                                   : std::string());
+        spdlog::info(
+            "catch-up done: {} of {} chunks fetched ({:.1f} MiB) in {:.1f} s, {:.1f} MiB/s{}",
+            round_.done, round_.total, mib, secs, secs > 0 ? mib / secs : 0.0,
+            round_.failed ? fmt::format(", {} failed (retried later)", round_.failed)
+                          : std::string());
       }
     } else if (now - round_.last_log >= std::chrono::seconds(5)) {
       round_.last_log = now;
@@ -303,14 +304,13 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
       ++q->report.asked;
       // At least one batch, so that an empty list still asks (every peer that answers holds
       // all of nothing).
-      for (std::size_t off = 0; off == 0 || off < q->ids.size();
-           off += net::kMaxHaveChunksQuery) {
+      for (std::size_t off = 0; off == 0 || off < q->ids.size(); off += net::kMaxHaveChunksQuery) {
         const std::size_t n = std::min<std::size_t>(net::kMaxHaveChunksQuery, q->ids.size() - off);
         const std::uint64_t req = next_request_++;
         have_requests_[req] = HaveRequest{q, node, off, n};
         ++answer.pending;
-        net::HaveChunks msg{req, std::vector<cas::ChunkId>(q->ids.begin() + off,
-                                                           q->ids.begin() + off + n)};
+        net::HaveChunks msg{
+            req, std::vector<cas::ChunkId>(q->ids.begin() + off, q->ids.begin() + off + n)};
         p.link->Send(std::move(msg));
       }
     }
@@ -698,8 +698,7 @@ std::vector<PeerStatus> Replicator::Peers(bool include_gone) const {
     s.connected_since = info.connected_since;
     s.bytes_in = p.link->Counters().BytesIn();
     s.bytes_out = p.link->Counters().BytesOut();
-    s.changes_to_send =
-        p.subscribed && last_seq > p.feed_cursor ? last_seq - p.feed_cursor : 0;
+    s.changes_to_send = p.subscribed && last_seq > p.feed_cursor ? last_seq - p.feed_cursor : 0;
     for (auto& [req, pending] : im.pending_) {
       if (pending.node == node) ++s.chunks_in_flight;
     }

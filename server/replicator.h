@@ -65,8 +65,8 @@ struct CatchUpStatus {
 
 // Who holds every chunk of a list (user.foreverfs.replicas / .holders).
 struct HolderReport {
-  std::size_t chunks = 0;    // distinct non-hole chunk ids asked about
-  bool local = false;        // this node holds all of them
+  std::size_t chunks = 0;  // distinct non-hole chunk ids asked about
+  bool local = false;      // this node holds all of them
   struct Holder {
     std::uint64_t node_id = 0;
     std::string addr;

@@ -146,14 +146,14 @@ TYPED_TEST_SUITE(ChunkStoreContractTest, StoreTypes, StoreNames);
 // inside one segment, across several, past the end, and empty.
 TYPED_TEST(ChunkStoreContractTest, ReadAtMatchesGet) {
   constexpr std::size_t kSeg = 16 * 1024;
-  for (std::size_t size : {std::size_t{0}, std::size_t{1}, kSeg - 1, kSeg, kSeg + 1, 3 * kSeg + 7,
-                           kMaxChunkSize}) {
+  for (std::size_t size :
+       {std::size_t{0}, std::size_t{1}, kSeg - 1, kSeg, kSeg + 1, 3 * kSeg + 7, kMaxChunkSize}) {
     const Bytes data = Pattern(size, static_cast<std::uint8_t>(size));
     const ChunkId id = this->PutOk(data);
     for (std::size_t off : {std::size_t{0}, std::size_t{1}, kSeg - 3, kSeg, size / 2,
                             size ? size - 1 : 0, size, size + 5}) {
-      for (std::size_t len : {std::size_t{0}, std::size_t{1}, std::size_t{4096}, 2 * kSeg + 9,
-                              kMaxChunkSize}) {
+      for (std::size_t len :
+           {std::size_t{0}, std::size_t{1}, std::size_t{4096}, 2 * kSeg + 9, kMaxChunkSize}) {
         Bytes out(len, 0xee);
         auto got = this->store_->ReadAt(id, off, out);
         ASSERT_TRUE(got.ok()) << got.status().message() << " size " << size << " off " << off;

@@ -1,8 +1,8 @@
 // The file server over a chunk store that fails on purpose (seeded, deterministic): a full
 // disk fails the writer with ENOSPC and damages nothing committed; I/O errors and bit rot
 // are reported, never returned as data.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>

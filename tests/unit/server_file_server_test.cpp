@@ -348,10 +348,12 @@ TEST_F(FileServerTest, SequentialWritesStoreEachChunkAsItFills) {
   EXPECT_EQ(StoredChunks().size(), 4u);
   fs_->Release(h);
   Bytes back;
-  ASSERT_TRUE(fs_->Get("/seq", [&](ByteSpan b) {
-                    back.insert(back.end(), b.begin(), b.end());
-                    return Ok();
-                  }).ok());
+  ASSERT_TRUE(fs_->Get("/seq",
+                       [&](ByteSpan b) {
+                         back.insert(back.end(), b.begin(), b.end());
+                         return Ok();
+                       })
+                  .ok());
   EXPECT_TRUE(back == data);
 }
 

@@ -687,7 +687,8 @@ TEST_F(ReplicationTest, PeersReportBytesConnectedSinceAndWhyALinkWent) {
   ASSERT_TRUE(StoreBytes(*a.files, "/f", data).ok());
   ASSERT_TRUE(Eventually([&] { return HoldsAllChunks(b, *a.db); }));
   // A chunk is on disk (stored by the storage pool) a moment before the event thread counts it.
-  ASSERT_TRUE(Eventually([&] { return OnIo(io_, [&] { return b.replicator->CatchUp(); }).done == 2; }));
+  ASSERT_TRUE(
+      Eventually([&] { return OnIo(io_, [&] { return b.replicator->CatchUp(); }).done == 2; }));
 
   auto peers = OnIo(io_, [&] { return a.replicator->Peers(); });
   ASSERT_EQ(peers.size(), 1u);
