@@ -74,14 +74,15 @@ Result<bool> OpenFile::TryBuffer(std::size_t i, std::size_t in, ByteSpan data,
     buf_.assign(data.begin(), data.end());
   }
   if (buf_.size() == kCS) {
-    // A store that fails here has moved the bytes to staging: the commit tries again and
-    // reports the error (a write never leaves half a version committed).
-    if (auto s = StoreBuffer(); !s.ok() && buf_index_ != SIZE_MAX) return s;
+    // A chunk the store refuses goes to staging (Reap): the commit tries again and reports
+    // the error, so a write never leaves half a version committed. An error here means even
+    // staging failed.
+    if (auto s = StoreBuffer(); !s.ok()) return s;
   }
   return true;
 }
 
-Status OpenFile::StoreBuffer() {
+Status OpenFile::StoreBuffer(bool background) {
   const std::size_t i = buf_index_;
   buf_.resize(static_cast<std::size_t>(ChunkLen(i)), 0);  // zeros up to its length in the file
   auto data = std::make_shared<Bytes>();
@@ -91,13 +92,17 @@ Status OpenFile::StoreBuffer() {
   buf_index_ = SIZE_MAX;
   auto id = std::make_shared<std::promise<Result<cas::ChunkId>>>();
   inflight_.push_back({i, data, id->get_future()});
-  // Hashing, sealing and writing the chunk overlap with the writer's next chunk.
-  fs_.store_queue_.Post([&fs = fs_, data, id] {
+  auto store = [&fs = fs_, data, id] {
     if (AllZero(*data)) return id->set_value(cas::kHoleId);
     const cas::ChunkId chunk = fs.hasher_.IdOf(*data);
     Status s = fs.store_.Put(chunk, *data);
     id->set_value(s.ok() ? Result<cas::ChunkId>(chunk) : Result<cas::ChunkId>(s));
-  });
+  };
+  if (background) {
+    fs_.store_queue_.Post(store);  // overlaps with the writer's next chunk
+  } else {
+    store();
+  }
   return Reap(FileServer::kMaxChunksInFlight);
 }
 
@@ -335,8 +340,10 @@ Status OpenFile::Commit() {
   std::lock_guard lock(mu_);
   AdoptRemote();
   if (!changed_) return Ok();
+  // The last buffered chunk is stored here, on this thread: the commit waits for it anyway,
+  // and handing a small file's only chunk to a worker costs two thread wakeups.
   if (buf_index_ != SIZE_MAX) {
-    if (auto s = StoreBuffer(); !s.ok()) return s;
+    if (auto s = StoreBuffer(/*background=*/false); !s.ok()) return s;
   }
   if (auto s = Reap(0); !s.ok()) return s;
   Bytes buf;
@@ -432,8 +439,11 @@ InodeRecord OpenFile::Snapshot() {
 }
 
 void OpenFile::Overlay(InodeRecord& rec) {
+  // Nothing written here: the namespace's record is the file. Checked before taking mu_,
+  // which a reader holds while it waits for a chunk from a peer: stat and ls -l must not
+  // wait on the network.
+  if (!changed_) return;
   std::lock_guard lock(mu_);
-  AdoptRemote();
   if (!changed_) return;
   rec.size = size_;
   rec.mtime_ns = mtime_ns_;

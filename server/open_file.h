@@ -63,7 +63,7 @@ class OpenFile {
   // the buffer or may start one there; false if the write must go through staging.
   Result<bool> TryBuffer(std::size_t i, std::size_t in, ByteSpan data, std::uint64_t old_size);
   // Hands the buffered chunk (padded with zeros to its length in the file) to the store queue.
-  Status StoreBuffer();
+  Status StoreBuffer(bool background = true);
   // Takes in the chunks stored in the background, waiting until at most `keep` are left. A
   // chunk the store refused goes to staging: the commit tries again and reports the error.
   Status Reap(std::size_t keep);

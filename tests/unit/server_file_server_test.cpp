@@ -874,5 +874,54 @@ TEST_F(FileServerTest, AFileMissingItsChunkFailsWithoutPeers) {
   EXPECT_EQ(GetBytes("/f").status().code(), Code::kUnavailable);
 }
 
+// A read that waits for a chunk from a peer holds its file; stat (getattr, readdirplus) of that
+// file must still answer at once from the namespace.
+TEST_F(FileServerTest, StatDoesNotWaitForAReadWaitingOnThePeers) {
+  class SlowRemote : public RemoteChunks {
+   public:
+    Result<Bytes> Fetch(const cas::ChunkId& id) override {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return released; });
+      return Err(Code::kUnavailable, "chunk {}: no peer", cas::Hex(id));
+    }
+    void Release() {
+      {
+        std::lock_guard lock(mu);
+        released = true;
+      }
+      cv.notify_all();
+    }
+    std::mutex mu;
+    std::condition_variable cv;
+    bool released = false;
+  } remote;
+  ASSERT_TRUE(StoreBytes("/f", Pattern(5000, 28)).ok());
+  const InodeId id = IdOf("/f");
+  ASSERT_TRUE(store_->Remove(db_->GetInode(id)->manifest.at(0)).ok());
+  fs_->SetRemote(&remote);
+  auto h = fs_->Open(id, O_RDONLY);
+  ASSERT_TRUE(h.ok());
+  std::thread reader([&] {
+    Bytes out(100);
+    EXPECT_FALSE(fs_->Read(*h, 0, out).ok());
+  });
+  // If getattr waited for the reader, this lets both finish (and the check below fails).
+  std::thread watchdog([&] {
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    remote.Release();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the reader is waiting
+  const auto t0 = std::chrono::steady_clock::now();
+  auto a = fs_->GetAttr(id);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  reader.join();
+  watchdog.join();
+  fs_->Release(*h);
+  fs_->SetRemote(nullptr);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->rec.size, 5000u);
+  EXPECT_LT(took, std::chrono::seconds(1)) << "getattr waited for the read";
+}
+
 }  // namespace
 }  // namespace foreverfs::server
