@@ -254,7 +254,12 @@ Status NamespaceDb::Sync() {
 Status NamespaceDb::Init() {
   sqlite3_busy_timeout(db_, 5000);
   if (const char* f = sqlite3_db_filename(db_, "main")) file_ = f;
-  if (auto s = Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"); !s.ok()) return s;
+  // One process per data directory (the directory lock): SQLite may hold its file lock for
+  // good instead of taking and dropping POSIX locks around every transaction.
+  if (auto s = Exec(
+          "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
+      !s.ok())
+    return s;
   if (auto s = Exec(
           "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
           "CREATE TABLE IF NOT EXISTS inodes(id INTEGER PRIMARY KEY, kind INTEGER, mode INTEGER,"
