@@ -32,6 +32,20 @@ struct Aead::Ctx {
   ~Ctx() { EVP_CIPHER_CTX_free(ctx); }
 };
 
+// The context in `slot`, created and keyed on first use (the key schedule is done once).
+EVP_CIPHER_CTX* Aead::KeyedCtx(Ctx*& slot, const Key256& key, bool encrypt) {
+  if (!slot) {
+    slot = new Ctx;
+    slot->ctx = EVP_CIPHER_CTX_new();
+    if (!slot->ctx) Die("EVP_CIPHER_CTX_new");
+    if (EVP_CipherInit_ex2(slot->ctx, EVP_aes_256_gcm(), key.data(), nullptr, encrypt ? 1 : 0,
+                           nullptr) != 1) {
+      Die("EVP_CipherInit_ex2(key)");
+    }
+  }
+  return slot->ctx;
+}
+
 Aead::Aead(const Key256& key) : key_(key) {}
 
 Aead::~Aead() {
@@ -43,16 +57,7 @@ Aead::~Aead() {
 void Aead::SealTo(ByteSpan nonce, ByteSpan aad, ByteSpan in, std::uint8_t* out,
                   std::uint8_t* tag) const {
   if (nonce.size() != kNonceSize) Die("Aead::Seal: nonce size");
-  auto* self = const_cast<Aead*>(this);
-  if (!enc_) {
-    self->enc_ = new Ctx;
-    enc_->ctx = EVP_CIPHER_CTX_new();
-    if (!enc_->ctx) Die("EVP_CIPHER_CTX_new");
-    if (EVP_EncryptInit_ex2(enc_->ctx, EVP_aes_256_gcm(), key_.data(), nullptr, nullptr) != 1) {
-      Die("EVP_EncryptInit_ex2(key)");
-    }
-  }
-  EVP_CIPHER_CTX* ctx = enc_->ctx;
+  EVP_CIPHER_CTX* ctx = KeyedCtx(const_cast<Aead*>(this)->enc_, key_, true);
   if (EVP_EncryptInit_ex2(ctx, nullptr, nullptr, nonce.data(), nullptr) != 1) {
     Die("EVP_EncryptInit_ex2(nonce)");
   }
@@ -79,16 +84,7 @@ void Aead::SealTo(ByteSpan nonce, ByteSpan aad, ByteSpan in, std::uint8_t* out,
 Status Aead::OpenTo(ByteSpan nonce, ByteSpan aad, ByteSpan in, const std::uint8_t* tag,
                     std::uint8_t* out) const {
   if (nonce.size() != kNonceSize) return Err(Code::kInvalid, "AES-GCM nonce must be 12 bytes");
-  auto* self = const_cast<Aead*>(this);
-  if (!dec_) {
-    self->dec_ = new Ctx;
-    dec_->ctx = EVP_CIPHER_CTX_new();
-    if (!dec_->ctx) Die("EVP_CIPHER_CTX_new");
-    if (EVP_DecryptInit_ex2(dec_->ctx, EVP_aes_256_gcm(), key_.data(), nullptr, nullptr) != 1) {
-      Die("EVP_DecryptInit_ex2(key)");
-    }
-  }
-  EVP_CIPHER_CTX* ctx = dec_->ctx;
+  EVP_CIPHER_CTX* ctx = KeyedCtx(const_cast<Aead*>(this)->dec_, key_, false);
   if (EVP_DecryptInit_ex2(ctx, nullptr, nullptr, nonce.data(), nullptr) != 1) {
     Die("EVP_DecryptInit_ex2(nonce)");
   }

@@ -72,6 +72,7 @@ class Aead {
 
  private:
   struct Ctx;
+  static struct evp_cipher_ctx_st* KeyedCtx(Ctx*& slot, const Key256& key, bool encrypt);
   Key256 key_;
   Ctx* enc_ = nullptr;  // owned; created on first use
   Ctx* dec_ = nullptr;
