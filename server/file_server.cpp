@@ -60,13 +60,7 @@ Result<Attr> FileServer::MakeAttr(InodeRecord rec) {
     auto links = ns_.LinksTo(a.rec.id);
     if (links.ok()) a.nlink = static_cast<std::uint32_t>(std::max<std::size_t>(1, links->size()));
   }
-  std::shared_ptr<OpenFile> of;
-  {
-    std::lock_guard lock(files_mu_);
-    auto it = open_files_.find(a.rec.id);
-    if (it != open_files_.end()) of = it->second.lock();
-  }
-  if (of) of->Overlay(a.rec);
+  if (auto of = OpenFileOf(a.rec.id)) of->Overlay(a.rec);
   return a;
 }
 
@@ -96,12 +90,7 @@ Result<Attr> FileServer::GetAttr(InodeId id) {
   auto rec = ns_.GetInode(id);
   if (!rec.ok()) {
     // Unlinked but still open: fstat works and says it has no links, as on a local disk.
-    std::shared_ptr<OpenFile> of;
-    {
-      std::lock_guard lock(files_mu_);
-      auto it = open_files_.find(id);
-      if (it != open_files_.end()) of = it->second.lock();
-    }
+    auto of = OpenFileOf(id);
     if (!of) return rec.status();
     return Attr{of->Snapshot(), 0};
   }
@@ -118,12 +107,7 @@ Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& req) {
     if (auto s = of->Commit(); !s.ok()) return s;
   }
   if (req.mode || req.uid || req.gid || req.mtime_ns || req.atime_ns) {
-    std::shared_ptr<OpenFile> open;
-    {
-      std::lock_guard lock(files_mu_);
-      auto it = open_files_.find(id);
-      if (it != open_files_.end()) open = it->second.lock();
-    }
+    auto open = OpenFileOf(id);
     if (open && open->DeferAttrs(req)) return GetAttr(id);
     auto s = UpdateInode(id, [&](InodeRecord& rec) {
       if (req.mode) rec.mode = *req.mode & 07777;
@@ -134,16 +118,8 @@ Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& req) {
       return Ok();
     });
     if (!s.ok()) return s;
-    if (req.mtime_ns) {
-      // A file open for writing keeps the time just set, not the time of its last write.
-      std::shared_ptr<OpenFile> of;
-      {
-        std::lock_guard lock(files_mu_);
-        auto it = open_files_.find(id);
-        if (it != open_files_.end()) of = it->second.lock();
-      }
-      if (of) of->SetMtime(*req.mtime_ns);
-    }
+    // A file open for writing keeps the time just set, not the time of its last write.
+    if (req.mtime_ns && open) open->SetMtime(*req.mtime_ns);
   }
   return GetAttr(id);
 }
@@ -448,6 +424,12 @@ std::shared_ptr<OpenFile> FileServer::OpenFileFor(const InodeRecord& rec) {
   auto of = std::make_shared<OpenFile>(*this, rec);
   slot = of;
   return of;
+}
+
+std::shared_ptr<OpenFile> FileServer::OpenFileOf(InodeId id) {
+  std::lock_guard lock(files_mu_);
+  auto it = open_files_.find(id);
+  return it == open_files_.end() ? nullptr : it->second.lock();
 }
 
 std::shared_ptr<OpenFile> FileServer::HandleFile(std::uint64_t handle) {

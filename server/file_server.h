@@ -161,6 +161,8 @@ class FileServer {
   Result<ChangeSet> CommitLocal(const ChangeSet& cs);
   std::shared_ptr<OpenFile> OpenFileFor(const InodeRecord& rec);
   std::shared_ptr<OpenFile> HandleFile(std::uint64_t handle);
+  // The open state of inode `id`, if any handle has it open.
+  std::shared_ptr<OpenFile> OpenFileOf(InodeId id);
   Result<std::pair<InodeId, std::string>> ResolveParent(std::string_view path);
   std::int64_t NowNs() const;
 

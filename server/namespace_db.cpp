@@ -222,9 +222,9 @@ NamespaceDb::~NamespaceDb() {
 }
 
 Status NamespaceDb::Exec(const char* sql) {
-  // The statements every transaction runs come from the statement cache.
-  if (std::strcmp(sql, "BEGIN IMMEDIATE") == 0 || std::strcmp(sql, "COMMIT") == 0 ||
-      std::strcmp(sql, "ROLLBACK") == 0) {
+  // A single statement (BEGIN, COMMIT, a PRAGMA: every transaction runs some) comes from
+  // the statement cache; scripts of several go through sqlite3_exec.
+  if (std::strchr(sql, ';') == nullptr) {
     Stmt st(db_, sql);
     if (!st.ok()) return Err(Code::kIOError, "{}", sqlite3_errmsg(db_));
     return st.Run();

@@ -98,8 +98,7 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   // here, off the event thread, which is left with the network. Owned by Replicator, which
   // joins it before Impl can go. Started on first use, on the event thread: threads started
   // before the process daemonizes (fork) would not exist in the daemon.
-  asio::thread_pool* storage_ = nullptr;
-  std::unique_ptr<asio::thread_pool>* storage_owner_ = nullptr;  // null once Replicator is gone
+  std::unique_ptr<asio::thread_pool>* storage_ = nullptr;  // null once Replicator is gone
   // peers_.size(), readable from any thread (peers_ itself belongs to the event thread).
   std::atomic<std::size_t> peer_count_{0};
   // Chunks a blocking Fetch could not get, and when (any thread; guarded).
@@ -121,16 +120,13 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   // loop counts as busy meanwhile, so io_context::run does not return under it.
   template <typename Work, typename Then>
   void OffThread(Work work, Then then) {
-    if (!storage_ && storage_owner_) {
-      *storage_owner_ = std::make_unique<asio::thread_pool>(2);
-      storage_ = storage_owner_->get();
-    }
     if (!storage_) {
       then(work());
       return;
     }
-    asio::post(*storage_, [self = shared_from_this(), work = std::move(work),
-                           then = std::move(then), guard = asio::make_work_guard(io_)]() mutable {
+    if (!*storage_) *storage_ = std::make_unique<asio::thread_pool>(2);
+    asio::post(**storage_, [self = shared_from_this(), work = std::move(work),
+                            then = std::move(then), guard = asio::make_work_guard(io_)]() mutable {
       auto result = work();
       asio::post(self->io_, [then = std::move(then), result = std::move(result)]() mutable {
         then(std::move(result));
@@ -497,13 +493,12 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
 
 Replicator::Replicator(asio::io_context& io, FileServer& fs, ReplicatorOptions options)
     : impl_(std::make_shared<Impl>(io, fs, options)) {
-  impl_->storage_owner_ = &storage_;
+  impl_->storage_ = &storage_;
 }
 
 Replicator::~Replicator() {
   if (storage_) storage_->join();
   impl_->storage_ = nullptr;
-  impl_->storage_owner_ = nullptr;
 }
 
 bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
