@@ -83,6 +83,7 @@ struct Options {
   std::string log_file;
   double fetch_timeout_s = 10;
   double gc_interval_s = 600;
+  double max_clock_skew_s = 600;
   std::string metrics;  // ADDR:PORT for Prometheus, "" for none
 };
 
@@ -155,12 +156,14 @@ std::string SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
         o.metrics = value;
       } else if (name == "log-file") {
         o.log_file = value;
-      } else if (name == "replicas" || name == "fetch-timeout" || name == "gc-interval") {
+      } else if (name == "replicas" || name == "fetch-timeout" || name == "gc-interval" ||
+                 name == "max-clock-skew") {
         if (!ParseNumber(value, number) || (name == "replicas" && number != std::floor(number)))
           return opt + ": not a non-negative number";
         if (name == "replicas") o.replicas = static_cast<int>(number);
         if (name == "fetch-timeout") o.fetch_timeout_s = number;
         if (name == "gc-interval") o.gc_interval_s = number;
+        if (name == "max-clock-skew") o.max_clock_skew_s = number;
       } else if (std::find(std::begin(kIgnoredMountOptions), std::end(kIgnoredMountOptions),
                            name) != std::end(kIgnoredMountOptions) ||
                  name.starts_with("x-")) {
@@ -348,8 +351,8 @@ std::pair<std::uint64_t, std::uint64_t> FilesMissingChunks(server::FileServer& f
   std::uint64_t live = 0, missing = 0;
   auto s = files.ns().ForEachLiveManifest([&](const server::InodeRecord& r) {
     ++live;
-    for (const auto& id : r.manifest) {
-      if (id != cas::kHoleId && !files.HasChunk(id)) {
+    for (const auto& [index, id] : r.manifest) {
+      if (!files.HasChunk(id)) {
         ++missing;
         break;
       }
@@ -491,7 +494,7 @@ std::optional<Result<Bytes>> ReplicaXattr(server::FileServer& files, server::Rep
   if (rec->kind != server::InodeKind::kFile) {
     return Err(Code::kNoData, "{} is only there for regular files", name);
   }
-  const auto report = r.Holders(rec->manifest, kHoldersTimeout);
+  const auto report = r.Holders(rec->manifest.Ids(), kHoldersTimeout);
   spdlog::debug(
       "getxattr {} of inode {:016x}: {} chunks, here: {}, {} of {} peers answered, {} "
       "hold them all",
@@ -568,6 +571,7 @@ int Serve(Options o) {
   auto store = cas::MakeLocalStore(data / "chunks", *key);
   if (!store.ok()) return fail(store.status().message());
   server::FileServer files(**ns, **store, cas::MakeHasher(*key), data / "staging");
+  files.SetMaxClockSkew(std::chrono::milliseconds(static_cast<long>(o.max_clock_skew_s * 1000)));
 
   auto io = std::make_unique<asio::io_context>(1);
   server::ReplicatorOptions ropts;
@@ -744,7 +748,8 @@ int main(int argc, char** argv) {
   app.add_option("-o", raw_opts,
                  "Mount options: FUSE ones (allow_other, ro, ...) and name=value for the options "
                  "above (listen=, peer=, data=, key=, replicas=, log-level=, log-file=, "
-                 "fetch-timeout=, gc-interval=, metrics=); _netdev, nofail, noauto, x-* and other "
+                 "fetch-timeout=, gc-interval=, max-clock-skew=, metrics=); _netdev, nofail, "
+                 "noauto, x-* and other "
                  "mount(8) options are ignored")
       ->allow_extra_args(false);
   app.add_option("--log-level", o.log_level, "trace, debug, info, warn, error")
@@ -754,6 +759,12 @@ int main(int argc, char** argv) {
                  "Write the log here instead of stderr (syslog once in the background)");
   app.add_option("--fetch-timeout", o.fetch_timeout_s,
                  "Seconds a read waits for a chunk no local copy has before failing with EIO")
+      ->capture_default_str();
+
+  app.add_option("--max-clock-skew", o.max_clock_skew_s,
+                 "Seconds a peer's clock may be ahead of ours; its changes dated later are "
+                 "refused with a log line")
+      ->check(CLI::Range(1.0, 1e9))
       ->capture_default_str();
 
   app.add_option("--metrics", o.metrics,

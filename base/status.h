@@ -35,6 +35,8 @@ enum class Code {
   kNoData,        // ENODATA: no such extended attribute
   kNotPermitted,  // EPERM: the operation is not allowed on this kind of file
   kRange,         // ERANGE: a value does not fit
+  kTooBig,        // EFBIG: past the largest file size (or data) a file may have
+  kNoPosition,    // ENXIO: no data (or hole) at or after an offset
 };
 
 class [[nodiscard]] Status {
@@ -139,6 +141,10 @@ inline int ToErrno(const Status& s) {
       return EPERM;
     case Code::kRange:
       return ERANGE;
+    case Code::kTooBig:
+      return EFBIG;
+    case Code::kNoPosition:
+      return ENXIO;
     case Code::kCorruption:
     case Code::kIOError:
     case Code::kUnavailable:

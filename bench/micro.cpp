@@ -178,7 +178,7 @@ void BM_NamespaceCommit(benchmark::State& state) {
     net::InodeRecord rec;
     rec.id = 12345;
     rec.mode = 0644;
-    rec.manifest.resize(4);
+    for (int i = 0; i < 4; ++i) rec.manifest.Set(i, crypto::Digest{1});
     std::uint64_t hlc = 1;
     for (auto _ : state) {
       rec.version = {++hlc, 1};

@@ -20,40 +20,6 @@ namespace {
 using server::Attr;
 using server::InodeKind;
 
-struct stat ToStat(const Attr& a) {
-  struct stat st {};
-  const auto& r = a.rec;
-  st.st_ino = r.id;
-  switch (r.kind) {
-    case InodeKind::kDir:
-      st.st_mode = S_IFDIR;
-      break;
-    case InodeKind::kSymlink:
-      st.st_mode = S_IFLNK;
-      break;
-    case InodeKind::kFile:
-      st.st_mode = S_IFREG;
-      break;
-    case InodeKind::kFifo:
-      st.st_mode = S_IFIFO;
-      break;
-  }
-  st.st_mode |= r.mode & 07777;
-  st.st_nlink = a.nlink;
-  st.st_uid = r.uid;
-  st.st_gid = r.gid;
-  st.st_size = static_cast<off_t>(r.kind == InodeKind::kDir ? 4096 : r.size);
-  st.st_blksize = 1 << 20;
-  st.st_blocks = static_cast<blkcnt_t>((st.st_size + 511) / 512);
-  auto ts = [](std::int64_t ns) {
-    return timespec{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
-  };
-  st.st_mtim = ts(r.mtime_ns);
-  st.st_atim = ts(r.atime_ns);
-  st.st_ctim = ts(r.ctime_ns);
-  return st;
-}
-
 mode_t KindBits(InodeKind k) {
   switch (k) {
     case InodeKind::kDir:
@@ -62,10 +28,42 @@ mode_t KindBits(InodeKind k) {
       return S_IFLNK;
     case InodeKind::kFifo:
       return S_IFIFO;
+    case InodeKind::kBlockDevice:
+      return S_IFBLK;
+    case InodeKind::kCharDevice:
+      return S_IFCHR;
+    case InodeKind::kSocket:
+      return S_IFSOCK;
     case InodeKind::kFile:
       break;
   }
   return S_IFREG;
+}
+
+struct stat ToStat(const Attr& a) {
+  struct stat st {};
+  const auto& r = a.rec;
+  st.st_ino = r.id;
+  st.st_mode = KindBits(r.kind) | (r.mode & 07777);
+  st.st_rdev = static_cast<dev_t>(r.rdev);
+  st.st_nlink = a.nlink;
+  st.st_uid = r.uid;
+  st.st_gid = r.gid;
+  st.st_size = static_cast<off_t>(r.kind == InodeKind::kDir ? 4096 : r.size);
+  st.st_blksize = 1 << 20;
+  // What the file holds, not its size: holes take no room (du, tar --sparse and cp see them).
+  std::uint64_t held = static_cast<std::uint64_t>(st.st_size);
+  if (r.kind == InodeKind::kFile) {
+    held = std::min<std::uint64_t>(held, r.manifest.size() * std::uint64_t{1 << 20});
+  }
+  st.st_blocks = static_cast<blkcnt_t>((held + 511) / 512);
+  auto ts = [](std::int64_t ns) {
+    return timespec{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+  };
+  st.st_mtim = ts(r.mtime_ns);
+  st.st_atim = ts(r.atime_ns);
+  st.st_ctim = ts(r.ctime_ns);
+  return st;
 }
 
 struct Invalidation {
@@ -225,11 +223,11 @@ void OpLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* ne
   im.ReplyEntry(req, *a);
 }
 
-void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
+void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
   auto& im = Impl::Of(req);
   const fuse_ctx* ctx = fuse_req_ctx(req);
   auto a = im.fs.Mknod(parent, name, (mode & S_IFMT) | (mode & ~S_IFMT & ~ctx->umask), ctx->uid,
-                       ctx->gid);
+                       ctx->gid, rdev);
   if (!a.ok()) return Impl::ReplyError(req, a.status(), "mknod");
   im.ReplyEntry(req, *a);
 }
@@ -297,6 +295,17 @@ void OpFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t lengt
                                       static_cast<std::uint64_t>(length));
   if (!s.ok()) return Impl::ReplyError(req, s, "fallocate");
   fuse_reply_err(req, 0);
+}
+
+void OpLseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {
+  // The kernel answers SEEK_SET/CUR/END itself; only SEEK_DATA and SEEK_HOLE come here.
+  if ((whence != SEEK_DATA && whence != SEEK_HOLE) || off < 0) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  auto r = Impl::Of(req).fs.Seek(fi->fh, static_cast<std::uint64_t>(off), whence == SEEK_DATA);
+  if (!r.ok()) return Impl::ReplyError(req, r.status(), "lseek");
+  fuse_reply_lseek(req, static_cast<off_t>(*r));
 }
 
 void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -477,6 +486,7 @@ const fuse_lowlevel_ops kOps = [] {
   ops.listxattr = OpListxattr;
   ops.removexattr = OpRemovexattr;
   ops.fallocate = OpFallocate;
+  ops.lseek = OpLseek;
   ops.rmdir = OpRmdir;
   ops.rename = OpRename;
   ops.open = OpOpen;

@@ -14,9 +14,10 @@ namespace {
 // that are left before reserving anything.
 constexpr std::size_t kMinPeerSize = 8 + 2;  // node_id, addr length
 constexpr std::size_t kMinInodeSize =
-    8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 16 + 2 + 1 + 2 + 2 + 4;     // fixed, lengths, counts
-constexpr std::size_t kMinDentrySize = 8 + 2 + 8 + 8 + 8 + 1 + 16;  // an empty name fails later
+    8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 16 + 2 + 1 + 2 + 2 + 4;  // fixed, lengths, counts
+constexpr std::size_t kMinDentrySize = 8 + 2 + 8 + 8 + 8 + 1 + 16;   // an empty name fails later
 constexpr std::size_t kDigestSize = std::tuple_size_v<crypto::Digest>;
+constexpr std::size_t kManifestEntrySize = 8 + kDigestSize;  // chunk index, chunk id
 constexpr std::uint32_t kModeBits = 07777;
 
 // --- Encoding -----------------------------------------------------------------------------
@@ -53,6 +54,7 @@ void Put(Writer& w, const InodeRecord& r) {
   w.PutU32(r.uid);
   w.PutU32(r.gid);
   w.PutU64(r.size);
+  w.PutU64(r.rdev);
   w.PutI64(r.mtime_ns);
   w.PutI64(r.ctime_ns);
   w.PutI64(r.atime_ns);
@@ -70,7 +72,10 @@ void Put(Writer& w, const InodeRecord& r) {
     w.PutBlob32(x.value);
   }
   w.PutU32(static_cast<std::uint32_t>(r.manifest.size()));
-  for (const crypto::Digest& d : r.manifest) w.PutDigest(d);
+  for (const ChunkMap::Entry& e : r.manifest) {
+    w.PutU64(e.index);
+    w.PutDigest(e.id);
+  }
 }
 
 void Put(Writer& w, const DentryRecord& r) {
@@ -156,6 +161,9 @@ void Get(Reader& r, InodeRecord& rec) {
       case InodeKind::kDir:
       case InodeKind::kSymlink:
       case InodeKind::kFifo:
+      case InodeKind::kBlockDevice:
+      case InodeKind::kCharDevice:
+      case InodeKind::kSocket:
         rec.kind = static_cast<InodeKind>(kind);
         break;
       default:
@@ -169,6 +177,7 @@ void Get(Reader& r, InodeRecord& rec) {
   rec.uid = r.GetU32("inode uid");
   rec.gid = r.GetU32("inode gid");
   rec.size = r.GetU64("inode size");
+  rec.rdev = r.GetU64("inode rdev");
   rec.mtime_ns = r.GetI64("inode mtime");
   rec.ctime_ns = r.GetI64("inode ctime");
   rec.atime_ns = r.GetI64("inode atime");
@@ -206,10 +215,17 @@ void Get(Reader& r, InodeRecord& rec) {
     }
     rec.xattrs.push_back(std::move(x));
   }
-  std::uint32_t n = r.GetCount("inode manifest chunk", kMaxManifestChunks, kDigestSize);
+  // Bounded here by the bytes left only: a record over the file limits is well-formed and is
+  // refused, alone, where records are applied (ValidateInode).
+  std::uint32_t n =
+      r.GetCount("inode manifest chunk", kMaxFrameSize / kManifestEntrySize, kManifestEntrySize);
   rec.manifest.reserve(n);
   for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
-    rec.manifest.push_back(r.GetDigest("inode manifest chunk id"));
+    std::uint64_t index = r.GetU64("inode manifest chunk index");
+    crypto::Digest id = r.GetDigest("inode manifest chunk id");
+    if (r.ok() && !rec.manifest.Append(index, id)) {
+      r.Fail(fmt::format("inode {} manifest is not sorted by chunk index or lists a hole", rec.id));
+    }
   }
 }
 
@@ -381,5 +397,37 @@ bool ValidName(std::string_view name) {
   return !name.empty() && name.size() <= kMaxNameSize && name != "." && name != ".." &&
          name.find('/') == std::string_view::npos && name.find('\0') == std::string_view::npos;
 }
+
+Status ValidateInode(const InodeRecord& r) {
+  if (r.size > kMaxFileSize) {
+    return Err(Code::kInvalid, "inode {:016x}: size {} is over the {} limit", r.id, r.size,
+               kMaxFileSize);
+  }
+  if (r.manifest.size() > kMaxDataChunks) {
+    return Err(Code::kInvalid, "inode {:016x}: {} chunks hold data, over the {} limit", r.id,
+               r.manifest.size(), kMaxDataChunks);
+  }
+  const std::uint64_t chunks = (r.size + kChunkSpan - 1) / kChunkSpan;
+  if (r.manifest.end_index() > chunks) {
+    return Err(Code::kInvalid, "inode {:016x}: chunk {} lies past the end ({} bytes)", r.id,
+               r.manifest.end_index() - 1, r.size);
+  }
+  if (r.kind != InodeKind::kFile && !r.manifest.empty()) {
+    return Err(Code::kInvalid, "inode {:016x}: only a regular file has chunks", r.id);
+  }
+  if (r.rdev != 0 && r.kind != InodeKind::kBlockDevice && r.kind != InodeKind::kCharDevice) {
+    return Err(Code::kInvalid, "inode {:016x}: only a device has a device number", r.id);
+  }
+  return Ok();
+}
+
+std::size_t EncodedSize(const InodeRecord& r) {
+  std::size_t n = kMinInodeSize + r.content_clock.size() * 16 + r.symlink_target.size() +
+                  r.manifest.size() * kManifestEntrySize;
+  for (const Xattr& x : r.xattrs) n += 2 + x.name.size() + 4 + x.value.size();
+  return n;
+}
+
+std::size_t EncodedSize(const DentryRecord& r) { return kMinDentrySize + r.name.size(); }
 
 }  // namespace foreverfs::net

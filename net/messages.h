@@ -13,11 +13,12 @@
 #include "base/bytes.h"
 #include "base/status.h"
 #include "crypto/crypto.h"
+#include "net/chunk_map.h"
 
 namespace foreverfs::net {
 
-inline constexpr std::uint32_t kMagic = 0x31534646;  // "FFS1" little-endian
-inline constexpr std::uint16_t kProtocolVersion = 1;
+inline constexpr std::uint32_t kMagic = 0x31534646;               // "FFS1" little-endian
+inline constexpr std::uint16_t kProtocolVersion = 2;              // 2: sparse manifests, rdev
 inline constexpr std::size_t kFrameHeaderSize = 6;                // u32 length + u16 type
 inline constexpr std::uint32_t kMaxFrameSize = 16 * 1024 * 1024;  // length field bound
 inline constexpr std::size_t kMaxNameSize = 255;
@@ -25,8 +26,8 @@ inline constexpr std::size_t kMaxAddrSize = 255;
 inline constexpr std::size_t kMaxSymlinkSize = 4095;
 inline constexpr std::uint32_t kMaxPeersPerMessage = 1024;
 inline constexpr std::uint32_t kMaxRecordsPerMessage = 65536;
-inline constexpr std::uint32_t kMaxManifestChunks = kMaxFrameSize / 32;
 inline constexpr std::uint32_t kMaxChunkPayload = 1024 * 1024;
+inline constexpr std::uint64_t kChunkSpan = 1024 * 1024;    // bytes of a file each chunk covers
 inline constexpr std::uint32_t kMaxXattrs = 128;            // per inode
 inline constexpr std::size_t kMaxXattrValue = 64 * 1024;    // bytes, as Linux allows
 inline constexpr std::size_t kMaxXattrTotal = 64 * 1024;    // names + values per inode
@@ -46,7 +47,20 @@ struct ClockEntry {
 };
 inline constexpr std::uint32_t kMaxClockEntries = 256;
 
-enum class InodeKind : std::uint8_t { kFile = 1, kDir = 2, kSymlink = 3, kFifo = 4 };
+enum class InodeKind : std::uint8_t {
+  kFile = 1,
+  kDir = 2,
+  kSymlink = 3,
+  kFifo = 4,
+  kBlockDevice = 5,  // rdev says which
+  kCharDevice = 6,   // rdev says which
+  kSocket = 7,
+};
+// True for the kinds that are only a name and attributes (no content, no target).
+inline bool IsSpecial(InodeKind k) {
+  return k == InodeKind::kFifo || k == InodeKind::kBlockDevice || k == InodeKind::kCharDevice ||
+         k == InodeKind::kSocket;
+}
 
 // An extended attribute; an inode keeps them sorted by name, names unique.
 struct Xattr {
@@ -62,7 +76,8 @@ struct InodeRecord {
   std::uint32_t mode = 0;  // permission bits only (07777)
   std::uint32_t uid = 0;
   std::uint32_t gid = 0;
-  std::uint64_t size = 0;
+  std::uint64_t size = 0;  // at most kMaxFileSize
+  std::uint64_t rdev = 0;  // device number of a block or character device, else 0
   std::int64_t mtime_ns = 0;
   std::int64_t ctime_ns = 0;
   std::int64_t atime_ns = 0;
@@ -74,7 +89,7 @@ struct InodeRecord {
   bool deleted = false;
   std::string symlink_target;
   std::vector<Xattr> xattrs;
-  std::vector<crypto::Digest> manifest;  // chunk i covers bytes [i MiB, (i+1) MiB)
+  ChunkMap manifest;  // chunk i covers bytes [i MiB, (i+1) MiB); holes are not listed
   bool operator==(const InodeRecord&) const = default;
 };
 
@@ -200,6 +215,14 @@ Result<FrameHeader> DecodeFrameHeader(ByteSpan header /* kFrameHeaderSize bytes 
 // trailing bytes, counts or lengths over their bounds, invalid names (empty, ".", "..", with
 // '/' or NUL, over kMaxNameSize), unknown inode kinds, and a Hello whose magic is wrong.
 Result<Message> DecodePayload(MessageType type, ByteSpan payload);
+
+// The limits a file must keep (size, chunks holding data, chunks within the size, content only
+// in regular files, rdev only in devices). Records from peers are checked one by one: one over
+// the limits is refused alone (kInvalid, saying what), the others in its batch still apply.
+Status ValidateInode(const InodeRecord& r);
+// Bytes a record takes in a Changes message, to bound batches by their encoded size.
+std::size_t EncodedSize(const InodeRecord& r);
+std::size_t EncodedSize(const DentryRecord& r);
 
 // True if `name` may be a directory entry name: 1..255 bytes, not "." or "..", no '/' or NUL.
 bool ValidName(std::string_view name);

@@ -212,7 +212,7 @@ Result<Attr> FileServer::Link(InodeId id, InodeId new_parent, std::string_view n
 }
 
 Result<Attr> FileServer::Mknod(InodeId parent, std::string_view name, std::uint32_t mode,
-                               std::uint32_t uid, std::uint32_t gid) {
+                               std::uint32_t uid, std::uint32_t gid, std::uint64_t rdev) {
   InodeKind kind;
   switch (mode & S_IFMT) {
     case 0:
@@ -222,14 +222,24 @@ Result<Attr> FileServer::Mknod(InodeId parent, std::string_view name, std::uint3
     case S_IFIFO:
       kind = InodeKind::kFifo;
       break;
+    case S_IFSOCK:
+      kind = InodeKind::kSocket;
+      break;
+    case S_IFBLK:
+      kind = InodeKind::kBlockDevice;
+      break;
+    case S_IFCHR:
+      kind = InodeKind::kCharDevice;
+      break;
     default:
-      return Err(Code::kNotPermitted, "'{}': only regular files and FIFOs can be made", name);
+      return Err(Code::kInvalid, "'{}': mode {:#o} is not a file type mknod makes", name, mode);
   }
   if (auto s = CheckName(name); !s.ok()) return s;
   std::lock_guard lock(ns_mu_);
   auto p = LiveDir(parent);
   if (!p.ok()) return p.status();
   InodeRecord rec = NewInode(kind, mode, uid, gid, *p);
+  if (kind == InodeKind::kBlockDevice || kind == InodeKind::kCharDevice) rec.rdev = rdev;
   if (auto s = AddEntry(parent, name, rec); !s.ok()) return s;
   return MakeAttr(rec);
 }
@@ -507,12 +517,29 @@ Status FileServer::Fallocate(std::uint64_t handle, int mode, std::uint64_t offse
                              std::uint64_t length) {
   auto of = HandleFile(handle);
   if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);
-  if (mode & ~FALLOC_FL_KEEP_SIZE) {
-    return Err(Code::kNotSupported, "fallocate mode {:#x} is not supported (only allocation)",
-               mode);
+  if (offset > net::kMaxFileSize || length > net::kMaxFileSize - offset) {
+    return Err(Code::kTooBig, "fallocate of [{}, +{}) is past the largest file size", offset,
+               length);
   }
-  if (mode & FALLOC_FL_KEEP_SIZE) return Ok();  // space is not reserved ahead in a CAS
-  return of->Extend(offset + length);
+  const bool keep_size = mode & FALLOC_FL_KEEP_SIZE;
+  switch (mode & ~FALLOC_FL_KEEP_SIZE) {
+    case 0:
+      // Space is not reserved ahead in a CAS: allocation only grows the file.
+      return keep_size ? Ok() : of->Extend(offset + length);
+    case FALLOC_FL_PUNCH_HOLE:
+      if (!keep_size) return Err(Code::kNotSupported, "PUNCH_HOLE needs KEEP_SIZE");
+      return of->ZeroRange(offset, length, true);
+    case FALLOC_FL_ZERO_RANGE:
+      return of->ZeroRange(offset, length, keep_size);
+    default:
+      return Err(Code::kNotSupported, "fallocate mode {:#x} is not supported", mode);
+  }
+}
+
+Result<std::uint64_t> FileServer::Seek(std::uint64_t handle, std::uint64_t offset, bool data) {
+  auto of = HandleFile(handle);
+  if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);
+  return of->Seek(offset, data);
 }
 
 Status FileServer::Flush(std::uint64_t handle) {
@@ -636,33 +663,54 @@ Status FileServer::Remove(std::string_view path) {
 }
 
 Result<ChangeSet> FileServer::ApplyRemote(const net::Changes& changes, std::uint64_t peer) {
-  ChangeSet cs{changes.inodes, changes.dentries};
+  // A record over the limits, or from a clock too far ahead, is refused alone with a log line:
+  // it can never become acceptable, and the rest of the batch (and the feed) goes on.
+  const std::uint64_t skew = max_clock_skew_ns_.load();
+  ChangeSet cs;
+  cs.inodes.reserve(changes.inodes.size());
+  for (const auto& r : changes.inodes) {
+    Status s = net::ValidateInode(r);
+    if (s.ok() && !Hlc::Plausible(r.version.hlc, skew)) {
+      s = Err(Code::kInvalid, "inode {:016x}: its version is {} s ahead of this clock", r.id,
+              (r.version.hlc - Hlc::WallNs()) / 1000000000);
+    }
+    for (const auto& e : r.content_clock) {
+      if (s.ok() && !Hlc::Plausible(e.hlc, skew)) {
+        s = Err(Code::kInvalid, "inode {:016x}: its content clock is ahead of this clock", r.id);
+      }
+    }
+    if (!s.ok()) {
+      spdlog::warn("peer {:016x}: record refused: {}", peer, s.message());
+      continue;
+    }
+    cs.inodes.push_back(r);
+  }
+  for (const auto& d : changes.dentries) {
+    if (!Hlc::Plausible(d.version.hlc, skew) || !Hlc::Plausible(d.replaces.hlc, skew)) {
+      spdlog::warn(
+          "peer {:016x}: record refused: entry '{}' in {:016x}: its version is ahead of "
+          "this clock by more than {} s",
+          peer, d.name, d.parent, skew / 1000000000);
+      continue;
+    }
+    cs.dentries.push_back(d);
+  }
   for (const auto& r : cs.inodes) hlc_.Observe(r.version.hlc);
   for (const auto& d : cs.dentries) hlc_.Observe(d.version.hlc);
   auto won = ns_.Apply(cs, peer, changes.up_to);
   if (!won.ok()) return won;
   for (const auto& r : won->inodes) {
-    std::shared_ptr<OpenFile> of;
-    {
-      std::lock_guard lock(files_mu_);
-      auto it = open_files_.find(r.id);
-      if (it != open_files_.end()) of = it->second.lock();
-      // Handles already open keep reading the version they opened, whole (a reader never
-      // sees two versions mixed); the next open gets the new one. A file with uncommitted
-      // writes stays: its commit follows, and a concurrent version becomes a conflict copy.
-      if (of && !of->HasUncommittedWrites()) {
-        open_files_.erase(it);
-        of.reset();
-      }
-    }
-    if (of) of->OnRemoteUpdate(r);
+    // Open handles of a file changed elsewhere read the new version from their next read on,
+    // as NFS gives (close-to-open); a file with uncommitted writes keeps them, its commit
+    // follows, and a concurrent version becomes a conflict copy. The open file stays known
+    // here, so garbage collection keeps counting what its handles may read.
+    if (auto of = OpenFileOf(r.id)) of->OnRemoteUpdate(r);
   }
   if (!won->empty() && on_remote_change_) on_remote_change_(*won);
   return won;
 }
 
-void FileServer::ForEachOpenManifest(
-    const std::function<void(const std::vector<cas::ChunkId>&)>& fn) {
+void FileServer::ForEachOpenManifest(const std::function<void(const net::ChunkMap&)>& fn) {
   std::vector<std::shared_ptr<OpenFile>> open;
   {
     std::lock_guard lock(files_mu_);

@@ -11,6 +11,7 @@
 #include <sys/statvfs.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -74,6 +75,10 @@ class FileServer {
     on_remote_change_ = std::move(fn);
   }
   std::uint64_t node_id() const { return ns_.node_id(); }
+  // Records from peers whose clock is further ahead of ours are refused (default 10 min).
+  void SetMaxClockSkew(std::chrono::nanoseconds skew) {
+    max_clock_skew_ns_ = static_cast<std::uint64_t>(skew.count());
+  }
 
   // Namespace.
   Result<Attr> Lookup(InodeId parent, std::string_view name);
@@ -86,9 +91,10 @@ class FileServer {
   Result<std::string> ReadLink(InodeId id);
   // A new name for an existing file or symlink (hard link); kNotPermitted for directories.
   Result<Attr> Link(InodeId id, InodeId new_parent, std::string_view new_name);
-  // A regular file or a FIFO (mode carries S_IFREG or S_IFIFO); other kinds: kNotPermitted.
+  // A regular file, FIFO, socket, or block or character device (`rdev` says which), as the
+  // type bits of `mode` say. Whether the caller may make a device is the kernel's check.
   Result<Attr> Mknod(InodeId parent, std::string_view name, std::uint32_t mode, std::uint32_t uid,
-                     std::uint32_t gid);
+                     std::uint32_t gid, std::uint64_t rdev = 0);
   // Extended attributes of the "user." namespace, stored and replicated with the inode.
   // flags: XATTR_CREATE / XATTR_REPLACE.
   Status SetXattr(InodeId id, std::string_view name, ByteSpan value, int flags);
@@ -111,8 +117,12 @@ class FileServer {
   // `caller_uid` decides whether setuid/setgid bits are cleared, as the kernel does elsewhere.
   Result<std::size_t> Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data,
                             std::uint32_t caller_uid = 0);
-  // mode 0 (extend) and FALLOC_FL_KEEP_SIZE; anything else is kNotSupported.
+  // mode 0 (extends; with FALLOC_FL_KEEP_SIZE does nothing), FALLOC_FL_PUNCH_HOLE (with
+  // KEEP_SIZE) and FALLOC_FL_ZERO_RANGE: whole chunks in the range become holes. Other modes
+  // are kNotSupported; past net::kMaxFileSize, kTooBig.
   Status Fallocate(std::uint64_t handle, int mode, std::uint64_t offset, std::uint64_t length);
+  // lseek(2) SEEK_DATA (`data`) or SEEK_HOLE, at chunk granularity (1 MiB).
+  Result<std::uint64_t> Seek(std::uint64_t handle, std::uint64_t offset, bool data);
   // Commits what was written through any handle of the file (close-to-open consistency).
   Status Flush(std::uint64_t handle);
   // Flush, then make it durable against power loss: fsync(2).
@@ -145,7 +155,7 @@ class FileServer {
   cas::ChunkStore& store() { return store_; }
   // Calls `fn` with the working manifest of every file open here (they may reference chunks
   // no committed version does, e.g. a file unlinked while open).
-  void ForEachOpenManifest(const std::function<void(const std::vector<cas::ChunkId>&)>& fn);
+  void ForEachOpenManifest(const std::function<void(const net::ChunkMap&)>& fn);
   Hlc& clock() { return hlc_; }
 
  private:
@@ -172,6 +182,7 @@ class FileServer {
   std::filesystem::path staging_dir_;
   Hlc hlc_;
   RemoteChunks* remote_ = nullptr;
+  std::atomic<std::uint64_t> max_clock_skew_ns_{600'000'000'000};
   std::function<void()> on_local_change_;
   std::function<void(const ChangeSet&)> on_remote_change_;
 

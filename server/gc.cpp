@@ -8,10 +8,8 @@ namespace foreverfs::server {
 
 Result<std::set<cas::ChunkId>> ChunkMaintenance::Referenced() {
   std::set<cas::ChunkId> refs;
-  auto add = [&](const std::vector<cas::ChunkId>& manifest) {
-    for (const auto& id : manifest) {
-      if (id != cas::kHoleId) refs.insert(id);
-    }
+  auto add = [&](const net::ChunkMap& manifest) {
+    for (const auto& [index, id] : manifest) refs.insert(id);
   };
   auto s = fs_.ns().ForEachLiveManifest([&](const InodeRecord& r) { add(r.manifest); });
   if (!s.ok()) return s;

@@ -16,13 +16,23 @@ class Hlc {
  public:
   Hlc(std::uint64_t node_id, std::uint64_t last_seen) : node_(node_id), last_(last_seen) {}
 
+  // Wall-clock nanoseconds since the epoch.
+  static std::uint64_t WallNs() {
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count());
+  }
   net::Version Next() {
     std::lock_guard lock(mu_);
-    auto wall = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                               std::chrono::system_clock::now().time_since_epoch())
-                                               .count());
-    last_ = std::max(last_ + 1, wall);
+    last_ = std::max(last_ + 1, WallNs());
     return {last_, node_};
+  }
+  // True if `hlc` is at most `max_skew_ns` ahead of this machine's clock. Versions from peers
+  // beyond that are refused: one near 2^64 would win over every later write for good (and
+  // overflow this clock). Since every accepted version is within the skew of some wall clock,
+  // the clock stays far below 2^63 (it is stored signed).
+  static bool Plausible(std::uint64_t hlc, std::uint64_t max_skew_ns) {
+    return hlc <= WallNs() + max_skew_ns;
   }
   void Observe(std::uint64_t hlc) {
     std::lock_guard lock(mu_);

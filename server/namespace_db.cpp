@@ -19,7 +19,9 @@
 namespace foreverfs::server {
 namespace {
 
-constexpr int kSchemaVersion = 5;
+// 6: sparse manifests ((u64 index, id) per chunk holding data) and the rdev column. Version 5
+// databases are converted when opened.
+constexpr int kSchemaVersion = 6;
 // Sequence numbers reserved at a time (see the header): one full-sync commit per block.
 constexpr std::uint64_t kSeqBlock = 1 << 16;
 
@@ -133,8 +135,33 @@ class Stmt {
 
 constexpr const char* kInodeColumns =
     "id, kind, mode, uid, gid, size, mtime, ctime, hlc, node, deleted, target, manifest, seq, "
-    "atime,"
-    " xattrs, clock";
+    "atime, xattrs, clock, rdev";
+
+// A manifest in one column: (u64 chunk index, 32-byte id) for every chunk holding data, by
+// index (native byte order, as the other blobs of this file).
+Bytes EncodeManifest(const net::ChunkMap& m) {
+  Bytes out(m.size() * 40);
+  std::size_t at = 0;
+  for (const auto& e : m) {
+    std::memcpy(out.data() + at, &e.index, 8);
+    std::memcpy(out.data() + at + 8, e.id.data(), 32);
+    at += 40;
+  }
+  return out;
+}
+
+net::ChunkMap DecodeManifest(ByteSpan blob) {
+  net::ChunkMap m;
+  m.reserve(blob.size() / 40);
+  for (std::size_t at = 0; at + 40 <= blob.size(); at += 40) {
+    std::uint64_t index;
+    crypto::Digest id;
+    std::memcpy(&index, blob.data() + at, 8);
+    std::memcpy(id.data(), blob.data() + at + 8, 32);
+    (void)m.Append(index, id);
+  }
+  return m;
+}
 
 // Extended attributes in one column: u16 name length, name, u32 value length, value; repeated.
 Bytes EncodeXattrs(const std::vector<net::Xattr>& xattrs) {
@@ -171,9 +198,7 @@ InodeRecord ReadInode(Stmt& s) {
   r.version = {U(s.Int(8)), U(s.Int(9))};
   r.deleted = s.Int(10) != 0;
   r.symlink_target = s.Text(11);
-  ByteSpan m = s.Blob(12);
-  r.manifest.resize(m.size() / 32);
-  if (!r.manifest.empty()) std::memcpy(r.manifest.data(), m.data(), r.manifest.size() * 32);
+  r.manifest = DecodeManifest(s.Blob(12));
   r.atime_ns = s.Int(14);
   r.xattrs = DecodeXattrs(s.Blob(15));
   ByteSpan clock = s.Blob(16);
@@ -183,6 +208,7 @@ InodeRecord ReadInode(Stmt& s) {
     std::memcpy(&e.hlc, clock.data() + i + 8, 8);
     r.content_clock.push_back(e);
   }
+  r.rdev = U(s.Int(17));
   return r;
 }
 
@@ -265,7 +291,7 @@ Status NamespaceDb::Init() {
           "CREATE TABLE IF NOT EXISTS inodes(id INTEGER PRIMARY KEY, kind INTEGER, mode INTEGER,"
           " uid INTEGER, gid INTEGER, size INTEGER, mtime INTEGER, ctime INTEGER, hlc INTEGER,"
           " node INTEGER, deleted INTEGER, target TEXT, manifest BLOB, seq INTEGER, atime INTEGER,"
-          " xattrs BLOB, clock BLOB);"
+          " xattrs BLOB, clock BLOB, rdev INTEGER NOT NULL DEFAULT 0);"
           "CREATE TABLE IF NOT EXISTS dentries(parent INTEGER, name TEXT, child INTEGER,"
           " hlc INTEGER, node INTEGER, deleted INTEGER, seq INTEGER, rep_hlc INTEGER,"
           " rep_node INTEGER, PRIMARY KEY(parent, name))"
@@ -277,10 +303,16 @@ Status NamespaceDb::Init() {
       !s.ok()) {
     return s;
   }
+  std::int64_t version = kSchemaVersion;
   {
     Stmt q(db_, "SELECT v FROM meta WHERE k = 'schema'");
-    if (q.Step() == SQLITE_ROW && q.Int(0) != kSchemaVersion) {
-      return Err(Code::kInvalid, "schema version {} is not the {} this build reads", q.Int(0),
+    if (q.Step() == SQLITE_ROW) version = q.Int(0);
+  }
+  {
+    if (version == 5) {
+      if (auto s = UpgradeFrom5(); !s.ok()) return s;
+    } else if (version != kSchemaVersion) {
+      return Err(Code::kInvalid, "schema version {} is not the {} this build reads", version,
                  kSchemaVersion);
     }
   }
@@ -303,8 +335,8 @@ Status NamespaceDb::Init() {
     auto s =
         Stmt(db_,
              "INSERT OR IGNORE INTO inodes(id, kind, mode, uid, gid, size, mtime, ctime, hlc,"
-             " node, deleted, target, manifest, seq, atime, xattrs, clock) VALUES(1, 2, 493, ?,"
-             " ?, 0, 0, 0, 0, 0, 0, '', x'', 0, 0, x'', x'')")
+             " node, deleted, target, manifest, seq, atime, xattrs, clock, rdev) VALUES(1, 2, 493,"
+             " ?, ?, 0, 0, 0, 0, 0, 0, '', x'', 0, 0, x'', x'', 0)")
             .Bind(1, static_cast<std::int64_t>(getuid()))
             .Bind(2, static_cast<std::int64_t>(getgid()))
             .Run();
@@ -319,6 +351,45 @@ Status NamespaceDb::Init() {
   if (r.Step() == SQLITE_ROW) seq_reserved_ = U(r.Int(0));
   // Numbers up to the reservation may have been handed out by commits a power failure lost.
   seq_ = std::max(seq_, seq_reserved_);
+  return Ok();
+}
+
+// Version 5 kept a dense list of 32-byte ids (the all-zero id a hole) and no rdev.
+Status NamespaceDb::UpgradeFrom5() {
+  spdlog::info("{}: converting the namespace from schema 5 to {}", file_, kSchemaVersion);
+  if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  auto fail = [&](Status s) {
+    (void)Exec("ROLLBACK");
+    return Err(s.code(), "converting {} to schema {}: {}", file_, kSchemaVersion, s.message());
+  };
+  if (auto s = Exec("ALTER TABLE inodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0"); !s.ok())
+    return fail(s);
+  std::vector<std::pair<std::int64_t, Bytes>> rows;
+  {
+    Stmt q(db_, "SELECT id, manifest FROM inodes WHERE length(manifest) > 0");
+    while (q.Step() == SQLITE_ROW) {
+      ByteSpan dense = q.Blob(1);
+      net::ChunkMap m;
+      for (std::size_t i = 0; i * 32 + 32 <= dense.size(); ++i) {
+        crypto::Digest id;
+        std::memcpy(id.data(), dense.data() + i * 32, 32);
+        m.Set(i, id);
+      }
+      rows.emplace_back(q.Int(0), EncodeManifest(m));
+    }
+  }
+  for (const auto& [id, blob] : rows) {
+    if (auto s = Stmt(db_, "UPDATE inodes SET manifest = ? WHERE id = ?")
+                     .BindBlob(1, blob)
+                     .Bind(2, id)
+                     .Run();
+        !s.ok())
+      return fail(s);
+  }
+  if (auto s = Stmt(db_, "UPDATE meta SET v = ? WHERE k = 'schema'").Bind(1, kSchemaVersion).Run();
+      !s.ok())
+    return fail(s);
+  if (auto s = Exec("COMMIT"); !s.ok()) return fail(s);
   return Ok();
 }
 
@@ -451,8 +522,7 @@ Status NamespaceDb::PutInode(const InodeRecord& r, std::uint64_t& seq, ChangeSet
     if (Resurrects(*cur, r)) return RestoreName(*cur, seq, won);
     return Ok();
   }
-  Bytes manifest(r.manifest.size() * 32);
-  if (!manifest.empty()) std::memcpy(manifest.data(), r.manifest.data(), manifest.size());
+  const Bytes manifest = EncodeManifest(r.manifest);
   Bytes clock(r.content_clock.size() * 16);
   for (std::size_t i = 0; i < r.content_clock.size(); ++i) {
     std::memcpy(clock.data() + 16 * i, &r.content_clock[i].node, 8);
@@ -460,7 +530,7 @@ Status NamespaceDb::PutInode(const InodeRecord& r, std::uint64_t& seq, ChangeSet
   }
   Stmt ins(db_,
            fmt::format("INSERT OR REPLACE INTO inodes({}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
-                       "?)",
+                       "?,?)",
                        kInodeColumns)
                .c_str());
   ins.Bind(1, S(r.id))
@@ -479,7 +549,8 @@ Status NamespaceDb::PutInode(const InodeRecord& r, std::uint64_t& seq, ChangeSet
       .Bind(14, S(++seq))
       .Bind(15, r.atime_ns)
       .BindBlob(16, EncodeXattrs(r.xattrs))
-      .BindBlob(17, clock);
+      .BindBlob(17, clock)
+      .Bind(18, S(r.rdev));
   if (auto s = ins.Run(); !s.ok()) return s;
   won.inodes.push_back(r);
   if (cur && ConcurrentContent(*cur, r)) {
@@ -810,7 +881,7 @@ Result<ChangeSet> NamespaceDb::ApplyLocked(const ChangeSet& changes,
 }
 
 Result<net::Changes> NamespaceDb::ChangesSince(std::uint64_t since, std::size_t max_records,
-                                               std::size_t max_manifest_chunks) {
+                                               std::size_t max_bytes) {
   std::lock_guard lock(mu_);
   struct Item {
     std::uint64_t seq;
@@ -818,29 +889,41 @@ Result<net::Changes> NamespaceDb::ChangesSince(std::uint64_t since, std::size_t 
     std::optional<DentryRecord> dentry;
   };
   std::vector<Item> items;
+  // Inodes are read until they alone exceed the byte budget (large manifests); records after
+  // the last inode read cannot be sent before it, so the batch stops there.
+  std::uint64_t cut = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
   {
     Stmt q(db_,
            fmt::format("SELECT {} FROM inodes WHERE seq > ? ORDER BY seq LIMIT ?", kInodeColumns)
                .c_str());
     q.Bind(1, S(since)).Bind(2, static_cast<std::int64_t>(max_records));
-    while (q.Step() == SQLITE_ROW) items.push_back({U(q.Int(13)), ReadInode(q), std::nullopt});
+    std::size_t bytes = 0;
+    while (q.Step() == SQLITE_ROW) {
+      items.push_back({U(q.Int(13)), ReadInode(q), std::nullopt});
+      bytes += net::EncodedSize(*items.back().inode);
+      if (bytes > max_bytes) {
+        cut = items.back().seq;
+        break;
+      }
+    }
   }
   {
     Stmt q(db_,
            "SELECT parent, name, child, hlc, node, deleted, rep_hlc, rep_node, seq FROM dentries"
-           " WHERE seq > ? ORDER BY seq LIMIT ?");
-    q.Bind(1, S(since)).Bind(2, static_cast<std::int64_t>(max_records));
+           " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?");
+    q.Bind(1, S(since)).Bind(2, S(cut)).Bind(3, static_cast<std::int64_t>(max_records));
     while (q.Step() == SQLITE_ROW) items.push_back({U(q.Int(8)), std::nullopt, ReadDentry(q)});
   }
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.seq < b.seq; });
   net::Changes out;
   out.up_to = items.empty() ? std::max(since, seq_) : since;
-  std::size_t chunks = 0, count = 0;
+  std::size_t bytes = 0, count = 0;
   for (auto& it : items) {
     if (count >= max_records) break;
+    const std::size_t size = it.inode ? net::EncodedSize(*it.inode) : net::EncodedSize(*it.dentry);
+    if (count > 0 && bytes + size > max_bytes) break;
+    bytes += size;
     if (it.inode) {
-      if (count > 0 && chunks + it.inode->manifest.size() > max_manifest_chunks) break;
-      chunks += it.inode->manifest.size();
       out.inodes.push_back(std::move(*it.inode));
     } else {
       out.dentries.push_back(std::move(*it.dentry));

@@ -87,11 +87,13 @@ class NamespaceDb {
   Result<ChangeSet> Apply(const ChangeSet& changes, std::optional<std::uint64_t> peer = {},
                           std::uint64_t up_to = 0);
 
-  // Up to `max_records` records changed after `since`, in change order (bounded by `max_bytes`
-  // of manifests too). up_to is the sequence of the last one returned (or the current one if
-  // none).
+  // Up to `max_records` records changed after `since`, in change order, taking at most
+  // `max_bytes` encoded (net::EncodedSize), except that the first record is always taken: a
+  // record always fits in a frame (net::ValidateInode's limits), so a batch always does when
+  // max_bytes leaves room for one record under the frame limit. up_to is the sequence of the
+  // last one returned (or the current one if none).
   Result<net::Changes> ChangesSince(std::uint64_t since, std::size_t max_records,
-                                    std::size_t max_manifest_chunks);
+                                    std::size_t max_bytes);
   std::uint64_t LastSeq();
   std::uint64_t Cursor(std::uint64_t peer);
 
@@ -102,6 +104,7 @@ class NamespaceDb {
   explicit NamespaceDb(sqlite3* db) : db_(db) {}
   Status Exec(const char* sql);
   Status Init();
+  Status UpgradeFrom5();
   // Durably reserves sequence numbers for at least `need` more changes. With mu_ held.
   Status ReserveSeqs(std::uint64_t need);
   Result<ChangeSet> ApplyLocked(const ChangeSet& changes, std::optional<std::uint64_t> peer,

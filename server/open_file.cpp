@@ -25,9 +25,7 @@ OpenFile::OpenFile(FileServer& fs, const InodeRecord& rec)
       base_clock_(rec.content_clock),
       record_(rec),
       size_(rec.size),
-      mtime_ns_(rec.mtime_ns) {
-  Resize(size_);
-}
+      mtime_ns_(rec.mtime_ns) {}
 
 OpenFile::~OpenFile() {
   (void)Reap(0);
@@ -35,7 +33,7 @@ OpenFile::~OpenFile() {
 }
 
 void OpenFile::DropBuffer() {
-  buf_index_ = SIZE_MAX;
+  buf_index_ = kNone;
   if (!buf_slot_) return;
   buf_slot_ = false;
   Bytes().swap(buf_);
@@ -43,7 +41,7 @@ void OpenFile::DropBuffer() {
   fs_.seq_buffers_.fetch_sub(1);
 }
 
-Result<bool> OpenFile::TryBuffer(std::size_t i, std::size_t in, ByteSpan data,
+Result<bool> OpenFile::TryBuffer(std::uint64_t i, std::size_t in, ByteSpan data,
                                  std::uint64_t old_size) {
   if (buf_index_ == i && in == buf_.size()) {
     buf_.insert(buf_.end(), data.begin(), data.end());
@@ -57,9 +55,10 @@ Result<bool> OpenFile::TryBuffer(std::size_t i, std::size_t in, ByteSpan data,
     // (the chunk's end past the buffer then reads as zeros) and staging holds nothing.
     const std::uint64_t start = i * kCS;
     const std::uint64_t old_valid =
-        manifest_[i] == cas::kHoleId || start >= old_size ? 0 : std::min(kCS, old_size - start);
-    if (in != 0 || dirty_[i] || written_[i] || old_valid > data.size()) return false;
-    if (buf_index_ != SIZE_MAX) {
+        manifest_.IsHole(i) || start >= old_size ? 0 : std::min(kCS, old_size - start);
+    if (in != 0 || dirty_.contains(i) || written_.contains(i) || old_valid > data.size())
+      return false;
+    if (buf_index_ != kNone) {
       if (auto s = SpillBuffer(); !s.ok()) return s;
     }
     if (!buf_slot_) {
@@ -83,13 +82,13 @@ Result<bool> OpenFile::TryBuffer(std::size_t i, std::size_t in, ByteSpan data,
 }
 
 Status OpenFile::StoreBuffer(bool background) {
-  const std::size_t i = buf_index_;
+  const std::uint64_t i = buf_index_;
   buf_.resize(static_cast<std::size_t>(ChunkLen(i)), 0);  // zeros up to its length in the file
   auto data = std::make_shared<Bytes>();
   data->swap(buf_);
   buf_.swap(spare_);  // a buffer whose pages are already there, if there is one
   buf_.clear();
-  buf_index_ = SIZE_MAX;
+  buf_index_ = kNone;
   auto id = std::make_shared<std::promise<Result<cas::ChunkId>>>();
   inflight_.push_back({i, data, id->get_future()});
   auto store = [&fs = fs_, data, id] {
@@ -115,16 +114,17 @@ Status OpenFile::Reap(std::size_t keep) {
     inflight_.pop_front();
     Result<cas::ChunkId> id = job.id.get();
     if (id.ok()) {
-      manifest_[job.index] = *id;
-      dirty_[job.index] = false;
+      manifest_.Set(job.index, *id);
+      dirty_.erase(job.index);
     } else {
       // Not lost: into staging, where the commit stores it again (and reports the error).
       spdlog::warn("inode {:016x}: storing chunk {} failed, kept in staging: {}", id_, job.index,
                    id.status().message());
       Status s = EnsureStaging();
-      if (s.ok()) s = staging_->Write(job.index * kCS, *job.data);
+      if (s.ok()) s = staging_->Write(Slot(job.index), *job.data);
       if (!s.ok() && first.ok()) first = s;
-      dirty_[job.index] = written_[job.index] = true;
+      dirty_.insert(job.index);
+      written_.insert(job.index);
     }
     if (job.data.use_count() == 1 && spare_.capacity() == 0) spare_.swap(*job.data);
   }
@@ -139,25 +139,50 @@ bool OpenFile::InFlightAt(std::uint64_t offset, std::uint64_t end) const {
 }
 
 Status OpenFile::SpillBuffer() {
-  if (buf_index_ == SIZE_MAX) return Ok();
-  const std::size_t i = buf_index_;
+  if (buf_index_ == kNone) return Ok();
+  const std::uint64_t i = buf_index_;
   if (auto s = EnsureStaging(); !s.ok()) return s;
-  if (auto s = staging_->Write(i * kCS, buf_); !s.ok()) return s;
-  dirty_[i] = written_[i] = true;
+  if (auto s = staging_->Write(Slot(i), buf_); !s.ok()) return s;
+  dirty_.insert(i);
+  written_.insert(i);
   DropBuffer();
   return Ok();
 }
 
 void OpenFile::Resize(std::uint64_t size) {
-  std::size_t n = static_cast<std::size_t>((size + kCS - 1) / kCS);
-  manifest_.resize(n, cas::kHoleId);
-  dirty_.resize(n, false);
-  written_.resize(n, false);
+  const std::uint64_t n = (size + kCS - 1) / kCS;
+  manifest_.KeepFirst(n);
+  dirty_.erase(dirty_.lower_bound(n), dirty_.end());
+  written_.erase(written_.lower_bound(n), written_.end());
 }
 
-std::uint64_t OpenFile::ChunkLen(std::size_t index) const {
+bool OpenFile::HasData(std::uint64_t i) const {
+  if (i == buf_index_ || dirty_.contains(i) || !manifest_.IsHole(i)) return true;
+  for (const auto& job : inflight_) {
+    if (job.index == i) return true;
+  }
+  return false;
+}
+
+Status OpenFile::CheckDataChunk(std::uint64_t i) const {
+  // Counted generously (a dirty chunk may also be in the manifest): the limit keeps every
+  // record within one frame, it need not be exact.
+  if (manifest_.size() + dirty_.size() + inflight_.size() + 1 < net::kMaxDataChunks || HasData(i)) {
+    return Ok();
+  }
+  return Err(Code::kTooBig, "inode {:016x}: a file holds at most {} GiB of data", id_,
+             net::kMaxDataChunks * kCS >> 30);
+}
+
+std::uint64_t OpenFile::ChunkLen(std::uint64_t index) const {
   std::uint64_t start = index * kCS;
   return start >= size_ ? 0 : std::min(kCS, size_ - start);
+}
+
+std::uint64_t OpenFile::Slot(std::uint64_t i) {
+  auto [it, added] = slots_.try_emplace(i, next_slot_ * kCS);
+  if (added) ++next_slot_;
+  return it->second;
 }
 
 Status OpenFile::EnsureStaging() {
@@ -168,8 +193,8 @@ Status OpenFile::EnsureStaging() {
   return Ok();
 }
 
-Result<const Bytes*> OpenFile::CommittedChunk(std::size_t index) {
-  const auto& id = manifest_[index];
+Result<const Bytes*> OpenFile::CommittedChunk(std::uint64_t index) {
+  const auto& id = manifest_.Get(index);
   if (cached_index_ == index && cached_id_ == id) return &cached_;
   auto data = fs_.LoadChunk(id);
   if (!data.ok()) return data.status();
@@ -179,21 +204,20 @@ Result<const Bytes*> OpenFile::CommittedChunk(std::size_t index) {
   return &cached_;
 }
 
-Status OpenFile::Materialize(std::size_t index) {
+Status OpenFile::Materialize(std::uint64_t index) {
   if (auto s = EnsureStaging(); !s.ok()) return s;
-  const std::uint64_t start = index * kCS;
-  if (written_[index]) {
+  if (written_.contains(index)) {
     // Whatever staging holds for this chunk is stale: clear it.
-    if (auto s = staging_->Zero(start, kCS); !s.ok()) return s;
+    if (auto s = staging_->Zero(Slot(index), kCS); !s.ok()) return s;
   }
-  if (manifest_[index] != cas::kHoleId) {
+  if (!manifest_.IsHole(index)) {
     auto chunk = CommittedChunk(index);
     if (!chunk.ok()) return chunk.status();
     std::size_t len = std::min<std::size_t>((*chunk)->size(), ChunkLen(index));
-    if (auto s = staging_->Write(start, ByteSpan((*chunk)->data(), len)); !s.ok()) return s;
+    if (auto s = staging_->Write(Slot(index), ByteSpan((*chunk)->data(), len)); !s.ok()) return s;
   }
-  dirty_[index] = true;
-  written_[index] = true;
+  dirty_.insert(index);
+  written_.insert(index);
   return Ok();
 }
 
@@ -206,7 +230,7 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
   std::size_t done = 0;
   while (done < len) {
     const std::uint64_t pos = offset + done;
-    const std::size_t i = static_cast<std::size_t>(pos / kCS);
+    const std::uint64_t i = pos / kCS;
     const std::size_t in = static_cast<std::size_t>(pos % kCS);
     const std::size_t n = std::min<std::size_t>(len - done, kCS - in);
     std::uint8_t* dst = out.data() + done;
@@ -219,18 +243,18 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
       std::size_t avail = in < b.size() ? std::min(n, b.size() - in) : 0;
       if (avail) std::memcpy(dst, b.data() + in, avail);
       if (avail < n) std::memset(dst + avail, 0, n - avail);
-    } else if (dirty_[i]) {
-      if (auto s = staging_->Read(pos, MutableByteSpan(dst, n)); !s.ok()) return s;
-    } else if (manifest_[i] == cas::kHoleId) {
+    } else if (dirty_.contains(i)) {
+      if (auto s = staging_->Read(Slot(i) + in, MutableByteSpan(dst, n)); !s.ok()) return s;
+    } else if (manifest_.IsHole(i)) {
       std::memset(dst, 0, n);
-    } else if (cached_index_ == i && cached_id_ == manifest_[i]) {
+    } else if (cached_index_ == i && cached_id_ == manifest_.Get(i)) {
       const Bytes& c = cached_;
       std::size_t avail = in < c.size() ? std::min(n, c.size() - in) : 0;
       if (avail) std::memcpy(dst, c.data() + in, avail);
       if (avail < n) std::memset(dst + avail, 0, n - avail);
     } else {
       // Only the part asked for: a 4 KiB read opens one 16 KiB segment, not the whole chunk.
-      if (auto s = fs_.ReadChunk(manifest_[i], in, MutableByteSpan(dst, n)); !s.ok()) return s;
+      if (auto s = fs_.ReadChunk(manifest_.Get(i), in, MutableByteSpan(dst, n)); !s.ok()) return s;
     }
     done += n;
   }
@@ -242,15 +266,24 @@ Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool ap
   AdoptRemote();
   if (append) offset = size_;
   if (data.empty()) return std::size_t{0};
+  if (offset >= net::kMaxFileSize) {
+    return Err(Code::kTooBig, "inode {:016x}: write at {} is past the largest file size", id_,
+               offset);
+  }
+  // As a local filesystem: the part below the limit is written (a short write).
+  data = data.first(
+      static_cast<std::size_t>(std::min<std::uint64_t>(data.size(), net::kMaxFileSize - offset)));
   const std::uint64_t end = offset + data.size();
+  for (std::uint64_t i = offset / kCS; i <= (end - 1) / kCS; ++i) {
+    if (auto s = CheckDataChunk(i); !s.ok()) return s;
+  }
   if (InFlightAt(offset, end)) {
     if (auto s = Reap(0); !s.ok()) return s;
   }
   const std::uint64_t old_size = size_;
-  if (end > size_) Resize(end);
   // Chunk by chunk: the sequential buffer takes what it can, staging the rest.
   for (std::uint64_t pos = offset; pos < end;) {
-    const std::size_t i = static_cast<std::size_t>(pos / kCS);
+    const std::uint64_t i = pos / kCS;
     const std::size_t in = static_cast<std::size_t>(pos % kCS);
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(end - pos, kCS - in));
     const ByteSpan part = data.subspan(static_cast<std::size_t>(pos - offset), n);
@@ -268,43 +301,49 @@ Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool ap
   return data.size();
 }
 
-Status OpenFile::StageWrite(std::size_t i, std::uint64_t offset, ByteSpan data,
+Status OpenFile::StageWrite(std::uint64_t i, std::uint64_t offset, ByteSpan data,
                             std::uint64_t old_size) {
   if (auto s = EnsureStaging(); !s.ok()) return s;
   const std::uint64_t end = offset + data.size();
-  if (!dirty_[i]) {
+  if (!dirty_.contains(i)) {
     const std::uint64_t start = i * kCS;
     const std::uint64_t old_valid =
-        manifest_[i] == cas::kHoleId || start >= old_size ? 0 : std::min(kCS, old_size - start);
+        manifest_.IsHole(i) || start >= old_size ? 0 : std::min(kCS, old_size - start);
     const bool covers_old = offset <= start && end >= start + old_valid;
     const bool covers_all = offset <= start && end >= start + kCS;
-    if (covers_old && (!written_[i] || covers_all)) {
-      dirty_[i] = written_[i] = true;  // nothing of the old chunk survives this write
+    if (covers_old && (!written_.contains(i) || covers_all)) {
+      dirty_.insert(i);  // nothing of the old chunk survives this write
+      written_.insert(i);
     } else if (auto s = Materialize(i); !s.ok()) {
       return s;
     }
   }
-  return staging_->Write(offset, data);
+  return staging_->Write(Slot(i) + offset % kCS, data);
 }
 
 Status OpenFile::Truncate(std::uint64_t size) {
+  if (size > net::kMaxFileSize) {
+    return Err(Code::kTooBig, "inode {:016x}: size {} is over the largest file size ({})", id_,
+               size, net::kMaxFileSize);
+  }
   std::lock_guard lock(mu_);
   AdoptRemote();
   if (auto s = SpillBuffer(); !s.ok()) return s;
   if (size < size_) {
-    const std::size_t k = static_cast<std::size_t>(size / kCS);
-    if (size % kCS != 0 && !dirty_[k]) {
+    const std::uint64_t k = size / kCS;
+    if (size % kCS != 0 && !dirty_.contains(k)) {
       if (auto s = Materialize(k); !s.ok()) return s;
     }
-    // Staging beyond the new end must read as zeros if the file grows again.
-    if (staging_) {
-      if (auto s = staging_->Truncate(size); !s.ok()) return s;
+    // Staging beyond the new end must read as zeros if the file grows again: the rest of the
+    // cut chunk is zeroed, chunks past it lose their slots (a new slot reads as zeros).
+    if (auto it = slots_.find(k); it != slots_.end() && size % kCS != 0) {
+      if (auto s = staging_->Zero(it->second + size % kCS, kCS - size % kCS); !s.ok()) return s;
     }
+    slots_.erase(slots_.lower_bound(size % kCS == 0 ? k : k + 1), slots_.end());
     size_ = size;
     Resize(size);
   } else if (size > size_) {
-    size_ = size;
-    Resize(size);
+    size_ = size;  // the new part is holes: nothing to record
   }
   mtime_ns_ = fs_.NowNs();
   changed_ = true;
@@ -317,6 +356,80 @@ Status OpenFile::Extend(std::uint64_t size) {
     if (size <= size_) return Ok();
   }
   return Truncate(size);
+}
+
+Status OpenFile::ZeroRange(std::uint64_t offset, std::uint64_t length, bool keep_size) {
+  if (offset > net::kMaxFileSize || length > net::kMaxFileSize - offset) {
+    return Err(Code::kTooBig, "inode {:016x}: range [{}, +{}) is past the largest file size", id_,
+               offset, length);
+  }
+  std::lock_guard lock(mu_);
+  AdoptRemote();
+  if (length == 0) return Ok();
+  if (auto s = SpillBuffer(); !s.ok()) return s;
+  if (auto s = Reap(0); !s.ok()) return s;
+  const std::uint64_t end = keep_size ? std::min(offset + length, size_) : offset + length;
+  if (offset < end) {
+    // Whole chunks become holes; staging may keep stale bytes for them (written_), which the
+    // next write clears before use.
+    const std::uint64_t first_full = (offset + kCS - 1) / kCS;
+    const std::uint64_t last_full =
+        end == size_ || end % kCS == 0 ? (end + kCS - 1) / kCS : end / kCS;
+    if (first_full < last_full) {
+      manifest_.Punch(first_full, last_full);
+      dirty_.erase(dirty_.lower_bound(first_full), dirty_.lower_bound(last_full));
+    }
+    // The partial chunks at either end get zeros written over the range (within the size).
+    const Bytes zeros(static_cast<std::size_t>(kCS), 0);
+    auto zero = [&](std::uint64_t from, std::uint64_t to) -> Status {
+      for (to = std::min(to, size_); from < to;) {
+        const std::uint64_t i = from / kCS;
+        const std::uint64_t n = std::min(to, (i + 1) * kCS) - from;
+        if (HasData(i)) {
+          auto s = StageWrite(i, from, ByteSpan(zeros.data(), static_cast<std::size_t>(n)), size_);
+          if (!s.ok()) return s;
+        }
+        from += n;
+      }
+      return Ok();
+    };
+    if (first_full >= last_full) {
+      if (auto s = zero(offset, end); !s.ok()) return s;
+    } else {
+      if (auto s = zero(offset, first_full * kCS); !s.ok()) return s;
+      if (auto s = zero(last_full * kCS, end); !s.ok()) return s;
+    }
+  }
+  if (!keep_size && offset + length > size_) size_ = offset + length;
+  mtime_ns_ = fs_.NowNs();
+  changed_ = true;
+  return Ok();
+}
+
+Result<std::uint64_t> OpenFile::Seek(std::uint64_t offset, bool data) {
+  std::lock_guard lock(mu_);
+  AdoptRemote();
+  if (offset >= size_) {
+    return Err(Code::kNoPosition, "inode {:016x}: offset {} is at or past the end ({})", id_,
+               offset, size_);
+  }
+  std::uint64_t i = offset / kCS;
+  const std::uint64_t chunks = (size_ + kCS - 1) / kCS;
+  if (data) {
+    // The next chunk with data among the manifest, staging, the buffer and chunks in flight.
+    std::uint64_t next = manifest_.NextData(i).value_or(kNone);
+    if (auto d = dirty_.lower_bound(i); d != dirty_.end()) next = std::min(next, *d);
+    if (buf_index_ != kNone && buf_index_ >= i) next = std::min(next, buf_index_);
+    for (const auto& job : inflight_) {
+      if (job.index >= i) next = std::min(next, job.index);
+    }
+    if (next >= chunks) {
+      return Err(Code::kNoPosition, "inode {:016x}: no data at or after {}", id_, offset);
+    }
+    return std::max(offset, next * kCS);
+  }
+  while (i < chunks && HasData(i)) ++i;  // at most as many steps as chunks holding data
+  return std::min(size_, std::max(offset, i * kCS));
 }
 
 bool OpenFile::DeferAttrs(const SetAttrRequest& req) {
@@ -342,21 +455,20 @@ Status OpenFile::Commit() {
   if (!changed_) return Ok();
   // The last buffered chunk is stored here, on this thread: the commit waits for it anyway,
   // and handing a small file's only chunk to a worker costs two thread wakeups.
-  if (buf_index_ != SIZE_MAX) {
+  if (buf_index_ != kNone) {
     if (auto s = StoreBuffer(/*background=*/false); !s.ok()) return s;
   }
   if (auto s = Reap(0); !s.ok()) return s;
   Bytes buf;
-  for (std::size_t i = 0; i < manifest_.size(); ++i) {
-    if (!dirty_[i]) continue;
+  for (std::uint64_t i : dirty_) {
     buf.resize(static_cast<std::size_t>(ChunkLen(i)));
-    if (auto s = staging_->Read(i * kCS, buf); !s.ok()) return s;
+    if (auto s = staging_->Read(Slot(i), buf); !s.ok()) return s;
     if (AllZero(buf)) {
-      manifest_[i] = cas::kHoleId;
+      manifest_.Set(i, cas::kHoleId);
     } else {
       auto id = fs_.hasher_.IdOf(buf);
       if (auto s = fs_.store_.Put(id, buf); !s.ok()) return s;
-      manifest_[i] = id;
+      manifest_.Set(i, id);
     }
   }
   auto cur = fs_.ns_.GetInode(id_);
@@ -383,7 +495,7 @@ Status OpenFile::Commit() {
   if (!applied.ok()) return applied.status();
   base_clock_ = rec.content_clock;
   record_ = rec;
-  std::fill(dirty_.begin(), dirty_.end(), false);
+  dirty_.clear();
   deferred_ = {};
   changed_ = false;
   DropBuffer();
@@ -415,16 +527,17 @@ void OpenFile::AdoptRemote() {
   manifest_ = rec.manifest;
   size_ = rec.size;
   mtime_ns_ = rec.mtime_ns;
-  std::fill(dirty_.begin(), dirty_.end(), false);
+  dirty_.clear();
   // Nothing staged is current any more. Drop the staging file: chunks cut off by a smaller
   // size would otherwise lose their written_ mark while their stale bytes stay in staging, and
   // a later write or truncate that grows the file would expose them.
   staging_.reset();
-  std::fill(written_.begin(), written_.end(), false);
-  Resize(size_);
+  slots_.clear();
+  next_slot_ = 0;
+  written_.clear();
 }
 
-std::vector<cas::ChunkId> OpenFile::Manifest() {
+net::ChunkMap OpenFile::Manifest() {
   std::lock_guard lock(mu_);
   (void)Reap(0);
   return manifest_;

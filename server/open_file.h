@@ -11,9 +11,11 @@
 #include <atomic>
 #include <deque>
 #include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "server/content_clock.h"
@@ -31,9 +33,17 @@ class OpenFile {
   Result<std::size_t> Read(std::uint64_t offset, MutableByteSpan out);
   // Writes at `offset`, or at the end if `append`. Returns bytes written.
   Result<std::size_t> Write(std::uint64_t offset, ByteSpan data, bool append);
+  // Sizes above net::kMaxFileSize give kTooBig (EFBIG), as do writes that would make more than
+  // net::kMaxDataChunks chunks hold data.
   Status Truncate(std::uint64_t size);
   // Grows the file to `size` (zeros) if it is smaller; never shrinks.
   Status Extend(std::uint64_t size);
+  // [offset, offset + length) reads as zeros afterwards; whole chunks become holes (nothing
+  // stored). Grows the file to the range's end unless `keep_size` (fallocate PUNCH_HOLE and
+  // ZERO_RANGE).
+  Status ZeroRange(std::uint64_t offset, std::uint64_t length, bool keep_size);
+  // lseek(2) SEEK_DATA / SEEK_HOLE at chunk granularity: kNoPosition (ENXIO) at or past the end.
+  Result<std::uint64_t> Seek(std::uint64_t offset, bool data);
   void SetMtime(std::int64_t mtime_ns);
   // Attribute changes to a file with uncommitted writes wait for its commit (tar sets owner,
   // mode and times on every file it writes, before closing it): one namespace commit instead
@@ -53,15 +63,20 @@ class OpenFile {
   void Overlay(InodeRecord& rec);
   // The file's attributes as last known here (for a file unlinked while open).
   InodeRecord Snapshot();
-  std::vector<cas::ChunkId> Manifest();
+  net::ChunkMap Manifest();
 
  private:
+  static constexpr std::uint64_t kNone = UINT64_MAX;
   // Requires mu_: adopts the version OnRemoteUpdate left, if any.
   void AdoptRemote();
   Status EnsureStaging();
+  // Where chunk `i` lives in staging (a slot is given on first use and never reused while the
+  // staging file lives, so a new slot reads as zeros). Slots, not file offsets: a file may be
+  // larger (16 TiB) than the filesystem under --data lets the staging file be.
+  std::uint64_t Slot(std::uint64_t i);
   // The sequential buffer (see the top): appends `data` at `in` of chunk `i` if it continues
   // the buffer or may start one there; false if the write must go through staging.
-  Result<bool> TryBuffer(std::size_t i, std::size_t in, ByteSpan data, std::uint64_t old_size);
+  Result<bool> TryBuffer(std::uint64_t i, std::size_t in, ByteSpan data, std::uint64_t old_size);
   // Hands the buffered chunk (padded with zeros to its length in the file) to the store queue.
   Status StoreBuffer(bool background = true);
   // Takes in the chunks stored in the background, waiting until at most `keep` are left. A
@@ -69,25 +84,31 @@ class OpenFile {
   Status Reap(std::size_t keep);
   // A chunk in [offset, end) is being stored in the background.
   bool InFlightAt(std::uint64_t offset, std::uint64_t end) const;
+  // Chunk `i` holds data (stored, staged, buffered or being stored): not a hole.
+  bool HasData(std::uint64_t i) const;
+  // kTooBig if writing chunk `i` would make more chunks hold data than a file may.
+  Status CheckDataChunk(std::uint64_t i) const;
   // Moves the buffered bytes into staging, for a write or truncate the buffer cannot take.
   Status SpillBuffer();
   void DropBuffer();
   // A write within chunk `i` through staging (copy-on-write of the old chunk if needed).
-  Status StageWrite(std::size_t i, std::uint64_t offset, ByteSpan data, std::uint64_t old_size);
-  Status Materialize(std::size_t index);
+  Status StageWrite(std::uint64_t i, std::uint64_t offset, ByteSpan data, std::uint64_t old_size);
+  Status Materialize(std::uint64_t index);
   // The committed bytes of chunk `index` (may be shorter than the chunk's span: zeros follow).
-  Result<const Bytes*> CommittedChunk(std::size_t index);
+  Result<const Bytes*> CommittedChunk(std::uint64_t index);
+  // Forgets chunks past `size` (the file shrank).
   void Resize(std::uint64_t size);
-  std::uint64_t ChunkLen(std::size_t index) const;
+  std::uint64_t ChunkLen(std::uint64_t index) const;
 
   FileServer& fs_;
   const InodeId id_;
   std::mutex mu_;
-  std::vector<cas::ChunkId> manifest_;
-  ContentClock base_clock_;    // lineage of the committed content this file started from
-  InodeRecord record_;         // attributes as opened or last committed
-  std::vector<bool> dirty_;    // chunk's current bytes are in staging
-  std::vector<bool> written_;  // staging holds bytes for this chunk (maybe stale)
+  net::ChunkMap manifest_;
+  ContentClock base_clock_;  // lineage of the committed content this file started from
+  InodeRecord record_;       // attributes as opened or last committed
+  // Sets, not one flag per chunk: a 16 TiB sparse file costs nothing per chunk.
+  std::set<std::uint64_t> dirty_;    // chunks whose current bytes are in staging
+  std::set<std::uint64_t> written_;  // chunks staging holds bytes for (maybe stale)
   std::uint64_t size_;
   std::int64_t mtime_ns_;
   SetAttrRequest deferred_;  // mode, owner and atime for the next commit (see DeferAttrs)
@@ -96,18 +117,20 @@ class OpenFile {
   std::atomic<bool> privileges_checked_{
       false};  // size, mtime or chunks differ from the committed version
   std::optional<StagingFile> staging_;
-  std::size_t buf_index_ = SIZE_MAX;  // chunk gathered in buf_, SIZE_MAX if none
+  std::map<std::uint64_t, std::uint64_t> slots_;  // chunk index -> its offset in staging
+  std::uint64_t next_slot_ = 0;
+  std::uint64_t buf_index_ = kNone;  // chunk gathered in buf_, kNone if none
   Bytes buf_;
   bool buf_slot_ = false;
   struct InFlight {
-    std::size_t index;
+    std::uint64_t index;
     std::shared_ptr<Bytes> data;  // read-only once queued
     std::future<Result<cas::ChunkId>> id;
   };
   std::deque<InFlight> inflight_;  // oldest first
   Bytes spare_;  // a used buffer, for the next chunk  // counted in FileServer::seq_buffers_ (buf_
                  // may hold memory)
-  std::size_t cached_index_ = SIZE_MAX;
+  std::uint64_t cached_index_ = kNone;
   cas::ChunkId cached_id_{};
   Bytes cached_;
   // Taken alone or inside mu_, never the other way round.

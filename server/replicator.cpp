@@ -20,7 +20,9 @@ namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t kFeedBatchRecords = 512;
-constexpr std::size_t kFeedBatchChunks = 64 * 1024;
+// Encoded bytes per batch: a quarter of a frame, which any single record fits in
+// (net::ValidateInode).
+constexpr std::size_t kFeedBatchBytes = net::kMaxFrameSize / 4;
 constexpr std::size_t kMaxQueuedBytes = 8 * kMiB;  // per link, before the feed waits
 constexpr auto kPerPeerTimeout = std::chrono::milliseconds(5000);
 constexpr auto kNoPeerRetry = std::chrono::milliseconds(200);
@@ -48,6 +50,9 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
     std::uint64_t records_received = 0;
     std::uint64_t peer_seq = 0;
     Clock::time_point last_progress_log{};
+    // A batch from this link failed to apply: later batches on it are ignored (they would move
+    // the cursor past the failed one) until the link is replaced.
+    bool feed_broken = false;
   };
   // A chunk-holder query (Holders) in progress; event thread.
   struct HolderQuery {
@@ -159,7 +164,7 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
         SchedulePump(node);
         return;
       }
-      auto changes = fs_.ns().ChangesSince(p.feed_cursor, kFeedBatchRecords, kFeedBatchChunks);
+      auto changes = fs_.ns().ChangesSince(p.feed_cursor, kFeedBatchRecords, kFeedBatchBytes);
       if (!changes.ok()) {
         spdlog::error("reading the change feed for peer {}: {}", Short(node),
                       changes.status().message());
@@ -193,6 +198,7 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   void OnChanges(std::uint64_t node, net::Changes&& changes) {
     if (auto p = peers_.find(node); p != peers_.end()) {
       auto& peer = p->second;
+      if (peer.feed_broken) return;
       const std::size_t n = changes.inodes.size() + changes.dentries.size();
       peer.records_received += n;
       peer.peer_seq = changes.up_to;
@@ -208,7 +214,14 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
     }
     auto won = fs_.ApplyRemote(changes, node);
     if (!won.ok()) {
-      spdlog::error("applying changes from peer {}: {}", Short(node), won.status().message());
+      // The cursor stayed before this batch (it moves in the same transaction). Close the link:
+      // the next one subscribes from the cursor and the batch comes again.
+      spdlog::error("applying changes from peer {}: {}; closing the link to receive them again",
+                    Short(node), won.status().message());
+      if (auto p = peers_.find(node); p != peers_.end()) {
+        p->second.feed_broken = true;
+        p->second.link->Close("its changes could not be applied: " + won.status().message());
+      }
       return;
     }
     if (won->empty()) return;
@@ -222,9 +235,8 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
 
   // --- chunks ---------------------------------------------------------------------------
   void EnqueueManifest(const InodeRecord& r) {
-    for (const auto& id : r.manifest) {
-      if (id == cas::kHoleId || queued_.contains(id) || !ShouldHold(id) || fs_.HasChunk(id))
-        continue;
+    for (const auto& [index, id] : r.manifest) {
+      if (queued_.contains(id) || !ShouldHold(id) || fs_.HasChunk(id)) continue;
       queued_.insert(id);
       queue_.push_back(id);
       if (!round_.running) {

@@ -60,7 +60,9 @@ InodeRecord SampleFile() {
   r.atime_ns = 17;
   r.version = {0xAABBCCDDEEFF0011ull, 42};
   r.content_clock = {{42, 0xAABBCCDDEEFF0010ull}, {77, 78}};
-  r.manifest = {DigestOf(1), DigestOf(2), DigestOf(3), DigestOf(4)};
+  r.manifest.Set(0, DigestOf(1));
+  r.manifest.Set(1, DigestOf(2));
+  r.manifest.Set(3, DigestOf(4));  // chunk 2 is a hole
   r.xattrs = {{"user.a", {}}, {"user.b", Bytes(300, 0x5a)}};
   return r;
 }
@@ -196,8 +198,8 @@ TEST(NetCodecTest, FrameLayoutMatchesTheDocument) {
   Changes i;
   i.inodes = {SampleDir()};
   Bytes inode_payload = PayloadOf(i);
-  // up_to 8 + count 4 + 80 fixed bytes of the record + count 4 of dentries.
-  EXPECT_EQ(inode_payload.size(), 8u + 4u + 80u + 4u);
+  // up_to 8 + count 4 + 88 fixed bytes of the record + count 4 of dentries.
+  EXPECT_EQ(inode_payload.size(), 8u + 4u + 88u + 4u);
 }
 
 TEST(NetCodecTest, XattrsAreBoundedSortedAndNamed) {
@@ -393,16 +395,87 @@ Bytes InodeWithManifestCount(std::uint32_t count, const Bytes& extra) {
   return payload;
 }
 
+// `n` well-formed manifest entries (index, id) as they appear on the wire.
+Bytes ManifestEntries(std::uint32_t n) {
+  Writer w;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    w.PutU64(i);
+    w.PutDigest(DigestOf(static_cast<int>(i) + 1));
+  }
+  return std::move(w).Take();
+}
+
 TEST(NetCodecTest, RejectsOversizedManifestCounts) {
-  EXPECT_TRUE(DecodePayload(MessageType::kChanges, InodeWithManifestCount(2, Bytes(64, 1))).ok());
-  for (std::uint32_t count : {kMaxManifestChunks + 1, 0xFFFFFFFFu}) {
+  EXPECT_TRUE(
+      DecodePayload(MessageType::kChanges, InodeWithManifestCount(2, ManifestEntries(2))).ok());
+  const std::uint32_t max = kMaxFrameSize / 40;
+  for (std::uint32_t count : {max + 1, 0xFFFFFFFFu}) {
     Status s = DecodeStatus(MessageType::kChanges, InodeWithManifestCount(count, {}));
     EXPECT_EQ(s.code(), Code::kInvalid);
     EXPECT_THAT(s.message(), HasSubstr("manifest chunk count")) << s.message();
-    EXPECT_THAT(s.message(), HasSubstr("exceeds 524288")) << s.message();
+    EXPECT_THAT(s.message(), HasSubstr(fmt::format("exceeds {}", max))) << s.message();
   }
-  Status s = DecodeStatus(MessageType::kChanges, InodeWithManifestCount(3, Bytes(64, 1)));
-  EXPECT_THAT(s.message(), HasSubstr("needs at least 96 bytes")) << s.message();
+  Status s = DecodeStatus(MessageType::kChanges, InodeWithManifestCount(3, ManifestEntries(2)));
+  EXPECT_THAT(s.message(), HasSubstr("needs at least 120 bytes")) << s.message();
+}
+
+TEST(NetCodecTest, RejectsManifestsOutOfOrderOrListingHoles) {
+  Writer w;
+  w.PutU64(5);
+  w.PutDigest(DigestOf(1));
+  w.PutU64(5);  // the same index again
+  w.PutDigest(DigestOf(2));
+  Status s = DecodeStatus(MessageType::kChanges, InodeWithManifestCount(2, std::move(w).Take()));
+  EXPECT_THAT(s.message(), HasSubstr("not sorted by chunk index")) << s.message();
+  Writer h;
+  h.PutU64(0);
+  h.PutDigest(crypto::Digest{});  // a hole is never listed
+  s = DecodeStatus(MessageType::kChanges, InodeWithManifestCount(1, std::move(h).Take()));
+  EXPECT_THAT(s.message(), HasSubstr("lists a hole")) << s.message();
+}
+
+TEST(NetCodecTest, ValidateInodeKeepsTheFileLimits) {
+  InodeRecord r = SampleFile();
+  EXPECT_TRUE(ValidateInode(r).ok());
+  // The largest size is allowed, one byte more is not: and an empty 16 TiB file costs nothing.
+  r.manifest.clear();
+  r.size = kMaxFileSize;
+  EXPECT_TRUE(ValidateInode(r).ok());
+  EXPECT_LT(EncodedSize(r), 1024u);
+  EXPECT_LT(EncodeFrame(Changes{1, {r}, {}}).size(), 1024u);
+  for (std::uint64_t size : {kMaxFileSize + 1, std::uint64_t{1} << 62,
+                             std::uint64_t{std::numeric_limits<std::int64_t>::max()},
+                             std::numeric_limits<std::uint64_t>::max()}) {
+    r.size = size;
+    Status s = ValidateInode(r);
+    EXPECT_EQ(s.code(), Code::kInvalid) << size;
+    EXPECT_THAT(s.message(), HasSubstr("over the")) << s.message();
+  }
+  // A chunk past the end of the file.
+  r = SampleFile();
+  r.size = 3 * kMiB;
+  EXPECT_THAT(ValidateInode(r).message(), HasSubstr("past the end"));
+  r.size = 3 * kMiB + 1;
+  EXPECT_TRUE(ValidateInode(r).ok());
+  // At most kMaxDataChunks chunks hold data; a record at the limit fits in one frame.
+  r.size = kMaxFileSize;
+  r.manifest.clear();
+  for (std::uint32_t i = 0; i < kMaxDataChunks; ++i) r.manifest.Set(i * 2, DigestOf(7));
+  EXPECT_TRUE(ValidateInode(r).ok());
+  EXPECT_LE(EncodeFrame(Changes{1, {r}, {}}).size(), kMaxFrameSize / 4 * 3);
+  EXPECT_EQ(EncodedSize(r) + 8 + 4 + 4, EncodeFrame(Changes{1, {r}, {}}).size() - 6);
+  r.manifest.Set(kMaxDataChunks * 2 + 1, DigestOf(8));
+  EXPECT_THAT(ValidateInode(r).message(), HasSubstr("chunks hold data"));
+  // Content only in files, device numbers only in devices.
+  InodeRecord d = SampleDir();
+  d.manifest.Set(0, DigestOf(1));
+  d.size = 1;
+  EXPECT_THAT(ValidateInode(d).message(), HasSubstr("only a regular file"));
+  d = SampleDir();
+  d.rdev = 5;
+  EXPECT_THAT(ValidateInode(d).message(), HasSubstr("only a device"));
+  d.kind = InodeKind::kCharDevice;
+  EXPECT_TRUE(ValidateInode(d).ok());
 }
 
 TEST(NetCodecTest, RejectsOversizedChunkData) {
@@ -482,21 +555,21 @@ TEST(NetCodecTest, RejectsInvalidDentryNames) {
 // mode and deleted flag.
 constexpr std::size_t kKindAt = 8 + 4 + 8;
 constexpr std::size_t kModeAt = kKindAt + 1;
-constexpr std::size_t kInodeDeletedAt = kKindAt + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 16 + 2;
+constexpr std::size_t kInodeDeletedAt = kKindAt + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 16 + 2;
 
 Bytes OneDirPayload() { return PayloadOf(Changes{1, {SampleDir()}, {}}); }
 
 TEST(NetCodecTest, RejectsUnknownInodeKinds) {
   Bytes good = OneDirPayload();
   ASSERT_EQ(good[kKindAt], static_cast<std::uint8_t>(InodeKind::kDir));
-  for (std::uint8_t kind : {0, 5, 255}) {
+  for (std::uint8_t kind : {0, 8, 255}) {
     Bytes p = good;
     p[kKindAt] = kind;
     Status s = DecodeStatus(MessageType::kChanges, p);
     EXPECT_EQ(s.code(), Code::kInvalid);
     EXPECT_EQ(s.message(), "Changes: inode 1 has unknown kind " + std::to_string(kind));
   }
-  for (std::uint8_t kind : {1, 2, 3, 4}) {
+  for (std::uint8_t kind : {1, 2, 3, 4, 5, 6, 7}) {
     Bytes p = good;
     p[kKindAt] = kind;
     auto r = DecodePayload(MessageType::kChanges, p);

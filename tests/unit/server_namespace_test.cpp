@@ -282,10 +282,13 @@ TEST_F(NamespaceDbTest, ChangesSinceReturnsChangesInOrderWithUpTo) {
   EXPECT_EQ(none->up_to, 5u);
 }
 
-TEST_F(NamespaceDbTest, ChangesSinceHonoursRecordAndManifestLimits) {
+TEST_F(NamespaceDbTest, ChangesSinceHonoursRecordAndByteLimits) {
+  std::size_t record_bytes = 0;
   for (InodeId id = 10; id < 20; ++id) {
     InodeRecord r = File(id, {id, 1});
+    r.size = 10 * kMiB;
     r.manifest.assign(10, crypto::Sha256::Of(AsBytes(std::to_string(id))));
+    record_bytes = net::EncodedSize(r);
     ApplyOk(*db_, Inodes({r}));
   }
   ASSERT_EQ(db_->LastSeq(), 10u);
@@ -296,13 +299,13 @@ TEST_F(NamespaceDbTest, ChangesSinceHonoursRecordAndManifestLimits) {
   EXPECT_EQ(three->inodes[0].id, 10u);
   EXPECT_EQ(three->up_to, 3u);
 
-  // 25 chunks allow two 10-chunk manifests.
-  auto two = db_->ChangesSince(0, kHuge, 25);
+  // Room for two and a half records allows two.
+  auto two = db_->ChangesSince(0, kHuge, record_bytes * 5 / 2);
   ASSERT_TRUE(two.ok());
   EXPECT_EQ(two->inodes.size(), 2u);
   EXPECT_EQ(two->up_to, 2u);
 
-  // A manifest over the limit still goes alone, so the feed always moves.
+  // A record over the limit still goes alone, so the feed always moves.
   auto one = db_->ChangesSince(4, kHuge, 5);
   ASSERT_TRUE(one.ok());
   ASSERT_EQ(one->inodes.size(), 1u);
@@ -313,7 +316,7 @@ TEST_F(NamespaceDbTest, ChangesSinceHonoursRecordAndManifestLimits) {
   std::vector<InodeId> seen;
   std::uint64_t since = 0;
   for (int guard = 0; guard < 20; ++guard) {
-    auto page = db_->ChangesSince(since, 3, 15);
+    auto page = db_->ChangesSince(since, 3, record_bytes * 3 / 2);
     ASSERT_TRUE(page.ok());
     if (page->inodes.empty()) break;
     for (auto& r : page->inodes) seen.push_back(r.id);
@@ -322,6 +325,45 @@ TEST_F(NamespaceDbTest, ChangesSinceHonoursRecordAndManifestLimits) {
   std::vector<InodeId> expected;
   for (InodeId id = 10; id < 20; ++id) expected.push_back(id);
   EXPECT_EQ(seen, expected);
+}
+
+// Many large manifests: every batch fits in a frame, and entries interleaved with them arrive in
+// change order, none skipped (the inode query stops early; entries after it must wait).
+TEST_F(NamespaceDbTest, ChangesSinceBoundsBatchesByEncodedSize) {
+  constexpr std::size_t kBudget = net::kMaxFrameSize / 4;
+  std::vector<std::uint64_t> order;  // 1 = inode, 2 = entry, by sequence
+  for (InodeId id = 100; id < 112; ++id) {
+    InodeRecord r = File(id, {id, 1});
+    r.size = 30000 * kMiB;
+    for (std::uint64_t i = 0; i < 30000; ++i) {
+      crypto::Digest d{};
+      d[0] = static_cast<std::uint8_t>(id);
+      d[1] = static_cast<std::uint8_t>(i);
+      d[2] = static_cast<std::uint8_t>(i >> 8);
+      r.manifest.Set(i, d);
+    }
+    ApplyOk(*db_, Inodes({r}));
+    DentryRecord d{kRootId, fmt::format("n{}", id), id, {id, 1}};
+    ApplyOk(*db_, ChangeSet{{}, {d}});
+  }
+  std::uint64_t since = 0;
+  std::size_t inodes = 0, dentries = 0, batches = 0;
+  for (int guard = 0; guard < 100; ++guard) {
+    auto page = db_->ChangesSince(since, 512, kBudget);
+    ASSERT_TRUE(page.ok());
+    if (page->inodes.empty() && page->dentries.empty()) break;
+    ++batches;
+    const Bytes frame = net::EncodeFrame(*page);
+    EXPECT_LE(frame.size(), net::kMaxFrameSize);
+    // Each inode arrives before (or with) its entry, which came after it.
+    inodes += page->inodes.size();
+    dentries += page->dentries.size();
+    EXPECT_LE(dentries, inodes);
+    since = page->up_to;
+  }
+  EXPECT_EQ(inodes, 12u);
+  EXPECT_EQ(dentries, 12u);
+  EXPECT_GE(batches, 4u);  // 12 records of 1.2 MB in batches of at most 4 MiB
 }
 
 TEST_F(NamespaceDbTest, CursorIsWrittenOnlyWithAPeerBatch) {

@@ -176,8 +176,8 @@ bool SameTree(Node& a, Node& b) {
 bool HoldsAllChunks(Node& n, NamespaceDb& of) {
   bool all = true;
   Status s = of.ForEachLiveManifest([&](const InodeRecord& r) {
-    for (const auto& id : r.manifest) {
-      if (id != cas::kHoleId && !n.store->Has(id)) all = false;
+    for (const auto& [index, id] : r.manifest) {
+      if (!n.store->Has(id)) all = false;
     }
   });
   return s.ok() && all;
@@ -421,7 +421,7 @@ TEST_F(ReplicationTest, BackgroundReplicationRetriesAChunkThatWasUnavailable) {
   // b loses a chunk while it cannot reach a.
   Disconnect(a, b);
   ASSERT_TRUE(Eventually([&] { return PeerCount(b) == 0; }));
-  const auto lost = b.files->Resolve("/f")->rec.manifest.at(1);
+  const auto lost = b.files->Resolve("/f")->rec.manifest[1];
   ASSERT_TRUE(b.store->Remove(lost).ok());
 
   // c only knows b: its background attempt for that chunk fails.
@@ -445,7 +445,7 @@ TEST_F(ReplicationTest, ChunkNoPeerHasFailsWithinTheFetchTimeout) {
   ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
   ASSERT_TRUE(
       Eventually([&] { return HoldsAllChunks(n(2), *n(1).db) && HoldsAllChunks(n(3), *n(1).db); }));
-  const auto chunk = n(1).files->Resolve("/f")->rec.manifest.at(0);
+  const auto chunk = n(1).files->Resolve("/f")->rec.manifest[0];
   for (std::size_t i = 1; i <= 3; ++i) ASSERT_TRUE(n(i).store->Remove(chunk).ok());
 
   const auto start = Clock::now();
@@ -656,7 +656,7 @@ TEST_F(ReplicationTest, HoldersNamesThePeersWithEveryChunk) {
   ASSERT_TRUE(StoreBytes(*n(1).files, "/held", data).ok());
   ASSERT_TRUE(
       Eventually([&] { return HoldsAllChunks(n(2), *n(1).db) && HoldsAllChunks(n(3), *n(1).db); }));
-  const auto manifest = n(1).files->Resolve("/held")->rec.manifest;
+  const auto manifest = n(1).files->Resolve("/held")->rec.manifest.Ids();
   ASSERT_EQ(manifest.size(), 3u);
 
   HolderReport r = n(1).replicator->Holders(manifest, 2000ms);
