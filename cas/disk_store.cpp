@@ -94,7 +94,11 @@ class DiskChunkStore final : public ChunkStore {
                  data.size(), kMaxBlobSize);
     }
     const fs::path final_path = PathOf(id);
-    if (Exists(final_path)) return Ok();
+    // Present and whole: nothing to do. A file of another size (left empty by a power failure
+    // after its rename, say) is replaced, so a later write of the same content heals it.
+    struct stat st {};
+    if (::stat(final_path.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_size) == data.size())
+      return Ok();
     const fs::path shard = final_path.parent_path();
     if (Status s = MakeDir(shard.parent_path()); !s.ok()) return s;
     if (Status s = MakeDir(shard); !s.ok()) return s;

@@ -78,7 +78,11 @@ class EncryptingChunkStore final : public ChunkStore {
       return Err(Code::kInvalid, "chunk {} of {} bytes exceeds the maximum of {}", Hex(id),
                  data.size(), kMaxChunkSize);
     }
-    if (inner_->Has(id)) return Ok();
+    // Already stored whole: nothing to seal. A blob of the wrong size (cut short by a power
+    // failure) is sealed and written again.
+    if (auto e = inner_->ReadAt(id, 0, MutableByteSpan());
+        e.ok() && e->total == BlobSize(data.size()))
+      return Ok();
     const crypto::Aead aead(ChunkKey(id));
     // One buffer per thread, kept: a fresh megabyte for every chunk costs a page fault per
     // page, which on these machines is as much as sealing it.

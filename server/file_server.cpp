@@ -735,7 +735,7 @@ Status FileServer::StoreChunk(const cas::ChunkId& id, ByteSpan data) {
     if (auto s = store_.Remove(id); !s.ok()) return s;
     spdlog::info("chunk {}: corrupt local copy replaced by a verified one", cas::Hex(id));
   }
-  return store_.Put(id, data);
+  return PutChunk(id, data);
 }
 
 Status FileServer::ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out) {
@@ -769,6 +769,40 @@ Result<Bytes> FileServer::LoadChunk(const cas::ChunkId& id) {
     return Err(Code::kUnavailable, "chunk {} is not stored here and there are no peers",
                cas::Hex(id));
   return remote_->Fetch(id);
+}
+
+Status FileServer::PutChunk(const cas::ChunkId& id, ByteSpan data) {
+  {
+    std::lock_guard lock(gc_mu_);
+    if (gc_window_) gc_touched_.insert(id);
+  }
+  return store_.Put(id, data);
+}
+
+void FileServer::BeginGcWindow() {
+  std::lock_guard lock(gc_mu_);
+  gc_window_ = true;
+  gc_touched_.clear();
+}
+
+Result<bool> FileServer::RemoveIfUntouched(const cas::ChunkId& id) {
+  // Under gc_mu_: a Put of `id` either registered before (the chunk stays) or comes after the
+  // removal (and writes the chunk again, since it is gone).
+  std::lock_guard lock(gc_mu_);
+  if (gc_touched_.contains(id)) return false;
+  if (auto s = store_.Remove(id); !s.ok()) return s;
+  return true;
+}
+
+bool FileServer::TouchedInGcWindow(const cas::ChunkId& id) {
+  std::lock_guard lock(gc_mu_);
+  return gc_touched_.contains(id);
+}
+
+void FileServer::EndGcWindow() {
+  std::lock_guard lock(gc_mu_);
+  gc_window_ = false;
+  std::set<cas::ChunkId>().swap(gc_touched_);
 }
 
 }  // namespace foreverfs::server

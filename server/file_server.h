@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 
 #include "cas/chunk_store.h"
 #include "server/hlc.h"
@@ -158,6 +159,16 @@ class FileServer {
   void ForEachOpenManifest(const std::function<void(const net::ChunkMap&)>& fn);
   Hlc& clock() { return hlc_; }
 
+  // Garbage collection against deduplication: a commit may reuse a chunk a GC pass has found
+  // unreferenced (its Put of an existing id writes nothing). Between BeginGcWindow and
+  // EndGcWindow every id stored, or found already stored, is remembered, and
+  // RemoveIfUntouched removes a chunk only if no Put of it came in the window (false if one
+  // did). One window at a time (ChunkMaintenance holds its own lock).
+  void BeginGcWindow();
+  Result<bool> RemoveIfUntouched(const cas::ChunkId& id);
+  bool TouchedInGcWindow(const cas::ChunkId& id);
+  void EndGcWindow();
+
  private:
   friend class OpenFile;
   Result<Attr> MakeAttr(InodeRecord rec);
@@ -174,6 +185,8 @@ class FileServer {
   // The open state of inode `id`, if any handle has it open.
   std::shared_ptr<OpenFile> OpenFileOf(InodeId id);
   Result<std::pair<InodeId, std::string>> ResolveParent(std::string_view path);
+  // Every chunk stored by this node goes through here (see BeginGcWindow).
+  Status PutChunk(const cas::ChunkId& id, ByteSpan data);
   std::int64_t NowNs() const;
 
   NamespaceDb& ns_;
@@ -183,6 +196,9 @@ class FileServer {
   Hlc hlc_;
   RemoteChunks* remote_ = nullptr;
   std::atomic<std::uint64_t> max_clock_skew_ns_{600'000'000'000};
+  std::mutex gc_mu_;  // guards the two below; taken alone (store calls inside are leaves)
+  bool gc_window_ = false;
+  std::set<cas::ChunkId> gc_touched_;
   std::function<void()> on_local_change_;
   std::function<void(const ChangeSet&)> on_remote_change_;
 

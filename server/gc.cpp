@@ -22,6 +22,13 @@ Result<GcStats> ChunkMaintenance::Collect() {
   GcStats stats;
   // Stored ids first, references second: a chunk stored in between is not in `stored`, and a
   // version committed in between is in `refs`, so neither can be taken for garbage.
+  // A chunk stored (or deduplicated) by a commit while this pass runs is not removed, even if
+  // the references below were read before that commit (FileServer::BeginGcWindow).
+  fs_.BeginGcWindow();
+  struct EndWindow {
+    FileServer& fs;
+    ~EndWindow() { fs.EndGcWindow(); }
+  } end_window{fs_};
   std::vector<cas::ChunkId> stored;
   if (auto s = fs_.store().ForEach([&](const cas::ChunkId& id) { stored.push_back(id); });
       !s.ok()) {
@@ -29,18 +36,20 @@ Result<GcStats> ChunkMaintenance::Collect() {
   }
   auto refs = Referenced();
   if (!refs.ok()) return refs.status();
+  if (after_references_for_test_) after_references_for_test_();
   stats.referenced = refs->size();
   stats.stored = stored.size();
   std::set<cas::ChunkId> unreferenced;
   for (const auto& id : stored) {
     if (refs->contains(id)) continue;
     if (marked_.contains(id)) {
-      if (auto s = fs_.store().Remove(id); s.ok()) {
+      auto removed = fs_.RemoveIfUntouched(id);
+      if (!removed.ok()) {
+        spdlog::warn("gc: cannot remove chunk {}: {}", cas::Hex(id), removed.status().message());
+      } else if (*removed) {
         ++stats.removed;
-      } else {
-        spdlog::warn("gc: cannot remove chunk {}: {}", cas::Hex(id), s.message());
       }
-    } else {
+    } else if (!fs_.TouchedInGcWindow(id)) {
       unreferenced.insert(id);
     }
   }

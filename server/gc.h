@@ -46,6 +46,10 @@ class ChunkMaintenance {
   Result<GcStats> Collect();
   // `progress` gets a line now and then and the summary at the end.
   Result<ScrubStats> Scrub(const std::function<void(const std::string&)>& progress);
+  // Tests: runs between reading the references and removing chunks.
+  void SetAfterReferencesForTest(std::function<void()> fn) {
+    after_references_for_test_ = std::move(fn);
+  }
 
  private:
   Result<std::set<cas::ChunkId>> Referenced();
@@ -53,6 +57,7 @@ class ChunkMaintenance {
   FileServer& fs_;
   std::mutex mu_;
   std::set<cas::ChunkId> marked_;  // unreferenced at the last pass
+  std::function<void()> after_references_for_test_;
 };
 
 }  // namespace foreverfs::server

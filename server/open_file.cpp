@@ -94,7 +94,7 @@ Status OpenFile::StoreBuffer(bool background) {
   auto store = [&fs = fs_, data, id] {
     if (AllZero(*data)) return id->set_value(cas::kHoleId);
     const cas::ChunkId chunk = fs.hasher_.IdOf(*data);
-    Status s = fs.store_.Put(chunk, *data);
+    Status s = fs.PutChunk(chunk, *data);
     id->set_value(s.ok() ? Result<cas::ChunkId>(chunk) : Result<cas::ChunkId>(s));
   };
   if (background) {
@@ -467,7 +467,7 @@ Status OpenFile::Commit() {
       manifest_.Set(i, cas::kHoleId);
     } else {
       auto id = fs_.hasher_.IdOf(buf);
-      if (auto s = fs_.store_.Put(id, buf); !s.ok()) return s;
+      if (auto s = fs_.PutChunk(id, buf); !s.ok()) return s;
       manifest_.Set(i, id);
     }
   }

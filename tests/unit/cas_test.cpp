@@ -482,6 +482,34 @@ TEST_F(LocalStoreTest, FlippedByteOnDiskIsCorruption) {
   EXPECT_EQ(*store->Get(id), data);
 }
 
+// A power failure after a chunk's rename can leave its file empty or cut short; the next Put of
+// the same content (another file with the same bytes, a peer's copy) must write it again.
+TEST_F(LocalStoreTest, APutHealsABlobLeftEmptyOrShort) {
+  auto store = Open(dir_.path());
+  const Bytes data = Pattern(50000, 21);
+  const ChunkId id = hasher_.IdOf(data);
+  ASSERT_TRUE(store->Put(id, data).ok());
+  const fs::path path = ChunkPath(dir_.path(), id);
+  const Bytes blob = ReadFile(path);
+  for (std::size_t keep : {std::size_t{0}, std::size_t{1}, blob.size() / 2, blob.size() - 1}) {
+    WriteFile(path, ByteSpan(blob).first(keep));
+    EXPECT_FALSE(store->Get(id).ok()) << keep;
+    ASSERT_TRUE(store->Put(id, data).ok()) << keep;
+    auto got = store->Get(id);
+    ASSERT_TRUE(got.ok()) << "kept " << keep << ": " << got.status().message();
+    EXPECT_EQ(*got, data);
+  }
+  // A whole blob is not rewritten (its inode stays the same).
+  const auto ino = fs::status(path).type() == fs::file_type::regular ? ReadFile(path) : Bytes{};
+  struct stat before {};
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+  ASSERT_TRUE(store->Put(id, data).ok());
+  struct stat after {};
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  EXPECT_EQ(before.st_ino, after.st_ino);
+  EXPECT_EQ(ino, ReadFile(path));
+}
+
 TEST_F(LocalStoreTest, BlobOnDiskDoesNotContainPlaintext) {
   auto store = Open(dir_.path());
   std::string text;

@@ -128,6 +128,66 @@ TEST_F(ChunkMaintenanceTest, ChunksOfAFileUnlinkedWhileOpenStay) {
   files_->Release(*h);
 }
 
+// A commit that reuses a marked chunk after the pass read the references (its Put writes
+// nothing: the chunk is there) must not lose that chunk to the pass.
+TEST_F(ChunkMaintenanceTest, ACommitDuringAPassKeepsTheChunkItDeduplicated) {
+  Write("/a", cas::kChunkSize, 5);
+  ASSERT_TRUE(files_->Remove("/a").ok());
+  ASSERT_EQ(gc_->Collect()->marked, 1u);
+  gc_->SetAfterReferencesForTest([&] { Write("/b", cas::kChunkSize, 5); });
+  auto r = gc_->Collect();
+  gc_->SetAfterReferencesForTest({});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->removed, 0u);
+  EXPECT_EQ(r->marked, 0u) << "a chunk just committed was marked for removal";
+  ASSERT_EQ(Stored(), 1u);
+  Bytes back;
+  ASSERT_TRUE(files_
+                  ->Get("/b",
+                        [&](ByteSpan b) {
+                          back.insert(back.end(), b.begin(), b.end());
+                          return Ok();
+                        })
+                  .ok());
+  EXPECT_EQ(back.size(), cas::kChunkSize);
+  // And two more passes keep it: it is referenced now.
+  ASSERT_TRUE(gc_->Collect().ok());
+  ASSERT_TRUE(gc_->Collect().ok());
+  EXPECT_EQ(Stored(), 1u);
+}
+
+// A handle opened before a peer rewrote the file reads on after two passes (issue: handles of a
+// version replaced remotely were invisible to the reference walk).
+TEST_F(ChunkMaintenanceTest, AHandleOpenAcrossARemoteRewriteNeverReadsACollectedChunk) {
+  Write("/f", 2 * cas::kChunkSize, 6);
+  auto attr = files_->Resolve("/f");
+  ASSERT_TRUE(attr.ok());
+  auto h = files_->Open(attr->rec.id, O_RDONLY);
+  ASSERT_TRUE(h.ok());
+  Bytes buf(100);
+  ASSERT_TRUE(files_->Read(*h, 0, buf).ok());
+  // A peer replaces the content with one new chunk.
+  Bytes fresh(cas::kChunkSize, 9);
+  const auto id = cas::MakeHasher(key_).IdOf(fresh);
+  ASSERT_TRUE(files_->StoreChunk(id, fresh).ok());
+  InodeRecord r = attr->rec;
+  r.version = {r.version.hlc + 1000, 999};
+  r.manifest.clear();
+  r.manifest.Set(0, id);
+  r.size = fresh.size();
+  r.content_clock = {{999, r.version.hlc}};
+  ASSERT_TRUE(files_->ApplyRemote(net::Changes{1, {r}, {}}, 999).ok());
+  ASSERT_TRUE(gc_->Collect().ok());
+  ASSERT_TRUE(gc_->Collect().ok());
+  Bytes all(2 * cas::kChunkSize);
+  auto n = files_->Read(*h, 0, all);
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  EXPECT_EQ(*n, cas::kChunkSize);
+  all.resize(*n);
+  EXPECT_EQ(all, fresh);
+  files_->Release(*h);
+}
+
 TEST_F(ChunkMaintenanceTest, ScrubRepairsCorruptAndMissingChunksFromAPeer) {
   Write("/f", 3 * cas::kChunkSize, 5);
   std::vector<cas::ChunkId> ids;
