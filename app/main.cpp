@@ -648,8 +648,9 @@ int Serve(Options o) {
     metrics->Serve();
     spdlog::info("serving Prometheus metrics on http://{}/metrics", o.metrics);
   }
+  // Commands run on the control server's workers, never on the event loop they wait for.
   auto control = app::ControlServer::Start(
-      data / "control.sock",
+      *io, data / "control.sock",
       [&daemon](const std::string& cmd, const std::function<void(const std::string&)>& out) {
         HandleControl(daemon, cmd, out);
       });
@@ -684,6 +685,7 @@ int Serve(Options o) {
   guard.reset();
   io->stop();
   net_thread.join();
+  if (control.ok()) control->reset();  // endpoints go before their event loop
   transport.reset();
   replicator.reset();
   io.reset();
