@@ -238,7 +238,12 @@ class Endpoint : public std::enable_shared_from_this<Endpoint<Protocol>> {
       if (self->stopping_) co_return;
       if (ec) {
         if (ec == asio::error::operation_aborted) co_return;
-        spdlog::warn("{}: accept failed: {}; pausing 100 ms", self->name_, ec.message());
+        const auto now = std::chrono::steady_clock::now();
+        if (now - self->last_accept_error_log_ >= std::chrono::seconds(10)) {
+          self->last_accept_error_log_ = now;
+          spdlog::warn("{}: accept failed: {}; pausing 100 ms after each failure", self->name_,
+                       ec.message());
+        }
         pause.expires_after(std::chrono::milliseconds(100));
         co_await pause.async_wait(kNoThrow);
         continue;
@@ -262,10 +267,11 @@ class Endpoint : public std::enable_shared_from_this<Endpoint<Protocol>> {
   const std::string name_;
   EndpointLimits limits_;
   const std::string busy_;
-  Serve serve_;                                               // strand
-  std::set<std::shared_ptr<Conn>> conns_;                     // strand: the open connections
-  std::uint64_t refused_ = 0;                                 // strand
-  std::chrono::steady_clock::time_point last_refusal_log_{};  // strand
+  Serve serve_;                                                    // strand
+  std::set<std::shared_ptr<Conn>> conns_;                          // strand: the open connections
+  std::uint64_t refused_ = 0;                                      // strand
+  std::chrono::steady_clock::time_point last_refusal_log_{};       // strand
+  std::chrono::steady_clock::time_point last_accept_error_log_{};  // strand
   std::atomic<bool> started_{false};
   std::unique_ptr<asio::thread_pool> pool_;  // set by Start, before anything can Post
   mutable std::mutex mu_;                    // orders Post against Stop

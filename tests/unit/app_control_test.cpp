@@ -3,8 +3,10 @@
 // commands, commands off the event loop with their output streamed, and a prompt Stop.
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -70,12 +72,16 @@ class Loop {
 // A raw client, for what RunControlCommand never does.
 class Client {
  public:
-  explicit Client(const std::filesystem::path& path) {
+  explicit Client(const std::filesystem::path& path, bool connect_now = true) : path_(path) {
     fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect_now) Connect();
+  }
+  bool Connect() {
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
-    std::strcpy(a.sun_path, path.c_str());
+    std::strcpy(a.sun_path, path_.c_str());
     connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    return connected_;
   }
   ~Client() { ::close(fd_); }
   bool connected() const { return connected_; }
@@ -99,6 +105,7 @@ class Client {
   }
 
  private:
+  std::filesystem::path path_;
   int fd_ = -1;
   bool connected_ = false;
 };
@@ -257,6 +264,43 @@ TEST(AppControlTest, ConnectionsOverTheCapAreRefusedAtOnce) {
   silent.clear();  // closing them frees their places
   std::this_thread::sleep_for(100ms);
   EXPECT_EQ(Command(path, "status").size(), 2u);
+}
+
+std::chrono::microseconds CpuTime() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return std::chrono::seconds(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         std::chrono::microseconds(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+TEST(AppControlTest, AcceptPausesWhenOutOfFileDescriptors) {
+  test::TempDir dir;
+  Loop loop;
+  const auto path = dir.path() / "control.sock";
+  auto server = ControlServer::Start(loop.io(), path, Status);
+  ASSERT_TRUE(server.ok()) << server.status().message();
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  Client waiting(path, false);  // its descriptor now, its connection once there are no more
+  rlimit low = old;
+  low.rlim_cur = Fds() + 8;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::vector<int> filler;
+  for (int fd; (fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;) filler.push_back(fd);
+  const bool connected = waiting.Connect();
+  // accept(2) now fails with EMFILE: the loop must pause, not spin on it.
+  const auto cpu = CpuTime();
+  std::this_thread::sleep_for(500ms);
+  const auto spent = CpuTime() - cpu;
+  for (int fd : filler) ::close(fd);
+  ::setrlimit(RLIMIT_NOFILE, &old);
+  ASSERT_TRUE(connected);
+  EXPECT_LT(spent, 150ms) << "the accept loop spun on EMFILE";
+  // With descriptors back, the waiting client is served.
+  waiting.Send("status\n");
+  auto got = waiting.ReadToEnd(2s);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->starts_with("node ")) << *got;
 }
 
 TEST(AppControlTest, CommandsRunOffTheEventLoopAndStreamTheirOutput) {
