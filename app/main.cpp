@@ -224,6 +224,7 @@ struct Daemon {
   net::TcpTransport& transport;
   asio::io_context& io;
   server::ChunkMaintenance& maintenance;
+  app::ChunkUsage& usage;  // DATA/chunks, walked off the event loop
   fs::path data;
   std::string listen;
   int replicas = 0;
@@ -247,38 +248,6 @@ std::optional<T> TryOnEventThread(asio::io_context& io, std::function<T()> fn,
   asio::post(io, [p, fn = std::move(fn)] { p->set_value(fn()); });
   if (f.wait_for(limit) != std::future_status::ready) return std::nullopt;
   return f.get();
-}
-
-// Chunk files and their bytes under DATA/chunks, by walking it; cached for 2 s so that status
-// and scrapes cost one walk at most every 2 s.
-struct LocalUsage {
-  std::uint64_t chunks = 0, bytes = 0;
-};
-LocalUsage Usage(const fs::path& data) {
-  static std::mutex mu;
-  static std::chrono::steady_clock::time_point at{};
-  static LocalUsage cached;
-  std::lock_guard lock(mu);
-  const auto now = std::chrono::steady_clock::now();
-  if (at != std::chrono::steady_clock::time_point{} && now - at < std::chrono::seconds(2))
-    return cached;
-  LocalUsage u;
-  std::error_code ec;
-  const fs::path root = data / "chunks";
-  for (fs::recursive_directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
-    if (it.depth() == 0 && it->path().filename() == "tmp") {
-      it.disable_recursion_pending();
-      continue;
-    }
-    std::error_code fec;
-    if (it->is_regular_file(fec)) {
-      ++u.chunks;
-      u.bytes += it->file_size(fec);
-    }
-  }
-  cached = u;
-  at = now;
-  return u;
 }
 
 std::string JsonString(std::string_view s) {
@@ -366,7 +335,7 @@ void HandleStatus(Daemon& d, bool json, const std::function<void(const std::stri
   auto peers = AllPeers(d);
   auto [backlog, round] = OnEventThread<std::pair<std::size_t, server::CatchUpStatus>>(
       d.io, [&] { return std::make_pair(d.replicator.Backlog(), d.replicator.CatchUp()); });
-  const LocalUsage usage = Usage(d.data);
+  const auto usage = d.usage.Get(std::chrono::minutes(1));  // at most 2 s old
   const auto [live_files, incomplete] = FilesMissingChunks(d.files);
   struct statvfs st {};
   ::statvfs(d.data.c_str(), &st);
@@ -603,13 +572,16 @@ int Serve(Options o) {
                            std::uint64_t ino, std::string_view name) {
     return ReplicaXattr(files, *r, self, ino, name);
   });
+  app::ChunkUsage usage(data / "chunks");
   std::unique_ptr<app::MetricsServer> metrics;
   if (!o.metrics.empty()) {
-    auto m = app::MetricsServer::Bind(o.metrics, [&] {
+    // Rendered on the metrics server's workers: a scrape waits at most 1 s for a walk of chunks/
+    // (otherwise it shows the previous one) and 1 s for the event loop.
+    auto m = app::MetricsServer::Bind(*io, o.metrics, [&] {
       app::MetricsSnapshot snap;
-      const LocalUsage usage = Usage(data);
-      snap.bytes_stored = usage.bytes;
-      snap.chunks = usage.chunks;
+      const auto usage_now = usage.Get(std::chrono::seconds(1));
+      snap.bytes_stored = usage_now.bytes;
+      snap.chunks = usage_now.chunks;
       snap.bytes_sent = transport->Totals().BytesOut();
       snap.bytes_received = transport->Totals().BytesIn();
       snap.peers_connected = replicator->PeerCount();
@@ -645,15 +617,16 @@ int Serve(Options o) {
   std::thread net_thread([&io] { io->run(); });
 
   server::ChunkMaintenance maintenance(files);
-  Daemon daemon{
-      files,     *replicator, *transport, *io, maintenance, data, transport->AdvertisedAddr(),
-      o.replicas};
+  Daemon daemon{files,       *replicator, *transport, *io,
+                maintenance, usage,       data,       transport->AdvertisedAddr(),
+                o.replicas};
   if (metrics) {
     metrics->Serve();
     spdlog::info("serving Prometheus metrics on http://{}/metrics", o.metrics);
   }
+  // Commands run on the control server's workers, never on the event loop they wait for.
   auto control = app::ControlServer::Start(
-      data / "control.sock",
+      *io, data / "control.sock",
       [&daemon](const std::string& cmd, const std::function<void(const std::string&)>& out) {
         HandleControl(daemon, cmd, out);
       });
@@ -688,6 +661,8 @@ int Serve(Options o) {
   guard.reset();
   io->stop();
   net_thread.join();
+  if (control.ok()) control->reset();  // endpoints go before their event loop
+  metrics.reset();
   transport.reset();
   replicator.reset();
   io.reset();

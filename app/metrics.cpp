@@ -1,24 +1,17 @@
 #include "app/metrics.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
-#include <thread>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read_until.hpp>
 
-#include "base/fd.h"
+#include "app/endpoint_server.h"
 #include "net/tcp_transport.h"
 
 namespace foreverfs::app {
 namespace {
 
-constexpr std::size_t kMaxRequest = 8192;
-constexpr int kRequestTimeoutMs = 5000;
+namespace asio = boost::asio;
 
 void Gauge(std::string& out, const char* name, const char* help, const char* type,
            std::uint64_t value) {
@@ -108,119 +101,203 @@ std::string HttpResponse(std::string_view request, const std::function<std::stri
   return reply("200 OK", "text/plain; version=0.0.4; charset=utf-8", body());
 }
 
-struct MetricsServer::Impl {
-  UniqueFd listener;
-  std::uint16_t port = 0;
-  std::function<std::string()> render;
-  std::atomic<bool> stopping{false};
-  std::thread thread;
+namespace {
 
-  void Serve(int raw) {
-    UniqueFd fd(raw);
-    std::string request;
-    char buf[1024];
-    const auto deadline =
-        std::chrono::steady_clock::now() + std::chrono::milliseconds(kRequestTimeoutMs);
-    while (request.find("\r\n\r\n") == std::string::npos) {
-      if (request.size() >= kMaxRequest) {
-        request.clear();  // too large: answered as a bad request
-        break;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      pollfd p{fd.get(), POLLIN, 0};
-      if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) return;
-      ssize_t n = ::recv(fd.get(), buf, std::min(sizeof buf, kMaxRequest - request.size()), 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return;
-      request.append(buf, static_cast<std::size_t>(n));
-    }
-    std::string response = HttpResponse(request, render);
-    std::string_view rest(response);
-    while (!rest.empty()) {
-      ssize_t n = ::send(fd.get(), rest.data(), rest.size(), MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return;
-      rest.remove_prefix(static_cast<std::size_t>(n));
-    }
-    // Read what the client still sends (briefly, bounded) so that closing does not reset the
-    // connection before it has read the answer.
-    ::shutdown(fd.get(), SHUT_WR);
-    for (int i = 0; i < 64; ++i) {
-      pollfd p{fd.get(), POLLIN, 0};
-      if (::poll(&p, 1, 100) <= 0 || ::recv(fd.get(), buf, sizeof buf, 0) <= 0) break;
-    }
-  }
+using detail::kNoThrow;
+using tcp = boost::asio::ip::tcp;
+using Ep = detail::Endpoint<tcp>;
+using Conn = detail::Connection<tcp>;
 
-  void Loop() {
-    while (!stopping) {
-      pollfd p{listener.get(), POLLIN, 0};
-      if (::poll(&p, 1, 200) <= 0) continue;
-      int fd = ::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd >= 0) Serve(fd);
-    }
-  }
+// The answer to a request, from the worker that renders it to the connection's coroutine.
+struct Answer {
+  std::mutex mu;
+  std::string response;  // guarded by mu
+  bool done = false;     // guarded by mu
 };
 
-Result<std::unique_ptr<MetricsServer>> MetricsServer::Bind(const std::string& addr,
-                                                           std::function<std::string()> render) {
+asio::awaitable<void> ServeMetrics(std::shared_ptr<Ep> ep, std::shared_ptr<Conn> conn,
+                                   std::function<std::string()> render) {
+  const auto& limits = ep->limits();
+  std::string request;
+  conn->Arm(limits.read_timeout);
+  auto [ec, n] = co_await asio::async_read_until(
+      conn->socket(), asio::dynamic_buffer(request, MetricsServer::kMaxRequest), "\r\n\r\n",
+      kNoThrow);
+  conn->Disarm();
+  std::string response;
+  if (ec == asio::error::not_found) {
+    response = HttpResponse("", render);  // 8 KiB without an end: a bad request
+  } else if (ec) {
+    if (conn->timed_out()) {
+      spdlog::debug("metrics: a client sent no whole request within {} ms; closed it",
+                    limits.read_timeout.count());
+    }
+    co_return;
+  } else {
+    request.resize(n);
+    // Rendered on a worker: the page reads the store's usage and asks the event loop.
+    auto answer = std::make_shared<Answer>();
+    if (!ep->Post([conn, answer, render, request = std::move(request)] {
+          std::string r;
+          try {
+            r = HttpResponse(request, render);
+          } catch (const std::exception& e) {
+            spdlog::error("metrics: rendering the page failed: {}", e.what());
+          }
+          {
+            std::lock_guard lock(answer->mu);
+            answer->response = std::move(r);
+            answer->done = true;
+          }
+          conn->Wake();
+        })) {
+      co_return;
+    }
+    for (;;) {
+      {
+        std::lock_guard lock(answer->mu);
+        if (answer->done) {
+          response = std::move(answer->response);
+          break;
+        }
+      }
+      if (ep->stopping() || conn->closed()) co_return;
+      co_await conn->Park();
+    }
+    if (response.empty()) co_return;
+  }
+  if (!co_await detail::WriteAll(conn, std::move(response), limits.write_timeout)) co_return;
+  // Read what the client still sends (briefly, bounded) so that closing does not reset the
+  // connection before it has read the answer.
+  boost::system::error_code ignored;
+  conn->socket().shutdown(tcp::socket::shutdown_send, ignored);
+  conn->Arm(std::chrono::milliseconds(1000));
+  char sink[1024];
+  for (int i = 0; i < 64; ++i) {
+    auto [rec, m] = co_await conn->socket().async_read_some(asio::buffer(sink), kNoThrow);
+    if (rec) break;
+  }
+  conn->Disarm();
+}
+
+}  // namespace
+
+struct MetricsServer::Impl {
+  std::shared_ptr<Ep> endpoint;
+  std::function<std::string()> render;
+  std::uint16_t port = 0;
+  bool serving = false;
+};
+
+Result<std::unique_ptr<MetricsServer>> MetricsServer::Bind(asio::io_context& io,
+                                                           const std::string& addr,
+                                                           std::function<std::string()> render,
+                                                           EndpointLimits limits) {
   auto hp = net::ParseHostPort(addr);
   if (!hp.ok()) return Err(Code::kInvalid, "--metrics: {}", hp.status().message());
-  sockaddr_storage ss{};
-  socklen_t len = 0;
-  int family = AF_INET;
-  if (hp->host.empty() || hp->host.find(':') == std::string::npos) {
-    auto* in = reinterpret_cast<sockaddr_in*>(&ss);
-    in->sin_family = AF_INET;
-    in->sin_port = htons(hp->port);
-    if (hp->host.empty()) {
-      in->sin_addr.s_addr = htonl(INADDR_ANY);
-    } else if (::inet_pton(AF_INET, hp->host.c_str(), &in->sin_addr) != 1) {
-      return Err(Code::kInvalid, "--metrics {}: '{}' is not an IP address", addr, hp->host);
-    }
-    len = sizeof(sockaddr_in);
-  } else {
-    family = AF_INET6;
-    auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(hp->port);
-    if (::inet_pton(AF_INET6, hp->host.c_str(), &in6->sin6_addr) != 1) {
-      return Err(Code::kInvalid, "--metrics {}: '{}' is not an IP address", addr, hp->host);
-    }
-    len = sizeof(sockaddr_in6);
+  boost::system::error_code ec;
+  const auto ip = hp->host.empty() ? asio::ip::address(asio::ip::address_v4::any())
+                                   : asio::ip::make_address(hp->host, ec);
+  if (ec) return Err(Code::kInvalid, "--metrics {}: '{}' is not an IP address", addr, hp->host);
+  auto ep = std::make_shared<Ep>(
+      io, "metrics", limits,
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  auto& acceptor = ep->acceptor();
+  const tcp::endpoint where(ip, hp->port);
+  if (acceptor.open(where.protocol(), ec); ec) {
+    return Err(Code::kIOError, "creating the metrics socket: {}", ec.message());
   }
-  UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return ErrnoStatus(errno, "creating the metrics socket");
-  int one = 1;
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&ss), len) != 0) {
-    return ErrnoStatus(errno, fmt::format("--metrics: cannot listen on {}", addr));
+  acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (acceptor.bind(where, ec); ec) {
+    return Err(Code::kIOError, "--metrics: cannot listen on {}: {}", addr, ec.message());
   }
-  if (::listen(fd.get(), 16) != 0) return ErrnoStatus(errno, "listening for metrics");
-  sockaddr_storage bound{};
-  socklen_t blen = sizeof bound;
-  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &blen);
+  if (acceptor.listen(static_cast<int>(limits.max_connections), ec); ec) {
+    return Err(Code::kIOError, "listening for metrics: {}", ec.message());
+  }
+  const auto port = acceptor.local_endpoint(ec).port();
   std::unique_ptr<MetricsServer> server(new MetricsServer);
-  server->impl_ = std::make_unique<Impl>();
-  auto& im = *server->impl_;
-  im.port = ntohs(family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
-                                    : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
-  im.listener = std::move(fd);
-  im.render = std::move(render);
+  server->impl_ = std::make_unique<Impl>(Impl{std::move(ep), std::move(render), port, false});
   return server;
 }
 
 void MetricsServer::Serve() {
-  if (!impl_->thread.joinable()) impl_->thread = std::thread([p = impl_.get()] { p->Loop(); });
+  if (!impl_->endpoint || impl_->serving) return;
+  impl_->serving = true;
+  impl_->endpoint->Start([render = impl_->render](std::shared_ptr<Ep> e, std::shared_ptr<Conn> c) {
+    return ServeMetrics(std::move(e), std::move(c), render);
+  });
 }
 
 std::uint16_t MetricsServer::port() const { return impl_->port; }
 
 void MetricsServer::Stop() {
-  if (!impl_ || impl_->stopping.exchange(true)) return;
-  if (impl_->thread.joinable()) impl_->thread.join();
+  if (!impl_ || !impl_->endpoint) return;
+  impl_->endpoint->Stop();
+  impl_->endpoint.reset();
 }
 
 MetricsServer::~MetricsServer() { Stop(); }
+
+ChunkUsage::ChunkUsage(std::filesystem::path dir, std::chrono::milliseconds max_age)
+    : dir_(std::move(dir)), max_age_(max_age) {}
+
+ChunkUsage::~ChunkUsage() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+ChunkUsage::Figure ChunkUsage::Get(std::chrono::milliseconds wait) {
+  std::unique_lock lock(mu_);
+  if (figure_.at != std::chrono::steady_clock::time_point{} &&
+      std::chrono::steady_clock::now() - figure_.at <= max_age_) {
+    return figure_;
+  }
+  if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
+  if (requested_ == completed_) {  // none running: ask for one
+    ++requested_;
+    cv_.notify_all();
+  }
+  const auto want = requested_;
+  cv_.wait_for(lock, wait, [&] { return completed_ >= want || stop_; });
+  return figure_;
+}
+
+void ChunkUsage::Loop() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || requested_ > completed_; });
+    if (stop_) return;
+    const auto target = requested_;
+    lock.unlock();
+    const Figure f = Walk();
+    lock.lock();
+    figure_ = f;
+    completed_ = target;
+    cv_.notify_all();
+  }
+}
+
+ChunkUsage::Figure ChunkUsage::Walk() const {
+  Figure f;
+  f.at = std::chrono::steady_clock::now();
+  std::error_code ec;
+  for (std::filesystem::recursive_directory_iterator it(dir_, ec), end; !ec && it != end && !stop_;
+       it.increment(ec)) {
+    if (it.depth() == 0 && it->path().filename() == "tmp") {
+      it.disable_recursion_pending();
+      continue;
+    }
+    std::error_code fec;
+    if (it->is_regular_file(fec)) {
+      ++f.chunks;
+      f.bytes += it->file_size(fec);
+    }
+  }
+  return f;
+}
 
 }  // namespace foreverfs::app

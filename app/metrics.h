@@ -17,13 +17,22 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "app/endpoint_limits.h"
 #include "base/status.h"
+
+namespace boost::asio {
+class io_context;
+}
 
 namespace foreverfs::app {
 
@@ -78,23 +87,74 @@ std::string RenderMetrics(const MetricsSnapshot& m, const OpLatency* latency);
 // 404 for any other method or path, 400 if it is not an HTTP/1.x request line.
 std::string HttpResponse(std::string_view request, const std::function<std::string()>& body);
 
-// A thread with a blocking accept loop, one connection at a time, each bounded: 8 KiB of
-// request and 5 s to send it.
+// The HTTP endpoint, served on the node's event loop (see app/endpoint_limits.h): a client has
+// `read_timeout` to send its request (8 KiB at most: a longer one is answered 400), at most
+// `max_connections` at once (one more gets 503), and the page is rendered on one of `workers`
+// threads, never on the event loop, so `render` may block briefly (and may wait for the loop).
 class MetricsServer {
  public:
-  ~MetricsServer();
+  static constexpr std::size_t kMaxRequest = 8192;
+
+  ~MetricsServer();  // Stop()s
+  MetricsServer(const MetricsServer&) = delete;
+  MetricsServer& operator=(const MetricsServer&) = delete;
+
   // Binds `addr`, HOST:PORT or :PORT (all addresses); port 0 picks one (see port()). Nothing
-  // is served before Serve(), so a daemon can bind before it forks and serve after.
-  static Result<std::unique_ptr<MetricsServer>> Bind(const std::string& addr,
-                                                     std::function<std::string()> render);
-  // Starts the thread that answers requests.
+  // is served before Serve(), so a daemon can bind before it forks and serve after (with
+  // io_context::notify_fork). Destroy the server before `io`.
+  static Result<std::unique_ptr<MetricsServer>> Bind(boost::asio::io_context& io,
+                                                     const std::string& addr,
+                                                     std::function<std::string()> render,
+                                                     EndpointLimits limits = {});
+  // Starts answering requests on `io` (which must run until Stop) and the render threads.
   void Serve();
   std::uint16_t port() const;
+  // Stops accepting, closes every connection and returns once the pages being rendered are
+  // done. Any thread but the event loop's, while the loop runs (or before Serve). Idempotent.
   void Stop();
 
  private:
+  MetricsServer() = default;
   struct Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+// Chunk files and their bytes under a store's chunk directory (its tmp/ left out), by walking it
+// on a thread of its own, so that neither the event loop nor a request pays for a walk of a
+// large store more than it chooses to. Get(wait) returns the last walk if it is at most
+// `max_age` old; otherwise it asks for a new walk and waits for it at most `wait`, then returns
+// the newest figure there is (the previous walk if the new one is not done; zeros before the
+// first). Thread-safe. The thread starts with the first Get (so after a daemon's fork) and stops
+// with the object.
+class ChunkUsage {
+ public:
+  struct Figure {
+    std::uint64_t chunks = 0;
+    std::uint64_t bytes = 0;
+    std::chrono::steady_clock::time_point at{};  // when the walk began; {} before the first
+  };
+
+  explicit ChunkUsage(std::filesystem::path dir,
+                      std::chrono::milliseconds max_age = std::chrono::seconds(2));
+  ~ChunkUsage();
+  ChunkUsage(const ChunkUsage&) = delete;
+  ChunkUsage& operator=(const ChunkUsage&) = delete;
+
+  Figure Get(std::chrono::milliseconds wait);
+
+ private:
+  void Loop();
+  Figure Walk() const;
+
+  const std::filesystem::path dir_;
+  const std::chrono::milliseconds max_age_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  Figure figure_;                // guarded by mu_
+  std::uint64_t requested_ = 0;  // guarded by mu_: walks asked for
+  std::uint64_t completed_ = 0;  // guarded by mu_: the walk asked for as number N is done
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
 };
 
 }  // namespace foreverfs::app

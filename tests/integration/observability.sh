@@ -97,6 +97,38 @@ check "status of 1 keeps node 2 with why it went" ceventually $T gone_in_1
 check "with node 2 gone, replicas on 1 is 1" test "$(xattr "$A/f20" user.foreverfs.replicas)" = 1
 check "metrics of 1: no peer connected" ceventually $T test "$(metric 1 $M1 foreverfs_peers_connected)" = 0
 
-for i in 3 1; do check "unmount of $i exits 0" cnode_stop $i; done
+# --- the local endpoints (issue 13, item 11) -------------------------------------------------
+tasks() { ls "/proc/$(cpid 1)/task" | wc -l; }
+maps() { wc -l <"/proc/$(cpid 1)/maps"; }
+"$FF" status "$A" >/dev/null
+T0=$(tasks) P0=$(maps)
+for _ in $(seq 1 300); do "$FF" status "$A" >/dev/null || break; done
+echo "# node 1 after 300 status calls: threads $T0 -> $(tasks), memory maps $P0 -> $(maps)"
+check "300 status calls leave the threads of node 1 as they were" test "$(tasks)" -le "$T0"
+check "300 status calls leave its memory maps bounded" test "$(maps)" -le $((P0 + 50))
+# Clients that connect and send nothing: one on the control socket, one on the metrics port.
+hold() { python3 -c 'import socket, sys, time
+a = sys.argv[1]
+s = socket.socket(socket.AF_UNIX) if a.startswith("/") else socket.socket()
+s.connect(a if a.startswith("/") else (a.split(":")[0], int(a.split(":")[1])))
+time.sleep(60)' "$1"; }
+hold "$(cd "$CW/d1" && pwd)/control.sock" & H1=$!
+cin 1 bash -c "$(declare -f hold); hold $M1" & H2=$!
+sleep 0.3
+quick_metrics() { timeout 2 nsenter --net=/run/netns/${CP}h1 curl -s --max-time 2 "http://$M1/metrics" | grep -q '^foreverfs_chunks '; }
+check "metrics answer at once while a client sends nothing" quick_metrics
+check "status answers at once while a client sends nothing" bash -c "timeout 2 '$FF' status '$A' >/dev/null"
+stop_promptly() {
+  local pid; pid=$(cpid 1)
+  "$FUSERMOUNT" -u "$(cmnt 1)" || return 1
+  for _ in $(seq 1 30); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid"; return $?; }
+    sleep 0.1
+  done
+  return 1
+}
+check "unmount of 3 exits 0" cnode_stop 3
+check "unmount of 1 exits 0 within 3 s though both clients still send nothing" stop_promptly
+kill $H1 $H2 2>/dev/null; wait $H1 $H2 2>/dev/null
 echo "$PASS passed, $FAIL failed"
 [ $FAIL = 0 ]
