@@ -329,6 +329,9 @@ Status OpenFile::Truncate(std::uint64_t size) {
   std::lock_guard lock(mu_);
   AdoptRemote();
   if (auto s = SpillBuffer(); !s.ok()) return s;
+  // Chunks still being stored land in the manifest when reaped: take them in first, so that
+  // none lands past the new end or under the staged copy of the chunk cut in two.
+  if (auto s = Reap(0); !s.ok()) return s;
   if (size < size_) {
     const std::uint64_t k = size / kCS;
     if (size % kCS != 0 && !dirty_.contains(k)) {
