@@ -410,6 +410,13 @@ Result<InodeRecord> NamespaceDb::GetInode(InodeId id) {
   return ReadInode(q);
 }
 
+Result<InodeRecord> NamespaceDb::GetInodeOrTombstone(InodeId id) {
+  std::lock_guard lock(mu_);
+  auto r = AnyInode(id);
+  if (!r) return Err(Code::kNotFound, "inode {:016x} not found", id);
+  return std::move(*r);
+}
+
 Result<DentryRecord> NamespaceDb::GetDentry(InodeId parent, std::string_view name) {
   std::lock_guard lock(mu_);
   Stmt q(db_,

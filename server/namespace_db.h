@@ -67,6 +67,8 @@ class NamespaceDb {
 
   // Live records only (kNotFound for absent or deleted).
   Result<InodeRecord> GetInode(InodeId id);
+  // The record even if it is a tombstone (deleted); kNotFound only if there is none.
+  Result<InodeRecord> GetInodeOrTombstone(InodeId id);
   Result<DentryRecord> GetDentry(InodeId parent, std::string_view name);
   // Live entries of a directory whose child inode is known and live, ordered by name.
   Result<std::vector<DentryRecord>> ListDir(InodeId parent);

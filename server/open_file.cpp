@@ -452,10 +452,7 @@ void OpenFile::SetMtime(std::int64_t mtime_ns) {
   mtime_ns_ = mtime_ns;
 }
 
-Status OpenFile::Commit() {
-  std::lock_guard lock(mu_);
-  AdoptRemote();
-  if (!changed_) return Ok();
+Status OpenFile::StoreDirty() {
   // The last buffered chunk is stored here, on this thread: the commit waits for it anyway,
   // and handing a small file's only chunk to a worker costs two thread wakeups.
   if (buf_index_ != kNone) {
@@ -463,7 +460,8 @@ Status OpenFile::Commit() {
   }
   if (auto s = Reap(0); !s.ok()) return s;
   Bytes buf;
-  for (std::uint64_t i : dirty_) {
+  for (auto it = dirty_.begin(); it != dirty_.end(); it = dirty_.erase(it)) {
+    const std::uint64_t i = *it;
     buf.resize(static_cast<std::size_t>(ChunkLen(i)));
     if (auto s = staging_->Read(Slot(i), buf); !s.ok()) return s;
     if (AllZero(buf)) {
@@ -474,14 +472,37 @@ Status OpenFile::Commit() {
       manifest_.Set(i, id);
     }
   }
-  auto cur = fs_.ns_.GetInode(id_);
-  if (!cur.ok()) {
-    // Unlinked while open: nothing to commit to.
+  return Ok();
+}
+
+Status OpenFile::Commit() {
+  // The chunks first, with only this file locked: that is the long part.
+  {
+    std::lock_guard lock(mu_);
+    AdoptRemote();
+    if (!changed_) return Ok();
+    if (auto s = StoreDirty(); !s.ok()) return s;
+  }
+  // Then the record's read-modify-write under the namespace lock (taken before mu_, the lock
+  // order), so that a chmod or link committed meanwhile is neither lost nor taken for a
+  // concurrent version of the content.
+  std::lock_guard ns(fs_.ns_mu_);
+  std::lock_guard lock(mu_);
+  AdoptRemote();
+  if (!changed_) return Ok();
+  if (auto s = StoreDirty(); !s.ok()) return s;  // what was written in between
+  auto cur = fs_.ns_.GetInodeOrTombstone(id_);
+  const bool unlinked_here = cur.ok() && cur->deleted && cur->version.node == fs_.node_id();
+  if (!cur.ok() || unlinked_here) {
+    // Unlinked here while open: as on a local disk, its data goes with its last handle.
     deferred_ = {};
     changed_ = false;
     return Ok();
   }
+  // Deleted by a peer while written here: the write is not lost. Its version is newer than
+  // the tombstone, so the file comes back under its name (or a conflict name).
   InodeRecord rec = std::move(*cur);
+  rec.deleted = false;
   rec.size = size_;
   rec.manifest = manifest_;
   rec.mtime_ns = mtime_ns_;

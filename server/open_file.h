@@ -52,6 +52,7 @@ class OpenFile {
   // True the first time it is called: the first write of a file checks its setuid bits.
   bool TakePrivilegeCheck() { return !privileges_checked_.exchange(true); }
   // Stores dirty chunks and commits a new version of the inode; no-op if nothing changed.
+  // Takes FileServer::ns_mu_ (before mu_): never call it with ns_mu_ held.
   Status Commit();
   // A peer committed a new version: adopt it unless we have uncommitted writes. Never waits
   // for mu_ (it runs on the event thread, which a reader holding mu_ may be waiting on for a
@@ -70,6 +71,8 @@ class OpenFile {
   // Requires mu_: adopts the version OnRemoteUpdate left, if any.
   void AdoptRemote();
   Status EnsureStaging();
+  // Requires mu_: stores every dirty chunk (and the buffer) and puts its id in the manifest.
+  Status StoreDirty();
   // Where chunk `i` lives in staging (a slot is given on first use and never reused while the
   // staging file lives, so a new slot reads as zeros). Slots, not file offsets: a file may be
   // larger (16 TiB) than the filesystem under --data lets the staging file be.
