@@ -618,7 +618,15 @@ awaitable<void> Watchdog(std::shared_ptr<TcpTransport::Impl> t, std::shared_ptr<
   while (!link->closed_) {
     const auto now = SteadyClock::now();
     const bool write_stalled = link->writing_ && now - link->write_progress_ >= timeout;
-    if (write_stalled || now - link->last_rx_ >= timeout) {
+    const bool read_stalled = now - link->last_rx_ >= timeout;
+    // If our own event thread was the one that stalled (a long handler), the peer's frames wait
+    // unread in the kernel: the peer is there, we were slow.
+    boost::system::error_code aec;
+    if (read_stalled && link->stream_.lowest_layer().available(aec) > 0) {
+      link->last_rx_ = now;
+      continue;
+    }
+    if (write_stalled || read_stalled) {
       std::string reason =
           write_stalled ? fmt::format("no write progress for {:.1f} s: the peer stopped reading",
                                       Seconds(now - link->write_progress_))

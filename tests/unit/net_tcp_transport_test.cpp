@@ -260,6 +260,22 @@ TEST(NetTcpTest, FrozenPeerIsDetectedWithinTheReadDeadline) {
   StopAll({&a, &b});
 }
 
+TEST(NetTcpTest, OwnStallIsNotMistakenForADeadPeer) {
+  // a's event thread stops for longer than its read deadline (a long handler) while b keeps
+  // sending keepalives: they wait unread in a's socket, and a must not blame b.
+  Node a(1, FastLiveness(50, 300)), b(2, FastLiveness(50, 10000));
+  ASSERT_TRUE(a.transport->Listen().ok());
+  b.transport->AddPeer(a.transport->AdvertisedAddr());
+  ASSERT_TRUE(Pump(
+      {&a, &b}, [&] { return a.handler.To(2) && b.handler.To(1); }, 5s));
+  PumpFor({&b}, 1000ms);
+  PumpFor({&a, &b}, 500ms);
+  EXPECT_TRUE(a.handler.To(2) && b.handler.To(1));
+  EXPECT_TRUE(a.handler.closes.empty()) << a.handler.closes.front();
+  EXPECT_EQ(a.Stats().links_timed_out, 0u);
+  StopAll({&a, &b});
+}
+
 TEST(NetTcpTest, RestartedPeerReplacesItsHalfOpenLink) {
   // The read deadline is long: the new link must not wait for it.
   Node a(1, FastLiveness(100, 10000)), b(2, FastLiveness(100, 10000));
