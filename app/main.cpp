@@ -34,6 +34,7 @@
 #include "app/control.h"
 #include "app/metrics.h"
 #include "base/fd.h"
+#include "base/fd_limit.h"
 #include "cas/chunk_store.h"
 #include "crypto/crypto.h"
 #include "fuse/fuse_fs.h"
@@ -510,6 +511,8 @@ int ControlClient(const std::string& command, const std::string& mountpoint,
 
 int Serve(Options o) {
   SetupLogging(o);
+  const FdLimit fds = RaiseFdLimit();  // every peer and stranger connection holds a descriptor
+  if (fds.error) spdlog::warn("open files limit stays {}: {}", fds.before, strerror(fds.error));
   auto fail = [](const std::string& msg) {
     spdlog::error("{}", msg);
     return 1;

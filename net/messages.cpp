@@ -118,6 +118,8 @@ void Put(Writer& w, const HaveChunksReply& m) {
   w.PutBlob32(m.bitmap);
 }
 
+void Put(Writer&, const Keepalive&) {}
+
 // --- Decoding -----------------------------------------------------------------------------
 // Each Get reads into `out` and leaves any failure in the Reader; DecodePayload checks it.
 
@@ -289,6 +291,8 @@ void Get(Reader& r, HaveChunksReply& m) {
   }
 }
 
+void Get(Reader&, Keepalive&) {}  // empty: any byte is a trailing byte
+
 template <typename T>
 Result<Message> Decode(MessageType type, ByteSpan payload) {
   T m;
@@ -300,7 +304,7 @@ Result<Message> Decode(MessageType type, ByteSpan payload) {
 
 bool KnownType(std::uint16_t t) {
   return t >= static_cast<std::uint16_t>(MessageType::kHello) &&
-         t <= static_cast<std::uint16_t>(MessageType::kHaveChunksReply);
+         t <= static_cast<std::uint16_t>(MessageType::kKeepalive);
 }
 
 }  // namespace
@@ -310,6 +314,7 @@ MessageType TypeOf(const Message& m) {
   static_assert(std::is_same_v<std::variant_alternative_t<0, Message>, Hello>);
   static_assert(std::is_same_v<std::variant_alternative_t<6, Message>, ChunkReply>);
   static_assert(std::is_same_v<std::variant_alternative_t<8, Message>, HaveChunksReply>);
+  static_assert(std::is_same_v<std::variant_alternative_t<9, Message>, Keepalive>);
   return static_cast<MessageType>(m.index() + 1);
 }
 
@@ -333,6 +338,8 @@ const char* TypeName(MessageType t) {
       return "HaveChunks";
     case MessageType::kHaveChunksReply:
       return "HaveChunksReply";
+    case MessageType::kKeepalive:
+      return "Keepalive";
   }
   return "Unknown";
 }
@@ -385,6 +392,8 @@ Result<Message> DecodePayload(MessageType type, ByteSpan payload) {
       return Decode<HaveChunks>(type, payload);
     case MessageType::kHaveChunksReply:
       return Decode<HaveChunksReply>(type, payload);
+    case MessageType::kKeepalive:
+      return Decode<Keepalive>(type, payload);
   }
   return Err(Code::kInvalid, "unknown message type {}", static_cast<std::uint16_t>(type));
 }

@@ -117,6 +117,7 @@ enum class MessageType : std::uint16_t {
   kChunkReply = 7,
   kHaveChunks = 8,
   kHaveChunksReply = 9,
+  kKeepalive = 10,
 };
 
 // First message on a connection, from both sides.
@@ -196,8 +197,15 @@ struct HaveChunksReply {
 // A reply for `count` ids with no bit set.
 HaveChunksReply EmptyHaveReply(std::uint64_t request_id, std::uint32_t count);
 
+// "This link is alive": sent by the transport on a link that has sent nothing for a while, so
+// that the other side's read deadline can tell a quiet peer from a vanished one. Empty; the
+// transport consumes it and never hands it to a LinkHandler.
+struct Keepalive {
+  bool operator==(const Keepalive&) const = default;
+};
+
 using Message = std::variant<Hello, Auth, Peers, Subscribe, Changes, GetChunk, ChunkReply,
-                             HaveChunks, HaveChunksReply>;
+                             HaveChunks, HaveChunksReply, Keepalive>;
 
 MessageType TypeOf(const Message& m);
 const char* TypeName(MessageType t);

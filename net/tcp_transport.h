@@ -4,7 +4,22 @@
 // with exponential backoff (0.5 s doubling to 30 s) while the link is down. Each connection has
 // one reader and one writer coroutine; frames over the protocol's bounds, unknown types and
 // failed handshakes close the connection with a log line naming the peer.
-
+//
+// Every network wait has a deadline: connecting (connect_timeout_ms), the whole handshake
+// (handshake_timeout_ms), and on an established link a read deadline (read_timeout_ms without
+// receiving a byte, or without progress on a write, closes it) kept alive by Keepalive frames
+// sent after keepalive_interval_ms without sending. A newer link from a node whose existing link
+// has gone quiet (half-open) replaces that link; see doc/protocol.md, "Liveness".
+//
+// Strangers on the port: inbound connections are admitted before any TLS work by
+//  - a per-host cap on handshakes in progress (host = IPv4 address or IPv6 /64) and a per-host
+//    token bucket of new connections; a connection over either is closed at once;
+//  - a cap on inbound handshakes in progress over all hosts; at the cap the oldest handshake
+//    that has not sent a single byte (else the oldest one) is closed to make room, so a flood of
+//    silent connections cannot lock out a peer whose handshake makes progress.
+// Each of these is counted (Stats) and logged at most once per 10 s (one summary line), never
+// once per connection. Accept errors (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting, 100 ms
+// doubling to 1 s, with one log line when it starts and one when accepting works again.
 #include <chrono>
 #include <memory>
 #include <string>
@@ -25,6 +40,31 @@ struct TcpOptions {
   crypto::Key256 auth_key{};  // derived from the cluster key, for the Auth proof
   crypto::Key256 tls_psk{};   // derived from the cluster key, the TLS 1.3 external PSK
   int handshake_timeout_ms = 5000;
+  int connect_timeout_ms = 10000;
+  // Inbound handshakes in progress, over all hosts and per host (see the top of this file).
+  int max_handshakes = 64;
+  int max_handshakes_per_host = 8;
+  // New inbound connections per host: a burst of this many, then this many per second.
+  int host_connect_burst = 32;
+  double host_connects_per_s = 8;
+  // Established links: send a Keepalive after this long without sending anything; close a link
+  // that received nothing (or whose write made no progress) for read_timeout_ms.
+  int keepalive_interval_ms = 5000;
+  int read_timeout_ms = 15000;
+};
+
+// What the transport did about strangers and dead links, since start. A snapshot.
+struct TcpStats {
+  std::uint64_t handshakes_in_progress = 0;  // inbound, now
+  std::uint64_t refused_host_busy = 0;       // closed at once: its host had too many in progress
+  std::uint64_t refused_host_rate = 0;       // closed at once: its host connected too often
+  std::uint64_t evicted = 0;                 // closed to make room under max_handshakes
+  std::uint64_t handshake_timeouts = 0;      // handshakes (either direction) over the deadline
+  std::uint64_t handshake_failures = 0;      // refused: TLS failed, no Hello, bad version or proof
+  std::uint64_t accept_errors = 0;           // accept(2) failed (EMFILE and the like)
+  std::uint64_t links_timed_out = 0;         // established links closed by the read deadline
+  std::uint64_t links_replaced = 0;          // half-open links replaced by a newer one
+  std::uint64_t keepalives_sent = 0;
 };
 
 // Splits "host:port" / ":port" / "[v6]:port"; kInvalid naming the text otherwise.
@@ -63,6 +103,8 @@ class TcpTransport {
   std::vector<AddrStatus> Addresses() const;
   // Frame bytes received and sent on every connection since start. Any thread.
   const Traffic& Totals() const;
+  // Counters of refused, evicted and timed-out connections (see TcpStats). Any thread.
+  TcpStats Stats() const;
   // Stops accepting and dialing and closes every connection. Call on the event thread.
   void Stop();
 
