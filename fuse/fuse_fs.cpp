@@ -417,9 +417,29 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   ReplyErr(req, 0);
 }
 
+// open(O_TRUNC) by a caller without CAP_FSETID (not root) clears setuid, and setgid where it
+// means "set group id" (group-executable), as a truncate does on a local file system. With
+// atomic O_TRUNC the kernel leaves the truncation, and so this, to the file system.
+Status DropPrivilegesOnTruncate(server::FileServer& fs, fuse_req_t req, fuse_ino_t ino, int flags) {
+  if (!(flags & O_TRUNC) || (flags & O_ACCMODE) == O_RDONLY || fuse_req_ctx(req)->uid == 0)
+    return Ok();
+  auto a = fs.GetAttr(ino);
+  if (!a.ok()) return a.status();
+  const std::uint32_t mode = a->rec.mode;
+  const std::uint32_t kill = S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
+  if (a->rec.kind != InodeKind::kFile || !(mode & kill)) return Ok();
+  auto changed = fs.SetAttr(ino, {.mode = mode & ~kill});
+  return changed.ok() ? Ok() : changed.status();
+}
+
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  auto h = Impl::Of(req).fs.Open(ino, fi->flags);
+  auto& im = Impl::Of(req);
+  auto h = im.fs.Open(ino, fi->flags);
   if (!h.ok()) return Impl::ReplyError(req, h.status(), "open");
+  if (auto s = DropPrivilegesOnTruncate(im.fs, req, ino, fi->flags); !s.ok()) {
+    im.fs.Release(*h);
+    return Impl::ReplyError(req, s, "open");
+  }
   fi->fh = *h;
   ReplyOpen(req, fi);
 }

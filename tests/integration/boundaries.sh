@@ -36,6 +36,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 [ "$(id -u)" = 0 ] || { echo "not ok - boundaries.sh must run as root"; exit 1; }
 [ "$(stat -f -c %T "$LOCAL")" = ext2/ext3 ] ||
   echo "# note: the local reference directory is on $(stat -f -c %T "$LOCAL"), not ext4"
