@@ -144,6 +144,9 @@ constexpr std::size_t kMaxXattrValueBytes = 64 * 1024;          // XATTR_SIZE_MA
 // A READ or READDIR larger than this is refused (the kernel asks for at most max_pages, 256
 // pages: 1 MiB).
 constexpr std::size_t kMaxReadBytes = 16 * 1024 * 1024;
+// Directory entries held by all open directory handles together (opendir snapshots the
+// listing): about 64 MiB.
+constexpr std::size_t kMaxDirEntriesHeld = 1 << 20;
 
 // Replies ENAMETOOLONG (as ext4's lookup does) and returns false for a name over NAME_MAX.
 bool NameFits(fuse_req_t req, const char* name) {
@@ -178,6 +181,7 @@ struct FuseFs::Impl {
   std::mutex dirs_mu;
   std::map<std::uint64_t, std::vector<server::DirEntry>> dirs;  // open directory snapshots
   std::uint64_t next_dir = 1;
+  std::size_t dir_entries_held = 0;  // in all snapshots, bounded by kMaxDirEntriesHeld
 
   std::mutex inval_mu;
   std::condition_variable inval_cv;
@@ -511,6 +515,14 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto entries = im.fs.ReadDir(ino);
   if (!entries.ok()) return Impl::ReplyError(req, entries.status(), "opendir");
   std::lock_guard lock(im.dirs_mu);
+  // Thousands of handles on a large directory would otherwise hold thousands of copies of it.
+  // One snapshot is always allowed, whatever its size.
+  if (!im.dirs.empty() && im.dir_entries_held + entries->size() > kMaxDirEntriesHeld) {
+    spdlog::warn("opendir: {} directory entries held by open handles already; refused (ENFILE)",
+                 im.dir_entries_held);
+    return ReplyErr(req, ENFILE);
+  }
+  im.dir_entries_held += entries->size();
   fi->fh = im.next_dir++;
   im.dirs[fi->fh] = std::move(*entries);
   ReplyOpen(req, fi);
@@ -573,7 +585,10 @@ void OpReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   auto& im = Impl::Of(req);
   {
     std::lock_guard lock(im.dirs_mu);
-    im.dirs.erase(fi->fh);
+    if (auto it = im.dirs.find(fi->fh); it != im.dirs.end()) {
+      im.dir_entries_held -= it->second.size();
+      im.dirs.erase(it);
+    }
   }
   ReplyErr(req, 0);
 }

@@ -11,7 +11,9 @@
 set -u
 
 # Cases waiting for the lead's change (issue 12, items 2 and 3: sparse manifest, EFBIG above
-# 16 TiB in the server, fallocate punch-hole, SEEK_HOLE/SEEK_DATA). A mismatch of a case listed
+# 16 TiB in the server, fallocate punch-hole, SEEK_HOLE/SEEK_DATA; and ToStat, which divides
+# a time before 1970 towards zero and so hands the kernel a negative tv_nsec). A mismatch of a
+# case listed
 # here is reported as "not ok ... # TODO" and does not fail the script; a listed case that
 # passes says so, so that it can be taken off. Cases marked "skip:" are not run at all while
 # listed (today they would cost the daemon hundreds of MiB). Empty this list when the change
@@ -455,6 +457,25 @@ def _(root):
     return open_until_full(paths)
 
 
+@case("open a directory of 500 entries until the RLIMIT")
+def _(root):
+    d = os.path.join(root, "bigdir")
+    os.mkdir(d)
+    for i in range(500):
+        fresh(d, "e%03d" % i)
+    fds = []
+    try:
+        while True:
+            fds.append(os.open(d, os.O_RDONLY | os.O_DIRECTORY))
+            os.listdir(fds[-1]) if len(fds) == 1 else None
+    except OSError as e:
+        err = errno.errorcode.get(e.errno, str(e.errno))
+        return "%s after %s" % (err, "a thousand or more" if len(fds) >= 1000 else len(fds))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 @case("write through 1000 handles of 500 files")
 def _(root):
     fds = [os.open(os.path.join(root, "h%03d" % (i % 500)), os.O_RDWR) for i in range(1000)]
@@ -493,6 +514,9 @@ EXPECT = {
     "lseek SEEK_SET to 2^62": "ok:%d" % 2**62,
     "lseek SEEK_SET to 2^63-1": "ok:%d" % (2**63 - 1),
     "statfs whose handler throws": "EIO",
+    # Open directory handles hold at most 2^20 entries together (each opendir snapshots the
+    # listing): the daemon refuses more with ENFILE before the process reaches its RLIMIT.
+    "open a directory of 500 entries until the RLIMIT": "ENFILE after a thousand or more",
 }
 
 
@@ -521,7 +545,7 @@ def alive():
 resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 setup(LOCAL)
 setup(MNT)
-fails, mismatches = 0, []
+fails, mismatches, ran = 0, [], 0
 only = re.compile(os.environ.get("CASES", ""))  # a regex, to run some cases while debugging
 for name, fn in cases:
     if not only.search(name):
@@ -529,6 +553,7 @@ for name, fn in cases:
     if name in SKIP:
         print("ok - %s # SKIP waiting for the lead's change" % name)
         continue
+    ran += 1
     want_local = attempt(fn, LOCAL)
     got = attempt(fn, MNT)
     want = EXPECT.get(name, want_local)
@@ -550,7 +575,7 @@ for name, fn in cases:
     mismatches.append((name, "alive", "mount dead", "FAIL"))
     break
 else:
-    print("ok - the mount answered after each of %d cases" % len(cases))
+    print("ok - the mount answered after each of %d cases" % ran)
 
 if mismatches:
     w = max(len(m[0]) for m in mismatches)
@@ -575,7 +600,7 @@ if [ $rc = 0 ]; then
   PID=
   if [ $st = 0 ]; then echo "ok - unmount exits 0"; else echo "not ok - unmount exits 0"; rc=1; fi
 fi
-for line in "fuse statfs: out of memory (std::bad_alloc escaped the handler); the request got EIO" \
+[ -n "${CASES:-}" ] || for line in "fuse statfs: out of memory (std::bad_alloc escaped the handler); the request got EIO" \
   "fuse fsyncdir: fault injected after the reply (after its reply)"; do
   if [ "$(grep -cF "$line" "$L")" -ge 1 ]; then
     echo "ok - one log line: $line"
