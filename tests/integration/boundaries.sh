@@ -10,14 +10,12 @@
 # Prints a table of the mismatches. Runs as root; about 10 s.
 set -u
 
-# Cases waiting for the lead's change (issue 12, items 2 and 3: sparse manifest, EFBIG above
-# 16 TiB in the server, fallocate punch-hole, SEEK_HOLE/SEEK_DATA; and ToStat, which divides
-# a time before 1970 towards zero and so hands the kernel a negative tv_nsec). A mismatch of a
-# case listed
-# here is reported as "not ok ... # TODO" and does not fail the script; a listed case that
-# passes says so, so that it can be taken off. Cases marked "skip:" are not run at all while
-# listed (today they would cost the daemon hundreds of MiB). Empty this list when the change
-# lands.
+# Cases waiting for the lead's change (issue 12, items 2 and 3: sparse manifest, fallocate
+# punch-hole, SEEK_HOLE/SEEK_DATA; and ToStat, which divides a time before 1970 towards zero
+# and so hands the kernel a negative tv_nsec). A mismatch of a case listed here is reported as
+# "not ok ... # TODO" and does not fail the script; a listed case that passes says so, so that
+# it can be taken off. Cases marked "skip:" are not run at all while listed (today a 16 TiB
+# file costs the daemon 512 MiB of manifest). Empty this list when the change lands.
 WAITING_FOR_LEAD=(
   "skip:truncate to 16 TiB (2^44)"
   "fallocate punch hole"
