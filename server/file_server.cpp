@@ -24,22 +24,32 @@ Status CheckName(std::string_view name) {
   return Ok();
 }
 
-// `dir` after an entry was added to or removed from it at `now`: POSIX updates its mtime and
-// ctime. The record goes into the same commit as the entry (one transaction, no extra commit
-// per create), with a fresh version, and replicates like any other: concurrent updates of one
-// directory on two nodes are last-writer-wins on its attributes, and its entries are records
-// of their own, so none is lost.
-InodeRecord TouchDir(InodeRecord dir, std::int64_t now, Hlc& hlc) {
-  dir.mtime_ns = dir.ctime_ns = now;
-  dir.version = hlc.Next();
-  return dir;
+// Times that change as a side effect (a directory's when its entries change, an inode's ctime
+// when it is renamed or loses a link) are committed with the version that directly follows the
+// record's own, not a fresh one from the clock. It replaces that record on every node, but
+// loses to anything done to the record concurrently elsewhere: a chmod is not undone by a
+// create in the directory, and the tombstone of a concurrent rmdir still wins, so that the
+// directory comes back with its name because of the entry created in it (NamespaceDb's
+// ReviveDir) instead of living on without a name. The clock observes the version, so that no
+// later change of this node reuses it.
+InodeRecord WithTimesChanged(InodeRecord rec, Hlc& hlc) {
+  rec.version = {rec.version.hlc + 1, hlc.node()};
+  hlc.Observe(rec.version.hlc);
+  return rec;
 }
 
-// `rec` after a change of its links or name at `now` (ctime only).
+// `dir` after an entry was added to or removed from it at `now`: POSIX updates its mtime and
+// ctime. The record goes into the same commit as the entry (one transaction, no extra commit
+// per create).
+InodeRecord TouchDir(InodeRecord dir, std::int64_t now, Hlc& hlc) {
+  dir.mtime_ns = dir.ctime_ns = now;
+  return WithTimesChanged(std::move(dir), hlc);
+}
+
+// `rec` after a change of its name or of its number of links at `now` (ctime only).
 InodeRecord TouchCtime(InodeRecord rec, std::int64_t now, Hlc& hlc) {
   rec.ctime_ns = now;
-  rec.version = hlc.Next();
-  return rec;
+  return WithTimesChanged(std::move(rec), hlc);
 }
 
 std::vector<std::string_view> SplitPath(std::string_view path) {
@@ -226,7 +236,9 @@ Result<Attr> FileServer::Link(InodeId id, InodeId new_parent, std::string_view n
   if (!p.ok()) return p.status();
   if (ns_.GetDentry(new_parent, new_name).ok()) return Err(Code::kExists, "'{}' exists", new_name);
   const std::int64_t now = NowNs();
-  InodeRecord touched = TouchCtime(std::move(*rec), now, hlc_);  // its link count changed
+  InodeRecord touched = std::move(*rec);  // a new link changes the inode's ctime
+  touched.ctime_ns = now;
+  touched.version = hlc_.Next();
   DentryRecord d{new_parent, std::string(new_name), id, hlc_.Next(), false};
   if (auto w = CommitLocal({{touched, TouchDir(std::move(*p), now, hlc_)}, {d}}); !w.ok())
     return w.status();

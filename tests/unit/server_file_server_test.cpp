@@ -1157,14 +1157,7 @@ TEST_F(FileServerTimesTest, ACreateAndItsDirectorysTimesAreOneCommit) {
 // A directory's new times replicate as a record of the directory: a node that removed the
 // (empty) directory while another created a file in it must still end with the directory, its
 // name and the file, on both nodes, whichever of the two happened later.
-// DISABLED, waiting for a change in NamespaceDb (not ours to edit): when the create is the
-// later of the two, the directory's record carrying its new times wins over the tombstone, so
-// the directory is live, while the tombstone of its name wins too; ReviveDir only revives a
-// directory whose record is deleted, so the directory stays without a name and the file in it
-// is unreachable on both nodes. (The rmdir-later order passes.) Restoring the name of a live
-// directory that lost it must not undo a concurrent move (a move's old name is tombstoned too,
-// and its new name may arrive in a later batch): see NamespaceConvergenceTest.
-TEST_F(FileServerTimesTest, DISABLED_RmdirOnOneNodeWhileACreateInItOnAnotherKeepsTheFile) {
+TEST_F(FileServerTimesTest, RmdirOnOneNodeWhileACreateInItOnAnotherKeepsTheFile) {
   for (bool create_last : {false, true}) {
     SCOPED_TRACE(create_last ? "the create is later" : "the rmdir is later");
     TempDir other_dir;
@@ -1202,6 +1195,52 @@ TEST_F(FileServerTimesTest, DISABLED_RmdirOnOneNodeWhileACreateInItOnAnotherKeep
       EXPECT_EQ(back->rec.id, d);
       EXPECT_TRUE(node->Lookup(d, "f").ok()) << "the file created in it is lost";
     }
+  }
+}
+
+// A create in a directory does not undo a chmod of that directory made at the same time on
+// another node, whichever came first: the create's new times take the version right after
+// the one they replace, which loses to any concurrent change of the directory.
+TEST_F(FileServerTimesTest, ACreateInADirectoryDoesNotUndoAConcurrentChmodOfIt) {
+  for (bool create_last : {false, true}) {
+    SCOPED_TRACE(create_last ? "the create is later" : "the chmod is later");
+    TempDir other_dir;
+    auto other_db = NamespaceDb::Open(other_dir.path() / "ns.db");
+    ASSERT_TRUE(other_db.ok());
+    auto other_store = cas::MakeMemoryStore();
+    FileServer other(**other_db, *other_store, cas::ChunkHasher(FixedKey()), other_dir.path());
+    auto sync = [](NamespaceDb& from_db, FileServer& to, std::uint64_t peer) {
+      auto changes = from_db.ChangesSince(0, 1'000'000, 1'000'000);
+      ASSERT_TRUE(changes.ok());
+      ASSERT_TRUE(to.ApplyRemote(*changes, peer).ok());
+    };
+    const std::string name = create_last ? "d1" : "d2";
+    const InodeId d = Dir(name);
+    sync(*db_, other, 1);
+    auto create = [&] {
+      auto c = other.Create(d, "f", 0644, 0, 0, O_RDWR);
+      ASSERT_TRUE(c.ok()) << c.status().message();
+      other.Release(c->handle);
+    };
+    auto chmod = [&] { ASSERT_TRUE(fs_->SetAttr(d, {.mode = 0700}).ok()); };
+    if (create_last) {
+      chmod();
+      Tick();
+      create();
+    } else {
+      create();
+      Tick();
+      chmod();
+    }
+    sync(*db_, other, 1);
+    sync(**other_db, *fs_, 2);
+    for (FileServer* node : {fs_.get(), &other}) {
+      auto a = node->GetAttr(d);
+      ASSERT_TRUE(a.ok());
+      EXPECT_EQ(a->rec.mode, 0700u) << "the chmod was undone";
+      EXPECT_TRUE(node->Lookup(d, "f").ok());
+    }
+    EXPECT_EQ(fs_->GetAttr(d)->rec.version, other.GetAttr(d)->rec.version);
   }
 }
 
