@@ -5,13 +5,17 @@
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
+#include <array>
+#include <bitset>
 #include <condition_variable>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 
 namespace foreverfs::fuse {
@@ -58,7 +62,13 @@ struct stat ToStat(const Attr& a) {
   }
   st.st_blocks = static_cast<blkcnt_t>((held + 511) / 512);
   auto ts = [](std::int64_t ns) {
-    return timespec{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+    // Floor division: a time before 1970 has a negative second and 0 <= tv_nsec < 10^9.
+    std::int64_t sec = ns / 1000000000, rem = ns % 1000000000;
+    if (rem < 0) {
+      --sec;
+      rem += 1000000000;
+    }
+    return timespec{static_cast<time_t>(sec), static_cast<long>(rem)};
   };
   st.st_mtim = ts(r.mtime_ns);
   st.st_atim = ts(r.atime_ns);
@@ -72,6 +82,95 @@ struct Invalidation {
   std::string name;
 };
 
+// Exactly one reply per request. Every reply goes through the helpers below, which mark the
+// request on this thread as answered (handlers reply before they return, on the thread that
+// called them); the guard around every handler (Guarded, further down) replies EIO to a
+// request left without one, whether its handler threw or forgot. The fuse_reply_* functions
+// are poisoned after this block, so no handler can reply around the mark.
+thread_local bool t_replied = false;
+
+void ReplyErr(fuse_req_t req, int err) {
+  t_replied = true;
+  fuse_reply_err(req, err);
+}
+void ReplyNone(fuse_req_t req) {
+  t_replied = true;
+  fuse_reply_none(req);
+}
+void ReplyEntryParam(fuse_req_t req, const fuse_entry_param& e) {
+  t_replied = true;
+  fuse_reply_entry(req, &e);
+}
+void ReplyCreate(fuse_req_t req, const fuse_entry_param& e, const fuse_file_info* fi) {
+  t_replied = true;
+  fuse_reply_create(req, &e, fi);
+}
+void ReplyAttr(fuse_req_t req, const struct stat& st, double timeout) {
+  t_replied = true;
+  fuse_reply_attr(req, &st, timeout);
+}
+void ReplyReadlink(fuse_req_t req, const char* target) {
+  t_replied = true;
+  fuse_reply_readlink(req, target);
+}
+void ReplyOpen(fuse_req_t req, const fuse_file_info* fi) {
+  t_replied = true;
+  fuse_reply_open(req, fi);
+}
+void ReplyWrite(fuse_req_t req, std::size_t count) {
+  t_replied = true;
+  fuse_reply_write(req, count);
+}
+void ReplyBuf(fuse_req_t req, const void* data, std::size_t size) {
+  t_replied = true;
+  fuse_reply_buf(req, static_cast<const char*>(data), size);
+}
+void ReplyXattrSize(fuse_req_t req, std::size_t size) {
+  t_replied = true;
+  fuse_reply_xattr(req, size);
+}
+void ReplyStatfs(fuse_req_t req, const struct statvfs& st) {
+  t_replied = true;
+  fuse_reply_statfs(req, &st);
+}
+void ReplyLseek(fuse_req_t req, off_t off) {
+  t_replied = true;
+  fuse_reply_lseek(req, off);
+}
+#pragma GCC poison fuse_reply_err fuse_reply_none fuse_reply_entry fuse_reply_create
+#pragma GCC poison fuse_reply_attr fuse_reply_readlink fuse_reply_open fuse_reply_write
+#pragma GCC poison fuse_reply_buf fuse_reply_iov fuse_reply_data fuse_reply_xattr
+#pragma GCC poison fuse_reply_statfs fuse_reply_lock fuse_reply_bmap fuse_reply_ioctl
+#pragma GCC poison fuse_reply_poll fuse_reply_lseek
+
+// Bounds on the numbers a request carries, checked before anything is sized by them. The
+// kernel checks most of them already for a local file system (whose limits it knows); for FUSE
+// it lets through what fits in an off_t, and a request may come from any kernel.
+constexpr std::uint64_t kMaxFileSize = std::uint64_t{1} << 44;  // 16 TiB: above it EFBIG
+constexpr std::size_t kMaxNameBytes = 255;                      // NAME_MAX
+constexpr std::size_t kMaxXattrValueBytes = 64 * 1024;          // XATTR_SIZE_MAX
+// A READ or READDIR larger than this is refused (the kernel asks for at most max_pages, 256
+// pages: 1 MiB).
+constexpr std::size_t kMaxReadBytes = 16 * 1024 * 1024;
+// Directory entries held by all open directory handles together (opendir snapshots the
+// listing): about 64 MiB.
+constexpr std::size_t kMaxDirEntriesHeld = 1 << 20;
+
+// Replies ENAMETOOLONG (as ext4's lookup does) and returns false for a name over NAME_MAX.
+bool NameFits(fuse_req_t req, const char* name) {
+  if (::strnlen(name, kMaxNameBytes + 1) <= kMaxNameBytes) return true;
+  ReplyErr(req, ENAMETOOLONG);
+  return false;
+}
+
+// Nanoseconds since the epoch, saturated to what an int64 holds (years 1677 to 2262).
+std::int64_t ToNs(const timespec& t) {
+  constexpr std::int64_t kMaxSec = INT64_MAX / 1000000000 - 1;
+  if (t.tv_sec > kMaxSec) return INT64_MAX;
+  if (t.tv_sec < -kMaxSec) return INT64_MIN;
+  return static_cast<std::int64_t>(t.tv_sec) * 1000000000 + t.tv_nsec;
+}
+
 }  // namespace
 
 struct FuseFs::Impl {
@@ -84,10 +183,13 @@ struct FuseFs::Impl {
   std::string control_path;
   std::function<void(std::size_t, std::chrono::nanoseconds)> op_observer;
   FuseFs::VirtualXattr virtual_xattr;
+  static constexpr std::size_t kMaxOps = 32;
+  std::bitset<kMaxOps> fault_before, fault_after;  // handlers that throw, by op number (tests)
 
   std::mutex dirs_mu;
   std::map<std::uint64_t, std::vector<server::DirEntry>> dirs;  // open directory snapshots
   std::uint64_t next_dir = 1;
+  std::size_t dir_entries_held = 0;  // in all snapshots, bounded by kMaxDirEntriesHeld
 
   std::mutex inval_mu;
   std::condition_variable inval_cv;
@@ -105,7 +207,7 @@ struct FuseFs::Impl {
     } else {
       spdlog::debug("{}: {}", op, s.message());
     }
-    fuse_reply_err(req, err);
+    ReplyErr(req, err);
   }
 
   void ReplyEntry(fuse_req_t req, const Attr& a) {
@@ -114,7 +216,7 @@ struct FuseFs::Impl {
     e.attr = ToStat(a);
     e.attr_timeout = timeout;
     e.entry_timeout = timeout;
-    fuse_reply_entry(req, &e);
+    ReplyEntryParam(req, e);
   }
 
   void InvalidationLoop() {
@@ -152,20 +254,20 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
 }
 
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (!NameFits(req, name)) return;
   auto& im = Impl::Of(req);
   auto a = im.fs.Lookup(parent, name);
   if (!a.ok()) return Impl::ReplyError(req, a.status(), "lookup");
   im.ReplyEntry(req, *a);
 }
 
-void OpForget(fuse_req_t req, fuse_ino_t, uint64_t) { fuse_reply_none(req); }
+void OpForget(fuse_req_t req, fuse_ino_t, uint64_t) { ReplyNone(req); }
 
 void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   auto& im = Impl::Of(req);
   auto a = im.fs.GetAttr(ino);
   if (!a.ok()) return Impl::ReplyError(req, a.status(), "getattr");
-  auto st = ToStat(*a);
-  fuse_reply_attr(req, &st, im.timeout);
+  ReplyAttr(req, ToStat(*a), im.timeout);
 }
 
 void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
@@ -174,33 +276,36 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fu
   if (to_set & FUSE_SET_ATTR_MODE) r.mode = attr->st_mode & 07777;
   if (to_set & FUSE_SET_ATTR_UID) r.uid = attr->st_uid;
   if (to_set & FUSE_SET_ATTR_GID) r.gid = attr->st_gid;
-  if (to_set & FUSE_SET_ATTR_SIZE) r.size = static_cast<std::uint64_t>(attr->st_size);
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    if (attr->st_size < 0) return ReplyErr(req, EINVAL);
+    if (static_cast<std::uint64_t>(attr->st_size) > kMaxFileSize) return ReplyErr(req, EFBIG);
+    r.size = static_cast<std::uint64_t>(attr->st_size);
+  }
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
-  auto ns = [](const timespec& t) { return t.tv_sec * 1000000000LL + t.tv_nsec; };
   if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
-    r.mtime_ns = ns(now);
+    r.mtime_ns = ToNs(now);
   } else if (to_set & FUSE_SET_ATTR_MTIME) {
-    r.mtime_ns = ns(attr->st_mtim);
+    r.mtime_ns = ToNs(attr->st_mtim);
   }
   if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
-    r.atime_ns = ns(now);
+    r.atime_ns = ToNs(now);
   } else if (to_set & FUSE_SET_ATTR_ATIME) {
-    r.atime_ns = ns(attr->st_atim);
+    r.atime_ns = ToNs(attr->st_atim);
   }
   auto a = im.fs.SetAttr(ino, r);
   if (!a.ok()) return Impl::ReplyError(req, a.status(), "setattr");
-  auto st = ToStat(*a);
-  fuse_reply_attr(req, &st, im.timeout);
+  ReplyAttr(req, ToStat(*a), im.timeout);
 }
 
 void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
   auto t = Impl::Of(req).fs.ReadLink(ino);
   if (!t.ok()) return Impl::ReplyError(req, t.status(), "readlink");
-  fuse_reply_readlink(req, t->c_str());
+  ReplyReadlink(req, t->c_str());
 }
 
 void OpMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  if (!NameFits(req, name)) return;
   auto& im = Impl::Of(req);
   const fuse_ctx* ctx = fuse_req_ctx(req);
   auto a = im.fs.Mkdir(parent, name, mode & ~ctx->umask, ctx->uid, ctx->gid);
@@ -209,6 +314,7 @@ void OpMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
 }
 
 void OpSymlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+  if (!NameFits(req, name)) return;
   auto& im = Impl::Of(req);
   const fuse_ctx* ctx = fuse_req_ctx(req);
   auto a = im.fs.Symlink(parent, name, target, ctx->uid, ctx->gid);
@@ -217,6 +323,7 @@ void OpSymlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char
 }
 
 void OpLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  if (!NameFits(req, newname)) return;
   auto& im = Impl::Of(req);
   auto a = im.fs.Link(ino, newparent, newname);
   if (!a.ok()) return Impl::ReplyError(req, a.status(), "link");
@@ -237,17 +344,20 @@ constexpr std::string_view kReservedXattrPrefix = "user.foreverfs.";
 
 void OpSetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                 int flags) {
-  if (std::string_view(name).starts_with(kReservedXattrPrefix))
-    return (void)fuse_reply_err(req, EPERM);
+  // The kernel refuses both before asking (ERANGE, E2BIG), as Linux does for every file system.
+  if (::strnlen(name, kMaxNameBytes + 1) > kMaxNameBytes) return ReplyErr(req, ERANGE);
+  if (size > kMaxXattrValueBytes) return ReplyErr(req, E2BIG);
+  if (std::string_view(name).starts_with(kReservedXattrPrefix)) return ReplyErr(req, EPERM);
   auto s = Impl::Of(req).fs.SetXattr(
       ino, name, ByteSpan(reinterpret_cast<const std::uint8_t*>(value), size), flags);
   if (!s.ok()) return Impl::ReplyError(req, s, "setxattr");
-  fuse_reply_err(req, 0);
+  ReplyErr(req, 0);
 }
 
 constexpr std::string_view kControlXattr = "user.foreverfs.control";
 
 void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  if (::strnlen(name, kMaxNameBytes + 1) > kMaxNameBytes) return ReplyErr(req, ERANGE);
   auto& im = Impl::Of(req);
   std::optional<Result<Bytes>> virt;
   if (im.virtual_xattr && std::string_view(name).starts_with(kReservedXattrPrefix)) {
@@ -258,13 +368,11 @@ void OpGetxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
                ? Result<Bytes>(Bytes(im.control_path.begin(), im.control_path.end()))
                : im.fs.GetXattr(ino, name);
   if (!v.ok()) return Impl::ReplyError(req, v.status(), "getxattr");
-  if (size == 0) {
-    fuse_reply_xattr(req, v->size());
-  } else if (size < v->size()) {
-    fuse_reply_err(req, ERANGE);
-  } else {
-    fuse_reply_buf(req, reinterpret_cast<const char*>(v->data()), v->size());
-  }
+  // Size 0 asks how big the value is; a buffer too small for it gives ERANGE.
+  if (v->size() > kMaxXattrValueBytes) return ReplyErr(req, E2BIG);
+  if (size == 0) return ReplyXattrSize(req, v->size());
+  if (size < v->size()) return ReplyErr(req, ERANGE);
+  ReplyBuf(req, v->data(), v->size());
 }
 
 void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
@@ -272,70 +380,94 @@ void OpListxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   if (!names.ok()) return Impl::ReplyError(req, names.status(), "listxattr");
   std::string list;
   for (const auto& n : *names) list.append(n).push_back('\0');
-  if (size == 0) {
-    fuse_reply_xattr(req, list.size());
-  } else if (size < list.size()) {
-    fuse_reply_err(req, ERANGE);
-  } else {
-    fuse_reply_buf(req, list.data(), list.size());
-  }
+  if (list.size() > kMaxXattrValueBytes) return ReplyErr(req, E2BIG);  // XATTR_LIST_MAX
+  if (size == 0) return ReplyXattrSize(req, list.size());
+  if (size < list.size()) return ReplyErr(req, ERANGE);
+  ReplyBuf(req, list.data(), list.size());
 }
 
 void OpRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
-  if (std::string_view(name).starts_with(kReservedXattrPrefix))
-    return (void)fuse_reply_err(req, EPERM);
+  if (::strnlen(name, kMaxNameBytes + 1) > kMaxNameBytes) return ReplyErr(req, ERANGE);
+  if (std::string_view(name).starts_with(kReservedXattrPrefix)) return ReplyErr(req, EPERM);
   auto s = Impl::Of(req).fs.RemoveXattr(ino, name);
   if (!s.ok()) return Impl::ReplyError(req, s, "removexattr");
-  fuse_reply_err(req, 0);
+  ReplyErr(req, 0);
 }
 
 void OpFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length,
                  fuse_file_info* fi) {
+  // As vfs_fallocate, with the largest file size of this file system (whatever the mode:
+  // ext4 refuses a range beyond it even with FALLOC_FL_KEEP_SIZE).
+  if (offset < 0 || length <= 0) return ReplyErr(req, EINVAL);
+  if (static_cast<std::uint64_t>(offset) + static_cast<std::uint64_t>(length) > kMaxFileSize)
+    return ReplyErr(req, EFBIG);
   auto s = Impl::Of(req).fs.Fallocate(fi->fh, mode, static_cast<std::uint64_t>(offset),
                                       static_cast<std::uint64_t>(length));
   if (!s.ok()) return Impl::ReplyError(req, s, "fallocate");
-  fuse_reply_err(req, 0);
+  ReplyErr(req, 0);
 }
 
 void OpLseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {
   // The kernel answers SEEK_SET/CUR/END itself; only SEEK_DATA and SEEK_HOLE come here.
-  if ((whence != SEEK_DATA && whence != SEEK_HOLE) || off < 0) {
-    fuse_reply_err(req, EINVAL);
-    return;
-  }
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) return ReplyErr(req, EINVAL);
+  if (off < 0) return ReplyErr(req, ENXIO);  // as ext4
   auto r = Impl::Of(req).fs.Seek(fi->fh, static_cast<std::uint64_t>(off), whence == SEEK_DATA);
   if (!r.ok()) return Impl::ReplyError(req, r.status(), "lseek");
-  fuse_reply_lseek(req, static_cast<off_t>(*r));
+  ReplyLseek(req, static_cast<off_t>(*r));
 }
 
 void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (!NameFits(req, name)) return;
   auto s = Impl::Of(req).fs.Unlink(parent, name);
   if (!s.ok()) return Impl::ReplyError(req, s, "unlink");
-  fuse_reply_err(req, 0);
+  ReplyErr(req, 0);
 }
 
 void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (!NameFits(req, name)) return;
   auto s = Impl::Of(req).fs.Rmdir(parent, name);
   if (!s.ok()) return Impl::ReplyError(req, s, "rmdir");
-  fuse_reply_err(req, 0);
+  ReplyErr(req, 0);
 }
 
 void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
               const char* newname, unsigned int flags) {
+  if (!NameFits(req, name) || !NameFits(req, newname)) return;
   auto s = Impl::Of(req).fs.Rename(parent, name, newparent, newname, flags);
   if (!s.ok()) return Impl::ReplyError(req, s, "rename");
-  fuse_reply_err(req, 0);
+  ReplyErr(req, 0);
+}
+
+// open(O_TRUNC) by a caller without CAP_FSETID (not root) clears setuid, and setgid where it
+// means "set group id" (group-executable), as a truncate does on a local file system. With
+// atomic O_TRUNC the kernel leaves the truncation, and so this, to the file system.
+Status DropPrivilegesOnTruncate(server::FileServer& fs, fuse_req_t req, fuse_ino_t ino, int flags) {
+  if (!(flags & O_TRUNC) || (flags & O_ACCMODE) == O_RDONLY || fuse_req_ctx(req)->uid == 0)
+    return Ok();
+  auto a = fs.GetAttr(ino);
+  if (!a.ok()) return a.status();
+  const std::uint32_t mode = a->rec.mode;
+  const std::uint32_t kill = S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
+  if (a->rec.kind != InodeKind::kFile || !(mode & kill)) return Ok();
+  auto changed = fs.SetAttr(ino, {.mode = mode & ~kill});
+  return changed.ok() ? Ok() : changed.status();
 }
 
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  auto h = Impl::Of(req).fs.Open(ino, fi->flags);
+  auto& im = Impl::Of(req);
+  auto h = im.fs.Open(ino, fi->flags);
   if (!h.ok()) return Impl::ReplyError(req, h.status(), "open");
+  if (auto s = DropPrivilegesOnTruncate(im.fs, req, ino, fi->flags); !s.ok()) {
+    im.fs.Release(*h);
+    return Impl::ReplyError(req, s, "open");
+  }
   fi->fh = *h;
-  fuse_reply_open(req, fi);
+  ReplyOpen(req, fi);
 }
 
 void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
               fuse_file_info* fi) {
+  if (!NameFits(req, name)) return;
   auto& im = Impl::Of(req);
   const fuse_ctx* ctx = fuse_req_ctx(req);
   auto c = im.fs.Create(parent, name, mode & ~ctx->umask, ctx->uid, ctx->gid, fi->flags);
@@ -346,46 +478,53 @@ void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   e.attr = ToStat(c->attr);
   e.attr_timeout = im.timeout;
   e.entry_timeout = im.timeout;
-  fuse_reply_create(req, &e, fi);
+  ReplyCreate(req, e, fi);
 }
 
 void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  if (off < 0 || size > kMaxReadBytes) return ReplyErr(req, EINVAL);
   Bytes buf(size);
   auto n = Impl::Of(req).fs.Read(fi->fh, static_cast<std::uint64_t>(off), buf);
   if (!n.ok()) return Impl::ReplyError(req, n.status(), "read");
-  fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
+  ReplyBuf(req, buf.data(), *n);
 }
 
 void OpWrite(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off,
              fuse_file_info* fi) {
-  auto n = Impl::Of(req).fs.Write(fi->fh, static_cast<std::uint64_t>(off),
+  // As generic_write_checks with this file system's largest size: a write that starts at it
+  // or beyond fails with EFBIG, one that crosses it is cut short there.
+  if (off < 0) return ReplyErr(req, EINVAL);
+  const auto at = static_cast<std::uint64_t>(off);
+  if (size > 0 && at >= kMaxFileSize) return ReplyErr(req, EFBIG);
+  if (size > kMaxFileSize - std::min(at, kMaxFileSize)) size = kMaxFileSize - at;
+  auto n = Impl::Of(req).fs.Write(fi->fh, at,
                                   ByteSpan(reinterpret_cast<const std::uint8_t*>(data), size),
                                   fuse_req_ctx(req)->uid);
   if (!n.ok()) return Impl::ReplyError(req, n.status(), "write");
-  fuse_reply_write(req, *n);
+  ReplyWrite(req, *n);
 }
 
 void OpFlush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   auto s = Impl::Of(req).fs.Flush(fi->fh);
   if (!s.ok()) return Impl::ReplyError(req, s, "flush");
-  fuse_reply_err(req, 0);
+  ReplyErr(req, 0);
 }
 
 void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   Impl::Of(req).fs.Release(fi->fh);
-  fuse_reply_err(req, 0);
+  ReplyErr(req, 0);
 }
 
 void OpFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
   auto s = Impl::Of(req).fs.Fsync(fi->fh);
   if (!s.ok()) return Impl::ReplyError(req, s, "fsync");
-  fuse_reply_err(req, 0);
+  ReplyErr(req, 0);
 }
 
 void OpFsyncdir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
   auto s = Impl::Of(req).fs.Sync();
   if (!s.ok()) return Impl::ReplyError(req, s, "fsyncdir");
-  fuse_reply_err(req, 0);
+  ReplyErr(req, 0);
 }
 
 void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -393,22 +532,28 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto entries = im.fs.ReadDir(ino);
   if (!entries.ok()) return Impl::ReplyError(req, entries.status(), "opendir");
   std::lock_guard lock(im.dirs_mu);
+  // Thousands of handles on a large directory would otherwise hold thousands of copies of it.
+  // One snapshot is always allowed, whatever its size.
+  if (!im.dirs.empty() && im.dir_entries_held + entries->size() > kMaxDirEntriesHeld) {
+    spdlog::warn("opendir: {} directory entries held by open handles already; refused (ENFILE)",
+                 im.dir_entries_held);
+    return ReplyErr(req, ENFILE);
+  }
+  im.dir_entries_held += entries->size();
   fi->fh = im.next_dir++;
   im.dirs[fi->fh] = std::move(*entries);
-  fuse_reply_open(req, fi);
+  ReplyOpen(req, fi);
 }
 
 // readdir and readdirplus: the second also gives each entry's attributes, so that `ls -l`
 // does not send a LOOKUP per entry. Offsets: 1 is ".", 2 is "..", 3 + i is entries[i].
 void ReplyDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
               bool plus) {
+  if (off < 0 || size > kMaxReadBytes) return ReplyErr(req, EINVAL);
   auto& im = Impl::Of(req);
   std::lock_guard lock(im.dirs_mu);
   auto it = im.dirs.find(fi->fh);
-  if (it == im.dirs.end()) {
-    fuse_reply_err(req, EBADF);
-    return;
-  }
+  if (it == im.dirs.end()) return ReplyErr(req, EBADF);
   const auto& entries = it->second;
   std::vector<char> buf(size);
   std::size_t used = 0;
@@ -442,7 +587,7 @@ void ReplyDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
     if (n > size - used) break;
     used += n;
   }
-  fuse_reply_buf(req, buf.data(), used);
+  ReplyBuf(req, buf.data(), used);
 }
 
 void OpReaddir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
@@ -457,96 +602,143 @@ void OpReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   auto& im = Impl::Of(req);
   {
     std::lock_guard lock(im.dirs_mu);
-    im.dirs.erase(fi->fh);
+    if (auto it = im.dirs.find(fi->fh); it != im.dirs.end()) {
+      im.dir_entries_held -= it->second.size();
+      im.dirs.erase(it);
+    }
   }
-  fuse_reply_err(req, 0);
+  ReplyErr(req, 0);
 }
 
 void OpStatfs(fuse_req_t req, fuse_ino_t) {
   auto st = Impl::Of(req).fs.StatFs();
   if (!st.ok()) return Impl::ReplyError(req, st.status(), "statfs");
-  fuse_reply_statfs(req, &*st);
+  ReplyStatfs(req, *st);
 }
+
+// Every handler runs inside Guarded, which times it for the metrics (the ops named in
+// kTimedOpNames) and makes sure the request gets exactly one reply: an exception escaping the
+// handler (std::bad_alloc included) becomes EIO for that request and one log line naming the
+// op, never std::terminate; a handler that returns without replying (a bug) gets EIO too, so
+// no request is left hanging. Ops are numbered as in kOpNames, the timed ones first.
+constexpr std::array<const char*, 31> kOpNames = {
+    // Timed: their durations go to the op observer (the metrics histogram).
+    "lookup", "getattr", "setattr", "mkdir", "create", "open", "read", "write", "flush", "fsync",
+    "release", "unlink", "rmdir", "rename", "readdir", "getxattr", "statfs", "readdirplus",
+    // Not timed.
+    "forget", "readlink", "symlink", "link", "mknod", "setxattr", "listxattr", "removexattr",
+    "fallocate", "fsyncdir", "opendir", "releasedir", "lseek"};
+constexpr std::size_t kTimedOps = 18;
+constexpr std::size_t kForgetOp = kTimedOps;  // takes no reply
+constexpr std::size_t kOpCount = kOpNames.size();
+static_assert(kOpCount <= FuseFs::Impl::kMaxOps);
+const std::vector<std::string> kTimedOpNames(kOpNames.begin(), kOpNames.begin() + kTimedOps);
+
+const char* OpName(std::size_t k) noexcept { return kOpNames[k]; }
+
+// Called when request `k` left its handler abnormally: replies EIO if it has no reply yet and
+// logs one line. Never throws (it runs in a catch block, maybe out of memory).
+void Unanswered(fuse_req_t req, std::size_t k, const char* why) noexcept {
+  const bool replied = t_replied;
+  if (!replied) {
+    if (k == kForgetOp) {
+      ReplyNone(req);
+    } else {
+      ReplyErr(req, EIO);
+    }
+  }
+  try {
+    spdlog::error("fuse {}: {}{}", OpName(k), why,
+                  replied ? " (after its reply)" : "; the request got EIO");
+  } catch (...) {
+  }
+}
+
+template <std::size_t K, auto Op, typename... A>
+void Guarded(fuse_req_t req, A... a) {
+  static_assert(K < kOpCount);
+  auto& im = Impl::Of(req);  // before Op: replying frees req
+  const auto start = std::chrono::steady_clock::now();
+  t_replied = false;
+  try {
+    if (im.fault_before.test(K)) throw std::bad_alloc();
+    Op(req, a...);
+    if (im.fault_after.test(K)) throw std::runtime_error("fault injected after the reply");
+    if (!t_replied) Unanswered(req, K, "the handler returned without a reply");
+    if (K < kTimedOps && im.op_observer) {
+      im.op_observer(K, std::chrono::steady_clock::now() - start);
+    }
+  } catch (const std::bad_alloc&) {
+    Unanswered(req, K, "out of memory (std::bad_alloc escaped the handler)");
+  } catch (const std::exception& e) {
+    Unanswered(req, K, e.what());
+  } catch (...) {
+    Unanswered(req, K, "an exception of unknown type escaped the handler");
+  }
+}
+template <std::size_t K, auto Op, typename... A>
+constexpr auto MakeGuarded(void (*)(fuse_req_t, A...)) {
+  return &Guarded<K, Op, A...>;
+}
+#define FFS_GUARDED(k, op) MakeGuarded<k, op>(op)
 
 const fuse_lowlevel_ops kOps = [] {
   fuse_lowlevel_ops ops{};
   ops.init = OpInit;
-  ops.lookup = OpLookup;
-  ops.forget = OpForget;
-  ops.getattr = OpGetattr;
-  ops.setattr = OpSetattr;
-  ops.readlink = OpReadlink;
-  ops.mkdir = OpMkdir;
-  ops.symlink = OpSymlink;
-  ops.unlink = OpUnlink;
-  ops.link = OpLink;
-  ops.mknod = OpMknod;
-  ops.setxattr = OpSetxattr;
-  ops.getxattr = OpGetxattr;
-  ops.listxattr = OpListxattr;
-  ops.removexattr = OpRemovexattr;
-  ops.fallocate = OpFallocate;
-  ops.lseek = OpLseek;
-  ops.rmdir = OpRmdir;
-  ops.rename = OpRename;
-  ops.open = OpOpen;
-  ops.create = OpCreate;
-  ops.read = OpRead;
-  ops.write = OpWrite;
-  ops.flush = OpFlush;
-  ops.release = OpRelease;
-  ops.fsync = OpFsync;
-  ops.fsyncdir = OpFsyncdir;
-  ops.opendir = OpOpendir;
-  ops.readdir = OpReaddir;
-  ops.readdirplus = OpReaddirplus;
-  ops.releasedir = OpReleasedir;
-  ops.statfs = OpStatfs;
+  ops.lookup = FFS_GUARDED(0, OpLookup);
+  ops.getattr = FFS_GUARDED(1, OpGetattr);
+  ops.setattr = FFS_GUARDED(2, OpSetattr);
+  ops.mkdir = FFS_GUARDED(3, OpMkdir);
+  ops.create = FFS_GUARDED(4, OpCreate);
+  ops.open = FFS_GUARDED(5, OpOpen);
+  ops.read = FFS_GUARDED(6, OpRead);
+  ops.write = FFS_GUARDED(7, OpWrite);
+  ops.flush = FFS_GUARDED(8, OpFlush);
+  ops.fsync = FFS_GUARDED(9, OpFsync);
+  ops.release = FFS_GUARDED(10, OpRelease);
+  ops.unlink = FFS_GUARDED(11, OpUnlink);
+  ops.rmdir = FFS_GUARDED(12, OpRmdir);
+  ops.rename = FFS_GUARDED(13, OpRename);
+  ops.readdir = FFS_GUARDED(14, OpReaddir);
+  ops.getxattr = FFS_GUARDED(15, OpGetxattr);
+  ops.statfs = FFS_GUARDED(16, OpStatfs);
+  ops.readdirplus = FFS_GUARDED(17, OpReaddirplus);
+  ops.forget = FFS_GUARDED(18, OpForget);
+  ops.readlink = FFS_GUARDED(19, OpReadlink);
+  ops.symlink = FFS_GUARDED(20, OpSymlink);
+  ops.link = FFS_GUARDED(21, OpLink);
+  ops.mknod = FFS_GUARDED(22, OpMknod);
+  ops.setxattr = FFS_GUARDED(23, OpSetxattr);
+  ops.listxattr = FFS_GUARDED(24, OpListxattr);
+  ops.removexattr = FFS_GUARDED(25, OpRemovexattr);
+  ops.fallocate = FFS_GUARDED(26, OpFallocate);
+  ops.fsyncdir = FFS_GUARDED(27, OpFsyncdir);
+  ops.opendir = FFS_GUARDED(28, OpOpendir);
+  ops.releasedir = FFS_GUARDED(29, OpReleasedir);
+  ops.lseek = FFS_GUARDED(30, OpLseek);
   return ops;
 }();
+#undef FFS_GUARDED
 
-// Timing hook for metrics: the same handlers, each wrapped to report how long it took.
-template <std::size_t K, auto Op, typename... A>
-void Timed(fuse_req_t req, A... a) {
-  auto& im = Impl::Of(req);  // before Op: replying frees req
-  const auto start = std::chrono::steady_clock::now();
-  Op(req, a...);
-  if (im.op_observer) im.op_observer(K, std::chrono::steady_clock::now() - start);
+// FOREVERFS_TEST_FUSE_FAULTS="statfs,fsyncdir+": the named handlers throw (std::bad_alloc)
+// before they run, or, with "+", an exception after they replied. Test tooling for the guard.
+void ParseFaults(const char* spec, std::bitset<Impl::kMaxOps>& before,
+                 std::bitset<Impl::kMaxOps>& after) {
+  std::string_view rest = spec ? spec : "";
+  while (!rest.empty()) {
+    auto comma = rest.find(',');
+    auto item = rest.substr(0, comma);
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    const bool late = item.ends_with('+');
+    if (late) item.remove_suffix(1);
+    for (std::size_t k = 0; k < kOpCount; ++k) {
+      if (item != OpName(k)) continue;
+      (late ? after : before).set(k);
+      spdlog::warn("fault injection: the {} handler throws {} it replies", item,
+                   late ? "after" : "before");
+    }
+  }
 }
-template <std::size_t K, auto Op, typename... A>
-constexpr auto MakeTimed(void (*)(fuse_req_t, A...)) {
-  return &Timed<K, Op, A...>;
-}
-#define FFS_TIMED(k, op) MakeTimed<k, op>(op)
-
-const std::vector<std::string> kTimedOpNames = {
-    "lookup", "getattr", "setattr", "mkdir",    "create",  "open",
-    "read",   "write",   "flush",   "fsync",    "release", "unlink",
-    "rmdir",  "rename",  "readdir", "getxattr", "statfs",  "readdirplus"};
-
-const fuse_lowlevel_ops kTimedOps = [] {
-  fuse_lowlevel_ops ops = kOps;
-  ops.lookup = FFS_TIMED(0, OpLookup);
-  ops.getattr = FFS_TIMED(1, OpGetattr);
-  ops.setattr = FFS_TIMED(2, OpSetattr);
-  ops.mkdir = FFS_TIMED(3, OpMkdir);
-  ops.create = FFS_TIMED(4, OpCreate);
-  ops.open = FFS_TIMED(5, OpOpen);
-  ops.read = FFS_TIMED(6, OpRead);
-  ops.write = FFS_TIMED(7, OpWrite);
-  ops.flush = FFS_TIMED(8, OpFlush);
-  ops.fsync = FFS_TIMED(9, OpFsync);
-  ops.release = FFS_TIMED(10, OpRelease);
-  ops.unlink = FFS_TIMED(11, OpUnlink);
-  ops.rmdir = FFS_TIMED(12, OpRmdir);
-  ops.rename = FFS_TIMED(13, OpRename);
-  ops.readdir = FFS_TIMED(14, OpReaddir);
-  ops.readdirplus = FFS_TIMED(17, OpReaddirplus);
-  ops.getxattr = FFS_TIMED(15, OpGetxattr);
-  ops.statfs = FFS_TIMED(16, OpStatfs);
-  return ops;
-}();
-#undef FFS_TIMED
 
 bool IsMounted(const std::string& path) {
   std::ifstream mounts("/proc/self/mounts");
@@ -591,7 +783,8 @@ Status FuseFs::Mount(const MountOptions& options) {
   std::vector<char*> argv;
   for (auto& s : argv_s) argv.push_back(s.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
-  impl_->se = fuse_session_new(&args, &kTimedOps, sizeof(kTimedOps), impl_.get());
+  ParseFaults(std::getenv("FOREVERFS_TEST_FUSE_FAULTS"), impl_->fault_before, impl_->fault_after);
+  impl_->se = fuse_session_new(&args, &kOps, sizeof(kOps), impl_.get());
   if (!impl_->se)
     return Err(Code::kInvalid, "cannot create a FUSE session (mount options '{}')", opts);
   if (fuse_session_mount(impl_->se, impl_->mountpoint.c_str()) != 0) {

@@ -1,7 +1,12 @@
 #pragma once
 // fuse/: the libfuse3 low-level adapter over a FileServer. Inode numbers are the namespace's
 // stable 64-bit inode ids (the root is 1), so no inode table is needed and lookup counts carry
-// no state. Every Status becomes an errno in exactly one place (ReplyError). Peer changes
+// no state. Every Status becomes an errno in exactly one place (ReplyError). Every request gets
+// exactly one reply: an exception escaping a handler becomes EIO for that request and a log
+// line, never std::terminate; sizes, offsets and names are bounded before anything is sized
+// by them (16 TiB files, 255-byte names, 64 KiB xattr values). For tests, the environment
+// variable FOREVERFS_TEST_FUSE_FAULTS="op,op+" makes the named handlers throw before they run
+// (or after they replied, with "+"); it is read at Mount. Peer changes
 // invalidate the kernel's cached entries, attributes and pages from a dedicated thread, never
 // from a request handler, so a handler waiting on the network cannot deadlock with it.
 // Knows nothing of sockets.

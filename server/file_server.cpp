@@ -24,6 +24,34 @@ Status CheckName(std::string_view name) {
   return Ok();
 }
 
+// Times that change as a side effect (a directory's when its entries change, an inode's ctime
+// when it is renamed or loses a link) are committed with the version that directly follows the
+// record's own, not a fresh one from the clock. It replaces that record on every node, but
+// loses to anything done to the record concurrently elsewhere: a chmod is not undone by a
+// create in the directory, and the tombstone of a concurrent rmdir still wins, so that the
+// directory comes back with its name because of the entry created in it (NamespaceDb's
+// ReviveDir) instead of living on without a name. The clock observes the version, so that no
+// later change of this node reuses it.
+InodeRecord WithTimesChanged(InodeRecord rec, Hlc& hlc) {
+  rec.version = {rec.version.hlc + 1, hlc.node()};
+  hlc.Observe(rec.version.hlc);
+  return rec;
+}
+
+// `dir` after an entry was added to or removed from it at `now`: POSIX updates its mtime and
+// ctime. The record goes into the same commit as the entry (one transaction, no extra commit
+// per create).
+InodeRecord TouchDir(InodeRecord dir, std::int64_t now, Hlc& hlc) {
+  dir.mtime_ns = dir.ctime_ns = now;
+  return WithTimesChanged(std::move(dir), hlc);
+}
+
+// `rec` after a change of its name or of its number of links at `now` (ctime only).
+InodeRecord TouchCtime(InodeRecord rec, std::int64_t now, Hlc& hlc) {
+  rec.ctime_ns = now;
+  return WithTimesChanged(std::move(rec), hlc);
+}
+
 std::vector<std::string_view> SplitPath(std::string_view path) {
   std::vector<std::string_view> parts;
   while (!path.empty()) {
@@ -156,8 +184,11 @@ InodeRecord FileServer::NewInode(InodeKind kind, std::uint32_t mode, std::uint32
 
 Status FileServer::AddEntry(InodeId parent, std::string_view name, const InodeRecord& rec) {
   if (ns_.GetDentry(parent, name).ok()) return Err(Code::kExists, "'{}' exists", name);
+  auto dir = ns_.GetInode(parent);
+  if (!dir.ok()) return dir.status();
   DentryRecord d{parent, std::string(name), rec.id, hlc_.Next(), false};
-  auto w = CommitLocal({{rec}, {d}});
+  // The directory gets the new inode's time, as on ext4.
+  auto w = CommitLocal({{rec, TouchDir(std::move(*dir), rec.ctime_ns, hlc_)}, {d}});
   return w.ok() ? Ok() : w.status();
 }
 
@@ -201,13 +232,16 @@ Result<Attr> FileServer::Link(InodeId id, InodeId new_parent, std::string_view n
   auto rec = ns_.GetInode(id);
   if (!rec.ok()) return rec.status();
   if (rec->kind == InodeKind::kDir) return Err(Code::kNotPermitted, "cannot hard-link a directory");
-  if (auto p = LiveDir(new_parent); !p.ok()) return p.status();
+  auto p = LiveDir(new_parent);
+  if (!p.ok()) return p.status();
   if (ns_.GetDentry(new_parent, new_name).ok()) return Err(Code::kExists, "'{}' exists", new_name);
-  InodeRecord touched = *rec;  // a new link changes the inode's ctime
-  touched.ctime_ns = NowNs();
+  const std::int64_t now = NowNs();
+  InodeRecord touched = std::move(*rec);  // a new link changes the inode's ctime
+  touched.ctime_ns = now;
   touched.version = hlc_.Next();
   DentryRecord d{new_parent, std::string(new_name), id, hlc_.Next(), false};
-  if (auto w = CommitLocal({{touched}, {d}}); !w.ok()) return w.status();
+  if (auto w = CommitLocal({{touched, TouchDir(std::move(*p), now, hlc_)}, {d}}); !w.ok())
+    return w.status();
   return MakeAttr(touched);
 }
 
@@ -316,6 +350,7 @@ Status FileServer::Unlink(InodeId parent, std::string_view name) {
   auto child = ns_.GetInode(d->child);
   if (!child.ok()) return child.status();
   if (child->kind == InodeKind::kDir) return Err(Code::kIsDir, "'{}' is a directory", name);
+  const std::int64_t now = NowNs();
   ChangeSet cs;
   DentryRecord tomb = *d;
   tomb.deleted = true;
@@ -328,6 +363,11 @@ Status FileServer::Unlink(InodeId parent, std::string_view name) {
     gone.manifest.clear();
     gone.version = hlc_.Next();
     cs.inodes.push_back(gone);
+  } else {
+    cs.inodes.push_back(TouchCtime(std::move(*child), now, hlc_));  // one link fewer
+  }
+  if (auto dir = ns_.GetInode(parent); dir.ok()) {
+    cs.inodes.push_back(TouchDir(std::move(*dir), now, hlc_));
   }
   auto w = CommitLocal(cs);
   return w.ok() ? Ok() : w.status();
@@ -348,7 +388,11 @@ Status FileServer::Rmdir(InodeId parent, std::string_view name) {
   InodeRecord gone = *child;
   gone.deleted = true;
   gone.version = hlc_.Next();
-  auto w = CommitLocal({{gone}, {tomb}});
+  ChangeSet cs{{gone}, {tomb}};
+  if (auto dir = ns_.GetInode(parent); dir.ok()) {
+    cs.inodes.push_back(TouchDir(std::move(*dir), NowNs(), hlc_));
+  }
+  auto w = CommitLocal(cs);
   return w.ok() ? Ok() : w.status();
 }
 
@@ -359,7 +403,8 @@ Status FileServer::Rename(InodeId parent, std::string_view name, InodeId new_par
   std::lock_guard lock(ns_mu_);
   auto src = ns_.GetDentry(parent, name);
   if (!src.ok()) return src.status();
-  if (auto p = LiveDir(new_parent); !p.ok()) return p.status();
+  auto to_dir = LiveDir(new_parent);
+  if (!to_dir.ok()) return to_dir.status();
   auto moved = ns_.GetInode(src->child);
   if (!moved.ok()) return moved.status();
   if (parent == new_parent && name == new_name) return Ok();
@@ -396,13 +441,24 @@ Status FileServer::Rename(InodeId parent, std::string_view name, InodeId new_par
         gone.manifest.clear();
         gone.version = hlc_.Next();
         cs.inodes.push_back(gone);
+      } else {
+        cs.inodes.push_back(TouchCtime(std::move(*victim), NowNs(), hlc_));  // one link fewer
       }
     }
   }
+  // Both directories change (mtime and ctime), and the moved inode's ctime, as on ext4.
+  const std::int64_t now = NowNs();
+  cs.inodes.push_back(TouchCtime(std::move(*moved), now, hlc_));
+  if (parent != new_parent) {
+    if (auto from_dir = ns_.GetInode(parent); from_dir.ok()) {
+      cs.inodes.push_back(TouchDir(std::move(*from_dir), now, hlc_));
+    }
+  }
+  cs.inodes.push_back(TouchDir(std::move(*to_dir), now, hlc_));
   DentryRecord tomb = *src;
   tomb.deleted = true;
   tomb.version = hlc_.Next();
-  DentryRecord fresh{new_parent, std::string(new_name), moved->id, hlc_.Next(), false};
+  DentryRecord fresh{new_parent, std::string(new_name), src->child, hlc_.Next(), false};
   if (dst.ok()) fresh.replaces = dst->version;  // we saw what we replace: not a conflict
   cs.dentries = {tomb, fresh};
   auto w = CommitLocal(cs);

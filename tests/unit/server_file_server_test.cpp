@@ -4,11 +4,15 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/fs.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <random>
 #include <set>
 #include <string>
@@ -922,6 +926,323 @@ TEST_F(FileServerTest, StatDoesNotWaitForAReadWaitingOnThePeers) {
   ASSERT_TRUE(a.ok());
   EXPECT_EQ(a->rec.size, 5000u);
   EXPECT_LT(took, std::chrono::seconds(1)) << "getattr waited for the read";
+}
+
+// --- Times (issue 12): as POSIX says ---------------------------------------------------------
+
+struct Times {
+  std::int64_t mtime, ctime, atime;
+  Version version;
+};
+
+class FileServerTimesTest : public FileServerTest {
+ protected:
+  Times Of(InodeId id) {
+    auto a = fs_->GetAttr(id);
+    EXPECT_TRUE(a.ok()) << a.status().message();
+    return a.ok() ? Times{a->rec.mtime_ns, a->rec.ctime_ns, a->rec.atime_ns, a->rec.version}
+                  : Times{};
+  }
+  // The clock moves on between two steps, so that "changed" and "unchanged" can be told apart.
+  static void Tick() { std::this_thread::sleep_for(std::chrono::milliseconds(2)); }
+  InodeId Dir(std::string_view name, InodeId parent = kRootId) {
+    auto d = fs_->Mkdir(parent, name, 0755, 1000, 1000);
+    EXPECT_TRUE(d.ok()) << d.status().message();
+    return d.ok() ? d->rec.id : 0;
+  }
+  InodeId File(std::string_view name, InodeId parent = kRootId) {
+    fs_->Release(CreateFile(name, O_RDWR, parent));
+    auto a = fs_->Lookup(parent, name);
+    EXPECT_TRUE(a.ok());
+    return a.ok() ? a->rec.id : 0;
+  }
+  // Runs `op`, which must succeed, and checks that `dir`'s mtime and ctime both moved on.
+  void ExpectDirChanged(InodeId dir, const std::function<Status()>& op, const char* what) {
+    const Times before = Of(dir);
+    Tick();
+    Status s = op();
+    ASSERT_TRUE(s.ok()) << what << ": " << s.message();
+    const Times after = Of(dir);
+    EXPECT_GT(after.mtime, before.mtime) << what << ": the directory's mtime";
+    EXPECT_GT(after.ctime, before.ctime) << what << ": the directory's ctime";
+    EXPECT_EQ(after.mtime, after.ctime) << what;
+  }
+};
+
+Status OkOf(const Result<Attr>& r) { return r.ok() ? Ok() : r.status(); }
+
+TEST_F(FileServerTimesTest, AddingAnEntryUpdatesTheDirectorysMtimeAndCtime) {
+  const InodeId d = Dir("d");
+  const InodeId f = File("f");
+  ExpectDirChanged(
+      d,
+      [&] {
+        auto c = fs_->Create(d, "created", 0644, 1000, 1000, O_RDWR);
+        if (c.ok()) fs_->Release(c->handle);
+        return c.ok() ? Ok() : c.status();
+      },
+      "create");
+  // The new file and its directory carry the same time, as on ext4.
+  EXPECT_EQ(fs_->Lookup(d, "created")->rec.mtime_ns, Of(d).mtime);
+  ExpectDirChanged(
+      d, [&] { return OkOf(fs_->Mkdir(d, "sub", 0755, 1000, 1000)); }, "mkdir");
+  ExpectDirChanged(
+      d, [&] { return OkOf(fs_->Symlink(d, "sym", "x", 1000, 1000)); }, "symlink");
+  ExpectDirChanged(
+      d, [&] { return OkOf(fs_->Mknod(d, "fifo", S_IFIFO | 0644, 1000, 1000)); }, "mknod");
+  ExpectDirChanged(
+      d, [&] { return OkOf(fs_->Link(f, d, "hard")); }, "link");
+}
+
+TEST_F(FileServerTimesTest, RemovingAnEntryUpdatesTheDirectorysMtimeAndCtime) {
+  const InodeId d = Dir("d");
+  File("f", d);
+  File("linked", d);
+  ASSERT_TRUE(fs_->Link(fs_->Lookup(d, "linked")->rec.id, kRootId, "other-name").ok());
+  Dir("sub", d);
+  ExpectDirChanged(
+      d, [&] { return fs_->Unlink(d, "f"); }, "unlink");
+  ExpectDirChanged(
+      d, [&] { return fs_->Unlink(d, "linked"); }, "unlink of one of two links");
+  ExpectDirChanged(
+      d, [&] { return fs_->Rmdir(d, "sub"); }, "rmdir");
+  ExpectDirChanged(
+      kRootId, [&] { return fs_->Rmdir(kRootId, "d"); }, "rmdir of d");
+}
+
+TEST_F(FileServerTimesTest, RenameUpdatesBothDirectoriesAndTheRenamedInodesCtime) {
+  const InodeId a = Dir("a");
+  const InodeId b = Dir("b");
+  const InodeId other = Dir("other");
+  const InodeId f = File("f", a);
+  // Within one directory.
+  Times file_before = Of(f);
+  const Times other_before = Of(other);
+  ExpectDirChanged(
+      a, [&] { return fs_->Rename(a, "f", a, "g", 0); }, "rename in a");
+  Times file_after = Of(f);
+  EXPECT_GT(file_after.ctime, file_before.ctime) << "the renamed file's ctime";
+  EXPECT_EQ(file_after.mtime, file_before.mtime) << "rename does not change the file's mtime";
+  // Across directories: both change.
+  const Times a_before = Of(a);
+  file_before = Of(f);
+  ExpectDirChanged(
+      b, [&] { return fs_->Rename(a, "g", b, "h", 0); }, "rename from a to b");
+  EXPECT_GT(Of(a).mtime, a_before.mtime) << "the source directory's mtime";
+  EXPECT_GT(Of(a).ctime, a_before.ctime) << "the source directory's ctime";
+  EXPECT_GT(Of(f).ctime, file_before.ctime);
+  // A directory moved: its own ctime too; a directory not involved keeps its times.
+  const InodeId sub = Dir("sub", a);
+  const Times sub_before = Of(sub);
+  ExpectDirChanged(
+      b, [&] { return fs_->Rename(a, "sub", b, "sub", 0); }, "rename of a directory");
+  EXPECT_GT(Of(sub).ctime, sub_before.ctime);
+  EXPECT_EQ(Of(sub).mtime, sub_before.mtime);
+  EXPECT_EQ(Of(other).mtime, other_before.mtime);
+  EXPECT_EQ(Of(other).ctime, other_before.ctime);
+  // Over an existing file that keeps another link: that file's ctime changes too.
+  const InodeId victim = File("victim", b);
+  ASSERT_TRUE(fs_->Link(victim, a, "victim-link").ok());
+  const Times victim_before = Of(victim);
+  ExpectDirChanged(
+      b, [&] { return fs_->Rename(b, "h", b, "victim", 0); }, "rename over");
+  EXPECT_GT(Of(victim).ctime, victim_before.ctime) << "the replaced file lost a link";
+}
+
+TEST_F(FileServerTimesTest, AttributeLinkTruncateAndXattrChangesUpdateCtime) {
+  const InodeId f = File("f");
+  // Each change: ctime moves on; mtime only where the content changed (truncate).
+  struct Step {
+    const char* what;
+    std::function<Status()> op;
+    bool mtime;
+  };
+  const std::vector<Step> steps = {
+      {"chmod", [&] { return OkOf(fs_->SetAttr(f, {.mode = 0600})); }, false},
+      {"chown", [&] { return OkOf(fs_->SetAttr(f, {.uid = 7, .gid = 8})); }, false},
+      {"link", [&] { return OkOf(fs_->Link(f, kRootId, "second")); }, false},
+      {"unlink of one link", [&] { return fs_->Unlink(kRootId, "second"); }, false},
+      {"setxattr", [&] { return fs_->SetXattr(f, "user.k", AsBytes("v"), 0); }, false},
+      {"setxattr again", [&] { return fs_->SetXattr(f, "user.k", AsBytes("w"), 0); }, false},
+      {"removexattr", [&] { return fs_->RemoveXattr(f, "user.k"); }, false},
+      {"truncate", [&] { return OkOf(fs_->SetAttr(f, {.size = 100})); }, true},
+      {"utimes", [&] { return OkOf(fs_->SetAttr(f, {.mtime_ns = 5, .atime_ns = 6})); }, false},
+  };
+  for (const auto& step : steps) {
+    const Times before = Of(f);
+    Tick();
+    Status s = step.op();
+    ASSERT_TRUE(s.ok()) << step.what << ": " << s.message();
+    const Times after = Of(f);
+    EXPECT_GT(after.ctime, before.ctime) << step.what;
+    if (step.mtime) {
+      EXPECT_GT(after.mtime, before.mtime) << step.what;
+    } else if (std::string_view(step.what) != "utimes") {
+      EXPECT_EQ(after.mtime, before.mtime) << step.what;
+    }
+  }
+  EXPECT_EQ(Of(f).mtime, 5);
+  EXPECT_EQ(Of(f).atime, 6);
+}
+
+TEST_F(FileServerTimesTest, AFailedCallChangesNoTime) {
+  const InodeId d = Dir("d");
+  const InodeId f = File("f", d);
+  const InodeId e = Dir("e", d);
+  File("inside", e);
+  ASSERT_TRUE(fs_->SetXattr(f, "user.k", AsBytes("v"), 0).ok());
+  const std::string long_name(256, 'n');
+  struct Step {
+    const char* what;
+    std::function<Status()> op;
+  };
+  const std::vector<Step> steps = {
+      {"mkdir of an existing name", [&] { return OkOf(fs_->Mkdir(d, "f", 0755, 0, 0)); }},
+      {"mkdir of a long name", [&] { return OkOf(fs_->Mkdir(d, long_name, 0755, 0, 0)); }},
+      {"create O_EXCL of an existing name",
+       [&] {
+         auto c = fs_->Create(d, "f", 0644, 0, 0, O_RDWR | O_CREAT | O_EXCL);
+         return c.ok() ? Ok() : c.status();
+       }},
+      {"symlink over an existing name", [&] { return OkOf(fs_->Symlink(d, "f", "t", 0, 0)); }},
+      {"mknod of an existing name", [&] { return OkOf(fs_->Mknod(d, "f", S_IFIFO | 0644, 0, 0)); }},
+      {"link to an existing name", [&] { return OkOf(fs_->Link(f, d, "e")); }},
+      {"link of a directory", [&] { return OkOf(fs_->Link(e, d, "e2")); }},
+      {"unlink of a missing name", [&] { return fs_->Unlink(d, "missing"); }},
+      {"unlink of a directory", [&] { return fs_->Unlink(d, "e"); }},
+      {"rmdir of a directory that is not empty", [&] { return fs_->Rmdir(d, "e"); }},
+      {"rmdir of a file", [&] { return fs_->Rmdir(d, "f"); }},
+      {"rename of a missing name", [&] { return fs_->Rename(d, "missing", d, "x", 0); }},
+      {"rename onto an existing name, no replace",
+       [&] { return fs_->Rename(d, "f", d, "e", RENAME_NOREPLACE); }},
+      {"rename of a file onto a directory", [&] { return fs_->Rename(d, "f", d, "e", 0); }},
+      {"rename of a directory into itself", [&] { return fs_->Rename(d, "e", e, "x", 0); }},
+      {"rename exchange", [&] { return fs_->Rename(d, "f", d, "e", RENAME_EXCHANGE); }},
+      {"rename to a long name", [&] { return fs_->Rename(d, "f", d, long_name, 0); }},
+      {"setxattr create of an existing name",
+       [&] { return fs_->SetXattr(f, "user.k", AsBytes("w"), XATTR_CREATE); }},
+      {"setxattr replace of a missing name",
+       [&] { return fs_->SetXattr(f, "user.none", AsBytes("w"), XATTR_REPLACE); }},
+      {"setxattr outside user.", [&] { return fs_->SetXattr(f, "trusted.k", AsBytes("w"), 0); }},
+      {"setxattr of a value too large",
+       [&] { return fs_->SetXattr(f, "user.big", Bytes(70000, 1), 0); }},
+      {"removexattr of a missing name", [&] { return fs_->RemoveXattr(f, "user.none"); }},
+      {"truncate of a directory", [&] { return OkOf(fs_->SetAttr(e, {.size = 0})); }},
+  };
+  for (const auto& step : steps) {
+    std::map<InodeId, Times> before;
+    for (InodeId id : {kRootId, d, f, e}) before[id] = Of(id);
+    Tick();
+    EXPECT_FALSE(step.op().ok()) << step.what << " succeeded";
+    for (auto& [id, t] : before) {
+      const Times now = Of(id);
+      EXPECT_EQ(now.mtime, t.mtime) << step.what << ": inode " << id;
+      EXPECT_EQ(now.ctime, t.ctime) << step.what << ": inode " << id;
+      EXPECT_EQ(now.atime, t.atime) << step.what << ": inode " << id;
+      EXPECT_EQ(now.version, t.version) << step.what << ": inode " << id << " was committed";
+    }
+  }
+}
+
+// Creating a file in a directory commits the directory's new times with the entry, in one
+// transaction: one change-feed entry more per create, not one commit more.
+TEST_F(FileServerTimesTest, ACreateAndItsDirectorysTimesAreOneCommit) {
+  const InodeId d = Dir("d");
+  const int commits = local_changes_;
+  const std::uint64_t seq = db_->LastSeq();
+  File("f", d);
+  EXPECT_EQ(local_changes_ - commits, 1) << "create + release of an empty file";
+  EXPECT_EQ(db_->LastSeq() - seq, 3u) << "the inode, its entry and the directory";
+}
+
+// A directory's new times replicate as a record of the directory: a node that removed the
+// (empty) directory while another created a file in it must still end with the directory, its
+// name and the file, on both nodes, whichever of the two happened later.
+TEST_F(FileServerTimesTest, RmdirOnOneNodeWhileACreateInItOnAnotherKeepsTheFile) {
+  for (bool create_last : {false, true}) {
+    SCOPED_TRACE(create_last ? "the create is later" : "the rmdir is later");
+    TempDir other_dir;
+    auto other_db = NamespaceDb::Open(other_dir.path() / "ns.db");
+    ASSERT_TRUE(other_db.ok());
+    auto other_store = cas::MakeMemoryStore();
+    FileServer other(**other_db, *other_store, cas::ChunkHasher(FixedKey()), other_dir.path());
+    auto sync = [](NamespaceDb& from_db, FileServer& to, std::uint64_t peer) {
+      auto changes = from_db.ChangesSince(0, 1'000'000, 1'000'000);
+      ASSERT_TRUE(changes.ok());
+      ASSERT_TRUE(to.ApplyRemote(*changes, peer).ok());
+    };
+    const std::string name = create_last ? "d1" : "d2";
+    const InodeId d = Dir(name);
+    sync(*db_, other, 1);
+    auto create = [&] {
+      auto c = other.Create(d, "f", 0644, 0, 0, O_RDWR);
+      ASSERT_TRUE(c.ok()) << c.status().message();
+      other.Release(c->handle);
+    };
+    if (create_last) {
+      ASSERT_TRUE(fs_->Rmdir(kRootId, name).ok());
+      Tick();
+      create();
+    } else {
+      create();
+      Tick();
+      ASSERT_TRUE(fs_->Rmdir(kRootId, name).ok());
+    }
+    sync(*db_, other, 1);
+    sync(**other_db, *fs_, 2);
+    for (FileServer* node : {fs_.get(), &other}) {
+      auto back = node->Lookup(kRootId, name);
+      ASSERT_TRUE(back.ok()) << "the directory has no name";
+      EXPECT_EQ(back->rec.id, d);
+      EXPECT_TRUE(node->Lookup(d, "f").ok()) << "the file created in it is lost";
+    }
+  }
+}
+
+// A create in a directory does not undo a chmod of that directory made at the same time on
+// another node, whichever came first: the create's new times take the version right after
+// the one they replace, which loses to any concurrent change of the directory.
+TEST_F(FileServerTimesTest, ACreateInADirectoryDoesNotUndoAConcurrentChmodOfIt) {
+  for (bool create_last : {false, true}) {
+    SCOPED_TRACE(create_last ? "the create is later" : "the chmod is later");
+    TempDir other_dir;
+    auto other_db = NamespaceDb::Open(other_dir.path() / "ns.db");
+    ASSERT_TRUE(other_db.ok());
+    auto other_store = cas::MakeMemoryStore();
+    FileServer other(**other_db, *other_store, cas::ChunkHasher(FixedKey()), other_dir.path());
+    auto sync = [](NamespaceDb& from_db, FileServer& to, std::uint64_t peer) {
+      auto changes = from_db.ChangesSince(0, 1'000'000, 1'000'000);
+      ASSERT_TRUE(changes.ok());
+      ASSERT_TRUE(to.ApplyRemote(*changes, peer).ok());
+    };
+    const std::string name = create_last ? "d1" : "d2";
+    const InodeId d = Dir(name);
+    sync(*db_, other, 1);
+    auto create = [&] {
+      auto c = other.Create(d, "f", 0644, 0, 0, O_RDWR);
+      ASSERT_TRUE(c.ok()) << c.status().message();
+      other.Release(c->handle);
+    };
+    auto chmod = [&] { ASSERT_TRUE(fs_->SetAttr(d, {.mode = 0700}).ok()); };
+    if (create_last) {
+      chmod();
+      Tick();
+      create();
+    } else {
+      create();
+      Tick();
+      chmod();
+    }
+    sync(*db_, other, 1);
+    sync(**other_db, *fs_, 2);
+    for (FileServer* node : {fs_.get(), &other}) {
+      auto a = node->GetAttr(d);
+      ASSERT_TRUE(a.ok());
+      EXPECT_EQ(a->rec.mode, 0700u) << "the chmod was undone";
+      EXPECT_TRUE(node->Lookup(d, "f").ok());
+    }
+    EXPECT_EQ(fs_->GetAttr(d)->rec.version, other.GetAttr(d)->rec.version);
+  }
 }
 
 }  // namespace
