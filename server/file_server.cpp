@@ -115,14 +115,21 @@ Result<Attr> FileServer::Lookup(InodeId parent, std::string_view name) {
 }
 
 Result<Attr> FileServer::GetAttr(InodeId id) {
-  auto rec = ns_.GetInode(id);
-  if (!rec.ok()) {
-    // Unlinked but still open: fstat works and says it has no links, as on a local disk.
-    auto of = OpenFileOf(id);
-    if (!of) return rec.status();
-    return Attr{of->Snapshot(), 0};
+  // An open file's commit may land between reading the record and overlaying what the file
+  // holds uncommitted (a chmod waiting for the commit, say): then read again, so that stat
+  // never shows the record from before a commit without the changes that commit carried.
+  auto of = OpenFileOf(id);
+  for (int attempt = 0;; ++attempt) {
+    const std::uint64_t generation = of ? of->Generation() : 0;
+    auto rec = ns_.GetInode(id);
+    if (!rec.ok()) {
+      // Unlinked but still open: fstat works and says it has no links, as on a local disk.
+      if (!of) return rec.status();
+      return Attr{of->Snapshot(), 0};
+    }
+    auto attr = MakeAttr(std::move(*rec));
+    if (!of || of->Generation() == generation || attempt >= 8) return attr;
   }
-  return MakeAttr(std::move(*rec));
 }
 
 Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& req) {

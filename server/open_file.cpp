@@ -517,6 +517,7 @@ Status OpenFile::Commit() {
   rec.content_clock = Advance(base_clock_, fs_.hlc_.node(), rec.version.hlc);
   auto applied = fs_.CommitLocal({{rec}, {}});
   if (!applied.ok()) return applied.status();
+  generation_.fetch_add(1);
   base_clock_ = rec.content_clock;
   record_ = rec;
   dirty_.clear();

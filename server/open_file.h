@@ -58,6 +58,8 @@ class OpenFile {
   // for mu_ (it runs on the event thread, which a reader holding mu_ may be waiting on for a
   // chunk): if the file is busy, the holder adopts the version at its next operation.
   void OnRemoteUpdate(const InodeRecord& rec);
+  // Counts commits of this file (for readers that combine the record with Overlay).
+  std::uint64_t Generation() const { return generation_.load(); }
   // Written here and not committed yet.
   bool HasUncommittedWrites() const { return changed_; }
   // Size and mtime as a reader of this file should see them now.
@@ -117,6 +119,7 @@ class OpenFile {
   SetAttrRequest deferred_;  // mode, owner and atime for the next commit (see DeferAttrs)
   // Atomic so that the event thread can ask without waiting for a reader holding mu_.
   std::atomic<bool> changed_{false};
+  std::atomic<std::uint64_t> generation_{0};
   std::atomic<bool> privileges_checked_{
       false};  // size, mtime or chunks differ from the committed version
   std::optional<StagingFile> staging_;

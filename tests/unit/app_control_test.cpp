@@ -274,6 +274,11 @@ std::chrono::microseconds CpuTime() {
 }
 
 TEST(AppControlTest, AcceptPausesWhenOutOfFileDescriptors) {
+#if defined(__SANITIZE_ADDRESS__)
+  // The sanitizers' own runtime needs descriptors (UBSan's type checks report false errors
+  // when it cannot open what it reads); the plain build runs this test.
+  GTEST_SKIP() << "not under ASan/UBSan: the sanitizer runtime fails without descriptors";
+#endif
   test::TempDir dir;
   Loop loop;
   const auto path = dir.path() / "control.sock";

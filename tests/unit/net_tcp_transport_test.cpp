@@ -524,6 +524,11 @@ TEST(NetTcpTest, FloodOfStrangersDoesNotLockOutPeers) {
 
 // accept(2) failing with EMFILE must neither spin nor stop the accept loop for good.
 TEST(NetTcpTest, AcceptLoopSurvivesEmfileAndAcceptsAgain) {
+#if defined(__SANITIZE_ADDRESS__)
+  // The sanitizers' own runtime needs descriptors (UBSan's type checks report false errors
+  // when it cannot open what it reads); the plain build runs this test.
+  GTEST_SKIP() << "not under ASan/UBSan: the sanitizer runtime fails without descriptors";
+#endif
   Node a(1, BaseOptions()), c(3, BaseOptions());
   ASSERT_TRUE(a.transport->Listen().ok());
   UniqueFd waiting = Stranger("127.0.0.20", a.Port());  // in the backlog, not yet accepted
