@@ -146,9 +146,10 @@ void ReplyLseek(fuse_req_t req, off_t off) {
 // Bounds on the numbers a request carries, checked before anything is sized by them. The
 // kernel checks most of them already for a local file system (whose limits it knows); for FUSE
 // it lets through what fits in an off_t, and a request may come from any kernel.
-constexpr std::uint64_t kMaxFileSize = std::uint64_t{1} << 44;  // 16 TiB: above it EFBIG
-constexpr std::size_t kMaxNameBytes = 255;                      // NAME_MAX
-constexpr std::size_t kMaxXattrValueBytes = 64 * 1024;          // XATTR_SIZE_MAX
+// File sizes above net::kMaxFileSize are the server's to refuse (EFBIG); here only what would
+// be misread once cast to unsigned (negative offsets) and what sizes an allocation.
+constexpr std::size_t kMaxNameBytes = net::kMaxNameSize;          // NAME_MAX
+constexpr std::size_t kMaxXattrValueBytes = net::kMaxXattrValue;  // XATTR_SIZE_MAX
 // A READ or READDIR larger than this is refused (the kernel asks for at most max_pages, 256
 // pages: 1 MiB).
 constexpr std::size_t kMaxReadBytes = 16 * 1024 * 1024;
@@ -278,7 +279,6 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fu
   if (to_set & FUSE_SET_ATTR_GID) r.gid = attr->st_gid;
   if (to_set & FUSE_SET_ATTR_SIZE) {
     if (attr->st_size < 0) return ReplyErr(req, EINVAL);
-    if (static_cast<std::uint64_t>(attr->st_size) > kMaxFileSize) return ReplyErr(req, EFBIG);
     r.size = static_cast<std::uint64_t>(attr->st_size);
   }
   timespec now{};
@@ -396,11 +396,9 @@ void OpRemovexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
 
 void OpFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length,
                  fuse_file_info* fi) {
-  // As vfs_fallocate, with the largest file size of this file system (whatever the mode:
-  // ext4 refuses a range beyond it even with FALLOC_FL_KEEP_SIZE).
+  // As vfs_fallocate; a range past the largest file size is the server's EFBIG (whatever the
+  // mode: ext4 refuses one even with FALLOC_FL_KEEP_SIZE).
   if (offset < 0 || length <= 0) return ReplyErr(req, EINVAL);
-  if (static_cast<std::uint64_t>(offset) + static_cast<std::uint64_t>(length) > kMaxFileSize)
-    return ReplyErr(req, EFBIG);
   auto s = Impl::Of(req).fs.Fallocate(fi->fh, mode, static_cast<std::uint64_t>(offset),
                                       static_cast<std::uint64_t>(length));
   if (!s.ok()) return Impl::ReplyError(req, s, "fallocate");
@@ -438,29 +436,9 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   ReplyErr(req, 0);
 }
 
-// open(O_TRUNC) by a caller without CAP_FSETID (not root) clears setuid, and setgid where it
-// means "set group id" (group-executable), as a truncate does on a local file system. With
-// atomic O_TRUNC the kernel leaves the truncation, and so this, to the file system.
-Status DropPrivilegesOnTruncate(server::FileServer& fs, fuse_req_t req, fuse_ino_t ino, int flags) {
-  if (!(flags & O_TRUNC) || (flags & O_ACCMODE) == O_RDONLY || fuse_req_ctx(req)->uid == 0)
-    return Ok();
-  auto a = fs.GetAttr(ino);
-  if (!a.ok()) return a.status();
-  const std::uint32_t mode = a->rec.mode;
-  const std::uint32_t kill = S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
-  if (a->rec.kind != InodeKind::kFile || !(mode & kill)) return Ok();
-  auto changed = fs.SetAttr(ino, {.mode = mode & ~kill});
-  return changed.ok() ? Ok() : changed.status();
-}
-
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  auto& im = Impl::Of(req);
-  auto h = im.fs.Open(ino, fi->flags);
+  auto h = Impl::Of(req).fs.Open(ino, fi->flags, fuse_req_ctx(req)->uid);
   if (!h.ok()) return Impl::ReplyError(req, h.status(), "open");
-  if (auto s = DropPrivilegesOnTruncate(im.fs, req, ino, fi->flags); !s.ok()) {
-    im.fs.Release(*h);
-    return Impl::ReplyError(req, s, "open");
-  }
   fi->fh = *h;
   ReplyOpen(req, fi);
 }
@@ -491,13 +469,10 @@ void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* 
 
 void OpWrite(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off,
              fuse_file_info* fi) {
-  // As generic_write_checks with this file system's largest size: a write that starts at it
-  // or beyond fails with EFBIG, one that crosses it is cut short there.
+  // The largest file size is the server's (a write that starts past it fails with EFBIG, one
+  // that crosses it is cut short there, as generic_write_checks does).
   if (off < 0) return ReplyErr(req, EINVAL);
-  const auto at = static_cast<std::uint64_t>(off);
-  if (size > 0 && at >= kMaxFileSize) return ReplyErr(req, EFBIG);
-  if (size > kMaxFileSize - std::min(at, kMaxFileSize)) size = kMaxFileSize - at;
-  auto n = Impl::Of(req).fs.Write(fi->fh, at,
+  auto n = Impl::Of(req).fs.Write(fi->fh, static_cast<std::uint64_t>(off),
                                   ByteSpan(reinterpret_cast<const std::uint8_t*>(data), size),
                                   fuse_req_ctx(req)->uid);
   if (!n.ok()) return Impl::ReplyError(req, n.status(), "write");

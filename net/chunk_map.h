@@ -112,14 +112,16 @@ class ChunkMap {
   }
 
  private:
+  // The first entry at or after `index` (const or not, as the map).
+  template <typename Self>
+  static auto FindIn(Self& self, std::uint64_t index) {
+    return std::lower_bound(self.entries_.begin(), self.entries_.end(), index,
+                            [](const Entry& e, std::uint64_t i) { return e.index < i; });
+  }
   std::vector<Entry>::const_iterator Find(std::uint64_t index) const {
-    return std::lower_bound(entries_.begin(), entries_.end(), index,
-                            [](const Entry& e, std::uint64_t i) { return e.index < i; });
+    return FindIn(*this, index);
   }
-  std::vector<Entry>::iterator Find(std::uint64_t index) {
-    return std::lower_bound(entries_.begin(), entries_.end(), index,
-                            [](const Entry& e, std::uint64_t i) { return e.index < i; });
-  }
+  std::vector<Entry>::iterator Find(std::uint64_t index) { return FindIn(*this, index); }
 
   std::vector<Entry> entries_;
 };

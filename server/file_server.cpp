@@ -24,6 +24,27 @@ Status CheckName(std::string_view name) {
   return Ok();
 }
 
+// Whether a record from a peer may be applied: within the file limits (net::ValidateInode) and
+// dated no further than `skew_ns` ahead of this clock (a version near 2^64 would win over every
+// later write for good).
+Status Admissible(const InodeRecord& r, std::uint64_t skew_ns) {
+  if (auto s = net::ValidateInode(r); !s.ok()) return s;
+  bool ahead = !Hlc::Plausible(r.version.hlc, skew_ns);
+  for (const auto& e : r.content_clock) ahead = ahead || !Hlc::Plausible(e.hlc, skew_ns);
+  if (ahead) {
+    return Err(Code::kInvalid, "inode {:016x}: dated more than {} s ahead of this clock", r.id,
+               skew_ns / 1000000000);
+  }
+  return Ok();
+}
+
+Status Admissible(const DentryRecord& d, std::uint64_t skew_ns) {
+  if (Hlc::Plausible(d.version.hlc, skew_ns) && Hlc::Plausible(d.replaces.hlc, skew_ns))
+    return Ok();
+  return Err(Code::kInvalid, "entry '{}' in {:016x}: dated more than {} s ahead of this clock",
+             d.name, d.parent, skew_ns / 1000000000);
+}
+
 // Times that change as a side effect (a directory's when its entries change, an inode's ctime
 // when it is renamed or loses a link) are committed with the version that directly follows the
 // record's own, not a fresh one from the clock. It replaces that record on every node, but
@@ -535,7 +556,7 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
   return Created{std::move(*attr), *handle};
 }
 
-Result<std::uint64_t> FileServer::Open(InodeId id, int flags) {
+Result<std::uint64_t> FileServer::Open(InodeId id, int flags, std::uint32_t caller_uid) {
   auto rec = ns_.GetInode(id);
   if (!rec.ok()) return rec.status();
   if (rec->kind == InodeKind::kDir && (flags & O_ACCMODE) != O_RDONLY) {
@@ -544,6 +565,10 @@ Result<std::uint64_t> FileServer::Open(InodeId id, int flags) {
   auto of = OpenFileFor(*rec);
   if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY) {
     if (auto s = of->Truncate(0); !s.ok()) return s;
+    // With atomic O_TRUNC the kernel leaves this to the file system, as it does the truncate.
+    if (caller_uid != 0) {
+      if (auto s = ClearSetIds(id); !s.ok()) return s;
+    }
   }
   // The handle remembers O_APPEND in its low bit.
   std::uint64_t handle = next_handle_.fetch_add(2) << 1 | ((flags & O_APPEND) ? 1 : 0);
@@ -565,15 +590,21 @@ Result<std::size_t> FileServer::Write(std::uint64_t handle, std::uint64_t offset
   if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);
   if (caller_uid != 0 && of->TakePrivilegeCheck()) {
     // Writing drops setuid, and setgid where it means "set group id" (group-executable).
-    auto s = UpdateInode(of->id(), [](InodeRecord& rec) -> Status {
-      std::uint32_t kill = S_ISUID | ((rec.mode & S_IXGRP) ? S_ISGID : 0);
-      if (!(rec.mode & kill)) return Err(Code::kExists, "nothing to clear");
-      rec.mode &= ~kill;
-      return Ok();
-    });
-    if (!s.ok() && s.code() != Code::kExists) return s;
+    if (auto s = ClearSetIds(of->id()); !s.ok()) return s;
   }
   return of->Write(offset, data, handle & 1);
+}
+
+Status FileServer::ClearSetIds(InodeId id) {
+  auto a = GetAttr(id);
+  if (!a.ok()) return a.status();
+  const std::uint32_t mode = a->rec.mode;
+  const std::uint32_t kill = S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
+  if (a->rec.kind != InodeKind::kFile || !(mode & kill)) return Ok();  // nothing to commit
+  SetAttrRequest req;
+  req.mode = mode & ~kill;
+  auto changed = SetAttr(id, req);
+  return changed.ok() ? Ok() : changed.status();
 }
 
 Status FileServer::Fallocate(std::uint64_t handle, int mode, std::uint64_t offset,
@@ -730,34 +761,15 @@ Result<ChangeSet> FileServer::ApplyRemote(const net::Changes& changes, std::uint
   // it can never become acceptable, and the rest of the batch (and the feed) goes on.
   const std::uint64_t skew = max_clock_skew_ns_.load();
   ChangeSet cs;
-  cs.inodes.reserve(changes.inodes.size());
-  for (const auto& r : changes.inodes) {
-    Status s = net::ValidateInode(r);
-    if (s.ok() && !Hlc::Plausible(r.version.hlc, skew)) {
-      s = Err(Code::kInvalid, "inode {:016x}: its version is {} s ahead of this clock", r.id,
-              (r.version.hlc - Hlc::WallNs()) / 1000000000);
-    }
-    for (const auto& e : r.content_clock) {
-      if (s.ok() && !Hlc::Plausible(e.hlc, skew)) {
-        s = Err(Code::kInvalid, "inode {:016x}: its content clock is ahead of this clock", r.id);
-      }
-    }
-    if (!s.ok()) {
+  auto admit = [&](const auto& record, auto& into) {
+    if (Status s = Admissible(record, skew); !s.ok()) {
       spdlog::warn("peer {:016x}: record refused: {}", peer, s.message());
-      continue;
+    } else {
+      into.push_back(record);
     }
-    cs.inodes.push_back(r);
-  }
-  for (const auto& d : changes.dentries) {
-    if (!Hlc::Plausible(d.version.hlc, skew) || !Hlc::Plausible(d.replaces.hlc, skew)) {
-      spdlog::warn(
-          "peer {:016x}: record refused: entry '{}' in {:016x}: its version is ahead of "
-          "this clock by more than {} s",
-          peer, d.name, d.parent, skew / 1000000000);
-      continue;
-    }
-    cs.dentries.push_back(d);
-  }
+  };
+  for (const auto& r : changes.inodes) admit(r, cs.inodes);
+  for (const auto& d : changes.dentries) admit(d, cs.dentries);
   for (const auto& r : cs.inodes) hlc_.Observe(r.version.hlc);
   for (const auto& d : cs.dentries) hlc_.Observe(d.version.hlc);
   auto won = ns_.Apply(cs, peer, changes.up_to);

@@ -113,7 +113,8 @@ class FileServer {
   // Data. `flags` are open(2) flags (O_TRUNC, O_APPEND, O_EXCL honoured).
   Result<Created> Create(InodeId parent, std::string_view name, std::uint32_t mode,
                          std::uint32_t uid, std::uint32_t gid, int flags);
-  Result<std::uint64_t> Open(InodeId id, int flags);
+  // O_TRUNC by a `caller_uid` other than root clears setuid/setgid as a write does.
+  Result<std::uint64_t> Open(InodeId id, int flags, std::uint32_t caller_uid = 0);
   Result<std::size_t> Read(std::uint64_t handle, std::uint64_t offset, MutableByteSpan out);
   // `caller_uid` decides whether setuid/setgid bits are cleared, as the kernel does elsewhere.
   Result<std::size_t> Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data,
@@ -185,6 +186,9 @@ class FileServer {
   // The open state of inode `id`, if any handle has it open.
   std::shared_ptr<OpenFile> OpenFileOf(InodeId id);
   Result<std::pair<InodeId, std::string>> ResolveParent(std::string_view path);
+  // A write or truncate by a caller without CAP_FSETID (not root) clears setuid, and setgid
+  // where it means "set group id" (group-executable), as the kernel does on a local disk.
+  Status ClearSetIds(InodeId id);
   // Every chunk stored by this node goes through here (see BeginGcWindow).
   Status PutChunk(const cas::ChunkId& id, ByteSpan data);
   std::int64_t NowNs() const;

@@ -149,7 +149,7 @@ Status OpenFile::SpillBuffer() {
   return Ok();
 }
 
-void OpenFile::Resize(std::uint64_t size) {
+void OpenFile::ForgetPast(std::uint64_t size) {
   const std::uint64_t n = (size + kCS - 1) / kCS;
   manifest_.KeepFirst(n);
   dirty_.erase(dirty_.lower_bound(n), dirty_.end());
@@ -344,7 +344,7 @@ Status OpenFile::Truncate(std::uint64_t size) {
     }
     slots_.erase(slots_.lower_bound(size % kCS == 0 ? k : k + 1), slots_.end());
     size_ = size;
-    Resize(size);
+    ForgetPast(size);
   } else if (size > size_) {
     size_ = size;  // the new part is holes: nothing to record
   }
@@ -483,11 +483,11 @@ Status OpenFile::Commit() {
     if (!changed_) return Ok();
     if (auto s = StoreDirty(); !s.ok()) return s;
   }
-  // Then the record's read-modify-write under the namespace lock (taken before mu_, the lock
-  // order), so that a chmod or link committed meanwhile is neither lost nor taken for a
-  // concurrent version of the content.
-  std::lock_guard ns(fs_.ns_mu_);
-  std::lock_guard lock(mu_);
+  // Then the record's read-modify-write under the namespace lock too, so that a chmod or link
+  // committed meanwhile is neither lost nor taken for a concurrent version of the content.
+  // Both at once (std::lock's back-off): a reader may hold mu_ while it waits for a chunk from
+  // a peer, and the namespace lock must not wait behind the network meanwhile.
+  std::scoped_lock locks(fs_.ns_mu_, mu_);
   AdoptRemote();
   if (!changed_) return Ok();
   if (auto s = StoreDirty(); !s.ok()) return s;  // what was written in between

@@ -52,7 +52,8 @@ class OpenFile {
   // True the first time it is called: the first write of a file checks its setuid bits.
   bool TakePrivilegeCheck() { return !privileges_checked_.exchange(true); }
   // Stores dirty chunks and commits a new version of the inode; no-op if nothing changed.
-  // Takes FileServer::ns_mu_ (before mu_): never call it with ns_mu_ held.
+  // Takes FileServer::ns_mu_ with mu_ (never waiting for one while holding the other): never
+  // call it with ns_mu_ held.
   Status Commit();
   // A peer committed a new version: adopt it unless we have uncommitted writes. Never waits
   // for mu_ (it runs on the event thread, which a reader holding mu_ may be waiting on for a
@@ -102,7 +103,7 @@ class OpenFile {
   // The committed bytes of chunk `index` (may be shorter than the chunk's span: zeros follow).
   Result<const Bytes*> CommittedChunk(std::uint64_t index);
   // Forgets chunks past `size` (the file shrank).
-  void Resize(std::uint64_t size);
+  void ForgetPast(std::uint64_t size);
   std::uint64_t ChunkLen(std::uint64_t index) const;
 
   FileServer& fs_;
