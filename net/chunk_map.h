@@ -91,8 +91,11 @@ class ChunkMap {
   // Chunks holding data.
   std::size_t size() const { return entries_.size(); }
   bool empty() const { return entries_.empty(); }
-  // One past the last chunk holding data (0 if none).
-  std::uint64_t end_index() const { return entries_.empty() ? 0 : entries_.back().index + 1; }
+  // The last chunk holding data, if any. (Not "one past it": a peer may send index 2^64-1.)
+  std::optional<std::uint64_t> LastIndex() const {
+    if (entries_.empty()) return std::nullopt;
+    return entries_.back().index;
+  }
   std::vector<Entry>::const_iterator begin() const { return entries_.begin(); }
   std::vector<Entry>::const_iterator end() const { return entries_.end(); }
   void clear() { entries_.clear(); }

@@ -417,9 +417,9 @@ Status ValidateInode(const InodeRecord& r) {
                r.manifest.size(), kMaxDataChunks);
   }
   const std::uint64_t chunks = (r.size + kChunkSpan - 1) / kChunkSpan;
-  if (r.manifest.end_index() > chunks) {
-    return Err(Code::kInvalid, "inode {:016x}: chunk {} lies past the end ({} bytes)", r.id,
-               r.manifest.end_index() - 1, r.size);
+  if (auto last = r.manifest.LastIndex(); last && *last >= chunks) {
+    return Err(Code::kInvalid, "inode {:016x}: chunk {} lies past the end ({} bytes)", r.id, *last,
+               r.size);
   }
   if (r.kind != InodeKind::kFile && !r.manifest.empty()) {
     return Err(Code::kInvalid, "inode {:016x}: only a regular file has chunks", r.id);
