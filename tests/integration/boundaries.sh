@@ -19,12 +19,11 @@ set -u
 WAITING_FOR_LEAD=(
 )
 
-FF=${FOREVERFS:-$(cd "$(dirname "$0")/../.." && pwd)/build/foreverfs}
 W=$(mktemp -d /tmp/ffbound.XXXXXX)
 M=$W/mnt D=$W/data L=$W/log LOCAL=$W/local
 mkdir -p "$M" "$D" "$LOCAL"
 PID=
-FUSERMOUNT=$(command -v fusermount3 || command -v fusermount)
+. "$(dirname "$0")/../lib/mount.sh"
 cleanup() {
   [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
   "$FUSERMOUNT" -u -z "$M" 2>/dev/null
@@ -36,19 +35,7 @@ trap "exit 130" INT TERM
 [ "$(stat -f -c %T "$LOCAL")" = ext2/ext3 ] ||
   echo "# note: the local reference directory is on $(stat -f -c %T "$LOCAL"), not ext4"
 
-mounted() { grep -q " $M fuse" /proc/mounts; }
-"$FF" keygen "$W/key" >/dev/null
-FOREVERFS_TEST_FUSE_FAULTS=statfs,fsyncdir+ \
-  "$FF" "$M" --listen 127.0.0.1:0 --data "$D" --key "$W/key" -f -o default_permissions,allow_other \
-  >>"$L" 2>&1 &
-PID=$!
-for _ in $(seq 1 100); do mounted && break; kill -0 $PID 2>/dev/null || break; sleep 0.1; done
-if ! mounted; then
-  echo "not ok - mount"
-  tail -20 "$L" | sed 's/^/#   /'
-  exit 1
-fi
-echo "ok - mount"
+FOREVERFS_TEST_FUSE_FAULTS=statfs,fsyncdir+ ffmount -o default_permissions,allow_other || exit 1
 
 waiting=$(printf '%s\n' "${WAITING_FOR_LEAD[@]}")
 timeout 120 python3 - "$LOCAL" "$M" "$PID" "$waiting" <<'PYEOF'

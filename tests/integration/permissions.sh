@@ -7,14 +7,13 @@
 # directories, chmod clearing setgid for a non-member, writes clearing setuid/setgid. After
 # every operation the daemon must still answer. Runs as root; about 5 s.
 set -u
-FF=${FOREVERFS:-$(cd "$(dirname "$0")/../.." && pwd)/build/foreverfs}
 W=$(mktemp -d /tmp/ffperm.XXXXXX)
 chmod 755 "$W"
 M=$W/mnt D=$W/data L=$W/log LOCAL=$W/local
 mkdir -p "$M" "$D" "$LOCAL"
 U=ffp$$ G=ffpg$$
 PID=
-FUSERMOUNT=$(command -v fusermount3 || command -v fusermount)
+. "$(dirname "$0")/../lib/mount.sh"
 cleanup() {
   [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
   "$FUSERMOUNT" -u -z "$M" 2>/dev/null
@@ -32,18 +31,7 @@ groupadd "$G" && useradd -M -N -g users -s /usr/sbin/nologin "$U" || {
 }
 echo "ok - create user $U (group users) and group $G (not the user's)"
 
-mounted() { grep -q " $M fuse" /proc/mounts; }
-"$FF" keygen "$W/key" >/dev/null
-"$FF" "$M" --listen 127.0.0.1:0 --data "$D" --key "$W/key" -f -o allow_other,default_permissions \
-  >>"$L" 2>&1 &
-PID=$!
-for _ in $(seq 1 100); do mounted && break; kill -0 $PID 2>/dev/null || break; sleep 0.1; done
-if ! mounted; then
-  echo "not ok - mount"
-  tail -20 "$L" | sed 's/^/#   /'
-  exit 1
-fi
-echo "ok - mount"
+ffmount -o allow_other,default_permissions || exit 1
 
 # The same tree in both places, made by root.
 prepare() {

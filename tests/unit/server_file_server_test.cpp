@@ -937,6 +937,25 @@ struct Times {
 
 class FileServerTimesTest : public FileServerTest {
  protected:
+  // A second node beside the fixture's, with its own namespace and store; records move between
+  // the two with sync() (everything the sender has, as a peer's feed would bring it).
+  struct SecondNode {
+    TempDir dir;
+    std::unique_ptr<NamespaceDb> db;
+    std::unique_ptr<cas::ChunkStore> store = cas::MakeMemoryStore();
+    std::unique_ptr<FileServer> fs;
+    SecondNode() {
+      auto opened = NamespaceDb::Open(dir.path() / "ns.db");
+      if (!opened.ok()) return;
+      db = std::move(*opened);
+      fs = std::make_unique<FileServer>(*db, *store, cas::ChunkHasher(FixedKey()), dir.path());
+    }
+  };
+  static void sync(NamespaceDb& from_db, FileServer& to, std::uint64_t peer) {
+    auto changes = from_db.ChangesSince(0, 1'000'000, 1'000'000);
+    ASSERT_TRUE(changes.ok());
+    ASSERT_TRUE(to.ApplyRemote(*changes, peer).ok());
+  }
   Times Of(InodeId id) {
     auto a = fs_->GetAttr(id);
     EXPECT_TRUE(a.ok()) << a.status().message();
@@ -1161,16 +1180,10 @@ TEST_F(FileServerTimesTest, ACreateAndItsDirectorysTimesAreOneCommit) {
 TEST_F(FileServerTimesTest, RmdirOnOneNodeWhileACreateInItOnAnotherKeepsTheFile) {
   for (bool create_last : {false, true}) {
     SCOPED_TRACE(create_last ? "the create is later" : "the rmdir is later");
-    TempDir other_dir;
-    auto other_db = NamespaceDb::Open(other_dir.path() / "ns.db");
-    ASSERT_TRUE(other_db.ok());
-    auto other_store = cas::MakeMemoryStore();
-    FileServer other(**other_db, *other_store, cas::ChunkHasher(FixedKey()), other_dir.path());
-    auto sync = [](NamespaceDb& from_db, FileServer& to, std::uint64_t peer) {
-      auto changes = from_db.ChangesSince(0, 1'000'000, 1'000'000);
-      ASSERT_TRUE(changes.ok());
-      ASSERT_TRUE(to.ApplyRemote(*changes, peer).ok());
-    };
+    SecondNode node2;
+    ASSERT_TRUE(node2.db);
+    FileServer& other = *node2.fs;
+    auto& other_db = node2.db;
     const std::string name = create_last ? "d1" : "d2";
     const InodeId d = Dir(name);
     sync(*db_, other, 1);
@@ -1189,7 +1202,7 @@ TEST_F(FileServerTimesTest, RmdirOnOneNodeWhileACreateInItOnAnotherKeepsTheFile)
       ASSERT_TRUE(fs_->Rmdir(kRootId, name).ok());
     }
     sync(*db_, other, 1);
-    sync(**other_db, *fs_, 2);
+    sync(*other_db, *fs_, 2);
     for (FileServer* node : {fs_.get(), &other}) {
       auto back = node->Lookup(kRootId, name);
       ASSERT_TRUE(back.ok()) << "the directory has no name";
@@ -1205,16 +1218,10 @@ TEST_F(FileServerTimesTest, RmdirOnOneNodeWhileACreateInItOnAnotherKeepsTheFile)
 TEST_F(FileServerTimesTest, ACreateInADirectoryDoesNotUndoAConcurrentChmodOfIt) {
   for (bool create_last : {false, true}) {
     SCOPED_TRACE(create_last ? "the create is later" : "the chmod is later");
-    TempDir other_dir;
-    auto other_db = NamespaceDb::Open(other_dir.path() / "ns.db");
-    ASSERT_TRUE(other_db.ok());
-    auto other_store = cas::MakeMemoryStore();
-    FileServer other(**other_db, *other_store, cas::ChunkHasher(FixedKey()), other_dir.path());
-    auto sync = [](NamespaceDb& from_db, FileServer& to, std::uint64_t peer) {
-      auto changes = from_db.ChangesSince(0, 1'000'000, 1'000'000);
-      ASSERT_TRUE(changes.ok());
-      ASSERT_TRUE(to.ApplyRemote(*changes, peer).ok());
-    };
+    SecondNode node2;
+    ASSERT_TRUE(node2.db);
+    FileServer& other = *node2.fs;
+    auto& other_db = node2.db;
     const std::string name = create_last ? "d1" : "d2";
     const InodeId d = Dir(name);
     sync(*db_, other, 1);
@@ -1234,7 +1241,7 @@ TEST_F(FileServerTimesTest, ACreateInADirectoryDoesNotUndoAConcurrentChmodOfIt) 
       chmod();
     }
     sync(*db_, other, 1);
-    sync(**other_db, *fs_, 2);
+    sync(*other_db, *fs_, 2);
     for (FileServer* node : {fs_.get(), &other}) {
       auto a = node->GetAttr(d);
       ASSERT_TRUE(a.ok());

@@ -18,37 +18,17 @@
 #include "cas/chunk_store.h"
 #include "server/file_server.h"
 #include "server/hlc.h"
-#include "unit/temp_dir.h"
+#include "unit/file_server_fixture.h"
 
 namespace foreverfs::server {
 namespace {
 
-namespace fs = std::filesystem;
 constexpr std::uint64_t kCS = cas::kChunkSize;
 constexpr std::uint64_t kMax = net::kMaxFileSize;
 constexpr std::uint64_t kI64Max = std::numeric_limits<std::int64_t>::max();
 
-crypto::Key256 FixedKey() {
-  crypto::Key256 k;
-  k.fill(0x33);
-  return k;
-}
-
-class LimitsTest : public ::testing::Test {
+class LimitsTest : public test::FileServerFixture {
  protected:
-  void SetUp() override { Open(); }
-
-  void Open() {
-    fs_.reset();
-    db_.reset();
-    auto db = NamespaceDb::Open(dir_.path() / "ns.db");
-    ASSERT_TRUE(db.ok()) << db.status().message();
-    db_ = std::move(*db);
-    fs::create_directories(dir_.path() / "staging");
-    fs_ = std::make_unique<FileServer>(*db_, *store_, cas::ChunkHasher(FixedKey()),
-                                       dir_.path() / "staging");
-  }
-
   std::uint64_t Create(std::string_view name) {
     auto c = fs_->Create(kRootId, name, 0644, 0, 0, O_RDWR);
     EXPECT_TRUE(c.ok()) << c.status().message();
@@ -68,11 +48,6 @@ class LimitsTest : public ::testing::Test {
     auto a = fs_->SetAttr(id, req);
     return a.ok() ? Ok() : a.status();
   }
-
-  test::TempDir dir_;
-  std::unique_ptr<cas::ChunkStore> store_ = cas::MakeMemoryStore();
-  std::unique_ptr<NamespaceDb> db_;
-  std::unique_ptr<FileServer> fs_;
 };
 
 TEST_F(LimitsTest, TruncateAtEveryBoundary) {

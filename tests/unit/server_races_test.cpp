@@ -11,29 +11,13 @@
 #include "cas/chunk_store.h"
 #include "server/file_server.h"
 #include "server/hlc.h"
-#include "unit/temp_dir.h"
+#include "unit/file_server_fixture.h"
 
 namespace foreverfs::server {
 namespace {
 
-namespace fs = std::filesystem;
-
-crypto::Key256 FixedKey() {
-  crypto::Key256 k;
-  k.fill(0x44);
-  return k;
-}
-
-class RacesTest : public ::testing::Test {
+class RacesTest : public test::FileServerFixture {
  protected:
-  void SetUp() override {
-    auto db = NamespaceDb::Open(dir_.path() / "ns.db");
-    ASSERT_TRUE(db.ok()) << db.status().message();
-    db_ = std::move(*db);
-    fs::create_directories(dir_.path() / "staging");
-    fs_ = std::make_unique<FileServer>(*db_, *store_, cas::ChunkHasher(FixedKey()),
-                                       dir_.path() / "staging");
-  }
   Bytes ReadAll(InodeId id) {
     auto h = fs_->Open(id, O_RDONLY);
     EXPECT_TRUE(h.ok());
@@ -52,11 +36,6 @@ class RacesTest : public ::testing::Test {
     for (const auto& e : list.value()) out.push_back(e.name);
     return out;
   }
-
-  test::TempDir dir_;
-  std::unique_ptr<cas::ChunkStore> store_ = cas::MakeMemoryStore();
-  std::unique_ptr<NamespaceDb> db_;
-  std::unique_ptr<FileServer> fs_;
 };
 
 // A peer deletes the file (inode and entry tombstones) while a handle here writes it: the
