@@ -775,22 +775,35 @@ Result<ChangeSet> FileServer::ApplyRemote(const net::Changes& changes, std::uint
   auto won = ns_.Apply(cs, peer, changes.up_to);
   if (!won.ok()) return won;
   for (const auto& r : won->inodes) {
-    // Open handles of a file changed elsewhere read the new version from their next read on,
-    // as NFS gives (close-to-open); a file with uncommitted writes keeps them, its commit
-    // follows, and a concurrent version becomes a conflict copy. The open file stays known
-    // here, so garbage collection keeps counting what its handles may read.
-    if (auto of = OpenFileOf(r.id)) of->OnRemoteUpdate(r);
+    std::shared_ptr<OpenFile> of;
+    {
+      std::lock_guard lock(files_mu_);
+      auto it = open_files_.find(r.id);
+      if (it != open_files_.end()) of = it->second.lock();
+      // Handles already open keep reading the version they opened, whole; the next open gets
+      // the new one. Garbage collection still sees the old version: it walks every handle's
+      // file (ForEachOpenManifest). A file with uncommitted writes stays: its commit follows,
+      // and a concurrent version becomes a conflict copy.
+      if (of && !of->HasUncommittedWrites()) {
+        open_files_.erase(it);
+        of.reset();
+      }
+    }
+    if (of) of->OnRemoteUpdate(r);
   }
   if (!won->empty() && on_remote_change_) on_remote_change_(*won);
   return won;
 }
 
 void FileServer::ForEachOpenManifest(const std::function<void(const net::ChunkMap&)>& fn) {
-  std::vector<std::shared_ptr<OpenFile>> open;
+  // Every handle's file, not only the current one of each inode: a handle opened before a
+  // peer replaced the file still reads the version it opened.
+  std::set<std::shared_ptr<OpenFile>> open;
   {
     std::lock_guard lock(files_mu_);
+    for (auto& [handle, of] : handles_) open.insert(of);
     for (auto& [id, weak] : open_files_) {
-      if (auto of = weak.lock()) open.push_back(std::move(of));
+      if (auto of = weak.lock()) open.insert(std::move(of));
     }
   }
   for (auto& of : open) fn(of->Manifest());

@@ -155,8 +155,9 @@ class FileServer {
   Status ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out);
   NamespaceDb& ns() { return ns_; }
   cas::ChunkStore& store() { return store_; }
-  // Calls `fn` with the working manifest of every file open here (they may reference chunks
-  // no committed version does, e.g. a file unlinked while open).
+  // Calls `fn` with the working manifest of every file open here, through any handle (they may
+  // reference chunks no committed version does: a file unlinked while open, or the version a
+  // handle opened before a peer replaced it).
   void ForEachOpenManifest(const std::function<void(const net::ChunkMap&)>& fn);
   Hlc& clock() { return hlc_; }
 
