@@ -17,6 +17,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+#include <unordered_map>
 
 namespace foreverfs::fuse {
 namespace {
@@ -192,6 +193,63 @@ struct FuseFs::Impl {
   std::uint64_t next_dir = 1;
   std::size_t dir_entries_held = 0;  // in all snapshots, bounded by kMaxDirEntriesHeld
 
+  // What the kernel caches of each inode it was given: its lookup count (dropped by FORGET)
+  // and the version of the attributes last sent for it. An open whose handle reads another
+  // version invalidates the kernel's attributes before it replies (the pages go at every open:
+  // no keep_cache), so that no read pairs one version's size with another's bytes. Leaf lock.
+  struct Known {
+    std::uint64_t lookups = 0;
+    net::Version version;
+    std::chrono::steady_clock::time_point peer_change{};  // last change a peer made
+  };
+  std::mutex known_mu;
+  std::unordered_map<fuse_ino_t, Known> known;
+
+  // Before a reply that gives the kernel `a`; `entry` if it counts as a lookup.
+  void Told(const Attr& a, bool entry) {
+    std::lock_guard lock(known_mu);
+    if (entry) {
+      auto& k = known[a.rec.id];
+      ++k.lookups;
+      k.version = a.rec.version;
+    } else if (auto it = known.find(a.rec.id); it != known.end()) {
+      it->second.version = a.rec.version;
+    }
+  }
+
+  void Forgot(fuse_ino_t ino, std::uint64_t lookups) {
+    std::lock_guard lock(known_mu);
+    auto it = known.find(ino);
+    if (it == known.end()) return;
+    if (it->second.lookups <= lookups) {
+      known.erase(it);
+    } else {
+      it->second.lookups -= lookups;
+    }
+  }
+
+  // The kernel may cache attributes of a version other than `v` (it is then told to drop
+  // them, and `v` becomes what it will ask for). Replies race one another and the kernel
+  // drops a reply that an invalidation overtook, so for a while after a peer changed the
+  // inode the answer is yes whatever was told last.
+  bool KernelHasOther(fuse_ino_t ino, const net::Version& v) {
+    std::lock_guard lock(known_mu);
+    auto it = known.find(ino);
+    if (it == known.end()) return true;
+    const bool recent = std::chrono::steady_clock::now() - it->second.peer_change <
+                        std::chrono::duration<double>(2 * timeout + 1);
+    if (it->second.version == v && !recent) return false;
+    it->second.version = v;
+    return true;
+  }
+
+  void PeerChanged(fuse_ino_t ino) {
+    std::lock_guard lock(known_mu);
+    if (auto it = known.find(ino); it != known.end()) {
+      it->second.peer_change = std::chrono::steady_clock::now();
+    }
+  }
+
   std::mutex inval_mu;
   std::condition_variable inval_cv;
   std::deque<Invalidation> inval_queue;
@@ -212,6 +270,7 @@ struct FuseFs::Impl {
   }
 
   void ReplyEntry(fuse_req_t req, const Attr& a) {
+    Told(a, /*entry=*/true);
     fuse_entry_param e{};
     e.ino = a.rec.id;
     e.attr = ToStat(a);
@@ -250,6 +309,10 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   // follow a listing, as `ls -l` does).
   if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
   if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
+  // The kernel checks size and mtime before it serves cached pages (when its attributes have
+  // expired or were invalidated) and drops the pages if either changed: how a peer's new
+  // version, or a handle's own (GetAttr with the handle), replaces what it cached.
+  if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
   conn->max_write = 1 << 20;
   conn->max_readahead = 1 << 20;
 }
@@ -262,12 +325,23 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   im.ReplyEntry(req, *a);
 }
 
-void OpForget(fuse_req_t req, fuse_ino_t, uint64_t) { ReplyNone(req); }
+void OpForget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  Impl::Of(req).Forgot(ino, nlookup);
+  ReplyNone(req);
+}
 
-void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+void OpForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
   auto& im = Impl::Of(req);
-  auto a = im.fs.GetAttr(ino);
+  for (size_t i = 0; i < count; ++i) im.Forgot(forgets[i].ino, forgets[i].nlookup);
+  ReplyNone(req);
+}
+
+void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto& im = Impl::Of(req);
+  // With a handle (the kernel checking the size before a read): the version that handle reads.
+  auto a = fi ? im.fs.GetAttr(ino, fi->fh) : im.fs.GetAttr(ino);
   if (!a.ok()) return Impl::ReplyError(req, a.status(), "getattr");
+  im.Told(*a, /*entry=*/false);
   ReplyAttr(req, ToStat(*a), im.timeout);
 }
 
@@ -295,6 +369,7 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fu
   }
   auto a = im.fs.SetAttr(ino, r);
   if (!a.ok()) return Impl::ReplyError(req, a.status(), "setattr");
+  im.Told(*a, /*entry=*/false);
   ReplyAttr(req, ToStat(*a), im.timeout);
 }
 
@@ -437,9 +512,16 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
 }
 
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  auto h = Impl::Of(req).fs.Open(ino, fi->flags, fuse_req_ctx(req)->uid);
+  auto& im = Impl::Of(req);
+  auto h = im.fs.Open(ino, fi->flags, fuse_req_ctx(req)->uid);
   if (!h.ok()) return Impl::ReplyError(req, h.status(), "open");
   fi->fh = *h;
+  // A peer's version the kernel has not seen: its cached size goes before the first read
+  // (attributes only, which takes no page lock: safe inside a request). The invalidation
+  // thread may not have got to it yet.
+  if (auto v = im.fs.HandleVersion(*h); v && im.KernelHasOther(ino, *v) && im.se) {
+    fuse_lowlevel_notify_inval_inode(im.se, ino, -1, 0);
+  }
   ReplyOpen(req, fi);
 }
 
@@ -451,6 +533,7 @@ void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   auto c = im.fs.Create(parent, name, mode & ~ctx->umask, ctx->uid, ctx->gid, fi->flags);
   if (!c.ok()) return Impl::ReplyError(req, c.status(), "create");
   fi->fh = c->handle;
+  im.Told(c->attr, /*entry=*/true);
   fuse_entry_param e{};
   e.ino = c->attr.rec.id;
   e.attr = ToStat(c->attr);
@@ -534,6 +617,7 @@ void ReplyDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
   std::size_t used = 0;
   for (auto pos = static_cast<std::size_t>(off); pos < entries.size() + 2; ++pos) {
     fuse_entry_param e{};
+    net::Version told_version;
     const char* name;
     if (pos < 2) {
       name = pos == 0 ? "." : "..";
@@ -548,6 +632,7 @@ void ReplyDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
         // An entry gone since opendir goes out without attributes (ino 0: the kernel then
         // looks it up if it needs it).
         if (auto a = im.fs.GetAttr(d.id); a.ok()) {
+          told_version = a->rec.version;
           e.ino = d.id;
           e.attr = ToStat(*a);
           e.attr_timeout = im.timeout;
@@ -560,6 +645,13 @@ void ReplyDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
         plus ? fuse_add_direntry_plus(req, buf.data() + used, size - used, name, &e, next)
              : fuse_add_direntry(req, buf.data() + used, size - used, name, &e.attr, next);
     if (n > size - used) break;
+    if (plus && e.ino != 0) {
+      // The kernel takes the entry as a lookup; what we told it is what it now caches.
+      std::lock_guard lock(im.known_mu);
+      auto& k = im.known[e.ino];
+      ++k.lookups;
+      k.version = told_version;
+    }
     used += n;
   }
   ReplyBuf(req, buf.data(), used);
@@ -596,15 +688,16 @@ void OpStatfs(fuse_req_t req, fuse_ino_t) {
 // handler (std::bad_alloc included) becomes EIO for that request and one log line naming the
 // op, never std::terminate; a handler that returns without replying (a bug) gets EIO too, so
 // no request is left hanging. Ops are numbered as in kOpNames, the timed ones first.
-constexpr std::array<const char*, 31> kOpNames = {
+constexpr std::array<const char*, 32> kOpNames = {
     // Timed: their durations go to the op observer (the metrics histogram).
     "lookup", "getattr", "setattr", "mkdir", "create", "open", "read", "write", "flush", "fsync",
     "release", "unlink", "rmdir", "rename", "readdir", "getxattr", "statfs", "readdirplus",
     // Not timed.
     "forget", "readlink", "symlink", "link", "mknod", "setxattr", "listxattr", "removexattr",
-    "fallocate", "fsyncdir", "opendir", "releasedir", "lseek"};
+    "fallocate", "fsyncdir", "opendir", "releasedir", "lseek", "forget_multi"};
 constexpr std::size_t kTimedOps = 18;
 constexpr std::size_t kForgetOp = kTimedOps;  // takes no reply
+constexpr std::size_t kForgetMultiOp = 31;    // nor does this
 constexpr std::size_t kOpCount = kOpNames.size();
 static_assert(kOpCount <= FuseFs::Impl::kMaxOps);
 const std::vector<std::string> kTimedOpNames(kOpNames.begin(), kOpNames.begin() + kTimedOps);
@@ -616,7 +709,7 @@ const char* OpName(std::size_t k) noexcept { return kOpNames[k]; }
 void Unanswered(fuse_req_t req, std::size_t k, const char* why) noexcept {
   const bool replied = t_replied;
   if (!replied) {
-    if (k == kForgetOp) {
+    if (k == kForgetOp || k == kForgetMultiOp) {
       ReplyNone(req);
     } else {
       ReplyErr(req, EIO);
@@ -679,6 +772,7 @@ const fuse_lowlevel_ops kOps = [] {
   ops.statfs = FFS_GUARDED(16, OpStatfs);
   ops.readdirplus = FFS_GUARDED(17, OpReaddirplus);
   ops.forget = FFS_GUARDED(18, OpForget);
+  ops.forget_multi = FFS_GUARDED(kForgetMultiOp, OpForgetMulti);
   ops.readlink = FFS_GUARDED(19, OpReadlink);
   ops.symlink = FFS_GUARDED(20, OpSymlink);
   ops.link = FFS_GUARDED(21, OpLink);
@@ -813,7 +907,15 @@ void FuseFs::Invalidate(const server::ChangeSet& changes) {
   {
     std::lock_guard lock(impl_->inval_mu);
     if (impl_->inval_stop) return;
-    for (const auto& r : changes.inodes) impl_->inval_queue.push_back({false, r.id, {}});
+    for (const auto& r : changes.inodes) {
+      impl_->PeerChanged(r.id);
+      // A regular file's cached attributes and pages stay: they are those of the version the
+      // handles open here read, and the next open drops them (OpOpen). Invalidating them
+      // here would race the GETATTR of a reader, whose reply the kernel then drops, leaving
+      // it reading with the size it had. A stat shows the new version within attr_timeout.
+      if (r.kind == InodeKind::kFile && !r.deleted) continue;
+      impl_->inval_queue.push_back({false, r.id, {}});
+    }
     for (const auto& d : changes.dentries) impl_->inval_queue.push_back({true, d.parent, d.name});
   }
   impl_->inval_cv.notify_one();

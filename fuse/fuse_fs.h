@@ -1,7 +1,8 @@
 #pragma once
 // fuse/: the libfuse3 low-level adapter over a FileServer. Inode numbers are the namespace's
-// stable 64-bit inode ids (the root is 1), so no inode table is needed and lookup counts carry
-// no state. Every Status becomes an errno in exactly one place (ReplyError). Every request gets
+// stable 64-bit inode ids (the root is 1), so no inode table is needed; lookup counts only
+// bound the small record of what version of each inode's attributes the kernel caches (an
+// open of another version drops the kernel's cached size before it replies). Every Status becomes an errno in exactly one place (ReplyError). Every request gets
 // exactly one reply: an exception escaping a handler becomes EIO for that request and a log
 // line, never std::terminate; sizes, offsets and names are bounded before anything is sized
 // by them (16 TiB files, 255-byte names, 64 KiB xattr values). For tests, the environment

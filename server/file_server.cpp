@@ -153,6 +153,14 @@ Result<Attr> FileServer::GetAttr(InodeId id) {
   }
 }
 
+Result<Attr> FileServer::GetAttr(InodeId id, std::uint64_t handle) {
+  auto of = HandleFile(handle);
+  auto a = GetAttr(id);
+  if (!of || of->id() != id || (a.ok() && a->rec.version == of->Version())) return a;
+  // A peer replaced the version this handle reads (or the file is gone): its own attributes.
+  return Attr{of->Snapshot(), a.ok() ? a->nlink : 0};
+}
+
 Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& req) {
   if (req.size) {
     auto rec = ns_.GetInode(id);
@@ -575,6 +583,12 @@ Result<std::uint64_t> FileServer::Open(InodeId id, int flags, std::uint32_t call
   std::lock_guard lock(files_mu_);
   handles_[handle] = std::move(of);
   return handle;
+}
+
+std::optional<net::Version> FileServer::HandleVersion(std::uint64_t handle) {
+  auto of = HandleFile(handle);
+  if (!of) return std::nullopt;
+  return of->Version();
 }
 
 Result<std::size_t> FileServer::Read(std::uint64_t handle, std::uint64_t offset,

@@ -84,6 +84,9 @@ class FileServer {
   // Namespace.
   Result<Attr> Lookup(InodeId parent, std::string_view name);
   Result<Attr> GetAttr(InodeId id);
+  // The attributes a reader through `handle` sees: the version it opened, even after a peer
+  // replaced it (the kernel asks with the handle before a read that may need the size).
+  Result<Attr> GetAttr(InodeId id, std::uint64_t handle);
   Result<Attr> SetAttr(InodeId id, const SetAttrRequest& req);
   Result<Attr> Mkdir(InodeId parent, std::string_view name, std::uint32_t mode, std::uint32_t uid,
                      std::uint32_t gid);
@@ -115,6 +118,8 @@ class FileServer {
                          std::uint32_t uid, std::uint32_t gid, int flags);
   // O_TRUNC by a `caller_uid` other than root clears setuid/setgid as a write does.
   Result<std::uint64_t> Open(InodeId id, int flags, std::uint32_t caller_uid = 0);
+  // The version a handle reads (nullopt for an unknown handle).
+  std::optional<net::Version> HandleVersion(std::uint64_t handle);
   Result<std::size_t> Read(std::uint64_t handle, std::uint64_t offset, MutableByteSpan out);
   // `caller_uid` decides whether setuid/setgid bits are cleared, as the kernel does elsewhere.
   Result<std::size_t> Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data,

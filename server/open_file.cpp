@@ -24,6 +24,7 @@ OpenFile::OpenFile(FileServer& fs, const InodeRecord& rec)
       manifest_(rec.manifest),
       base_clock_(rec.content_clock),
       record_(rec),
+      version_(rec.version),
       size_(rec.size),
       mtime_ns_(rec.mtime_ns) {}
 
@@ -520,6 +521,7 @@ Status OpenFile::Commit() {
   generation_.fetch_add(1);
   base_clock_ = rec.content_clock;
   record_ = rec;
+  SetVersion(rec.version);
   dirty_.clear();
   deferred_ = {};
   changed_ = false;
@@ -549,6 +551,7 @@ void OpenFile::AdoptRemote() {
   const InodeRecord& rec = *pending;
   base_clock_ = rec.content_clock;
   record_ = rec;
+  SetVersion(rec.version);
   manifest_ = rec.manifest;
   size_ = rec.size;
   mtime_ns_ = rec.mtime_ns;
@@ -566,6 +569,16 @@ net::ChunkMap OpenFile::Manifest() {
   std::lock_guard lock(mu_);
   (void)Reap(0);
   return manifest_;
+}
+
+net::Version OpenFile::Version() const {
+  std::lock_guard lock(version_mu_);
+  return version_;
+}
+
+void OpenFile::SetVersion(const net::Version& v) {
+  std::lock_guard lock(version_mu_);
+  version_ = v;
 }
 
 InodeRecord OpenFile::Snapshot() {

@@ -30,6 +30,9 @@ class OpenFile {
   ~OpenFile();
 
   InodeId id() const { return id_; }
+  // The committed version this file reads (as opened, last committed here or adopted from a
+  // peer). Never waits for a reader: a leaf lock of its own, not mu_.
+  net::Version Version() const;
   Result<std::size_t> Read(std::uint64_t offset, MutableByteSpan out);
   // Writes at `offset`, or at the end if `append`. Returns bytes written.
   Result<std::size_t> Write(std::uint64_t offset, ByteSpan data, bool append);
@@ -71,6 +74,7 @@ class OpenFile {
 
  private:
   static constexpr std::uint64_t kNone = UINT64_MAX;
+  void SetVersion(const net::Version& v);
   // Requires mu_: adopts the version OnRemoteUpdate left, if any.
   void AdoptRemote();
   Status EnsureStaging();
@@ -112,6 +116,8 @@ class OpenFile {
   net::ChunkMap manifest_;
   ContentClock base_clock_;  // lineage of the committed content this file started from
   InodeRecord record_;       // attributes as opened or last committed
+  mutable std::mutex version_mu_;  // leaf: taken alone, or inside mu_
+  net::Version version_;           // record_.version, guarded by version_mu_ (see Version())
   // Sets, not one flag per chunk: a 16 TiB sparse file costs nothing per chunk.
   std::set<std::uint64_t> dirty_;    // chunks whose current bytes are in staging
   std::set<std::uint64_t> written_;  // chunks staging holds bytes for (maybe stale)

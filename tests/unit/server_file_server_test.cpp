@@ -650,7 +650,27 @@ TEST_F(FileServerTest, AnOpenHandleKeepsItsVersionAndTheNextOpenGetsTheRemoteOne
   auto h2 = fs_->Open(id, O_RDONLY);
   ASSERT_TRUE(h2.ok());
   EXPECT_TRUE(ReadRange(*h2, 0, 2 * kCS) == half);
+  // Attributes and version as each handle reads them (the kernel asks with the handle before
+  // a read that depends on the size): never one version's size with another's bytes.
+  auto by_old = fs_->GetAttr(id, *h);
+  auto by_new = fs_->GetAttr(id, *h2);
+  auto plain = fs_->GetAttr(id);
+  ASSERT_TRUE(by_old.ok() && by_new.ok() && plain.ok());
+  EXPECT_EQ(by_old->rec.size, old_data.size());
+  EXPECT_EQ(by_new->rec.size, half.size());
+  EXPECT_EQ(plain->rec.size, half.size());
+  EXPECT_EQ(by_old->nlink, 1u);
+  EXPECT_LT(by_old->rec.version, r.version);
+  EXPECT_EQ(fs_->HandleVersion(*h), by_old->rec.version);
+  EXPECT_EQ(fs_->HandleVersion(*h2), r.version);
+  EXPECT_EQ(fs_->HandleVersion(~std::uint64_t{0}), std::nullopt);
+  auto unknown = fs_->GetAttr(id, ~std::uint64_t{0});  // an unknown handle: the file's own
+  ASSERT_TRUE(unknown.ok());
+  EXPECT_EQ(unknown->rec.size, half.size());
   fs_->Release(*h);
+  auto after = fs_->GetAttr(id, *h);  // released: the file's own
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->rec.size, half.size());
   fs_->Release(*h2);
   EXPECT_TRUE(*GetBytes("/f") == half);
 }
