@@ -869,6 +869,9 @@ Result<ChangeSet> NamespaceDb::ApplyLocked(const ChangeSet& changes,
   for (InodeId dir : moved) {
     if (auto s = KeepInTree(dir, seq, won); !s.ok()) return fail(s);
   }
+  if (peer && apply_fault_) {
+    if (auto s = apply_fault_(changes, *peer, up_to); !s.ok()) return fail(s);
+  }
   if (peer) {
     Stmt c(db_, "INSERT OR REPLACE INTO cursors(peer, seq) VALUES(?, ?)");
     c.Bind(1, S(*peer)).Bind(2, S(up_to));
@@ -944,6 +947,11 @@ Result<net::Changes> NamespaceDb::ChangesSince(std::uint64_t since, std::size_t 
 std::uint64_t NamespaceDb::LastSeq() {
   std::lock_guard lock(mu_);
   return seq_;
+}
+
+void NamespaceDb::SetApplyFaultForTest(ApplyFault fault) {
+  std::lock_guard lock(mu_);
+  apply_fault_ = std::move(fault);
 }
 
 std::uint64_t NamespaceDb::Cursor(std::uint64_t peer) {

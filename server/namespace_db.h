@@ -99,6 +99,14 @@ class NamespaceDb {
   std::uint64_t LastSeq();
   std::uint64_t Cursor(std::uint64_t peer);
 
+  // Tests only: called inside every Apply of a peer's batch (`peer` set), after its records
+  // were written and before its cursor is, with mu_ held (it must not call back into this
+  // object). A failure it returns fails the batch as a full disk would: rolled back, cursor
+  // unchanged. Empty: no hook.
+  using ApplyFault =
+      std::function<Status(const ChangeSet& changes, std::uint64_t peer, std::uint64_t up_to)>;
+  void SetApplyFaultForTest(ApplyFault fault);
+
   // Every chunk id referenced by a live inode (for replication and garbage collection).
   Status ForEachLiveManifest(const std::function<void(const InodeRecord&)>& fn);
 
@@ -130,6 +138,7 @@ class NamespaceDb {
   std::uint64_t seq_ = 0;
   std::uint64_t seq_reserved_ = 0;
   std::string file_;  // the database file  // durably recorded: no number up to this was lost
+  ApplyFault apply_fault_;  // tests only (SetApplyFaultForTest)
 };
 
 }  // namespace foreverfs::server
