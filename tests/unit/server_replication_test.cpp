@@ -1079,5 +1079,100 @@ TEST_F(ReplicationTest, BatchesArrivingAfterAFailedOneOnTheSameLinkAreIgnored) {
   });
 }
 
+// --- Tombstones are purged once every member holds them (issue 13.12) -----------------------
+
+bool HasRecord(Node& n, InodeId id) { return n.db->GetInodeOrTombstone(id).ok(); }
+
+// A file is deleted while one node is away and still holds it live: no node purges the
+// tombstones while that node has not confirmed them (it would keep the file for good, and bring
+// it back to everyone on its next change of it). It comes back, the file goes there too, and
+// then the tombstones go everywhere; nothing comes back, not even a tombstone.
+TEST_F(ReplicationTest, TombstonesGoOnlyOnceEveryMemberHoldsThemAndNothingComesBack) {
+  MakeMesh();
+  const Bytes data = Pattern(5000, 21);
+  ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
+  ASSERT_TRUE(Eventually([&] { return SameTree(n(1), n(2)) && SameTree(n(1), n(3)); }));
+  const InodeId id = n(1).files->Resolve("/f")->rec.id;
+  Disconnect(n(3), n(1));
+  Disconnect(n(3), n(2));
+  ASSERT_TRUE(Eventually([&] { return PeerCount(n(3)) == 0 && PeerCount(n(1)) == 1; }));
+
+  ASSERT_TRUE(n(1).files->Remove("/f").ok());
+  ASSERT_TRUE(Eventually([&] { return Absent(n(2), "/f"); }));
+  std::this_thread::sleep_for(1500ms);  // nodes 1 and 2 have confirmed each other's feeds
+  for (std::size_t i : {1, 2}) {
+    auto st = n(i).files->PurgeTombstones(0ns);
+    ASSERT_TRUE(st.ok()) << st.status().message();
+    EXPECT_EQ(st->inodes + st->dentries, 0u) << n(i).name;
+    EXPECT_GE(st->waiting, 2u) << n(i).name;
+    ASSERT_TRUE(st->slowest.has_value());
+    EXPECT_EQ(st->slowest->node, n(3).id()) << n(i).name;
+    EXPECT_TRUE(HasRecord(n(i), id)) << n(i).name;
+  }
+  EXPECT_TRUE(HasBytes(n(3), "/f", data));
+
+  // It comes back: the deletion reaches it, and then every node purges.
+  Connect(n(1), n(3));
+  Connect(n(2), n(3));
+  ASSERT_TRUE(Eventually([&] { return Absent(n(3), "/f"); }));
+  EXPECT_TRUE(Eventually([&] {
+    bool gone = true;
+    for (std::size_t i = 1; i <= 3; ++i) {
+      EXPECT_TRUE(n(i).files->PurgeTombstones(0ns).ok());
+      gone = gone && !HasRecord(n(i), id);
+    }
+    return gone;
+  })) << "the tombstones were never purged";
+  std::this_thread::sleep_for(1500ms);
+  for (std::size_t i = 1; i <= 3; ++i) {
+    EXPECT_TRUE(Absent(n(i), "/f")) << n(i).name;
+    EXPECT_FALSE(HasRecord(n(i), id)) << n(i).name << ": a record came back";
+  }
+  // New links replay every feed from its cursor: still nothing.
+  Disconnect(n(1), n(3));
+  ASSERT_TRUE(Eventually([&] { return PeerCount(n(3)) == 1; }));
+  Connect(n(1), n(3));
+  ASSERT_TRUE(Eventually([&] { return PeerCount(n(3)) == 2; }));
+  std::this_thread::sleep_for(500ms);
+  EXPECT_TRUE(SameTree(n(1), n(2)) && SameTree(n(1), n(3)));
+  for (std::size_t i = 1; i <= 3; ++i) EXPECT_FALSE(HasRecord(n(i), id)) << n(i).name;
+}
+
+// A node that only a peer links with holds what we delete too (relayed to it): the peer names it
+// (Peers), which makes it a member, and our tombstones wait until it confirms them itself.
+TEST_F(ReplicationTest, ANodeAPeerNamesHoldsBackPurgingUntilItConfirms) {
+  Node& a = AddNode();
+  Node& b = AddNode();
+  Node& c = AddNode();
+  Connect(a, b);
+  ASSERT_TRUE(Eventually([&] { return PeerCount(a) == 1; }));
+  Connect(b, c);
+  auto member = [&](Node& of, Node& who) {
+    for (const auto& m : of.db->Members()) {
+      if (m.node == who.id()) return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(Eventually([&] { return member(a, c); })) << "b did not name c to a";
+  ASSERT_TRUE(StoreBytes(*a.files, "/g", Pattern(100, 22)).ok());
+  ASSERT_TRUE(Eventually([&] { return c.files->Resolve("/g").ok(); }));
+  const InodeId id = a.files->Resolve("/g")->rec.id;
+  ASSERT_TRUE(a.files->Remove("/g").ok());
+  ASSERT_TRUE(Eventually([&] { return Absent(c, "/g"); }));
+  std::this_thread::sleep_for(1500ms);
+  auto st = a.files->PurgeTombstones(0ns);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->inodes + st->dentries, 0u);
+  ASSERT_TRUE(st->slowest.has_value());
+  EXPECT_EQ(st->slowest->node, c.id());
+  EXPECT_TRUE(HasRecord(a, id));
+
+  Connect(a, c);
+  EXPECT_TRUE(Eventually([&] {
+    EXPECT_TRUE(a.files->PurgeTombstones(0ns).ok());
+    return !HasRecord(a, id);
+  }));
+}
+
 }  // namespace
 }  // namespace foreverfs::server
