@@ -84,6 +84,7 @@ struct Options {
   std::string log_file;
   double fetch_timeout_s = 10;
   double gc_interval_s = 600;
+  double tombstone_grace_s = 86400;
   double max_clock_skew_s = 600;
   std::string metrics;  // ADDR:PORT for Prometheus, "" for none
 };
@@ -158,13 +159,14 @@ std::string SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
       } else if (name == "log-file") {
         o.log_file = value;
       } else if (name == "replicas" || name == "fetch-timeout" || name == "gc-interval" ||
-                 name == "max-clock-skew") {
+                 name == "max-clock-skew" || name == "tombstone-grace") {
         if (!ParseNumber(value, number) || (name == "replicas" && number != std::floor(number)))
           return opt + ": not a non-negative number";
         if (name == "replicas") o.replicas = static_cast<int>(number);
         if (name == "fetch-timeout") o.fetch_timeout_s = number;
         if (name == "gc-interval") o.gc_interval_s = number;
         if (name == "max-clock-skew") o.max_clock_skew_s = number;
+        if (name == "tombstone-grace") o.tombstone_grace_s = number;
       } else if (std::find(std::begin(kIgnoredMountOptions), std::end(kIgnoredMountOptions),
                            name) != std::end(kIgnoredMountOptions) ||
                  name.starts_with("x-")) {
@@ -229,7 +231,28 @@ struct Daemon {
   fs::path data;
   std::string listen;
   int replicas = 0;
+  std::chrono::nanoseconds tombstone_grace{0};
 };
+
+// Purges the tombstones every member holds and that are older than the grace period (part of
+// every gc pass); returns the line for the log or the gc command.
+std::string PurgeTombstones(server::FileServer& files, std::chrono::nanoseconds grace) {
+  auto r = files.PurgeTombstones(grace);
+  if (!r.ok()) {
+    spdlog::error("tombstones: {}", r.status().message());
+    return "tombstones: purge failed: " + r.status().message();
+  }
+  std::string line = fmt::format("tombstones: {} inode and {} entry records purged", r->inodes,
+                                 r->dentries);
+  if (r->waiting > 0 && r->slowest) {
+    line += fmt::format(
+        "; {} older than the grace period wait for node {:016x}, which has confirmed our changes "
+        "up to {} of {}",
+        r->waiting, r->slowest->node, r->slowest->confirmed, files.ns().LastSeq());
+  }
+  if (r->inodes + r->dentries + r->waiting > 0) spdlog::info("{}", line);
+  return line;
+}
 
 // Runs `fn` on the event thread and waits for it.
 template <typename T>
@@ -442,6 +465,7 @@ void HandleControl(Daemon& d, const std::string& command,
     } else {
       out("gc failed: " + r.status().message());
     }
+    out(PurgeTombstones(d.files, d.tombstone_grace));
   } else {
     out(fmt::format("unknown command '{}' (status, status-json, scrub, gc)", command));
   }
@@ -622,7 +646,8 @@ int Serve(Options o) {
   server::ChunkMaintenance maintenance(files);
   Daemon daemon{files,       *replicator, *transport, *io,
                 maintenance, usage,       data,       transport->AdvertisedAddr(),
-                o.replicas};
+                o.replicas,  std::chrono::nanoseconds(static_cast<std::int64_t>(
+                                 o.tombstone_grace_s * 1e9))};
   if (metrics) {
     metrics->Serve();
     spdlog::info("serving Prometheus metrics on http://{}/metrics", o.metrics);
@@ -644,6 +669,7 @@ int Serve(Options o) {
     while (!gc_cv.wait_for(lock, interval, [&] { return gc_stop; })) {
       lock.unlock();
       if (auto r = maintenance.Collect(); !r.ok()) spdlog::error("gc: {}", r.status().message());
+      (void)PurgeTombstones(files, daemon.tombstone_grace);
       lock.lock();
     }
   });
@@ -726,7 +752,8 @@ int main(int argc, char** argv) {
   app.add_option("-o", raw_opts,
                  "Mount options: FUSE ones (allow_other, ro, ...) and name=value for the options "
                  "above (listen=, peer=, data=, key=, replicas=, log-level=, log-file=, "
-                 "fetch-timeout=, gc-interval=, max-clock-skew=, metrics=); _netdev, nofail, "
+                 "fetch-timeout=, gc-interval=, max-clock-skew=, tombstone-grace=, metrics=); "
+                 "_netdev, nofail, "
                  "noauto, x-* and other "
                  "mount(8) options are ignored")
       ->allow_extra_args(false);
@@ -750,6 +777,11 @@ int main(int argc, char** argv) {
   app.add_option("--gc-interval", o.gc_interval_s,
                  "Seconds between garbage-collection passes; an unreferenced chunk is removed by "
                  "the second pass that finds it")
+      ->capture_default_str();
+  app.add_option("--tombstone-grace", o.tombstone_grace_s,
+                 "Seconds a deletion's record is kept at least; a gc pass purges it after that "
+                 "once every node that ever linked with this one has confirmed it holds it")
+      ->check(CLI::Range(0.0, 1e10))
       ->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);

@@ -120,6 +120,11 @@ void Put(Writer& w, const HaveChunksReply& m) {
 
 void Put(Writer&, const Keepalive&) {}
 
+void Put(Writer& w, const FeedAck& m) {
+  w.PutU64(m.applied);
+  w.PutU64(m.own_seq);
+}
+
 // --- Decoding -----------------------------------------------------------------------------
 // Each Get reads into `out` and leaves any failure in the Reader; DecodePayload checks it.
 
@@ -293,6 +298,11 @@ void Get(Reader& r, HaveChunksReply& m) {
 
 void Get(Reader&, Keepalive&) {}  // empty: any byte is a trailing byte
 
+void Get(Reader& r, FeedAck& m) {
+  m.applied = r.GetU64("applied");
+  m.own_seq = r.GetU64("own_seq");
+}
+
 template <typename T>
 Result<Message> Decode(MessageType type, ByteSpan payload) {
   T m;
@@ -304,7 +314,7 @@ Result<Message> Decode(MessageType type, ByteSpan payload) {
 
 bool KnownType(std::uint16_t t) {
   return t >= static_cast<std::uint16_t>(MessageType::kHello) &&
-         t <= static_cast<std::uint16_t>(MessageType::kKeepalive);
+         t <= static_cast<std::uint16_t>(MessageType::kFeedAck);
 }
 
 }  // namespace
@@ -315,6 +325,7 @@ MessageType TypeOf(const Message& m) {
   static_assert(std::is_same_v<std::variant_alternative_t<6, Message>, ChunkReply>);
   static_assert(std::is_same_v<std::variant_alternative_t<8, Message>, HaveChunksReply>);
   static_assert(std::is_same_v<std::variant_alternative_t<9, Message>, Keepalive>);
+  static_assert(std::is_same_v<std::variant_alternative_t<10, Message>, FeedAck>);
   return static_cast<MessageType>(m.index() + 1);
 }
 
@@ -340,6 +351,8 @@ const char* TypeName(MessageType t) {
       return "HaveChunksReply";
     case MessageType::kKeepalive:
       return "Keepalive";
+    case MessageType::kFeedAck:
+      return "FeedAck";
   }
   return "Unknown";
 }
@@ -394,6 +407,8 @@ Result<Message> DecodePayload(MessageType type, ByteSpan payload) {
       return Decode<HaveChunksReply>(type, payload);
     case MessageType::kKeepalive:
       return Decode<Keepalive>(type, payload);
+    case MessageType::kFeedAck:
+      return Decode<FeedAck>(type, payload);
   }
   return Err(Code::kInvalid, "unknown message type {}", static_cast<std::uint16_t>(type));
 }

@@ -118,6 +118,7 @@ enum class MessageType : std::uint16_t {
   kHaveChunks = 8,
   kHaveChunksReply = 9,
   kKeepalive = 10,
+  kFeedAck = 11,
 };
 
 // First message on a connection, from both sides.
@@ -204,8 +205,18 @@ struct Keepalive {
   bool operator==(const Keepalive&) const = default;
 };
 
+// "I have applied your change feed through your sequence number `applied` (it is my persisted
+// cursor), and my own feed was at `own_seq` when I said so." Sent by a subscriber after it
+// applied batches (and once on every new link); the feed's owner uses it to know when every
+// member holds a tombstone, which may then be purged (doc/protocol.md, "Tombstones").
+struct FeedAck {
+  std::uint64_t applied = 0;
+  std::uint64_t own_seq = 0;
+  bool operator==(const FeedAck&) const = default;
+};
+
 using Message = std::variant<Hello, Auth, Peers, Subscribe, Changes, GetChunk, ChunkReply,
-                             HaveChunks, HaveChunksReply, Keepalive>;
+                             HaveChunks, HaveChunksReply, Keepalive, FeedAck>;
 
 MessageType TypeOf(const Message& m);
 const char* TypeName(MessageType t);

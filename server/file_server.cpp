@@ -809,6 +809,19 @@ Result<ChangeSet> FileServer::ApplyRemote(const net::Changes& changes, std::uint
   return won;
 }
 
+Result<NamespaceDb::PurgeStats> FileServer::PurgeTombstones(std::chrono::nanoseconds grace) {
+  std::set<InodeId> keep;
+  {
+    std::lock_guard lock(files_mu_);
+    for (auto& [handle, of] : handles_) keep.insert(of->id());
+    for (auto& [id, weak] : open_files_) keep.insert(id);
+  }
+  // The clock is past every version stored here, so with no grace every tombstone qualifies.
+  const std::uint64_t now = hlc_.Next().hlc;
+  const std::uint64_t g = static_cast<std::uint64_t>(std::max<std::int64_t>(grace.count(), 0));
+  return ns_.PurgeTombstones(now > g ? now - g : 0, keep);
+}
+
 void FileServer::ForEachOpenManifest(const std::function<void(const net::ChunkMap&)>& fn) {
   // Every handle's file, not only the current one of each inode: a handle opened before a
   // peer replaced the file still reads the version it opened.

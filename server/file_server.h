@@ -148,6 +148,10 @@ class FileServer {
 
   // Replication.
   Result<ChangeSet> ApplyRemote(const net::Changes& changes, std::uint64_t peer);
+  // Removes the tombstones every member holds (NamespaceDb::PurgeTombstones) whose version is
+  // older than `grace`, except those of files open here: a write through a handle opened
+  // before the delete still commits, and gets its name back from the entry's tombstone.
+  Result<NamespaceDb::PurgeStats> PurgeTombstones(std::chrono::nanoseconds grace);
   // Reads a chunk from the local store (verified); kNotFound if absent.
   Result<Bytes> LocalChunk(const cas::ChunkId& id);
   // Verifies `data` against `id` and stores it.

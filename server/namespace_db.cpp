@@ -19,9 +19,12 @@
 namespace foreverfs::server {
 namespace {
 
-// 6: sparse manifests ((u64 index, id) per chunk holding data) and the rdev column. Version 5
-// databases are converted when opened.
-constexpr int kSchemaVersion = 6;
+// 6: sparse manifests ((u64 index, id) per chunk holding data) and the rdev column.
+// 7: the members table (who must hold a tombstone before it is purged) and indexes of the
+// tombstones. Version 5 and 6 databases are converted when opened.
+constexpr int kSchemaVersion = 7;
+// Tombstones removed per transaction by PurgeTombstones (the lock is let go between them).
+constexpr std::int64_t kPurgeBatch = 1024;
 // Sequence numbers reserved at a time (see the header): one full-sync commit per block.
 constexpr std::uint64_t kSeqBlock = 1 << 16;
 
@@ -299,7 +302,14 @@ Status NamespaceDb::Init() {
           "CREATE INDEX IF NOT EXISTS inodes_seq ON inodes(seq);"
           "CREATE INDEX IF NOT EXISTS dentries_seq ON dentries(seq);"
           "CREATE INDEX IF NOT EXISTS dentries_child ON dentries(child);"
-          "CREATE TABLE IF NOT EXISTS cursors(peer INTEGER PRIMARY KEY, seq INTEGER);");
+          "CREATE TABLE IF NOT EXISTS cursors(peer INTEGER PRIMARY KEY, seq INTEGER);"
+          // A member's last FeedAck (pending, pending_own) and what it confirmed before that
+          // (see RecordAck).
+          "CREATE TABLE IF NOT EXISTS members(node INTEGER PRIMARY KEY,"
+          " confirmed INTEGER NOT NULL DEFAULT 0, pending INTEGER NOT NULL DEFAULT 0,"
+          " pending_own INTEGER NOT NULL DEFAULT 0);"
+          "CREATE INDEX IF NOT EXISTS inodes_tombstones ON inodes(seq) WHERE deleted = 1;"
+          "CREATE INDEX IF NOT EXISTS dentries_tombstones ON dentries(seq) WHERE deleted = 1;");
       !s.ok()) {
     return s;
   }
@@ -311,6 +321,10 @@ Status NamespaceDb::Init() {
   {
     if (version == 5) {
       if (auto s = UpgradeFrom5(); !s.ok()) return s;
+      version = 6;
+    }
+    if (version == 6) {
+      if (auto s = UpgradeFrom6(); !s.ok()) return s;
     } else if (version != kSchemaVersion) {
       return Err(Code::kInvalid, "schema version {} is not the {} this build reads", version,
                  kSchemaVersion);
@@ -386,6 +400,24 @@ Status NamespaceDb::UpgradeFrom5() {
         !s.ok())
       return fail(s);
   }
+  if (auto s = Stmt(db_, "UPDATE meta SET v = 6 WHERE k = 'schema'").Run(); !s.ok()) return fail(s);
+  if (auto s = Exec("COMMIT"); !s.ok()) return fail(s);
+  return Ok();
+}
+
+// Version 6 had no members: every node whose feed this one pulled (it has a cursor for it)
+// becomes one, with nothing confirmed, so that no tombstone is purged before those nodes say
+// they hold it. (Nodes that pulled our feed but whose feed we never pulled are not known; they
+// become members when they next link.)
+Status NamespaceDb::UpgradeFrom6() {
+  spdlog::info("{}: converting the namespace from schema 6 to {}", file_, kSchemaVersion);
+  if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  auto fail = [&](Status s) {
+    (void)Exec("ROLLBACK");
+    return Err(s.code(), "converting {} to schema {}: {}", file_, kSchemaVersion, s.message());
+  };
+  if (auto s = Exec("INSERT OR IGNORE INTO members(node) SELECT peer FROM cursors"); !s.ok())
+    return fail(s);
   if (auto s = Stmt(db_, "UPDATE meta SET v = ? WHERE k = 'schema'").Bind(1, kSchemaVersion).Run();
       !s.ok())
     return fail(s);
@@ -869,6 +901,9 @@ Result<ChangeSet> NamespaceDb::ApplyLocked(const ChangeSet& changes,
   for (InodeId dir : moved) {
     if (auto s = KeepInTree(dir, seq, won); !s.ok()) return fail(s);
   }
+  if (peer && apply_fault_) {
+    if (auto s = apply_fault_(changes, *peer, up_to); !s.ok()) return fail(s);
+  }
   if (peer) {
     Stmt c(db_, "INSERT OR REPLACE INTO cursors(peer, seq) VALUES(?, ?)");
     c.Bind(1, S(*peer)).Bind(2, S(up_to));
@@ -944,6 +979,135 @@ Result<net::Changes> NamespaceDb::ChangesSince(std::uint64_t since, std::size_t 
 std::uint64_t NamespaceDb::LastSeq() {
   std::lock_guard lock(mu_);
   return seq_;
+}
+
+Status NamespaceDb::AddMember(std::uint64_t node) {
+  std::lock_guard lock(mu_);
+  if (node == node_id_) return Ok();
+  return Stmt(db_, "INSERT OR IGNORE INTO members(node) VALUES(?)").Bind(1, S(node)).Run();
+}
+
+Status NamespaceDb::RecordAck(std::uint64_t node, std::uint64_t applied, std::uint64_t own_seq) {
+  std::lock_guard lock(mu_);
+  if (node == node_id_) return Ok();
+  if (applied > seq_) {
+    // Past the end of our feed: not something this database handed out. Confirms nothing.
+    spdlog::warn("node {:016x} says it applied our changes up to {}, past our last one ({}); "
+                 "ignored",
+                 node, applied, seq_);
+    applied = 0;
+  }
+  std::uint64_t cursor = 0;
+  {
+    Stmt c(db_, "SELECT seq FROM cursors WHERE peer = ?");
+    c.Bind(1, S(node));
+    if (c.Step() == SQLITE_ROW) cursor = U(c.Int(0));
+  }
+  // The previous ack counts once we have what the member had written when it sent it.
+  std::uint64_t confirmed = 0;
+  {
+    Stmt m(db_, "SELECT confirmed, pending, pending_own FROM members WHERE node = ?");
+    m.Bind(1, S(node));
+    if (m.Step() == SQLITE_ROW) confirmed = U(m.Int(2)) <= cursor ? U(m.Int(1)) : U(m.Int(0));
+  }
+  if (own_seq <= cursor) confirmed = applied;
+  return Stmt(db_,
+              "INSERT OR REPLACE INTO members(node, confirmed, pending, pending_own)"
+              " VALUES(?, ?, ?, ?)")
+      .Bind(1, S(node))
+      .Bind(2, S(confirmed))
+      .Bind(3, S(applied))
+      .Bind(4, S(own_seq))
+      .Run();
+}
+
+namespace {
+constexpr const char* kMembersSql =
+    "SELECT m.node, CASE WHEN m.pending_own <= coalesce(c.seq, 0) THEN m.pending"
+    " ELSE m.confirmed END FROM members m LEFT JOIN cursors c ON c.peer = m.node";
+}  // namespace
+
+std::vector<NamespaceDb::Member> NamespaceDb::Members() {
+  std::lock_guard lock(mu_);
+  std::vector<Member> out;
+  Stmt q(db_, fmt::format("{} ORDER BY m.node", kMembersSql).c_str());
+  while (q.Step() == SQLITE_ROW) out.push_back({U(q.Int(0)), U(q.Int(1))});
+  return out;
+}
+
+Result<NamespaceDb::PurgeStats> NamespaceDb::PurgeTombstones(std::uint64_t before_hlc,
+                                                             const std::set<InodeId>& keep) {
+  PurgeStats st;
+  {
+    std::lock_guard lock(mu_);
+    st.horizon = seq_;
+    Stmt q(db_, kMembersSql);
+    while (q.Step() == SQLITE_ROW) {
+      const Member m{U(q.Int(0)), U(q.Int(1))};
+      if (!st.slowest || m.confirmed < st.slowest->confirmed) st.slowest = m;
+    }
+    if (st.slowest) st.horizon = std::min(st.horizon, st.slowest->confirmed);
+    for (const char* table : {"inodes", "dentries"}) {
+      Stmt w(db_, fmt::format("SELECT count(*) FROM {} WHERE deleted = 1 AND seq > ? AND hlc < ?",
+                              table)
+                      .c_str());
+      w.Bind(1, S(st.horizon)).Bind(2, S(before_hlc));
+      if (w.Step() == SQLITE_ROW) st.waiting += static_cast<std::size_t>(w.Int(0));
+    }
+  }
+  // Page through the candidates by sequence number, one transaction per page.
+  auto purge = [&](bool inodes) -> Status {
+    std::int64_t after = 0;
+    for (;;) {
+      std::lock_guard lock(mu_);
+      if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+      auto fail = [&](Status s) {
+        (void)Exec("ROLLBACK");
+        return s;
+      };
+      struct Row {
+        InodeId id_or_parent;
+        std::string name;
+      };
+      std::vector<Row> rows;
+      std::int64_t n = 0;
+      {
+        Stmt q(db_, inodes ? "SELECT id, '', id, seq FROM inodes WHERE deleted = 1 AND seq > ?"
+                             " AND seq <= ? AND hlc < ? ORDER BY seq LIMIT ?"
+                           : "SELECT parent, name, child, seq FROM dentries WHERE deleted = 1"
+                             " AND seq > ? AND seq <= ? AND hlc < ? ORDER BY seq LIMIT ?");
+        q.Bind(1, after).Bind(2, S(st.horizon)).Bind(3, S(before_hlc)).Bind(4, kPurgeBatch);
+        int rc;
+        while ((rc = q.Step()) == SQLITE_ROW) {
+          ++n;
+          after = q.Int(3);
+          if (!keep.contains(U(q.Int(2)))) rows.push_back({U(q.Int(0)), q.Text(1)});
+        }
+        if (rc != SQLITE_DONE) {
+          return fail(Err(Code::kIOError, "reading tombstones: {}", sqlite3_errmsg(db_)));
+        }
+      }
+      for (const auto& r : rows) {
+        Status s = inodes ? Stmt(db_, "DELETE FROM inodes WHERE id = ?").Bind(1, S(r.id_or_parent)).Run()
+                          : Stmt(db_, "DELETE FROM dentries WHERE parent = ? AND name = ?")
+                                .Bind(1, S(r.id_or_parent))
+                                .Bind(2, r.name)
+                                .Run();
+        if (!s.ok()) return fail(s);
+      }
+      if (auto s = Exec("COMMIT"); !s.ok()) return fail(s);
+      (inodes ? st.inodes : st.dentries) += rows.size();
+      if (n < kPurgeBatch) return Ok();
+    }
+  };
+  if (auto s = purge(true); !s.ok()) return s;
+  if (auto s = purge(false); !s.ok()) return s;
+  return st;
+}
+
+void NamespaceDb::SetApplyFaultForTest(ApplyFault fault) {
+  std::lock_guard lock(mu_);
+  apply_fault_ = std::move(fault);
 }
 
 std::uint64_t NamespaceDb::Cursor(std::uint64_t peer) {

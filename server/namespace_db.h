@@ -21,6 +21,11 @@
 // their numbers be handed out again, which would hide the new changes from peers whose cursor
 // already passed them.
 //
+// Tombstones are purged once every member holds them (PurgeTombstones): a member is a node that
+// ever linked with this one (it pulls our feed and we pull its) or that a peer named to us;
+// each member's FeedAck says how far into our feed it has applied (RecordAck). See README,
+// "Tombstones", for why a purged deletion cannot come back.
+//
 // Thread-safe: one connection behind a mutex.
 
 #include <cstdint>
@@ -29,6 +34,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "base/status.h"
@@ -99,6 +105,40 @@ class NamespaceDb {
   std::uint64_t LastSeq();
   std::uint64_t Cursor(std::uint64_t peer);
 
+  // Members: nodes that must hold a tombstone before it may be purged. AddMember records one
+  // (with nothing confirmed yet) if it is not known; a no-op otherwise.
+  Status AddMember(std::uint64_t node);
+  // `node` says it has applied our feed through `applied` and that its own feed was at
+  // `own_seq` then. That confirms `applied` once we have applied its feed through `own_seq`
+  // (our cursor for it), so that nothing it wrote before it applied our tombstones is still on
+  // its way to us.
+  Status RecordAck(std::uint64_t node, std::uint64_t applied, std::uint64_t own_seq);
+  struct Member {
+    std::uint64_t node = 0;
+    std::uint64_t confirmed = 0;  // our sequence number it holds everything up to
+  };
+  std::vector<Member> Members();
+
+  struct PurgeStats {
+    std::size_t inodes = 0, dentries = 0;  // tombstones removed
+    std::size_t waiting = 0;  // tombstones past the grace period that some member lacks
+    std::uint64_t horizon = 0;  // our sequence number every member confirmed (LastSeq if none)
+    std::optional<Member> slowest;  // the member that set the horizon
+  };
+  // Removes the tombstones (inode and entry records marked deleted) whose sequence number every
+  // member has confirmed and whose version is older than `before_hlc`, except those of the
+  // inodes in `keep` (files open here) and the entries naming them. In batches: other commits
+  // go on meanwhile.
+  Result<PurgeStats> PurgeTombstones(std::uint64_t before_hlc, const std::set<InodeId>& keep);
+
+  // Tests only: called inside every Apply of a peer's batch (`peer` set), after its records
+  // were written and before its cursor is, with mu_ held (it must not call back into this
+  // object). A failure it returns fails the batch as a full disk would: rolled back, cursor
+  // unchanged. Empty: no hook.
+  using ApplyFault =
+      std::function<Status(const ChangeSet& changes, std::uint64_t peer, std::uint64_t up_to)>;
+  void SetApplyFaultForTest(ApplyFault fault);
+
   // Every chunk id referenced by a live inode (for replication and garbage collection).
   Status ForEachLiveManifest(const std::function<void(const InodeRecord&)>& fn);
 
@@ -107,6 +147,7 @@ class NamespaceDb {
   Status Exec(const char* sql);
   Status Init();
   Status UpgradeFrom5();
+  Status UpgradeFrom6();
   // Durably reserves sequence numbers for at least `need` more changes. With mu_ held.
   Status ReserveSeqs(std::uint64_t need);
   Result<ChangeSet> ApplyLocked(const ChangeSet& changes, std::optional<std::uint64_t> peer,
@@ -130,6 +171,7 @@ class NamespaceDb {
   std::uint64_t seq_ = 0;
   std::uint64_t seq_reserved_ = 0;
   std::string file_;  // the database file  // durably recorded: no number up to this was lost
+  ApplyFault apply_fault_;  // tests only (SetApplyFaultForTest)
 };
 
 }  // namespace foreverfs::server

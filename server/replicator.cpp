@@ -27,6 +27,8 @@ constexpr std::size_t kMaxQueuedBytes = 8 * kMiB;  // per link, before the feed 
 constexpr auto kPerPeerTimeout = std::chrono::milliseconds(5000);
 constexpr auto kNoPeerRetry = std::chrono::milliseconds(200);
 constexpr auto kRecentFailure = std::chrono::milliseconds(500);
+// A FeedAck follows applied batches after at most this long (one per link per interval).
+constexpr auto kAckDelay = std::chrono::milliseconds(1000);
 
 std::string Short(std::uint64_t node) { return fmt::format("{:016x}", node); }
 
@@ -53,6 +55,10 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
     // A batch from this link failed to apply: later batches on it are ignored (they would move
     // the cursor past the failed one) until the link is replaced.
     bool feed_broken = false;
+    // Its feed applied through here (our cursor, persisted), and the last value we told it.
+    std::uint64_t applied = 0;
+    std::uint64_t acked = 0;
+    bool ack_scheduled = false;
   };
   // A chunk-holder query (Holders) in progress; event thread.
   struct HolderQuery {
@@ -224,6 +230,7 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
       }
       return;
     }
+    ScheduleAck(node, changes.up_to);
     if (won->empty()) return;
     spdlog::debug("peer {}: applied {} inode and {} entry changes", Short(node), won->inodes.size(),
                   won->dentries.size());
@@ -231,6 +238,40 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
       if (!r.deleted) EnqueueManifest(r);
     }
     PumpAll();  // relay to the others
+  }
+
+  // Tells the peer how far into its feed we are (FeedAck), at most once per kAckDelay: it
+  // purges a tombstone only once every member confirmed it.
+  void ScheduleAck(std::uint64_t node, std::uint64_t applied) {
+    auto it = peers_.find(node);
+    if (it == peers_.end()) return;
+    Peer& p = it->second;
+    p.applied = applied;
+    if (p.ack_scheduled || p.applied == p.acked) return;
+    p.ack_scheduled = true;
+    auto timer = std::make_shared<asio::steady_timer>(io_, kAckDelay);
+    timer->async_wait([self = shared_from_this(), node, link = p.link,
+                       timer](boost::system::error_code) {
+      auto it = self->peers_.find(node);
+      if (it == self->peers_.end() || it->second.link != link) return;
+      Peer& p = it->second;
+      p.ack_scheduled = false;
+      if (p.feed_broken || p.applied == p.acked) return;
+      p.acked = p.applied;
+      link->Send(net::FeedAck{p.applied, self->fs_.ns().LastSeq()});
+    });
+  }
+
+  void RecordAck(std::uint64_t node, const net::FeedAck& ack) {
+    if (auto s = fs_.ns().RecordAck(node, ack.applied, ack.own_seq); !s.ok()) {
+      spdlog::error("recording how far peer {} is in our changes: {}", Short(node), s.message());
+    }
+  }
+
+  void AddMember(std::uint64_t node) {
+    if (auto s = fs_.ns().AddMember(node); !s.ok()) {
+      spdlog::error("recording node {} as a member: {}", Short(node), s.message());
+    }
   }
 
   // --- chunks ---------------------------------------------------------------------------
@@ -528,6 +569,8 @@ bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
     old->Close("replaced by a newer link to the same peer");
   }
   spdlog::info("peer {} ({}) connected", info.remote, Short(info.node_id));
+  // A member from now on: no tombstone is purged before it confirms it holds it.
+  im.AddMember(info.node_id);
   {
     std::lock_guard lock(im.failed_mu_);
     im.failed_.clear();  // the new peer may have what nobody had
@@ -538,7 +581,11 @@ bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
   for (auto& [node, p] : im.peers_) {
     if (node != info.node_id) im.SendPeers(p.link);
   }
-  link->Send(net::Subscribe{im.fs_.ns().Cursor(info.node_id)});
+  const std::uint64_t cursor = im.fs_.ns().Cursor(info.node_id);
+  link->Send(net::Subscribe{cursor});
+  // What we hold of its feed already, so that it can purge without waiting for a new change.
+  link->Send(net::FeedAck{cursor, im.fs_.ns().LastSeq()});
+  im.peers_[info.node_id].applied = im.peers_[info.node_id].acked = cursor;
   im.ScanMissing();
   return true;
 }
@@ -567,8 +614,13 @@ void Replicator::OnMessage(const std::shared_ptr<net::Link>& link, net::Message&
           im.OnHaveChunks(link, std::move(msg));
         } else if constexpr (std::is_same_v<T, net::HaveChunksReply>) {
           im.OnHaveReply(node, msg);
+        } else if constexpr (std::is_same_v<T, net::FeedAck>) {
+          im.RecordAck(node, msg);
         } else if constexpr (std::is_same_v<T, net::Peers>) {
           for (const auto& p : msg.peers) {
+            // A node our peer links with may hold what we delete: a member too (README,
+            // "Tombstones").
+            if (p.node_id != im.fs_.node_id()) im.AddMember(p.node_id);
             if (p.node_id != im.fs_.node_id() && !im.peers_.contains(p.node_id) && im.dial_) {
               im.dial_(p.addr);
             }

@@ -118,6 +118,8 @@ TEST(NetCodecTest, RoundTripsEveryMessageType) {
       ChunkReply{78, true, Bytes{0, 1, 2, 3, 255}},
       ChunkReply{79, false, {}},
       ChunkReply{80, true, {}},
+      FeedAck{0x0102030405060708ull, 0xFFFFFFFFFFFFFFFFull},
+      FeedAck{},
   };
   for (const Message& m : messages) {
     SCOPED_TRACE(TypeName(TypeOf(m)));
@@ -195,6 +197,10 @@ TEST(NetCodecTest, FrameLayoutMatchesTheDocument) {
                                    5,  0, 0, 0, 0, 0, 0, 0,     // replaces: hlc
                                    6,  0, 0, 0, 0, 0, 0, 0}));  // replaces: node
 
+  // FeedAck: applied, then own_seq.
+  EXPECT_EQ(EncodeFrame(FeedAck{0x0102030405060708ull, 9}),
+            (Bytes{18, 0, 0, 0, 11, 0, 8, 7, 6, 5, 4, 3, 2, 1, 9, 0, 0, 0, 0, 0, 0, 0}));
+
   Changes i;
   i.inodes = {SampleDir()};
   Bytes inode_payload = PayloadOf(i);
@@ -255,13 +261,13 @@ TEST(NetCodecTest, FrameHeaderBounds) {
 }
 
 TEST(NetCodecTest, FrameHeaderRejectsUnknownTypes) {
-  for (std::uint16_t t : {0, 11, 12, 256, 0xFFFF}) {
+  for (std::uint16_t t : {0, 12, 13, 256, 0xFFFF}) {
     auto h = DecodeFrameHeader(Header(10, t));
     ASSERT_FALSE(h.ok()) << t;
     EXPECT_EQ(h.status().code(), Code::kInvalid);
     EXPECT_EQ(h.status().message(), "unknown message type " + std::to_string(t));
   }
-  for (std::uint16_t t = 1; t <= 10; ++t) EXPECT_TRUE(DecodeFrameHeader(Header(10, t)).ok()) << t;
+  for (std::uint16_t t = 1; t <= 11; ++t) EXPECT_TRUE(DecodeFrameHeader(Header(10, t)).ok()) << t;
 }
 
 TEST(NetCodecTest, FrameHeaderMustBeSixBytes) {
@@ -300,6 +306,7 @@ TEST(NetCodecTest, RejectsEveryTypeTruncatedOrWithATrailingByte) {
       Subscribe{3},
       GetChunk{4, DigestOf(5)},
       ChunkReply{6, true, Bytes{1, 2, 3}},
+      FeedAck{7, 8},
   };
   for (const Message& m : messages) {
     SCOPED_TRACE(TypeName(TypeOf(m)));

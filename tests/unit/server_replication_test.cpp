@@ -21,6 +21,7 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -714,6 +715,463 @@ TEST_F(ReplicationTest, PeersReportBytesConnectedSinceAndWhyALinkWent) {
   ASSERT_EQ(gone.size(), 1u);
   EXPECT_FALSE(gone[0].connected);
   EXPECT_EQ(gone[0].last_error, "disconnected: disconnected");
+}
+
+// --- A batch that fails to apply is never skipped (issue 13.4) ------------------------------
+//
+// The receiving node's namespace fails the apply of one batch (as SQLITE_FULL would, through
+// NamespaceDb's test hook); every apply attempt is logged with the records it carried. The
+// guarantee checked after every successful apply: the cursor it stores covers only changes that
+// were applied, i.e. every record of the sender's feed up to that cursor is among the records
+// applied so far. Then, with the fault cleared, the node converges to everything the sender has.
+
+// A record of a feed, by identity and version ("i:<id>@<version>" or "d:<parent>/<name>@...").
+std::string KeyOf(const InodeRecord& r) {
+  return fmt::format("i:{:x}@{:x}.{:x}", r.id, r.version.hlc, r.version.node);
+}
+std::string KeyOf(const DentryRecord& d) {
+  return fmt::format("d:{:x}/{}@{:x}.{:x}", d.parent, d.name, d.version.hlc, d.version.node);
+}
+
+// What one apply attempt of a batch from the watched peer carried, and whether it committed.
+struct ApplyAttempt {
+  std::uint64_t up_to = 0;
+  std::vector<std::string> keys;
+  bool failed = false;
+};
+
+// Fails the apply of batches from one peer as told, and logs every attempt. Thread-safe: the
+// hook runs on the io thread, the test reads on its own.
+class FeedFault {
+ public:
+  // Attach to `db`, watching batches from `peer`: once `fail_after` batches applied, the next
+  // `failures` attempts fail (a full disk), whatever their batch.
+  FeedFault(NamespaceDb& db, std::uint64_t peer, std::size_t fail_after, int failures)
+      : db_(db), fail_after_(fail_after), failures_left_(failures) {
+    db_.SetApplyFaultForTest([this, peer](const ChangeSet& cs, std::uint64_t from,
+                                          std::uint64_t up_to) -> Status {
+      if (from != peer) return Ok();
+      std::lock_guard lock(mu_);
+      ApplyAttempt a;
+      a.up_to = up_to;
+      for (const auto& r : cs.inodes) a.keys.push_back(KeyOf(r));
+      for (const auto& d : cs.dentries) a.keys.push_back(KeyOf(d));
+      if (applied_ == fail_after_ && failures_left_ > 0) {
+        --failures_left_;
+        a.failed = true;
+        log_.push_back(std::move(a));
+        return Err(Code::kNoSpace, "metadata database: database or disk is full (injected)");
+      }
+      ++applied_;
+      log_.push_back(std::move(a));
+      return Ok();
+    });
+  }
+  ~FeedFault() { db_.SetApplyFaultForTest({}); }
+
+  void Clear() {
+    std::lock_guard lock(mu_);
+    failures_left_ = 0;
+  }
+  std::vector<ApplyAttempt> Log() {
+    std::lock_guard lock(mu_);
+    return log_;
+  }
+  int Failed() {
+    std::lock_guard lock(mu_);
+    return static_cast<int>(std::count_if(log_.begin(), log_.end(),
+                                          [](const ApplyAttempt& a) { return a.failed; }));
+  }
+
+ private:
+  NamespaceDb& db_;
+  std::mutex mu_;
+  const std::size_t fail_after_;
+  int failures_left_;
+  std::size_t applied_ = 0;
+  std::vector<ApplyAttempt> log_;
+};
+
+// A feed as (sequence number, record key), in order.
+using FeedMap = std::vector<std::pair<std::uint64_t, std::string>>;
+
+// Every record of `db`'s own feed with its sequence number (one record per call).
+FeedMap FeedOf(NamespaceDb& db) {
+  FeedMap feed;
+  for (std::uint64_t at = 0;;) {
+    auto c = db.ChangesSince(at, 1, net::kMaxFrameSize);
+    EXPECT_TRUE(c.ok());
+    if (!c.ok() || (c->inodes.empty() && c->dentries.empty())) return feed;
+    feed.emplace_back(c->up_to, c->inodes.empty() ? KeyOf(c->dentries[0]) : KeyOf(c->inodes[0]));
+    at = c->up_to;
+  }
+}
+
+// The guarantee, attempt by attempt: a committed batch moves the cursor to its up_to only when
+// every record of the feed up to there has been applied, and the cursor never goes back.
+::testing::AssertionResult NeverSkipped(const FeedMap& feed,
+                                        const std::vector<ApplyAttempt>& log) {
+  std::set<std::string> applied;
+  std::uint64_t cursor = 0;
+  for (std::size_t i = 0; i < log.size(); ++i) {
+    if (log[i].failed) continue;
+    applied.insert(log[i].keys.begin(), log[i].keys.end());
+    if (log[i].up_to < cursor) {
+      return ::testing::AssertionFailure()
+             << "attempt " << i << " moved the cursor back from " << cursor << " to "
+             << log[i].up_to;
+    }
+    cursor = log[i].up_to;
+    for (const auto& [seq, key] : feed) {
+      if (seq > cursor) break;
+      if (!applied.contains(key)) {
+        return ::testing::AssertionFailure()
+               << "attempt " << i << " moved the cursor to " << cursor << " past change " << seq
+               << " (" << key << "), which was never applied";
+      }
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// The first failed attempt, and the cursor the last committed attempt before it left.
+std::pair<std::size_t, std::uint64_t> FirstFailure(const std::vector<ApplyAttempt>& log) {
+  std::uint64_t before = 0;
+  for (std::size_t i = 0; i < log.size(); ++i) {
+    if (log[i].failed) return {i, before};
+    before = log[i].up_to;
+  }
+  return {log.size(), before};
+}
+
+// A real node's feed of ~3,000 records (6 batches of 512): the apply of batch 4 fails, twice
+// (the first retry over a new link fails too). The cursor stays at batch 3's end through both
+// failures, nothing after the failure is applied, and once the disk has room again the node gets
+// everything, with every change of the feed applied before the cursor passes it.
+TEST_F(ReplicationTest, FailedBatchIsNeverSkipped) {
+  Node& a = AddNode();
+  Node& b = AddNode();
+  for (int i = 0; i < 1500; ++i) {
+    ASSERT_TRUE(a.files->Mkdir(kRootId, "d" + std::to_string(i), 0755, 0, 0).ok());
+  }
+  for (int i = 0; i < 1500; i += 3) {
+    ASSERT_TRUE(a.files->Rmdir(kRootId, "d" + std::to_string(i)).ok());  // tombstones too
+  }
+  const FeedMap feed = FeedOf(*a.db);
+  ASSERT_GT(feed.size(), 5u * 512);  // batches after the failing one
+  FeedFault fault(*b.db, a.id(), /*fail_after=*/3, /*failures=*/2);
+
+  Connect(a, b);
+  ASSERT_TRUE(Eventually([&] { return fault.Failed() == 1 && PeerCount(b) == 0; }))
+      << "the failed batch did not close the link";
+  std::this_thread::sleep_for(200ms);  // anything still in flight would arrive now
+  auto [failed_at, before] = FirstFailure(fault.Log());
+  ASSERT_EQ(failed_at, 3u);
+  EXPECT_EQ(fault.Log().size(), 4u) << "batches after the failed one were applied";
+  EXPECT_EQ(b.db->Cursor(a.id()), before);
+  EXPECT_GT(before, 0u);
+  EXPECT_FALSE(SameTree(a, b));
+
+  // A new link brings the same batch again; it fails again; the cursor still does not move.
+  Connect(a, b);
+  ASSERT_TRUE(Eventually([&] { return fault.Failed() == 2 && PeerCount(b) == 0; }));
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(fault.Log().size(), 5u);
+  EXPECT_EQ(fault.Log()[4].up_to, fault.Log()[3].up_to) << "not the same batch again";
+  EXPECT_EQ(b.db->Cursor(a.id()), before);
+
+  // The disk has room again.
+  fault.Clear();
+  Connect(a, b);
+  ASSERT_TRUE(Eventually([&] { return b.db->Cursor(a.id()) == feed.back().first; }));
+  EXPECT_TRUE(Eventually([&] { return SameTree(a, b); }));
+  EXPECT_TRUE(NeverSkipped(feed, fault.Log()));
+  std::set<std::string> applied;
+  for (const auto& at : fault.Log()) {
+    if (!at.failed) applied.insert(at.keys.begin(), at.keys.end());
+  }
+  for (const auto& [seq, key] : feed) EXPECT_TRUE(applied.contains(key)) << "lost: " << key;
+}
+
+// A peer serving a scripted feed: fixed batches (some may carry no record), each with its
+// up_to. On Subscribe{since} it sends every batch after `since`, which must be a batch boundary
+// (the receiver's cursor only ever takes those values).
+class ScriptedFeed : public net::LinkHandler {
+ public:
+  ScriptedFeed(std::uint64_t id, std::vector<net::Changes> batches)
+      : id_(id), batches_(std::move(batches)) {}
+  std::uint64_t id() const { return id_; }
+  bool OnOpen(const std::shared_ptr<net::Link>&) override { return true; }
+  void OnMessage(const std::shared_ptr<net::Link>& link, net::Message&& m) override {
+    auto* sub = std::get_if<net::Subscribe>(&m);
+    if (!sub) return;
+    std::lock_guard lock(mu_);
+    subscribed_from_.push_back(sub->since);
+    bool boundary = sub->since == 0;
+    for (const auto& b : batches_) {
+      if (b.up_to == sub->since) boundary = true;
+      if (b.up_to > sub->since) link->Send(b);
+    }
+    if (!boundary) off_boundary_ = true;
+  }
+  void OnClose(const std::shared_ptr<net::Link>&, const std::string&) override {}
+
+  std::vector<std::uint64_t> SubscribedFrom() {
+    std::lock_guard lock(mu_);
+    return subscribed_from_;
+  }
+  bool OffBoundary() {
+    std::lock_guard lock(mu_);
+    return off_boundary_;
+  }
+  FeedMap Feed() const {
+    FeedMap feed;
+    for (const auto& b : batches_) {
+      // Records of a batch take the sequence numbers just below its up_to.
+      std::uint64_t seq = b.up_to - b.inodes.size() - b.dentries.size();
+      for (const auto& r : b.inodes) feed.emplace_back(++seq, KeyOf(r));
+      for (const auto& d : b.dentries) feed.emplace_back(++seq, KeyOf(d));
+    }
+    return feed;
+  }
+
+ private:
+  const std::uint64_t id_;
+  const std::vector<net::Changes> batches_;
+  std::mutex mu_;
+  std::vector<std::uint64_t> subscribed_from_;
+  bool off_boundary_ = false;
+};
+
+// Five batches of a peer's feed: files f0..f3 in batches 0, 1, 3 and 4, and batch 2 carrying
+// no record, only a later up_to (a sender's sequence numbers can run ahead of its records: after
+// a restart, or records replaced by newer changes).
+std::vector<net::Changes> ScriptedBatches(std::uint64_t node) {
+  std::vector<net::Changes> out;
+  std::uint64_t seq = 0;
+  int file = 0;
+  for (int batch = 0; batch < 5; ++batch) {
+    net::Changes c;
+    if (batch == 2) {
+      seq += 10;  // a gap: numbers whose records were replaced
+    } else {
+      for (int k = 0; k < 3; ++k, ++file) {
+        InodeRecord r;
+        r.id = 0x100 + static_cast<InodeId>(file);
+        r.kind = InodeKind::kFile;
+        r.mode = 0644;
+        r.version = {1000 + static_cast<std::uint64_t>(file) * 2, node};
+        DentryRecord d{kRootId, "f" + std::to_string(file), r.id, {r.version.hlc + 1, node},
+                       false};
+        c.inodes.push_back(r);
+        c.dentries.push_back(d);
+        seq += 2;
+      }
+    }
+    c.up_to = seq;
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+class FailedBatchBoundaryTest : public ReplicationTest,
+                                public ::testing::WithParamInterface<std::size_t> {};
+
+// The failing batch is the first, the empty one, or the last of the feed.
+TEST_P(FailedBatchBoundaryTest, CursorStaysBeforeItUntilItApplies) {
+  const std::size_t k = GetParam();
+  Node& node = AddNode();
+  ScriptedFeed peer(0xfeed, ScriptedBatches(0xfeed));
+  const auto batches = ScriptedBatches(0xfeed);
+  const std::uint64_t before = k == 0 ? 0 : batches[k - 1].up_to;
+  FeedFault fault(*node.db, peer.id(), /*fail_after=*/k, /*failures=*/1);
+
+  network_->Connect(node.id(), *node.replicator, peer.id(), peer);
+  ASSERT_TRUE(Eventually([&] { return fault.Failed() == 1 && PeerCount(node) == 0; }));
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(fault.Log().size(), k + 1) << "batches after the failed one were applied";
+  EXPECT_EQ(fault.Log().back().up_to, batches[k].up_to);
+  EXPECT_EQ(node.db->Cursor(peer.id()), before);
+  if (!batches[k].inodes.empty()) {
+    EXPECT_FALSE(node.db->GetInodeOrTombstone(batches[k].inodes[0].id).ok());
+  }
+
+  network_->Connect(node.id(), *node.replicator, peer.id(), peer);
+  ASSERT_TRUE(Eventually([&] { return node.db->Cursor(peer.id()) == batches.back().up_to; }));
+  EXPECT_EQ(peer.SubscribedFrom(), (std::vector<std::uint64_t>{0, before}));
+  EXPECT_FALSE(peer.OffBoundary());
+  EXPECT_TRUE(NeverSkipped(peer.Feed(), fault.Log()));
+  for (int f = 0; f < 12; ++f) {
+    EXPECT_TRUE(node.files->Resolve("/f" + std::to_string(f)).ok()) << "lost: f" << f;
+  }
+  network_->Disconnect(node.id(), peer.id());
+  ASSERT_TRUE(Eventually([&] { return PeerCount(node) == 0; }));
+}
+
+std::string BatchName(const ::testing::TestParamInfo<std::size_t>& info) {
+  return info.param == 0 ? "First" : info.param == 2 ? "Empty" : "Last";
+}
+
+INSTANTIATE_TEST_SUITE_P(FirstEmptyLast, FailedBatchBoundaryTest,
+                         ::testing::Values(std::size_t{0}, std::size_t{2}, std::size_t{4}),
+                         BatchName);
+
+// A transport may hand over frames it had already read when the link was closed (the memory
+// transport and TcpTransport stop at once; this one does not). Batches that arrive on a link
+// after one of its batches failed must be ignored, not applied past the failed one.
+class LingeringLink : public net::Link {
+ public:
+  explicit LingeringLink(std::uint64_t peer)
+      : info_{peer, "mem:peer", "mem:peer", true, net::kProtocolVersion, {}} {}
+  void Send(net::Message m) override { sent.push_back(std::move(m)); }
+  void Close(std::string reason) override { closed = reason; }
+  const net::PeerInfo& Peer() const override { return info_; }
+  std::size_t QueuedBytes() const override { return 0; }
+  const net::Traffic& Counters() const override { return traffic_; }
+
+  std::vector<net::Message> sent;
+  std::optional<std::string> closed;
+
+ private:
+  net::PeerInfo info_;
+  net::Traffic traffic_;
+};
+
+TEST_F(ReplicationTest, BatchesArrivingAfterAFailedOneOnTheSameLinkAreIgnored) {
+  Node& node = AddNode();
+  const std::uint64_t peer = 0xfeed;
+  const auto batches = ScriptedBatches(peer);
+  FeedFault fault(*node.db, peer, /*fail_after=*/1, /*failures=*/1);
+  auto first = std::make_shared<LingeringLink>(peer);
+  OnIo(io_, [&] {
+    EXPECT_TRUE(node.replicator->OnOpen(first));
+    for (const auto& b : batches) node.replicator->OnMessage(first, net::Message(b));
+    return 0;
+  });
+  EXPECT_TRUE(first->closed.has_value()) << "a failed batch must close its link";
+  EXPECT_EQ(fault.Log().size(), 2u) << "batches after the failed one were applied";
+  EXPECT_EQ(node.db->Cursor(peer), batches[0].up_to);
+  EXPECT_FALSE(node.files->Resolve("/f9").ok());
+
+  auto second = std::make_shared<LingeringLink>(peer);
+  std::optional<std::uint64_t> since;
+  OnIo(io_, [&] {
+    node.replicator->OnClose(first, *first->closed);
+    EXPECT_TRUE(node.replicator->OnOpen(second));
+    for (const auto& m : second->sent) {
+      if (auto* s = std::get_if<net::Subscribe>(&m)) since = s->since;
+    }
+    for (const auto& b : batches) {
+      if (since && b.up_to > *since) node.replicator->OnMessage(second, net::Message(b));
+    }
+    return 0;
+  });
+  EXPECT_EQ(since, batches[0].up_to);
+  EXPECT_FALSE(second->closed.has_value());
+  EXPECT_EQ(node.db->Cursor(peer), batches.back().up_to);
+  EXPECT_TRUE(NeverSkipped(ScriptedFeed(peer, batches).Feed(), fault.Log()));
+  for (int f = 0; f < 12; ++f) {
+    EXPECT_TRUE(node.files->Resolve("/f" + std::to_string(f)).ok()) << "lost: f" << f;
+  }
+  OnIo(io_, [&] {
+    node.replicator->OnClose(second, "test over");
+    return 0;
+  });
+}
+
+// --- Tombstones are purged once every member holds them (issue 13.12) -----------------------
+
+bool HasRecord(Node& n, InodeId id) { return n.db->GetInodeOrTombstone(id).ok(); }
+
+// A file is deleted while one node is away and still holds it live: no node purges the
+// tombstones while that node has not confirmed them (it would keep the file for good, and bring
+// it back to everyone on its next change of it). It comes back, the file goes there too, and
+// then the tombstones go everywhere; nothing comes back, not even a tombstone.
+TEST_F(ReplicationTest, TombstonesGoOnlyOnceEveryMemberHoldsThemAndNothingComesBack) {
+  MakeMesh();
+  const Bytes data = Pattern(5000, 21);
+  ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
+  ASSERT_TRUE(Eventually([&] { return SameTree(n(1), n(2)) && SameTree(n(1), n(3)); }));
+  const InodeId id = n(1).files->Resolve("/f")->rec.id;
+  Disconnect(n(3), n(1));
+  Disconnect(n(3), n(2));
+  ASSERT_TRUE(Eventually([&] { return PeerCount(n(3)) == 0 && PeerCount(n(1)) == 1; }));
+
+  ASSERT_TRUE(n(1).files->Remove("/f").ok());
+  ASSERT_TRUE(Eventually([&] { return Absent(n(2), "/f"); }));
+  std::this_thread::sleep_for(1500ms);  // nodes 1 and 2 have confirmed each other's feeds
+  for (std::size_t i : {1, 2}) {
+    auto st = n(i).files->PurgeTombstones(0ns);
+    ASSERT_TRUE(st.ok()) << st.status().message();
+    EXPECT_EQ(st->inodes + st->dentries, 0u) << n(i).name;
+    EXPECT_GE(st->waiting, 2u) << n(i).name;
+    ASSERT_TRUE(st->slowest.has_value());
+    EXPECT_EQ(st->slowest->node, n(3).id()) << n(i).name;
+    EXPECT_TRUE(HasRecord(n(i), id)) << n(i).name;
+  }
+  EXPECT_TRUE(HasBytes(n(3), "/f", data));
+
+  // It comes back: the deletion reaches it, and then every node purges.
+  Connect(n(1), n(3));
+  Connect(n(2), n(3));
+  ASSERT_TRUE(Eventually([&] { return Absent(n(3), "/f"); }));
+  EXPECT_TRUE(Eventually([&] {
+    bool gone = true;
+    for (std::size_t i = 1; i <= 3; ++i) {
+      EXPECT_TRUE(n(i).files->PurgeTombstones(0ns).ok());
+      gone = gone && !HasRecord(n(i), id);
+    }
+    return gone;
+  })) << "the tombstones were never purged";
+  std::this_thread::sleep_for(1500ms);
+  for (std::size_t i = 1; i <= 3; ++i) {
+    EXPECT_TRUE(Absent(n(i), "/f")) << n(i).name;
+    EXPECT_FALSE(HasRecord(n(i), id)) << n(i).name << ": a record came back";
+  }
+  // New links replay every feed from its cursor: still nothing.
+  Disconnect(n(1), n(3));
+  ASSERT_TRUE(Eventually([&] { return PeerCount(n(3)) == 1; }));
+  Connect(n(1), n(3));
+  ASSERT_TRUE(Eventually([&] { return PeerCount(n(3)) == 2; }));
+  std::this_thread::sleep_for(500ms);
+  EXPECT_TRUE(SameTree(n(1), n(2)) && SameTree(n(1), n(3)));
+  for (std::size_t i = 1; i <= 3; ++i) EXPECT_FALSE(HasRecord(n(i), id)) << n(i).name;
+}
+
+// A node that only a peer links with holds what we delete too (relayed to it): the peer names it
+// (Peers), which makes it a member, and our tombstones wait until it confirms them itself.
+TEST_F(ReplicationTest, ANodeAPeerNamesHoldsBackPurgingUntilItConfirms) {
+  Node& a = AddNode();
+  Node& b = AddNode();
+  Node& c = AddNode();
+  Connect(a, b);
+  ASSERT_TRUE(Eventually([&] { return PeerCount(a) == 1; }));
+  Connect(b, c);
+  auto member = [&](Node& of, Node& who) {
+    for (const auto& m : of.db->Members()) {
+      if (m.node == who.id()) return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(Eventually([&] { return member(a, c); })) << "b did not name c to a";
+  ASSERT_TRUE(StoreBytes(*a.files, "/g", Pattern(100, 22)).ok());
+  ASSERT_TRUE(Eventually([&] { return c.files->Resolve("/g").ok(); }));
+  const InodeId id = a.files->Resolve("/g")->rec.id;
+  ASSERT_TRUE(a.files->Remove("/g").ok());
+  ASSERT_TRUE(Eventually([&] { return Absent(c, "/g"); }));
+  std::this_thread::sleep_for(1500ms);
+  auto st = a.files->PurgeTombstones(0ns);
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->inodes + st->dentries, 0u);
+  ASSERT_TRUE(st->slowest.has_value());
+  EXPECT_EQ(st->slowest->node, c.id());
+  EXPECT_TRUE(HasRecord(a, id));
+
+  Connect(a, c);
+  EXPECT_TRUE(Eventually([&] {
+    EXPECT_TRUE(a.files->PurgeTombstones(0ns).ok());
+    return !HasRecord(a, id);
+  }));
 }
 
 }  // namespace
