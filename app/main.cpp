@@ -22,8 +22,8 @@
 #include <boost/asio/post.hpp>
 #include <charconv>
 #include <cmath>
-#include <csignal>
 #include <condition_variable>
+#include <csignal>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
@@ -573,8 +573,7 @@ int Serve(Options o) {
   std::atomic<bool> stopped_as_copy{false};
   std::mutex copy_mu;
   std::string copy_why;  // under copy_mu
-  topts.on_same_node_id = [&stopped_as_copy, &copy_mu, &copy_why,
-                           data](const net::SameNodeId& s) {
+  topts.on_same_node_id = [&stopped_as_copy, &copy_mu, &copy_why, data](const net::SameNodeId& s) {
     const std::string where = s.listen_addr.empty() ? s.remote : s.listen_addr;
     if (!s.peer_is_older) {
       spdlog::error(
@@ -595,9 +594,10 @@ int Serve(Options o) {
     if (auto st = server::MarkForFreshNodeId(data, why); !st.ok()) {
       spdlog::error("{}", st.message());
     }
-    spdlog::error("{}; unmounting and stopping, so that two nodes never write under one id. The "
-                  "next start takes a fresh node id.",
-                  why);
+    spdlog::error(
+        "{}; unmounting and stopping, so that two nodes never write under one id. The "
+        "next start takes a fresh node id.",
+        why);
     ::kill(::getpid(), SIGTERM);
   };
   topts.listen = o.listen;

@@ -23,7 +23,8 @@ Bytes ProofInput(std::string_view label, bool dialer, const crypto::Digest& own_
 
 crypto::Digest AuthProof(const crypto::Key256& auth_key, bool dialer,
                          const crypto::Digest& own_nonce, const crypto::Digest& peer_nonce) {
-  return crypto::HmacSha256(auth_key, ProofInput("foreverfs auth v3", dialer, own_nonce, peer_nonce));
+  return crypto::HmacSha256(auth_key,
+                            ProofInput("foreverfs auth v3", dialer, own_nonce, peer_nonce));
 }
 
 crypto::Digest IdentityProof(const crypto::Key256& auth_key, bool dialer,

@@ -148,8 +148,9 @@ void Get(Reader& r, Hello& m) {
   m.reserved_id = r.GetU64("reserved node id");
   m.reserved_addr = r.GetStr16("listen address", kMaxAddrSize);
   if (r.ok() && m.version == kProtocolVersion && (m.reserved_id != 0 || !m.reserved_addr.empty())) {
-    r.Fail("reserved node id and listen address must be zero and empty (no identity before the "
-           "key proof)");
+    r.Fail(
+        "reserved node id and listen address must be zero and empty (no identity before the "
+        "key proof)");
   }
   m.nonce = r.GetDigest("nonce");
 }

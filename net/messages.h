@@ -238,8 +238,8 @@ struct FrameHeader {
 Result<FrameHeader> DecodeFrameHeader(ByteSpan header /* kFrameHeaderSize bytes */);
 // Decodes a payload of the given type. Rejects (kInvalid, saying what) truncated payloads,
 // trailing bytes, counts or lengths over their bounds, invalid names (empty, ".", "..", with
-// '/' or NUL, over kMaxNameSize), unknown inode kinds, a Hello whose magic is wrong, and a Hello of this protocol version
-// whose reserved fields are not zero and empty.
+// '/' or NUL, over kMaxNameSize), unknown inode kinds, a Hello whose magic is wrong, and a Hello of
+// this protocol version whose reserved fields are not zero and empty.
 Result<Message> DecodePayload(MessageType type, ByteSpan payload);
 
 // The limits a file must keep (size, chunks holding data, chunks within the size, content only

@@ -734,9 +734,10 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, std::shared
     co_return false;
   }
   if (hello->version != kProtocolVersion) {
-    fail(fmt::format("it speaks protocol version {}, this node {}: run the same foreverfs "
-                     "release on every node",
-                     hello->version, kProtocolVersion));
+    fail(
+        fmt::format("it speaks protocol version {}, this node {}: run the same foreverfs "
+                    "release on every node",
+                    hello->version, kProtocolVersion));
     co_return false;
   }
   if (hello->nonce == mine.nonce) {  // our own Hello reflected back
@@ -744,8 +745,8 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, std::shared
     co_return false;
   }
   const auto& key_auth = t->options_.auth_key;
-  if (auto ec = co_await WriteMessage(*link, Auth{AuthProof(key_auth, outbound, mine.nonce,
-                                                            hello->nonce)})) {
+  if (auto ec = co_await WriteMessage(
+          *link, Auth{AuthProof(key_auth, outbound, mine.nonce, hello->nonce)})) {
     fail(fmt::format("handshake write failed: {}", ec.message()));
     co_return false;
   }
@@ -815,8 +816,13 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, std::shared
   t->EndHandshake(*link);
   if (t->stopped_ || link->closed_) co_return false;
 
-  link->peer_ = PeerInfo{id->node_id, id->instance, id->listen_addr, remote, outbound,
-                         hello->version, std::chrono::system_clock::now()};
+  link->peer_ = PeerInfo{id->node_id,
+                         id->instance,
+                         id->listen_addr,
+                         remote,
+                         outbound,
+                         hello->version,
+                         std::chrono::system_clock::now()};
   const auto info = link->peer_;
   link->last_rx_ = link->last_tx_ = SteadyClock::now();
   t->ReplaceHalfOpen(*link);

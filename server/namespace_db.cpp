@@ -810,9 +810,8 @@ Result<std::uint64_t> NamespaceDb::TakeFreshNodeId() {
   do fresh = crypto::RandomU64();
   while (fresh == 0 || fresh == old);
   if (auto s = Exec("PRAGMA synchronous=FULL"); !s.ok()) return s;
-  Status s = Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES('node_id', ?)")
-                 .Bind(1, S(fresh))
-                 .Run();
+  Status s =
+      Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES('node_id', ?)").Bind(1, S(fresh)).Run();
   (void)Exec("PRAGMA synchronous=NORMAL");
   if (!s.ok()) return s;
   node_id_ = fresh;
@@ -827,7 +826,10 @@ std::optional<std::int64_t> NamespaceDb::GetMeta(std::string_view key) {
 }
 
 Status NamespaceDb::SetMeta(std::string_view key, std::int64_t value) {
-  return Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES(?, ?)").Bind(1, key).Bind(2, value).Run();
+  return Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES(?, ?)")
+      .Bind(1, key)
+      .Bind(2, value)
+      .Run();
 }
 
 Status NamespaceDb::ReserveSeqs(std::uint64_t need) {

@@ -38,7 +38,8 @@ StagingFile::StagingFile(UniqueFd fd, const crypto::Key256& key)
 std::array<std::uint8_t, 16> StagingFile::Iv(std::uint64_t gen) const {
   std::array<std::uint8_t, 16> iv{};
   const std::uint64_t hi = prefix_ ^ gen;
-  for (int i = 0; i < 8; ++i) iv[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(hi >> (56 - 8 * i));
+  for (int i = 0; i < 8; ++i)
+    iv[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(hi >> (56 - 8 * i));
   return iv;
 }
 
@@ -50,7 +51,8 @@ void StagingFile::Crypt(std::uint64_t offset, std::uint8_t* buf, std::size_t len
     const std::uint64_t gen = GenOf(pos / kPage);
     std::uint64_t run_end = std::min(end, (pos / kPage + 1) * kPage);
     while (run_end < end && GenOf(run_end / kPage) == gen) run_end = std::min(end, run_end + kPage);
-    ctr_->Xor(Iv(gen), pos, MutableByteSpan(buf + (pos - offset), static_cast<std::size_t>(run_end - pos)));
+    ctr_->Xor(Iv(gen), pos,
+              MutableByteSpan(buf + (pos - offset), static_cast<std::size_t>(run_end - pos)));
     pos = run_end;
   }
 }
@@ -126,7 +128,8 @@ Status StagingFile::Write(std::uint64_t offset, ByteSpan data) {
     if (auto s = Read(a, MutableByteSpan(buf.data(), kPage)); !s.ok()) return s;
   }
   if (b != offset + data.size() && (b - kPage != a || a == offset)) {
-    if (auto s = Read(b - kPage, MutableByteSpan(buf.data() + buf.size() - kPage, kPage)); !s.ok()) {
+    if (auto s = Read(b - kPage, MutableByteSpan(buf.data() + buf.size() - kPage, kPage));
+        !s.ok()) {
       return s;
     }
   }

@@ -140,8 +140,9 @@ TEST_F(StagingFileTest, RewritingAnOffsetNeverReusesTheKeystream) {
     // Not even one 16-byte block of it leaks.
     std::size_t leaked = 0;
     for (std::size_t i = 0; i + 16 <= c.len; i += 16) {
-      leaked += std::equal(px.begin() + static_cast<long>(i), px.begin() + static_cast<long>(i + 16),
-                           dx.begin() + static_cast<long>(c.offset - a + i));
+      leaked +=
+          std::equal(px.begin() + static_cast<long>(i), px.begin() + static_cast<long>(i + 16),
+                     dx.begin() + static_cast<long>(c.offset - a + i));
     }
     EXPECT_EQ(leaked, 0u);
     Bytes back(c.len);
@@ -158,7 +159,8 @@ TEST_F(StagingFileTest, RewritesKeepTheBytesAroundThem) {
   for (std::size_t i = 0; i < page.size(); ++i) page[i] = static_cast<std::uint8_t>(i * 31 + 7);
   ASSERT_TRUE(f->Write(0, page).ok());
   Bytes small(40, 0xEE);
-  for (std::uint64_t off : {std::uint64_t{5}, StagingFile::kPage - 20, 2 * StagingFile::kPage + 1}) {
+  for (std::uint64_t off :
+       {std::uint64_t{5}, StagingFile::kPage - 20, 2 * StagingFile::kPage + 1}) {
     ASSERT_TRUE(f->Write(off, small).ok());
     std::copy(small.begin(), small.end(), page.begin() + static_cast<long>(off));
     Bytes back(page.size());
