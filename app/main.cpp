@@ -16,12 +16,14 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <charconv>
 #include <cmath>
 #include <condition_variable>
+#include <csignal>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
@@ -41,6 +43,7 @@
 #include "net/tcp_transport.h"
 #include "server/file_server.h"
 #include "server/gc.h"
+#include "server/identity.h"
 #include "server/namespace_db.h"
 #include "server/replicator.h"
 
@@ -564,6 +567,18 @@ int Serve(Options o) {
 
   auto ns = server::NamespaceDb::Open(data / "meta.db");
   if (!ns.ok()) return fail(ns.status().message());
+  // A copy of another node's data directory must not run under that node's id (README,
+  // "Identity"): it takes a fresh one before anything is written.
+  auto identity = server::CheckDataDirIdentity(**ns, data);
+  if (!identity.ok()) return fail(identity.status().message());
+  if (identity->renewed) {
+    spdlog::warn(
+        "{}. Node id {:016x} may still be in use by the node this copy was made from, so this "
+        "node takes a fresh id, {:016x} (two processes under one id would miss each other's "
+        "changes and lose concurrent writes). Records written before keep the old id: they are "
+        "history both nodes share; peers stream this node's changes again from the start.",
+        identity->why, identity->old_id, (*ns)->node_id());
+  }
   auto store = cas::MakeLocalStore(data / "chunks", *key);
   if (!store.ok()) return fail(store.status().message());
   server::FileServer files(**ns, **store, cas::MakeHasher(*key), data / "staging");
@@ -576,6 +591,39 @@ int Serve(Options o) {
   auto replicator = std::make_unique<server::Replicator>(*io, files, ropts);
   net::TcpOptions topts;
   topts.node_id = files.node_id();
+  // Another process with this node id (a VM snapshot or block copy of the data directory, which
+  // the inode check above cannot see): the newer of the two stops and takes a fresh id at its
+  // next start; the other goes on. Both refuse the link.
+  std::atomic<bool> stopped_as_copy{false};
+  std::mutex copy_mu;
+  std::string copy_why;  // under copy_mu
+  topts.on_same_node_id = [&stopped_as_copy, &copy_mu, &copy_why, data](const net::SameNodeId& s) {
+    const std::string where = s.listen_addr.empty() ? s.remote : s.listen_addr;
+    if (!s.peer_is_older) {
+      spdlog::error(
+          "the process at {} runs with this node's id {:016x} and started after this one: its "
+          "data directory is a copy of this node's; it stops and takes a fresh id",
+          where, s.node_id);
+      return;
+    }
+    if (stopped_as_copy.exchange(true)) return;
+    const std::string why = fmt::format(
+        "the node at {} runs with this node's id {:016x} and has run longer: this data "
+        "directory is a copy of that node's (a VM snapshot or a disk copy)",
+        where, s.node_id);
+    {
+      std::lock_guard lock(copy_mu);
+      copy_why = why;
+    }
+    if (auto st = server::MarkForFreshNodeId(data, why); !st.ok()) {
+      spdlog::error("{}", st.message());
+    }
+    spdlog::error(
+        "{}; unmounting and stopping, so that two nodes never write under one id. The "
+        "next start takes a fresh node id.",
+        why);
+    ::kill(::getpid(), SIGTERM);
+  };
   topts.listen = o.listen;
   topts.auth_key = crypto::DeriveKey(key->secret, "foreverfs auth v1");
   topts.tls_psk = crypto::DeriveKey(key->secret, "foreverfs tls psk v1");
@@ -696,6 +744,10 @@ int Serve(Options o) {
   replicator.reset();
   io.reset();
   if (!run.ok()) return fail(run.message());
+  if (stopped_as_copy) {
+    std::lock_guard lock(copy_mu);
+    return fail(fmt::format("stopped: {}; start it again to take a fresh node id", copy_why));
+  }
   spdlog::info("unmounted {}; bye", mount_abs.string());
   return 0;
 }

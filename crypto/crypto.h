@@ -85,6 +85,20 @@ class Aead {
 void CtrXor(const Key256& key, const std::array<std::uint8_t, 16>& iv, std::uint64_t offset,
             MutableByteSpan data);
 
+// The same with the key schedule done once: for many short ranges under one key (staging files).
+// Not thread-safe.
+class Ctr {
+ public:
+  explicit Ctr(const Key256& key);
+  ~Ctr();
+  Ctr(const Ctr&) = delete;
+  Ctr& operator=(const Ctr&) = delete;
+  void Xor(const std::array<std::uint8_t, 16>& iv, std::uint64_t offset, MutableByteSpan data);
+
+ private:
+  struct evp_cipher_ctx_st* ctx_;  // owned
+};
+
 // The cluster key: 32 secret bytes stored in a file as 64 hex digits and a newline.
 struct ClusterKey {
   Key256 secret{};
@@ -92,8 +106,9 @@ struct ClusterKey {
 
 // Writes a new random key to `path` with mode 0600. Never overwrites: kExists if it is there.
 Status WriteNewKeyFile(const std::filesystem::path& path);
-// Reads a key file. Refuses (kPermission) a file readable or writable by group or others, with a
-// message naming the path and its mode, as ssh does for private keys.
+// Reads a key file. Refuses (kPermission) a file readable or writable by group or others, or
+// owned by a user other than the effective one, with a message naming the path and its mode or
+// owner, as ssh does for private keys.
 Result<ClusterKey> ReadKeyFile(const std::filesystem::path& path);
 
 }  // namespace foreverfs::crypto

@@ -1,4 +1,5 @@
-// Cluster key files: 64 lowercase hex digits and a newline, mode 0600. The key itself never
+// Cluster key files: 64 lowercase hex digits and a newline, mode 0600, owned by the user that
+// runs the daemon. The key itself never
 // appears in a message.
 
 #include <fcntl.h>
@@ -94,6 +95,14 @@ Result<ClusterKey> ReadKeyFile(const std::filesystem::path& path) {
                "Permissions {:04o} for '{}' are too open: the cluster key must be readable by its "
                "owner only (chmod 600 {})",
                st.st_mode & 07777, path.string(), path.string());
+  }
+  // As ssh for private keys: a key someone else owns could be replaced by them at any time (or
+  // was left behind by another account), so it is not this daemon's to trust.
+  if (st.st_uid != ::geteuid()) {
+    return Err(Code::kPermission,
+               "key file '{}' is owned by uid {}, not by uid {} that runs foreverfs: refusing a "
+               "cluster key another user controls (chown {} {})",
+               path.string(), st.st_uid, ::geteuid(), ::geteuid(), path.string());
   }
   // Read one byte more than a valid file holds so that trailing garbage is detected.
   char buf[kKeyFileSize + 1];

@@ -36,8 +36,9 @@ int main(int argc, char** argv) {
   DentryRecord tomb{1, "old", 43, {5, 6}, true};
   Changes changes{99, {inode, link}, {entry, tomb}};
   std::vector<Message> messages = {
-      Hello{kMagic, kProtocolVersion, 7, "10.0.0.1:3000", crypto::Digest{5}},
+      Hello{kMagic, kProtocolVersion, 0, "", crypto::Digest{5}},
       Auth{crypto::Digest{6}},
+      Identity{7, 8, 9, "10.0.0.1:3000", crypto::Digest{10}},
       Peers{{{1, "10.0.0.2:3000"}, {2, "[::1]:3000"}}},
       Subscribe{12345},
       changes,

@@ -174,12 +174,13 @@ void MemoryNetwork::Impl::Open(std::uint64_t node_a, LinkHandler& a, std::uint64
   pipe->handlers[1] = &b;
   pipe->faults = faults_;
   const auto now = std::chrono::system_clock::now();
-  pipe->links[0] = std::make_shared<MemoryLink>(
-      pipe, 0,
-      PeerInfo{node_b, MemAddr(node_b), MemAddr(node_b), /*outbound=*/true, kProtocolVersion, now});
+  pipe->links[0] =
+      std::make_shared<MemoryLink>(pipe, 0,
+                                   PeerInfo{node_b, node_b, MemAddr(node_b), MemAddr(node_b),
+                                            /*outbound=*/true, kProtocolVersion, now});
   pipe->links[1] =
       std::make_shared<MemoryLink>(pipe, 1,
-                                   PeerInfo{node_a, MemAddr(node_a), MemAddr(node_a),
+                                   PeerInfo{node_a, node_a, MemAddr(node_a), MemAddr(node_a),
                                             /*outbound=*/false, kProtocolVersion, now});
   pipes_.insert(pipe);
   pipe->accepted[0] = a.OnOpen(pipe->links[0]);

@@ -30,12 +30,20 @@ void Put(Writer& w, const Version& v) {
 void Put(Writer& w, const Hello& m) {
   w.PutU32(m.magic);
   w.PutU16(m.version);
-  w.PutU64(m.node_id);
-  w.PutStr16(m.listen_addr);
+  w.PutU64(m.reserved_id);
+  w.PutStr16(m.reserved_addr);
   w.PutDigest(m.nonce);
 }
 
 void Put(Writer& w, const Auth& m) { w.PutDigest(m.proof); }
+
+void Put(Writer& w, const Identity& m) {
+  w.PutU64(m.node_id);
+  w.PutU64(m.instance);
+  w.PutU64(m.uptime_ms);
+  w.PutStr16(m.listen_addr);
+  w.PutDigest(m.proof);
+}
 
 void Put(Writer& w, const Peers& m) {
   w.PutU32(static_cast<std::uint32_t>(m.peers.size()));
@@ -140,12 +148,27 @@ void Get(Reader& r, Hello& m) {
   }
   // A version other than ours is decoded: the transport refuses it with a better message.
   m.version = r.GetU16("version");
-  m.node_id = r.GetU64("node id");
-  m.listen_addr = r.GetStr16("listen address", kMaxAddrSize);
+  // Protocol 2 sent the node id and listen address here; since 3 they are reserved (the sender
+  // says who it is only after the peer proved the key). Another version's values are ignored.
+  m.reserved_id = r.GetU64("reserved node id");
+  m.reserved_addr = r.GetStr16("listen address", kMaxAddrSize);
+  if (r.ok() && m.version == kProtocolVersion && (m.reserved_id != 0 || !m.reserved_addr.empty())) {
+    r.Fail(
+        "reserved node id and listen address must be zero and empty (no identity before the "
+        "key proof)");
+  }
   m.nonce = r.GetDigest("nonce");
 }
 
 void Get(Reader& r, Auth& m) { m.proof = r.GetDigest("proof"); }
+
+void Get(Reader& r, Identity& m) {
+  m.node_id = r.GetU64("node id");
+  m.instance = r.GetU64("instance");
+  m.uptime_ms = r.GetU64("uptime");
+  m.listen_addr = r.GetStr16("listen address", kMaxAddrSize);
+  m.proof = r.GetDigest("proof");
+}
 
 void Get(Reader& r, Peers& m) {
   std::uint32_t n = r.GetCount("peer", kMaxPeersPerMessage, kMinPeerSize);
@@ -325,7 +348,8 @@ MessageType TypeOf(const Message& m) {
   static_assert(std::is_same_v<std::variant_alternative_t<6, Message>, ChunkReply>);
   static_assert(std::is_same_v<std::variant_alternative_t<8, Message>, HaveChunksReply>);
   static_assert(std::is_same_v<std::variant_alternative_t<9, Message>, Keepalive>);
-  static_assert(std::is_same_v<std::variant_alternative_t<10, Message>, FeedAck>);
+  static_assert(std::is_same_v<std::variant_alternative_t<10, Message>, Identity>);
+  static_assert(std::is_same_v<std::variant_alternative_t<11, Message>, FeedAck>);
   return static_cast<MessageType>(m.index() + 1);
 }
 
@@ -351,6 +375,8 @@ const char* TypeName(MessageType t) {
       return "HaveChunksReply";
     case MessageType::kKeepalive:
       return "Keepalive";
+    case MessageType::kIdentity:
+      return "Identity";
     case MessageType::kFeedAck:
       return "FeedAck";
   }
@@ -407,6 +433,8 @@ Result<Message> DecodePayload(MessageType type, ByteSpan payload) {
       return Decode<HaveChunksReply>(type, payload);
     case MessageType::kKeepalive:
       return Decode<Keepalive>(type, payload);
+    case MessageType::kIdentity:
+      return Decode<Identity>(type, payload);
     case MessageType::kFeedAck:
       return Decode<FeedAck>(type, payload);
   }

@@ -18,7 +18,8 @@
 namespace foreverfs::net {
 
 inline constexpr std::uint32_t kMagic = 0x31534646;               // "FFS1" little-endian
-inline constexpr std::uint16_t kProtocolVersion = 2;              // 2: sparse manifests, rdev
+// 2: sparse manifests, rdev. 3: no identity before the key proof (Identity after Auth).
+inline constexpr std::uint16_t kProtocolVersion = 3;
 inline constexpr std::size_t kFrameHeaderSize = 6;                // u32 length + u16 type
 inline constexpr std::uint32_t kMaxFrameSize = 16 * 1024 * 1024;  // length field bound
 inline constexpr std::size_t kMaxNameSize = 255;
@@ -118,23 +119,39 @@ enum class MessageType : std::uint16_t {
   kHaveChunks = 8,
   kHaveChunksReply = 9,
   kKeepalive = 10,
-  kFeedAck = 11,
+  kIdentity = 11,
+  kFeedAck = 12,
 };
 
-// First message on a connection, from both sides.
+// First message on a connection, from both sides. It says nothing about who the sender is:
+// the peer has not proven the cluster key yet. On the wire it keeps protocol 2's layout, with
+// the node id and listen address fields reserved (zero, empty), so that a node of another
+// version decodes it and reports the version mismatch instead of a garbled frame.
 struct Hello {
   std::uint32_t magic = kMagic;
   std::uint16_t version = kProtocolVersion;
-  std::uint64_t node_id = 0;
-  std::string listen_addr;  // "host:port" this node accepts on ("" if unknown)
+  std::uint64_t reserved_id = 0;  // protocol 2's node id: 0 since 3
+  std::string reserved_addr;      // protocol 2's listen address: empty since 3
   crypto::Digest nonce{};
   bool operator==(const Hello&) const = default;
 };
 
-// Second message, from both sides: proof of the cluster key over both nonces.
+// Second message, from both sides: proof of the cluster key over both nonces and the sender's
+// role (dialer or acceptor).
 struct Auth {
   crypto::Digest proof{};
   bool operator==(const Auth&) const = default;
+};
+
+// Third message, from both sides, sent only once the peer's Auth proved the cluster key: who
+// the sender is, with a proof binding these fields to the key and to this connection's nonces.
+struct Identity {
+  std::uint64_t node_id = 0;
+  std::uint64_t instance = 0;   // random per process: two processes with one node id differ here
+  std::uint64_t uptime_ms = 0;  // how long the sending process has run (which clone is newer)
+  std::string listen_addr;      // "host:port" this node accepts on ("" if unknown)
+  crypto::Digest proof{};
+  bool operator==(const Identity&) const = default;
 };
 
 struct PeerAddr {
@@ -216,7 +233,7 @@ struct FeedAck {
 };
 
 using Message = std::variant<Hello, Auth, Peers, Subscribe, Changes, GetChunk, ChunkReply,
-                             HaveChunks, HaveChunksReply, Keepalive, FeedAck>;
+                             HaveChunks, HaveChunksReply, Keepalive, Identity, FeedAck>;
 
 MessageType TypeOf(const Message& m);
 const char* TypeName(MessageType t);
@@ -232,7 +249,8 @@ struct FrameHeader {
 Result<FrameHeader> DecodeFrameHeader(ByteSpan header /* kFrameHeaderSize bytes */);
 // Decodes a payload of the given type. Rejects (kInvalid, saying what) truncated payloads,
 // trailing bytes, counts or lengths over their bounds, invalid names (empty, ".", "..", with
-// '/' or NUL, over kMaxNameSize), unknown inode kinds, and a Hello whose magic is wrong.
+// '/' or NUL, over kMaxNameSize), unknown inode kinds, a Hello whose magic is wrong, and a Hello of
+// this protocol version whose reserved fields are not zero and empty.
 Result<Message> DecodePayload(MessageType type, ByteSpan payload);
 
 // The limits a file must keep (size, chunks holding data, chunks within the size, content only

@@ -168,6 +168,7 @@ struct Counters {
   std::atomic<std::uint64_t> links_timed_out{0};
   std::atomic<std::uint64_t> links_replaced{0};
   std::atomic<std::uint64_t> keepalives_sent{0};
+  std::atomic<std::uint64_t> same_node_id{0};
 };
 
 // A connect attempt and its deadline, shared with the timer's handler.
@@ -193,6 +194,7 @@ struct TcpTransport::Impl : std::enable_shared_from_this<TcpTransport::Impl> {
         tls_(asio::ssl::context::tls),
         accept_pause_(io),
         log_timer_(io) {
+    while (options_.instance == 0) options_.instance = crypto::RandomU64();
     SSL_CTX* c = tls_.native_handle();
     SSL_CTX_set_min_proto_version(c, TLS1_3_VERSION);
     SSL_CTX_set_ciphersuites(c, "TLS_AES_256_GCM_SHA384");
@@ -205,6 +207,7 @@ struct TcpTransport::Impl : std::enable_shared_from_this<TcpTransport::Impl> {
 
   asio::io_context& io_;
   TcpOptions options_;
+  const SteadyClock::time_point started_ = SteadyClock::now();  // Identity.uptime_ms
   LinkHandler& handler_;
   tcp::acceptor acceptor_;
   asio::ssl::context tls_;
@@ -715,9 +718,9 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, std::shared
     fail(fmt::format("TLS handshake failed: {}", TlsError(hec)));
     co_return false;
   }
+  // Hello, then Auth: nothing in either says who this node is. Only once the peer's Auth
+  // proved the cluster key does Identity (node id, instance, listen address) leave.
   Hello mine;
-  mine.node_id = t->options_.node_id;
-  mine.listen_addr = t->advertised_;
   crypto::RandomBytes(mine.nonce);
   if (auto ec = co_await WriteMessage(*link, mine)) {
     fail(fmt::format("handshake write failed: {}", ec.message()));
@@ -731,40 +734,114 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, std::shared
     co_return false;
   }
   if (hello->version != kProtocolVersion) {
-    fail(fmt::format("protocol version {} (we speak {})", hello->version, kProtocolVersion));
+    fail(
+        fmt::format("it speaks protocol version {}, this node {}: run the same foreverfs "
+                    "release on every node",
+                    hello->version, kProtocolVersion));
     co_return false;
   }
-  if (hello->node_id == t->options_.node_id) {
-    t->EndHandshake(*link);
-    spdlog::debug("peer {}: is this node itself; not dialing it again", who);
-    if (outbound) {
-      t->self_addrs_.insert(dial_addr);
-      t->NoteError(key, outbound, "this node itself; not dialed again");
-    }
+  if (hello->nonce == mine.nonce) {  // our own Hello reflected back
+    fail("its Hello carries our own nonce (a reflected handshake)");
     co_return false;
   }
-  if (outbound) t->Addr(key, true).node_id = hello->node_id;
-  Auth auth{AuthProof(t->options_.auth_key, mine.nonce, hello->nonce, mine.node_id)};
-  if (auto ec = co_await WriteMessage(*link, auth)) {
+  const auto& key_auth = t->options_.auth_key;
+  if (auto ec = co_await WriteMessage(
+          *link, Auth{AuthProof(key_auth, outbound, mine.nonce, hello->nonce)})) {
     fail(fmt::format("handshake write failed: {}", ec.message()));
     co_return false;
   }
   auto auth_msg = co_await ReadMessage(*link, kMaxHandshakeFrame);
   const Auth* theirs = auth_msg.ok() ? std::get_if<Auth>(&*auth_msg) : nullptr;
-  const auto expected = AuthProof(t->options_.auth_key, hello->nonce, mine.nonce, hello->node_id);
-  if (!theirs || theirs->proof != expected) {
+  if (!theirs || theirs->proof != AuthProof(key_auth, !outbound, hello->nonce, mine.nonce)) {
     fail("it did not prove the cluster key (wrong key file?)");
     co_return false;
   }
+  Identity me;
+  me.node_id = t->options_.node_id;
+  me.instance = t->options_.instance;
+  me.uptime_ms = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<milliseconds>(SteadyClock::now() - t->started_).count());
+  me.listen_addr = t->advertised_;
+  me.proof = IdentityProof(key_auth, outbound, mine.nonce, hello->nonce, me);
+  if (auto ec = co_await WriteMessage(*link, me)) {
+    fail(fmt::format("handshake write failed: {}", ec.message()));
+    co_return false;
+  }
+  auto id_msg = co_await ReadMessage(*link, kMaxHandshakeFrame);
+  const Identity* id = id_msg.ok() ? std::get_if<Identity>(&*id_msg) : nullptr;
+  if (!id) {
+    fail(fmt::format("no valid Identity ({})",
+                     id_msg.ok() ? "another message came" : id_msg.status().message()));
+    co_return false;
+  }
+  if (id->proof != IdentityProof(key_auth, !outbound, hello->nonce, mine.nonce, *id)) {
+    fail("its Identity does not carry a valid proof of the cluster key");
+    co_return false;
+  }
+  if (id->node_id == t->options_.node_id) {
+    t->EndHandshake(*link);
+    if (id->instance == me.instance) {
+      spdlog::debug("peer {}: is this node itself; not dialing it again", who);
+      if (outbound) {
+        t->self_addrs_.insert(dial_addr);
+        t->NoteError(key, outbound, "this node itself; not dialed again");
+      }
+      co_return false;
+    }
+    // Another process with our node id: a copy of this node's data directory (a VM snapshot,
+    // a disk copy). Never linked: the two would never exchange their changes, and their
+    // concurrent writes would not be seen as conflicts.
+    Bump(t->stats_.same_node_id);
+    SameNodeId same{remote, id->listen_addr, id->node_id, id->instance,
+                    id->uptime_ms > me.uptime_ms ||
+                        (id->uptime_ms == me.uptime_ms && id->instance < me.instance)};
+    const std::string why = fmt::format(
+        "it is another process with this node's id {:016x} (its address {}, running {} than "
+        "this one): one of the two data directories is a copy of the other",
+        id->node_id, id->listen_addr.empty() ? remote : id->listen_addr,
+        same.peer_is_older ? "longer" : "for less time");
+    spdlog::error("peer {}: refused: {}", who, why);
+    t->NoteError(key, outbound, "refused: " + why);
+    if (t->options_.on_same_node_id) {
+      try {
+        t->options_.on_same_node_id(same);
+      } catch (const std::exception& x) {
+        spdlog::error("handling a duplicate node id failed: {}", x.what());
+      }
+    }
+    co_return false;
+  }
+  if (outbound) t->Addr(key, true).node_id = id->node_id;
   deadline.cancel();
   t->EndHandshake(*link);
   if (t->stopped_ || link->closed_) co_return false;
 
-  link->peer_ = PeerInfo{hello->node_id, hello->listen_addr, remote,
-                         outbound,       hello->version,     std::chrono::system_clock::now()};
+  link->peer_ = PeerInfo{id->node_id,
+                         id->instance,
+                         id->listen_addr,
+                         remote,
+                         outbound,
+                         hello->version,
+                         std::chrono::system_clock::now()};
   const auto info = link->peer_;
   link->last_rx_ = link->last_tx_ = SteadyClock::now();
   t->ReplaceHalfOpen(*link);
+  // A link from another process that claims the node id of a peer linked and alive (not
+  // half-open: ReplaceHalfOpen took those): two processes share that id. Refused, not merged.
+  for (const auto& l : t->links_) {
+    if (l->finished_ || l->peer_.node_id != info.node_id || l->peer_.instance == info.instance) {
+      continue;
+    }
+    Bump(t->stats_.same_node_id);
+    const std::string why = fmt::format(
+        "it says it is node {:016x}, but the peer at {} already is, as another process that is "
+        "alive: two nodes share one node id (a copied data directory?)",
+        info.node_id, l->peer_.remote);
+    spdlog::error("peer {}: refused: {}", who, why);
+    t->NoteError(key, outbound, "refused: " + why);
+    link->Close("refused: " + why);
+    co_return false;  // a dialer backs off
+  }
   if (outbound) {
     t->addr_node_[dial_addr] = info.node_id;
     t->Addr(key, true).connected = true;
@@ -792,7 +869,8 @@ awaitable<bool> RunConnection(std::shared_ptr<TcpTransport::Impl> t, std::shared
       break;
     }
     if (std::holds_alternative<Keepalive>(*m)) continue;  // last_rx_ is all it is for
-    if (std::holds_alternative<Hello>(*m) || std::holds_alternative<Auth>(*m)) {
+    if (std::holds_alternative<Hello>(*m) || std::holds_alternative<Auth>(*m) ||
+        std::holds_alternative<Identity>(*m)) {
       reason = "handshake message after the handshake";
       spdlog::warn("peer {}: protocol error, disconnecting: {}", who, reason);
       break;
@@ -1001,8 +1079,11 @@ TcpStats TcpTransport::Stats() const {
   s.links_timed_out = Load(c.links_timed_out);
   s.links_replaced = Load(c.links_replaced);
   s.keepalives_sent = Load(c.keepalives_sent);
+  s.same_node_id = Load(c.same_node_id);
   return s;
 }
+
+std::uint64_t TcpTransport::Instance() const { return impl_->options_.instance; }
 
 void TcpTransport::Stop() {
   auto& t = *impl_;

@@ -21,6 +21,7 @@
 // once per connection. Accept errors (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting, 100 ms
 // doubling to 1 s, with one log line when it starts and one when accepting works again.
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,8 +35,24 @@ class io_context;
 
 namespace foreverfs::net {
 
+// A peer that says it is this node (same node id) but is another process (another instance):
+// a copy of this node's data directory runs elsewhere. `peer_is_older` says which of the two
+// processes has run longer (both ends decide alike: the uptimes both sent).
+struct SameNodeId {
+  std::string remote;       // where the other process is
+  std::string listen_addr;  // what it says it accepts on
+  std::uint64_t node_id = 0;
+  std::uint64_t peer_instance = 0;
+  bool peer_is_older = false;
+};
+
 struct TcpOptions {
   std::uint64_t node_id = 0;
+  // Random per process, sent in Identity; 0: the transport draws one.
+  std::uint64_t instance = 0;
+  // Called on the event thread when a handshake meets another process with our node id (the
+  // link is refused either way). Unset: only logged.
+  std::function<void(const SameNodeId&)> on_same_node_id;
   std::string listen;         // "host:port" or ":port" (all addresses)
   crypto::Key256 auth_key{};  // derived from the cluster key, for the Auth proof
   crypto::Key256 tls_psk{};   // derived from the cluster key, the TLS 1.3 external PSK
@@ -61,6 +78,8 @@ struct TcpStats {
   std::uint64_t evicted = 0;                 // closed to make room under max_handshakes
   std::uint64_t handshake_timeouts = 0;      // handshakes (either direction) over the deadline
   std::uint64_t handshake_failures = 0;      // refused: TLS failed, no Hello, bad version or proof
+  std::uint64_t same_node_id = 0;            // refused: another process with our node id, or
+                                             // with the id of a peer already linked
   std::uint64_t accept_errors = 0;           // accept(2) failed (EMFILE and the like)
   std::uint64_t links_timed_out = 0;         // established links closed by the read deadline
   std::uint64_t links_replaced = 0;          // half-open links replaced by a newer one
@@ -105,6 +124,8 @@ class TcpTransport {
   const Traffic& Totals() const;
   // Counters of refused, evicted and timed-out connections (see TcpStats). Any thread.
   TcpStats Stats() const;
+  // This process's instance (TcpOptions::instance, or the one drawn).
+  std::uint64_t Instance() const;
   // Stops accepting and dialing and closes every connection. Call on the event thread.
   void Stop();
 

@@ -1,7 +1,7 @@
 #pragma once
 // Links between nodes. A Transport delivers whole, decoded Messages between authenticated
-// peers; the handshake (Hello, then Auth proving the cluster key) happens inside the transport,
-// so a LinkHandler only ever sees peers that proved the key.
+// peers; the handshake (Hello, then Auth proving the cluster key, then Identity) happens inside
+// the transport, so a LinkHandler only ever sees peers that proved the key.
 //
 // Threading: every LinkHandler callback runs on the transport's single event thread, and
 // Link::Send / Link::Close must be called on that thread too (post to it otherwise).
@@ -19,6 +19,7 @@ namespace foreverfs::net {
 
 struct PeerInfo {
   std::uint64_t node_id = 0;
+  std::uint64_t instance = 0;  // random per process (Identity): a restarted peer has another
   std::string listen_addr;    // what the peer says it accepts on ("host:port"), may be empty
   std::string remote;         // the address we see it at, for log lines
   bool outbound = false;      // we dialed it
@@ -60,8 +61,13 @@ class LinkHandler {
   virtual void OnClose(const std::shared_ptr<Link>& link, const std::string& reason) = 0;
 };
 
-// The key-proof both sides send after Hello (see doc/protocol.md).
-crypto::Digest AuthProof(const crypto::Key256& auth_key, const crypto::Digest& own_nonce,
-                         const crypto::Digest& peer_nonce, std::uint64_t own_node_id);
+// The key proof both sides send after Hello (Auth), and the proof binding an Identity to the
+// key and this connection, sent once the peer's Auth checked (see doc/protocol.md). `dialer` is
+// the sender's role, so that a proof reflected back to its sender never passes.
+crypto::Digest AuthProof(const crypto::Key256& auth_key, bool dialer,
+                         const crypto::Digest& own_nonce, const crypto::Digest& peer_nonce);
+crypto::Digest IdentityProof(const crypto::Key256& auth_key, bool dialer,
+                             const crypto::Digest& own_nonce, const crypto::Digest& peer_nonce,
+                             const Identity& id);
 
 }  // namespace foreverfs::net

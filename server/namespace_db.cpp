@@ -836,6 +836,34 @@ Status NamespaceDb::KeepConflictCopy(const InodeRecord& loser, std::uint64_t& se
   return PutDentry(entry, seq, won);
 }
 
+Result<std::uint64_t> NamespaceDb::TakeFreshNodeId() {
+  const std::uint64_t old = node_id_;
+  std::uint64_t fresh = 0;
+  do fresh = crypto::RandomU64();
+  while (fresh == 0 || fresh == old);
+  if (auto s = Exec("PRAGMA synchronous=FULL"); !s.ok()) return s;
+  Status s =
+      Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES('node_id', ?)").Bind(1, S(fresh)).Run();
+  (void)Exec("PRAGMA synchronous=NORMAL");
+  if (!s.ok()) return s;
+  node_id_ = fresh;
+  return old;
+}
+
+std::optional<std::int64_t> NamespaceDb::GetMeta(std::string_view key) {
+  Stmt q(db_, "SELECT v FROM meta WHERE k = ?");
+  q.Bind(1, key);
+  if (q.Step() == SQLITE_ROW) return q.Int(0);
+  return std::nullopt;
+}
+
+Status NamespaceDb::SetMeta(std::string_view key, std::int64_t value) {
+  return Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES(?, ?)")
+      .Bind(1, key)
+      .Bind(2, value)
+      .Run();
+}
+
 Status NamespaceDb::ReserveSeqs(std::uint64_t need) {
   const std::uint64_t reserved = seq_ + std::max(kSeqBlock, 2 * need);
   if (auto s = Exec("PRAGMA synchronous=FULL"); !s.ok()) return s;

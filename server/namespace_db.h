@@ -66,6 +66,13 @@ class NamespaceDb {
   NamespaceDb& operator=(const NamespaceDb&) = delete;
 
   std::uint64_t node_id() const { return node_id_; }
+  // Replaces the node id with a fresh random one, durably, and returns the old one. Only before
+  // the database is used (no FileServer yet): records already written keep the old id, which is
+  // what they were written under. For a copy of a data directory (see README, "Identity").
+  Result<std::uint64_t> TakeFreshNodeId();
+  // Small integers kept in the database beside the node id (e.g. "data_dir_ino").
+  std::optional<std::int64_t> GetMeta(std::string_view key);
+  Status SetMeta(std::string_view key, std::int64_t value);
   // Makes every commit so far durable (fsync of the WAL and the database file).
   Status Sync();
   // The greatest HLC value stored, so the clock never goes back across restarts.

@@ -13,6 +13,8 @@ constexpr std::uint64_t kBlock = 16;
 std::uint64_t Down(std::uint64_t v) { return v & ~(kBlock - 1); }
 std::uint64_t Up(std::uint64_t v) { return Down(v + kBlock - 1); }
 
+constexpr std::uint64_t kLost = ~std::uint64_t{0};  // a page's generation after a failed write
+
 bool ZeroBlock(const std::uint8_t* p) {
   static constexpr std::uint8_t kZero[kBlock] = {};
   return std::memcmp(p, kZero, kBlock) == 0;
@@ -23,10 +25,36 @@ bool ZeroBlock(const std::uint8_t* p) {
 Result<StagingFile> StagingFile::Create(const std::filesystem::path& dir) {
   int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) return ErrnoStatus(errno, fmt::format("creating a staging file in {}", dir.string()));
-  StagingFile f{UniqueFd(fd)};
-  crypto::RandomBytes(f.key_);
-  crypto::RandomBytes(f.iv_);
+  crypto::Key256 key{};
+  crypto::RandomBytes(key);
+  StagingFile f{UniqueFd(fd), key};
+  crypto::RandomBytes(MutableByteSpan(reinterpret_cast<std::uint8_t*>(&f.prefix_), 8));
   return f;
+}
+
+StagingFile::StagingFile(UniqueFd fd, const crypto::Key256& key)
+    : fd_(std::move(fd)), ctr_(std::make_unique<crypto::Ctr>(key)) {}
+
+std::array<std::uint8_t, 16> StagingFile::Iv(std::uint64_t gen) const {
+  std::array<std::uint8_t, 16> iv{};
+  const std::uint64_t hi = prefix_ ^ gen;
+  for (int i = 0; i < 8; ++i)
+    iv[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(hi >> (56 - 8 * i));
+  return iv;
+}
+
+void StagingFile::Crypt(std::uint64_t offset, std::uint8_t* buf, std::size_t len) {
+  // Runs of pages under one generation take one call (a range written at once is one run).
+  std::uint64_t pos = offset;
+  const std::uint64_t end = offset + len;
+  while (pos < end) {
+    const std::uint64_t gen = GenOf(pos / kPage);
+    std::uint64_t run_end = std::min(end, (pos / kPage + 1) * kPage);
+    while (run_end < end && GenOf(run_end / kPage) == gen) run_end = std::min(end, run_end + kPage);
+    ctr_->Xor(Iv(gen), pos,
+              MutableByteSpan(buf + (pos - offset), static_cast<std::size_t>(run_end - pos)));
+    pos = run_end;
+  }
 }
 
 Status StagingFile::ReadRaw(std::uint64_t offset, std::uint8_t* buf, std::size_t len) {
@@ -71,13 +99,18 @@ Status StagingFile::Read(std::uint64_t offset, MutableByteSpan out) {
   }
   const std::size_t len = static_cast<std::size_t>(b - a);
   if (auto s = ReadRaw(a, buf, len); !s.ok()) return s;
+  for (std::uint64_t p = a / kPage; p <= (b - 1) / kPage; ++p) {
+    if (GenOf(p) == kLost) {
+      return Err(Code::kIOError, "staging page at {} was lost by a failed write", p * kPage);
+    }
+  }
   // Remember the holes, decrypt everything, then put the holes' zeros back.
   std::vector<std::size_t> holes;
   for (std::size_t i = 0; i < len; i += kBlock) {
     if (ZeroBlock(buf + i)) holes.push_back(i);
   }
   if (holes.size() * kBlock < len) {
-    crypto::CtrXor(key_, iv_, a, MutableByteSpan(buf, len));
+    Crypt(a, buf, len);
     for (auto i : holes) std::memset(buf + i, 0, kBlock);
   }
   if (!aligned) std::memcpy(out.data(), buf + (offset - a), out.size());
@@ -86,21 +119,33 @@ Status StagingFile::Read(std::uint64_t offset, MutableByteSpan out) {
 
 Status StagingFile::Write(std::uint64_t offset, ByteSpan data) {
   if (data.empty()) return Ok();
-  const std::uint64_t a = Down(offset), b = Up(offset + data.size());
+  // Whole pages, so that every page is under one generation: the bytes around the write in its
+  // first and last page are read (decrypted) and written again under the new one.
+  const std::uint64_t a = offset / kPage * kPage;
+  const std::uint64_t b = (offset + data.size() + kPage - 1) / kPage * kPage;
   Bytes buf(static_cast<std::size_t>(b - a));
-  // Partial first and last blocks keep the bytes around the write.
   if (a != offset) {
-    if (auto s = Read(a, MutableByteSpan(buf.data(), kBlock)); !s.ok()) return s;
+    if (auto s = Read(a, MutableByteSpan(buf.data(), kPage)); !s.ok()) return s;
   }
-  if (b != offset + data.size() && (b - kBlock != a || a == offset)) {
-    if (auto s = Read(b - kBlock, MutableByteSpan(buf.data() + buf.size() - kBlock, kBlock));
+  if (b != offset + data.size() && (b - kPage != a || a == offset)) {
+    if (auto s = Read(b - kPage, MutableByteSpan(buf.data() + buf.size() - kPage, kPage));
         !s.ok()) {
       return s;
     }
   }
   std::memcpy(buf.data() + (offset - a), data.data(), data.size());
-  crypto::CtrXor(key_, iv_, a, buf);
-  return WriteRaw(a, buf.data(), buf.size());
+  const std::uint64_t gen = ++next_gen_;
+  if (gens_.size() < b / kPage) gens_.resize(static_cast<std::size_t>(b / kPage), 0);
+  auto first = gens_.begin() + static_cast<std::ptrdiff_t>(a / kPage);
+  auto last = gens_.begin() + static_cast<std::ptrdiff_t>(b / kPage);
+  std::fill(first, last, gen);
+  Crypt(a, buf.data(), buf.size());
+  Status s = WriteRaw(a, buf.data(), buf.size());
+  // A failed write may have reached some pages and not others: none of them can be decrypted
+  // for sure any more, the bytes around the write included. They read as an error (never as
+  // wrong bytes) until a write covers them whole.
+  if (!s.ok()) std::fill(first, last, kLost);
+  return s;
 }
 
 Status StagingFile::Truncate(std::uint64_t size) {
@@ -111,11 +156,22 @@ Status StagingFile::Truncate(std::uint64_t size) {
   }
   if (::ftruncate(fd_.get(), static_cast<off_t>(a)) != 0)
     return ErrnoStatus(errno, "truncating a staging file");
+  // Pages wholly past the end are holes now, whatever they were.
+  const auto pages = static_cast<std::size_t>((a + kPage - 1) / kPage);
+  if (gens_.size() > pages) {
+    gens_.resize(pages);
+    gens_.shrink_to_fit();
+  }
   if (a != size) return Write(a, ByteSpan(keep.data(), kBlock));  // the tail of the block is zeros
   return Ok();
 }
 
 Status StagingFile::Zero(std::uint64_t offset, std::uint64_t length) {
+  // Pages wholly inside the range become holes, whatever they were (a lost page included).
+  for (std::uint64_t p = (offset + kPage - 1) / kPage; (p + 1) * kPage <= offset + length; ++p) {
+    if (p >= gens_.size()) break;
+    gens_[static_cast<std::size_t>(p)] = 0;
+  }
   if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                   static_cast<off_t>(length)) == 0) {
     return Ok();

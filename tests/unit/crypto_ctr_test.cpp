@@ -66,4 +66,22 @@ TEST(CtrXor, AnyRangeMatchesTheWholeStream) {
 }
 
 }  // namespace
+TEST(Ctr, KeyedOnceMatchesCtrXorForEveryIvAndOffset) {
+  Key256 key{};
+  for (std::size_t i = 0; i < key.size(); ++i) key[i] = static_cast<std::uint8_t>(i * 7);
+  Ctr ctr(key);
+  std::mt19937 rng(5);
+  for (int i = 0; i < 200; ++i) {
+    std::array<std::uint8_t, 16> iv{};
+    for (auto& b : iv) b = static_cast<std::uint8_t>(rng());
+    const std::uint64_t offset = rng() % 100000;
+    Bytes a(rng() % 5000), b;
+    for (auto& x : a) x = static_cast<std::uint8_t>(rng());
+    b = a;
+    CtrXor(key, iv, offset, a);
+    ctr.Xor(iv, offset, b);
+    ASSERT_EQ(a, b) << i;
+  }
+}
+
 }  // namespace foreverfs::crypto

@@ -251,6 +251,37 @@ TEST_F(KeyFileTest, RefusesOpenPermissions) {
   EXPECT_TRUE(ReadKeyFile(path_).ok());
 }
 
+TEST_F(KeyFileTest, RefusesAKeyAnotherUserOwns) {
+  if (::geteuid() != 0) GTEST_SKIP() << "only root can give a file to another user";
+  ASSERT_TRUE(WriteNewKeyFile(path_).ok());
+  ASSERT_TRUE(ReadKeyFile(path_).ok());
+  ASSERT_EQ(::chown(path_.c_str(), 65534, 65534), 0);  // nobody
+  Result<ClusterKey> key = ReadKeyFile(path_);
+  ASSERT_FALSE(key.ok());
+  EXPECT_EQ(key.status().code(), Code::kPermission);
+  const std::string& msg = key.status().message();
+  EXPECT_NE(msg.find(path_.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("owned by uid 65534"), std::string::npos) << msg;
+  // Through a symlink the target's owner counts.
+  const fs::path link = dir_ / "link.key";
+  fs::create_symlink(path_, link);
+  EXPECT_FALSE(ReadKeyFile(link).ok());
+  ASSERT_EQ(::chown(path_.c_str(), 0, 0), 0);
+  EXPECT_TRUE(ReadKeyFile(link).ok());
+}
+
+TEST_F(KeyFileTest, KeygenWrites0600WhateverTheUmask) {
+  const mode_t old = ::umask(0);
+  Status s = WriteNewKeyFile(path_);
+  ::umask(old);
+  ASSERT_TRUE(s.ok()) << s.message();
+  struct stat st {};
+  ASSERT_EQ(::stat(path_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(st.st_uid, ::geteuid());
+  EXPECT_TRUE(ReadKeyFile(path_).ok());
+}
+
 TEST_F(KeyFileTest, MissingFile) {
   Result<ClusterKey> key = ReadKeyFile(path_);
   EXPECT_EQ(key.status().code(), Code::kNotFound);

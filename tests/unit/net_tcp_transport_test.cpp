@@ -315,24 +315,144 @@ TEST(NetTcpTest, RestartedPeerReplacesItsHalfOpenLink) {
 }
 
 TEST(NetTcpTest, LiveLinkIsNotReplacedByASecondOne) {
-  // Two links to one node while both are alive (two nodes dialing each other at once): the
-  // transport leaves the choice to the handler, which here refuses the second.
+  // Two links between the same two processes while both are alive (two nodes dialing each
+  // other at once): the transport leaves the choice to the handler, which here refuses the
+  // second: a dials b too.
+  Node a(1, FastLiveness(100, 10000)), b(2, FastLiveness(100, 10000));
+  ASSERT_TRUE(a.transport->Listen().ok());
+  ASSERT_TRUE(b.transport->Listen().ok());
+  b.transport->AddPeer(a.transport->AdvertisedAddr());
+  ASSERT_TRUE(Pump(
+      {&a, &b}, [&] { return a.handler.To(2) && b.handler.To(1); }, 5s));
+  const auto first = a.handler.To(2);
+  PumpFor({&a, &b}, 300ms);
+  a.transport->AddPeer(b.transport->AdvertisedAddr());
+  ASSERT_TRUE(Pump(
+      {&a, &b}, [&] { return a.handler.refused > 0; }, 5s));
+  PumpFor({&a, &b}, 200ms);
+  EXPECT_EQ(a.handler.To(2), first);
+  EXPECT_EQ(a.Stats().links_replaced, 0u);
+  EXPECT_EQ(a.Stats().same_node_id, 0u);
+  EXPECT_TRUE(a.handler.closes.empty());
+  StopAll({&a, &b});
+}
+
+// --- Identity -----------------------------------------------------------------------------
+
+TEST(NetTcpTest, SecondProcessWithTheIdOfALinkedPeerIsRefused) {
+  // A twin: another process (another instance) claiming the node id of a peer that is linked and
+  // alive. Logged and refused by the transport, not handed to the handler to merge.
   Node a(1, FastLiveness(100, 10000)), b(2, FastLiveness(100, 10000)),
       twin(2, FastLiveness(100, 10000));
+  ASSERT_NE(b.transport->Instance(), twin.transport->Instance());
   ASSERT_TRUE(a.transport->Listen().ok());
   b.transport->AddPeer(a.transport->AdvertisedAddr());
   ASSERT_TRUE(Pump(
       {&a, &b}, [&] { return a.handler.To(2) && b.handler.To(1); }, 5s));
   const auto first = a.handler.To(2);
   PumpFor({&a, &b}, 300ms);
+  CountWarnings warnings;
   twin.transport->AddPeer(a.transport->AdvertisedAddr());
   ASSERT_TRUE(Pump(
-      {&a, &b, &twin}, [&] { return a.handler.refused > 0; }, 5s));
+      {&a, &b, &twin}, [&] { return a.Stats().same_node_id > 0; }, 5s));
+  // The twin (which sees nothing wrong with a) may have opened its end: a closes it.
+  ASSERT_TRUE(Pump(
+      {&a, &b, &twin}, [&] { return twin.handler.To(1) == nullptr; }, 5s));
   PumpFor({&a, &b, &twin}, 200ms);
   EXPECT_EQ(a.handler.To(2), first);
-  EXPECT_EQ(a.Stats().links_replaced, 0u);
-  EXPECT_TRUE(a.handler.closes.empty());
+  EXPECT_EQ(a.handler.refused, 0) << "the handler was asked to merge the twin";
+  EXPECT_EQ(a.handler.opens, 1);
+  EXPECT_TRUE(a.handler.closes.empty()) << "the first link suffered";
+  EXPECT_GE(warnings.Count(), 1);
+  bool noted = false;
+  for (const auto& st : a.transport->Addresses()) {
+    noted |= st.last_error.find("two nodes share one node id") != std::string::npos;
+  }
+  EXPECT_TRUE(noted) << "status does not say why the twin was refused";
   StopAll({&a, &b, &twin});
+}
+
+TEST(NetTcpTest, CopyOfThisNodeIsRefusedAndTheNewerProcessIsTold) {
+  // Two processes with one node id (a cloned data directory). Neither links; both are told,
+  // and agree on which one is newer.
+  std::vector<SameNodeId> told_a, told_clone;
+  TcpOptions oa = FastLiveness(100, 10000);
+  oa.on_same_node_id = [&](const SameNodeId& s) { told_a.push_back(s); };
+  Node a(7, oa);
+  ASSERT_TRUE(a.transport->Listen().ok());
+  PumpFor({&a}, 50ms);  // a has run longer
+  TcpOptions oc = FastLiveness(100, 10000);
+  oc.on_same_node_id = [&](const SameNodeId& s) { told_clone.push_back(s); };
+  Node clone(7, oc);
+  ASSERT_TRUE(clone.transport->Listen().ok());
+  clone.transport->AddPeer(a.transport->AdvertisedAddr());
+  ASSERT_TRUE(Pump(
+      {&a, &clone}, [&] { return !told_a.empty() && !told_clone.empty(); }, 5s));
+  EXPECT_EQ(a.handler.opens, 0);
+  EXPECT_EQ(clone.handler.opens, 0);
+  EXPECT_FALSE(told_a[0].peer_is_older);
+  EXPECT_TRUE(told_clone[0].peer_is_older);
+  EXPECT_EQ(told_a[0].peer_instance, clone.transport->Instance());
+  EXPECT_EQ(told_clone[0].listen_addr, a.transport->AdvertisedAddr());
+  EXPECT_EQ(told_a[0].node_id, 7u);
+  EXPECT_GE(a.Stats().same_node_id, 1u);
+  StopAll({&a, &clone});
+}
+
+TEST(NetTcpTest, ProcessDialingItselfIsNotACopy) {
+  bool told = false;
+  TcpOptions o = FastLiveness(100, 10000);
+  o.on_same_node_id = [&](const SameNodeId&) { told = true; };
+  Node a(3, o);
+  ASSERT_TRUE(a.transport->Listen().ok());
+  a.transport->AddPeer(a.transport->AdvertisedAddr());
+  PumpFor({&a}, 500ms);
+  EXPECT_FALSE(told);
+  EXPECT_EQ(a.Stats().same_node_id, 0u);
+  EXPECT_EQ(a.handler.opens, 0);
+  StopAll({&a});
+}
+
+TEST(NetTcpTest, NoIdentityLeavesBeforeThePeerProvesTheKey) {
+  // Mallory got through TLS (say the PSK leaked, or TLS is bypassed) but cannot prove the cluster
+  // key in Auth. Neither side may learn the other's node id or listen address.
+  TcpOptions om = FastLiveness(100, 10000);
+  om.auth_key = crypto::DeriveKey(TestKey(), "another key");
+  Node a(0xA11CE, FastLiveness(100, 10000)), mallory(0xBAD, om);
+  ASSERT_TRUE(a.transport->Listen().ok());
+  ASSERT_TRUE(mallory.transport->Listen().ok());
+  mallory.transport->AddPeer(a.transport->AdvertisedAddr());
+  a.transport->AddPeer(mallory.transport->AdvertisedAddr());
+  ASSERT_TRUE(Pump(
+      {&a, &mallory}, [&] { return a.Stats().handshake_failures >= 2; }, 5s));
+  for (Node* n : {&a, &mallory}) {
+    for (const auto& st : n->transport->Addresses()) {
+      EXPECT_EQ(st.node_id, 0u) << st.addr << " learned a node id without a key proof";
+      EXPECT_NE(st.last_error.find("did not prove the cluster key"), std::string::npos)
+          << st.addr << ": " << st.last_error;
+    }
+  }
+  EXPECT_EQ(a.handler.opens + mallory.handler.opens, 0);
+  StopAll({&a, &mallory});
+}
+
+TEST(NetTcpTest, ProofsBindTheRoleAndTheIdentity) {
+  const auto k = crypto::DeriveKey(TestKey(), "foreverfs auth v1");
+  crypto::Digest n1{}, n2{};
+  n1[0] = 1;
+  n2[0] = 2;
+  // Reflecting a proof back to its sender does not pass: the role is bound.
+  EXPECT_NE(AuthProof(k, true, n1, n2), AuthProof(k, false, n1, n2));
+  EXPECT_NE(AuthProof(k, true, n1, n2), AuthProof(k, true, n2, n1));
+  // A man in the middle cannot swap the node id (or instance, or address) under a proof.
+  Identity id{5, 6, 7, "h:1", {}};
+  const auto proof = IdentityProof(k, true, n1, n2, id);
+  for (Identity other : {Identity{9, 6, 7, "h:1", {}}, Identity{5, 9, 7, "h:1", {}},
+                         Identity{5, 6, 9, "h:1", {}}, Identity{5, 6, 7, "h:2", {}}}) {
+    EXPECT_NE(IdentityProof(k, true, n1, n2, other), proof);
+  }
+  EXPECT_NE(IdentityProof(k, false, n1, n2, id), proof);
+  EXPECT_NE(IdentityProof(crypto::DeriveKey(TestKey(), "x"), true, n1, n2, id), proof);
 }
 
 // --- Strangers ----------------------------------------------------------------------------

@@ -1022,7 +1022,7 @@ INSTANTIATE_TEST_SUITE_P(FirstEmptyLast, FailedBatchBoundaryTest,
 class LingeringLink : public net::Link {
  public:
   explicit LingeringLink(std::uint64_t peer)
-      : info_{peer, "mem:peer", "mem:peer", true, net::kProtocolVersion, {}} {}
+      : info_{peer, 0, "mem:peer", "mem:peer", true, net::kProtocolVersion, {}} {}
   void Send(net::Message m) override { sent.push_back(std::move(m)); }
   void Close(std::string reason) override { closed = reason; }
   const net::PeerInfo& Peer() const override { return info_; }

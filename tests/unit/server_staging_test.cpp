@@ -95,4 +95,78 @@ TEST_F(StagingFileTest, DiskHoldsNoPlaintext) {
 }
 
 }  // namespace
+// The bytes on disk at [offset, offset + n).
+Bytes OnDisk(const StagingFile& f, std::uint64_t offset, std::size_t n) {
+  Bytes out(n);
+  EXPECT_EQ(::pread(f.RawFdForTest(), out.data(), n, static_cast<off_t>(offset)),
+            static_cast<ssize_t>(n));
+  return out;
+}
+
+Bytes Xor(const Bytes& a, const Bytes& b) {
+  Bytes out(a.size());
+  for (std::size_t i = 0; i < a.size(); ++i) out[i] = a[i] ^ b[i];
+  return out;
+}
+
+TEST_F(StagingFileTest, RewritingAnOffsetNeverReusesTheKeystream) {
+  // Two snapshots of the disk taken around a rewrite: with the keystream reused, XOR of the two
+  // ciphertexts is XOR of the two plaintexts. Aligned and unaligned, small and chunk-sized.
+  auto f = StagingFile::Create(dir_);
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  std::mt19937 rng(7);
+  struct Case {
+    std::uint64_t offset;
+    std::size_t len;
+  };
+  for (Case c : {Case{0, 4096}, Case{4096 + 100, 50}, Case{1 << 20, 1 << 20}, Case{8192, 16}}) {
+    SCOPED_TRACE(c.offset);
+    Bytes p1(c.len), p2(c.len);
+    for (auto& b : p1) b = static_cast<std::uint8_t>(rng());
+    for (auto& b : p2) b = static_cast<std::uint8_t>(rng());
+    // The 16-byte blocks the write covers (what is on disk for those bytes).
+    const std::uint64_t a = c.offset / 16 * 16;
+    const std::size_t n = static_cast<std::size_t>((c.offset + c.len + 15) / 16 * 16 - a);
+    ASSERT_TRUE(f->Write(c.offset, p1).ok());
+    const Bytes c1 = OnDisk(*f, a, n);
+    ASSERT_TRUE(f->Write(c.offset, p2).ok());
+    const Bytes c2 = OnDisk(*f, a, n);
+    const Bytes dx = Xor(c1, c2);
+    const Bytes px = Xor(p1, p2);
+    EXPECT_NE(Bytes(dx.begin() + static_cast<long>(c.offset - a),
+                    dx.begin() + static_cast<long>(c.offset - a + c.len)),
+              px)
+        << "the keystream was reused";
+    // Not even one 16-byte block of it leaks.
+    std::size_t leaked = 0;
+    for (std::size_t i = 0; i + 16 <= c.len; i += 16) {
+      leaked +=
+          std::equal(px.begin() + static_cast<long>(i), px.begin() + static_cast<long>(i + 16),
+                     dx.begin() + static_cast<long>(c.offset - a + i));
+    }
+    EXPECT_EQ(leaked, 0u);
+    Bytes back(c.len);
+    ASSERT_TRUE(f->Read(c.offset, back).ok());
+    EXPECT_EQ(back, p2);
+  }
+}
+
+TEST_F(StagingFileTest, RewritesKeepTheBytesAroundThem) {
+  // A small write re-encrypts its whole page: the bytes around it in that page survive.
+  auto f = StagingFile::Create(dir_);
+  ASSERT_TRUE(f.ok());
+  Bytes page(3 * StagingFile::kPage);
+  for (std::size_t i = 0; i < page.size(); ++i) page[i] = static_cast<std::uint8_t>(i * 31 + 7);
+  ASSERT_TRUE(f->Write(0, page).ok());
+  Bytes small(40, 0xEE);
+  for (std::uint64_t off :
+       {std::uint64_t{5}, StagingFile::kPage - 20, 2 * StagingFile::kPage + 1}) {
+    ASSERT_TRUE(f->Write(off, small).ok());
+    std::copy(small.begin(), small.end(), page.begin() + static_cast<long>(off));
+    Bytes back(page.size());
+    ASSERT_TRUE(f->Read(0, back).ok());
+    ASSERT_EQ(back, page) << off;
+  }
+}
+
 }  // namespace foreverfs::server
