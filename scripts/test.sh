@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs, builds, then unit tests (ctest), unit tests again under
-# ASan/UBSan, FUSE integration tests (single node, and several nodes in network namespaces),
-# and the black-box acceptance run in ../shared/acceptance.
+# ASan/UBSan and under ThreadSanitizer (clang, -Wthread-safety), FUSE integration tests (single
+# node, and several nodes in network namespaces), and the black-box acceptance run in
+# ../shared/acceptance.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -19,6 +20,27 @@ if cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFOREVERFS_SANITIZE=ON >/d
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2) || failed+=("sanitized unit tests")
 else
   failed+=("sanitized build")
+fi
+
+step "unit tests, and two integration scripts, under ThreadSanitizer (clang, -Wthread-safety)"
+tsan_env=(TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 exitcode=66")
+if CC=clang CXX=clang++ cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFOREVERFS_TSAN=ON >/dev/null &&
+   cmake --build build-tsan -j"$(nproc)" --target test_crypto test_cas test_net test_server test_app foreverfs; then
+  (cd build-tsan && env "${tsan_env[@]}" ctest --output-on-failure -j2) || failed+=("TSan unit tests")
+  # A race in the daemon ends it with exit code 66 (the scripts check unmount's exit code) and
+  # leaves a report in its log.
+  for t in single_node multi_node; do
+    logs=$(mktemp -d)
+    env "${tsan_env[@]}" KEEP_LOGS="$logs" FOREVERFS="$root/build-tsan/foreverfs" \
+      bash "tests/integration/$t.sh" || failed+=("TSan $t.sh")
+    if grep -l "WARNING: ThreadSanitizer" "$logs"/* 2>/dev/null; then
+      grep -h -A30 "WARNING: ThreadSanitizer" "$logs"/* | head -120
+      failed+=("TSan reports in $t.sh")
+    fi
+    rm -rf "$logs"
+  done
+else
+  failed+=("TSan build")
 fi
 
 step "fuzz targets (clang, ASan/UBSan, ${FUZZ_SECONDS:-60} s each)"

@@ -8,7 +8,12 @@ M=$W/mnt; D=$W/data; L=$W/log
 mkdir -p "$M" "$D"
 PASS=0; FAIL=0; PID=
 FUSERMOUNT=$(command -v fusermount3 || command -v fusermount)
-cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; "$FUSERMOUNT" -u -z "$M" 2>/dev/null; rm -rf "$W"; }
+cleanup() {
+  [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
+  "$FUSERMOUNT" -u -z "$M" 2>/dev/null
+  [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp "$L" "$KEEP_LOGS/single_node.log" 2>/dev/null
+  rm -rf "$W"
+}
 trap cleanup EXIT
 check() { local name=$1; shift; if "$@"; then PASS=$((PASS+1)); echo "ok - $name"; else FAIL=$((FAIL+1)); echo "not ok - $name"; fi; }
 mounted() { grep -q " $M fuse" /proc/mounts; }
