@@ -121,10 +121,14 @@ constexpr std::string_view kIgnoredMountOptions[] = {
     "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime",
     "nolazytime", "iversion", "noiversion", "silent",      "loud",          "nomand"};
 
+// The largest number of seconds any option takes (31 years): converted to nanoseconds it stays
+// far below 2^63.
+constexpr double kMaxSeconds = 1e9;
+
 bool ParseNumber(const std::string& text, double& out) {
   const char* end = text.data() + text.size();
   auto [ptr, ec] = std::from_chars(text.data(), end, out);
-  return ec == std::errc() && ptr == end && out >= 0;
+  return ec == std::errc() && ptr == end && std::isfinite(out) && out >= 0 && out <= kMaxSeconds;
 }
 
 // -o name=value for our own options (so /etc/fstab lines work); the rest go to FUSE, except
@@ -164,7 +168,7 @@ std::string SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
       } else if (name == "replicas" || name == "fetch-timeout" || name == "gc-interval" ||
                  name == "max-clock-skew" || name == "tombstone-grace") {
         if (!ParseNumber(value, number) || (name == "replicas" && number != std::floor(number)))
-          return opt + ": not a non-negative number";
+          return opt + ": not a number from 0 to 1e9";
         if (name == "replicas") o.replicas = static_cast<int>(number);
         if (name == "fetch-timeout") o.fetch_timeout_s = number;
         if (name == "gc-interval") o.gc_interval_s = number;
@@ -816,12 +820,13 @@ int main(int argc, char** argv) {
                  "Write the log here instead of stderr (syslog once in the background)");
   app.add_option("--fetch-timeout", o.fetch_timeout_s,
                  "Seconds a read waits for a chunk no local copy has before failing with EIO")
+      ->check(CLI::Range(0.0, kMaxSeconds))
       ->capture_default_str();
 
   app.add_option("--max-clock-skew", o.max_clock_skew_s,
                  "Seconds a peer's clock may be ahead of ours; its changes dated later are "
                  "refused with a log line")
-      ->check(CLI::Range(1.0, 1e9))
+      ->check(CLI::Range(1.0, kMaxSeconds))
       ->capture_default_str();
 
   app.add_option("--metrics", o.metrics,
@@ -829,11 +834,12 @@ int main(int argc, char** argv) {
   app.add_option("--gc-interval", o.gc_interval_s,
                  "Seconds between garbage-collection passes; an unreferenced chunk is removed by "
                  "the second pass that finds it")
+      ->check(CLI::Range(0.0, kMaxSeconds))
       ->capture_default_str();
   app.add_option("--tombstone-grace", o.tombstone_grace_s,
                  "Seconds a deletion's record is kept at least; a gc pass purges it after that "
                  "once every node that ever linked with this one has confirmed it holds it")
-      ->check(CLI::Range(0.0, 1e10))
+      ->check(CLI::Range(0.0, kMaxSeconds))
       ->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);

@@ -775,9 +775,11 @@ Result<ChangeSet> FileServer::ApplyRemote(const net::Changes& changes, std::uint
   // it can never become acceptable, and the rest of the batch (and the feed) goes on.
   const std::uint64_t skew = max_clock_skew_ns_.load();
   ChangeSet cs;
+  bool refused = false;
   auto admit = [&](const auto& record, auto& into) {
     if (Status s = Admissible(record, skew); !s.ok()) {
       spdlog::warn("peer {:016x}: record refused: {}", peer, s.message());
+      refused = true;
     } else {
       into.push_back(record);
     }
@@ -786,6 +788,10 @@ Result<ChangeSet> FileServer::ApplyRemote(const net::Changes& changes, std::uint
   for (const auto& d : changes.dentries) admit(d, cs.dentries);
   for (const auto& r : cs.inodes) hlc_.Observe(r.version.hlc);
   for (const auto& d : cs.dentries) hlc_.Observe(d.version.hlc);
+  if (refused) {
+    // Before the cursor moves past it: this node must never confirm the refused record.
+    if (Status s = ns_.CapAcks(peer, ns_.Cursor(peer)); !s.ok()) return s;
+  }
   auto won = ns_.Apply(cs, peer, changes.up_to);
   if (!won.ok()) return won;
   for (const auto& r : won->inodes) {

@@ -850,7 +850,25 @@ Result<std::uint64_t> NamespaceDb::TakeFreshNodeId() {
   return old;
 }
 
+namespace {
+std::string AckCapKey(std::uint64_t peer) { return fmt::format("ack_cap_{:016x}", peer); }
+}  // namespace
+
+std::uint64_t NamespaceDb::AckCap(std::uint64_t peer) {
+  auto v = GetMeta(AckCapKey(peer));
+  return v ? U(*v) : UINT64_MAX;
+}
+
+Status NamespaceDb::CapAcks(std::uint64_t peer, std::uint64_t cursor) {
+  if (cursor >= AckCap(peer)) return Ok();
+  spdlog::warn("peer {:016x}: a record after its change {} was refused here; this node will not "
+               "confirm its later changes, so their deletions are kept (not purged)",
+               peer, cursor);
+  return SetMeta(AckCapKey(peer), S(cursor));
+}
+
 std::optional<std::int64_t> NamespaceDb::GetMeta(std::string_view key) {
+  std::lock_guard lock(mu_);
   Stmt q(db_, "SELECT v FROM meta WHERE k = ?");
   q.Bind(1, key);
   if (q.Step() == SQLITE_ROW) return q.Int(0);
@@ -858,6 +876,7 @@ std::optional<std::int64_t> NamespaceDb::GetMeta(std::string_view key) {
 }
 
 Status NamespaceDb::SetMeta(std::string_view key, std::int64_t value) {
+  std::lock_guard lock(mu_);
   return Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES(?, ?)")
       .Bind(1, key)
       .Bind(2, value)
@@ -1039,6 +1058,9 @@ Status NamespaceDb::RecordAck(std::uint64_t node, std::uint64_t applied, std::ui
     if (m.Step() == SQLITE_ROW) confirmed = U(m.Int(2)) <= cursor ? U(m.Int(1)) : U(m.Int(0));
   }
   if (own_seq <= cursor) confirmed = applied;
+  // A member that reports less than before lost commits (a power cut, a restored copy): what it
+  // confirmed earlier no longer holds.
+  confirmed = std::min(confirmed, applied);
   return Stmt(db_,
               "INSERT OR REPLACE INTO members(node, confirmed, pending, pending_own)"
               " VALUES(?, ?, ?, ?)")

@@ -71,6 +71,13 @@ class NamespaceDb {
   // what they were written under. For a copy of a data directory (see README, "Identity").
   Result<std::uint64_t> TakeFreshNodeId();
   // Small integers kept in the database beside the node id (e.g. "data_dir_ino").
+  // The furthest a FeedAck to `peer` may confirm: just before the first batch of its feed that
+  // held a record this node refused (CapAcks), or everything if none did.
+  std::uint64_t AckCap(std::uint64_t peer);
+  // A batch of `peer`'s feed after `cursor` held a record this node refused: never confirm
+  // past `cursor` (its tombstones may then wait for ever, which is safe; purging them while
+  // this node holds what they deleted is not).
+  Status CapAcks(std::uint64_t peer, std::uint64_t cursor);
   std::optional<std::int64_t> GetMeta(std::string_view key);
   Status SetMeta(std::string_view key, std::int64_t value);
   // Makes every commit so far durable (fsync of the WAL and the database file).

@@ -258,8 +258,27 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
       p.ack_scheduled = false;
       if (p.feed_broken || p.applied == p.acked) return;
       p.acked = p.applied;
-      link->Send(net::FeedAck{p.applied, self->fs_.ns().LastSeq()});
+      self->SendAck(node, link, p.applied);
     });
+  }
+
+  // An ack goes out only once what it confirms is on disk (the namespace commits without
+  // waiting for the disk): a member that loses its last commits to a power cut must not have
+  // confirmed them, or their tombstones would be purged while it still holds the live records.
+  // It never confirms past a batch that held a record this node refused (AckCap).
+  void SendAck(std::uint64_t node, const std::shared_ptr<net::Link>& link, std::uint64_t applied) {
+    OffThread([self = shared_from_this()] { return self->fs_.ns().Sync(); },
+              [self = shared_from_this(), node, link, applied](Status synced) {
+                if (!synced.ok()) {
+                  spdlog::warn("not confirming peer {}'s changes: {}", Short(node),
+                               synced.message());
+                  return;
+                }
+                auto it = self->peers_.find(node);
+                if (it == self->peers_.end() || it->second.link != link) return;
+                link->Send(net::FeedAck{std::min(applied, self->fs_.ns().AckCap(node)),
+                                        self->fs_.ns().LastSeq()});
+              });
   }
 
   void RecordAck(std::uint64_t node, const net::FeedAck& ack) {
@@ -584,7 +603,7 @@ bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
   const std::uint64_t cursor = im.fs_.ns().Cursor(info.node_id);
   link->Send(net::Subscribe{cursor});
   // What we hold of its feed already, so that it can purge without waiting for a new change.
-  link->Send(net::FeedAck{cursor, im.fs_.ns().LastSeq()});
+  im.SendAck(info.node_id, link, cursor);
   im.peers_[info.node_id].applied = im.peers_[info.node_id].acked = cursor;
   im.ScanMissing();
   return true;

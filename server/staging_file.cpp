@@ -167,22 +167,25 @@ Status StagingFile::Truncate(std::uint64_t size) {
 }
 
 Status StagingFile::Zero(std::uint64_t offset, std::uint64_t length) {
-  // Pages wholly inside the range become holes, whatever they were (a lost page included).
-  for (std::uint64_t p = (offset + kPage - 1) / kPage; (p + 1) * kPage <= offset + length; ++p) {
-    if (p >= gens_.size()) break;
-    gens_[static_cast<std::size_t>(p)] = 0;
-  }
+  if (length == 0) return Ok();
+  Status s = Ok();
   if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
-                  static_cast<off_t>(length)) == 0) {
-    return Ok();
+                  static_cast<off_t>(length)) != 0) {
+    // All-zero bytes on disk read as zeros too.
+    Bytes zeros(static_cast<std::size_t>(std::min<std::uint64_t>(length, 1 << 20)), 0);
+    for (std::uint64_t done = 0; done < length && s.ok(); done += zeros.size()) {
+      auto n = static_cast<std::size_t>(std::min<std::uint64_t>(zeros.size(), length - done));
+      s = WriteRaw(offset + done, zeros.data(), n);
+    }
   }
-  // All-zero bytes on disk read as zeros too.
-  Bytes zeros(static_cast<std::size_t>(std::min<std::uint64_t>(length, 1 << 20)), 0);
-  for (std::uint64_t done = 0; done < length; done += zeros.size()) {
-    auto n = static_cast<std::size_t>(std::min<std::uint64_t>(zeros.size(), length - done));
-    if (auto s = WriteRaw(offset + done, zeros.data(), n); !s.ok()) return s;
+  const std::uint64_t first = s.ok() ? (offset + kPage - 1) / kPage : offset / kPage;
+  const std::uint64_t end = s.ok() ? (offset + length) / kPage : (offset + length + kPage - 1) / kPage;
+  // Done: pages wholly inside the range are holes, whatever they were (a lost page included).
+  // Failed part way: every page it touched reads as an error, never as half-zeroed bytes.
+  for (std::uint64_t p = first; p < end && p < gens_.size(); ++p) {
+    gens_[static_cast<std::size_t>(p)] = s.ok() ? 0 : kLost;
   }
-  return Ok();
+  return s;
 }
 
 }  // namespace foreverfs::server

@@ -32,6 +32,11 @@ stop() {
 "$FF" keygen "$W/key" >/dev/null
 check "keygen refuses to overwrite" bash -c "! '$FF' keygen '$W/key' 2>/dev/null"
 check "key file has mode 600" test "$(stat -c %a "$W/key")" = 600
+refused() { ! timeout 10 "$FF" "$M" --listen 127.0.0.1:0 --data "$D" --key "$W/key" -f "$@" >/dev/null 2>&1; }
+check "-o tombstone-grace=inf is refused" refused -o tombstone-grace=inf
+check "--tombstone-grace past 1e9 s is refused (it would overflow)" refused --tombstone-grace 1e10
+check "-o gc-interval=nan is refused" refused -o gc-interval=nan
+check "--fetch-timeout -1 is refused" refused --fetch-timeout -1
 check "mount" start
 
 printf 'hello\n' >"$M/a.txt"

@@ -309,6 +309,10 @@ TEST_F(LimitsTest, ARemoteRecordOverTheLimitsIsRefusedAlone) {
     EXPECT_FALSE(fs_->GetAttr(bad).ok()) << bad;
   }
   EXPECT_EQ(db_->Cursor(999), 42u);
+  // This node never confirms (FeedAck) past the batch that held a refused record: the peer
+  // must not purge a tombstone this node refused while it still holds what it deleted.
+  EXPECT_EQ(db_->AckCap(999), 0u);
+  EXPECT_EQ(db_->AckCap(998), UINT64_MAX);  // another peer: nothing refused
   // Local writes still win afterwards: the clock was not dragged to the future.
   auto h = fs_->Open(101, O_RDWR);
   ASSERT_TRUE(h.ok());
@@ -322,6 +326,8 @@ TEST_F(LimitsTest, ARemoteRecordOverTheLimitsIsRefusedAlone) {
   far.version.hlc = Hlc::WallNs() + 3600ull * 1000000000;
   ASSERT_TRUE(fs_->ApplyRemote(net::Changes{43, {far}, {}}, 999).ok());
   EXPECT_TRUE(fs_->GetAttr(105).ok());
+  EXPECT_EQ(db_->AckCap(999), 0u);  // a later refusal or acceptance never raises the cap
+  EXPECT_EQ(db_->Cursor(999), 43u);
 }
 
 // A database written by the previous schema (dense manifests, no rdev) opens and reads the same.

@@ -209,6 +209,21 @@ TEST_F(TombstoneTest, AConfirmationPastOurLastChangeConfirmsNothing) {
   EXPECT_TRUE(HasInodeRecord(*db_, 10));
 }
 
+// A member that reports less than it did before lost commits (a power cut before its disk had
+// them, a restored copy): what it confirmed earlier no longer holds, at once.
+TEST_F(TombstoneTest, AMemberThatReportsLessThanBeforeConfirmsOnlyThat) {
+  CreateAndDelete();
+  ASSERT_TRUE(db_->AddMember(kM1).ok());
+  ASSERT_TRUE(db_->RecordAck(kM1, db_->LastSeq(), 0).ok());
+  EXPECT_EQ(db_->Members()[0].confirmed, db_->LastSeq());
+  ASSERT_TRUE(db_->RecordAck(kM1, inode_seq_ - 1, 0).ok());
+  EXPECT_EQ(db_->Members()[0].confirmed, inode_seq_ - 1);
+  EXPECT_EQ(Purge().inodes, 0u);
+  EXPECT_TRUE(HasInodeRecord(*db_, 10));
+  ASSERT_TRUE(db_->RecordAck(kM1, 0, 0).ok());  // lost everything
+  EXPECT_EQ(db_->Members()[0].confirmed, 0u);
+}
+
 // The members and what they confirmed survive a restart.
 TEST_F(TombstoneTest, MembersArePersisted) {
   CreateAndDelete();
