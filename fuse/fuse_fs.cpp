@@ -1,4 +1,5 @@
 #define FUSE_USE_VERSION 314
+#include "base/mutex.h"
 #include "fuse/fuse_fs.h"
 
 #include <fuse_lowlevel.h>
@@ -188,7 +189,7 @@ struct FuseFs::Impl {
   static constexpr std::size_t kMaxOps = 32;
   std::bitset<kMaxOps> fault_before, fault_after;  // handlers that throw, by op number (tests)
 
-  std::mutex dirs_mu;
+  Mutex dirs_mu;
   std::map<std::uint64_t, std::vector<server::DirEntry>> dirs;  // open directory snapshots
   std::uint64_t next_dir = 1;
   std::size_t dir_entries_held = 0;  // in all snapshots, bounded by kMaxDirEntriesHeld
@@ -202,12 +203,12 @@ struct FuseFs::Impl {
     net::Version version;
     std::chrono::steady_clock::time_point peer_change{};  // last change a peer made
   };
-  std::mutex known_mu;
+  Mutex known_mu;
   std::unordered_map<fuse_ino_t, Known> known;
 
   // Before a reply that gives the kernel `a`; `entry` if it counts as a lookup.
   void Told(const Attr& a, bool entry) {
-    std::lock_guard lock(known_mu);
+    MutexLock lock(known_mu);
     if (entry) {
       auto& k = known[a.rec.id];
       ++k.lookups;
@@ -218,7 +219,7 @@ struct FuseFs::Impl {
   }
 
   void Forgot(fuse_ino_t ino, std::uint64_t lookups) {
-    std::lock_guard lock(known_mu);
+    MutexLock lock(known_mu);
     auto it = known.find(ino);
     if (it == known.end()) return;
     if (it->second.lookups <= lookups) {
@@ -233,7 +234,7 @@ struct FuseFs::Impl {
   // drops a reply that an invalidation overtook, so for a while after a peer changed the
   // inode the answer is yes whatever was told last.
   bool KernelHasOther(fuse_ino_t ino, const net::Version& v) {
-    std::lock_guard lock(known_mu);
+    MutexLock lock(known_mu);
     auto it = known.find(ino);
     if (it == known.end()) return true;
     const bool recent = std::chrono::steady_clock::now() - it->second.peer_change <
@@ -244,14 +245,14 @@ struct FuseFs::Impl {
   }
 
   void PeerChanged(fuse_ino_t ino) {
-    std::lock_guard lock(known_mu);
+    MutexLock lock(known_mu);
     if (auto it = known.find(ino); it != known.end()) {
       it->second.peer_change = std::chrono::steady_clock::now();
     }
   }
 
-  std::mutex inval_mu;
-  std::condition_variable inval_cv;
+  Mutex inval_mu;
+  std::condition_variable_any inval_cv;  // waits on inval_mu
   std::deque<Invalidation> inval_queue;
   bool inval_stop = false;
   std::thread inval_thread;
@@ -283,8 +284,8 @@ struct FuseFs::Impl {
     for (;;) {
       Invalidation inv;
       {
-        std::unique_lock lock(inval_mu);
-        inval_cv.wait(lock, [&] { return inval_stop || !inval_queue.empty(); });
+        MutexLock lock(inval_mu);
+        while (!inval_stop && inval_queue.empty()) inval_cv.wait(inval_mu);
         if (inval_stop) return;
         inv = std::move(inval_queue.front());
         inval_queue.pop_front();
@@ -589,7 +590,7 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto& im = Impl::Of(req);
   auto entries = im.fs.ReadDir(ino);
   if (!entries.ok()) return Impl::ReplyError(req, entries.status(), "opendir");
-  std::lock_guard lock(im.dirs_mu);
+  MutexLock lock(im.dirs_mu);
   // Thousands of handles on a large directory would otherwise hold thousands of copies of it.
   // One snapshot is always allowed, whatever its size.
   if (!im.dirs.empty() && im.dir_entries_held + entries->size() > kMaxDirEntriesHeld) {
@@ -609,7 +610,7 @@ void ReplyDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
               bool plus) {
   if (off < 0 || size > kMaxReadBytes) return ReplyErr(req, EINVAL);
   auto& im = Impl::Of(req);
-  std::lock_guard lock(im.dirs_mu);
+  MutexLock lock(im.dirs_mu);
   auto it = im.dirs.find(fi->fh);
   if (it == im.dirs.end()) return ReplyErr(req, EBADF);
   const auto& entries = it->second;
@@ -647,7 +648,7 @@ void ReplyDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
     if (n > size - used) break;
     if (plus && e.ino != 0) {
       // The kernel takes the entry as a lookup; what we told it is what it now caches.
-      std::lock_guard lock(im.known_mu);
+      MutexLock lock(im.known_mu);
       auto& k = im.known[e.ino];
       ++k.lookups;
       k.version = told_version;
@@ -668,7 +669,7 @@ void OpReaddirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_
 void OpReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   auto& im = Impl::Of(req);
   {
-    std::lock_guard lock(im.dirs_mu);
+    MutexLock lock(im.dirs_mu);
     if (auto it = im.dirs.find(fi->fh); it != im.dirs.end()) {
       im.dir_entries_held -= it->second.size();
       im.dirs.erase(it);
@@ -824,7 +825,7 @@ FuseFs::FuseFs(server::FileServer& fs) : impl_(std::make_unique<Impl>(fs)) {}
 
 FuseFs::~FuseFs() {
   {
-    std::lock_guard lock(impl_->inval_mu);
+    MutexLock lock(impl_->inval_mu);
     impl_->inval_stop = true;
   }
   impl_->inval_cv.notify_all();
@@ -875,7 +876,7 @@ Status FuseFs::Run() {
   fuse_loop_cfg_destroy(cfg);
   fuse_remove_signal_handlers(impl_->se);
   {
-    std::lock_guard lock(impl_->inval_mu);
+    MutexLock lock(impl_->inval_mu);
     impl_->inval_stop = true;
   }
   impl_->inval_cv.notify_all();
@@ -905,7 +906,7 @@ void FuseFs::SetVirtualXattr(VirtualXattr fn) { impl_->virtual_xattr = std::move
 
 void FuseFs::Invalidate(const server::ChangeSet& changes) {
   {
-    std::lock_guard lock(impl_->inval_mu);
+    MutexLock lock(impl_->inval_mu);
     if (impl_->inval_stop) return;
     for (const auto& r : changes.inodes) {
       impl_->PeerChanged(r.id);

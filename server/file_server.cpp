@@ -189,7 +189,7 @@ Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& req) {
 }
 
 Status FileServer::UpdateInode(InodeId id, const std::function<Status(InodeRecord&)>& change) {
-  std::lock_guard lock(ns_mu_);
+  MutexLock lock(ns_mu_);
   auto rec = ns_.GetInode(id);
   if (!rec.ok()) return rec.status();
   if (auto s = change(*rec); !s.ok()) return s;
@@ -231,7 +231,7 @@ Status FileServer::AddEntry(InodeId parent, std::string_view name, const InodeRe
 Result<Attr> FileServer::Mkdir(InodeId parent, std::string_view name, std::uint32_t mode,
                                std::uint32_t uid, std::uint32_t gid) {
   if (auto s = CheckName(name); !s.ok()) return s;
-  std::lock_guard lock(ns_mu_);
+  MutexLock lock(ns_mu_);
   auto p = LiveDir(parent);
   if (!p.ok()) return p.status();
   InodeRecord rec = NewInode(InodeKind::kDir, mode, uid, gid, *p);
@@ -245,7 +245,7 @@ Result<Attr> FileServer::Symlink(InodeId parent, std::string_view name, std::str
   if (target.empty() || target.size() > net::kMaxSymlinkSize) {
     return Err(Code::kNameTooLong, "symlink target is empty or too long");
   }
-  std::lock_guard lock(ns_mu_);
+  MutexLock lock(ns_mu_);
   auto p = LiveDir(parent);
   if (!p.ok()) return p.status();
   InodeRecord rec = NewInode(InodeKind::kSymlink, 0777, uid, gid, *p);
@@ -264,7 +264,7 @@ Result<std::string> FileServer::ReadLink(InodeId id) {
 
 Result<Attr> FileServer::Link(InodeId id, InodeId new_parent, std::string_view new_name) {
   if (auto s = CheckName(new_name); !s.ok()) return s;
-  std::lock_guard lock(ns_mu_);
+  MutexLock lock(ns_mu_);
   auto rec = ns_.GetInode(id);
   if (!rec.ok()) return rec.status();
   if (rec->kind == InodeKind::kDir) return Err(Code::kNotPermitted, "cannot hard-link a directory");
@@ -305,7 +305,7 @@ Result<Attr> FileServer::Mknod(InodeId parent, std::string_view name, std::uint3
       return Err(Code::kInvalid, "'{}': mode {:#o} is not a file type mknod makes", name, mode);
   }
   if (auto s = CheckName(name); !s.ok()) return s;
-  std::lock_guard lock(ns_mu_);
+  MutexLock lock(ns_mu_);
   auto p = LiveDir(parent);
   if (!p.ok()) return p.status();
   InodeRecord rec = NewInode(kind, mode, uid, gid, *p);
@@ -380,7 +380,7 @@ Status FileServer::RemoveXattr(InodeId id, std::string_view name) {
 }
 
 Status FileServer::Unlink(InodeId parent, std::string_view name) {
-  std::lock_guard lock(ns_mu_);
+  MutexLock lock(ns_mu_);
   auto d = ns_.GetDentry(parent, name);
   if (!d.ok()) return d.status();
   auto child = ns_.GetInode(d->child);
@@ -410,7 +410,7 @@ Status FileServer::Unlink(InodeId parent, std::string_view name) {
 }
 
 Status FileServer::Rmdir(InodeId parent, std::string_view name) {
-  std::lock_guard lock(ns_mu_);
+  MutexLock lock(ns_mu_);
   auto d = ns_.GetDentry(parent, name);
   if (!d.ok()) return d.status();
   auto child = ns_.GetInode(d->child);
@@ -436,7 +436,7 @@ Status FileServer::Rename(InodeId parent, std::string_view name, InodeId new_par
                           std::string_view new_name, unsigned flags) {
   if (flags & RENAME_EXCHANGE) return Err(Code::kInvalid, "RENAME_EXCHANGE is not supported");
   if (auto s = CheckName(new_name); !s.ok()) return s;
-  std::lock_guard lock(ns_mu_);
+  MutexLock lock(ns_mu_);
   auto src = ns_.GetDentry(parent, name);
   if (!src.ok()) return src.status();
   auto to_dir = LiveDir(new_parent);
@@ -520,7 +520,7 @@ Result<struct statvfs> FileServer::StatFs() {
 }
 
 std::shared_ptr<OpenFile> FileServer::OpenFileFor(const InodeRecord& rec) {
-  std::lock_guard lock(files_mu_);
+  MutexLock lock(files_mu_);
   auto& slot = open_files_[rec.id];
   if (auto of = slot.lock()) return of;
   auto of = std::make_shared<OpenFile>(*this, rec);
@@ -529,13 +529,13 @@ std::shared_ptr<OpenFile> FileServer::OpenFileFor(const InodeRecord& rec) {
 }
 
 std::shared_ptr<OpenFile> FileServer::OpenFileOf(InodeId id) {
-  std::lock_guard lock(files_mu_);
+  MutexLock lock(files_mu_);
   auto it = open_files_.find(id);
   return it == open_files_.end() ? nullptr : it->second.lock();
 }
 
 std::shared_ptr<OpenFile> FileServer::HandleFile(std::uint64_t handle) {
-  std::lock_guard lock(files_mu_);
+  MutexLock lock(files_mu_);
   auto it = handles_.find(handle);
   return it == handles_.end() ? nullptr : it->second;
 }
@@ -545,7 +545,7 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
   if (auto s = CheckName(name); !s.ok()) return s;
   InodeId id = 0;
   {
-    std::lock_guard lock(ns_mu_);
+    MutexLock lock(ns_mu_);
     auto p = LiveDir(parent);
     if (!p.ok()) return p.status();
     if (auto d = ns_.GetDentry(parent, name); d.ok()) {
@@ -580,7 +580,7 @@ Result<std::uint64_t> FileServer::Open(InodeId id, int flags, std::uint32_t call
   }
   // The handle remembers O_APPEND in its low bit.
   std::uint64_t handle = next_handle_.fetch_add(2) << 1 | ((flags & O_APPEND) ? 1 : 0);
-  std::lock_guard lock(files_mu_);
+  MutexLock lock(files_mu_);
   handles_[handle] = std::move(of);
   return handle;
 }
@@ -670,7 +670,7 @@ Status FileServer::Sync() {
 void FileServer::Release(std::uint64_t handle) {
   std::shared_ptr<OpenFile> of;
   {
-    std::lock_guard lock(files_mu_);
+    MutexLock lock(files_mu_);
     auto it = handles_.find(handle);
     if (it == handles_.end()) return;
     of = std::move(it->second);
@@ -681,7 +681,7 @@ void FileServer::Release(std::uint64_t handle) {
   }
   InodeId id = of->id();
   of.reset();
-  std::lock_guard lock(files_mu_);
+  MutexLock lock(files_mu_);
   auto it = open_files_.find(id);
   if (it != open_files_.end() && it->second.expired()) open_files_.erase(it);
 }
@@ -797,7 +797,7 @@ Result<ChangeSet> FileServer::ApplyRemote(const net::Changes& changes, std::uint
   for (const auto& r : won->inodes) {
     std::shared_ptr<OpenFile> of;
     {
-      std::lock_guard lock(files_mu_);
+      MutexLock lock(files_mu_);
       auto it = open_files_.find(r.id);
       if (it != open_files_.end()) of = it->second.lock();
       // Handles already open keep reading the version they opened, whole; the next open gets
@@ -818,7 +818,7 @@ Result<ChangeSet> FileServer::ApplyRemote(const net::Changes& changes, std::uint
 Result<NamespaceDb::PurgeStats> FileServer::PurgeTombstones(std::chrono::nanoseconds grace) {
   std::set<InodeId> keep;
   {
-    std::lock_guard lock(files_mu_);
+    MutexLock lock(files_mu_);
     for (auto& [handle, of] : handles_) keep.insert(of->id());
     for (auto& [id, weak] : open_files_) keep.insert(id);
   }
@@ -833,7 +833,7 @@ void FileServer::ForEachOpenManifest(const std::function<void(const net::ChunkMa
   // peer replaced the file still reads the version it opened.
   std::set<std::shared_ptr<OpenFile>> open;
   {
-    std::lock_guard lock(files_mu_);
+    MutexLock lock(files_mu_);
     for (auto& [handle, of] : handles_) open.insert(of);
     for (auto& [id, weak] : open_files_) {
       if (auto of = weak.lock()) open.insert(std::move(of));
@@ -894,14 +894,14 @@ Result<Bytes> FileServer::LoadChunk(const cas::ChunkId& id) {
 
 Status FileServer::PutChunk(const cas::ChunkId& id, ByteSpan data) {
   {
-    std::lock_guard lock(gc_mu_);
+    MutexLock lock(gc_mu_);
     if (gc_window_) gc_touched_.insert(id);
   }
   return store_.Put(id, data);
 }
 
 void FileServer::BeginGcWindow() {
-  std::lock_guard lock(gc_mu_);
+  MutexLock lock(gc_mu_);
   gc_window_ = true;
   gc_touched_.clear();
 }
@@ -909,19 +909,19 @@ void FileServer::BeginGcWindow() {
 Result<bool> FileServer::RemoveIfUntouched(const cas::ChunkId& id) {
   // Under gc_mu_: a Put of `id` either registered before (the chunk stays) or comes after the
   // removal (and writes the chunk again, since it is gone).
-  std::lock_guard lock(gc_mu_);
+  MutexLock lock(gc_mu_);
   if (gc_touched_.contains(id)) return false;
   if (auto s = store_.Remove(id); !s.ok()) return s;
   return true;
 }
 
 bool FileServer::TouchedInGcWindow(const cas::ChunkId& id) {
-  std::lock_guard lock(gc_mu_);
+  MutexLock lock(gc_mu_);
   return gc_touched_.contains(id);
 }
 
 void FileServer::EndGcWindow() {
-  std::lock_guard lock(gc_mu_);
+  MutexLock lock(gc_mu_);
   gc_window_ = false;
   std::set<cas::ChunkId>().swap(gc_touched_);
 }

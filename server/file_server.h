@@ -20,6 +20,7 @@
 #include <optional>
 #include <set>
 
+#include "base/mutex.h"
 #include "cas/chunk_store.h"
 #include "server/hlc.h"
 #include "server/namespace_db.h"
@@ -210,17 +211,17 @@ class FileServer {
   Hlc hlc_;
   RemoteChunks* remote_ = nullptr;
   std::atomic<std::uint64_t> max_clock_skew_ns_{600'000'000'000};
-  std::mutex gc_mu_;  // guards the two below; taken alone (store calls inside are leaves)
-  bool gc_window_ = false;
-  std::set<cas::ChunkId> gc_touched_;
+  Mutex gc_mu_;  // guards the two below; taken alone (store calls inside are leaves)
+  bool gc_window_ GUARDED_BY(gc_mu_) = false;
+  std::set<cas::ChunkId> gc_touched_ GUARDED_BY(gc_mu_);
   std::function<void()> on_local_change_;
   std::function<void(const ChangeSet&)> on_remote_change_;
 
   // Serializes check-then-commit namespace operations. Lock order: mu_ before OpenFile::mu_.
-  std::mutex ns_mu_;
-  std::mutex files_mu_;  // guards the two maps below; taken last
-  std::map<std::uint64_t, std::shared_ptr<OpenFile>> handles_;
-  std::map<InodeId, std::weak_ptr<OpenFile>> open_files_;
+  Mutex ns_mu_ ACQUIRED_BEFORE(files_mu_);
+  Mutex files_mu_;  // guards the two maps below; taken last
+  std::map<std::uint64_t, std::shared_ptr<OpenFile>> handles_ GUARDED_BY(files_mu_);
+  std::map<InodeId, std::weak_ptr<OpenFile>> open_files_ GUARDED_BY(files_mu_);
   std::atomic<std::uint64_t> next_handle_{1};
   // Files holding sequential-write buffers (up to 1 + kMaxChunksInFlight MiB each), and the
   // most there may be.

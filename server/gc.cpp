@@ -18,7 +18,7 @@ Result<std::set<cas::ChunkId>> ChunkMaintenance::Referenced() {
 }
 
 Result<GcStats> ChunkMaintenance::Collect() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   GcStats stats;
   // Stored ids first, references second: a chunk stored in between is not in `stored`, and a
   // version committed in between is in `refs`, so neither can be taken for garbage.
@@ -65,7 +65,7 @@ Result<GcStats> ChunkMaintenance::Collect() {
 
 Result<ScrubStats> ChunkMaintenance::Scrub(
     const std::function<void(const std::string&)>& progress) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   ScrubStats st;
   std::vector<cas::ChunkId> stored;
   if (auto s = fs_.store().ForEach([&](const cas::ChunkId& id) { stored.push_back(id); });

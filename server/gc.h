@@ -19,6 +19,7 @@
 #include <set>
 #include <string>
 
+#include "base/mutex.h"
 #include "server/file_server.h"
 
 namespace foreverfs::server {
@@ -55,7 +56,7 @@ class ChunkMaintenance {
   Result<std::set<cas::ChunkId>> Referenced();
 
   FileServer& fs_;
-  std::mutex mu_;
+  Mutex mu_;
   std::set<cas::ChunkId> marked_;  // unreferenced at the last pass
   std::function<void()> after_references_for_test_;
 };

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <mutex>
 
+#include "base/mutex.h"
 #include "net/messages.h"
 
 namespace foreverfs::server {
@@ -23,7 +24,7 @@ class Hlc {
                                           .count());
   }
   net::Version Next() {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     last_ = std::max(last_ + 1, WallNs());
     return {last_, node_};
   }
@@ -35,15 +36,15 @@ class Hlc {
     return hlc <= WallNs() + max_skew_ns;
   }
   void Observe(std::uint64_t hlc) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     last_ = std::max(last_, hlc);
   }
   std::uint64_t node() const { return node_; }
 
  private:
-  std::mutex mu_;
+  Mutex mu_;
   const std::uint64_t node_;
-  std::uint64_t last_;
+  std::uint64_t last_ GUARDED_BY(mu_);
 };
 
 }  // namespace foreverfs::server

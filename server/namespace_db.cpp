@@ -1,3 +1,4 @@
+#include "base/mutex.h"
 #include "server/namespace_db.h"
 
 #include <fcntl.h>
@@ -38,7 +39,7 @@ class StmtCache {
  public:
   static sqlite3_stmt* Take(sqlite3* db, const char* sql, int& rc) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       auto it = free_.find(Key{db, sql});
       if (it != free_.end() && !it->second.empty()) {
         sqlite3_stmt* st = it->second.back();
@@ -55,7 +56,7 @@ class StmtCache {
     if (!st) return;
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto& list = free_[Key{db, sqlite3_sql(st)}];
     if (list.size() < 4) {
       list.push_back(st);
@@ -65,7 +66,7 @@ class StmtCache {
   }
   // Before the connection closes.
   static void Clear(sqlite3* db) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     for (auto it = free_.begin(); it != free_.end();) {
       if (it->first.first == db) {
         for (auto* st : it->second) sqlite3_finalize(st);
@@ -78,7 +79,7 @@ class StmtCache {
 
  private:
   using Key = std::pair<sqlite3*, std::string>;
-  static inline std::mutex mu_;
+  static inline Mutex mu_;  // leaf
   static inline std::map<Key, std::vector<sqlite3_stmt*>> free_;
 };
 
@@ -426,7 +427,7 @@ Status NamespaceDb::UpgradeFrom6() {
 }
 
 std::uint64_t NamespaceDb::MaxHlc() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Stmt m(db_,
          "SELECT max(coalesce((SELECT max(hlc) FROM inodes), 0),"
          " coalesce((SELECT max(hlc) FROM dentries), 0))");
@@ -434,7 +435,7 @@ std::uint64_t NamespaceDb::MaxHlc() {
 }
 
 Result<InodeRecord> NamespaceDb::GetInode(InodeId id) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Stmt q(db_,
          fmt::format("SELECT {} FROM inodes WHERE id = ? AND deleted = 0", kInodeColumns).c_str());
   q.Bind(1, S(id));
@@ -443,14 +444,14 @@ Result<InodeRecord> NamespaceDb::GetInode(InodeId id) {
 }
 
 Result<InodeRecord> NamespaceDb::GetInodeOrTombstone(InodeId id) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto r = AnyInode(id);
   if (!r) return Err(Code::kNotFound, "inode {:016x} not found", id);
   return std::move(*r);
 }
 
 Result<DentryRecord> NamespaceDb::GetDentry(InodeId parent, std::string_view name) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Stmt q(db_,
          "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted, d.rep_hlc, d.rep_node FROM "
          "dentries d"
@@ -462,7 +463,7 @@ Result<DentryRecord> NamespaceDb::GetDentry(InodeId parent, std::string_view nam
 }
 
 Result<std::vector<DentryRecord>> NamespaceDb::ListDir(InodeId parent) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Stmt q(db_,
          "SELECT d.parent, d.name, d.child, d.hlc, d.node, d.deleted, d.rep_hlc, d.rep_node FROM "
          "dentries d"
@@ -477,7 +478,7 @@ Result<std::vector<DentryRecord>> NamespaceDb::ListDir(InodeId parent) {
 }
 
 Result<std::vector<NamespaceDb::DirRow>> NamespaceDb::ListDirKinds(InodeId parent) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Stmt q(db_,
          "SELECT d.name, d.child, i.kind FROM dentries d JOIN inodes i ON i.id = d.child"
          " WHERE d.parent = ? AND d.deleted = 0 AND i.deleted = 0 ORDER BY d.name");
@@ -492,7 +493,7 @@ Result<std::vector<NamespaceDb::DirRow>> NamespaceDb::ListDirKinds(InodeId paren
 }
 
 Result<std::vector<DentryRecord>> NamespaceDb::LinksTo(InodeId child) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return LiveNames(child);
 }
 
@@ -507,7 +508,7 @@ std::vector<DentryRecord> NamespaceDb::LiveNames(InodeId child) {
 }
 
 bool NamespaceDb::HasLiveEntries(InodeId parent) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Stmt q(db_,
          "SELECT 1 FROM dentries d JOIN inodes i ON i.id = d.child"
          " WHERE d.parent = ? AND d.deleted = 0 AND i.deleted = 0 LIMIT 1");
@@ -868,7 +869,7 @@ Status NamespaceDb::CapAcks(std::uint64_t peer, std::uint64_t cursor) {
 }
 
 std::optional<std::int64_t> NamespaceDb::GetMeta(std::string_view key) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Stmt q(db_, "SELECT v FROM meta WHERE k = ?");
   q.Bind(1, key);
   if (q.Step() == SQLITE_ROW) return q.Int(0);
@@ -876,7 +877,7 @@ std::optional<std::int64_t> NamespaceDb::GetMeta(std::string_view key) {
 }
 
 Status NamespaceDb::SetMeta(std::string_view key, std::int64_t value) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES(?, ?)")
       .Bind(1, key)
       .Bind(2, value)
@@ -897,7 +898,7 @@ Status NamespaceDb::ReserveSeqs(std::uint64_t need) {
 
 Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std::uint64_t> peer,
                                      std::uint64_t up_to) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   // Each record takes a number, and may bring a few derived ones (conflict copies, names
   // restored, directories put back in the tree).
   const std::uint64_t need = 4 * (changes.inodes.size() + changes.dentries.size()) + 64;
@@ -971,7 +972,7 @@ Result<ChangeSet> NamespaceDb::ApplyLocked(const ChangeSet& changes,
 
 Result<net::Changes> NamespaceDb::ChangesSince(std::uint64_t since, std::size_t max_records,
                                                std::size_t max_bytes) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   struct Item {
     std::uint64_t seq;
     std::optional<InodeRecord> inode;
@@ -1024,18 +1025,18 @@ Result<net::Changes> NamespaceDb::ChangesSince(std::uint64_t since, std::size_t 
 }
 
 std::uint64_t NamespaceDb::LastSeq() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return seq_;
 }
 
 Status NamespaceDb::AddMember(std::uint64_t node) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (node == node_id_) return Ok();
   return Stmt(db_, "INSERT OR IGNORE INTO members(node) VALUES(?)").Bind(1, S(node)).Run();
 }
 
 Status NamespaceDb::RecordAck(std::uint64_t node, std::uint64_t applied, std::uint64_t own_seq) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (node == node_id_) return Ok();
   if (applied > seq_) {
     // Past the end of our feed: not something this database handed out. Confirms nothing.
@@ -1078,7 +1079,7 @@ constexpr const char* kMembersSql =
 }  // namespace
 
 std::vector<NamespaceDb::Member> NamespaceDb::Members() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<Member> out;
   Stmt q(db_, fmt::format("{} ORDER BY m.node", kMembersSql).c_str());
   while (q.Step() == SQLITE_ROW) out.push_back({U(q.Int(0)), U(q.Int(1))});
@@ -1089,7 +1090,7 @@ Result<NamespaceDb::PurgeStats> NamespaceDb::PurgeTombstones(std::uint64_t befor
                                                              const std::set<InodeId>& keep) {
   PurgeStats st;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     st.horizon = seq_;
     Stmt q(db_, kMembersSql);
     while (q.Step() == SQLITE_ROW) {
@@ -1109,7 +1110,7 @@ Result<NamespaceDb::PurgeStats> NamespaceDb::PurgeTombstones(std::uint64_t befor
   auto purge = [&](bool inodes) -> Status {
     std::int64_t after = 0;
     for (;;) {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
       auto fail = [&](Status s) {
         (void)Exec("ROLLBACK");
@@ -1156,12 +1157,12 @@ Result<NamespaceDb::PurgeStats> NamespaceDb::PurgeTombstones(std::uint64_t befor
 }
 
 void NamespaceDb::SetApplyFaultForTest(ApplyFault fault) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   apply_fault_ = std::move(fault);
 }
 
 std::uint64_t NamespaceDb::Cursor(std::uint64_t peer) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   Stmt q(db_, "SELECT seq FROM cursors WHERE peer = ?");
   q.Bind(1, S(peer));
   return q.Step() == SQLITE_ROW ? U(q.Int(0)) : 0;
@@ -1174,7 +1175,7 @@ Status NamespaceDb::ForEachLiveManifest(const std::function<void(const InodeReco
   for (;;) {
     batch.clear();
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       Stmt q(db_, fmt::format("SELECT {} FROM inodes WHERE id > ? AND deleted = 0 AND kind = 1"
                               " ORDER BY id LIMIT 256",
                               kInodeColumns)

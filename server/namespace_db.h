@@ -37,6 +37,7 @@
 #include <set>
 #include <vector>
 
+#include "base/mutex.h"
 #include "base/status.h"
 #include "net/messages.h"
 
@@ -179,7 +180,7 @@ class NamespaceDb {
   std::vector<DentryRecord> LiveNames(InodeId child);  // newest first
   static constexpr std::size_t kMaxTreeDepth = 4096;
 
-  std::mutex mu_;
+  Mutex mu_;
   sqlite3* db_;
   std::uint64_t node_id_ = 0;
   std::uint64_t seq_ = 0;

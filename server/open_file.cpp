@@ -223,7 +223,7 @@ Status OpenFile::Materialize(std::uint64_t index) {
 }
 
 Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   AdoptRemote();
   if (offset >= size_) return std::size_t{0};
   const std::size_t len =
@@ -263,7 +263,7 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
 }
 
 Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool append) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   AdoptRemote();
   if (append) offset = size_;
   if (data.empty()) return std::size_t{0};
@@ -327,7 +327,7 @@ Status OpenFile::Truncate(std::uint64_t size) {
     return Err(Code::kTooBig, "inode {:016x}: size {} is over the largest file size ({})", id_,
                size, net::kMaxFileSize);
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   AdoptRemote();
   if (auto s = SpillBuffer(); !s.ok()) return s;
   // Chunks still being stored land in the manifest when reaped: take them in first, so that
@@ -356,7 +356,7 @@ Status OpenFile::Truncate(std::uint64_t size) {
 
 Status OpenFile::Extend(std::uint64_t size) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (size <= size_) return Ok();
   }
   return Truncate(size);
@@ -367,7 +367,7 @@ Status OpenFile::ZeroRange(std::uint64_t offset, std::uint64_t length, bool keep
     return Err(Code::kTooBig, "inode {:016x}: range [{}, +{}) is past the largest file size", id_,
                offset, length);
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   AdoptRemote();
   if (length == 0) return Ok();
   if (auto s = SpillBuffer(); !s.ok()) return s;
@@ -385,7 +385,7 @@ Status OpenFile::ZeroRange(std::uint64_t offset, std::uint64_t length, bool keep
     }
     // The partial chunks at either end get zeros written over the range (within the size).
     const Bytes zeros(static_cast<std::size_t>(kCS), 0);
-    auto zero = [&](std::uint64_t from, std::uint64_t to) -> Status {
+    auto zero = [&](std::uint64_t from, std::uint64_t to) REQUIRES(mu_) -> Status {
       for (to = std::min(to, size_); from < to;) {
         const std::uint64_t i = from / kCS;
         const std::uint64_t n = std::min(to, (i + 1) * kCS) - from;
@@ -411,7 +411,7 @@ Status OpenFile::ZeroRange(std::uint64_t offset, std::uint64_t length, bool keep
 }
 
 Result<std::uint64_t> OpenFile::Seek(std::uint64_t offset, bool data) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   AdoptRemote();
   if (offset >= size_) {
     return Err(Code::kNoPosition, "inode {:016x}: offset {} is at or past the end ({})", id_,
@@ -437,7 +437,7 @@ Result<std::uint64_t> OpenFile::Seek(std::uint64_t offset, bool data) {
 }
 
 bool OpenFile::DeferAttrs(const SetAttrRequest& req) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   AdoptRemote();
   if (!changed_) return false;
   if (req.mode) deferred_.mode = req.mode;
@@ -449,7 +449,7 @@ bool OpenFile::DeferAttrs(const SetAttrRequest& req) {
 }
 
 void OpenFile::SetMtime(std::int64_t mtime_ns) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   mtime_ns_ = mtime_ns;
 }
 
@@ -479,7 +479,7 @@ Status OpenFile::StoreDirty() {
 Status OpenFile::Commit() {
   // The chunks first, with only this file locked: that is the long part.
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     AdoptRemote();
     if (!changed_) return Ok();
     if (auto s = StoreDirty(); !s.ok()) return s;
@@ -488,7 +488,9 @@ Status OpenFile::Commit() {
   // committed meanwhile is neither lost nor taken for a concurrent version of the content.
   // Both at once (std::lock's back-off): a reader may hold mu_ while it waits for a chunk from
   // a peer, and the namespace lock must not wait behind the network meanwhile.
-  std::scoped_lock locks(fs_.ns_mu_, mu_);
+  std::scoped_lock locks(fs_.ns_mu_.native(), mu_.native());
+  fs_.ns_mu_.AssertHeld();
+  mu_.AssertHeld();
   AdoptRemote();
   if (!changed_) return Ok();
   if (auto s = StoreDirty(); !s.ok()) return s;  // what was written in between
@@ -534,17 +536,19 @@ void OpenFile::OnRemoteUpdate(const InodeRecord& rec) {
   // carries no manifest).
   if (rec.deleted) return;
   {
-    std::lock_guard remote(remote_mu_);
+    MutexLock remote(remote_mu_);
     if (!remote_ || remote_->version < rec.version) remote_ = rec;
   }
-  std::unique_lock lock(mu_, std::try_to_lock);
-  if (lock.owns_lock()) AdoptRemote();
+  if (mu_.try_lock()) {
+    AdoptRemote();
+    mu_.unlock();
+  }
 }
 
 void OpenFile::AdoptRemote() {
   std::optional<InodeRecord> pending;
   {
-    std::lock_guard remote(remote_mu_);
+    MutexLock remote(remote_mu_);
     pending.swap(remote_);
   }
   if (!pending || changed_) return;  // our uncommitted writes will follow as a newer version
@@ -566,23 +570,23 @@ void OpenFile::AdoptRemote() {
 }
 
 net::ChunkMap OpenFile::Manifest() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   (void)Reap(0);
   return manifest_;
 }
 
 net::Version OpenFile::Version() const {
-  std::lock_guard lock(version_mu_);
+  MutexLock lock(version_mu_);
   return version_;
 }
 
 void OpenFile::SetVersion(const net::Version& v) {
-  std::lock_guard lock(version_mu_);
+  MutexLock lock(version_mu_);
   version_ = v;
 }
 
 InodeRecord OpenFile::Snapshot() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   InodeRecord rec = record_;
   rec.size = size_;
   rec.mtime_ns = mtime_ns_;
@@ -594,7 +598,7 @@ void OpenFile::Overlay(InodeRecord& rec) {
   // which a reader holds while it waits for a chunk from a peer: stat and ls -l must not
   // wait on the network.
   if (!changed_) return;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!changed_) return;
   rec.size = size_;
   rec.mtime_ns = mtime_ns_;

@@ -18,6 +18,8 @@
 #include <set>
 #include <vector>
 
+#include "base/mutex.h"
+#include "base/mutex.h"
 #include "server/content_clock.h"
 #include "server/file_server.h"
 #include "server/staging_file.h"
@@ -75,80 +77,81 @@ class OpenFile {
  private:
   static constexpr std::uint64_t kNone = UINT64_MAX;
   void SetVersion(const net::Version& v);
-  // Requires mu_: adopts the version OnRemoteUpdate left, if any.
-  void AdoptRemote();
-  Status EnsureStaging();
-  // Requires mu_: stores every dirty chunk (and the buffer) and puts its id in the manifest.
-  Status StoreDirty();
+  // Adopts the version OnRemoteUpdate left, if any.
+  void AdoptRemote() REQUIRES(mu_);
+  Status EnsureStaging() REQUIRES(mu_);
+  // Stores every dirty chunk (and the buffer) and puts its id in the manifest.
+  Status StoreDirty() REQUIRES(mu_);
   // Where chunk `i` lives in staging (a slot is given on first use and never reused while the
   // staging file lives, so a new slot reads as zeros). Slots, not file offsets: a file may be
   // larger (16 TiB) than the filesystem under --data lets the staging file be.
-  std::uint64_t Slot(std::uint64_t i);
+  std::uint64_t Slot(std::uint64_t i) REQUIRES(mu_);
   // The sequential buffer (see the top): appends `data` at `in` of chunk `i` if it continues
   // the buffer or may start one there; false if the write must go through staging.
-  Result<bool> TryBuffer(std::uint64_t i, std::size_t in, ByteSpan data, std::uint64_t old_size);
+  Result<bool> TryBuffer(std::uint64_t i, std::size_t in, ByteSpan data, std::uint64_t old_size) REQUIRES(mu_);
   // Hands the buffered chunk (padded with zeros to its length in the file) to the store queue.
-  Status StoreBuffer(bool background = true);
+  Status StoreBuffer(bool background = true) REQUIRES(mu_);
   // Takes in the chunks stored in the background, waiting until at most `keep` are left. A
   // chunk the store refused goes to staging: the commit tries again and reports the error.
-  Status Reap(std::size_t keep);
+  Status Reap(std::size_t keep) REQUIRES(mu_);
   // A chunk in [offset, end) is being stored in the background.
-  bool InFlightAt(std::uint64_t offset, std::uint64_t end) const;
+  bool InFlightAt(std::uint64_t offset, std::uint64_t end) const REQUIRES(mu_);
   // Chunk `i` holds data (stored, staged, buffered or being stored): not a hole.
-  bool HasData(std::uint64_t i) const;
+  bool HasData(std::uint64_t i) const REQUIRES(mu_);
   // kTooBig if writing chunk `i` would make more chunks hold data than a file may.
-  Status CheckDataChunk(std::uint64_t i) const;
+  Status CheckDataChunk(std::uint64_t i) const REQUIRES(mu_);
   // Moves the buffered bytes into staging, for a write or truncate the buffer cannot take.
-  Status SpillBuffer();
-  void DropBuffer();
+  Status SpillBuffer() REQUIRES(mu_);
+  void DropBuffer() REQUIRES(mu_);
   // A write within chunk `i` through staging (copy-on-write of the old chunk if needed).
-  Status StageWrite(std::uint64_t i, std::uint64_t offset, ByteSpan data, std::uint64_t old_size);
-  Status Materialize(std::uint64_t index);
+  Status StageWrite(std::uint64_t i, std::uint64_t offset, ByteSpan data, std::uint64_t old_size) REQUIRES(mu_);
+  Status Materialize(std::uint64_t index) REQUIRES(mu_);
   // The committed bytes of chunk `index` (may be shorter than the chunk's span: zeros follow).
-  Result<const Bytes*> CommittedChunk(std::uint64_t index);
+  Result<const Bytes*> CommittedChunk(std::uint64_t index) REQUIRES(mu_);
   // Forgets chunks past `size` (the file shrank).
-  void ForgetPast(std::uint64_t size);
-  std::uint64_t ChunkLen(std::uint64_t index) const;
+  void ForgetPast(std::uint64_t size) REQUIRES(mu_);
+  std::uint64_t ChunkLen(std::uint64_t index) const REQUIRES(mu_);
 
   FileServer& fs_;
   const InodeId id_;
-  std::mutex mu_;
-  net::ChunkMap manifest_;
-  ContentClock base_clock_;  // lineage of the committed content this file started from
-  InodeRecord record_;       // attributes as opened or last committed
-  mutable std::mutex version_mu_;  // leaf: taken alone, or inside mu_
-  net::Version version_;           // record_.version, guarded by version_mu_ (see Version())
+  // Guards the file's working state below. A reader holds it while it waits for a chunk from
+  // a peer (doc/threads.md): nothing the event thread or stat needs waits on it.
+  Mutex mu_ ACQUIRED_AFTER(fs_.ns_mu_);
+  net::ChunkMap manifest_ GUARDED_BY(mu_);
+  ContentClock base_clock_ GUARDED_BY(mu_);  // lineage of the committed content started from
+  InodeRecord record_ GUARDED_BY(mu_);       // attributes as opened or last committed
+  mutable Mutex version_mu_;                 // leaf: taken alone, or inside mu_
+  net::Version version_ GUARDED_BY(version_mu_);  // record_.version (see Version())
   // Sets, not one flag per chunk: a 16 TiB sparse file costs nothing per chunk.
-  std::set<std::uint64_t> dirty_;    // chunks whose current bytes are in staging
-  std::set<std::uint64_t> written_;  // chunks staging holds bytes for (maybe stale)
-  std::uint64_t size_;
-  std::int64_t mtime_ns_;
-  SetAttrRequest deferred_;  // mode, owner and atime for the next commit (see DeferAttrs)
-  // Atomic so that the event thread can ask without waiting for a reader holding mu_.
+  std::set<std::uint64_t> dirty_ GUARDED_BY(mu_);    // chunks whose current bytes are in staging
+  std::set<std::uint64_t> written_ GUARDED_BY(mu_);  // chunks staging holds bytes for (maybe stale)
+  std::uint64_t size_ GUARDED_BY(mu_);
+  std::int64_t mtime_ns_ GUARDED_BY(mu_);
+  SetAttrRequest deferred_ GUARDED_BY(mu_);  // mode, owner and atime for the next commit
+  // Size, mtime or chunks differ from the committed version. Atomic so that the event thread
+  // and stat can ask without waiting for a reader holding mu_ (written under mu_).
   std::atomic<bool> changed_{false};
   std::atomic<std::uint64_t> generation_{0};
-  std::atomic<bool> privileges_checked_{
-      false};  // size, mtime or chunks differ from the committed version
-  std::optional<StagingFile> staging_;
-  std::map<std::uint64_t, std::uint64_t> slots_;  // chunk index -> its offset in staging
-  std::uint64_t next_slot_ = 0;
-  std::uint64_t buf_index_ = kNone;  // chunk gathered in buf_, kNone if none
-  Bytes buf_;
-  bool buf_slot_ = false;
+  std::atomic<bool> privileges_checked_{false};
+  std::optional<StagingFile> staging_ GUARDED_BY(mu_);
+  std::map<std::uint64_t, std::uint64_t> slots_ GUARDED_BY(mu_);  // chunk index -> staging offset
+  std::uint64_t next_slot_ GUARDED_BY(mu_) = 0;
+  std::uint64_t buf_index_ GUARDED_BY(mu_) = kNone;  // chunk gathered in buf_, kNone if none
+  Bytes buf_ GUARDED_BY(mu_);
+  bool buf_slot_ GUARDED_BY(mu_) = false;  // buf_ counts in FileServer::seq_buffers_
   struct InFlight {
     std::uint64_t index;
     std::shared_ptr<Bytes> data;  // read-only once queued
     std::future<Result<cas::ChunkId>> id;
   };
-  std::deque<InFlight> inflight_;  // oldest first
-  Bytes spare_;  // a used buffer, for the next chunk  // counted in FileServer::seq_buffers_ (buf_
-                 // may hold memory)
-  std::uint64_t cached_index_ = kNone;
-  cas::ChunkId cached_id_{};
-  Bytes cached_;
+  std::deque<InFlight> inflight_ GUARDED_BY(mu_);  // oldest first
+  Bytes spare_ GUARDED_BY(mu_);                    // a used buffer, for the next chunk
+  std::uint64_t cached_index_ GUARDED_BY(mu_) = kNone;
+  cas::ChunkId cached_id_ GUARDED_BY(mu_){};
+  Bytes cached_ GUARDED_BY(mu_);
   // Taken alone or inside mu_, never the other way round.
-  std::mutex remote_mu_;
-  std::optional<InodeRecord> remote_;  // a remote version not adopted yet, guarded by remote_mu_
+  Mutex remote_mu_ ACQUIRED_AFTER(mu_);
+  std::optional<InodeRecord> remote_ GUARDED_BY(remote_mu_);  // a peer's version not adopted yet
 };
 
 }  // namespace foreverfs::server

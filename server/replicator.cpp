@@ -1,3 +1,4 @@
+#include "base/mutex.h"
 #include "server/replicator.h"
 
 #include <spdlog/spdlog.h>
@@ -113,7 +114,7 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   // peers_.size(), readable from any thread (peers_ itself belongs to the event thread).
   std::atomic<std::size_t> peer_count_{0};
   // Chunks a blocking Fetch could not get, and when (any thread; guarded).
-  std::mutex failed_mu_;
+  Mutex failed_mu_;
   std::map<cas::ChunkId, Clock::time_point> failed_;
   bool rescan_scheduled_ = false;
   // Peers whose link closed: why, and when (bounded; event thread).
@@ -591,7 +592,7 @@ bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
   // A member from now on: no tombstone is purged before it confirms it holds it.
   im.AddMember(info.node_id);
   {
-    std::lock_guard lock(im.failed_mu_);
+    MutexLock lock(im.failed_mu_);
     im.failed_.clear();  // the new peer may have what nobody had
   }
   im.peers_[info.node_id] = Impl::Peer{link};
@@ -709,7 +710,7 @@ Result<Bytes> Replicator::Fetch(const cas::ChunkId& id) {
   // read-ahead page with a second read right away, which must not wait the whole timeout
   // again. Half a second covers that retry and no more.
   {
-    std::lock_guard lock(impl_->failed_mu_);
+    MutexLock lock(impl_->failed_mu_);
     auto it = impl_->failed_.find(id);
     if (it != impl_->failed_.end()) {
       if (Clock::now() - it->second < kRecentFailure) {
@@ -731,7 +732,7 @@ Result<Bytes> Replicator::Fetch(const cas::ChunkId& id) {
           : Result<Bytes>(
                 Err(Code::kTimedOut, "chunk {}: fetch did not finish in time", cas::Hex(id)));
   if (!result.ok()) {
-    std::lock_guard lock(impl_->failed_mu_);
+    MutexLock lock(impl_->failed_mu_);
     if (impl_->failed_.size() > 4096) impl_->failed_.clear();
     impl_->failed_[id] = Clock::now();
   }
