@@ -1,54 +1,30 @@
-// The foreverfs command: argument parsing, data directory, wiring of the layers, mount loop.
+// The foreverfs command: argument and -o option parsing, logging, the cluster key, the data
+// directory's path; then it runs one app::Node (app/node.h), which owns everything else.
+// `status`, `scrub` and `gc` are clients of a running node's control socket.
 
-#define FUSE_USE_VERSION 314
-#include <fcntl.h>
-#include <fuse_lowlevel.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
 #include <spdlog/spdlog.h>
-#include <sys/file.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <sys/xattr.h>
 #include <syslog.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <atomic>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
 #include <charconv>
 #include <cmath>
-#include <condition_variable>
-#include <csignal>
 #include <cstdlib>
-#include <ctime>
+#include <cstring>
 #include <filesystem>
-#include <future>
-#include <mutex>
-#include <optional>
-#include <set>
-#include <thread>
+#include <string>
+#include <vector>
 
 #include "app/control.h"
-#include "app/metrics.h"
-#include "base/fd.h"
+#include "app/node.h"
 #include "base/fd_limit.h"
-#include "cas/chunk_store.h"
 #include "crypto/crypto.h"
-#include "fuse/fuse_fs.h"
-#include "net/tcp_transport.h"
-#include "server/file_server.h"
-#include "server/gc.h"
-#include "server/identity.h"
-#include "server/namespace_db.h"
-#include "server/replicator.h"
 
 namespace fs = std::filesystem;
-namespace asio = boost::asio;
 using namespace foreverfs;
 
 namespace {
@@ -227,292 +203,6 @@ int Keygen(const std::string& file) {
   return 0;
 }
 
-// The control socket's answers (see app/control.h).
-struct Daemon {
-  server::FileServer& files;
-  server::Replicator& replicator;
-  net::TcpTransport& transport;
-  asio::io_context& io;
-  server::ChunkMaintenance& maintenance;
-  app::ChunkUsage& usage;  // DATA/chunks, walked off the event loop
-  fs::path data;
-  std::string listen;
-  int replicas = 0;
-  std::chrono::nanoseconds tombstone_grace{0};
-};
-
-// Purges the tombstones every member holds and that are older than the grace period (part of
-// every gc pass); returns the line for the log or the gc command.
-std::string PurgeTombstones(server::FileServer& files, std::chrono::nanoseconds grace) {
-  auto r = files.PurgeTombstones(grace);
-  if (!r.ok()) {
-    spdlog::error("tombstones: {}", r.status().message());
-    return "tombstones: purge failed: " + r.status().message();
-  }
-  std::string line = fmt::format("tombstones: {} inode and {} entry records purged", r->inodes,
-                                 r->dentries);
-  if (r->waiting > 0 && r->slowest) {
-    line += fmt::format(
-        "; {} older than the grace period wait for node {:016x}, which has confirmed our changes "
-        "up to {} of {}",
-        r->waiting, r->slowest->node, r->slowest->confirmed, files.ns().LastSeq());
-  }
-  if (r->inodes + r->dentries + r->waiting > 0) spdlog::info("{}", line);
-  return line;
-}
-
-// Runs `fn` on the event thread and waits for it.
-template <typename T>
-T OnEventThread(asio::io_context& io, std::function<T()> fn) {
-  std::promise<T> p;
-  auto f = p.get_future();
-  asio::post(io, [&] { p.set_value(fn()); });
-  return f.get();
-}
-
-// The same, giving up after `limit` (a metrics scrape must not hang on a busy event thread).
-template <typename T>
-std::optional<T> TryOnEventThread(asio::io_context& io, std::function<T()> fn,
-                                  std::chrono::milliseconds limit) {
-  auto p = std::make_shared<std::promise<T>>();
-  auto f = p->get_future();
-  asio::post(io, [p, fn = std::move(fn)] { p->set_value(fn()); });
-  if (f.wait_for(limit) != std::future_status::ready) return std::nullopt;
-  return f.get();
-}
-
-std::string JsonString(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(c)));
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
-
-std::string UtcTime(std::chrono::system_clock::time_point t) {
-  const std::time_t tt = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  ::gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-std::string Duration(double s) {
-  const auto total = static_cast<std::uint64_t>(s);
-  if (total < 60) return fmt::format("{}s", total);
-  if (total < 3600) return fmt::format("{}m{:02}s", total / 60, total % 60);
-  if (total < 86400) return fmt::format("{}h{:02}m", total / 3600, total % 3600 / 60);
-  return fmt::format("{}d{:02}h", total / 86400, total % 86400 / 3600);
-}
-
-std::string Mib(std::uint64_t b) {
-  return fmt::format("{:.1f} MiB", static_cast<double>(b) / kMiB);
-}
-
-// Every peer status knows of: connected ones, ones whose link went, and addresses the transport
-// dials or that failed a handshake, merged by node id where one is known.
-std::vector<server::PeerStatus> AllPeers(Daemon& d) {
-  using Row = server::PeerStatus;
-  auto [rows, addrs] =
-      OnEventThread<std::pair<std::vector<Row>, std::vector<net::TcpTransport::AddrStatus>>>(
-          d.io, [&] { return std::make_pair(d.replicator.Peers(true), d.transport.Addresses()); });
-  for (const auto& a : addrs) {
-    auto it = std::find_if(rows.begin(), rows.end(), [&](const Row& r) {
-      return (a.node_id != 0 && r.node_id == a.node_id) || (!r.addr.empty() && r.addr == a.addr);
-    });
-    if (it != rows.end()) {
-      if (!a.last_error.empty() && a.last_error_at > it->last_error_at) {
-        it->last_error = a.last_error;
-        it->last_error_at = a.last_error_at;
-      }
-      continue;
-    }
-    Row r;
-    r.node_id = a.node_id;
-    r.addr = a.addr;
-    r.outbound = a.dialing;
-    r.last_error = a.last_error;
-    r.last_error_at = a.last_error_at;
-    rows.push_back(std::move(r));
-  }
-  return rows;
-}
-
-// Live files with a chunk this node does not hold (a manifest walk and one stat per chunk).
-std::pair<std::uint64_t, std::uint64_t> FilesMissingChunks(server::FileServer& files) {
-  std::uint64_t live = 0, missing = 0;
-  auto s = files.ns().ForEachLiveManifest([&](const server::InodeRecord& r) {
-    ++live;
-    for (const auto& [index, id] : r.manifest) {
-      if (!files.HasChunk(id)) {
-        ++missing;
-        break;
-      }
-    }
-  });
-  if (!s.ok()) spdlog::warn("status: walking manifests: {}", s.message());
-  return {live, missing};
-}
-
-void HandleStatus(Daemon& d, bool json, const std::function<void(const std::string&)>& out) {
-  auto peers = AllPeers(d);
-  auto [backlog, round] = OnEventThread<std::pair<std::size_t, server::CatchUpStatus>>(
-      d.io, [&] { return std::make_pair(d.replicator.Backlog(), d.replicator.CatchUp()); });
-  const auto usage = d.usage.Get(std::chrono::minutes(1));  // at most 2 s old
-  const auto [live_files, incomplete] = FilesMissingChunks(d.files);
-  struct statvfs st {};
-  ::statvfs(d.data.c_str(), &st);
-  const auto now = std::chrono::system_clock::now();
-  auto since = [&](std::chrono::system_clock::time_point t) {
-    return std::chrono::duration<double>(now - t).count();
-  };
-  const double rate = round.seconds > 0 ? round.done / round.seconds : 0;
-  const double byte_rate = round.seconds > 0 ? round.bytes / round.seconds : 0;
-  if (!json) {
-    const double free_gib = static_cast<double>(st.f_bavail) * st.f_frsize / (1 << 30);
-    const double total_gib = static_cast<double>(st.f_blocks) * st.f_frsize / (1 << 30);
-    out(fmt::format("node        {:016x}", d.files.node_id()));
-    out(fmt::format("listening   {}", d.listen));
-    out(fmt::format("data        {} ({:.1f} GiB free of {:.1f} GiB)", d.data.string(), free_gib,
-                    total_gib));
-    out(fmt::format("local       {} chunks, {}", usage.chunks, Mib(usage.bytes)));
-    out(fmt::format("changes     {} (local change sequence)", d.files.ns().LastSeq()));
-    out(fmt::format("backlog     {} chunks to fetch", backlog));
-    if (round.running) {
-      out(fmt::format("catch-up    {} of {} chunks ({}), {:.1f} chunks/s, {:.1f} MiB/s, {}",
-                      round.done, round.total, Mib(round.bytes), rate, byte_rate / kMiB,
-                      Duration(round.seconds)));
-    }
-    out(fmt::format("files       {} live, {} with chunks missing here{}", live_files, incomplete,
-                    d.replicas > 0 ? fmt::format(" (--replicas {}: this node holds only its "
-                                                 "share; see user.foreverfs.replicas per file)",
-                                                 d.replicas)
-                                   : ""));
-    std::size_t connected = 0;
-    for (const auto& p : peers) connected += p.connected;
-    out(fmt::format("peers       {} connected, {} known", connected, peers.size()));
-    for (const auto& p : peers) {
-      const std::string id = p.node_id ? fmt::format("{:016x}", p.node_id) : "?";
-      const std::string addr = p.addr.empty() ? p.remote : p.addr;
-      if (p.connected) {
-        out(
-            fmt::format("  {}  {}  {}  connected since {} ({})  in {}  out {}  backlog {} "
-                        "changes to send, {} chunks requested",
-                        id, addr, p.outbound ? "dialed" : "accepted", UtcTime(p.connected_since),
-                        Duration(since(p.connected_since)), Mib(p.bytes_in), Mib(p.bytes_out),
-                        p.changes_to_send, p.chunks_in_flight));
-      } else {
-        out(fmt::format("  {}  {}  not connected", id, addr));
-      }
-      if (!p.last_error.empty()) {
-        out(fmt::format("      last error: {} ({}, {} ago)", p.last_error, UtcTime(p.last_error_at),
-                        Duration(since(p.last_error_at))));
-      }
-    }
-    return;
-  }
-  std::string j = fmt::format(
-      R"({{"node":"{:016x}","listen":{},"data":{},"free_bytes":{},"total_bytes":{},"changes":{},)"
-      R"("backlog_chunks":{},"replicas":{},"local":{{"chunks":{},"bytes":{}}},)"
-      R"("files":{{"live":{},"missing_chunks_locally":{}}},)"
-      R"("catch_up":{{"running":{},"done":{},"total":{},"failed":{},"bytes":{},"seconds":{:.3f},)"
-      R"("chunks_per_second":{:.3f},"bytes_per_second":{:.0f}}},"peers":[)",
-      d.files.node_id(), JsonString(d.listen), JsonString(d.data.string()),
-      static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize,
-      static_cast<std::uint64_t>(st.f_blocks) * st.f_frsize, d.files.ns().LastSeq(), backlog,
-      d.replicas, usage.chunks, usage.bytes, live_files, incomplete, round.running, round.done,
-      round.total, round.failed, round.bytes, round.seconds, rate, byte_rate);
-  for (std::size_t i = 0; i < peers.size(); ++i) {
-    const auto& p = peers[i];
-    j += fmt::format(
-        R"({}{{"node":{},"addr":{},"remote":{},"direction":"{}","connected":{},)", i ? "," : "",
-        p.node_id ? JsonString(fmt::format("{:016x}", p.node_id)) : "null", JsonString(p.addr),
-        JsonString(p.remote), p.outbound ? "dialed" : "accepted", p.connected);
-    if (p.connected) {
-      j += fmt::format(
-          R"("connected_since":"{}","connected_seconds":{:.0f},"bytes_in":{},"bytes_out":{},)"
-          R"("backlog":{{"changes_to_send":{},"chunks_requested":{}}},)"
-          R"("records_received":{},"peer_seq":{},)",
-          UtcTime(p.connected_since), since(p.connected_since), p.bytes_in, p.bytes_out,
-          p.changes_to_send, p.chunks_in_flight, p.records_received, p.peer_seq);
-    }
-    j += p.last_error.empty() ? std::string(R"("last_error":null})")
-                              : fmt::format(R"("last_error":{},"last_error_at":"{}"}})",
-                                            JsonString(p.last_error), UtcTime(p.last_error_at));
-  }
-  out(j + "]}");
-}
-
-void HandleControl(Daemon& d, const std::string& command,
-                   const std::function<void(const std::string&)>& out) {
-  if (command == "status" || command == "status-json") {
-    HandleStatus(d, command == "status-json", out);
-  } else if (command == "scrub") {
-    spdlog::info("scrub started");
-    auto r = d.maintenance.Scrub([&](const std::string& line) {
-      spdlog::info("{}", line);
-      out(line);
-    });
-    if (!r.ok()) out("scrub failed: " + r.status().message());
-  } else if (command == "gc") {
-    auto r = d.maintenance.Collect();
-    if (r.ok()) {
-      out(
-          fmt::format("gc: {} chunks stored, {} referenced, {} removed, {} unreferenced (removed "
-                      "by the next pass)",
-                      r->stored, r->referenced, r->removed, r->marked));
-    } else {
-      out("gc failed: " + r.status().message());
-    }
-    out(PurgeTombstones(d.files, d.tombstone_grace));
-  } else {
-    out(fmt::format("unknown command '{}' (status, status-json, scrub, gc)", command));
-  }
-}
-
-// user.foreverfs.replicas: how many nodes (this one included) hold every chunk of the file's
-// current version, as far as this node and its connected peers say within 2 s;
-// user.foreverfs.holders: which, as "nodeid@address" separated by commas, this node first.
-constexpr std::string_view kReplicasXattr = "user.foreverfs.replicas";
-constexpr std::string_view kHoldersXattr = "user.foreverfs.holders";
-constexpr auto kHoldersTimeout = std::chrono::milliseconds(2000);
-
-std::optional<Result<Bytes>> ReplicaXattr(server::FileServer& files, server::Replicator& r,
-                                          const std::string& self_addr, std::uint64_t ino,
-                                          std::string_view name) {
-  if (name != kReplicasXattr && name != kHoldersXattr) return std::nullopt;
-  auto rec = files.ns().GetInode(ino);
-  if (!rec.ok()) return rec.status();
-  if (rec->deleted) return Status(Code::kNotFound, "inode is deleted");
-  if (rec->kind != server::InodeKind::kFile) {
-    return Err(Code::kNoData, "{} is only there for regular files", name);
-  }
-  const auto report = r.Holders(rec->manifest.Ids(), kHoldersTimeout);
-  spdlog::debug(
-      "getxattr {} of inode {:016x}: {} chunks, here: {}, {} of {} peers answered, {} "
-      "hold them all",
-      name, ino, report.chunks, report.local, report.answered, report.asked, report.peers.size());
-  std::string value;
-  if (name == kReplicasXattr) {
-    value = std::to_string((report.local ? 1 : 0) + report.peers.size());
-  } else {
-    std::vector<std::string> holders;
-    if (report.local) holders.push_back(fmt::format("{:016x}@{}", files.node_id(), self_addr));
-    for (const auto& h : report.peers)
-      holders.push_back(fmt::format("{:016x}@{}", h.node_id, h.addr));
-    value = fmt::format("{}", fmt::join(holders, ","));
-  }
-  return Bytes(value.begin(), value.end());
-}
-
 // `foreverfs status|scrub|gc [MOUNTPOINT] [--data DIR]`: the daemon's control socket is
 // DIR/control.sock; the mount also names it in the xattr user.foreverfs.control of its root.
 int ControlClient(const std::string& command, const std::string& mountpoint,
@@ -556,132 +246,25 @@ int Serve(Options o) {
   fs::path data = o.data.empty()
                       ? XdgDir("XDG_DATA_HOME", ".local/share") / "foreverfs" / Escape(mount_abs)
                       : fs::absolute(o.data, ec);
-  for (const char* sub : {"", "chunks", "staging"}) {
-    fs::create_directories(data / sub, ec);
-    if (ec)
-      return fail(
-          fmt::format("cannot create data directory {}: {}", (data / sub).string(), ec.message()));
-  }
-  ::chmod(data.c_str(), 0700);
-  UniqueFd lock(::open((data / "lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (!lock.valid() || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
-    return fail(
-        fmt::format("data directory {} is in use by another foreverfs process", data.string()));
-  }
-
-  auto ns = server::NamespaceDb::Open(data / "meta.db");
-  if (!ns.ok()) return fail(ns.status().message());
-  // A copy of another node's data directory must not run under that node's id (README,
-  // "Identity"): it takes a fresh one before anything is written.
-  auto identity = server::CheckDataDirIdentity(**ns, data);
-  if (!identity.ok()) return fail(identity.status().message());
-  if (identity->renewed) {
-    spdlog::warn(
-        "{}. Node id {:016x} may still be in use by the node this copy was made from, so this "
-        "node takes a fresh id, {:016x} (two processes under one id would miss each other's "
-        "changes and lose concurrent writes). Records written before keep the old id: they are "
-        "history both nodes share; peers stream this node's changes again from the start.",
-        identity->why, identity->old_id, (*ns)->node_id());
-  }
-  auto store = cas::MakeLocalStore(data / "chunks", *key);
-  if (!store.ok()) return fail(store.status().message());
-  server::FileServer files(**ns, **store, cas::MakeHasher(*key), data / "staging");
-  files.SetMaxClockSkew(std::chrono::milliseconds(static_cast<long>(o.max_clock_skew_s * 1000)));
-
-  auto io = std::make_unique<asio::io_context>(1);
-  server::ReplicatorOptions ropts;
-  ropts.replicas = o.replicas;
-  ropts.fetch_timeout = std::chrono::milliseconds(static_cast<long>(o.fetch_timeout_s * 1000));
-  auto replicator = std::make_unique<server::Replicator>(*io, files, ropts);
-  net::TcpOptions topts;
-  topts.node_id = files.node_id();
-  // Another process with this node id (a VM snapshot or block copy of the data directory, which
-  // the inode check above cannot see): the newer of the two stops and takes a fresh id at its
-  // next start; the other goes on. Both refuse the link.
-  std::atomic<bool> stopped_as_copy{false};
-  std::mutex copy_mu;
-  std::string copy_why;  // under copy_mu
-  topts.on_same_node_id = [&stopped_as_copy, &copy_mu, &copy_why, data](const net::SameNodeId& s) {
-    const std::string where = s.listen_addr.empty() ? s.remote : s.listen_addr;
-    if (!s.peer_is_older) {
-      spdlog::error(
-          "the process at {} runs with this node's id {:016x} and started after this one: its "
-          "data directory is a copy of this node's; it stops and takes a fresh id",
-          where, s.node_id);
-      return;
-    }
-    if (stopped_as_copy.exchange(true)) return;
-    const std::string why = fmt::format(
-        "the node at {} runs with this node's id {:016x} and has run longer: this data "
-        "directory is a copy of that node's (a VM snapshot or a disk copy)",
-        where, s.node_id);
-    {
-      std::lock_guard lock(copy_mu);
-      copy_why = why;
-    }
-    if (auto st = server::MarkForFreshNodeId(data, why); !st.ok()) {
-      spdlog::error("{}", st.message());
-    }
-    spdlog::error(
-        "{}; unmounting and stopping, so that two nodes never write under one id. The "
-        "next start takes a fresh node id.",
-        why);
-    ::kill(::getpid(), SIGTERM);
-  };
-  topts.listen = o.listen;
-  topts.auth_key = crypto::DeriveKey(key->secret, "foreverfs auth v1");
-  topts.tls_psk = crypto::DeriveKey(key->secret, "foreverfs tls psk v1");
-  auto transport = std::make_unique<net::TcpTransport>(*io, topts, *replicator);
-  if (auto s = transport->Listen(); !s.ok()) return fail(s.message());
-  replicator->SetDialer([t = transport.get()](const std::string& addr) { t->AddPeer(addr); });
-  for (const auto& p : o.peers) {
-    if (auto hp = net::ParseHostPort(p); !hp.ok())
-      return fail(fmt::format("--peer: {}", hp.status().message()));
-    transport->AddPeer(p);
-  }
-  files.SetRemote(replicator.get());
-  files.SetOnLocalChange([r = replicator.get()] { r->NotifyLocalChange(); });
-
-  fuse::FuseFs fuse(files);
-  fuse.SetControlPath((data / "control.sock").string());
-  app::OpLatency latency(fuse::FuseFs::TimedOpNames());
-  fuse.SetOpObserver(
-      [&latency](std::size_t op, std::chrono::nanoseconds d) { latency.Observe(op, d); });
-  fuse.SetVirtualXattr([&files, r = replicator.get(), self = transport->AdvertisedAddr()](
-                           std::uint64_t ino, std::string_view name) {
-    return ReplicaXattr(files, *r, self, ino, name);
-  });
-  app::ChunkUsage usage(data / "chunks");
-  std::unique_ptr<app::MetricsServer> metrics;
-  if (!o.metrics.empty()) {
-    // Rendered on the metrics server's workers: a scrape waits at most 1 s for a walk of chunks/
-    // (otherwise it shows the previous one) and 1 s for the event loop.
-    auto m = app::MetricsServer::Bind(*io, o.metrics, [&] {
-      app::MetricsSnapshot snap;
-      const auto usage_now = usage.Get(std::chrono::seconds(1));
-      snap.bytes_stored = usage_now.bytes;
-      snap.chunks = usage_now.chunks;
-      snap.bytes_sent = transport->Totals().BytesOut();
-      snap.bytes_received = transport->Totals().BytesIn();
-      snap.peers_connected = replicator->PeerCount();
-      snap.replication_backlog =
-          TryOnEventThread<std::size_t>(
-              *io, [&] { return replicator->Backlog(); }, std::chrono::milliseconds(1000))
-              .value_or(0);
-      return app::RenderMetrics(snap, &latency);
-    });
-    if (!m.ok()) return fail(m.status().message());
-    metrics = std::move(*m);
-  }
-  files.SetOnRemoteChange([&fuse](const server::ChangeSet& cs) { fuse.Invalidate(cs); });
-  if (auto s = fuse.Mount({o.mountpoint, o.fuse_options, 1.0}); !s.ok()) return fail(s.message());
-  spdlog::info("foreverfs {} mounted on {} (node {:016x}, listening on {}, data in {})",
-               FOREVERFS_VERSION, mount_abs.string(), files.node_id(), transport->AdvertisedAddr(),
-               data.string());
+  app::NodeConfig config;
+  config.mountpoint = o.mountpoint;
+  config.mount_abs = mount_abs;
+  config.data = data;
+  config.key = *key;
+  config.listen = o.listen;
+  config.peers = o.peers;
+  config.replicas = o.replicas;
+  config.fuse_options = o.fuse_options;
+  config.metrics = o.metrics;
+  config.fetch_timeout_s = o.fetch_timeout_s;
+  config.gc_interval_s = o.gc_interval_s;
+  config.tombstone_grace_s = o.tombstone_grace_s;
+  config.max_clock_skew_s = o.max_clock_skew_s;
+  // Errors return through fail() before `node` is destroyed, as when every part was a local.
+  app::Node node(std::move(config));
+  if (auto s = node.Start(); !s.ok()) return fail(s.message());
   if (!o.foreground) {
-    io->notify_fork(asio::io_context::fork_prepare);
-    if (fuse_daemonize(0) != 0) return fail("cannot daemonize");
-    io->notify_fork(asio::io_context::fork_child);
+    if (auto s = node.Daemonize(); !s.ok()) return fail(s.message());
     // stderr is /dev/null from here on.
     if (o.log_file.empty()) {
       auto syslog = spdlog::syslog_logger_mt("foreverfs-syslog", "foreverfs", LOG_PID, LOG_DAEMON);
@@ -690,67 +273,10 @@ int Serve(Options o) {
       spdlog::set_default_logger(syslog);
     }
   }
-  fuse.InstallSignalHandlers();
-
-  auto guard = asio::make_work_guard(*io);
-  std::thread net_thread([&io] { io->run(); });
-
-  server::ChunkMaintenance maintenance(files);
-  Daemon daemon{files,       *replicator, *transport, *io,
-                maintenance, usage,       data,       transport->AdvertisedAddr(),
-                o.replicas,  std::chrono::nanoseconds(static_cast<std::int64_t>(
-                                 o.tombstone_grace_s * 1e9))};
-  if (metrics) {
-    metrics->Serve();
-    spdlog::info("serving Prometheus metrics on http://{}/metrics", o.metrics);
-  }
-  // Commands run on the control server's workers, never on the event loop they wait for.
-  auto control = app::ControlServer::Start(
-      *io, data / "control.sock",
-      [&daemon](const std::string& cmd, const std::function<void(const std::string&)>& out) {
-        HandleControl(daemon, cmd, out);
-      });
-  if (!control.ok()) spdlog::warn("no control socket: {}", control.status().message());
-  // Garbage collection every --gc-interval seconds (a chunk goes after two passes).
-  std::mutex gc_mu;
-  std::condition_variable gc_cv;
-  bool gc_stop = false;
-  std::thread gc_thread([&] {
-    std::unique_lock lock(gc_mu);
-    const auto interval = std::chrono::milliseconds(static_cast<long>(o.gc_interval_s * 1000));
-    while (!gc_cv.wait_for(lock, interval, [&] { return gc_stop; })) {
-      lock.unlock();
-      if (auto r = maintenance.Collect(); !r.ok()) spdlog::error("gc: {}", r.status().message());
-      (void)PurgeTombstones(files, daemon.tombstone_grace);
-      lock.lock();
-    }
-  });
-
-  Status run = fuse.Run();
-  {
-    std::lock_guard lock(gc_mu);
-    gc_stop = true;
-  }
-  gc_cv.notify_all();
-  gc_thread.join();
-  if (control.ok()) (*control)->Stop();
-  if (metrics) metrics->Stop();
-  fuse.Unmount();
-  files.SetOnRemoteChange(nullptr);
-
-  asio::post(*io, [t = transport.get()] { t->Stop(); });
-  guard.reset();
-  io->stop();
-  net_thread.join();
-  if (control.ok()) control->reset();  // endpoints go before their event loop
-  metrics.reset();
-  transport.reset();
-  replicator.reset();
-  io.reset();
+  Status run = node.Run();
   if (!run.ok()) return fail(run.message());
-  if (stopped_as_copy) {
-    std::lock_guard lock(copy_mu);
-    return fail(fmt::format("stopped: {}; start it again to take a fresh node id", copy_why));
+  if (auto why = node.StoppedAsCopy()) {
+    return fail(fmt::format("stopped: {}; start it again to take a fresh node id", *why));
   }
   spdlog::info("unmounted {}; bye", mount_abs.string());
   return 0;
