@@ -190,9 +190,9 @@ struct FuseFs::Impl {
   std::bitset<kMaxOps> fault_before, fault_after;  // handlers that throw, by op number (tests)
 
   Mutex dirs_mu;
-  std::map<std::uint64_t, std::vector<server::DirEntry>> dirs;  // open directory snapshots
-  std::uint64_t next_dir = 1;
-  std::size_t dir_entries_held = 0;  // in all snapshots, bounded by kMaxDirEntriesHeld
+  std::map<std::uint64_t, std::vector<server::DirEntry>> dirs GUARDED_BY(dirs_mu);  // snapshots
+  std::uint64_t next_dir GUARDED_BY(dirs_mu) = 1;
+  std::size_t dir_entries_held GUARDED_BY(dirs_mu) = 0;  // in all snapshots, bounded by kMaxDirEntriesHeld
 
   // What the kernel caches of each inode it was given: its lookup count (dropped by FORGET)
   // and the version of the attributes last sent for it. An open whose handle reads another
@@ -204,7 +204,7 @@ struct FuseFs::Impl {
     std::chrono::steady_clock::time_point peer_change{};  // last change a peer made
   };
   Mutex known_mu;
-  std::unordered_map<fuse_ino_t, Known> known;
+  std::unordered_map<fuse_ino_t, Known> known GUARDED_BY(known_mu);
 
   // Before a reply that gives the kernel `a`; `entry` if it counts as a lookup.
   void Told(const Attr& a, bool entry) {
@@ -253,8 +253,8 @@ struct FuseFs::Impl {
 
   Mutex inval_mu;
   std::condition_variable_any inval_cv;  // waits on inval_mu
-  std::deque<Invalidation> inval_queue;
-  bool inval_stop = false;
+  std::deque<Invalidation> inval_queue GUARDED_BY(inval_mu);
+  bool inval_stop GUARDED_BY(inval_mu) = false;
   std::thread inval_thread;
 
   static Impl& Of(fuse_req_t req) { return *static_cast<Impl*>(fuse_req_userdata(req)); }

@@ -57,7 +57,7 @@ class ChunkMaintenance {
 
   FileServer& fs_;
   Mutex mu_;
-  std::set<cas::ChunkId> marked_;  // unreferenced at the last pass
+  std::set<cas::ChunkId> marked_ GUARDED_BY(mu_);  // unreferenced at the last pass
   std::function<void()> after_references_for_test_;
 };
 

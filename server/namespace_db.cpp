@@ -240,7 +240,12 @@ Result<std::unique_ptr<NamespaceDb>> NamespaceDb::Open(const std::filesystem::pa
     return Err(Code::kIOError, "cannot open metadata database {}: {}", path.string(), msg);
   }
   std::unique_ptr<NamespaceDb> db(new NamespaceDb(raw));
-  if (auto s = db->Init(); !s.ok()) {
+  Status init;
+  {
+    MutexLock lock(db->mu_);
+    init = db->Init();
+  }
+  if (auto s = init; !s.ok()) {
     return Err(s.code(), "metadata database {}: {}", path.string(), s.message());
   }
   return db;
@@ -373,7 +378,7 @@ Status NamespaceDb::Init() {
 Status NamespaceDb::UpgradeFrom5() {
   spdlog::info("{}: converting the namespace from schema 5 to {}", file_, kSchemaVersion);
   if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
-  auto fail = [&](Status s) {
+  auto fail = [&](Status s) REQUIRES(mu_) {
     (void)Exec("ROLLBACK");
     return Err(s.code(), "converting {} to schema {}: {}", file_, kSchemaVersion, s.message());
   };
@@ -413,7 +418,7 @@ Status NamespaceDb::UpgradeFrom5() {
 Status NamespaceDb::UpgradeFrom6() {
   spdlog::info("{}: converting the namespace from schema 6 to {}", file_, kSchemaVersion);
   if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
-  auto fail = [&](Status s) {
+  auto fail = [&](Status s) REQUIRES(mu_) {
     (void)Exec("ROLLBACK");
     return Err(s.code(), "converting {} to schema {}: {}", file_, kSchemaVersion, s.message());
   };
@@ -838,6 +843,7 @@ Status NamespaceDb::KeepConflictCopy(const InodeRecord& loser, std::uint64_t& se
 }
 
 Result<std::uint64_t> NamespaceDb::TakeFreshNodeId() {
+  MutexLock lock(mu_);
   const std::uint64_t old = node_id_;
   std::uint64_t fresh = 0;
   do fresh = crypto::RandomU64();
@@ -914,7 +920,7 @@ Result<ChangeSet> NamespaceDb::ApplyLocked(const ChangeSet& changes,
   if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
   ChangeSet won;
   std::uint64_t seq = seq_;
-  auto fail = [&](Status s) -> Result<ChangeSet> {
+  auto fail = [&](Status s) REQUIRES(mu_) -> Result<ChangeSet> {
     (void)Exec("ROLLBACK");
     return s;
   };
@@ -1112,7 +1118,7 @@ Result<NamespaceDb::PurgeStats> NamespaceDb::PurgeTombstones(std::uint64_t befor
     for (;;) {
       MutexLock lock(mu_);
       if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
-      auto fail = [&](Status s) {
+      auto fail = [&](Status s) REQUIRES(mu_) {
         (void)Exec("ROLLBACK");
         return s;
       };

@@ -159,34 +159,36 @@ class NamespaceDb {
 
  private:
   explicit NamespaceDb(sqlite3* db) : db_(db) {}
-  Status Exec(const char* sql);
-  Status Init();
-  Status UpgradeFrom5();
-  Status UpgradeFrom6();
+  Status Exec(const char* sql) REQUIRES(mu_);
+  Status Init() REQUIRES(mu_);
+  Status UpgradeFrom5() REQUIRES(mu_);
+  Status UpgradeFrom6() REQUIRES(mu_);
   // Durably reserves sequence numbers for at least `need` more changes. With mu_ held.
-  Status ReserveSeqs(std::uint64_t need);
+  Status ReserveSeqs(std::uint64_t need) REQUIRES(mu_);
   Result<ChangeSet> ApplyLocked(const ChangeSet& changes, std::optional<std::uint64_t> peer,
-                                std::uint64_t up_to, int attempt);
+                                std::uint64_t up_to, int attempt) REQUIRES(mu_);
   // Inside Apply's transaction, with mu_ held.
-  std::optional<InodeRecord> AnyInode(InodeId id);
-  Status PutInode(const InodeRecord& r, std::uint64_t& seq, ChangeSet& won);
-  Status PutDentry(const DentryRecord& d, std::uint64_t& seq, ChangeSet& won);
-  Status KeepConflictCopy(const InodeRecord& loser, std::uint64_t& seq, ChangeSet& won);
-  Status RestoreName(const InodeRecord& rec, std::uint64_t& seq, ChangeSet& won);
-  Status KeepDisplaced(const DentryRecord& loser, std::uint64_t& seq, ChangeSet& won);
-  Status ReviveDir(InodeId id, std::uint64_t& seq, ChangeSet& won);
-  Status KeepInTree(InodeId id, std::uint64_t& seq, ChangeSet& won);
-  bool ReachesRoot(InodeId from, InodeId avoid);
-  std::vector<DentryRecord> LiveNames(InodeId child);  // newest first
+  std::optional<InodeRecord> AnyInode(InodeId id) REQUIRES(mu_);
+  Status PutInode(const InodeRecord& r, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
+  Status PutDentry(const DentryRecord& d, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
+  Status KeepConflictCopy(const InodeRecord& loser, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
+  Status RestoreName(const InodeRecord& rec, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
+  Status KeepDisplaced(const DentryRecord& loser, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
+  Status ReviveDir(InodeId id, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
+  Status KeepInTree(InodeId id, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
+  bool ReachesRoot(InodeId from, InodeId avoid) REQUIRES(mu_);
+  std::vector<DentryRecord> LiveNames(InodeId child) REQUIRES(mu_);  // newest first
   static constexpr std::size_t kMaxTreeDepth = 4096;
 
+  // Guards the connection and the sequence counters. Taken inside every server lock (doc/
+  // threads.md); never held across a wait on a peer.
   Mutex mu_;
-  sqlite3* db_;
+  sqlite3* const db_;  // its statements run with mu_ held (or before Open returns)
   std::uint64_t node_id_ = 0;
-  std::uint64_t seq_ = 0;
-  std::uint64_t seq_reserved_ = 0;
-  std::string file_;  // the database file  // durably recorded: no number up to this was lost
-  ApplyFault apply_fault_;  // tests only (SetApplyFaultForTest)
+  std::uint64_t seq_ GUARDED_BY(mu_) = 0;
+  std::uint64_t seq_reserved_ GUARDED_BY(mu_) = 0;  // durably recorded: no number up to it lost
+  std::string file_;  // the database file
+  ApplyFault apply_fault_ GUARDED_BY(mu_);  // tests only (SetApplyFaultForTest)
 };
 
 }  // namespace foreverfs::server

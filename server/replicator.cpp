@@ -115,7 +115,7 @@ struct Replicator::Impl : std::enable_shared_from_this<Replicator::Impl> {
   std::atomic<std::size_t> peer_count_{0};
   // Chunks a blocking Fetch could not get, and when (any thread; guarded).
   Mutex failed_mu_;
-  std::map<cas::ChunkId, Clock::time_point> failed_;
+  std::map<cas::ChunkId, Clock::time_point> failed_ GUARDED_BY(failed_mu_);
   bool rescan_scheduled_ = false;
   // Peers whose link closed: why, and when (bounded; event thread).
   std::map<std::uint64_t, PeerStatus> gone_;
