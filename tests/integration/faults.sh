@@ -27,11 +27,8 @@ faults_cleanup() {
 }
 trap faults_cleanup EXIT
 PASS=0; FAIL=0
-check() { local name=$1; shift; if "$@"; then PASS=$((PASS+1)); echo "ok - $name"; else FAIL=$((FAIL+1)); echo "not ok - $name"; fi; }
-fig() { echo "# figure: $*"; }
 finding() { echo "# finding: $*"; }
 note() { echo "#   $*"; }
-same() { cmp -s "$1" "$2"; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 sha() { sha256sum <"$1" 2>/dev/null | cut -c1-64; }

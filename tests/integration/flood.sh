@@ -9,8 +9,6 @@ cd "$(dirname "$0")/../.."
 . tests/lib/cluster.sh
 trap cluster_cleanup EXIT
 PASS=0; FAIL=0
-check() { local name=$1; shift; if "$@"; then PASS=$((PASS+1)); echo "ok - $name"; else FAIL=$((FAIL+1)); echo "not ok - $name"; fi; }
-same() { cmp -s "$1" "$2"; }
 command -v python3 >/dev/null || { echo "not ok - python3 installed"; exit 1; }
 FLOOD_S=${FLOOD_S:-20}
 SOCKETS=${FLOOD_SOCKETS:-3000}

@@ -10,8 +10,6 @@ cd "$(dirname "$0")/../.."
 . tests/lib/cluster.sh
 trap cluster_cleanup EXIT
 PASS=0; FAIL=0
-check() { local name=$1; shift; if "$@"; then PASS=$((PASS+1)); echo "ok - $name"; else FAIL=$((FAIL+1)); echo "not ok - $name"; fi; }
-same() { cmp -s "$1" "$2"; }
 T=20
 node_id() { "$FF" status "$(cmnt "$1")" --json | jq -r .node; }
 connected_to() { [ "$("$FF" status "$(cmnt "$1")" --json | jq '[.peers[] | select(.connected)] | length')" -ge "$2" ]; }

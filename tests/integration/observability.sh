@@ -7,8 +7,6 @@ cd "$(dirname "$0")/../.."
 . tests/lib/cluster.sh
 trap cluster_cleanup EXIT
 PASS=0; FAIL=0
-check() { local name=$1; shift; if "$@"; then PASS=$((PASS+1)); echo "ok - $name"; else FAIL=$((FAIL+1)); echo "not ok - $name"; fi; }
-same() { cmp -s "$1" "$2"; }
 T=20
 for tool in curl jq getfattr setfattr; do
   command -v $tool >/dev/null || { echo "# $tool is missing (scripts/setup.sh installs it)"; exit 1; }

@@ -7,8 +7,6 @@ cd "$(dirname "$0")/../.."
 . tests/lib/cluster.sh
 trap cluster_cleanup EXIT
 PASS=0; FAIL=0
-check() { local name=$1; shift; if "$@"; then PASS=$((PASS+1)); echo "ok - $name"; else FAIL=$((FAIL+1)); echo "not ok - $name"; fi; }
-same() { cmp -s "$1" "$2"; }
 gone() { [ ! -e "$1" ] && [ ! -L "$1" ]; }
 statf() { stat -c "$1" "$2" 2>/dev/null; }
 same_stat() { [ "$(statf "$1" "$2")" = "$(statf "$1" "$3")" ] && [ -n "$(statf "$1" "$2")" ]; }

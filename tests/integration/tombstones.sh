@@ -14,7 +14,6 @@ mkdir -p "$M" "$D"
 PASS=0; FAIL=0; PID=
 cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; "$FUSERMOUNT" -u -z "$M" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
-check() { local name=$1; shift; if "$@"; then PASS=$((PASS+1)); echo "ok - $name"; else FAIL=$((FAIL+1)); echo "not ok - $name"; fi; }
 unmount() { "$FUSERMOUNT" -u "$M"; wait "$PID"; PID=; }
 # The daemon holds meta.db's lock: count while it is unmounted.
 records() { sqlite3 "$D/meta.db" "SELECT (SELECT count(*) FROM inodes) + (SELECT count(*) FROM dentries)"; }

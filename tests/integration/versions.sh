@@ -15,8 +15,6 @@ cd "$(dirname "$0")/../.."
 trap 'kill $WRITER 2>/dev/null; cluster_cleanup' EXIT
 WRITER=
 PASS=0; FAIL=0
-check() { local name=$1; shift; if "$@"; then PASS=$((PASS+1)); echo "ok - $name"; else FAIL=$((FAIL+1)); echo "not ok - $name"; fi; }
-fig() { echo "# figure: $*"; }
 N=${VERSION_READS:-1000}
 T=20
 

@@ -1,6 +1,7 @@
 # Helpers for tests and benchmarks that run several foreverfs nodes, each in its own network
 # namespace on one bridge (10.98.0.i). Source from bash as root; call cluster_cleanup on exit.
 FF=${FOREVERFS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/foreverfs}
+. "$(dirname "${BASH_SOURCE[0]}")/check.sh"
 CP=fc$(( $$ % 100000 ))
 CW=$(mktemp -d /tmp/ffcluster.XXXXXX)
 CHOSTS=()

@@ -2,6 +2,7 @@
 # bash as root, with M (mountpoint), D (data directory), W (work directory: the key goes there)
 # and L (log file) set; FF and FUSERMOUNT are set here.
 FF=${FF:-${FOREVERFS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/foreverfs}}
+. "$(dirname "${BASH_SOURCE[0]}")/check.sh"
 FUSERMOUNT=$(command -v fusermount3 || command -v fusermount)
 
 mounted() { grep -q " $M fuse" /proc/mounts; }
