@@ -6,7 +6,8 @@
 //
 // Every ChunkStore is thread-safe. Stores compose: DiskChunkStore keeps opaque blobs in sharded
 // files; EncryptingChunkStore seals them; VerifyingChunkStore checks ids. MakeLocalStore stacks
-// them in the one order used by the program.
+// them in the one order used by the program. An in-memory store and a fault-injecting wrapper,
+// for tests only, are in cas/testing/ (library `cas_testing`, which the program does not link).
 
 #include <functional>
 #include <memory>
@@ -63,9 +64,6 @@ class ChunkHasher {
  private:
   crypto::Key256 key_;
 };
-
-// In memory, for tests.
-std::unique_ptr<ChunkStore> MakeMemoryStore();
 
 // Files under `root`: root/ab/cd/<64 hex digits>, written to a temp file and renamed; Sync is
 // one syncfs(2) of the file system holding `root`.

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cas/chunk_store.h"
+#include "cas/testing/memory_store.h"
 #include "unit/temp_dir.h"
 
 namespace foreverfs::cas {

@@ -4,7 +4,7 @@
 #include <mutex>
 #include <vector>
 
-#include "cas/chunk_store.h"
+#include "cas/testing/memory_store.h"
 
 namespace foreverfs::cas {
 namespace {
