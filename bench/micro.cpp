@@ -12,6 +12,7 @@
 #include <variant>
 
 #include "cas/chunk_store.h"
+#include "cas/testing/memory_store.h"
 #include "crypto/crypto.h"
 #include "net/messages.h"
 #include "server/namespace_db.h"

@@ -6,7 +6,8 @@
 //
 // Every ChunkStore is thread-safe. Stores compose: DiskChunkStore keeps opaque blobs in sharded
 // files; EncryptingChunkStore seals them; VerifyingChunkStore checks ids. MakeLocalStore stacks
-// them in the one order used by the program.
+// them in the one order used by the program. An in-memory store and a fault-injecting wrapper,
+// for tests only, are in cas/testing/ (library `cas_testing`, which the program does not link).
 
 #include <functional>
 #include <memory>
@@ -36,7 +37,10 @@ inline std::string Hex(const ChunkId& id) { return crypto::ToHex(id); }
 class ChunkStore {
  public:
   virtual ~ChunkStore() = default;
-  // Stores `data` under `id`. Storing an id that is present is a no-op returning Ok.
+  // Stores `data` under `id`. Storing an id that is present is a no-op returning Ok, except
+  // that a blob of another size than the one this Put would write (left cut short by a power
+  // failure) is written again. More than the store takes (a chunk: kMaxChunkSize; a blob store
+  // under the wrappers: kMaxChunkSize + kMaxBlobOverhead) is kInvalid.
   // Atomic: after a crash of the process the chunk is either absent or complete. Durable
   // against power loss only after Sync (as a local file system is after fsync).
   virtual Status Put(const ChunkId& id, ByteSpan data) = 0;
@@ -64,9 +68,6 @@ class ChunkHasher {
   crypto::Key256 key_;
 };
 
-// In memory, for tests.
-std::unique_ptr<ChunkStore> MakeMemoryStore();
-
 // Files under `root`: root/ab/cd/<64 hex digits>, written to a temp file and renamed; Sync is
 // one syncfs(2) of the file system holding `root`.
 // Get returns the bytes as stored (verification belongs to the wrappers).
@@ -78,7 +79,8 @@ Result<std::unique_ptr<ChunkStore>> MakeDiskStore(const std::filesystem::path& r
 std::unique_ptr<ChunkStore> MakeEncryptingStore(std::unique_ptr<ChunkStore> inner,
                                                 const crypto::Key256& data_key);
 
-// Put refuses (kCorruption) data whose id does not match; Get verifies and returns
+// Put refuses (kCorruption) data whose id does not match, and (kInvalid) more than
+// kMaxChunkSize bytes; Get verifies and returns
 // kCorruption, naming the chunk, for bytes that no longer match.
 std::unique_ptr<ChunkStore> MakeVerifyingStore(std::unique_ptr<ChunkStore> inner,
                                                ChunkHasher hasher);

@@ -11,6 +11,12 @@ class VerifyingChunkStore final : public ChunkStore {
       : inner_(std::move(inner)), hasher_(std::move(hasher)) {}
 
   Status Put(const ChunkId& id, ByteSpan data) override {
+    // Ids name chunks, and no chunk is larger: refused before it is hashed, whatever the inner
+    // store (a blob store below would take up to kMaxBlobOverhead more).
+    if (data.size() > kMaxChunkSize) {
+      return Err(Code::kInvalid, "chunk {} of {} bytes exceeds the maximum of {}", Hex(id),
+                 data.size(), kMaxChunkSize);
+    }
     const ChunkId actual = hasher_.IdOf(data);
     if (actual != id) {
       return Err(Code::kCorruption, "refusing chunk {}: its {} bytes hash to {}", Hex(id),

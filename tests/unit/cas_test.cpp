@@ -6,15 +6,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <filesystem>
-#include <fstream>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "cas/chunk_store.h"
-#include "unit/temp_dir.h"
+#include "cas/testing/faulty_store.h"
+#include "cas/testing/memory_store.h"
+#include "unit/test_util.h"
 
 namespace foreverfs::cas {
 namespace {
@@ -30,25 +32,9 @@ crypto::ClusterKey TestKey(std::uint8_t fill = 0x17) {
 // A directory removed at the end of the test.
 using test::TempDir;
 
-Bytes Pattern(std::size_t size, std::uint32_t seed) {
-  Bytes b(size);
-  std::uint32_t x = seed * 2654435761u + 1;
-  for (auto& c : b) {
-    x = x * 1664525u + 1013904223u;
-    c = static_cast<std::uint8_t>(x >> 24);
-  }
-  return b;
-}
-
-Bytes ReadFile(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return Bytes(std::istreambuf_iterator<char>(in), {});
-}
-
-void WriteFile(const fs::path& p, ByteSpan data) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
-}
+using test::Pattern;
+using test::ReadFileBytes;
+using test::WriteFileBytes;
 
 fs::path ChunkPath(const fs::path& root, const ChunkId& id) {
   const std::string hex = Hex(id);
@@ -64,31 +50,113 @@ std::vector<fs::path> FilesUnder(const fs::path& dir) {
 }
 
 // ---- Factories for the typed contract suite. Every store is named with the test key's ids so
-// that the verifying stack accepts the same calls as the bare stores.
+// that the verifying stacks accept the same calls as the bare stores. A factory builds the
+// store under test and says, as traits, where it legitimately differs from the others:
+//   Name()    the test name suffix;
+//   kOnDisk   its blobs are files under the root (damaged through the file system), otherwise
+//             they are in its bottom store (damaged through that store);
+//   kMaxPut   the largest Put it accepts: a chunk (kMaxChunkSize) for the stacks that see
+//             plaintext, a blob (kMaxChunkSize + kMaxBlobOverhead) for the stores that hold what
+//             the wrappers above them made;
+//   kVerifies Get and ReadAt report damaged bytes as kCorruption; a store that does not verify
+//             returns the bytes it holds, and the wrappers above it check them.
+
+// What a factory built: the store under test, and the store at the bottom of its stack that
+// holds the blobs (owned by `store`; null where only the files can be reached).
+struct Built {
+  std::unique_ptr<ChunkStore> store;
+  ChunkStore* bottom = nullptr;
+};
+
+constexpr std::size_t kMaxBlob = kMaxChunkSize + kMaxBlobOverhead;
+
+crypto::Key256 TestDataKey() { return crypto::DeriveKey(TestKey().secret, "test"); }
 
 struct MemoryFactory {
-  std::unique_ptr<ChunkStore> Make(const fs::path&) { return MakeMemoryStore(); }
+  static std::string Name() { return "Memory"; }
+  static constexpr bool kOnDisk = false;
+  static constexpr std::size_t kMaxPut = kMaxBlob;
+  static constexpr bool kVerifies = false;
+  static Built Make(const fs::path&) {
+    Built b{MakeMemoryStore()};
+    b.bottom = b.store.get();
+    return b;
+  }
 };
 
 struct DiskFactory {
-  std::unique_ptr<ChunkStore> Make(const fs::path& root) {
+  static std::string Name() { return "Disk"; }
+  static constexpr bool kOnDisk = true;
+  static constexpr std::size_t kMaxPut = kMaxBlob;
+  static constexpr bool kVerifies = false;
+  static Built Make(const fs::path& root) {
     auto store = MakeDiskStore(root);
     EXPECT_TRUE(store.ok()) << store.status().message();
-    return std::move(*store);
+    if (!store.ok()) return {};
+    Built b{std::move(*store)};
+    b.bottom = b.store.get();
+    return b;
   }
 };
 
-struct EncryptingMemoryFactory {
-  std::unique_ptr<ChunkStore> Make(const fs::path&) {
-    return MakeEncryptingStore(MakeMemoryStore(), crypto::DeriveKey(TestKey().secret, "test"));
+// Builds Inner and puts `wrap` of it on top; the blobs stay in Inner's bottom store.
+template <typename Inner, typename Wrap>
+Built Over(const fs::path& root, Wrap wrap) {
+  Built inner = Inner::Make(root);
+  if (!inner.store) return {};
+  return {wrap(std::move(inner.store)), inner.bottom};
+}
+
+template <typename Inner>
+struct EncryptingFactory {
+  static std::string Name() { return "Encrypting" + Inner::Name(); }
+  static constexpr bool kOnDisk = Inner::kOnDisk;
+  static constexpr std::size_t kMaxPut = kMaxChunkSize;
+  static constexpr bool kVerifies = true;
+  static Built Make(const fs::path& root) {
+    return Over<Inner>(
+        root, [](auto inner) { return MakeEncryptingStore(std::move(inner), TestDataKey()); });
   }
 };
 
+// The program's stack, Encrypting(Disk), as MakeLocalStore builds it.
 struct LocalStoreFactory {
-  std::unique_ptr<ChunkStore> Make(const fs::path& root) {
+  static std::string Name() { return "LocalStore"; }
+  static constexpr bool kOnDisk = true;
+  static constexpr std::size_t kMaxPut = kMaxChunkSize;
+  static constexpr bool kVerifies = true;
+  static Built Make(const fs::path& root) {
     auto store = MakeLocalStore(root, TestKey());
     EXPECT_TRUE(store.ok()) << store.status().message();
-    return std::move(*store);
+    if (!store.ok()) return {};
+    return {std::move(*store), nullptr};
+  }
+};
+
+template <typename Inner>
+struct VerifyingFactory {
+  static std::string Name() { return "Verifying" + Inner::Name(); }
+  static constexpr bool kOnDisk = Inner::kOnDisk;
+  static constexpr std::size_t kMaxPut = kMaxChunkSize;
+  static constexpr bool kVerifies = true;
+  static Built Make(const fs::path& root) {
+    return Over<Inner>(root, [](auto inner) {
+      return MakeVerifyingStore(std::move(inner), MakeHasher(TestKey()));
+    });
+  }
+};
+
+// With no faults set, the fault-injecting wrapper is bound by the contract like any store.
+template <typename Inner>
+struct FaultyFactory {
+  static std::string Name() { return "Faulty" + Inner::Name(); }
+  static constexpr bool kOnDisk = Inner::kOnDisk;
+  static constexpr std::size_t kMaxPut = Inner::kMaxPut;
+  static constexpr bool kVerifies = Inner::kVerifies;
+  static Built Make(const fs::path& root) {
+    return Over<Inner>(root, [](std::unique_ptr<ChunkStore> inner) -> std::unique_ptr<ChunkStore> {
+      return std::make_unique<FaultyChunkStore>(std::move(inner), 42);
+    });
   }
 };
 
@@ -96,9 +164,14 @@ template <typename Factory>
 class ChunkStoreContractTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    store_ = Factory().Make(dir_.path() / "store");
+    Built built = Factory::Make(root());
+    store_ = std::move(built.store);
+    bottom_ = built.bottom;
     ASSERT_NE(store_, nullptr);
+    ASSERT_TRUE(Factory::kOnDisk || bottom_ != nullptr);
   }
+
+  fs::path root() const { return dir_.path() / "store"; }
 
   ChunkId IdOf(ByteSpan data) const { return hasher_.IdOf(data); }
 
@@ -121,22 +194,42 @@ class ChunkStoreContractTest : public ::testing::Test {
     return ids;
   }
 
+  // The blob held for `id` at the bottom of the stack: the file, or the bottom store's bytes.
+  Bytes Blob(const ChunkId& id) {
+    if (Factory::kOnDisk) return ReadFileBytes(ChunkPath(root(), id));
+    Result<Bytes> blob = bottom_->Get(id);
+    EXPECT_TRUE(blob.ok()) << blob.status().message();
+    return blob.ok() ? *blob : Bytes{};
+  }
+
+  // Replaces the blob held for `id`, behind the back of every layer above the bottom.
+  void SetBlob(const ChunkId& id, ByteSpan blob) {
+    if (Factory::kOnDisk) {
+      WriteFileBytes(ChunkPath(root(), id), blob);
+      return;
+    }
+    ASSERT_TRUE(bottom_->Remove(id).ok());
+    ASSERT_TRUE(bottom_->Put(id, blob).ok());
+  }
+
   TempDir dir_;
   ChunkHasher hasher_ = MakeHasher(TestKey());
   std::unique_ptr<ChunkStore> store_;
+  ChunkStore* bottom_ = nullptr;
 };
 
-using StoreTypes =
-    ::testing::Types<MemoryFactory, DiskFactory, EncryptingMemoryFactory, LocalStoreFactory>;
+using StoreTypes = ::testing::Types<
+    MemoryFactory, DiskFactory, EncryptingFactory<MemoryFactory>, EncryptingFactory<DiskFactory>,
+    LocalStoreFactory, VerifyingFactory<MemoryFactory>, VerifyingFactory<DiskFactory>,
+    VerifyingFactory<EncryptingFactory<MemoryFactory>>, VerifyingFactory<LocalStoreFactory>,
+    FaultyFactory<MemoryFactory>, FaultyFactory<DiskFactory>, FaultyFactory<LocalStoreFactory>,
+    VerifyingFactory<FaultyFactory<MemoryFactory>>>;
 
 class StoreNames {
  public:
   template <typename T>
   static std::string GetName(int) {
-    if (std::is_same_v<T, MemoryFactory>) return "Memory";
-    if (std::is_same_v<T, DiskFactory>) return "Disk";
-    if (std::is_same_v<T, EncryptingMemoryFactory>) return "EncryptingMemory";
-    return "LocalStore";
+    return T::Name();
   }
 };
 
@@ -277,6 +370,232 @@ TYPED_TEST(ChunkStoreContractTest, ConcurrentPutsAndGets) {
   EXPECT_EQ(this->Listed().size(), static_cast<std::size_t>(kThreads * kPerThread) + shared.size());
 }
 
+// The largest Put the store promises to take is stored whole; one byte more is refused with
+// kInvalid and leaves nothing behind.
+TYPED_TEST(ChunkStoreContractTest, LargestPutIsStoredAndOneByteMoreRefused) {
+  constexpr std::size_t kMax = TypeParam::kMaxPut;
+  const Bytes largest = Pattern(kMax, 41);
+  const ChunkId id = this->PutOk(largest);
+  Result<Bytes> got = this->store_->Get(id);
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  EXPECT_EQ(*got, largest);
+  Bytes tail(100);
+  auto e = this->store_->ReadAt(id, kMax - 10, tail);
+  ASSERT_TRUE(e.ok()) << e.status().message();
+  EXPECT_EQ(e->n, 10u);
+  EXPECT_EQ(e->total, kMax);
+
+  const Bytes over = Pattern(kMax + 1, 42);
+  const ChunkId over_id = this->IdOf(over);
+  EXPECT_EQ(this->store_->Put(over_id, over).code(), Code::kInvalid);
+  EXPECT_FALSE(this->store_->Has(over_id));
+  EXPECT_EQ(this->store_->Get(over_id).status().code(), Code::kNotFound);
+  EXPECT_EQ(this->Listed(), std::set<ChunkId>{id});
+}
+
+TYPED_TEST(ChunkStoreContractTest, MissingIdIsNotFoundEverywhere) {
+  const ChunkId id = this->IdOf(AsBytes("never stored"));
+  EXPECT_FALSE(this->store_->Has(id));
+  Bytes out(10);
+  EXPECT_EQ(this->store_->ReadAt(id, 0, out).status().code(), Code::kNotFound);
+  EXPECT_EQ(this->store_->ReadAt(id, 5000, out).status().code(), Code::kNotFound);
+  EXPECT_TRUE(this->store_->Remove(id).ok());
+  EXPECT_TRUE(this->Listed().empty());
+  EXPECT_TRUE(this->store_->Sync().ok());
+}
+
+TYPED_TEST(ChunkStoreContractTest, ForEachIsEmptyOnceEverythingIsRemoved) {
+  std::set<ChunkId> ids;
+  for (std::uint32_t i = 0; i < 10; ++i) ids.insert(this->PutOk(Pattern(i * 7, 300 + i)));
+  EXPECT_EQ(this->Listed(), ids);
+  for (const ChunkId& id : ids) ASSERT_TRUE(this->store_->Remove(id).ok());
+  EXPECT_TRUE(this->Listed().empty());
+  for (const ChunkId& id : ids) EXPECT_FALSE(this->store_->Has(id));
+}
+
+// A blob of the wrong size (a power failure after the rename can leave a file empty or cut
+// short) is replaced by the next Put of the same chunk; a whole one is left alone.
+TYPED_TEST(ChunkStoreContractTest, PutRewritesABlobOfTheWrongSize) {
+  const Bytes data = Pattern(40000, 51);
+  const ChunkId id = this->PutOk(data);
+  const Bytes blob = this->Blob(id);
+  ASSERT_FALSE(blob.empty());
+  for (std::size_t keep : {std::size_t{0}, std::size_t{1}, blob.size() / 2, blob.size() - 1}) {
+    this->SetBlob(id, ByteSpan(blob).first(keep));
+    Result<Bytes> damaged = this->store_->Get(id);
+    EXPECT_TRUE(!damaged.ok() || *damaged != data) << "kept " << keep;
+    ASSERT_TRUE(this->store_->Put(id, data).ok()) << "kept " << keep;
+    Result<Bytes> got = this->store_->Get(id);
+    ASSERT_TRUE(got.ok()) << "kept " << keep << ": " << got.status().message();
+    EXPECT_EQ(*got, data) << "kept " << keep;
+    EXPECT_EQ(this->Blob(id), blob) << "kept " << keep;
+  }
+  EXPECT_EQ(this->Listed(), std::set<ChunkId>{id});
+}
+
+// A blob damaged where it is kept: a store that verifies reports kCorruption naming the chunk,
+// from Get and from a ReadAt of the whole chunk, and never hands back wrong bytes; one that
+// does not verify hands back exactly what it holds, for the layer above to check.
+TYPED_TEST(ChunkStoreContractTest, DamagedBlobIsCorruptionNeverWrongBytes) {
+  const Bytes data = Pattern(40000, 61);
+  const ChunkId id = this->PutOk(data);
+  const Bytes blob = this->Blob(id);
+  for (std::size_t pos : {std::size_t{0}, blob.size() / 2, blob.size() - 1}) {
+    Bytes bad = blob;
+    bad[pos] ^= 0x10;
+    this->SetBlob(id, bad);
+    Result<Bytes> got = this->store_->Get(id);
+    Bytes whole(data.size());
+    auto part = this->store_->ReadAt(id, 0, whole);
+    if constexpr (TypeParam::kVerifies) {
+      ASSERT_FALSE(got.ok()) << "flipped byte " << pos << " was not detected";
+      EXPECT_EQ(got.status().code(), Code::kCorruption);
+      EXPECT_NE(got.status().message().find(Hex(id)), std::string::npos) << got.status().message();
+      EXPECT_EQ(part.status().code(), Code::kCorruption) << "flipped byte " << pos;
+    } else {
+      ASSERT_TRUE(got.ok()) << got.status().message();
+      EXPECT_EQ(*got, bad);
+      ASSERT_TRUE(part.ok()) << part.status().message();
+      EXPECT_EQ(whole, bad);
+    }
+  }
+  this->SetBlob(id, blob);
+  EXPECT_EQ(*this->store_->Get(id), data);
+}
+
+// Readers racing writers of the same full-size chunks see either nothing or the whole chunk.
+TYPED_TEST(ChunkStoreContractTest, ConcurrentReadersSeeNothingOrTheWholeChunk) {
+  std::vector<Bytes> chunks;
+  for (std::uint32_t i = 0; i < 3; ++i) chunks.push_back(Pattern(kMaxChunkSize - i, 700 + i));
+  std::vector<ChunkId> ids;
+  for (const Bytes& c : chunks) ids.push_back(this->IdOf(c));
+  std::atomic<int> failures{0};
+  std::atomic<bool> writers_done{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&] {
+      for (int round = 0; round < 3; ++round) {
+        for (std::size_t i = 0; i < chunks.size(); ++i) {
+          if (!this->store_->Put(ids[i], chunks[i]).ok()) ++failures;
+        }
+      }
+    });
+  }
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&] {
+      do {
+        for (std::size_t i = 0; i < chunks.size(); ++i) {
+          Result<Bytes> got = this->store_->Get(ids[i]);
+          if (got.ok() ? *got != chunks[i] : got.status().code() != Code::kNotFound) ++failures;
+        }
+      } while (!writers_done.load());
+    });
+  }
+  threads[0].join();
+  threads[1].join();
+  writers_done = true;
+  for (std::size_t t = 2; t < threads.size(); ++t) threads[t].join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(this->Listed(), std::set<ChunkId>(ids.begin(), ids.end()));
+}
+
+// ---- Faults injected by the fault-injecting wrapper (with none set it passes the contract).
+
+class FaultyStoreTest : public ::testing::Test {
+ protected:
+  FaultyStoreTest() {
+    auto inner = MakeMemoryStore();
+    inner_ = inner.get();
+    faulty_ = std::make_unique<FaultyChunkStore>(std::move(inner), 7);
+  }
+  ChunkStore* inner_;
+  std::unique_ptr<FaultyChunkStore> faulty_;
+  ChunkHasher hasher_ = MakeHasher(TestKey());
+};
+
+TEST_F(FaultyStoreTest, FullRefusesEveryPutWithNoSpace) {
+  faulty_->Set({.full = true});
+  const Bytes data = Pattern(100, 1);
+  const ChunkId id = hasher_.IdOf(data);
+  EXPECT_EQ(faulty_->Put(id, data).code(), Code::kNoSpace);
+  EXPECT_FALSE(faulty_->Has(id));
+  faulty_->Set({});
+  EXPECT_TRUE(faulty_->Put(id, data).ok());
+  EXPECT_TRUE(inner_->Has(id));
+}
+
+TEST_F(FaultyStoreTest, IoErrorsOnPutAndGet) {
+  const Bytes data = Pattern(100, 2);
+  const ChunkId id = hasher_.IdOf(data);
+  faulty_->Set({.put_io_error = 1});
+  EXPECT_EQ(faulty_->Put(id, data).code(), Code::kIOError);
+  EXPECT_FALSE(inner_->Has(id));
+  faulty_->Set({.get_io_error = 1});
+  ASSERT_TRUE(faulty_->Put(id, data).ok());
+  EXPECT_EQ(faulty_->Get(id).status().code(), Code::kIOError);
+  Bytes out(10);
+  EXPECT_EQ(faulty_->ReadAt(id, 0, out).status().code(), Code::kIOError);
+  faulty_->Set({});
+  EXPECT_EQ(*faulty_->Get(id), data);
+}
+
+TEST_F(FaultyStoreTest, BitFlipChangesOneBitAndVerifyingCatchesIt) {
+  const Bytes data = Pattern(1000, 3);
+  const ChunkId id = hasher_.IdOf(data);
+  ASSERT_TRUE(faulty_->Put(id, data).ok());
+  faulty_->Set({.get_bit_flip = 1});
+  for (int i = 0; i < 20; ++i) {
+    Result<Bytes> got = faulty_->Get(id);
+    ASSERT_TRUE(got.ok());
+    ASSERT_EQ(got->size(), data.size());
+    int bits = 0;
+    for (std::size_t j = 0; j < data.size(); ++j) {
+      bits += std::popcount(static_cast<unsigned>((*got)[j] ^ data[j]));
+    }
+    EXPECT_EQ(bits, 1);
+  }
+  EXPECT_EQ(*inner_->Get(id), data) << "the stored bytes stay whole";
+  // Verifying over the faulty store turns the flip into kCorruption.
+  auto inner = MakeMemoryStore();
+  ASSERT_TRUE(inner->Put(id, data).ok());
+  auto faulty = std::make_unique<FaultyChunkStore>(std::move(inner), 8);
+  faulty->Set({.get_bit_flip = 1});
+  auto verifying = MakeVerifyingStore(std::move(faulty), hasher_);
+  EXPECT_EQ(verifying->Get(id).status().code(), Code::kCorruption);
+}
+
+TEST_F(FaultyStoreTest, PowerLossDropsOnlyWhatWasNotSynced) {
+  const Bytes a = Pattern(10, 4), b = Pattern(10, 5), c = Pattern(10, 6);
+  const ChunkId ida = hasher_.IdOf(a), idb = hasher_.IdOf(b), idc = hasher_.IdOf(c);
+  ASSERT_TRUE(faulty_->Put(ida, a).ok());
+  ASSERT_TRUE(faulty_->Sync().ok());
+  ASSERT_TRUE(faulty_->Put(idb, b).ok());
+  ASSERT_TRUE(faulty_->Put(idc, c).ok());
+  ASSERT_TRUE(faulty_->Put(ida, a).ok());  // already durable: not lost again
+  EXPECT_EQ(faulty_->LoseUnsynced(), 2u);
+  EXPECT_TRUE(faulty_->Has(ida));
+  EXPECT_FALSE(faulty_->Has(idb));
+  EXPECT_FALSE(faulty_->Has(idc));
+  EXPECT_EQ(faulty_->LoseUnsynced(), 0u);
+}
+
+TEST_F(FaultyStoreTest, SameSeedSameFaults) {
+  auto run = [&](std::uint64_t seed) {
+    FaultyChunkStore store(MakeMemoryStore(), seed);
+    store.Set({.put_io_error = 0.5});
+    std::vector<bool> ok;
+    for (std::uint32_t i = 0; i < 64; ++i) {
+      const Bytes d = Pattern(8, i);
+      ok.push_back(store.Put(hasher_.IdOf(d), d).ok());
+    }
+    return ok;
+  };
+  const std::vector<bool> first = run(99);
+  EXPECT_EQ(run(99), first);
+  EXPECT_NE(std::count(first.begin(), first.end(), true), 0);
+  EXPECT_NE(std::count(first.begin(), first.end(), false), 0);
+}
+
 // ---- Disk store specifics.
 
 TEST(DiskStoreTest, LayoutIsShardedByHex) {
@@ -288,7 +607,7 @@ TEST(DiskStoreTest, LayoutIsShardedByHex) {
   ASSERT_TRUE((*store)->Put(id, data).ok());
   const fs::path path = ChunkPath(dir.path(), id);
   ASSERT_TRUE(fs::is_regular_file(path)) << path;
-  EXPECT_EQ(ReadFile(path), data);
+  EXPECT_EQ(ReadFileBytes(path), data);
 }
 
 TEST(DiskStoreTest, NoTempFilesLeft) {
@@ -311,8 +630,8 @@ TEST(DiskStoreTest, NoTempFilesLeft) {
 TEST(DiskStoreTest, StaleTempFilesAreCleanedOnOpen) {
   TempDir dir;
   fs::create_directories(dir.path() / "tmp");
-  WriteFile(dir.path() / "tmp" / "half-written.1234", Pattern(10, 1));
-  WriteFile(dir.path() / "tmp" / "another", Pattern(10, 2));
+  WriteFileBytes(dir.path() / "tmp" / "half-written.1234", Pattern(10, 1));
+  WriteFileBytes(dir.path() / "tmp" / "another", Pattern(10, 2));
   auto store = MakeDiskStore(dir.path());
   ASSERT_TRUE(store.ok()) << store.status().message();
   EXPECT_TRUE(fs::is_directory(dir.path() / "tmp"));
@@ -332,15 +651,15 @@ TEST(DiskStoreTest, ForEachIgnoresForeignFiles) {
   // tmp/ and directories that are not shards.
   std::string misplaced = hex;
   misplaced[0] = misplaced[0] == '0' ? '1' : '0';
-  WriteFile(shard / misplaced, data);
-  WriteFile(shard / (hex + ".tmp"), data);
+  WriteFileBytes(shard / misplaced, data);
+  WriteFileBytes(shard / (hex + ".tmp"), data);
   std::string upper = hex;
   std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
-  if (upper != hex) WriteFile(shard / upper, data);
-  WriteFile(dir.path() / "tmp" / hex, data);
+  if (upper != hex) WriteFileBytes(shard / upper, data);
+  WriteFileBytes(dir.path() / "tmp" / hex, data);
   fs::create_directories(dir.path() / "zz" / "zz");
-  WriteFile(dir.path() / "zz" / "zz" / hex, data);
-  WriteFile(dir.path() / "README", data);
+  WriteFileBytes(dir.path() / "zz" / "zz" / hex, data);
+  WriteFileBytes(dir.path() / "README", data);
   std::vector<ChunkId> listed;
   ASSERT_TRUE((*store)->ForEach([&](const ChunkId& c) { listed.push_back(c); }).ok());
   EXPECT_EQ(listed, std::vector<ChunkId>{id});
@@ -354,12 +673,12 @@ TEST(DiskStoreTest, OversizedFileIsCorruption) {
   const ChunkId id = crypto::Sha256::Of(small);
   ASSERT_TRUE((*store)->Put(id, small).ok());
   constexpr std::size_t kLimit = kMaxChunkSize + kMaxBlobOverhead;
-  WriteFile(ChunkPath(dir.path(), id), Bytes(kLimit + 1, 0));
+  WriteFileBytes(ChunkPath(dir.path(), id), Bytes(kLimit + 1, 0));
   EXPECT_EQ((*store)->Get(id).status().code(), Code::kCorruption);
   Bytes part(10);
   EXPECT_EQ((*store)->ReadAt(id, 0, part).status().code(), Code::kCorruption);
   // The largest blob the wrappers can produce is accepted.
-  WriteFile(ChunkPath(dir.path(), id), Bytes(kLimit, 0));
+  WriteFileBytes(ChunkPath(dir.path(), id), Bytes(kLimit, 0));
   EXPECT_TRUE((*store)->Get(id).ok());
   EXPECT_TRUE((*store)->ReadAt(id, 0, part).ok());
   // And Put refuses what Get would refuse.
@@ -398,7 +717,7 @@ TEST(DiskStoreTest, ReopenSeesChunks) {
 
 TEST(DiskStoreTest, UnusableRootFails) {
   TempDir dir;
-  WriteFile(dir.path() / "file", Pattern(1, 1));
+  WriteFileBytes(dir.path() / "file", Pattern(1, 1));
   auto store = MakeDiskStore(dir.path() / "file");
   EXPECT_FALSE(store.ok());
 }
@@ -430,7 +749,7 @@ TEST(VerifyingStoreTest, GetDetectsBytesThatNoLongerMatch) {
   ASSERT_TRUE(store->Put(id, data).ok());
   Bytes bad = data;
   bad[50] ^= 0x80;
-  WriteFile(ChunkPath(dir.path(), id), bad);
+  WriteFileBytes(ChunkPath(dir.path(), id), bad);
   Result<Bytes> got = store->Get(id);
   ASSERT_FALSE(got.ok());
   EXPECT_EQ(got.status().code(), Code::kCorruption);
@@ -462,23 +781,23 @@ TEST_F(LocalStoreTest, FlippedByteOnDiskIsCorruption) {
   const ChunkId id = hasher_.IdOf(data);
   ASSERT_TRUE(store->Put(id, data).ok());
   const fs::path path = ChunkPath(dir_.path(), id);
-  const Bytes blob = ReadFile(path);
+  const Bytes blob = ReadFileBytes(path);
   ASSERT_EQ(blob.size(), 1 + data.size() + crypto::Aead::kTagSize);
   for (std::size_t pos : {std::size_t{0}, std::size_t{1}, blob.size() / 2, blob.size() - 1}) {
     Bytes bad = blob;
     bad[pos] ^= 0x01;
-    WriteFile(path, bad);
+    WriteFileBytes(path, bad);
     Result<Bytes> got = store->Get(id);
     ASSERT_FALSE(got.ok()) << "flipped byte " << pos << " was not detected";
     EXPECT_EQ(got.status().code(), Code::kCorruption);
     EXPECT_NE(got.status().message().find(Hex(id)), std::string::npos) << got.status().message();
   }
   // Truncated and emptied blobs are corrupt too.
-  WriteFile(path, ByteSpan(blob).first(blob.size() - 1));
+  WriteFileBytes(path, ByteSpan(blob).first(blob.size() - 1));
   EXPECT_EQ(store->Get(id).status().code(), Code::kCorruption);
-  WriteFile(path, {});
+  WriteFileBytes(path, {});
   EXPECT_EQ(store->Get(id).status().code(), Code::kCorruption);
-  WriteFile(path, blob);
+  WriteFileBytes(path, blob);
   EXPECT_EQ(*store->Get(id), data);
 }
 
@@ -490,9 +809,9 @@ TEST_F(LocalStoreTest, APutHealsABlobLeftEmptyOrShort) {
   const ChunkId id = hasher_.IdOf(data);
   ASSERT_TRUE(store->Put(id, data).ok());
   const fs::path path = ChunkPath(dir_.path(), id);
-  const Bytes blob = ReadFile(path);
+  const Bytes blob = ReadFileBytes(path);
   for (std::size_t keep : {std::size_t{0}, std::size_t{1}, blob.size() / 2, blob.size() - 1}) {
-    WriteFile(path, ByteSpan(blob).first(keep));
+    WriteFileBytes(path, ByteSpan(blob).first(keep));
     EXPECT_FALSE(store->Get(id).ok()) << keep;
     ASSERT_TRUE(store->Put(id, data).ok()) << keep;
     auto got = store->Get(id);
@@ -500,14 +819,15 @@ TEST_F(LocalStoreTest, APutHealsABlobLeftEmptyOrShort) {
     EXPECT_EQ(*got, data);
   }
   // A whole blob is not rewritten (its inode stays the same).
-  const auto ino = fs::status(path).type() == fs::file_type::regular ? ReadFile(path) : Bytes{};
+  const auto ino =
+      fs::status(path).type() == fs::file_type::regular ? ReadFileBytes(path) : Bytes{};
   struct stat before {};
   ASSERT_EQ(::stat(path.c_str(), &before), 0);
   ASSERT_TRUE(store->Put(id, data).ok());
   struct stat after {};
   ASSERT_EQ(::stat(path.c_str(), &after), 0);
   EXPECT_EQ(before.st_ino, after.st_ino);
-  EXPECT_EQ(ino, ReadFile(path));
+  EXPECT_EQ(ino, ReadFileBytes(path));
 }
 
 TEST_F(LocalStoreTest, BlobOnDiskDoesNotContainPlaintext) {
@@ -517,7 +837,7 @@ TEST_F(LocalStoreTest, BlobOnDiskDoesNotContainPlaintext) {
   const ByteSpan data = AsBytes(text);
   const ChunkId id = hasher_.IdOf(data);
   ASSERT_TRUE(store->Put(id, data).ok());
-  const Bytes blob = ReadFile(ChunkPath(dir_.path(), id));
+  const Bytes blob = ReadFileBytes(ChunkPath(dir_.path(), id));
   ASSERT_FALSE(blob.empty());
   EXPECT_EQ(blob[0], 2) << "format version";
   const std::string_view needle = "attack at dawn";
@@ -533,7 +853,7 @@ TEST_F(LocalStoreTest, EncryptionIsConvergentAcrossNodes) {
   const ChunkId id = hasher_.IdOf(data);
   ASSERT_TRUE(a->Put(id, data).ok());
   ASSERT_TRUE(b->Put(id, data).ok());
-  EXPECT_EQ(ReadFile(ChunkPath(dir_.path(), id)), ReadFile(ChunkPath(other.path(), id)));
+  EXPECT_EQ(ReadFileBytes(ChunkPath(dir_.path(), id)), ReadFileBytes(ChunkPath(other.path(), id)));
 }
 
 TEST_F(LocalStoreTest, AnotherClusterKeyCannotRead) {
@@ -550,9 +870,9 @@ TEST_F(LocalStoreTest, UnknownBlobVersionIsCorruption) {
   const Bytes data = Pattern(100, 19);
   const ChunkId id = hasher_.IdOf(data);
   ASSERT_TRUE(store->Put(id, data).ok());
-  Bytes blob = ReadFile(ChunkPath(dir_.path(), id));
+  Bytes blob = ReadFileBytes(ChunkPath(dir_.path(), id));
   blob[0] = 1;  // the format before segments
-  WriteFile(ChunkPath(dir_.path(), id), blob);
+  WriteFileBytes(ChunkPath(dir_.path(), id), blob);
   Result<Bytes> got = store->Get(id);
   EXPECT_EQ(got.status().code(), Code::kCorruption);
   EXPECT_NE(got.status().message().find(Hex(id)), std::string::npos);
@@ -569,7 +889,7 @@ TEST_F(LocalStoreTest, BlobSwappedBetweenIdsIsCorruption) {
   const ChunkId idb = hasher_.IdOf(b);
   ASSERT_TRUE(store->Put(ida, a).ok());
   ASSERT_TRUE(store->Put(idb, b).ok());
-  WriteFile(ChunkPath(dir_.path(), idb), ReadFile(ChunkPath(dir_.path(), ida)));
+  WriteFileBytes(ChunkPath(dir_.path(), idb), ReadFileBytes(ChunkPath(dir_.path(), ida)));
   EXPECT_EQ(store->Get(idb).status().code(), Code::kCorruption);
 }
 
@@ -581,12 +901,12 @@ TEST_F(LocalStoreTest, DamageInOneSegmentFailsReadsOfItAndNoOthers) {
   const ChunkId id = hasher_.IdOf(data);
   ASSERT_TRUE(store->Put(id, data).ok());
   const fs::path path = ChunkPath(dir_.path(), id);
-  const Bytes blob = ReadFile(path);
+  const Bytes blob = ReadFileBytes(path);
   constexpr std::size_t kSeg = 16 * 1024, kSealed = kSeg + crypto::Aead::kTagSize;
   ASSERT_EQ(blob.size(), 1 + data.size() + (data.size() / kSeg) * crypto::Aead::kTagSize);
   Bytes bad = blob;
   bad[1 + 5 * kSealed + 100] ^= 0x40;  // in segment 5
-  WriteFile(path, bad);
+  WriteFileBytes(path, bad);
   Bytes four(4096);
   EXPECT_EQ(store->ReadAt(id, 5 * kSeg + 8192, four).status().code(), Code::kCorruption);
   EXPECT_EQ(store->ReadAt(id, 5 * kSeg - 10, four).status().code(), Code::kCorruption)
@@ -599,14 +919,14 @@ TEST_F(LocalStoreTest, DamageInOneSegmentFailsReadsOfItAndNoOthers) {
   bad = blob;
   std::swap_ranges(bad.begin() + 1 + 2 * kSealed, bad.begin() + 1 + 3 * kSealed,
                    bad.begin() + 1 + 3 * kSealed);
-  WriteFile(path, bad);
+  WriteFileBytes(path, bad);
   EXPECT_EQ(store->ReadAt(id, 2 * kSeg, four).status().code(), Code::kCorruption);
   EXPECT_EQ(store->ReadAt(id, 3 * kSeg, four).status().code(), Code::kCorruption);
   // Cut at a segment boundary: the length is bound into every segment, so none opens.
-  WriteFile(path, ByteSpan(blob).first(1 + 10 * kSealed));
+  WriteFileBytes(path, ByteSpan(blob).first(1 + 10 * kSealed));
   EXPECT_EQ(store->ReadAt(id, 0, four).status().code(), Code::kCorruption);
   EXPECT_EQ(store->ReadAt(id, 9 * kSeg, four).status().code(), Code::kCorruption);
-  WriteFile(path, blob);
+  WriteFileBytes(path, blob);
   ASSERT_TRUE(store->ReadAt(id, 5 * kSeg + 8192, four).ok());
   EXPECT_TRUE(std::equal(four.begin(), four.end(), data.begin() + 5 * kSeg + 8192));
 }

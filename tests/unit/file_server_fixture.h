@@ -8,16 +8,13 @@
 #include <memory>
 
 #include "cas/chunk_store.h"
+#include "cas/testing/memory_store.h"
 #include "server/file_server.h"
-#include "unit/temp_dir.h"
+#include "unit/test_util.h"
 
 namespace foreverfs::test {
 
-inline crypto::Key256 FixedChunkKey() {
-  crypto::Key256 k;
-  k.fill(0x33);
-  return k;
-}
+inline crypto::Key256 FixedChunkKey() { return FixedKey(0x33); }
 
 class FileServerFixture : public ::testing::Test {
  protected:

@@ -7,7 +7,8 @@
 
 #include <filesystem>
 
-#include "cas/faulty_store.h"
+#include "cas/testing/faulty_store.h"
+#include "cas/testing/memory_store.h"
 #include "server/file_server.h"
 
 namespace foreverfs::server {

@@ -20,8 +20,9 @@
 #include <vector>
 
 #include "cas/chunk_store.h"
+#include "cas/testing/memory_store.h"
 #include "server/file_server.h"
-#include "unit/temp_dir.h"
+#include "unit/test_util.h"
 
 namespace foreverfs::server {
 namespace {
@@ -32,21 +33,8 @@ constexpr std::uint64_t kCS = cas::kChunkSize;
 
 using test::TempDir;
 
-Bytes Pattern(std::size_t size, std::uint32_t seed) {
-  Bytes b(size);
-  std::uint32_t x = seed * 2654435761u + 1;
-  for (auto& c : b) {
-    x = x * 1664525u + 1013904223u;
-    c = static_cast<std::uint8_t>(x >> 24);
-  }
-  return b;
-}
-
-crypto::Key256 FixedKey() {
-  crypto::Key256 k;
-  k.fill(0x5a);
-  return k;
-}
+using test::FixedKey;
+using test::Pattern;
 
 std::string Name(const DirEntry& e) { return e.name; }
 

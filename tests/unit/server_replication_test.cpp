@@ -29,10 +29,11 @@
 #include <vector>
 
 #include "cas/chunk_store.h"
+#include "cas/testing/memory_store.h"
 #include "net/memory_transport.h"
 #include "server/file_server.h"
 #include "server/replicator.h"
-#include "unit/temp_dir.h"
+#include "unit/test_util.h"
 
 namespace foreverfs::server {
 namespace {
@@ -47,21 +48,8 @@ constexpr auto kEventually = 10s;
 
 using test::TempDir;
 
-Bytes Pattern(std::size_t size, std::uint32_t seed) {
-  Bytes b(size);
-  std::uint32_t x = seed * 2654435761u + 1;
-  for (auto& c : b) {
-    x = x * 1664525u + 1013904223u;
-    c = static_cast<std::uint8_t>(x >> 24);
-  }
-  return b;
-}
-
-crypto::Key256 FixedKey() {
-  crypto::Key256 k;
-  k.fill(0x5a);
-  return k;
-}
+using test::FixedKey;
+using test::Pattern;
 
 cas::ChunkId IdOf(ByteSpan data) { return cas::ChunkHasher(FixedKey()).IdOf(data); }
 

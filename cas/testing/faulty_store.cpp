@@ -1,4 +1,4 @@
-#include "cas/faulty_store.h"
+#include "cas/testing/faulty_store.h"
 
 #include <mutex>
 #include <random>

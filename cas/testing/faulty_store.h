@@ -2,7 +2,7 @@
 // A chunk store that fails on purpose, for tests: a seeded, deterministic wrapper that can
 // refuse writes as a full disk does (ENOSPC), fail reads and writes with EIO at a given rate,
 // and hand back flipped bytes (bit rot), and lose every chunk not yet synced as a power failure
-// does. Thread-safe.
+// does. Thread-safe. In the `cas_testing` library, which the program does not link.
 
 #include <memory>
 

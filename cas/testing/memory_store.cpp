@@ -1,19 +1,26 @@
 // An in-memory ChunkStore for tests; one mutex guards the map.
 
+#include "cas/testing/memory_store.h"
+
 #include <map>
 #include <mutex>
 #include <vector>
-
-#include "cas/chunk_store.h"
 
 namespace foreverfs::cas {
 namespace {
 
 class MemoryChunkStore final : public ChunkStore {
  public:
+  // As the disk store: at most a chunk and what the wrappers add to it, and a blob of another
+  // size (cut short, say) is replaced, so that a stack over this store heals as it does on disk.
   Status Put(const ChunkId& id, ByteSpan data) override {
+    if (data.size() > kMaxChunkSize + kMaxBlobOverhead) {
+      return Err(Code::kInvalid, "chunk {} of {} bytes exceeds the maximum of {}", Hex(id),
+                 data.size(), kMaxChunkSize + kMaxBlobOverhead);
+    }
     std::lock_guard lock(mu_);
-    chunks_.try_emplace(id, data.begin(), data.end());
+    auto [it, inserted] = chunks_.try_emplace(id, data.begin(), data.end());
+    if (!inserted && it->second.size() != data.size()) it->second.assign(data.begin(), data.end());
     return Ok();
   }
 

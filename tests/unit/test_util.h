@@ -1,0 +1,45 @@
+#pragma once
+// Helpers shared by the unit tests of every layer: deterministic pseudo-random bytes, fixed
+// keys, whole-file reads and writes. Temporary directories are in temp_dir.h (included).
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include "base/bytes.h"
+#include "crypto/crypto.h"
+#include "unit/temp_dir.h"
+
+namespace foreverfs::test {
+
+// `size` bytes that depend only on `seed`: different seeds give different bytes.
+inline Bytes Pattern(std::size_t size, std::uint32_t seed) {
+  Bytes b(size);
+  std::uint32_t x = seed * 2654435761u + 1;
+  for (auto& c : b) {
+    x = x * 1664525u + 1013904223u;
+    c = static_cast<std::uint8_t>(x >> 24);
+  }
+  return b;
+}
+
+// A key of 32 copies of `fill`.
+inline crypto::Key256 FixedKey(std::uint8_t fill = 0x5a) {
+  crypto::Key256 k;
+  k.fill(fill);
+  return k;
+}
+
+inline Bytes ReadFileBytes(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return Bytes(std::istreambuf_iterator<char>(in), {});
+}
+
+// Replaces the file's contents with `data`.
+inline void WriteFileBytes(const std::filesystem::path& p, ByteSpan data) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+}
+
+}  // namespace foreverfs::test
