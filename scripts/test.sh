@@ -43,8 +43,8 @@ else
   failed+=("TSan build")
 fi
 
-step "fuzz targets (clang, ASan/UBSan, ${FUZZ_SECONDS:-60} s each)"
-bash scripts/fuzz.sh || failed+=("fuzzing")
+step "fuzz targets (clang, ASan/UBSan, ${FUZZ_SECONDS:-30} s each)"
+FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash scripts/fuzz.sh || failed+=("fuzzing")
 
 for t in tests/integration/*.sh; do
   step "integration: $t"

@@ -539,9 +539,10 @@ void OpenFile::OnRemoteUpdate(const InodeRecord& rec) {
     MutexLock remote(remote_mu_);
     if (!remote_ || remote_->version < rec.version) remote_ = rec;
   }
-  if (mu_.try_lock()) {
+  std::unique_lock lock(mu_.native(), std::try_to_lock);
+  if (lock.owns_lock()) {
+    mu_.AssertHeld();
     AdoptRemote();
-    mu_.unlock();
   }
 }
 
