@@ -206,17 +206,19 @@ struct FuseFs::Impl {
   Mutex known_mu;
   std::unordered_map<fuse_ino_t, Known> known GUARDED_BY(known_mu);
 
-  // Before a reply that gives the kernel `a`; `entry` if it counts as a lookup.
-  void Told(const Attr& a, bool entry) {
+  // Before a reply that gives the kernel attributes of `ino` at `version`; `entry` if it
+  // counts as a lookup (entry replies, readdirplus entries).
+  void Told(fuse_ino_t ino, const net::Version& version, bool entry) {
     MutexLock lock(known_mu);
     if (entry) {
-      auto& k = known[a.rec.id];
+      auto& k = known[ino];
       ++k.lookups;
-      k.version = a.rec.version;
-    } else if (auto it = known.find(a.rec.id); it != known.end()) {
-      it->second.version = a.rec.version;
+      k.version = version;
+    } else if (auto it = known.find(ino); it != known.end()) {
+      it->second.version = version;
     }
   }
+  void Told(const Attr& a, bool entry) { Told(a.rec.id, a.rec.version, entry); }
 
   void Forgot(fuse_ino_t ino, std::uint64_t lookups) {
     MutexLock lock(known_mu);
@@ -517,9 +519,9 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto h = im.fs.Open(ino, fi->flags, fuse_req_ctx(req)->uid);
   if (!h.ok()) return Impl::ReplyError(req, h.status(), "open");
   fi->fh = *h;
-  // A peer's version the kernel has not seen: its cached size goes before the first read
-  // (attributes only, which takes no page lock: safe inside a request). The invalidation
-  // thread may not have got to it yet.
+  // A version whose attributes the kernel may not hold (a peer's, or another handle's): its
+  // cached size goes before the first read (attributes only, which takes no page lock: safe
+  // inside a request). Regular files are not invalidated from the invalidation thread.
   if (auto v = im.fs.HandleVersion(*h); v && im.KernelHasOther(ino, *v) && im.se) {
     fuse_lowlevel_notify_inval_inode(im.se, ino, -1, 0);
   }
@@ -646,13 +648,8 @@ void ReplyDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
         plus ? fuse_add_direntry_plus(req, buf.data() + used, size - used, name, &e, next)
              : fuse_add_direntry(req, buf.data() + used, size - used, name, &e.attr, next);
     if (n > size - used) break;
-    if (plus && e.ino != 0) {
-      // The kernel takes the entry as a lookup; what we told it is what it now caches.
-      MutexLock lock(im.known_mu);
-      auto& k = im.known[e.ino];
-      ++k.lookups;
-      k.version = told_version;
-    }
+    // The kernel takes each entry with attributes as a lookup.
+    if (plus && e.ino != 0) im.Told(e.ino, told_version, /*entry=*/true);
     used += n;
   }
   ReplyBuf(req, buf.data(), used);

@@ -86,7 +86,9 @@ class FileServer {
   Result<Attr> Lookup(InodeId parent, std::string_view name);
   Result<Attr> GetAttr(InodeId id);
   // The attributes a reader through `handle` sees: the version it opened, even after a peer
-  // replaced it (the kernel asks with the handle before a read that may need the size).
+  // replaced it (the kernel asks with the handle before a read that may need the size). For a
+  // replaced version it takes that file's lock, which a reader of the same handle may hold
+  // while it waits for a chunk: only that handle's reads wait, as they would anyway.
   Result<Attr> GetAttr(InodeId id, std::uint64_t handle);
   Result<Attr> SetAttr(InodeId id, const SetAttrRequest& req);
   Result<Attr> Mkdir(InodeId parent, std::string_view name, std::uint32_t mode, std::uint32_t uid,

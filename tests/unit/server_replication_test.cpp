@@ -736,24 +736,24 @@ class FeedFault {
   // `failures` attempts fail (a full disk), whatever their batch.
   FeedFault(NamespaceDb& db, std::uint64_t peer, std::size_t fail_after, int failures)
       : db_(db), fail_after_(fail_after), failures_left_(failures) {
-    db_.SetApplyFaultForTest([this, peer](const ChangeSet& cs, std::uint64_t from,
-                                          std::uint64_t up_to) -> Status {
-      if (from != peer) return Ok();
-      std::lock_guard lock(mu_);
-      ApplyAttempt a;
-      a.up_to = up_to;
-      for (const auto& r : cs.inodes) a.keys.push_back(KeyOf(r));
-      for (const auto& d : cs.dentries) a.keys.push_back(KeyOf(d));
-      if (applied_ == fail_after_ && failures_left_ > 0) {
-        --failures_left_;
-        a.failed = true;
-        log_.push_back(std::move(a));
-        return Err(Code::kNoSpace, "metadata database: database or disk is full (injected)");
-      }
-      ++applied_;
-      log_.push_back(std::move(a));
-      return Ok();
-    });
+    db_.SetApplyFaultForTest(
+        [this, peer](const ChangeSet& cs, std::uint64_t from, std::uint64_t up_to) -> Status {
+          if (from != peer) return Ok();
+          std::lock_guard lock(mu_);
+          ApplyAttempt a;
+          a.up_to = up_to;
+          for (const auto& r : cs.inodes) a.keys.push_back(KeyOf(r));
+          for (const auto& d : cs.dentries) a.keys.push_back(KeyOf(d));
+          if (applied_ == fail_after_ && failures_left_ > 0) {
+            --failures_left_;
+            a.failed = true;
+            log_.push_back(std::move(a));
+            return Err(Code::kNoSpace, "metadata database: database or disk is full (injected)");
+          }
+          ++applied_;
+          log_.push_back(std::move(a));
+          return Ok();
+        });
   }
   ~FeedFault() { db_.SetApplyFaultForTest({}); }
 
@@ -767,8 +767,8 @@ class FeedFault {
   }
   int Failed() {
     std::lock_guard lock(mu_);
-    return static_cast<int>(std::count_if(log_.begin(), log_.end(),
-                                          [](const ApplyAttempt& a) { return a.failed; }));
+    return static_cast<int>(
+        std::count_if(log_.begin(), log_.end(), [](const ApplyAttempt& a) { return a.failed; }));
   }
 
  private:
@@ -797,17 +797,15 @@ FeedMap FeedOf(NamespaceDb& db) {
 
 // The guarantee, attempt by attempt: a committed batch moves the cursor to its up_to only when
 // every record of the feed up to there has been applied, and the cursor never goes back.
-::testing::AssertionResult NeverSkipped(const FeedMap& feed,
-                                        const std::vector<ApplyAttempt>& log) {
+::testing::AssertionResult NeverSkipped(const FeedMap& feed, const std::vector<ApplyAttempt>& log) {
   std::set<std::string> applied;
   std::uint64_t cursor = 0;
   for (std::size_t i = 0; i < log.size(); ++i) {
     if (log[i].failed) continue;
     applied.insert(log[i].keys.begin(), log[i].keys.end());
     if (log[i].up_to < cursor) {
-      return ::testing::AssertionFailure()
-             << "attempt " << i << " moved the cursor back from " << cursor << " to "
-             << log[i].up_to;
+      return ::testing::AssertionFailure() << "attempt " << i << " moved the cursor back from "
+                                           << cursor << " to " << log[i].up_to;
     }
     cursor = log[i].up_to;
     for (const auto& [seq, key] : feed) {
@@ -949,8 +947,7 @@ std::vector<net::Changes> ScriptedBatches(std::uint64_t node) {
         r.kind = InodeKind::kFile;
         r.mode = 0644;
         r.version = {1000 + static_cast<std::uint64_t>(file) * 2, node};
-        DentryRecord d{kRootId, "f" + std::to_string(file), r.id, {r.version.hlc + 1, node},
-                       false};
+        DentryRecord d{kRootId, "f" + std::to_string(file), r.id, {r.version.hlc + 1, node}, false};
         c.inodes.push_back(r);
         c.dentries.push_back(d);
         seq += 2;
