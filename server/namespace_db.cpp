@@ -143,7 +143,7 @@ constexpr const char* kInodeColumns =
 
 // A manifest in one column: (u64 chunk index, 32-byte id) for every chunk holding data, by
 // index (native byte order, as the other blobs of this file).
-Bytes EncodeManifest(const net::ChunkMap& m) {
+Bytes EncodeManifest(const model::ChunkMap& m) {
   Bytes out(m.size() * 40);
   std::size_t at = 0;
   for (const auto& e : m) {
@@ -154,8 +154,8 @@ Bytes EncodeManifest(const net::ChunkMap& m) {
   return out;
 }
 
-net::ChunkMap DecodeManifest(ByteSpan blob) {
-  net::ChunkMap m;
+model::ChunkMap DecodeManifest(ByteSpan blob) {
+  model::ChunkMap m;
   m.reserve(blob.size() / 40);
   for (std::size_t at = 0; at + 40 <= blob.size(); at += 40) {
     std::uint64_t index;
@@ -168,7 +168,7 @@ net::ChunkMap DecodeManifest(ByteSpan blob) {
 }
 
 // Extended attributes in one column: u16 name length, name, u32 value length, value; repeated.
-Bytes EncodeXattrs(const std::vector<net::Xattr>& xattrs) {
+Bytes EncodeXattrs(const std::vector<model::Xattr>& xattrs) {
   net::Writer w;
   for (const auto& x : xattrs) {
     w.PutStr16(x.name);
@@ -177,13 +177,13 @@ Bytes EncodeXattrs(const std::vector<net::Xattr>& xattrs) {
   return std::move(w).Take();
 }
 
-std::vector<net::Xattr> DecodeXattrs(ByteSpan blob) {
-  std::vector<net::Xattr> out;
+std::vector<model::Xattr> DecodeXattrs(ByteSpan blob) {
+  std::vector<model::Xattr> out;
   net::Reader r(blob, "xattrs");
   while (r.ok() && r.remaining() > 0) {
-    net::Xattr x;
-    x.name = r.GetStr16("name", net::kMaxNameSize);
-    x.value = r.GetBlob32("value", net::kMaxXattrValue);
+    model::Xattr x;
+    x.name = r.GetStr16("name", model::kMaxNameSize);
+    x.value = r.GetBlob32("value", model::kMaxXattrValue);
     if (r.ok()) out.push_back(std::move(x));
   }
   return out;
@@ -207,7 +207,7 @@ InodeRecord ReadInode(Stmt& s) {
   r.xattrs = DecodeXattrs(s.Blob(15));
   ByteSpan clock = s.Blob(16);
   for (std::size_t i = 0; i + 16 <= clock.size(); i += 16) {
-    net::ClockEntry e;
+    model::ClockEntry e;
     std::memcpy(&e.node, clock.data() + i, 8);
     std::memcpy(&e.hlc, clock.data() + i + 8, 8);
     r.content_clock.push_back(e);
@@ -389,7 +389,7 @@ Status NamespaceDb::UpgradeFrom5() {
     Stmt q(db_, "SELECT id, manifest FROM inodes WHERE length(manifest) > 0");
     while (q.Step() == SQLITE_ROW) {
       ByteSpan dense = q.Blob(1);
-      net::ChunkMap m;
+      model::ChunkMap m;
       for (std::size_t i = 0; i * 32 + 32 <= dense.size(); ++i) {
         crypto::Digest id;
         std::memcpy(id.data(), dense.data() + i * 32, 32);
@@ -539,14 +539,14 @@ bool Resurrects(const InodeRecord& live, const InodeRecord& deleted) {
 
 // "NAME.conflict-<node>-<UTC time>-<tag>": the node and time of the losing write, and a tag
 // from the losing record so that two losers never share a name.
-std::string ConflictName(std::string_view name, const net::ClockEntry& v, std::uint64_t tag) {
+std::string ConflictName(std::string_view name, const model::ClockEntry& v, std::uint64_t tag) {
   std::time_t t = static_cast<std::time_t>(v.hlc / 1000000000ull);
   std::tm tm{};
   gmtime_r(&t, &tm);
   char when[32];
   std::strftime(when, sizeof when, "%Y%m%d-%H%M%S", &tm);
   std::string suffix = fmt::format(".conflict-{:016x}-{}-{:04x}", v.node, when, tag & 0xffff);
-  std::string base(name.substr(0, std::min(name.size(), net::kMaxNameSize - suffix.size())));
+  std::string base(name.substr(0, std::min(name.size(), model::kMaxNameSize - suffix.size())));
   return base + suffix;
 }
 

@@ -46,10 +46,10 @@ struct sqlite3;
 namespace foreverfs::server {
 
 using InodeId = std::uint64_t;
-using net::DentryRecord;
-using net::InodeKind;
-using net::InodeRecord;
-using net::Version;
+using model::DentryRecord;
+using model::InodeKind;
+using model::InodeRecord;
+using model::Version;
 inline constexpr InodeId kRootId = 1;
 
 struct ChangeSet {
@@ -112,7 +112,7 @@ class NamespaceDb {
 
   // Up to `max_records` records changed after `since`, in change order, taking at most
   // `max_bytes` encoded (net::EncodedSize), except that the first record is always taken: a
-  // record always fits in a frame (net::ValidateInode's limits), so a batch always does when
+  // record always fits in a frame (model::ValidateInode's limits), so a batch always does when
   // max_bytes leaves room for one record under the frame limit. up_to is the sequence of the
   // last one returned (or the current one if none).
   Result<net::Changes> ChangesSince(std::uint64_t since, std::size_t max_records,
