@@ -58,15 +58,11 @@ class Merger {
       if (auto s = PutDentry(d); !s.ok()) return s;
     }
     // A file written after a delete it had not seen keeps a name (table 1) also when the
-    // delete's entry tombstone arrives after the write: in this batch behind the delete's inode
-    // record, or in a later batch. A newer live version of the file than the tombstone of its
-    // last name can only be such a write (an unlink tombstones the inode with the entry's
-    // version; a rename gives the file a live name).
-    for (std::size_t i = 0; i < won_.dentries.size(); ++i) {
-      const DentryRecord d = won_.dentries[i];
-      if (!d.deleted) continue;
-      auto rec = v_.Inode(d.child);
-      if (rec && !rec->deleted && rec->kind == InodeKind::kFile && rec->version > d.version) {
+    // delete's entry tombstone came in this batch behind the delete's inode record (a batch
+    // applies inodes before entries): its name is given back once the whole batch is in.
+    for (InodeId id : resurrected_) {
+      auto rec = v_.Inode(id);
+      if (rec && !rec->deleted) {
         if (auto s = RestoreName(*rec); !s.ok()) return s;
       }
     }
@@ -105,7 +101,10 @@ class Merger {
     if (cur && cur->version >= r.version) {
       if (cur->version == r.version) return Ok();
       if (ConcurrentContent(r, *cur)) return KeepConflictCopy(r);
-      if (Resurrects(*cur, r)) return RestoreName(*cur);
+      if (Resurrects(*cur, r)) {
+        resurrected_.insert(cur->id);
+        return RestoreName(*cur);
+      }
       return Ok();
     }
     if (auto s = v_.Put(r); !s.ok()) return s;
@@ -113,7 +112,10 @@ class Merger {
     if (cur && ConcurrentContent(*cur, r)) {
       if (auto s = KeepConflictCopy(*cur); !s.ok()) return s;
     }
-    if (cur && Resurrects(r, *cur)) return RestoreName(r);
+    if (cur && Resurrects(r, *cur)) {
+      resurrected_.insert(r.id);
+      return RestoreName(r);
+    }
     return Ok();
   }
 
@@ -332,6 +334,7 @@ class Merger {
 
   RecordView& v_;
   ChangeSet& won_;
+  std::set<InodeId> resurrected_;  // live files that won over (or beat) a tombstone this batch
 };
 
 }  // namespace
