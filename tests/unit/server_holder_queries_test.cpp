@@ -166,9 +166,9 @@ TEST_F(HolderQueriesTest, AReplyForAnotherCountOrFromAnotherPeerDoesNotCount) {
   OnIo([&] {
     // Node 3 answering node 2's request is ignored: node 2 still has to answer.
     queries_->OnHaveReply(3, Reply(q2[0], [](std::size_t) { return true; }));
-    // All bits set, but for one id fewer than asked.
-    queries_->OnHaveReply(2, Reply(
-                                 q2[0], [](std::size_t) { return true; }, 1));
+    // All bits set, but for more ids than asked.
+    auto all = [](std::size_t) { return true; };
+    queries_->OnHaveReply(2, Reply(q2[0], all, 3));
   });
   EXPECT_EQ(result.wait_for(200ms), std::future_status::timeout);  // node 3 has not answered
   OnIo([&] { queries_->OnHaveReply(3, Reply(q3[0], [](std::size_t) { return true; })); });

@@ -121,9 +121,13 @@ TEST_F(WritePipelineTest, AStoreRefusalReachesTheOwnerWithTheBytes) {
     p.Submit(kCS);
   }
   EXPECT_EQ(p.in_flight(), 3u);  // Submit never waits; the owner reaps
-  Status s = Reap(p, 0);
+  Status s = p.Reap(0, [&](std::uint64_t index, const Result<cas::ChunkId>& id, const Bytes& data) {
+    landed_.push_back({index, id, data});
+    return Err(id.status().code(), "chunk {}", index);
+  });
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.code(), Code::kNoSpace);
+  EXPECT_EQ(s.message(), "chunk 0");  // the first error
   // Every chunk was handed over despite the first error, in order, with its bytes.
   ASSERT_EQ(landed_.size(), 3u);
   for (std::uint64_t i = 0; i < 3; ++i) {
