@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "fuse/ops.h"
@@ -190,7 +191,8 @@ class FuseOpsTest : public test::FileServerFixture {
     return Call(kOpFsyncdir, [&](Reply& r) { ops_->Fsyncdir(r, kRoot, 0, nullptr); });
   }
 
-  // A new file "name" in the root: its inode and an open handle.
+  // A new file "name" in the root: its inode and an open handle. (Not for structured bindings:
+  // clang before 16 cannot capture those in the lambdas of Call.)
   std::pair<fuse_ino_t, std::uint64_t> NewFile(const std::string& name) {
     auto c = Create(kRoot, name);
     EXPECT_EQ(c.kind(), Kind::kCreate) << "create " << name << ": errno " << c.err();
@@ -291,7 +293,9 @@ TEST_F(FuseOpsTest, ModeBitsPerKind) {
 }
 
 TEST_F(FuseOpsTest, SparseFileBlocksCountWhatIsHeld) {
-  auto [ino, fh] = NewFile("sparse");
+  const auto new_ino = NewFile("sparse");
+  const fuse_ino_t ino = new_ino.first;
+  const std::uint64_t fh = new_ino.second;
   // One byte 3 MiB in: three holes and one chunk.
   ASSERT_EQ(Write(fh, 3 * kMiB, "x").a().count, 1u);
   ASSERT_EQ(Flush(fh).err(), 0);
@@ -299,7 +303,9 @@ TEST_F(FuseOpsTest, SparseFileBlocksCountWhatIsHeld) {
   EXPECT_EQ(g.a().st.st_size, static_cast<off_t>(3 * kMiB + 1));
   EXPECT_EQ(g.a().st.st_blocks, static_cast<blkcnt_t>(kMiB / 512));  // one chunk, not 3 MiB
   // A file made large by truncate holds nothing.
-  auto [ino2, fh2] = NewFile("empty");
+  const auto new_ino2 = NewFile("empty");
+  const fuse_ino_t ino2 = new_ino2.first;
+  const std::uint64_t fh2 = new_ino2.second;
   ASSERT_EQ(Truncate(ino2, 10 * kMiB).kind(), Kind::kAttr);
   g = Getattr(ino2);
   EXPECT_EQ(g.a().st.st_size, static_cast<off_t>(10 * kMiB));
@@ -309,7 +315,9 @@ TEST_F(FuseOpsTest, SparseFileBlocksCountWhatIsHeld) {
 }
 
 TEST_F(FuseOpsTest, TimesBeforeTheEpochAndSaturated) {
-  auto [ino, fh] = NewFile("t");
+  const auto new_ino = NewFile("t");
+  const fuse_ino_t ino = new_ino.first;
+  const std::uint64_t fh = new_ino.second;
   struct stat st {};
   st.st_mtim = {-1, 500000000};  // 0.5 s before 1970
   st.st_atim = {-100, 0};
@@ -335,7 +343,9 @@ TEST_F(FuseOpsTest, ErrnoMapping) {
   EXPECT_EQ(Lookup(kRoot, "missing").err(), ENOENT);
   ASSERT_EQ(Mkdir(kRoot, "d").kind(), Kind::kEntry);
   EXPECT_EQ(Mkdir(kRoot, "d").err(), EEXIST);
-  auto [ino, fh] = NewFile("f");
+  const auto new_ino = NewFile("f");
+  const fuse_ino_t ino = new_ino.first;
+  const std::uint64_t fh = new_ino.second;
   Release(fh);
   EXPECT_EQ(Create(kRoot, "f", 0644, O_RDWR | O_CREAT | O_EXCL).err(), EEXIST);
   const fuse_ino_t d = Lookup(kRoot, "d").a().entry.ino;
@@ -375,7 +385,9 @@ TEST_F(FuseOpsTest, ErrnoMapping) {
 }
 
 TEST_F(FuseOpsTest, OffsetAndSizeBoundaries) {
-  auto [ino, fh] = NewFile("f");
+  const auto new_ino = NewFile("f");
+  const fuse_ino_t ino = new_ino.first;
+  const std::uint64_t fh = new_ino.second;
   ASSERT_EQ(Write(fh, 0, "abc").a().count, 3u);
 
   // read: negative offsets and sizes over 16 MiB are EINVAL; offsets past the end are empty.
@@ -497,7 +509,9 @@ TEST_F(FuseOpsTest, ReaddirOffsetsPages) {
 }
 
 TEST_F(FuseOpsTest, ReaddirplusGivesAttributesAndCountsLookups) {
-  auto [ino, fh] = NewFile("file");
+  const auto new_ino = NewFile("file");
+  const fuse_ino_t ino = new_ino.first;
+  const std::uint64_t fh = new_ino.second;
   ASSERT_EQ(Write(fh, 0, "12345").a().count, 5u);
   ASSERT_EQ(Flush(fh).err(), 0);
   Release(fh);
@@ -545,7 +559,9 @@ TEST_F(FuseOpsTest, ReaddirplusGivesAttributesAndCountsLookups) {
 }
 
 TEST_F(FuseOpsTest, OpenInvalidatesAttributesOnlyOfAnotherVersion) {
-  auto [ino, fh] = NewFile("f");  // the kernel was told the created version
+  const auto new_ino = NewFile("f");
+  const fuse_ino_t ino = new_ino.first;
+  const std::uint64_t fh = new_ino.second;  // the kernel was told the created version
   // Committed through the handle: a version the kernel was not told.
   ASSERT_EQ(Write(fh, 0, "new").a().count, 3u);
   ASSERT_EQ(Flush(fh).err(), 0);
@@ -583,7 +599,9 @@ TEST_F(FuseOpsTest, OpenInvalidatesAttributesOnlyOfAnotherVersion) {
 }
 
 TEST_F(FuseOpsTest, ForgetCounts) {
-  auto [ino, fh] = NewFile("f");
+  const auto new_ino = NewFile("f");
+  const fuse_ino_t ino = new_ino.first;
+  const std::uint64_t fh = new_ino.second;
   Release(fh);
   for (int i = 0; i < 3; ++i) ASSERT_EQ(Lookup(kRoot, "f").kind(), Kind::kEntry);
   EXPECT_EQ(ops_->KernelLookups(ino), 4u);  // create + 3 lookups
@@ -607,8 +625,44 @@ TEST_F(FuseOpsTest, ForgetCounts) {
   EXPECT_EQ(Open(ino).invalidated, std::vector<fuse_ino_t>{ino});
 }
 
+// Requests on several threads at once, as the multi-threaded loop sends them (for TSan too):
+// lookups and forgets balance, and directory handles come and go under readdirplus.
+TEST_F(FuseOpsTest, ConcurrentRequestsKeepTheCounts) {
+  const auto created = NewFile("f");
+  Release(created.second);
+  const fuse_ino_t ino = created.first;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        ASSERT_EQ(Lookup(kRoot, "f").kind(), Kind::kEntry);
+        ASSERT_EQ(Forget(ino, 1).kind(), Kind::kNone);
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    for (int i = 0; i < 50; ++i) {
+      auto d = Opendir(kRoot);
+      ASSERT_EQ(d.kind(), Kind::kOpen);
+      auto items = List(kRoot, d.a().fi.fh, 4096, 0, /*plus=*/i % 2 == 1);
+      EXPECT_EQ(items.size(), 3u);
+      if (i % 2 == 1) {
+        ASSERT_EQ(Forget(ino, 1).kind(), Kind::kNone);  // readdirplus's lookup
+      }
+      Call(kOpReleasedir, [&](Reply& r) {
+        auto fi = Fi(d.a().fi.fh);
+        ops_->Releasedir(r, kRoot, &fi);
+      });
+    }
+  });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ops_->KernelLookups(ino), 1u);  // the create's
+}
+
 TEST_F(FuseOpsTest, ReservedXattrsAreReadOnly) {
-  auto [ino, fh] = NewFile("f");
+  const auto new_ino = NewFile("f");
+  const fuse_ino_t ino = new_ino.first;
+  const std::uint64_t fh = new_ino.second;
   Release(fh);
   EXPECT_EQ(Setxattr(ino, "user.foreverfs.replicas", "9").err(), EPERM);
   EXPECT_EQ(Setxattr(kRoot, "user.foreverfs.control", "/x").err(), EPERM);
