@@ -77,10 +77,10 @@ struct stat ToStat(const Attr& a) {
 // Bounds on the numbers a request carries, checked before anything is sized by them. The
 // kernel checks most of them already for a local file system (whose limits it knows); for FUSE
 // it lets through what fits in an off_t, and a request may come from any kernel.
-// File sizes above net::kMaxFileSize are the server's to refuse (EFBIG); here only what would
+// File sizes above model::kMaxFileSize are the server's to refuse (EFBIG); here only what would
 // be misread once cast to unsigned (negative offsets) and what sizes an allocation.
-constexpr std::size_t kMaxNameBytes = net::kMaxNameSize;          // NAME_MAX
-constexpr std::size_t kMaxXattrValueBytes = net::kMaxXattrValue;  // XATTR_SIZE_MAX
+constexpr std::size_t kMaxNameBytes = model::kMaxNameSize;          // NAME_MAX
+constexpr std::size_t kMaxXattrValueBytes = model::kMaxXattrValue;  // XATTR_SIZE_MAX
 // A READ or READDIR larger than this is refused (the kernel asks for at most max_pages, 256
 // pages: 1 MiB).
 constexpr std::size_t kMaxReadBytes = 16 * 1024 * 1024;
@@ -170,7 +170,7 @@ void Ops::Unanswered(Reply& r, std::size_t op, const char* why) noexcept {
 
 // Kernel-cache record.
 
-void Ops::Told(fuse_ino_t ino, const net::Version& version, bool entry) {
+void Ops::Told(fuse_ino_t ino, const model::Version& version, bool entry) {
   MutexLock lock(known_mu_);
   if (entry) {
     auto& k = known_[ino];
@@ -194,7 +194,7 @@ void Ops::Forgot(fuse_ino_t ino, std::uint64_t lookups) {
 
 // Replies race one another and the kernel drops a reply that an invalidation overtook, so for
 // a while after a peer changed the inode the answer is yes whatever was told last.
-bool Ops::KernelHasOther(fuse_ino_t ino, const net::Version& v) {
+bool Ops::KernelHasOther(fuse_ino_t ino, const model::Version& v) {
   MutexLock lock(known_mu_);
   auto it = known_.find(ino);
   if (it == known_.end()) return true;
@@ -520,7 +520,7 @@ void Ops::ReplyDir(Reply& r, fuse_ino_t ino, std::size_t size, off_t off, fuse_f
   std::size_t used = 0;
   for (auto pos = static_cast<std::size_t>(off); pos < entries.size() + 2; ++pos) {
     fuse_entry_param e{};
-    net::Version told_version;
+    model::Version told_version;
     const char* name;
     if (pos < 2) {
       name = pos == 0 ? "." : "..";

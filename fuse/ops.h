@@ -165,7 +165,7 @@ class Ops {
   // keep_cache), so that no read pairs one version's size with another's bytes.
   struct Known {
     std::uint64_t lookups = 0;
-    net::Version version;
+    model::Version version;
     std::chrono::steady_clock::time_point peer_change{};  // last change a peer made
   };
 
@@ -176,12 +176,12 @@ class Ops {
                 bool plus);
   // Before a reply that gives the kernel attributes of `ino` at `version`; `entry` if it
   // counts as a lookup (entry replies, readdirplus entries).
-  void Told(fuse_ino_t ino, const net::Version& version, bool entry);
+  void Told(fuse_ino_t ino, const model::Version& version, bool entry);
   void Told(const server::Attr& a, bool entry) { Told(a.rec.id, a.rec.version, entry); }
   void Forgot(fuse_ino_t ino, std::uint64_t lookups);
   // The kernel may cache attributes of a version other than `v` (it is then told to drop
   // them, and `v` becomes what it will ask for).
-  bool KernelHasOther(fuse_ino_t ino, const net::Version& v);
+  bool KernelHasOther(fuse_ino_t ino, const model::Version& v);
   // Called when request `op` left its handler abnormally: replies EIO (nothing for a forget)
   // if it has no reply yet and logs one line. Never throws (it runs in a catch block, maybe
   // out of memory).

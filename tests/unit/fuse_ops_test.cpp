@@ -33,7 +33,7 @@ using test::RecordingReply;
 using Kind = Answer::Kind;
 
 constexpr fuse_ino_t kRoot = FUSE_ROOT_ID;
-constexpr off_t kMaxFile = static_cast<off_t>(net::kMaxFileSize);  // 16 TiB
+constexpr off_t kMaxFile = static_cast<off_t>(model::kMaxFileSize);  // 16 TiB
 constexpr off_t kI64Max = std::numeric_limits<off_t>::max();
 constexpr std::size_t kMaxRead = 16 * 1024 * 1024;
 constexpr std::size_t kMiB = 1 << 20;
