@@ -136,9 +136,9 @@ void Simulate(std::size_t n, Millis down_after, std::uint64_t seed) {
   Millis last{0};
   for (const auto& [obs, at] : added) last = std::max(last, at - joined_at);
   std::printf(
-      "n=%zu join: %s every node knew the new member after %.2f s = %.1f protocol periods "
+      "n=%zu join: %severy node knew the new member after %.2f s = %.1f protocol periods "
       "(half of them after %.1f periods)\n",
-      n, all_know ? "" : "NOT", Seconds(last), Seconds(last) / Seconds(defaults.protocol_period),
+      n, all_know ? "" : "NOT ", Seconds(last), Seconds(last) / Seconds(defaults.protocol_period),
       [&] {
         std::vector<Millis> t;
         for (const auto& [obs, at] : added) t.push_back(at - joined_at);
