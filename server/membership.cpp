@@ -99,6 +99,7 @@ Actions Membership::Tick(Millis now) {
 }
 
 Millis Membership::NextDeadline() const {
+  if (self_removed_) return Millis::max();  // nothing runs until a restart
   Millis next = next_probe_;
   if (probe_ && !probe_->acked && !probe_->indirect_sent) {
     next = std::min(next, probe_->started + options_.ack_timeout);

@@ -329,6 +329,7 @@ TEST(MembershipTest, ARemovedLiveNodeDoesNotRefute) {
   ASSERT_TRUE(net.RunUntil([&] { return net.AllSee(ids[5], MemberState::kRemoved); }, 10s));
   ASSERT_TRUE(net.RunUntil([&] { return net.node(ids[5]).self_removed(); }, 10s));
   EXPECT_TRUE(net.node(ids[5]).LinkPlan().empty());
+  EXPECT_EQ(net.node(ids[5]).NextDeadline(), Millis::max());  // no timer spins
   bool told = false;
   for (const auto& [observer, e, at] : h.all) {
     told = told || (observer == ids[5] && e.kind == MemberEvent::Kind::kSelfRemoved);
