@@ -104,7 +104,8 @@ void Simulate(std::size_t n, Millis down_after, std::uint64_t seed) {
 
   // Steady state: messages and bytes per node per second.
   const auto before = net.sent;
-  const Millis steady = 60s;
+  // Long enough to hold every node's periodic table exchange (anti-entropy) once.
+  const Millis steady = std::max<Millis>(60s, first.SyncInterval());
   net.Run(steady);
   const double node_seconds = static_cast<double>(n) * Seconds(steady);
   auto per = [&](net::MessageType t) {

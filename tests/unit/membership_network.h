@@ -59,9 +59,15 @@ class MembershipNetwork {
       std::uint64_t id = rng_();
       if (id == 0 || nodes_.contains(id) || std::count(ids.begin(), ids.end(), id)) continue;
       ids.push_back(id);
-      table.push_back({id, Addr(id), net::MemberState::kAlive, 0, 0});
+      table.push_back({id, Addr(id), net::MemberState::kAlive, 1, 0});
     }
-    for (std::uint64_t id : ids) Start(id, table, {});
+    // Everyone at incarnation 1, which each node's own row at 0 gives it on import: no node
+    // comes up with news to spread (a real restart of every node at once would have some).
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      table[i].incarnation = 0;
+      Start(ids[i], table, {});
+      table[i].incarnation = 1;
+    }
     return ids;
   }
 

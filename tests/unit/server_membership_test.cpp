@@ -359,7 +359,8 @@ void ExpectGoodPlans(MembershipNetwork& net, std::size_t max_links) {
   std::size_t n = net.up_ids().size();
   std::map<std::uint64_t, std::vector<PlannedLink>> plans;
   for (std::uint64_t id : net.up_ids()) plans[id] = net.node(id).LinkPlan();
-  for (const auto& [id, plan] : plans) {
+  for (const auto& [node, plan] : plans) {
+    const std::uint64_t id = node;  // a lambda cannot capture a structured binding (clang 14)
     EXPECT_LE(plan.size(), max_links);
     EXPECT_GE(plan.size(), std::min<std::size_t>(n - 1, 2));
     for (const PlannedLink& l : plan) {
