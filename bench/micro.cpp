@@ -205,7 +205,7 @@ void BM_NamespaceCommit(benchmark::State& state) {
       state.SkipWithError("open");
       return;
     }
-    net::InodeRecord rec;
+    model::InodeRecord rec;
     rec.id = 12345;
     rec.mode = 0644;
     for (int i = 0; i < 4; ++i) rec.manifest.Set(i, crypto::Digest{1});

@@ -148,10 +148,10 @@ void ReplyLseek(fuse_req_t req, off_t off) {
 // Bounds on the numbers a request carries, checked before anything is sized by them. The
 // kernel checks most of them already for a local file system (whose limits it knows); for FUSE
 // it lets through what fits in an off_t, and a request may come from any kernel.
-// File sizes above net::kMaxFileSize are the server's to refuse (EFBIG); here only what would
+// File sizes above model::kMaxFileSize are the server's to refuse (EFBIG); here only what would
 // be misread once cast to unsigned (negative offsets) and what sizes an allocation.
-constexpr std::size_t kMaxNameBytes = net::kMaxNameSize;          // NAME_MAX
-constexpr std::size_t kMaxXattrValueBytes = net::kMaxXattrValue;  // XATTR_SIZE_MAX
+constexpr std::size_t kMaxNameBytes = model::kMaxNameSize;          // NAME_MAX
+constexpr std::size_t kMaxXattrValueBytes = model::kMaxXattrValue;  // XATTR_SIZE_MAX
 // A READ or READDIR larger than this is refused (the kernel asks for at most max_pages, 256
 // pages: 1 MiB).
 constexpr std::size_t kMaxReadBytes = 16 * 1024 * 1024;
@@ -200,7 +200,7 @@ struct FuseFs::Impl {
   // no keep_cache), so that no read pairs one version's size with another's bytes. Leaf lock.
   struct Known {
     std::uint64_t lookups = 0;
-    net::Version version;
+    model::Version version;
     std::chrono::steady_clock::time_point peer_change{};  // last change a peer made
   };
   Mutex known_mu;
@@ -208,7 +208,7 @@ struct FuseFs::Impl {
 
   // Before a reply that gives the kernel attributes of `ino` at `version`; `entry` if it
   // counts as a lookup (entry replies, readdirplus entries).
-  void Told(fuse_ino_t ino, const net::Version& version, bool entry) {
+  void Told(fuse_ino_t ino, const model::Version& version, bool entry) {
     MutexLock lock(known_mu);
     if (entry) {
       auto& k = known[ino];
@@ -235,7 +235,7 @@ struct FuseFs::Impl {
   // them, and `v` becomes what it will ask for). Replies race one another and the kernel
   // drops a reply that an invalidation overtook, so for a while after a peer changed the
   // inode the answer is yes whatever was told last.
-  bool KernelHasOther(fuse_ino_t ino, const net::Version& v) {
+  bool KernelHasOther(fuse_ino_t ino, const model::Version& v) {
     MutexLock lock(known_mu);
     auto it = known.find(ino);
     if (it == known.end()) return true;
@@ -620,7 +620,7 @@ void ReplyDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
   std::size_t used = 0;
   for (auto pos = static_cast<std::size_t>(off); pos < entries.size() + 2; ++pos) {
     fuse_entry_param e{};
-    net::Version told_version;
+    model::Version told_version;
     const char* name;
     if (pos < 2) {
       name = pos == 0 ? "." : "..";

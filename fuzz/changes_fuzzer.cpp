@@ -14,7 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!message.ok()) return 0;
   const auto& changes = std::get<net::Changes>(*message);
   for (const auto& d : changes.dentries) {
-    if (!net::ValidName(d.name)) std::abort();  // the decoder let a bad name through
+    if (!model::ValidName(d.name)) std::abort();  // the decoder let a bad name through
   }
   auto db = server::NamespaceDb::Open(":memory:");
   if (!db.ok()) std::abort();

@@ -950,7 +950,13 @@ awaitable<void> DialLoop(std::shared_ptr<TcpTransport::Impl> t, std::string addr
   auto backoff = kBackoffMin;
   std::string last_error;
   tcp::resolver resolver(t->io_);
-  while (!t->stopped_ && !t->self_addrs_.contains(addr)) {
+  // Runs until Stop, until the address turns out to be our own, or until RemovePeer drops this
+  // dialer (a later AddPeer of the same address starts a new one with a new timer).
+  auto mine = [&] {
+    auto it = t->dialers_.find(addr);
+    return it != t->dialers_.end() && it->second == timer;
+  };
+  while (!t->stopped_ && !t->self_addrs_.contains(addr) && mine()) {
     auto known = t->addr_node_.find(addr);
     bool already = known != t->addr_node_.end() && t->connected_.contains(known->second);
     if (!already) {
@@ -996,7 +1002,7 @@ awaitable<void> DialLoop(std::shared_ptr<TcpTransport::Impl> t, std::string addr
         last_error = error;
       }
     }
-    if (t->stopped_) break;
+    if (t->stopped_ || !mine()) break;
     timer->expires_after(backoff);
     co_await timer->async_wait(kNoThrow);
     backoff = std::min(backoff * 2, kBackoffMax);
@@ -1057,6 +1063,18 @@ void TcpTransport::AddPeer(const std::string& addr) {
 }
 
 bool TcpTransport::HasPeer(const std::string& addr) const { return impl_->dialers_.contains(addr); }
+
+void TcpTransport::RemovePeer(const std::string& addr, const std::string& reason) {
+  auto it = impl_->dialers_.find(addr);
+  if (it == impl_->dialers_.end()) return;
+  it->second->cancel();
+  impl_->dialers_.erase(it);
+  if (auto a = impl_->addrs_.find(addr); a != impl_->addrs_.end()) a->second.dialing = false;
+  auto links = impl_->links_;
+  for (const auto& l : links) {
+    if (l->dial_addr_ == addr) l->Close(reason);
+  }
+}
 
 std::vector<TcpTransport::AddrStatus> TcpTransport::Addresses() const {
   std::vector<AddrStatus> out;

@@ -106,6 +106,9 @@ class TcpTransport {
   std::string AdvertisedAddr() const;
   // Keeps a connection to `addr` up from now on. Call on the event thread. Idempotent.
   void AddPeer(const std::string& addr);
+  // Stops keeping a connection to `addr` up: no more dials, and a link we dialed to it closes
+  // with `reason` (on_close follows). Links the peer dialed to us stay. Event thread.
+  void RemovePeer(const std::string& addr, const std::string& reason);
   // Whether a dialer for this address exists.
   bool HasPeer(const std::string& addr) const;
   // What this transport knows of each dial address (configured with --peer or learned) and of

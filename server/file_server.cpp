@@ -18,17 +18,17 @@ namespace foreverfs::server {
 namespace {
 
 Status CheckName(std::string_view name) {
-  if (name.size() > net::kMaxNameSize)
+  if (name.size() > model::kMaxNameSize)
     return Err(Code::kNameTooLong, "name '{}...' is longer than 255 bytes", name.substr(0, 32));
-  if (!net::ValidName(name)) return Err(Code::kInvalid, "'{}' is not a valid file name", name);
+  if (!model::ValidName(name)) return Err(Code::kInvalid, "'{}' is not a valid file name", name);
   return Ok();
 }
 
-// Whether a record from a peer may be applied: within the file limits (net::ValidateInode) and
+// Whether a record from a peer may be applied: within the file limits (model::ValidateInode) and
 // dated no further than `skew_ns` ahead of this clock (a version near 2^64 would win over every
 // later write for good).
 Status Admissible(const InodeRecord& r, std::uint64_t skew_ns) {
-  if (auto s = net::ValidateInode(r); !s.ok()) return s;
+  if (auto s = model::ValidateInode(r); !s.ok()) return s;
   bool ahead = !Hlc::Plausible(r.version.hlc, skew_ns);
   for (const auto& e : r.content_clock) ahead = ahead || !Hlc::Plausible(e.hlc, skew_ns);
   if (ahead) {
@@ -128,7 +128,7 @@ Result<ChangeSet> FileServer::CommitLocal(const ChangeSet& cs) {
 }
 
 Result<Attr> FileServer::Lookup(InodeId parent, std::string_view name) {
-  if (name.size() > net::kMaxNameSize)
+  if (name.size() > model::kMaxNameSize)
     return Err(Code::kNameTooLong, "name is longer than 255 bytes");
   auto d = ns_.GetDentry(parent, name);
   if (!d.ok()) return d.status();
@@ -242,7 +242,7 @@ Result<Attr> FileServer::Mkdir(InodeId parent, std::string_view name, std::uint3
 Result<Attr> FileServer::Symlink(InodeId parent, std::string_view name, std::string_view target,
                                  std::uint32_t uid, std::uint32_t gid) {
   if (auto s = CheckName(name); !s.ok()) return s;
-  if (target.empty() || target.size() > net::kMaxSymlinkSize) {
+  if (target.empty() || target.size() > model::kMaxSymlinkSize) {
     return Err(Code::kNameTooLong, "symlink target is empty or too long");
   }
   MutexLock lock(ns_mu_);
@@ -324,11 +324,11 @@ bool UserXattr(std::string_view name) {
 Status FileServer::SetXattr(InodeId id, std::string_view name, ByteSpan value, int flags) {
   if (!UserXattr(name))
     return Err(Code::kNotSupported, "only user.* extended attributes are stored");
-  if (name.size() > net::kMaxNameSize) return Err(Code::kRange, "xattr name longer than 255 bytes");
-  if (value.size() > net::kMaxXattrValue) return Err(Code::kNoSpace, "xattr value over 64 KiB");
+  if (name.size() > model::kMaxNameSize) return Err(Code::kRange, "xattr name longer than 255 bytes");
+  if (value.size() > model::kMaxXattrValue) return Err(Code::kNoSpace, "xattr value over 64 KiB");
   return UpdateInode(id, [&](InodeRecord& rec) -> Status {
     auto it = std::lower_bound(rec.xattrs.begin(), rec.xattrs.end(), name,
-                               [](const net::Xattr& x, std::string_view n) { return x.name < n; });
+                               [](const model::Xattr& x, std::string_view n) { return x.name < n; });
     const bool exists = it != rec.xattrs.end() && it->name == name;
     if (exists && (flags & XATTR_CREATE)) return Err(Code::kExists, "xattr {} exists", name);
     if (!exists && (flags & XATTR_REPLACE)) return Err(Code::kNoData, "no xattr {}", name);
@@ -336,14 +336,14 @@ Status FileServer::SetXattr(InodeId id, std::string_view name, ByteSpan value, i
     for (const auto& x : rec.xattrs) {
       if (x.name != name) total += x.name.size() + x.value.size();
     }
-    if (total > net::kMaxXattrTotal)
+    if (total > model::kMaxXattrTotal)
       return Err(Code::kNoSpace, "xattrs of an inode are limited to 64 KiB");
-    if (!exists && rec.xattrs.size() >= net::kMaxXattrs)
+    if (!exists && rec.xattrs.size() >= model::kMaxXattrs)
       return Err(Code::kNoSpace, "too many xattrs");
     if (exists) {
       it->value.assign(value.begin(), value.end());
     } else {
-      rec.xattrs.insert(it, net::Xattr{std::string(name), Bytes(value.begin(), value.end())});
+      rec.xattrs.insert(it, model::Xattr{std::string(name), Bytes(value.begin(), value.end())});
     }
     return Ok();
   });
@@ -372,7 +372,7 @@ Status FileServer::RemoveXattr(InodeId id, std::string_view name) {
   if (!UserXattr(name)) return Err(Code::kNoData, "no xattr {}", name);
   return UpdateInode(id, [&](InodeRecord& rec) -> Status {
     auto it = std::find_if(rec.xattrs.begin(), rec.xattrs.end(),
-                           [&](const net::Xattr& x) { return x.name == name; });
+                           [&](const model::Xattr& x) { return x.name == name; });
     if (it == rec.xattrs.end()) return Err(Code::kNoData, "no xattr {}", name);
     rec.xattrs.erase(it);
     return Ok();
@@ -585,7 +585,7 @@ Result<std::uint64_t> FileServer::Open(InodeId id, int flags, std::uint32_t call
   return handle;
 }
 
-std::optional<net::Version> FileServer::HandleVersion(std::uint64_t handle) {
+std::optional<model::Version> FileServer::HandleVersion(std::uint64_t handle) {
   auto of = HandleFile(handle);
   if (!of) return std::nullopt;
   return of->Version();
@@ -625,7 +625,7 @@ Status FileServer::Fallocate(std::uint64_t handle, int mode, std::uint64_t offse
                              std::uint64_t length) {
   auto of = HandleFile(handle);
   if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);
-  if (offset > net::kMaxFileSize || length > net::kMaxFileSize - offset) {
+  if (offset > model::kMaxFileSize || length > model::kMaxFileSize - offset) {
     return Err(Code::kTooBig, "fallocate of [{}, +{}) is past the largest file size", offset,
                length);
   }
@@ -828,7 +828,7 @@ Result<NamespaceDb::PurgeStats> FileServer::PurgeTombstones(std::chrono::nanosec
   return ns_.PurgeTombstones(now > g ? now - g : 0, keep);
 }
 
-void FileServer::ForEachOpenManifest(const std::function<void(const net::ChunkMap&)>& fn) {
+void FileServer::ForEachOpenManifest(const std::function<void(const model::ChunkMap&)>& fn) {
   // Every handle's file, not only the current one of each inode: a handle opened before a
   // peer replaced the file still reads the version it opened.
   std::set<std::shared_ptr<OpenFile>> open;

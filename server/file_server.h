@@ -122,14 +122,14 @@ class FileServer {
   // O_TRUNC by a `caller_uid` other than root clears setuid/setgid as a write does.
   Result<std::uint64_t> Open(InodeId id, int flags, std::uint32_t caller_uid = 0);
   // The version a handle reads (nullopt for an unknown handle).
-  std::optional<net::Version> HandleVersion(std::uint64_t handle);
+  std::optional<model::Version> HandleVersion(std::uint64_t handle);
   Result<std::size_t> Read(std::uint64_t handle, std::uint64_t offset, MutableByteSpan out);
   // `caller_uid` decides whether setuid/setgid bits are cleared, as the kernel does elsewhere.
   Result<std::size_t> Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data,
                             std::uint32_t caller_uid = 0);
   // mode 0 (extends; with FALLOC_FL_KEEP_SIZE does nothing), FALLOC_FL_PUNCH_HOLE (with
   // KEEP_SIZE) and FALLOC_FL_ZERO_RANGE: whole chunks in the range become holes. Other modes
-  // are kNotSupported; past net::kMaxFileSize, kTooBig.
+  // are kNotSupported; past model::kMaxFileSize, kTooBig.
   Status Fallocate(std::uint64_t handle, int mode, std::uint64_t offset, std::uint64_t length);
   // lseek(2) SEEK_DATA (`data`) or SEEK_HOLE, at chunk granularity (1 MiB).
   Result<std::uint64_t> Seek(std::uint64_t handle, std::uint64_t offset, bool data);
@@ -170,7 +170,7 @@ class FileServer {
   // Calls `fn` with the working manifest of every file open here, through any handle (they may
   // reference chunks no committed version does: a file unlinked while open, or the version a
   // handle opened before a peer replaced it).
-  void ForEachOpenManifest(const std::function<void(const net::ChunkMap&)>& fn);
+  void ForEachOpenManifest(const std::function<void(const model::ChunkMap&)>& fn);
   Hlc& clock() { return hlc_; }
 
   // Garbage collection against deduplication: a commit may reuse a chunk a GC pass has found

@@ -8,7 +8,7 @@ namespace foreverfs::server {
 
 Result<std::set<cas::ChunkId>> ChunkMaintenance::Referenced() {
   std::set<cas::ChunkId> refs;
-  auto add = [&](const net::ChunkMap& manifest) {
+  auto add = [&](const model::ChunkMap& manifest) {
     for (const auto& [index, id] : manifest) refs.insert(id);
   };
   auto s = fs_.ns().ForEachLiveManifest([&](const InodeRecord& r) { add(r.manifest); });

@@ -23,7 +23,7 @@ class Hlc {
                                           std::chrono::system_clock::now().time_since_epoch())
                                           .count());
   }
-  net::Version Next() {
+  model::Version Next() {
     MutexLock lock(mu_);
     last_ = std::max(last_ + 1, WallNs());
     return {last_, node_};

@@ -3,6 +3,11 @@
 // A commit survives a crash of the process at once, and a power failure after Sync (called on
 // fsync(2)) or the next checkpoint, as files on a local file system do.
 //
+// Files: namespace_db.cpp (opening, reads, Apply), namespace_schema.cpp (tables and
+// upgrades), namespace_feed.cpp (the change feed, members, acks, tombstone purge),
+// namespace_statements.{h,cpp} (SQLite statements and the columns records are kept in). The
+// merge rules Apply runs are namespace_merge.{h,cpp}, which know nothing of SQLite.
+//
 // Two kinds of record, each a last-writer-wins register keyed by its identity:
 //   inodes   id -> kind, mode, owner, size, times, manifest, symlink target, deleted
 //   dentries (parent, name) -> child, deleted
@@ -40,23 +45,11 @@
 #include "base/mutex.h"
 #include "base/status.h"
 #include "net/messages.h"
+#include "server/namespace_merge.h"
 
 struct sqlite3;
 
 namespace foreverfs::server {
-
-using InodeId = std::uint64_t;
-using net::DentryRecord;
-using net::InodeKind;
-using net::InodeRecord;
-using net::Version;
-inline constexpr InodeId kRootId = 1;
-
-struct ChangeSet {
-  std::vector<InodeRecord> inodes;
-  std::vector<DentryRecord> dentries;
-  bool empty() const { return inodes.empty() && dentries.empty(); }
-};
 
 class NamespaceDb {
  public:
@@ -112,7 +105,7 @@ class NamespaceDb {
 
   // Up to `max_records` records changed after `since`, in change order, taking at most
   // `max_bytes` encoded (net::EncodedSize), except that the first record is always taken: a
-  // record always fits in a frame (net::ValidateInode's limits), so a batch always does when
+  // record always fits in a frame (model::ValidateInode's limits), so a batch always does when
   // max_bytes leaves room for one record under the frame limit. up_to is the sequence of the
   // last one returned (or the current one if none).
   Result<net::Changes> ChangesSince(std::uint64_t since, std::size_t max_records,
@@ -136,8 +129,8 @@ class NamespaceDb {
 
   struct PurgeStats {
     std::size_t inodes = 0, dentries = 0;  // tombstones removed
-    std::size_t waiting = 0;  // tombstones past the grace period that some member lacks
-    std::uint64_t horizon = 0;  // our sequence number every member confirmed (LastSeq if none)
+    std::size_t waiting = 0;        // tombstones past the grace period that some member lacks
+    std::uint64_t horizon = 0;      // our sequence number every member confirmed (LastSeq if none)
     std::optional<Member> slowest;  // the member that set the horizon
   };
   // Removes the tombstones (inode and entry records marked deleted) whose sequence number every
@@ -167,19 +160,6 @@ class NamespaceDb {
   Status ReserveSeqs(std::uint64_t need) REQUIRES(mu_);
   Result<ChangeSet> ApplyLocked(const ChangeSet& changes, std::optional<std::uint64_t> peer,
                                 std::uint64_t up_to, int attempt) REQUIRES(mu_);
-  // Inside Apply's transaction, with mu_ held.
-  std::optional<InodeRecord> AnyInode(InodeId id) REQUIRES(mu_);
-  Status PutInode(const InodeRecord& r, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
-  Status PutDentry(const DentryRecord& d, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
-  Status KeepConflictCopy(const InodeRecord& loser, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
-  Status RestoreName(const InodeRecord& rec, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
-  Status KeepDisplaced(const DentryRecord& loser, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
-  Status ReviveDir(InodeId id, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
-  Status KeepInTree(InodeId id, std::uint64_t& seq, ChangeSet& won) REQUIRES(mu_);
-  bool ReachesRoot(InodeId from, InodeId avoid) REQUIRES(mu_);
-  std::vector<DentryRecord> LiveNames(InodeId child) REQUIRES(mu_);  // newest first
-  static constexpr std::size_t kMaxTreeDepth = 4096;
-
   // Guards the connection and the sequence counters. Taken inside every server lock (doc/
   // threads.md); never held across a wait on a peer.
   Mutex mu_;
@@ -187,8 +167,8 @@ class NamespaceDb {
   std::uint64_t node_id_ = 0;
   std::uint64_t seq_ GUARDED_BY(mu_) = 0;
   std::uint64_t seq_reserved_ GUARDED_BY(mu_) = 0;  // durably recorded: no number up to it lost
-  std::string file_;  // the database file
-  ApplyFault apply_fault_ GUARDED_BY(mu_);  // tests only (SetApplyFaultForTest)
+  std::string file_;                                // the database file
+  ApplyFault apply_fault_ GUARDED_BY(mu_);          // tests only (SetApplyFaultForTest)
 };
 
 }  // namespace foreverfs::server

@@ -168,11 +168,11 @@ bool OpenFile::HasData(std::uint64_t i) const {
 Status OpenFile::CheckDataChunk(std::uint64_t i) const {
   // Counted generously (a dirty chunk may also be in the manifest): the limit keeps every
   // record within one frame, it need not be exact.
-  if (manifest_.size() + dirty_.size() + inflight_.size() + 1 < net::kMaxDataChunks || HasData(i)) {
+  if (manifest_.size() + dirty_.size() + inflight_.size() + 1 < model::kMaxDataChunks || HasData(i)) {
     return Ok();
   }
   return Err(Code::kTooBig, "inode {:016x}: a file holds at most {} GiB of data", id_,
-             net::kMaxDataChunks * kCS >> 30);
+             model::kMaxDataChunks * kCS >> 30);
 }
 
 std::uint64_t OpenFile::ChunkLen(std::uint64_t index) const {
@@ -267,13 +267,13 @@ Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool ap
   AdoptRemote();
   if (append) offset = size_;
   if (data.empty()) return std::size_t{0};
-  if (offset >= net::kMaxFileSize) {
+  if (offset >= model::kMaxFileSize) {
     return Err(Code::kTooBig, "inode {:016x}: write at {} is past the largest file size", id_,
                offset);
   }
   // As a local filesystem: the part below the limit is written (a short write).
   data = data.first(
-      static_cast<std::size_t>(std::min<std::uint64_t>(data.size(), net::kMaxFileSize - offset)));
+      static_cast<std::size_t>(std::min<std::uint64_t>(data.size(), model::kMaxFileSize - offset)));
   const std::uint64_t end = offset + data.size();
   for (std::uint64_t i = offset / kCS; i <= (end - 1) / kCS; ++i) {
     if (auto s = CheckDataChunk(i); !s.ok()) return s;
@@ -323,9 +323,9 @@ Status OpenFile::StageWrite(std::uint64_t i, std::uint64_t offset, ByteSpan data
 }
 
 Status OpenFile::Truncate(std::uint64_t size) {
-  if (size > net::kMaxFileSize) {
+  if (size > model::kMaxFileSize) {
     return Err(Code::kTooBig, "inode {:016x}: size {} is over the largest file size ({})", id_,
-               size, net::kMaxFileSize);
+               size, model::kMaxFileSize);
   }
   MutexLock lock(mu_);
   AdoptRemote();
@@ -363,7 +363,7 @@ Status OpenFile::Extend(std::uint64_t size) {
 }
 
 Status OpenFile::ZeroRange(std::uint64_t offset, std::uint64_t length, bool keep_size) {
-  if (offset > net::kMaxFileSize || length > net::kMaxFileSize - offset) {
+  if (offset > model::kMaxFileSize || length > model::kMaxFileSize - offset) {
     return Err(Code::kTooBig, "inode {:016x}: range [{}, +{}) is past the largest file size", id_,
                offset, length);
   }
@@ -570,18 +570,18 @@ void OpenFile::AdoptRemote() {
   written_.clear();
 }
 
-net::ChunkMap OpenFile::Manifest() {
+model::ChunkMap OpenFile::Manifest() {
   MutexLock lock(mu_);
   (void)Reap(0);
   return manifest_;
 }
 
-net::Version OpenFile::Version() const {
+model::Version OpenFile::Version() const {
   MutexLock lock(version_mu_);
   return version_;
 }
 
-void OpenFile::SetVersion(const net::Version& v) {
+void OpenFile::SetVersion(const model::Version& v) {
   MutexLock lock(version_mu_);
   version_ = v;
 }

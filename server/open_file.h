@@ -34,12 +34,12 @@ class OpenFile {
   InodeId id() const { return id_; }
   // The committed version this file reads (as opened, last committed here or adopted from a
   // peer). Never waits for a reader: a leaf lock of its own, not mu_.
-  net::Version Version() const;
+  model::Version Version() const;
   Result<std::size_t> Read(std::uint64_t offset, MutableByteSpan out);
   // Writes at `offset`, or at the end if `append`. Returns bytes written.
   Result<std::size_t> Write(std::uint64_t offset, ByteSpan data, bool append);
-  // Sizes above net::kMaxFileSize give kTooBig (EFBIG), as do writes that would make more than
-  // net::kMaxDataChunks chunks hold data.
+  // Sizes above model::kMaxFileSize give kTooBig (EFBIG), as do writes that would make more than
+  // model::kMaxDataChunks chunks hold data.
   Status Truncate(std::uint64_t size);
   // Grows the file to `size` (zeros) if it is smaller; never shrinks.
   Status Extend(std::uint64_t size);
@@ -72,11 +72,11 @@ class OpenFile {
   void Overlay(InodeRecord& rec);
   // The file's attributes as last known here (for a file unlinked while open).
   InodeRecord Snapshot();
-  net::ChunkMap Manifest();
+  model::ChunkMap Manifest();
 
  private:
   static constexpr std::uint64_t kNone = UINT64_MAX;
-  void SetVersion(const net::Version& v);
+  void SetVersion(const model::Version& v);
   // Adopts the version OnRemoteUpdate left, if any.
   void AdoptRemote() REQUIRES(mu_);
   Status EnsureStaging() REQUIRES(mu_);
@@ -117,11 +117,11 @@ class OpenFile {
   // Guards the file's working state below. A reader holds it while it waits for a chunk from
   // a peer (doc/threads.md): nothing the event thread or stat needs waits on it.
   Mutex mu_ ACQUIRED_AFTER(fs_.ns_mu_);
-  net::ChunkMap manifest_ GUARDED_BY(mu_);
+  model::ChunkMap manifest_ GUARDED_BY(mu_);
   ContentClock base_clock_ GUARDED_BY(mu_);  // lineage of the committed content started from
   InodeRecord record_ GUARDED_BY(mu_);       // attributes as opened or last committed
   mutable Mutex version_mu_;                 // leaf: taken alone, or inside mu_
-  net::Version version_ GUARDED_BY(version_mu_);  // record_.version (see Version())
+  model::Version version_ GUARDED_BY(version_mu_);  // record_.version (see Version())
   // Sets, not one flag per chunk: a 16 TiB sparse file costs nothing per chunk.
   std::set<std::uint64_t> dirty_ GUARDED_BY(mu_);    // chunks whose current bytes are in staging
   std::set<std::uint64_t> written_ GUARDED_BY(mu_);  // chunks staging holds bytes for (maybe stale)

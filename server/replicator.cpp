@@ -22,7 +22,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t kFeedBatchRecords = 512;
 // Encoded bytes per batch: a quarter of a frame, which any single record fits in
-// (net::ValidateInode).
+// (model::ValidateInode).
 constexpr std::size_t kFeedBatchBytes = net::kMaxFrameSize / 4;
 constexpr std::size_t kMaxQueuedBytes = 8 * kMiB;  // per link, before the feed waits
 constexpr auto kPerPeerTimeout = std::chrono::milliseconds(5000);

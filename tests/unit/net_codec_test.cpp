@@ -18,6 +18,7 @@
 namespace foreverfs::net {
 namespace {
 
+using namespace foreverfs::model;  // the records the codec carries
 using ::testing::HasSubstr;
 
 crypto::Digest DigestOf(std::uint8_t seed) {

@@ -236,6 +236,33 @@ TEST(NetTcpTest, IdleLinkStaysUpOnKeepalives) {
   StopAll({&a, &b});
 }
 
+// RemovePeer closes the link we dialed, with the reason, and dials no more; AddPeer again
+// brings the link back. Removing an unknown address is a no-op.
+TEST(NetTcpTest, RemovedPeerIsClosedAndNotRedialed) {
+  Node a(1, BaseOptions()), b(2, BaseOptions());
+  ASSERT_TRUE(a.transport->Listen().ok());
+  const auto addr = a.transport->AdvertisedAddr();
+  b.transport->RemovePeer(addr, "never added");  // no dialer: nothing happens
+  b.transport->AddPeer(addr);
+  ASSERT_TRUE(Pump(
+      {&a, &b}, [&] { return a.handler.To(2) && b.handler.To(1); }, 5s));
+  b.transport->RemovePeer(addr, "not in the link plan");
+  EXPECT_FALSE(b.transport->HasPeer(addr));
+  ASSERT_TRUE(Pump(
+      {&a, &b}, [&] { return !a.handler.To(2) && !b.handler.To(1); }, 5s));
+  ASSERT_FALSE(b.handler.closes.empty());
+  EXPECT_EQ(b.handler.closes.back(), "not in the link plan");
+  // Several backoff periods (0.5 s first): no new link.
+  PumpFor({&a, &b}, 1500ms);
+  EXPECT_EQ(a.handler.opens, 1);
+  EXPECT_EQ(b.handler.opens, 1);
+  b.transport->AddPeer(addr);
+  ASSERT_TRUE(Pump(
+      {&a, &b}, [&] { return a.handler.To(2) && b.handler.To(1); }, 5s));
+  EXPECT_EQ(b.handler.opens, 2);
+  StopAll({&a, &b});
+}
+
 TEST(NetTcpTest, FrozenPeerIsDetectedWithinTheReadDeadline) {
   Node a(1, FastLiveness(50, 400)), b(2, FastLiveness(50, 400));
   ASSERT_TRUE(a.transport->Listen().ok());

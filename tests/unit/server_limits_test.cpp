@@ -24,7 +24,7 @@ namespace foreverfs::server {
 namespace {
 
 constexpr std::uint64_t kCS = cas::kChunkSize;
-constexpr std::uint64_t kMax = net::kMaxFileSize;
+constexpr std::uint64_t kMax = model::kMaxFileSize;
 constexpr std::uint64_t kI64Max = std::numeric_limits<std::int64_t>::max();
 
 class LimitsTest : public test::FileServerFixture {

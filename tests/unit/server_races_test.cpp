@@ -50,7 +50,7 @@ TEST_F(RacesTest, AWriteRacingARemoteDeleteSurvivesClose) {
   auto rec = db_->GetInode(id);
   auto entry = db_->GetDentry(kRootId, "doc");
   ASSERT_TRUE(rec.ok() && entry.ok());
-  const net::Version del{Hlc::WallNs(), 999};
+  const model::Version del{Hlc::WallNs(), 999};
   InodeRecord gone = *rec;
   gone.deleted = true;
   gone.manifest.clear();

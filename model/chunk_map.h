@@ -1,5 +1,5 @@
 #pragma once
-// ChunkMap: which chunk holds each MiB of a file. Chunk i covers bytes [i MiB, (i+1) MiB);
+// model/: ChunkMap: which chunk holds each MiB of a file. Chunk i covers bytes [i MiB, (i+1) MiB);
 // only chunks that hold data are listed (sorted by index), so a hole costs nothing: a 16 TiB
 // file made by truncate is an empty map. The all-zero digest means "hole" and is never stored.
 // A value type; not thread-safe (its owner guards it).
@@ -12,7 +12,7 @@
 
 #include "crypto/crypto.h"
 
-namespace foreverfs::net {
+namespace foreverfs::model {
 
 // The largest file size, as ext4 with 4 KiB blocks: 16 TiB. Above it, EFBIG.
 inline constexpr std::uint64_t kMaxFileSize = std::uint64_t{1} << 44;
@@ -129,4 +129,4 @@ class ChunkMap {
   std::vector<Entry> entries_;
 };
 
-}  // namespace foreverfs::net
+}  // namespace foreverfs::model

@@ -6,10 +6,10 @@
 
 #include <limits>
 
-#include "net/chunk_map.h"
-#include "net/messages.h"
+#include "model/chunk_map.h"
+#include "model/records.h"
 
-namespace foreverfs::net {
+namespace foreverfs::model {
 namespace {
 
 using ::testing::HasSubstr;
@@ -81,4 +81,4 @@ TEST(ChunkMapTest, ARecordWithTheLargestChunkIndexIsRefused) {
 }
 
 }  // namespace
-}  // namespace foreverfs::net
+}  // namespace foreverfs::model
