@@ -1,13 +1,23 @@
 #pragma once
-// fuse/: the libfuse3 low-level adapter over a FileServer. Inode numbers are the namespace's
-// stable 64-bit inode ids (the root is 1), so no inode table is needed; lookup counts only
-// bound the small record of what version of each inode's attributes the kernel caches (an
-// open of another version drops the kernel's cached size before it replies). Every Status becomes an errno in exactly one place (ReplyError). Every request gets
-// exactly one reply: an exception escaping a handler becomes EIO for that request and a log
-// line, never std::terminate; sizes, offsets and names are bounded before anything is sized
-// by them (16 TiB files, 255-byte names, 64 KiB xattr values). For tests, the environment
-// variable FOREVERFS_TEST_FUSE_FAULTS="op,op+" makes the named handlers throw before they run
-// (or after they replied, with "+"); it is read at Mount. Peer changes
+// fuse/: the libfuse3 low-level adapter over a FileServer, in three parts:
+//  - fuse::Ops (ops.h): the request handlers and what they share (open directories'
+//    snapshots, the record of what the kernel caches of each inode), answering through
+//  - fuse::Reply (reply.h): one request's answer (fuse_reply_*), its caller (uid, gid, umask)
+//    and the open-time attribute invalidation; and
+//  - FuseFs (here): the session, mount and loop, the libfuse callbacks (trampolines that
+//    build a Reply for their fuse_req_t and run the Ops handler inside Ops::Guard), and the
+//    invalidation thread.
+// Unit tests (test_fuse) drive Ops with a recording Reply, without a kernel or /dev/fuse.
+//
+// Inode numbers are the namespace's stable 64-bit inode ids (the root is 1), so no inode
+// table is needed; lookup counts only bound the small record of what version of each inode's
+// attributes the kernel caches (an open of another version drops the kernel's cached size
+// before it replies). Every Status becomes an errno in exactly one place (Ops::ReplyError).
+// Every request gets exactly one reply: an exception escaping a handler becomes EIO for that
+// request and a log line, never std::terminate; sizes, offsets and names are bounded before
+// anything is sized by them (16 TiB files, 255-byte names, 64 KiB xattr values). For tests,
+// the environment variable FOREVERFS_TEST_FUSE_FAULTS="op,op+" makes the named handlers throw
+// before they run (or after they replied, with "+"); it is read at Mount. Peer changes
 // invalidate the kernel's cached entries, attributes and pages from a dedicated thread, never
 // from a request handler, so a handler waiting on the network cannot deadlock with it.
 // Knows nothing of sockets.

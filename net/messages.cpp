@@ -13,7 +13,8 @@ namespace {
 
 // The fewest bytes each repeated item can take on the wire, used to bound a count by the bytes
 // that are left before reserving anything.
-constexpr std::size_t kMinPeerSize = 8 + 2;  // node_id, addr length
+constexpr std::size_t kMinPeerSize = 8 + 2;                  // node_id, addr length
+constexpr std::size_t kMinMemberUpdateSize = 8 + 2 + 1 + 8;  // node_id, addr length, state, inc
 constexpr std::size_t kMinInodeSize =
     8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 16 + 2 + 1 + 2 + 2 + 4;  // fixed, lengths, counts
 constexpr std::size_t kMinDentrySize = 8 + 2 + 8 + 8 + 8 + 1 + 16;   // an empty name fails later
@@ -132,6 +133,38 @@ void Put(Writer&, const Keepalive&) {}
 void Put(Writer& w, const FeedAck& m) {
   w.PutU64(m.applied);
   w.PutU64(m.own_seq);
+}
+
+void Put(Writer& w, const std::vector<MemberUpdate>& updates) {
+  w.PutU32(static_cast<std::uint32_t>(updates.size()));
+  for (const MemberUpdate& u : updates) {
+    w.PutU64(u.node_id);
+    w.PutStr16(u.addr);
+    w.PutU8(static_cast<std::uint8_t>(u.state));
+    w.PutU64(u.incarnation);
+  }
+}
+
+void Put(Writer& w, const MemberPing& m) {
+  w.PutU64(m.seq);
+  Put(w, m.updates);
+}
+
+void Put(Writer& w, const MemberAck& m) {
+  w.PutU64(m.seq);
+  Put(w, m.updates);
+}
+
+void Put(Writer& w, const MemberPingReq& m) {
+  w.PutU64(m.seq);
+  w.PutU64(m.target);
+  w.PutStr16(m.target_addr);
+  Put(w, m.updates);
+}
+
+void Put(Writer& w, const MemberSync& m) {
+  w.PutBool(m.want_reply);
+  Put(w, m.members);
 }
 
 // --- Decoding -----------------------------------------------------------------------------
@@ -327,6 +360,46 @@ void Get(Reader& r, FeedAck& m) {
   m.own_seq = r.GetU64("own_seq");
 }
 
+// A count of member updates (at most `max`, bounded by the bytes left), then each.
+void Get(Reader& r, std::vector<MemberUpdate>& out, std::uint32_t max) {
+  std::uint32_t n = r.GetCount("member update", max, kMinMemberUpdateSize);
+  out.reserve(n);
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+    MemberUpdate& u = out.emplace_back();
+    u.node_id = r.GetU64("member node id");
+    u.addr = r.GetStr16("member address", kMaxAddrSize);
+    std::uint8_t state = r.GetU8("member state");
+    if (r.ok() && (state < static_cast<std::uint8_t>(MemberState::kAlive) ||
+                   state > static_cast<std::uint8_t>(MemberState::kRemoved))) {
+      r.Fail(fmt::format("member {:016x} has unknown state {}", u.node_id, state));
+    }
+    u.state = static_cast<MemberState>(state);
+    u.incarnation = r.GetU64("member incarnation");
+  }
+}
+
+void Get(Reader& r, MemberPing& m) {
+  m.seq = r.GetU64("seq");
+  Get(r, m.updates, kMaxMemberUpdates);
+}
+
+void Get(Reader& r, MemberAck& m) {
+  m.seq = r.GetU64("seq");
+  Get(r, m.updates, kMaxMemberUpdates);
+}
+
+void Get(Reader& r, MemberPingReq& m) {
+  m.seq = r.GetU64("seq");
+  m.target = r.GetU64("target");
+  m.target_addr = r.GetStr16("target address", kMaxAddrSize);
+  Get(r, m.updates, kMaxMemberUpdates);
+}
+
+void Get(Reader& r, MemberSync& m) {
+  m.want_reply = r.GetBool("want_reply");
+  Get(r, m.members, kMaxSyncMembers);
+}
+
 template <typename T>
 Result<Message> Decode(MessageType type, ByteSpan payload) {
   T m;
@@ -338,7 +411,7 @@ Result<Message> Decode(MessageType type, ByteSpan payload) {
 
 bool KnownType(std::uint16_t t) {
   return t >= static_cast<std::uint16_t>(MessageType::kHello) &&
-         t <= static_cast<std::uint16_t>(MessageType::kFeedAck);
+         t <= static_cast<std::uint16_t>(MessageType::kMemberSync);
 }
 
 }  // namespace
@@ -351,6 +424,9 @@ MessageType TypeOf(const Message& m) {
   static_assert(std::is_same_v<std::variant_alternative_t<9, Message>, Keepalive>);
   static_assert(std::is_same_v<std::variant_alternative_t<10, Message>, Identity>);
   static_assert(std::is_same_v<std::variant_alternative_t<11, Message>, FeedAck>);
+  static_assert(std::is_same_v<std::variant_alternative_t<12, Message>, MemberPing>);
+  static_assert(std::is_same_v<std::variant_alternative_t<15, Message>, MemberSync>);
+  static_assert(std::variant_size_v<Message> == 16);
   return static_cast<MessageType>(m.index() + 1);
 }
 
@@ -380,8 +456,30 @@ const char* TypeName(MessageType t) {
       return "Identity";
     case MessageType::kFeedAck:
       return "FeedAck";
+    case MessageType::kMemberPing:
+      return "MemberPing";
+    case MessageType::kMemberAck:
+      return "MemberAck";
+    case MessageType::kMemberPingReq:
+      return "MemberPingReq";
+    case MessageType::kMemberSync:
+      return "MemberSync";
   }
   return "Unknown";
+}
+
+const char* MemberStateName(MemberState s) {
+  switch (s) {
+    case MemberState::kAlive:
+      return "alive";
+    case MemberState::kSuspect:
+      return "suspect";
+    case MemberState::kDown:
+      return "down";
+    case MemberState::kRemoved:
+      return "removed";
+  }
+  return "unknown";
 }
 
 Bytes EncodeFrame(const Message& m) {
@@ -438,6 +536,14 @@ Result<Message> DecodePayload(MessageType type, ByteSpan payload) {
       return Decode<Identity>(type, payload);
     case MessageType::kFeedAck:
       return Decode<FeedAck>(type, payload);
+    case MessageType::kMemberPing:
+      return Decode<MemberPing>(type, payload);
+    case MessageType::kMemberAck:
+      return Decode<MemberAck>(type, payload);
+    case MessageType::kMemberPingReq:
+      return Decode<MemberPingReq>(type, payload);
+    case MessageType::kMemberSync:
+      return Decode<MemberSync>(type, payload);
   }
   return Err(Code::kInvalid, "unknown message type {}", static_cast<std::uint16_t>(type));
 }

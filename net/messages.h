@@ -47,6 +47,10 @@ enum class MessageType : std::uint16_t {
   kKeepalive = 10,
   kIdentity = 11,
   kFeedAck = 12,
+  kMemberPing = 13,
+  kMemberAck = 14,
+  kMemberPingReq = 15,
+  kMemberSync = 16,
 };
 
 // First message on a connection, from both sides. It says nothing about who the sender is:
@@ -158,8 +162,65 @@ struct FeedAck {
   bool operator==(const FeedAck&) const = default;
 };
 
+// --- Membership (doc/membership.md): SWIM-style failure detection and gossip -------------------
+
+// A member's state as gossiped. Ordered: at one incarnation a later state wins over an earlier
+// one (alive < suspect < down < removed). Any other value on the wire refuses the frame.
+enum class MemberState : std::uint8_t {
+  kAlive = 1,
+  kSuspect = 2,
+  kDown = 3,
+  kRemoved = 4,
+};
+const char* MemberStateName(MemberState s);  // "alive", "suspect", "down", "removed", "unknown"
+inline constexpr std::uint32_t kMaxMemberUpdates = 64;   // piggybacked on one ping, ack, ping-req
+inline constexpr std::uint32_t kMaxSyncMembers = 16384;  // members in one MemberSync
+
+// What one node says about a member: its address, state and incarnation (a counter only that
+// member raises, to refute a suspicion or to come back after a restart).
+struct MemberUpdate {
+  std::uint64_t node_id = 0;
+  std::string addr;  // "host:port" it accepts on, at most kMaxAddrSize bytes ("" if unknown)
+  MemberState state = MemberState::kAlive;
+  std::uint64_t incarnation = 0;
+  bool operator==(const MemberUpdate&) const = default;
+};
+
+// "Are you there?" (direct probe, or one an intermediary sends for a MemberPingReq).
+struct MemberPing {
+  std::uint64_t seq = 0;              // echoed in the ack
+  std::vector<MemberUpdate> updates;  // piggybacked gossip, at most kMaxMemberUpdates
+  bool operator==(const MemberPing&) const = default;
+};
+
+// The answer to a MemberPing (or, forwarded by an intermediary, to a MemberPingReq).
+struct MemberAck {
+  std::uint64_t seq = 0;
+  std::vector<MemberUpdate> updates;  // at most kMaxMemberUpdates
+  bool operator==(const MemberAck&) const = default;
+};
+
+// "Probe `target` for me and forward its ack with my `seq`" (indirect probe).
+struct MemberPingReq {
+  std::uint64_t seq = 0;
+  std::uint64_t target = 0;
+  std::string target_addr;            // at most kMaxAddrSize bytes
+  std::vector<MemberUpdate> updates;  // at most kMaxMemberUpdates
+  bool operator==(const MemberPingReq&) const = default;
+};
+
+// Anti-entropy: the sender's whole member table (itself included), sent when a link opens and
+// to a seed on join (want_reply: answer with your own table). A table over kMaxSyncMembers goes
+// in several messages.
+struct MemberSync {
+  bool want_reply = false;
+  std::vector<MemberUpdate> members;  // at most kMaxSyncMembers
+  bool operator==(const MemberSync&) const = default;
+};
+
 using Message = std::variant<Hello, Auth, Peers, Subscribe, Changes, GetChunk, ChunkReply,
-                             HaveChunks, HaveChunksReply, Keepalive, Identity, FeedAck>;
+                             HaveChunks, HaveChunksReply, Keepalive, Identity, FeedAck, MemberPing,
+                             MemberAck, MemberPingReq, MemberSync>;
 
 MessageType TypeOf(const Message& m);
 const char* TypeName(MessageType t);

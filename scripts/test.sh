@@ -16,7 +16,7 @@ step "unit tests"
 
 step "unit tests under ASan/UBSan"
 if cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFOREVERFS_SANITIZE=ON >/dev/null &&
-   cmake --build build-asan -j"$(nproc)" --target test_crypto test_cas test_model test_net test_server test_app; then
+   cmake --build build-asan -j"$(nproc)" --target test_crypto test_cas test_model test_net test_server test_fuse test_app; then
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2) || failed+=("sanitized unit tests")
 else
   failed+=("sanitized build")
@@ -25,7 +25,7 @@ fi
 step "unit tests, and two integration scripts, under ThreadSanitizer (clang, -Wthread-safety)"
 tsan_env=(TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 exitcode=66")
 if CC=clang CXX=clang++ cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFOREVERFS_TSAN=ON >/dev/null &&
-   cmake --build build-tsan -j"$(nproc)" --target test_crypto test_cas test_model test_net test_server test_app foreverfs; then
+   cmake --build build-tsan -j"$(nproc)" --target test_crypto test_cas test_model test_net test_server test_fuse test_app foreverfs; then
   (cd build-tsan && env "${tsan_env[@]}" ctest --output-on-failure -j2) || failed+=("TSan unit tests")
   # A race in the daemon ends it with exit code 66 (the scripts check unmount's exit code) and
   # leaves a report in its log.

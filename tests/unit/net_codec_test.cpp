@@ -124,6 +124,14 @@ TEST(NetCodecTest, RoundTripsEveryMessageType) {
       ChunkReply{80, true, {}},
       FeedAck{0x0102030405060708ull, 0xFFFFFFFFFFFFFFFFull},
       FeedAck{},
+      MemberPing{1, {{2, "10.0.0.2:3000", MemberState::kAlive, 0}}},
+      MemberPing{},
+      MemberAck{0xFFFFFFFFFFFFFFFFull,
+                {{3, "", MemberState::kSuspect, 7}, {4, "h:1", MemberState::kDown, 8}}},
+      MemberPingReq{5, 6, "10.0.0.6:3000", {{7, "x:1", MemberState::kRemoved, ~0ull}}},
+      MemberPingReq{},
+      MemberSync{true, {{8, "a:1", MemberState::kAlive, 1}}},
+      MemberSync{},
   };
   for (const Message& m : messages) {
     SCOPED_TRACE(TypeName(TypeOf(m)));
@@ -274,13 +282,13 @@ TEST(NetCodecTest, FrameHeaderBounds) {
 }
 
 TEST(NetCodecTest, FrameHeaderRejectsUnknownTypes) {
-  for (std::uint16_t t : {0, 13, 14, 256, 0xFFFF}) {
+  for (std::uint16_t t : {0, 17, 18, 256, 0xFFFF}) {
     auto h = DecodeFrameHeader(Header(10, t));
     ASSERT_FALSE(h.ok()) << t;
     EXPECT_EQ(h.status().code(), Code::kInvalid);
     EXPECT_EQ(h.status().message(), "unknown message type " + std::to_string(t));
   }
-  for (std::uint16_t t = 1; t <= 12; ++t) EXPECT_TRUE(DecodeFrameHeader(Header(10, t)).ok()) << t;
+  for (std::uint16_t t = 1; t <= 16; ++t) EXPECT_TRUE(DecodeFrameHeader(Header(10, t)).ok()) << t;
 }
 
 TEST(NetCodecTest, FrameHeaderMustBeSixBytes) {
@@ -321,6 +329,10 @@ TEST(NetCodecTest, RejectsEveryTypeTruncatedOrWithATrailingByte) {
       GetChunk{4, DigestOf(5)},
       ChunkReply{6, true, Bytes{1, 2, 3}},
       FeedAck{7, 8},
+      MemberPing{9, {{1, "a:1", MemberState::kAlive, 2}}},
+      MemberAck{10, {{1, "a:1", MemberState::kSuspect, 2}}},
+      MemberPingReq{11, 12, "t:1", {{1, "", MemberState::kDown, 2}}},
+      MemberSync{false, {{1, "a:1", MemberState::kRemoved, 2}, {3, "b:2", MemberState::kAlive, 4}}},
   };
   for (const Message& m : messages) {
     SCOPED_TRACE(TypeName(TypeOf(m)));
@@ -669,6 +681,93 @@ TEST(NetCodecTest, ValidName) {
   EXPECT_FALSE(ValidName(std::string(256, 'n')));
 }
 
+// --- Membership messages ------------------------------------------------------------------
+
+TEST(NetCodecTest, MemberMessagesLayoutMatchesTheDocument) {
+  // MemberPing: seq, then the updates (count; node id, address, state, incarnation each).
+  EXPECT_EQ(EncodeFrame(MemberPing{3, {{2, "ab", MemberState::kSuspect, 5}}}),
+            (Bytes{35, 0, 0,   0,   13, 0,           // header
+                   3,  0, 0,   0,   0,  0, 0, 0,     // seq
+                   1,  0, 0,   0,                    // one update
+                   2,  0, 0,   0,   0,  0, 0, 0,     // node id
+                   2,  0, 'a', 'b',                  // address
+                   2,                                // state: suspect
+                   5,  0, 0,   0,   0,  0, 0, 0}));  // incarnation
+  EXPECT_EQ(EncodeFrame(MemberAck{1, {}}),
+            (Bytes{14, 0, 0, 0, 14, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(EncodeFrame(MemberPingReq{1, 2, "t", {}}),
+            (Bytes{25, 0, 0, 0, 15, 0, 1, 0, 0, 0,   0, 0, 0, 0, 2,
+                   0,  0, 0, 0, 0,  0, 0, 1, 0, 't', 0, 0, 0, 0}));
+  EXPECT_EQ(EncodeFrame(MemberSync{true, {}}), (Bytes{7, 0, 0, 0, 16, 0, 1, 0, 0, 0, 0}));
+  EXPECT_EQ(TypeOf(MemberPing{}), MessageType::kMemberPing);
+  EXPECT_EQ(TypeOf(MemberSync{}), MessageType::kMemberSync);
+  EXPECT_STREQ(TypeName(MessageType::kMemberPingReq), "MemberPingReq");
+  EXPECT_STREQ(MemberStateName(MemberState::kDown), "down");
+  EXPECT_STREQ(MemberStateName(static_cast<MemberState>(9)), "unknown");
+}
+
+TEST(NetCodecTest, MemberMessagesRoundTripAtTheirBounds) {
+  MemberPing ping{1, {}};
+  for (std::uint32_t i = 0; i < kMaxMemberUpdates; ++i) {
+    ping.updates.push_back({i + 1, std::string(kMaxAddrSize, 'a'), MemberState::kAlive, i});
+  }
+  auto d1 = RoundTrip(ping);
+  ASSERT_TRUE(d1.ok()) << d1.status().message();
+  EXPECT_TRUE(*d1 == Message(ping));
+
+  MemberSync sync{false, {}};
+  for (std::uint32_t i = 0; i < kMaxSyncMembers; ++i) {
+    sync.members.push_back({i + 1, "10.0.0.1:3000", MemberState::kRemoved, ~0ull});
+  }
+  auto d2 = RoundTrip(sync);
+  ASSERT_TRUE(d2.ok()) << d2.status().message();
+  EXPECT_TRUE(*d2 == Message(sync));
+}
+
+TEST(NetCodecTest, RejectsOversizedMemberUpdateCounts) {
+  MemberPing ping{1, {}};
+  for (std::uint32_t i = 0; i <= kMaxMemberUpdates; ++i) ping.updates.push_back({i + 1});
+  Status s = DecodeStatus(MessageType::kMemberPing, PayloadOf(ping));
+  EXPECT_EQ(s.code(), Code::kInvalid);
+  EXPECT_THAT(s.message(), HasSubstr("MemberPing: "));
+  // The same number of members is fine in a sync, whose bound is larger...
+  MemberSync sync{false, ping.updates};
+  EXPECT_TRUE(DecodePayload(MessageType::kMemberSync, PayloadOf(sync)).ok());
+  // ...but not one over it.
+  sync.members.resize(kMaxSyncMembers + 1, MemberUpdate{1});
+  EXPECT_FALSE(DecodePayload(MessageType::kMemberSync, PayloadOf(sync)).ok());
+
+  // A count the bytes that follow cannot hold is refused before anything is reserved.
+  for (std::uint32_t count : {2u, 64u, 0xFFFFFFFFu}) {
+    Writer w;
+    w.PutU64(1);
+    w.PutU32(count);
+    w.PutU64(7);
+    w.PutStr16("");
+    w.PutU8(1);
+    w.PutU64(0);  // one update's worth of bytes
+    EXPECT_FALSE(DecodePayload(MessageType::kMemberAck, std::move(w).Take()).ok()) << count;
+  }
+}
+
+TEST(NetCodecTest, RejectsUnknownMemberStatesAndLongAddresses) {
+  for (std::uint8_t state : {0, 5, 255}) {
+    Bytes payload = PayloadOf(MemberAck{1, {{7, "a:1", MemberState::kAlive, 0}}});
+    // seq 8 + count 4 + node 8 + address 2 + 3 bytes: the state byte.
+    payload[8 + 4 + 8 + 2 + 3] = state;
+    Status s = DecodeStatus(MessageType::kMemberAck, payload);
+    EXPECT_EQ(s.code(), Code::kInvalid);
+    EXPECT_THAT(s.message(), HasSubstr("unknown state")) << int{state};
+  }
+  MemberPingReq req{1, 2, std::string(kMaxAddrSize + 1, 'x'), {}};
+  EXPECT_FALSE(DecodePayload(MessageType::kMemberPingReq, PayloadOf(req)).ok());
+  MemberSync sync{false, {{1, std::string(kMaxAddrSize + 1, 'x'), MemberState::kAlive, 0}}};
+  EXPECT_FALSE(DecodePayload(MessageType::kMemberSync, PayloadOf(sync)).ok());
+  Bytes bad_bool = PayloadOf(MemberSync{true, {}});
+  bad_bool[0] = 2;
+  EXPECT_FALSE(DecodePayload(MessageType::kMemberSync, bad_bool).ok());
+}
+
 // --- Random input -------------------------------------------------------------------------
 
 // Decoding random bytes and mutated frames never crashes; whatever decodes re-encodes to the same
@@ -679,7 +778,10 @@ TEST(NetCodecTest, RandomInputNeverCrashes) {
   for (const Message& m : std::vector<Message>{
            Hello{kMagic, 1, 2, "h:1", DigestOf(1)}, Auth{DigestOf(2)},
            Identity{1, 2, 3, "h:1", DigestOf(4)}, Peers{{{1, "x:1"}}}, Subscribe{3},
-           SampleChanges(), GetChunk{4, DigestOf(5)}, ChunkReply{6, true, Bytes{1, 2, 3}}}) {
+           SampleChanges(), GetChunk{4, DigestOf(5)}, ChunkReply{6, true, Bytes{1, 2, 3}},
+           MemberPingReq{1, 2, "t:1", {{3, "a:1", MemberState::kSuspect, 4}}},
+           MemberSync{true,
+                      {{3, "a:1", MemberState::kDown, 4}, {5, "", MemberState::kAlive, 0}}}}) {
     seeds.push_back(EncodeFrame(m));
   }
   int decoded = 0;
@@ -693,7 +795,7 @@ TEST(NetCodecTest, RandomInputNeverCrashes) {
       if (n >= kFrameHeaderSize && rng() % 2) {
         std::uint32_t len = static_cast<std::uint32_t>(n - 4);
         std::memcpy(frame.data(), &len, 4);  // the tests run on little-endian machines
-        frame[4] = static_cast<std::uint8_t>(1 + rng() % 11);
+        frame[4] = static_cast<std::uint8_t>(1 + rng() % 16);
         frame[5] = 0;
       }
     } else {
@@ -707,7 +809,7 @@ TEST(NetCodecTest, RandomInputNeverCrashes) {
     }
     if (frame.size() < kFrameHeaderSize) continue;
     auto h = DecodeFrameHeader(ByteSpan(frame).first(kFrameHeaderSize));
-    MessageType type = h.ok() ? h->type : static_cast<MessageType>(1 + rng() % 7);
+    MessageType type = h.ok() ? h->type : static_cast<MessageType>(1 + rng() % 16);
     ByteSpan payload = ByteSpan(frame).subspan(kFrameHeaderSize);
     auto r = DecodePayload(type, payload);
     if (!r.ok()) {
