@@ -324,11 +324,13 @@ bool UserXattr(std::string_view name) {
 Status FileServer::SetXattr(InodeId id, std::string_view name, ByteSpan value, int flags) {
   if (!UserXattr(name))
     return Err(Code::kNotSupported, "only user.* extended attributes are stored");
-  if (name.size() > model::kMaxNameSize) return Err(Code::kRange, "xattr name longer than 255 bytes");
+  if (name.size() > model::kMaxNameSize)
+    return Err(Code::kRange, "xattr name longer than 255 bytes");
   if (value.size() > model::kMaxXattrValue) return Err(Code::kNoSpace, "xattr value over 64 KiB");
   return UpdateInode(id, [&](InodeRecord& rec) -> Status {
-    auto it = std::lower_bound(rec.xattrs.begin(), rec.xattrs.end(), name,
-                               [](const model::Xattr& x, std::string_view n) { return x.name < n; });
+    auto it =
+        std::lower_bound(rec.xattrs.begin(), rec.xattrs.end(), name,
+                         [](const model::Xattr& x, std::string_view n) { return x.name < n; });
     const bool exists = it != rec.xattrs.end() && it->name == name;
     if (exists && (flags & XATTR_CREATE)) return Err(Code::kExists, "xattr {} exists", name);
     if (!exists && (flags & XATTR_REPLACE)) return Err(Code::kNoData, "no xattr {}", name);
@@ -890,6 +892,14 @@ Result<Bytes> FileServer::LoadChunk(const cas::ChunkId& id) {
     return Err(Code::kUnavailable, "chunk {} is not stored here and there are no peers",
                cas::Hex(id));
   return remote_->Fetch(id);
+}
+
+bool FileServer::TakeSeqBuffer() {
+  if (seq_buffers_.fetch_add(1) >= kMaxSeqBuffers) {
+    seq_buffers_.fetch_sub(1);
+    return false;
+  }
+  return true;
 }
 
 Status FileServer::PutChunk(const cas::ChunkId& id, ByteSpan data) {

@@ -7,6 +7,11 @@
 //
 // Store/Get/Remove are the path-level API of the original projects, streaming.
 // Thread-safe: any thread may call any method.
+//
+// An open file's working state is an OpenFile (open_file.h), which reaches back into the file
+// server only through the FileHost interface (file_host.h) that FileServer implements
+// privately: the namespace commit under ns_mu_, chunk store access, the store queue and the
+// bound on sequential-write buffers.
 
 #include <sys/statvfs.h>
 
@@ -22,6 +27,7 @@
 
 #include "base/mutex.h"
 #include "cas/chunk_store.h"
+#include "server/file_host.h"
 #include "server/hlc.h"
 #include "server/namespace_db.h"
 #include "server/work_queue.h"
@@ -63,11 +69,11 @@ struct Created {
 
 class OpenFile;
 
-class FileServer {
+class FileServer : public FileHost {
  public:
   FileServer(NamespaceDb& ns, cas::ChunkStore& store, cas::ChunkHasher hasher,
              std::filesystem::path staging_dir);
-  ~FileServer();
+  ~FileServer() override;
 
   void SetRemote(RemoteChunks* remote) { remote_ = remote; }
   // Called after every local commit (from the committing thread).
@@ -76,7 +82,7 @@ class FileServer {
   void SetOnRemoteChange(std::function<void(const ChangeSet&)> fn) {
     on_remote_change_ = std::move(fn);
   }
-  std::uint64_t node_id() const { return ns_.node_id(); }
+  std::uint64_t node_id() const override { return ns_.node_id(); }
   // Records from peers whose clock is further ahead of ours are refused (default 10 min).
   void SetMaxClockSkew(std::chrono::nanoseconds skew) {
     max_clock_skew_ns_ = static_cast<std::uint64_t>(skew.count());
@@ -161,17 +167,17 @@ class FileServer {
   Status StoreChunk(const cas::ChunkId& id, ByteSpan data);
   bool HasChunk(const cas::ChunkId& id) { return store_.Has(id); }
   // The chunk's bytes, local or pulled from a peer (self-healing a corrupt local copy).
-  Result<Bytes> LoadChunk(const cas::ChunkId& id);
+  Result<Bytes> LoadChunk(const cas::ChunkId& id) override;
   // Part of a chunk into `out` (zeros past its end): read in place when the chunk is here and
   // sound, else through LoadChunk.
-  Status ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out);
+  Status ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out) override;
   NamespaceDb& ns() { return ns_; }
   cas::ChunkStore& store() { return store_; }
   // Calls `fn` with the working manifest of every file open here, through any handle (they may
   // reference chunks no committed version does: a file unlinked while open, or the version a
   // handle opened before a peer replaced it).
   void ForEachOpenManifest(const std::function<void(const model::ChunkMap&)>& fn);
-  Hlc& clock() { return hlc_; }
+  Hlc& clock() override { return hlc_; }
 
   // Garbage collection against deduplication: a commit may reuse a chunk a GC pass has found
   // unreferenced (its Put of an existing id writes nothing). Between BeginGcWindow and
@@ -184,7 +190,20 @@ class FileServer {
   void EndGcWindow();
 
  private:
-  friend class OpenFile;
+  // FileHost, for OpenFile (file_host.h says what each is for).
+  Mutex& NamespaceMutex() override RETURN_CAPABILITY(ns_mu_) { return ns_mu_; }
+  Result<InodeRecord> InodeOrTombstone(InodeId id) override { return ns_.GetInodeOrTombstone(id); }
+  // Every local change commits through here (and tells the replicator). Call with ns_mu_ held.
+  Result<ChangeSet> CommitLocal(const ChangeSet& cs) override;
+  std::int64_t NowNs() const override;
+  cas::ChunkId ChunkIdOf(ByteSpan data) override { return hasher_.IdOf(data); }
+  // Every chunk stored by this node goes through here (see BeginGcWindow).
+  Status PutChunk(const cas::ChunkId& id, ByteSpan data) override;
+  const std::filesystem::path& StagingDir() const override { return staging_dir_; }
+  void PostStore(std::function<void()> job) override { store_queue_.Post(std::move(job)); }
+  bool TakeSeqBuffer() override;
+  void ReturnSeqBuffer() override { seq_buffers_.fetch_sub(1); }
+
   Result<Attr> MakeAttr(InodeRecord rec);
   Result<InodeRecord> LiveDir(InodeId id);
   // A fresh inode created in `parent` (group and setgid inherited from a setgid directory).
@@ -193,7 +212,6 @@ class FileServer {
   // Checks the name and the parent and commits `rec` under it. Call with ns_mu_ held.
   Status AddEntry(InodeId parent, std::string_view name, const InodeRecord& rec);
   Status UpdateInode(InodeId id, const std::function<Status(InodeRecord&)>& change);
-  Result<ChangeSet> CommitLocal(const ChangeSet& cs);
   std::shared_ptr<OpenFile> OpenFileFor(const InodeRecord& rec);
   std::shared_ptr<OpenFile> HandleFile(std::uint64_t handle);
   // The open state of inode `id`, if any handle has it open.
@@ -202,9 +220,6 @@ class FileServer {
   // A write or truncate by a caller without CAP_FSETID (not root) clears setuid, and setgid
   // where it means "set group id" (group-executable), as the kernel does on a local disk.
   Status ClearSetIds(InodeId id);
-  // Every chunk stored by this node goes through here (see BeginGcWindow).
-  Status PutChunk(const cas::ChunkId& id, ByteSpan data);
-  std::int64_t NowNs() const;
 
   NamespaceDb& ns_;
   cas::ChunkStore& store_;
@@ -219,19 +234,20 @@ class FileServer {
   std::function<void()> on_local_change_;
   std::function<void(const ChangeSet&)> on_remote_change_;
 
-  // Serializes check-then-commit namespace operations. Lock order: mu_ before OpenFile::mu_.
+  // Serializes check-then-commit namespace operations. Lock order: before OpenFile::mu_ (which
+  // takes it only as FileHost::NamespaceMutex, with std::scoped_lock in OpenFile::Commit).
   Mutex ns_mu_ ACQUIRED_BEFORE(files_mu_);
   Mutex files_mu_;  // guards the two maps below; taken last
   std::map<std::uint64_t, std::shared_ptr<OpenFile>> handles_ GUARDED_BY(files_mu_);
   std::map<InodeId, std::weak_ptr<OpenFile>> open_files_ GUARDED_BY(files_mu_);
   std::atomic<std::uint64_t> next_handle_{1};
-  // Files holding sequential-write buffers (up to 1 + kMaxChunksInFlight MiB each), and the
-  // most there may be.
+  // Files holding sequential-write buffers (up to 1 + WritePipeline::kMaxInFlight MiB each),
+  // and the most there may be (TakeSeqBuffer).
   static constexpr int kMaxSeqBuffers = 8;
-  static constexpr std::size_t kMaxChunksInFlight = 2;  // per file, hashed and stored by
   std::atomic<int> seq_buffers_{0};
-  WorkQueue store_queue_{2};  // ...these threads while the writer goes on (last member: it
-                              // finishes its jobs before the rest goes away)
+  // Hashes and stores the full chunks of sequential writes (PostStore) while the writer goes on.
+  // Last member: it finishes its jobs before the rest goes away.
+  WorkQueue store_queue_{2};
 };
 
 }  // namespace foreverfs::server

@@ -18,36 +18,29 @@ bool AllZero(ByteSpan b) {
 
 }  // namespace
 
-OpenFile::OpenFile(FileServer& fs, const InodeRecord& rec)
-    : fs_(fs),
+OpenFile::OpenFile(FileHost& host, const InodeRecord& rec)
+    : host_(host),
       id_(rec.id),
+      ns_mu_(host.NamespaceMutex()),
       manifest_(rec.manifest),
       base_clock_(rec.content_clock),
       record_(rec),
       version_(rec.version),
       size_(rec.size),
-      mtime_ns_(rec.mtime_ns) {}
+      mtime_ns_(rec.mtime_ns),
+      pipeline_(host) {}
 
 OpenFile::~OpenFile() {
   (void)Reap(0);
-  DropBuffer();
-}
-
-void OpenFile::DropBuffer() {
-  buf_index_ = kNone;
-  if (!buf_slot_) return;
-  buf_slot_ = false;
-  Bytes().swap(buf_);
-  Bytes().swap(spare_);
-  fs_.seq_buffers_.fetch_sub(1);
+  pipeline_.Drop();
 }
 
 Result<bool> OpenFile::TryBuffer(std::uint64_t i, std::size_t in, ByteSpan data,
                                  std::uint64_t old_size) {
-  if (buf_index_ == i && in == buf_.size()) {
-    buf_.insert(buf_.end(), data.begin(), data.end());
+  if (pipeline_.Continues(i, in)) {
+    pipeline_.Append(data);
   } else {
-    if (buf_index_ == i) {  // a write elsewhere in the buffered chunk
+    if (pipeline_.index() == i) {  // a write elsewhere in the buffered chunk
       if (auto s = SpillBuffer(); !s.ok()) return s;
       if (auto s = Reap(0); !s.ok()) return s;
       return false;
@@ -59,21 +52,12 @@ Result<bool> OpenFile::TryBuffer(std::uint64_t i, std::size_t in, ByteSpan data,
         manifest_.IsHole(i) || start >= old_size ? 0 : std::min(kCS, old_size - start);
     if (in != 0 || dirty_.contains(i) || written_.contains(i) || old_valid > data.size())
       return false;
-    if (buf_index_ != kNone) {
+    if (pipeline_.index() != WritePipeline::kNone) {
       if (auto s = SpillBuffer(); !s.ok()) return s;
     }
-    if (!buf_slot_) {
-      if (fs_.seq_buffers_.fetch_add(1) >= FileServer::kMaxSeqBuffers) {
-        fs_.seq_buffers_.fetch_sub(1);  // memory stays bounded: many writers use staging
-        return false;
-      }
-      buf_slot_ = true;
-    }
-    buf_index_ = i;
-    buf_.reserve(kCS);
-    buf_.assign(data.begin(), data.end());
+    if (!pipeline_.Start(i, data)) return false;
   }
-  if (buf_.size() == kCS) {
+  if (pipeline_.full()) {
     // A chunk the store refuses goes to staging (Reap): the commit tries again and reports
     // the error, so a write never leaves half a version committed. An error here means even
     // staging failed.
@@ -83,70 +67,40 @@ Result<bool> OpenFile::TryBuffer(std::uint64_t i, std::size_t in, ByteSpan data,
 }
 
 Status OpenFile::StoreBuffer(bool background) {
-  const std::uint64_t i = buf_index_;
-  buf_.resize(static_cast<std::size_t>(ChunkLen(i)), 0);  // zeros up to its length in the file
-  auto data = std::make_shared<Bytes>();
-  data->swap(buf_);
-  buf_.swap(spare_);  // a buffer whose pages are already there, if there is one
-  buf_.clear();
-  buf_index_ = kNone;
-  auto id = std::make_shared<std::promise<Result<cas::ChunkId>>>();
-  inflight_.push_back({i, data, id->get_future()});
-  auto store = [&fs = fs_, data, id] {
-    if (AllZero(*data)) return id->set_value(cas::kHoleId);
-    const cas::ChunkId chunk = fs.hasher_.IdOf(*data);
-    Status s = fs.PutChunk(chunk, *data);
-    id->set_value(s.ok() ? Result<cas::ChunkId>(chunk) : Result<cas::ChunkId>(s));
-  };
-  if (background) {
-    fs_.store_queue_.Post(store);  // overlaps with the writer's next chunk
-  } else {
-    store();
-  }
-  return Reap(FileServer::kMaxChunksInFlight);
+  pipeline_.Submit(ChunkLen(pipeline_.index()), background);
+  return Reap(WritePipeline::kMaxInFlight);
 }
 
 Status OpenFile::Reap(std::size_t keep) {
-  Status first = Ok();
-  while (!inflight_.empty() &&
-         (inflight_.size() > keep ||
-          inflight_.front().id.wait_for(std::chrono::seconds(0)) == std::future_status::ready)) {
-    InFlight job = std::move(inflight_.front());
-    inflight_.pop_front();
-    Result<cas::ChunkId> id = job.id.get();
-    if (id.ok()) {
-      manifest_.Set(job.index, *id);
-      dirty_.erase(job.index);
-    } else {
-      // Not lost: into staging, where the commit stores it again (and reports the error).
-      spdlog::warn("inode {:016x}: storing chunk {} failed, kept in staging: {}", id_, job.index,
-                   id.status().message());
-      Status s = EnsureStaging();
-      if (s.ok()) s = staging_->Write(Slot(job.index), *job.data);
-      if (!s.ok() && first.ok()) first = s;
-      dirty_.insert(job.index);
-      written_.insert(job.index);
-    }
-    if (job.data.use_count() == 1 && spare_.capacity() == 0) spare_.swap(*job.data);
-  }
-  return first;
-}
-
-bool OpenFile::InFlightAt(std::uint64_t offset, std::uint64_t end) const {
-  for (const auto& job : inflight_) {
-    if (job.index * kCS < end && offset < (job.index + 1) * kCS) return true;
-  }
-  return false;
+  return pipeline_.Reap(
+      keep,
+      [this](std::uint64_t index, const Result<cas::ChunkId>& id, const Bytes& data)
+          REQUIRES(mu_) -> Status {
+            if (id.ok()) {
+              manifest_.Set(index, *id);
+              dirty_.erase(index);
+              return Ok();
+            }
+            // Not lost: into staging, where the commit stores it again (and reports the
+            // error).
+            spdlog::warn("inode {:016x}: storing chunk {} failed, kept in staging: {}", id_, index,
+                         id.status().message());
+            Status s = EnsureStaging();
+            if (s.ok()) s = staging_->Write(Slot(index), data);
+            dirty_.insert(index);
+            written_.insert(index);
+            return s;
+          });
 }
 
 Status OpenFile::SpillBuffer() {
-  if (buf_index_ == kNone) return Ok();
-  const std::uint64_t i = buf_index_;
+  if (pipeline_.index() == WritePipeline::kNone) return Ok();
+  const std::uint64_t i = pipeline_.index();
   if (auto s = EnsureStaging(); !s.ok()) return s;
-  if (auto s = staging_->Write(Slot(i), buf_); !s.ok()) return s;
+  if (auto s = staging_->Write(Slot(i), pipeline_.buffer()); !s.ok()) return s;
   dirty_.insert(i);
   written_.insert(i);
-  DropBuffer();
+  pipeline_.Drop();
   return Ok();
 }
 
@@ -158,17 +112,14 @@ void OpenFile::ForgetPast(std::uint64_t size) {
 }
 
 bool OpenFile::HasData(std::uint64_t i) const {
-  if (i == buf_index_ || dirty_.contains(i) || !manifest_.IsHole(i)) return true;
-  for (const auto& job : inflight_) {
-    if (job.index == i) return true;
-  }
-  return false;
+  return pipeline_.Holds(i) || dirty_.contains(i) || !manifest_.IsHole(i);
 }
 
 Status OpenFile::CheckDataChunk(std::uint64_t i) const {
   // Counted generously (a dirty chunk may also be in the manifest): the limit keeps every
   // record within one frame, it need not be exact.
-  if (manifest_.size() + dirty_.size() + inflight_.size() + 1 < model::kMaxDataChunks || HasData(i)) {
+  if (manifest_.size() + dirty_.size() + pipeline_.in_flight() + 1 < model::kMaxDataChunks ||
+      HasData(i)) {
     return Ok();
   }
   return Err(Code::kTooBig, "inode {:016x}: a file holds at most {} GiB of data", id_,
@@ -188,7 +139,7 @@ std::uint64_t OpenFile::Slot(std::uint64_t i) {
 
 Status OpenFile::EnsureStaging() {
   if (staging_) return Ok();
-  auto f = StagingFile::Create(fs_.staging_dir_);
+  auto f = StagingFile::Create(host_.StagingDir());
   if (!f.ok()) return f.status();
   staging_.emplace(std::move(*f));
   return Ok();
@@ -197,7 +148,7 @@ Status OpenFile::EnsureStaging() {
 Result<const Bytes*> OpenFile::CommittedChunk(std::uint64_t index) {
   const auto& id = manifest_.Get(index);
   if (cached_index_ == index && cached_id_ == id) return &cached_;
-  auto data = fs_.LoadChunk(id);
+  auto data = host_.LoadChunk(id);
   if (!data.ok()) return data.status();
   cached_ = std::move(*data);
   cached_index_ = index;
@@ -235,11 +186,7 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
     const std::size_t in = static_cast<std::size_t>(pos % kCS);
     const std::size_t n = std::min<std::size_t>(len - done, kCS - in);
     std::uint8_t* dst = out.data() + done;
-    const Bytes* gathered = i == buf_index_ ? &buf_ : nullptr;
-    for (const auto& job : inflight_) {
-      if (job.index == i) gathered = job.data.get();
-    }
-    if (gathered) {
+    if (const Bytes* gathered = pipeline_.Gathered(i)) {
       const Bytes& b = *gathered;
       std::size_t avail = in < b.size() ? std::min(n, b.size() - in) : 0;
       if (avail) std::memcpy(dst, b.data() + in, avail);
@@ -255,7 +202,8 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
       if (avail < n) std::memset(dst + avail, 0, n - avail);
     } else {
       // Only the part asked for: a 4 KiB read opens one 16 KiB segment, not the whole chunk.
-      if (auto s = fs_.ReadChunk(manifest_.Get(i), in, MutableByteSpan(dst, n)); !s.ok()) return s;
+      if (auto s = host_.ReadChunk(manifest_.Get(i), in, MutableByteSpan(dst, n)); !s.ok())
+        return s;
     }
     done += n;
   }
@@ -278,7 +226,7 @@ Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool ap
   for (std::uint64_t i = offset / kCS; i <= (end - 1) / kCS; ++i) {
     if (auto s = CheckDataChunk(i); !s.ok()) return s;
   }
-  if (InFlightAt(offset, end)) {
+  if (pipeline_.InFlightAt(offset, end)) {
     if (auto s = Reap(0); !s.ok()) return s;
   }
   const std::uint64_t old_size = size_;
@@ -297,7 +245,7 @@ Result<std::size_t> OpenFile::Write(std::uint64_t offset, ByteSpan data, bool ap
     pos += n;
   }
   size_ = std::max(size_, end);
-  mtime_ns_ = fs_.NowNs();
+  mtime_ns_ = host_.NowNs();
   changed_ = true;
   return data.size();
 }
@@ -349,7 +297,7 @@ Status OpenFile::Truncate(std::uint64_t size) {
   } else if (size > size_) {
     size_ = size;  // the new part is holes: nothing to record
   }
-  mtime_ns_ = fs_.NowNs();
+  mtime_ns_ = host_.NowNs();
   changed_ = true;
   return Ok();
 }
@@ -405,7 +353,7 @@ Status OpenFile::ZeroRange(std::uint64_t offset, std::uint64_t length, bool keep
     }
   }
   if (!keep_size && offset + length > size_) size_ = offset + length;
-  mtime_ns_ = fs_.NowNs();
+  mtime_ns_ = host_.NowNs();
   changed_ = true;
   return Ok();
 }
@@ -423,10 +371,7 @@ Result<std::uint64_t> OpenFile::Seek(std::uint64_t offset, bool data) {
     // The next chunk with data among the manifest, staging, the buffer and chunks in flight.
     std::uint64_t next = manifest_.NextData(i).value_or(kNone);
     if (auto d = dirty_.lower_bound(i); d != dirty_.end()) next = std::min(next, *d);
-    if (buf_index_ != kNone && buf_index_ >= i) next = std::min(next, buf_index_);
-    for (const auto& job : inflight_) {
-      if (job.index >= i) next = std::min(next, job.index);
-    }
+    next = std::min(next, pipeline_.NextAtOrAfter(i));
     if (next >= chunks) {
       return Err(Code::kNoPosition, "inode {:016x}: no data at or after {}", id_, offset);
     }
@@ -456,7 +401,7 @@ void OpenFile::SetMtime(std::int64_t mtime_ns) {
 Status OpenFile::StoreDirty() {
   // The last buffered chunk is stored here, on this thread: the commit waits for it anyway,
   // and handing a small file's only chunk to a worker costs two thread wakeups.
-  if (buf_index_ != kNone) {
+  if (pipeline_.index() != WritePipeline::kNone) {
     if (auto s = StoreBuffer(/*background=*/false); !s.ok()) return s;
   }
   if (auto s = Reap(0); !s.ok()) return s;
@@ -468,8 +413,8 @@ Status OpenFile::StoreDirty() {
     if (AllZero(buf)) {
       manifest_.Set(i, cas::kHoleId);
     } else {
-      auto id = fs_.hasher_.IdOf(buf);
-      if (auto s = fs_.PutChunk(id, buf); !s.ok()) return s;
+      auto id = host_.ChunkIdOf(buf);
+      if (auto s = host_.PutChunk(id, buf); !s.ok()) return s;
       manifest_.Set(i, id);
     }
   }
@@ -488,14 +433,14 @@ Status OpenFile::Commit() {
   // committed meanwhile is neither lost nor taken for a concurrent version of the content.
   // Both at once (std::lock's back-off): a reader may hold mu_ while it waits for a chunk from
   // a peer, and the namespace lock must not wait behind the network meanwhile.
-  std::scoped_lock locks(fs_.ns_mu_.native(), mu_.native());
-  fs_.ns_mu_.AssertHeld();
+  std::scoped_lock locks(ns_mu_.native(), mu_.native());
+  ns_mu_.AssertHeld();
   mu_.AssertHeld();
   AdoptRemote();
   if (!changed_) return Ok();
   if (auto s = StoreDirty(); !s.ok()) return s;  // what was written in between
-  auto cur = fs_.ns_.GetInodeOrTombstone(id_);
-  const bool unlinked_here = cur.ok() && cur->deleted && cur->version.node == fs_.node_id();
+  auto cur = host_.InodeOrTombstone(id_);
+  const bool unlinked_here = cur.ok() && cur->deleted && cur->version.node == host_.node_id();
   if (!cur.ok() || unlinked_here) {
     // Unlinked here while open: as on a local disk, its data goes with its last handle.
     deferred_ = {};
@@ -513,12 +458,12 @@ Status OpenFile::Commit() {
   if (deferred_.uid) rec.uid = *deferred_.uid;
   if (deferred_.gid) rec.gid = *deferred_.gid;
   if (deferred_.atime_ns) rec.atime_ns = *deferred_.atime_ns;
-  rec.ctime_ns = fs_.NowNs();
-  rec.version = fs_.hlc_.Next();
+  rec.ctime_ns = host_.NowNs();
+  rec.version = host_.clock().Next();
   // Our content descends from what we opened (or last adopted), not necessarily from what the
   // namespace holds now: a peer's concurrent write then shows up as a conflict, not a loss.
-  rec.content_clock = Advance(base_clock_, fs_.hlc_.node(), rec.version.hlc);
-  auto applied = fs_.CommitLocal({{rec}, {}});
+  rec.content_clock = Advance(base_clock_, host_.clock().node(), rec.version.hlc);
+  auto applied = host_.CommitLocal({{rec}, {}});
   if (!applied.ok()) return applied.status();
   generation_.fetch_add(1);
   base_clock_ = rec.content_clock;
@@ -527,7 +472,7 @@ Status OpenFile::Commit() {
   dirty_.clear();
   deferred_ = {};
   changed_ = false;
-  DropBuffer();
+  pipeline_.Drop();
   return Ok();
 }
 

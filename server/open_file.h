@@ -4,13 +4,13 @@
 // the last commit, encrypted (see StagingFile). A chunk is copied into staging before a partial
 // write touches it (copy-on-write), so a commit only re-reads, hashes and stores the chunks that
 // changed. Writes that fill a chunk in order from its start (cp, dd, tar: nearly every write)
-// skip staging: they gather in a buffer of one chunk, which is stored in the chunk store as
-// soon as it is full, so those bytes are written once, while the file is still being written.
+// skip staging: they go through the file's WritePipeline (write_pipeline.h), which stores each
+// chunk as soon as it is full, so those bytes are written once, while the file is still being
+// written.
+// It reaches the file server only through FileHost (file_host.h).
 // Thread-safe; all handles of one inode share one OpenFile.
 
 #include <atomic>
-#include <deque>
-#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -19,16 +19,17 @@
 #include <vector>
 
 #include "base/mutex.h"
-#include "base/mutex.h"
 #include "server/content_clock.h"
+#include "server/file_host.h"
 #include "server/file_server.h"
 #include "server/staging_file.h"
+#include "server/write_pipeline.h"
 
 namespace foreverfs::server {
 
 class OpenFile {
  public:
-  OpenFile(FileServer& fs, const InodeRecord& rec);
+  OpenFile(FileHost& host, const InodeRecord& rec);
   ~OpenFile();
 
   InodeId id() const { return id_; }
@@ -57,8 +58,8 @@ class OpenFile {
   // True the first time it is called: the first write of a file checks its setuid bits.
   bool TakePrivilegeCheck() { return !privileges_checked_.exchange(true); }
   // Stores dirty chunks and commits a new version of the inode; no-op if nothing changed.
-  // Takes FileServer::ns_mu_ with mu_ (never waiting for one while holding the other): never
-  // call it with ns_mu_ held.
+  // Takes the namespace lock (FileHost::NamespaceMutex) with mu_ (never waiting for one while
+  // holding the other): never call it with that lock held.
   Status Commit();
   // A peer committed a new version: adopt it unless we have uncommitted writes. Never waits
   // for mu_ (it runs on the event thread, which a reader holding mu_ may be waiting on for a
@@ -80,31 +81,31 @@ class OpenFile {
   // Adopts the version OnRemoteUpdate left, if any.
   void AdoptRemote() REQUIRES(mu_);
   Status EnsureStaging() REQUIRES(mu_);
-  // Stores every dirty chunk (and the buffer) and puts its id in the manifest.
+  // Stores every dirty chunk (and the pipeline's buffer) and puts its id in the manifest.
   Status StoreDirty() REQUIRES(mu_);
   // Where chunk `i` lives in staging (a slot is given on first use and never reused while the
   // staging file lives, so a new slot reads as zeros). Slots, not file offsets: a file may be
   // larger (16 TiB) than the filesystem under --data lets the staging file be.
   std::uint64_t Slot(std::uint64_t i) REQUIRES(mu_);
-  // The sequential buffer (see the top): appends `data` at `in` of chunk `i` if it continues
-  // the buffer or may start one there; false if the write must go through staging.
-  Result<bool> TryBuffer(std::uint64_t i, std::size_t in, ByteSpan data, std::uint64_t old_size) REQUIRES(mu_);
-  // Hands the buffered chunk (padded with zeros to its length in the file) to the store queue.
+  // The write pipeline's buffer (see the top): appends `data` at `in` of chunk `i` if it
+  // continues the buffer or may start one there; false if the write must go through staging.
+  Result<bool> TryBuffer(std::uint64_t i, std::size_t in, ByteSpan data, std::uint64_t old_size)
+      REQUIRES(mu_);
+  // Hands the buffered chunk (padded with zeros to its length in the file) to the pipeline's
+  // store queue, then reaps down to WritePipeline::kMaxInFlight.
   Status StoreBuffer(bool background = true) REQUIRES(mu_);
   // Takes in the chunks stored in the background, waiting until at most `keep` are left. A
   // chunk the store refused goes to staging: the commit tries again and reports the error.
   Status Reap(std::size_t keep) REQUIRES(mu_);
-  // A chunk in [offset, end) is being stored in the background.
-  bool InFlightAt(std::uint64_t offset, std::uint64_t end) const REQUIRES(mu_);
   // Chunk `i` holds data (stored, staged, buffered or being stored): not a hole.
   bool HasData(std::uint64_t i) const REQUIRES(mu_);
   // kTooBig if writing chunk `i` would make more chunks hold data than a file may.
   Status CheckDataChunk(std::uint64_t i) const REQUIRES(mu_);
   // Moves the buffered bytes into staging, for a write or truncate the buffer cannot take.
   Status SpillBuffer() REQUIRES(mu_);
-  void DropBuffer() REQUIRES(mu_);
   // A write within chunk `i` through staging (copy-on-write of the old chunk if needed).
-  Status StageWrite(std::uint64_t i, std::uint64_t offset, ByteSpan data, std::uint64_t old_size) REQUIRES(mu_);
+  Status StageWrite(std::uint64_t i, std::uint64_t offset, ByteSpan data, std::uint64_t old_size)
+      REQUIRES(mu_);
   Status Materialize(std::uint64_t index) REQUIRES(mu_);
   // The committed bytes of chunk `index` (may be shorter than the chunk's span: zeros follow).
   Result<const Bytes*> CommittedChunk(std::uint64_t index) REQUIRES(mu_);
@@ -112,15 +113,16 @@ class OpenFile {
   void ForgetPast(std::uint64_t size) REQUIRES(mu_);
   std::uint64_t ChunkLen(std::uint64_t index) const REQUIRES(mu_);
 
-  FileServer& fs_;
+  FileHost& host_;
   const InodeId id_;
+  Mutex& ns_mu_;  // host_.NamespaceMutex()
   // Guards the file's working state below. A reader holds it while it waits for a chunk from
   // a peer (doc/threads.md): nothing the event thread or stat needs waits on it.
-  Mutex mu_ ACQUIRED_AFTER(fs_.ns_mu_);
+  Mutex mu_ ACQUIRED_AFTER(ns_mu_);
   model::ChunkMap manifest_ GUARDED_BY(mu_);
-  ContentClock base_clock_ GUARDED_BY(mu_);  // lineage of the committed content started from
-  InodeRecord record_ GUARDED_BY(mu_);       // attributes as opened or last committed
-  mutable Mutex version_mu_;                 // leaf: taken alone, or inside mu_
+  ContentClock base_clock_ GUARDED_BY(mu_);         // lineage of the committed content started from
+  InodeRecord record_ GUARDED_BY(mu_);              // attributes as opened or last committed
+  mutable Mutex version_mu_;                        // leaf: taken alone, or inside mu_
   model::Version version_ GUARDED_BY(version_mu_);  // record_.version (see Version())
   // Sets, not one flag per chunk: a 16 TiB sparse file costs nothing per chunk.
   std::set<std::uint64_t> dirty_ GUARDED_BY(mu_);    // chunks whose current bytes are in staging
@@ -136,16 +138,7 @@ class OpenFile {
   std::optional<StagingFile> staging_ GUARDED_BY(mu_);
   std::map<std::uint64_t, std::uint64_t> slots_ GUARDED_BY(mu_);  // chunk index -> staging offset
   std::uint64_t next_slot_ GUARDED_BY(mu_) = 0;
-  std::uint64_t buf_index_ GUARDED_BY(mu_) = kNone;  // chunk gathered in buf_, kNone if none
-  Bytes buf_ GUARDED_BY(mu_);
-  bool buf_slot_ GUARDED_BY(mu_) = false;  // buf_ counts in FileServer::seq_buffers_
-  struct InFlight {
-    std::uint64_t index;
-    std::shared_ptr<Bytes> data;  // read-only once queued
-    std::future<Result<cas::ChunkId>> id;
-  };
-  std::deque<InFlight> inflight_ GUARDED_BY(mu_);  // oldest first
-  Bytes spare_ GUARDED_BY(mu_);                    // a used buffer, for the next chunk
+  WritePipeline pipeline_ GUARDED_BY(mu_);  // the sequential-write buffer and chunks in flight
   std::uint64_t cached_index_ GUARDED_BY(mu_) = kNone;
   cas::ChunkId cached_id_ GUARDED_BY(mu_){};
   Bytes cached_ GUARDED_BY(mu_);

@@ -1,0 +1,103 @@
+#include "server/write_pipeline.h"
+
+#include <algorithm>
+
+namespace foreverfs::server {
+namespace {
+
+bool AllZero(ByteSpan b) {
+  return std::all_of(b.begin(), b.end(), [](std::uint8_t c) { return c == 0; });
+}
+
+}  // namespace
+
+WritePipeline::~WritePipeline() {
+  (void)Reap(0, [](std::uint64_t, const Result<cas::ChunkId>&, const Bytes&) { return Ok(); });
+  Drop();
+}
+
+void WritePipeline::Append(ByteSpan data) { buf_.insert(buf_.end(), data.begin(), data.end()); }
+
+bool WritePipeline::Start(std::uint64_t i, ByteSpan data) {
+  if (!slot_) {
+    if (!host_.TakeSeqBuffer()) return false;  // memory stays bounded: many writers use staging
+    slot_ = true;
+  }
+  index_ = i;
+  buf_.reserve(cas::kChunkSize);
+  buf_.assign(data.begin(), data.end());
+  return true;
+}
+
+void WritePipeline::Submit(std::uint64_t len, bool background) {
+  const std::uint64_t i = index_;
+  buf_.resize(static_cast<std::size_t>(len), 0);  // zeros up to its length in the file
+  auto data = std::make_shared<Bytes>();
+  data->swap(buf_);
+  buf_.swap(spare_);  // a buffer whose pages are already there, if there is one
+  buf_.clear();
+  index_ = kNone;
+  auto id = std::make_shared<std::promise<Result<cas::ChunkId>>>();
+  inflight_.push_back({i, data, id->get_future()});
+  auto store = [&host = host_, data, id] {
+    if (AllZero(*data)) return id->set_value(cas::kHoleId);
+    const cas::ChunkId chunk = host.ChunkIdOf(*data);
+    Status s = host.PutChunk(chunk, *data);
+    id->set_value(s.ok() ? Result<cas::ChunkId>(chunk) : Result<cas::ChunkId>(s));
+  };
+  if (background) {
+    host_.PostStore(store);  // overlaps with the writer's next chunk
+  } else {
+    store();
+  }
+}
+
+void WritePipeline::Drop() {
+  index_ = kNone;
+  if (!slot_) return;
+  slot_ = false;
+  Bytes().swap(buf_);
+  Bytes().swap(spare_);
+  host_.ReturnSeqBuffer();
+}
+
+Status WritePipeline::Reap(std::size_t keep, const Landed& landed) {
+  Status first = Ok();
+  while (!inflight_.empty() &&
+         (inflight_.size() > keep ||
+          inflight_.front().id.wait_for(std::chrono::seconds(0)) == std::future_status::ready)) {
+    InFlight job = std::move(inflight_.front());
+    inflight_.pop_front();
+    Result<cas::ChunkId> id = job.id.get();
+    if (auto s = landed(job.index, id, *job.data); !s.ok() && first.ok()) first = s;
+    if (job.data.use_count() == 1 && spare_.capacity() == 0) spare_.swap(*job.data);
+  }
+  return first;
+}
+
+const Bytes* WritePipeline::Gathered(std::uint64_t i) const {
+  const Bytes* gathered = i == index_ ? &buf_ : nullptr;
+  for (const auto& job : inflight_) {
+    if (job.index == i) gathered = job.data.get();
+  }
+  return gathered;
+}
+
+bool WritePipeline::InFlightAt(std::uint64_t offset, std::uint64_t end) const {
+  constexpr std::uint64_t kCS = cas::kChunkSize;
+  for (const auto& job : inflight_) {
+    if (job.index * kCS < end && offset < (job.index + 1) * kCS) return true;
+  }
+  return false;
+}
+
+std::uint64_t WritePipeline::NextAtOrAfter(std::uint64_t i) const {
+  std::uint64_t next = kNone;
+  if (index_ != kNone && index_ >= i) next = index_;
+  for (const auto& job : inflight_) {
+    if (job.index >= i) next = std::min(next, job.index);
+  }
+  return next;
+}
+
+}  // namespace foreverfs::server
