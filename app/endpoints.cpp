@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
 
+#include <charconv>
 #include <utility>
 #include <vector>
 
@@ -91,6 +92,9 @@ StatusSnapshot Endpoints::CollectStatus() {
   auto [rows, addrs] = OnEventThread<std::pair<Rows, Addrs>>(
       p_.io, [&] { return std::make_pair(p_.replicator.Peers(true), p_.transport.Addresses()); });
   s.peers = MergePeers(std::move(rows), addrs);
+  s.members = p_.replicator.Members();  // any thread
+  s.steady_now = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now().time_since_epoch());
   std::tie(s.backlog, s.catch_up) = OnEventThread<std::pair<std::size_t, server::CatchUpStatus>>(
       p_.io, [&] { return std::make_pair(p_.replicator.Backlog(), p_.replicator.CatchUp()); });
   const auto usage = p_.usage.Get(std::chrono::minutes(1));  // at most 2 s old
@@ -134,8 +138,22 @@ void Endpoints::Handle(const std::string& command,
       out("gc failed: " + r.status().message());
     }
     out(PurgeTombstones(p_.files, p_.tombstone_grace));
+  } else if (command.starts_with("node-remove ")) {
+    const std::string arg = command.substr(12);
+    std::uint64_t id = 0;
+    auto [end, ec] = std::from_chars(arg.data(), arg.data() + arg.size(), id, 16);
+    if (ec != std::errc() || end != arg.data() + arg.size() || arg.empty() || arg.size() > 16) {
+      out(fmt::format("node remove: '{}' is not a node id (16 hex digits, see status)", arg));
+      return;
+    }
+    Status s = OnEventThread<Status>(p_.io, [&] { return p_.replicator.RemoveMember(id); });
+    out(s.ok() ? fmt::format("node {:016x} removed: it leaves placement now, and only its "
+                             "restart brings it back",
+                             id)
+               : fmt::format("node remove {:016x}: {}", id, s.message()));
   } else {
-    out(fmt::format("unknown command '{}' (status, status-json, scrub, gc)", command));
+    out(fmt::format("unknown command '{}' (status, status-json, scrub, gc, node-remove ID)",
+                    command));
   }
 }
 

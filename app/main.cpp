@@ -64,6 +64,8 @@ struct Options {
   double fetch_timeout_s = 10;
   double gc_interval_s = 600;
   double tombstone_grace_s = 86400;
+  int max_links = 8;
+  double down_after_s = 900;
   double max_clock_skew_s = 600;
   std::string metrics;  // ADDR:PORT for Prometheus, "" for none
 };
@@ -142,10 +144,15 @@ std::string SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
       } else if (name == "log-file") {
         o.log_file = value;
       } else if (name == "replicas" || name == "fetch-timeout" || name == "gc-interval" ||
-                 name == "max-clock-skew" || name == "tombstone-grace") {
-        if (!ParseNumber(value, number) || (name == "replicas" && number != std::floor(number)))
+                 name == "max-clock-skew" || name == "tombstone-grace" || name == "max-links" ||
+                 name == "down-after") {
+        const bool integer = name == "replicas" || name == "max-links";
+        if (!ParseNumber(value, number) || (integer && number != std::floor(number)))
           return opt + ": not a number from 0 to 1e9";
+        if (name == "max-links" && number > 1024) return opt + ": at most 1024";
         if (name == "replicas") o.replicas = static_cast<int>(number);
+        if (name == "max-links") o.max_links = static_cast<int>(number);
+        if (name == "down-after") o.down_after_s = number;
         if (name == "fetch-timeout") o.fetch_timeout_s = number;
         if (name == "gc-interval") o.gc_interval_s = number;
         if (name == "max-clock-skew") o.max_clock_skew_s = number;
@@ -260,6 +267,8 @@ int Serve(Options o) {
   config.gc_interval_s = o.gc_interval_s;
   config.tombstone_grace_s = o.tombstone_grace_s;
   config.max_clock_skew_s = o.max_clock_skew_s;
+  config.max_links = o.max_links;
+  config.down_after_s = o.down_after_s;
   // Errors return through fail() before `node` is destroyed, as when every part was a local.
   app::Node node(std::move(config));
   if (auto s = node.Start(); !s.ok()) return fail(s.message());
@@ -334,7 +343,8 @@ int main(int argc, char** argv) {
   app.add_option("-o", raw_opts,
                  "Mount options: FUSE ones (allow_other, ro, ...) and name=value for the options "
                  "above (listen=, peer=, data=, key=, replicas=, log-level=, log-file=, "
-                 "fetch-timeout=, gc-interval=, max-clock-skew=, tombstone-grace=, metrics=); "
+                 "fetch-timeout=, gc-interval=, max-clock-skew=, tombstone-grace=, max-links=, "
+                 "down-after=, metrics=); "
                  "_netdev, nofail, "
                  "noauto, x-* and other "
                  "mount(8) options are ignored")
@@ -368,7 +378,31 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, kMaxSeconds))
       ->capture_default_str();
 
+  app.add_option("--max-links", o.max_links,
+                 "Long-lived links this node keeps (others are opened for a moment when needed)")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
+  app.add_option("--down-after", o.down_after_s,
+                 "Seconds a member may be unreachable before it is down and its chunks are "
+                 "placed elsewhere")
+      ->check(CLI::Range(1.0, kMaxSeconds))
+      ->capture_default_str();
+
+  std::string remove_id;
+  auto* node_cmd = app.add_subcommand("node", "Cluster members");
+  auto* node_remove = node_cmd->add_subcommand(
+      "remove",
+      "Remove a member at once, for good (it leaves placement; only its restart "
+      "brings it back)");
+  node_remove->add_option("ID", remove_id, "The member's node id (16 hex digits, see status)")
+      ->required();
+  node_remove->add_option("MOUNTPOINT", ctl_mount,
+                          "A foreverfs mount (default: the current directory)");
+  node_remove->add_option("--data", ctl_data, "The node's data directory instead of a mountpoint");
+  node_cmd->require_subcommand(1);
+
   CLI11_PARSE(app, argc, argv);
+  if (node_remove->parsed()) return ControlClient("node-remove " + remove_id, ctl_mount, ctl_data);
   if (keygen->parsed()) return Keygen(keygen_file);
   if (status->parsed()) return ControlClient(json ? "status-json" : "status", ctl_mount, ctl_data);
   if (scrub->parsed()) return ControlClient("scrub", ctl_mount, ctl_data);

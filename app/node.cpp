@@ -12,6 +12,7 @@
 #include <csignal>
 
 #include "app/virtual_xattrs.h"
+#include "server/member_links.h"
 #include "server/identity.h"
 
 namespace asio = boost::asio;
@@ -72,6 +73,8 @@ Status Node::Start() {
   ropts.replicas = config_.replicas;
   ropts.fetch_timeout =
       std::chrono::milliseconds(static_cast<long>(config_.fetch_timeout_s * 1000));
+  ropts.max_links = static_cast<std::size_t>(config_.max_links);
+  ropts.down_after = std::chrono::milliseconds(static_cast<long>(config_.down_after_s * 1000));
   replicator_ = std::make_unique<server::Replicator>(*io_, *files_, ropts);
   net::TcpOptions topts;
   topts.node_id = files_->node_id();
@@ -85,8 +88,15 @@ Status Node::Start() {
   for (const auto& p : config_.peers) {
     if (auto hp = net::ParseHostPort(p); !hp.ok())
       return Status(hp.status().code(), fmt::format("--peer: {}", hp.status().message()));
-    transport_->AddPeer(p);
   }
+  // The membership starts with the event loop: it joins through the --peer addresses and from
+  // then on decides which links the transport keeps (doc/membership.md).
+  asio::post(*io_, [r = replicator_.get(), t = transport_.get(), peers = config_.peers] {
+    server::Dialer dialer{
+        [t](const std::string& addr) { t->AddPeer(addr); },
+        [t](const std::string& addr, const std::string& reason) { t->RemovePeer(addr, reason); }};
+    r->StartMembership(t->AdvertisedAddr(), peers, std::move(dialer));
+  });
   files_->SetRemote(replicator_.get());
   files_->SetOnLocalChange([r = replicator_.get()] { r->NotifyLocalChange(); });
 
@@ -187,7 +197,10 @@ void Node::Stop() {
   endpoints_->Stop();
   fuse_->Unmount();
   files_->SetOnRemoteChange(nullptr);
-  asio::post(*io_, [t = transport_.get()] { t->Stop(); });
+  asio::post(*io_, [r = replicator_.get(), t = transport_.get()] {
+    r->StopMembership();
+    t->Stop();
+  });
   guard_.reset();
   io_->stop();
   net_thread_.join();

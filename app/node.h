@@ -49,6 +49,8 @@ struct NodeConfig {
   double gc_interval_s = 600;
   double tombstone_grace_s = 86400;
   double max_clock_skew_s = 600;
+  int max_links = 8;          // long-lived links (the membership's link plan)
+  double down_after_s = 900;  // an unreachable member is down (leaves placement) after this
 };
 
 class Node {

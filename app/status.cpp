@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <map>
 
 #include "base/bytes.h"
 
@@ -84,6 +85,23 @@ double ByteRate(const server::CatchUpStatus& r) { return r.seconds > 0 ? r.bytes
 
 }  // namespace
 
+namespace {
+
+// "alive", "suspect (unreachable)", ...
+std::string MemberState(const server::MemberInfo& m) {
+  std::string state = net::MemberStateName(m.state);
+  if (m.unreachable) state += " (unreachable)";
+  return state;
+}
+
+// Seconds since the member was last heard from, or a negative number if never.
+double SeenAgo(const StatusSnapshot& s, const server::MemberInfo& m) {
+  if (!m.last_seen) return -1;
+  return std::chrono::duration<double>(s.steady_now - *m.last_seen).count();
+}
+
+}  // namespace
+
 std::vector<std::string> RenderStatusText(const StatusSnapshot& s) {
   std::vector<std::string> out;
   const auto& round = s.catch_up;
@@ -123,9 +141,27 @@ std::vector<std::string> RenderStatusText(const StatusSnapshot& s) {
     } else {
       out.push_back(fmt::format("  {}  {}  not connected", id, addr));
     }
+    if (p.connected && !p.long_lived) out.push_back("      short-lived link (closes when idle)");
     if (!p.last_error.empty()) {
       out.push_back(fmt::format("      last error: {} ({}, {} ago)", p.last_error,
                                 UtcTime(p.last_error_at), Duration(Since(s, p.last_error_at))));
+    }
+  }
+  if (!s.members.empty()) {
+    std::map<std::string, std::size_t> by_state;
+    for (const auto& m : s.members) ++by_state[net::MemberStateName(m.state)];
+    std::string counts;
+    for (const auto& [state, n] : by_state)
+      counts += fmt::format("{}{} {}", counts.empty() ? "" : ", ", n, state);
+    out.push_back(fmt::format("members     {} ({})", s.members.size(), counts));
+    for (const auto& m : s.members) {
+      const double ago = SeenAgo(s, m);
+      out.push_back(fmt::format(
+          "  {:016x}  {}  {}  incarnation {}{}{}", m.node_id, m.addr.empty() ? "-" : m.addr,
+          m.self ? "this node" : MemberState(m), m.incarnation, m.linked ? "  linked" : "",
+          m.self    ? ""
+          : ago < 0 ? "  not seen since start"
+                    : fmt::format("  seen {} ago", Duration(ago))));
     }
   }
   return out;
@@ -153,13 +189,24 @@ std::string RenderStatusJson(const StatusSnapshot& s) {
       j += fmt::format(
           R"("connected_since":"{}","connected_seconds":{:.0f},"bytes_in":{},"bytes_out":{},)"
           R"("backlog":{{"changes_to_send":{},"chunks_requested":{}}},)"
-          R"("records_received":{},"peer_seq":{},)",
+          R"("records_received":{},"peer_seq":{},"long_lived":{},)",
           UtcTime(p.connected_since), Since(s, p.connected_since), p.bytes_in, p.bytes_out,
-          p.changes_to_send, p.chunks_in_flight, p.records_received, p.peer_seq);
+          p.changes_to_send, p.chunks_in_flight, p.records_received, p.peer_seq, p.long_lived);
     }
     j += p.last_error.empty() ? std::string(R"("last_error":null})")
                               : fmt::format(R"("last_error":{},"last_error_at":"{}"}})",
                                             JsonString(p.last_error), UtcTime(p.last_error_at));
+  }
+  j += R"(],"members":[)";
+  for (std::size_t i = 0; i < s.members.size(); ++i) {
+    const auto& m = s.members[i];
+    const double ago = SeenAgo(s, m);
+    j += fmt::format(
+        R"({}{{"node":"{:016x}","addr":{},"state":"{}","unreachable":{},"incarnation":{},)"
+        R"("linked":{},"self":{},"seen_seconds_ago":{}}})",
+        i ? "," : "", m.node_id, JsonString(m.addr), net::MemberStateName(m.state), m.unreachable,
+        m.incarnation, m.linked, m.self,
+        ago < 0 ? std::string("null") : fmt::format("{:.1f}", ago));
   }
   return j + "]}";
 }

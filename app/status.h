@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "net/tcp_transport.h"
+#include "server/membership.h"
 #include "server/replicator.h"
 
 namespace foreverfs::app {
@@ -27,6 +28,10 @@ struct StatusSnapshot {
   std::uint64_t live_files = 0, files_missing_chunks = 0;
   int replicas = 0;  // --replicas
   std::vector<server::PeerStatus> peers;
+  // The cluster's members as this node sees them (empty before the membership started), and
+  // the steady clock their times are on.
+  std::vector<server::MemberInfo> members;
+  std::chrono::milliseconds steady_now{0};
   std::chrono::system_clock::time_point now;  // "connected for", "ago" are counted from it
 };
 

@@ -36,7 +36,9 @@ ChangeFeed::ChangeFeed(asio::io_context& io, FileServer& fs, std::shared_ptr<con
 
 void ChangeFeed::Open(const std::shared_ptr<net::Link>& link) {
   const std::uint64_t node = link->Peer().node_id;
-  peers_[node] = Peer{link};
+  // The peer may have subscribed already on this link (it counted it long-lived first).
+  auto it = peers_.find(node);
+  if (it == peers_.end() || it->second.link != link) peers_[node] = Peer{link};
   const std::uint64_t cursor = fs_.ns().Cursor(node);
   link->Send(net::Subscribe{cursor});
   // What we hold of its feed already, so that it can purge without waiting for a new change.
@@ -48,7 +50,12 @@ void ChangeFeed::Close(std::uint64_t node) { peers_.erase(node); }
 
 void ChangeFeed::OnSubscribe(std::uint64_t node, const net::Subscribe& msg) {
   auto it = peers_.find(node);
-  if (it == peers_.end()) return;
+  if (it == peers_.end()) {
+    // A peer that holds this link long-lived while we do not (yet): serve it our feed.
+    auto link = links_->Find(node);
+    if (!link) return;
+    it = peers_.emplace(node, Peer{link}).first;
+  }
   auto since = msg.since;
   if (since > fs_.ns().LastSeq()) since = 0;  // our feed restarted: send it all
   it->second.feed_cursor = since;

@@ -31,12 +31,16 @@ ChunkReplication::ChunkReplication(asio::io_context& io, FileServer& fs,
       fetch_timeout_(fetch_timeout) {}
 
 bool ChunkReplication::ShouldHold(const cas::ChunkId& id) const {
-  if (replicas_ <= 0 || links_->size() + 1 <= static_cast<std::size_t>(replicas_)) {
-    return true;
+  // Ranked over the members (alive or suspect: a node briefly away keeps its chunks), or over
+  // the connected peers when membership does not run.
+  std::vector<std::uint64_t> members = placement_ ? placement_() : std::vector<std::uint64_t>{};
+  if (members.empty()) {
+    members.push_back(fs_.node_id());
+    for (auto& [node, link] : links_->links()) members.push_back(node);
   }
+  if (replicas_ <= 0 || members.size() <= static_cast<std::size_t>(replicas_)) return true;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> scores;
-  scores.emplace_back(Score(fs_.node_id(), id), fs_.node_id());
-  for (auto& [node, link] : links_->links()) scores.emplace_back(Score(node, id), node);
+  for (std::uint64_t node : members) scores.emplace_back(Score(node, id), node);
   std::sort(scores.rbegin(), scores.rend());
   for (int i = 0; i < replicas_; ++i) {
     if (scores[static_cast<std::size_t>(i)].second == fs_.node_id()) return true;

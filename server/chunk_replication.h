@@ -12,8 +12,10 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <set>
+#include <vector>
 
 #include "server/chunk_fetcher.h"
 #include "server/file_server.h"
@@ -30,6 +32,11 @@ class ChunkReplication : public std::enable_shared_from_this<ChunkReplication> {
                    int replicas, std::size_t background_fetches,
                    std::chrono::milliseconds fetch_timeout);
 
+  // The members placement ranks (alive and suspect, this node included), if membership runs;
+  // empty: the connected peers are ranked.
+  void SetPlacementMembers(std::function<std::vector<std::uint64_t>()> fn) {
+    placement_ = std::move(fn);
+  }
   // Queues the chunks of `r` this node should hold and lacks.
   void EnqueueManifest(const InodeRecord& r);
   // Queues what every live manifest lacks here (a peer connected, or a fetch failed).
@@ -51,6 +58,7 @@ class ChunkReplication : public std::enable_shared_from_this<ChunkReplication> {
   const std::shared_ptr<const PeerLinks> links_;
   const std::shared_ptr<ChunkFetcher> fetcher_;
   const int replicas_;
+  std::function<std::vector<std::uint64_t>()> placement_;
   const std::size_t background_fetches_;
   const std::chrono::milliseconds fetch_timeout_;
   std::deque<cas::ChunkId> queue_;

@@ -127,6 +127,20 @@ class NamespaceDb {
   };
   std::vector<Member> Members();
 
+  // No tombstone waits for `node` any more (`foreverfs node remove`).
+  Status ForgetMember(std::uint64_t node);
+
+  // The cluster's member list as Membership exports it, replaced whole.
+  struct ClusterMember {
+    std::uint64_t node = 0;
+    std::string addr;
+    std::uint8_t state = 0;  // net::MemberState
+    std::uint64_t incarnation = 0;
+    std::int64_t unseen_ms = -1;
+  };
+  Status SaveClusterMembers(const std::vector<ClusterMember>& members);
+  std::vector<ClusterMember> LoadClusterMembers();
+
   struct PurgeStats {
     std::size_t inodes = 0, dentries = 0;  // tombstones removed
     std::size_t waiting = 0;        // tombstones past the grace period that some member lacks

@@ -128,6 +128,47 @@ Status NamespaceDb::RecordAck(std::uint64_t node, std::uint64_t applied, std::ui
       .Run();
 }
 
+Status NamespaceDb::ForgetMember(std::uint64_t node) {
+  MutexLock lock(mu_);
+  return Stmt(db_, "DELETE FROM members WHERE node = ?").Bind(1, S(node)).Run();
+}
+
+Status NamespaceDb::SaveClusterMembers(const std::vector<ClusterMember>& members) {
+  MutexLock lock(mu_);
+  if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  auto fail = [&](Status s) REQUIRES(mu_) {
+    (void)Exec("ROLLBACK");
+    return s;
+  };
+  if (auto s = Exec("DELETE FROM cluster_members"); !s.ok()) return fail(s);
+  for (const auto& m : members) {
+    Status s = Stmt(db_,
+                    "INSERT OR REPLACE INTO cluster_members(node, addr, state, incarnation,"
+                    " unseen_ms) VALUES(?, ?, ?, ?, ?)")
+                   .Bind(1, S(m.node))
+                   .Bind(2, m.addr)
+                   .Bind(3, m.state)
+                   .Bind(4, S(m.incarnation))
+                   .Bind(5, m.unseen_ms)
+                   .Run();
+    if (!s.ok()) return fail(s);
+  }
+  if (auto s = Exec("COMMIT"); !s.ok()) return fail(s);
+  return Ok();
+}
+
+std::vector<NamespaceDb::ClusterMember> NamespaceDb::LoadClusterMembers() {
+  MutexLock lock(mu_);
+  std::vector<ClusterMember> out;
+  Stmt q(db_,
+         "SELECT node, addr, state, incarnation, unseen_ms FROM cluster_members ORDER BY node");
+  while (q.Step() == SQLITE_ROW) {
+    out.push_back(
+        {U(q.Int(0)), q.Text(1), static_cast<std::uint8_t>(q.Int(2)), U(q.Int(3)), q.Int(4)});
+  }
+  return out;
+}
+
 std::vector<NamespaceDb::Member> NamespaceDb::Members() {
   MutexLock lock(mu_);
   std::vector<Member> out;

@@ -49,6 +49,10 @@ Status NamespaceDb::Init() {
           "CREATE TABLE IF NOT EXISTS members(node INTEGER PRIMARY KEY,"
           " confirmed INTEGER NOT NULL DEFAULT 0, pending INTEGER NOT NULL DEFAULT 0,"
           " pending_own INTEGER NOT NULL DEFAULT 0);"
+          // The cluster's member list (server/membership.h), restored at start. Not part of
+          // the schema version: a database of any version gets it empty when opened.
+          "CREATE TABLE IF NOT EXISTS cluster_members(node INTEGER PRIMARY KEY, addr TEXT,"
+          " state INTEGER NOT NULL, incarnation INTEGER NOT NULL, unseen_ms INTEGER NOT NULL);"
           "CREATE INDEX IF NOT EXISTS inodes_tombstones ON inodes(seq) WHERE deleted = 1;"
           "CREATE INDEX IF NOT EXISTS dentries_tombstones ON dentries(seq) WHERE deleted = 1;");
       !s.ok()) {

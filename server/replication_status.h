@@ -17,6 +17,9 @@ struct PeerStatus {
   std::string remote;  // the address we see the connection come from / go to
   bool outbound = false;
   bool connected = false;  // false: a peer that was connected once and is gone
+  // A long-lived link (its peer is in this node's link plan; the change feed runs on it), or
+  // a short-lived one (a probe, a join, a fetch) that closes when idle.
+  bool long_lived = true;
   std::chrono::system_clock::time_point connected_since{};  // or when it went, if gone
   std::uint64_t bytes_in = 0, bytes_out = 0;                // frame bytes on the current link
   // Backlog towards and from this peer, both cheap to know exactly: our change sequence

@@ -6,6 +6,7 @@
 #include "server/chunk_fetcher.h"
 #include "server/chunk_replication.h"
 #include "server/holder_queries.h"
+#include "server/member_links.h"
 #include "server/peer_gossip.h"
 #include "server/peer_links.h"
 #include "server/replication_common.h"
@@ -28,7 +29,24 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
           [r = replication_](const InodeRecord& rec) { r->EnqueueManifest(rec); })),
       holders_(std::make_shared<HolderQueries>(
           io, links_, storage_, [&fs](const cas::ChunkId& id) { return fs.HasChunk(id); })),
-      gossip_(std::make_unique<PeerGossip>(fs.ns(), links_)) {}
+      gossip_(std::make_unique<PeerGossip>(fs.ns(), links_)),
+      members_(std::make_shared<MemberLinks>(
+          io, fs.ns(), links_,
+          MemberLinksOptions{options.max_links, options.down_after, options.probe_period})) {
+  members_->SetPlanObserver([this](std::uint64_t node, bool planned) {
+    // A link turned long-lived (the feed starts on it) or short-lived (it stops; the link
+    // closes when idle).
+    if (!planned) {
+      feed_->Close(node);
+      return;
+    }
+    if (auto link = links_->Find(node)) {
+      replication::AddMember(fs_.ns(), node);
+      feed_->Open(link);
+      replication_->ScanMissing();
+    }
+  });
+}
 
 Replicator::~Replicator() { storage_->Stop(); }
 
@@ -36,10 +54,12 @@ bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
   if (!links_->Admit(link)) return false;
   const auto& info = link->Peer();
   spdlog::info("peer {} ({}) connected", info.remote, Short(info.node_id));
+  fetcher_->PeerOpened();
+  const bool long_lived = members_->Opened(link);
+  if (!membership_started_) gossip_->Opened(link);
+  if (!long_lived) return true;  // short-lived: membership messages and fetches only
   // A member from now on: no tombstone is purged before it confirms it holds it.
   replication::AddMember(fs_.ns(), info.node_id);
-  fetcher_->PeerOpened();
-  gossip_->Opened(link);
   feed_->Open(link);
   replication_->ScanMissing();
   return true;
@@ -66,7 +86,12 @@ void Replicator::OnMessage(const std::shared_ptr<net::Link>& link, net::Message&
         } else if constexpr (std::is_same_v<T, net::HaveChunksReply>) {
           holders_->OnHaveReply(node, msg);
         } else if constexpr (std::is_same_v<T, net::Peers>) {
-          gossip_->OnPeers(msg);
+          if (!membership_started_) gossip_->OnPeers(msg);
+        } else if constexpr (std::is_same_v<T, net::MemberPing> ||
+                             std::is_same_v<T, net::MemberAck> ||
+                             std::is_same_v<T, net::MemberPingReq> ||
+                             std::is_same_v<T, net::MemberSync>) {
+          members_->OnMessage(node, msg);
         }
       },
       std::move(m));
@@ -78,6 +103,7 @@ void Replicator::OnClose(const std::shared_ptr<net::Link>& link, const std::stri
   const std::uint64_t node = info.node_id;
   spdlog::info("peer {} ({}) disconnected: {}", info.remote, Short(node), reason);
   links_->Remove(link, reason);
+  members_->Closed(node);
   // Holder queries waiting on that peer count it as not answering.
   holders_->PeerClosed(node);
   feed_->Close(node);
@@ -93,6 +119,19 @@ void Replicator::SetDialer(std::function<void(const std::string&)> dial) {
   gossip_->SetDialer(std::move(dial));
 }
 
+void Replicator::StartMembership(const std::string& self_addr,
+                                 const std::vector<std::string>& seeds, Dialer dialer) {
+  membership_started_ = true;
+  replication_->SetPlacementMembers([m = members_] { return m->PlacementMembers(); });
+  members_->Start(self_addr, seeds, std::move(dialer));
+}
+
+void Replicator::StopMembership() { members_->Stop(); }
+
+Status Replicator::RemoveMember(std::uint64_t node) { return members_->Remove(node); }
+
+std::vector<MemberInfo> Replicator::Members() const { return members_->Members(); }
+
 std::vector<PeerStatus> Replicator::Peers(bool include_gone) const {
   std::vector<PeerStatus> out;
   const std::uint64_t last_seq = fs_.ns().LastSeq();
@@ -104,6 +143,7 @@ std::vector<PeerStatus> Replicator::Peers(bool include_gone) const {
     s.remote = info.remote;
     s.outbound = info.outbound;
     s.connected = true;
+    s.long_lived = !membership_started_ || members_->Planned(node);
     s.connected_since = info.connected_since;
     s.bytes_in = link->Counters().BytesIn();
     s.bytes_out = link->Counters().BytesOut();

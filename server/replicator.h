@@ -14,8 +14,10 @@
 //   (every node by default; the top --replicas N of a rendezvous hash otherwise), its missing
 //   chunks are pulled in the background.
 // - HolderQueries (holder_queries.h): which peers hold a file's chunks (HaveChunks).
-// - PeerGossip (peer_gossip.h): peers' addresses passed on, so that every node links with every
-//   other.
+// - MemberLinks (member_links.h): the cluster membership (SWIM gossip on the links), the
+//   long-lived links of its link plan (at most --max-links), short-lived links for probes and
+//   joins, and the members placement ranks. Until it is started (unit tests), PeerGossip
+//   (peer_gossip.h) passes peers' addresses on so that every node links with every other.
 // - StorageWork (storage_work.h): the disk work of all of them, off the event thread.
 //
 // Threading: LinkHandler methods run on the event thread; Fetch and Holders block the calling
@@ -42,6 +44,9 @@ class ChunkFetcher;
 class ChunkReplication;
 class HolderQueries;
 class PeerGossip;
+class MemberLinks;
+struct Dialer;
+struct MemberInfo;
 class PeerLinks;
 class StorageWork;
 
@@ -49,6 +54,9 @@ struct ReplicatorOptions {
   int replicas = 0;  // 0: every node holds every chunk
   std::chrono::milliseconds fetch_timeout{10000};
   std::size_t background_fetches = 8;  // chunks pulled concurrently in the background
+  std::size_t max_links = 8;           // long-lived links (membership's link plan)
+  std::chrono::milliseconds down_after{15 * 60 * 1000};
+  std::chrono::milliseconds probe_period{1000};  // membership's protocol period
 };
 
 class Replicator : public net::LinkHandler, public RemoteChunks {
@@ -64,8 +72,19 @@ class Replicator : public net::LinkHandler, public RemoteChunks {
 
   Result<Bytes> Fetch(const cas::ChunkId& id) override;
   void NotifyLocalChange();
-  // Where learned peer addresses go (the transport's AddPeer). Event thread.
+  // Where learned peer addresses go (the transport's AddPeer) while membership does not run.
+  // Event thread.
   void SetDialer(std::function<void(const std::string&)> dial);
+  // Starts the membership: joins through `seeds` (--peer), and from then on the transport
+  // dials only the link plan (and short-lived links). Event thread.
+  void StartMembership(const std::string& self_addr, const std::vector<std::string>& seeds,
+                       Dialer dialer);
+  // Persists the member list; the timer stops. Event thread.
+  void StopMembership();
+  // `foreverfs node remove ID`. Event thread.
+  Status RemoveMember(std::uint64_t node);
+  // Every member, this node included (empty before StartMembership). Any thread.
+  std::vector<MemberInfo> Members() const;
   // Event thread.
   // Connected peers; with include_gone, also the ones whose link closed (the last 256).
   std::vector<PeerStatus> Peers(bool include_gone = false) const;
@@ -89,6 +108,8 @@ class Replicator : public net::LinkHandler, public RemoteChunks {
   std::shared_ptr<ChangeFeed> feed_;
   std::shared_ptr<HolderQueries> holders_;
   std::unique_ptr<PeerGossip> gossip_;
+  std::shared_ptr<MemberLinks> members_;
+  bool membership_started_ = false;
 };
 
 }  // namespace foreverfs::server

@@ -98,10 +98,55 @@ TEST(AppStatus, Json) {
       R"("direction":"dialed","connected":true,"connected_since":"2026-01-02T03:04:05Z",)"
       R"("connected_seconds":3725,"bytes_in":1048576,"bytes_out":2097152,)"
       R"("backlog":{"changes_to_send":3,"chunks_requested":1},"records_received":9,"peer_seq":8,)"
-      R"("last_error":null},)"
+      R"("long_lived":true,"last_error":null},)"
       R"({"node":null,"addr":"","remote":"10.0.0.3:50000","direction":"accepted",)"
       R"("connected":false,"last_error":"key \"proof\" failed",)"
-      R"("last_error_at":"2026-01-02T04:06:05Z"}]})");
+      R"("last_error_at":"2026-01-02T04:06:05Z"}],"members":[]})");
+}
+
+// Members: every state, the unreachable flag, never seen, this node; text and JSON.
+TEST(AppStatus, Members) {
+  StatusSnapshot s = Sample();
+  s.steady_now = std::chrono::milliseconds(100000);
+  server::MemberInfo self;
+  self.node_id = 0xabc;
+  self.addr = "10.0.0.1:3000";
+  self.self = true;
+  self.incarnation = 2;
+  server::MemberInfo suspect;
+  suspect.node_id = 0x1234;
+  suspect.addr = "10.0.0.2:3000";
+  suspect.state = net::MemberState::kSuspect;
+  suspect.unreachable = true;
+  suspect.incarnation = 7;
+  suspect.last_seen = std::chrono::milliseconds(40000);
+  server::MemberInfo down;
+  down.node_id = 0x5678;
+  down.state = net::MemberState::kDown;
+  s.members = {self, suspect, down};
+  const std::string j = RenderStatusJson(s);
+  EXPECT_NE(
+      j.find(R"("members":[{"node":"0000000000000abc","addr":"10.0.0.1:3000","state":"alive",)"
+             R"("unreachable":false,"incarnation":2,"linked":false,"self":true,)"
+             R"("seen_seconds_ago":null},)"),
+      std::string::npos)
+      << j;
+  EXPECT_NE(j.find(R"({"node":"0000000000001234","addr":"10.0.0.2:3000","state":"suspect",)"
+                   R"("unreachable":true,"incarnation":7,"linked":false,"self":false,)"
+                   R"("seen_seconds_ago":60.0})"),
+            std::string::npos)
+      << j;
+  EXPECT_NE(j.find(R"("state":"down")"), std::string::npos) << j;
+  std::string text;
+  for (const auto& line : RenderStatusText(s)) text += line + "\n";
+  EXPECT_NE(text.find("members     3 (1 alive, 1 down, 1 suspect)"), std::string::npos) << text;
+  EXPECT_NE(text.find("0000000000001234  10.0.0.2:3000  suspect (unreachable)  incarnation 7  "
+                      "seen 1m00s ago"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("0000000000005678  -  down  incarnation 0  not seen since start"),
+            std::string::npos)
+      << text;
 }
 
 TEST(AppStatus, JsonStringEscapes) {

@@ -817,3 +817,37 @@ TEST(NamespaceConvergenceTest, ConcurrentDirectoryMovesLeaveOneTreeOnEveryNode) 
 
 }  // namespace
 }  // namespace foreverfs::server
+
+namespace foreverfs::server {
+namespace {
+
+// The member list is replaced whole and read back across a reopen; ForgetMember drops a node
+// from the members tombstones wait for.
+TEST_F(NamespaceDbTest, ClusterMembersPersistAndForgetMemberDropsATombstoneHolder) {
+  EXPECT_TRUE(db_->LoadClusterMembers().empty());
+  std::vector<NamespaceDb::ClusterMember> rows{
+      {1, "10.0.0.1:3000", 1, 0, -1},
+      {UINT64_MAX, std::string(255, 'a'), 4, std::uint64_t{1} << 62, 123456},
+  };
+  ASSERT_TRUE(db_->SaveClusterMembers(rows).ok());
+  ASSERT_TRUE(db_->SaveClusterMembers({rows[1]}).ok());  // replaces, not appends
+  ASSERT_TRUE(db_->AddMember(7).ok());
+  ASSERT_TRUE(db_->AddMember(8).ok());
+  ASSERT_TRUE(db_->ForgetMember(7).ok());
+  db_.reset();
+  db_ = OpenDb(dir_.path() / "ns.db");
+  ASSERT_NE(db_, nullptr);
+  auto back = db_->LoadClusterMembers();
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].node, UINT64_MAX);
+  EXPECT_EQ(back[0].addr, rows[1].addr);
+  EXPECT_EQ(back[0].state, 4);
+  EXPECT_EQ(back[0].incarnation, std::uint64_t{1} << 62);
+  EXPECT_EQ(back[0].unseen_ms, 123456);
+  auto members = db_->Members();
+  ASSERT_EQ(members.size(), 1u);
+  EXPECT_EQ(members[0].node, 8u);
+}
+
+}  // namespace
+}  // namespace foreverfs::server
