@@ -8,6 +8,7 @@
 
 using namespace foreverfs;
 using namespace foreverfs::net;
+using namespace foreverfs::model;
 
 int main(int argc, char** argv) {
   if (argc != 2) return 2;
