@@ -12,8 +12,8 @@
 #include <csignal>
 
 #include "app/virtual_xattrs.h"
-#include "server/member_links.h"
 #include "server/identity.h"
+#include "server/member_links.h"
 
 namespace asio = boost::asio;
 namespace fs = std::filesystem;

@@ -235,16 +235,20 @@ void MemberLinks::Reconcile() {
   const auto old = std::move(planned_);
   planned_ = std::move(planned);
   const auto now = Now();
+  // What the links that turned long-lived send (their tables) is handled after the loop, so
+  // that a plan change it causes reconciles again from the top instead of inside this one.
+  Actions up;
   for (auto& [node, link] : links_->links()) {
     const bool was = old.contains(node), is = planned_.contains(node);
     if (is && !was) {
-      Handle(membership_->OnLinkUp(node, PeerLinks::DialableAddr(link->Peer()), now));
+      up.Append(membership_->OnLinkUp(node, PeerLinks::DialableAddr(link->Peer()), now));
     } else if (!is && was) {
       membership_->OnLinkDown(node);
       last_used_[node] = now;
     }
     if (is != was && plan_observer_) plan_observer_(node, is);
   }
+  if (!up.send.empty() || !up.events.empty() || up.links_changed) Handle(std::move(up));
 }
 
 void MemberLinks::Publish() {
