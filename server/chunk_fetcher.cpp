@@ -38,8 +38,9 @@ ChunkFetcher::ChunkFetcher(asio::io_context& io, FileServer& fs,
       storage_(std::move(storage)),
       fetch_timeout_(fetch_timeout) {}
 
-void ChunkFetcher::Start(const cas::ChunkId& id, Callback done) {
-  auto job = std::make_shared<Job>(Job{id, Clock::now() + fetch_timeout_, {}, std::move(done)});
+void ChunkFetcher::Start(const cas::ChunkId& id, Callback done, std::uint64_t hint) {
+  auto job =
+      std::make_shared<Job>(Job{id, Clock::now() + fetch_timeout_, {}, std::move(done), hint});
   TryNext(job);
 }
 
@@ -59,18 +60,28 @@ void ChunkFetcher::TryNext(const std::shared_ptr<Job>& job) {
     if (!found || s > best_score) best = node, best_score = s, found = true;
   }
   if (!found) {
-    // Nobody (left) to ask: wait for a peer to (re)connect, until the deadline.
+    // Nobody (left) to ask: reach the members ranked for it, or wait for a peer to
+    // (re)connect, until the deadline.
     job->tried.clear();
+    waiting_.push_back(job);
+    if (reach_.reach) reach_.reach(job->id, job->hint);
     auto timer = std::make_shared<asio::steady_timer>(io_, kNoPeerRetry);
-    timer->async_wait(
-        [self = shared_from_this(), job, timer](boost::system::error_code) { self->TryNext(job); });
+    timer->async_wait([self = shared_from_this(), job, timer](boost::system::error_code) {
+      // Unless a peer that connected meanwhile (PeerOpened) took it on already.
+      auto it = std::find(self->waiting_.begin(), self->waiting_.end(), job);
+      if (it == self->waiting_.end()) return;
+      self->waiting_.erase(it);
+      self->TryNext(job);
+    });
     return;
   }
   job->tried.push_back(best);
+  spdlog::debug("chunk {}: asking peer {}", cas::Hex(job->id), Short(best));
   std::uint64_t req = next_request_++;
   auto timer =
       std::make_shared<Timer>(io_, std::min<Clock::duration>(kPerPeerTimeout, job->deadline - now));
   pending_[req] = Pending{job, best, timer};
+  if (reach_.used) reach_.used(best);
   timer->async_wait([self = shared_from_this(), req](boost::system::error_code ec) {
     if (ec) return;  // cancelled: the reply came
     auto it = self->pending_.find(req);
@@ -91,6 +102,7 @@ void ChunkFetcher::OnChunkReply(std::uint64_t node, net::ChunkReply&& reply) {
   it->second.timer->cancel();
   pending_.erase(it);
   if (!reply.found) {
+    spdlog::debug("chunk {}: peer {} does not have it", cas::Hex(job->id), Short(node));
     TryNext(job);
     return;
   }
@@ -126,8 +138,16 @@ void ChunkFetcher::OnGetChunk(const std::shared_ptr<net::Link>& link, const net:
 }
 
 void ChunkFetcher::PeerOpened() {
-  MutexLock lock(failed_mu_);
-  failed_.clear();
+  {
+    MutexLock lock(failed_mu_);
+    failed_.clear();
+  }
+  // After the link's OnOpen has finished (the peer's own handlers may not be ready before).
+  asio::post(io_, [self = shared_from_this()] {
+    auto jobs = std::move(self->waiting_);
+    self->waiting_.clear();
+    for (auto& job : jobs) self->TryNext(job);
+  });
 }
 
 void ChunkFetcher::PeerClosed(std::uint64_t node) {

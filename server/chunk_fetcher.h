@@ -7,7 +7,7 @@
 // (GetChunk), read off the event thread.
 //
 // Threading: Start and the On* methods run on the event thread; Fetch blocks the calling
-// thread (never call it on the event thread); PeerOpened any thread. Owns the requests in
+// thread (never call it on the event thread). Owns the requests in
 // flight (event thread) and the list of chunks that recently could not be fetched (failed_mu_,
 // a leaf lock). Held by shared_ptr: its timers keep it alive.
 
@@ -34,8 +34,10 @@ class ChunkFetcher : public std::enable_shared_from_this<ChunkFetcher> {
                std::shared_ptr<StorageWork> storage, std::chrono::milliseconds fetch_timeout);
 
   // Fetches `id` and calls `done` (on the event thread) with its bytes once verified and
-  // stored, or with the reason it could not within the fetch timeout. Event thread.
-  void Start(const cas::ChunkId& id, Callback done);
+  // stored, or with the reason it could not within the fetch timeout. `hint`, if not 0, is a
+  // node likely to hold it (the one that wrote the file's version), reached like the members
+  // ranked for it. Event thread.
+  void Start(const cas::ChunkId& id, Callback done, std::uint64_t hint = 0);
   // Start, waited for. A chunk nobody could serve a moment ago fails at once. Blocks: never
   // call on the event thread.
   Result<Bytes> Fetch(const cas::ChunkId& id);
@@ -44,7 +46,8 @@ class ChunkFetcher : public std::enable_shared_from_this<ChunkFetcher> {
   // A peer asks for one of our chunks: read off the event thread, answered on `link`.
   void OnGetChunk(const std::shared_ptr<net::Link>& link, const net::GetChunk& req);
 
-  // A peer connected: it may have what nobody had. Any thread.
+  // A peer connected: it may have what nobody had; the fetches waiting for a peer try again
+  // now. Event thread.
   void PeerOpened();
   // A peer's link closed (PeerLinks no longer has it): requests in flight to it go to the next
   // peer.
@@ -52,12 +55,24 @@ class ChunkFetcher : public std::enable_shared_from_this<ChunkFetcher> {
   // Requests to `node` not answered yet.
   std::size_t InFlightTo(std::uint64_t node) const;
 
+  // With bounded links the members that hold a chunk may not be linked with us. `reach` is
+  // called (event thread) when no linked peer is left to ask for `id`: it opens short-lived
+  // links to the members ranked for it, which the next try (every 200 ms) asks. `used` is
+  // called with every peer a request goes to, so that a short-lived link stays open while it
+  // serves. Either may be empty. Event thread, before the first Start.
+  struct Reach {
+    std::function<void(const cas::ChunkId& id, std::uint64_t hint)> reach;
+    std::function<void(std::uint64_t node)> used;
+  };
+  void SetReach(Reach reach) { reach_ = std::move(reach); }
+
  private:
   struct Job {
     cas::ChunkId id;
     std::chrono::steady_clock::time_point deadline;
     std::vector<std::uint64_t> tried;
     Callback done;
+    std::uint64_t hint = 0;
   };
   struct Timer;  // a steady_timer (Asio stays out of this header)
   struct Pending {
@@ -73,8 +88,10 @@ class ChunkFetcher : public std::enable_shared_from_this<ChunkFetcher> {
   const std::shared_ptr<const PeerLinks> links_;
   const std::shared_ptr<StorageWork> storage_;
   const std::chrono::milliseconds fetch_timeout_;
+  Reach reach_;                               // event thread
   std::map<std::uint64_t, Pending> pending_;  // by request id; event thread
   std::uint64_t next_request_ = 1;            // event thread
+  std::vector<std::shared_ptr<Job>> waiting_;  // jobs with nobody left to ask; event thread
   // Chunks a blocking Fetch could not get, and when (any thread; guarded).
   Mutex failed_mu_;
   std::map<cas::ChunkId, std::chrono::steady_clock::time_point> failed_ GUARDED_BY(failed_mu_);

@@ -13,7 +13,7 @@ namespace {
 
 namespace asio = boost::asio;
 using replication::Clock;
-using replication::Score;
+using replication::Ranked;
 
 }  // namespace
 
@@ -39,20 +39,23 @@ bool ChunkReplication::ShouldHold(const cas::ChunkId& id) const {
     for (auto& [node, link] : links_->links()) members.push_back(node);
   }
   if (replicas_ <= 0 || members.size() <= static_cast<std::size_t>(replicas_)) return true;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> scores;
-  for (std::uint64_t node : members) scores.emplace_back(Score(node, id), node);
-  std::sort(scores.rbegin(), scores.rend());
-  for (int i = 0; i < replicas_; ++i) {
-    if (scores[static_cast<std::size_t>(i)].second == fs_.node_id()) return true;
+  for (std::uint64_t node : Ranked(std::move(members), id, static_cast<std::size_t>(replicas_))) {
+    if (node == fs_.node_id()) return true;
   }
   return false;
 }
 
 void ChunkReplication::EnqueueManifest(const InodeRecord& r) {
+  // The node that wrote the content last holds its chunks (a chmod elsewhere does not move
+  // them): a fetch reaches it even when it is not ranked for them.
+  std::uint64_t writer = r.version.node, newest = 0;
+  for (const auto& c : r.content_clock) {
+    if (c.hlc >= newest) newest = c.hlc, writer = c.node;
+  }
   for (const auto& [index, id] : r.manifest) {
     if (queued_.contains(id) || !ShouldHold(id) || fs_.HasChunk(id)) continue;
     queued_.insert(id);
-    queue_.push_back(id);
+    queue_.emplace_back(id, writer);
     if (!round_.running) {
       round_ = Round{true, Clock::now(), {}, Clock::now(), 0, 0, 0, 0};
     }
@@ -68,7 +71,7 @@ void ChunkReplication::ScanMissing() {
 
 void ChunkReplication::RunQueue() {
   while (in_flight_ < background_fetches_ && !queue_.empty() && !links_->empty()) {
-    cas::ChunkId id = queue_.front();
+    auto [id, writer] = queue_.front();
     queue_.pop_front();
     if (fs_.HasChunk(id)) {
       queued_.erase(id);
@@ -89,7 +92,7 @@ void ChunkReplication::RunQueue() {
       }
       self->RunQueue();
       self->LogRound();
-    });
+    }, writer);
   }
 }
 

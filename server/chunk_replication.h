@@ -61,7 +61,7 @@ class ChunkReplication : public std::enable_shared_from_this<ChunkReplication> {
   std::function<std::vector<std::uint64_t>()> placement_;
   const std::size_t background_fetches_;
   const std::chrono::milliseconds fetch_timeout_;
-  std::deque<cas::ChunkId> queue_;
+  std::deque<std::pair<cas::ChunkId, std::uint64_t>> queue_;  // chunk, the node that wrote it
   std::set<cas::ChunkId> queued_;
   std::size_t in_flight_ = 0;
   bool rescan_scheduled_ = false;

@@ -138,14 +138,47 @@ bool MemberLinks::Opened(const std::shared_ptr<net::Link>& link) {
 
 void MemberLinks::Closed(std::uint64_t node) {
   last_used_.erase(node);
-  short_addr_.erase(node);
+  // A short-lived link that closed (either side) is done: the transport stops redialing it,
+  // and the next probe or fetch that needs the member dials afresh.
+  if (auto a = short_addr_.find(node); a != short_addr_.end()) {
+    if (short_dials_.erase(a->second) && !dialed_.contains(a->second) && dialer_.remove) {
+      dialer_.remove(a->second, "short-lived link closed");
+    }
+    short_addr_.erase(a);
+  }
   if (membership_) membership_->OnLinkDown(node);
 }
 
 void MemberLinks::OnMessage(std::uint64_t from, const net::Message& m) {
   if (!membership_) return;
-  last_used_[from] = Now();
   Handle(membership_->OnMessage(from, m, Now()));
+}
+
+void MemberLinks::Reach(const cas::ChunkId& id, std::size_t n, std::uint64_t hint) {
+  if (!membership_) return;
+  const auto now = Now();
+  auto candidates = replication::Ranked(membership_->PlacementMembers(), id, n);
+  if (hint != 0) candidates.push_back(hint);
+  for (std::uint64_t node : candidates) {
+    if (node == membership_->self_id()) continue;
+    if (links_->Find(node)) {
+      last_used_[node] = now;
+      continue;
+    }
+    auto m = membership_->Member(node);
+    if (!m || m->addr.empty() || m->unreachable || dialed_.contains(m->addr)) {
+      spdlog::debug("chunk {}: not dialing member {} ({}{}{})", cas::Hex(id), Short(node),
+                    m ? m->addr : "unknown", m && m->unreachable ? ", unreachable" : "",
+                    m && dialed_.contains(m->addr) ? ", planned" : "");
+      continue;
+    }
+    auto& p = pending_[m->addr];  // swept with the queued messages if it does not connect
+    if (p.messages.empty()) p.since = now;
+    if (short_dials_.insert(m->addr).second && dialer_.add) {
+      spdlog::debug("dialing member {} ({}) for chunk {}", Short(node), m->addr, cas::Hex(id));
+      dialer_.add(m->addr);
+    }
+  }
 }
 
 Status MemberLinks::Remove(std::uint64_t node) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "base/mutex.h"
+#include "cas/chunk_store.h"
 #include "net/transport.h"
 #include "server/membership.h"
 #include "server/namespace_db.h"
@@ -74,6 +75,15 @@ class MemberLinks : public std::enable_shared_from_this<MemberLinks> {
   void SetPlanObserver(std::function<void(std::uint64_t node, bool planned)> fn) {
     plan_observer_ = std::move(fn);
   }
+
+  // Opens short-lived links to the `n` members ranked highest for chunk `id` (placement), and
+  // to `hint` if not 0, that we have no link to, so that a fetch can ask them
+  // (ChunkFetcher::Reach); a dial that does not connect is dropped after short_idle. Event
+  // thread.
+  void Reach(const cas::ChunkId& id, std::size_t n, std::uint64_t hint);
+  // Traffic on the link to `node`: a short-lived link stays open while it is used. Event
+  // thread.
+  void Touch(std::uint64_t node) { last_used_[node] = Now(); }
 
   // `foreverfs node remove ID`. Event thread.
   Status Remove(std::uint64_t node);

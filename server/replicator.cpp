@@ -32,7 +32,13 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
       gossip_(std::make_unique<PeerGossip>(fs.ns(), links_)),
       members_(std::make_shared<MemberLinks>(
           io, fs.ns(), links_,
-          MemberLinksOptions{options.max_links, options.down_after, options.probe_period})) {
+          MemberLinksOptions{options.max_links, options.down_after, options.probe_period,
+                             options.short_idle})) {
+  // Chunks whose holders we have no link to: short-lived links to the members ranked for them.
+  const std::size_t reach = options.replicas > 0 ? static_cast<std::size_t>(options.replicas) : 3;
+  fetcher_->SetReach({[m = members_, reach](const cas::ChunkId& id,
+                                            std::uint64_t hint) { m->Reach(id, reach, hint); },
+                      [m = members_](std::uint64_t node) { m->Touch(node); }});
   members_->SetPlanObserver([this](std::uint64_t node, bool planned) {
     // A link turned long-lived (the feed starts on it) or short-lived (it stops; the link
     // closes when idle).
@@ -68,6 +74,7 @@ bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
 void Replicator::OnMessage(const std::shared_ptr<net::Link>& link, net::Message&& m) {
   if (!links_->IsCurrent(link)) return;
   const std::uint64_t node = link->Peer().node_id;
+  members_->Touch(node);  // a short-lived link stays open while it carries anything
   std::visit(
       [&](auto&& msg) {
         using T = std::decay_t<decltype(msg)>;

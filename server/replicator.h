@@ -57,6 +57,7 @@ struct ReplicatorOptions {
   std::size_t max_links = 8;           // long-lived links (membership's link plan)
   std::chrono::milliseconds down_after{15 * 60 * 1000};
   std::chrono::milliseconds probe_period{1000};  // membership's protocol period
+  std::chrono::milliseconds short_idle{3000};    // a short-lived link idle this long closes
 };
 
 class Replicator : public net::LinkHandler, public RemoteChunks {

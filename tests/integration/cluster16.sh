@@ -4,7 +4,9 @@
 # host 1 reads identical on all 16, a host killed with SIGKILL becomes suspect and then down on
 # every other host, and a 17th host joining through host 1 reads everything. Prints, as
 # "# figure:" lines, the time from the end of a write on host 1 until the change is visible on
-# all 16 hosts, the join time, the detection times and the links per host.
+# all 16 hosts, the join time, the detection times and the links per host. Every host runs with
+# --replicas 3, so most hosts hold none of a file's chunks and read them from the members ranked
+# for them, over short-lived links when those are not among their long-lived ones.
 set -u
 cd "$(dirname "$0")/../.."
 . tests/lib/cluster.sh
@@ -76,7 +78,8 @@ hosts() { seq 1 "$N"; }
 
 cluster_net
 for i in $(seq 1 $((N + 1))); do cluster_host "$i"; done
-opts=(--max-links "$MAX_LINKS" --down-after "$DOWN_AFTER")
+REPLICAS=${REPLICAS:-3}
+opts=(--max-links "$MAX_LINKS" --down-after "$DOWN_AFTER" --replicas "$REPLICAS")
 t0=$(now)
 check "host 1 mounts" cnode_start 1 "${opts[@]}"
 for i in $(seq 2 "$N"); do
@@ -106,6 +109,15 @@ mapfile -t H < <(hosts)
 check "a file written on host 1 is listed on all $N hosts" ceventually $T all_have one "${H[@]}"
 fig "change visible on all $N hosts $(elapsed "$t2" "$(now)") s after the write on host 1 ended (write took $(elapsed "$t1" "$t2") s)"
 check "it reads identical on all $N hosts" ceventually $T all_same one "${H[@]}"
+
+# Eight chunks, each held by the $REPLICAS members ranked for it: every other host reads them
+# from those members, whether or not it has a long-lived link to them.
+head -c $((8 * 1048576)) /dev/urandom >"$CW/eight"
+cp "$CW/eight" "$(cmnt 1)/eight"
+check "an 8-chunk file written on host 1 is listed on all $N hosts" ceventually $T all_have eight "${H[@]}"
+t3=$(now)
+check "it reads identical on all $N hosts (--replicas $REPLICAS)" ceventually $T all_same eight "${H[@]}"
+fig "8 MiB file read on all $N hosts, one after another, in $(elapsed "$t3" "$(now)") s (--replicas $REPLICAS)"
 
 # Host N dies without a word.
 victim=$N

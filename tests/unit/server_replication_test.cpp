@@ -33,6 +33,7 @@
 #include "net/memory_transport.h"
 #include "server/file_server.h"
 #include "server/replicator.h"
+#include "unit/replication_cluster.h"
 #include "unit/test_util.h"
 
 namespace foreverfs::server {
@@ -43,8 +44,13 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-constexpr auto kFetchTimeout = 2s;
-constexpr auto kEventually = 10s;
+using test::Eventually;
+using test::GetBytes;
+using test::HasBytes;
+using test::kFetchTimeout;
+using test::Node;
+using test::OnIo;
+using test::StoreBytes;
 
 using test::TempDir;
 
@@ -52,77 +58,6 @@ using test::FixedKey;
 using test::Pattern;
 
 cas::ChunkId IdOf(ByteSpan data) { return cas::ChunkHasher(FixedKey()).IdOf(data); }
-
-// Runs `fn` on the io thread and returns its result.
-template <typename F>
-auto OnIo(asio::io_context& io, F fn) -> decltype(fn()) {
-  std::packaged_task<decltype(fn())()> task(std::move(fn));
-  auto done = task.get_future();
-  asio::post(io, [&task] { task(); });
-  return done.get();
-}
-
-// Polls `pred` until it holds or the time is up.
-bool Eventually(const std::function<bool()>& pred, std::chrono::milliseconds limit = kEventually) {
-  const auto deadline = Clock::now() + limit;
-  for (;;) {
-    if (pred()) return true;
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(20ms);
-  }
-}
-
-// One node: its own directory, namespace, memory chunk store, FileServer and Replicator.
-struct Node {
-  Node(asio::io_context& io, std::string label) : name(std::move(label)) {
-    auto opened = NamespaceDb::Open(dir.path() / "ns.db");
-    EXPECT_TRUE(opened.ok()) << opened.status().message();
-    db = std::move(*opened);
-    store = cas::MakeMemoryStore();
-    fs::create_directories(dir.path() / "staging");
-    files = std::make_unique<FileServer>(*db, *store, cas::ChunkHasher(FixedKey()),
-                                         dir.path() / "staging");
-    ReplicatorOptions options;
-    options.fetch_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(kFetchTimeout);
-    replicator = std::make_unique<Replicator>(io, *files, options);
-    files->SetRemote(replicator.get());
-    files->SetOnLocalChange([r = replicator.get()] { r->NotifyLocalChange(); });
-  }
-
-  std::uint64_t id() const { return db->node_id(); }
-
-  std::string name;
-  TempDir dir;
-  std::unique_ptr<NamespaceDb> db;
-  std::unique_ptr<cas::ChunkStore> store;
-  std::unique_ptr<FileServer> files;
-  std::unique_ptr<Replicator> replicator;  // last: destroyed first
-};
-
-Status StoreBytes(FileServer& fs, std::string_view path, const Bytes& data) {
-  std::size_t at = 0;
-  return fs.Store(path, [&](MutableByteSpan buf) -> Result<std::size_t> {
-    std::size_t n = std::min(buf.size(), data.size() - at);
-    if (n > 0) std::memcpy(buf.data(), data.data() + at, n);
-    at += n;
-    return n;
-  });
-}
-
-Result<Bytes> GetBytes(FileServer& fs, std::string_view path) {
-  Bytes out;
-  Status s = fs.Get(path, [&](ByteSpan b) {
-    out.insert(out.end(), b.begin(), b.end());
-    return Ok();
-  });
-  if (!s.ok()) return s;
-  return out;
-}
-
-bool HasBytes(Node& n, std::string_view path, const Bytes& want) {
-  auto got = GetBytes(*n.files, path);
-  return got.ok() && *got == want;
-}
 
 bool Absent(Node& n, std::string_view path) {
   return n.files->Resolve(path).status().code() == Code::kNotFound;

@@ -1,0 +1,191 @@
+// Membership in the Replicator (MemberLinks) over the in-process MemoryNetwork: nodes join
+// through one seed, keep at most --max-links long-lived links, and reach the members that hold
+// a chunk over short-lived links when none of their long-lived peers has it.
+//
+// Threading as in server_replication_test.cpp: one io_context thread carries every link and
+// every Replicator; the dialers the membership calls run on it too.
+
+#include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "net/memory_transport.h"
+#include "server/member_links.h"
+#include "server/membership.h"
+#include "server/replication_common.h"
+#include "unit/replication_cluster.h"
+
+namespace foreverfs::server {
+namespace {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using test::Eventually;
+using test::GetBytes;
+using test::Node;
+using test::OnIo;
+using test::Pattern;
+using test::StoreBytes;
+
+std::string Addr(const Node& n) { return "mem:" + std::to_string(n.id()); }
+
+class MembershipClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    spdlog::set_level(spdlog::level::err);
+    network_ = std::make_unique<net::MemoryNetwork>(io_);
+    thread_ = std::thread([this] { io_.run(); });
+  }
+
+  void TearDown() override {
+    OnIo(io_, [&] {
+      for (auto& n : nodes_) n->replicator->StopMembership();
+      return 0;
+    });
+    work_.reset();
+    io_.stop();
+    thread_.join();
+    network_.reset();
+    nodes_.clear();
+  }
+
+  Node& AddNode(ReplicatorOptions options) {
+    nodes_.push_back(
+        std::make_unique<Node>(io_, "node" + std::to_string(nodes_.size() + 1), options));
+    by_addr_[Addr(*nodes_.back())] = nodes_.back().get();
+    return *nodes_.back();
+  }
+
+  // What the TCP transport's AddPeer/RemovePeer do, over the MemoryNetwork: a link to an
+  // address stays while either side wants it. Event thread.
+  Dialer DialerFor(Node& n) {
+    return Dialer{
+        [this, &n](const std::string& addr) {
+          auto it = by_addr_.find(addr);
+          if (it == by_addr_.end() || it->second == &n) return;
+          Node& peer = *it->second;
+          wants_[n.id()].insert(peer.id());
+          network_->Connect(n.id(), *n.replicator, peer.id(), *peer.replicator);
+        },
+        [this, &n](const std::string& addr, const std::string&) {
+          auto it = by_addr_.find(addr);
+          if (it == by_addr_.end()) return;
+          Node& peer = *it->second;
+          wants_[n.id()].erase(peer.id());
+          if (!wants_[peer.id()].contains(n.id())) network_->Disconnect(n.id(), peer.id());
+        }};
+  }
+
+  // Starts every node's membership with the first node as its only seed.
+  void StartAll() {
+    for (auto& n : nodes_) {
+      std::vector<std::string> seeds;
+      if (n != nodes_.front()) seeds.push_back(Addr(*nodes_.front()));
+      OnIo(io_, [&] {
+        n->replicator->StartMembership(Addr(*n), seeds, DialerFor(*n));
+        return 0;
+      });
+    }
+  }
+
+  // Every node knows every node as alive.
+  bool AllKnowAll() {
+    return OnIo(io_, [&] {
+      for (auto& n : nodes_) {
+        std::size_t alive = 0;
+        for (const auto& m : n->replicator->Members()) {
+          alive += m.state == net::MemberState::kAlive ? 1 : 0;
+        }
+        if (alive != nodes_.size()) return false;
+      }
+      return true;
+    });
+  }
+
+  std::size_t LongLived(Node& n) {
+    return OnIo(io_, [&] {
+      std::size_t k = 0;
+      for (const auto& p : n.replicator->Peers()) k += p.long_lived ? 1 : 0;
+      return k;
+    });
+  }
+
+  std::vector<std::uint64_t> Ids() const {
+    std::vector<std::uint64_t> ids;
+    for (const auto& n : nodes_) ids.push_back(n->id());
+    return ids;
+  }
+
+  Node& n(std::size_t i) { return *nodes_.at(i - 1); }
+
+  asio::io_context io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_{
+      asio::make_work_guard(io_)};
+  std::unique_ptr<net::MemoryNetwork> network_;
+  std::vector<std::unique_ptr<Node>> nodes_;
+  std::map<std::string, Node*> by_addr_;                   // event thread after start
+  std::map<std::uint64_t, std::set<std::uint64_t>> wants_;  // event thread
+  std::thread thread_;
+};
+
+// Sixteen nodes, two long-lived links each, one copy of every chunk: the member ranked for a
+// chunk pulls it from the writer, and every other node reads it from that member, though
+// neither is in general linked with the other. Short-lived links close after 100 ms idle and
+// probes are rare, so a read that waited for a probe link to the holder would time out.
+TEST_F(MembershipClusterTest, ChunksComeFromRankedMembersWithoutALongLivedLink) {
+  ReplicatorOptions o = Node::Options();
+  o.replicas = 1;
+  o.max_links = 2;
+  o.probe_period = 300ms;
+  o.short_idle = 100ms;
+  o.fetch_timeout = 1500ms;
+  for (int i = 0; i < 16; ++i) AddNode(o);
+  StartAll();
+  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  for (auto& node : nodes_) EXPECT_LE(LongLived(*node), 2u) << node->name;
+
+  const Bytes data = Pattern(12 * kMiB + 5, 9);
+  ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
+  auto rec = n(1).files->Resolve("/f");
+  ASSERT_TRUE(rec.ok());
+  const auto ids = Ids();
+  std::map<std::uint64_t, Node*> by_id;
+  for (auto& node : nodes_) by_id[node->id()] = node.get();
+  // Each chunk reaches the member ranked for it (pulled from the writer, hinted by the
+  // manifest's content clock).
+  for (const auto& [index, id] : rec->rec.manifest) {
+    Node& holder = *by_id.at(replication::Ranked(ids, id, 1).front());
+    EXPECT_TRUE(Eventually([&] { return holder.store->Has(id); })) << "chunk " << index;
+  }
+  // Node 1 keeps its copies (nothing drops unranked chunks yet); hide them so that reads
+  // must come from the ranked members.
+  for (const auto& [index, id] : rec->rec.manifest) {
+    if (replication::Ranked(ids, id, 1).front() != n(1).id()) {
+      ASSERT_TRUE(n(1).store->Remove(id).ok());
+    }
+  }
+  for (std::size_t i = 2; i <= nodes_.size(); ++i) {
+    ASSERT_TRUE(Eventually([&] { return n(i).files->Resolve("/f").ok(); })) << n(i).name;
+    auto got = GetBytes(*n(i).files, "/f");
+    std::string where;
+    for (const auto& [index, id] : rec->rec.manifest) {
+      const auto h = replication::Ranked(ids, id, 1).front();
+      where += fmt::format(" {}:{}:{:016x}{}", index, cas::Hex(id).substr(0, 8), h, by_id.at(h)->store->Has(id) ? "" : "(lacks it)");
+    }
+    ASSERT_TRUE(got.ok()) << n(i).name << " " << std::hex << n(i).id() << ": " << got.status().message() << where;
+    EXPECT_TRUE(*got == data) << n(i).name;
+  }
+  for (auto& node : nodes_) EXPECT_LE(LongLived(*node), 2u) << node->name;
+}
+
+}  // namespace
+}  // namespace foreverfs::server
