@@ -3,6 +3,7 @@
 
 #include "net/messages.h"
 
+#include <set>
 #include <type_traits>
 
 #include "net/codec.h"
@@ -160,6 +161,15 @@ void Put(Writer& w, const MemberPingReq& m) {
   w.PutU64(m.target);
   w.PutStr16(m.target_addr);
   Put(w, m.updates);
+}
+
+void Put(Writer& w, const RelayedFeedAcks& m) {
+  w.PutU64(m.via_seq);
+  w.PutU32(static_cast<std::uint32_t>(m.acks.size()));
+  for (const RelayedAck& a : m.acks) {
+    w.PutU64(a.member);
+    w.PutU64(a.applied);
+  }
 }
 
 void Put(Writer& w, const MemberSync& m) {
@@ -400,6 +410,21 @@ void Get(Reader& r, MemberSync& m) {
   Get(r, m.members, kMaxSyncMembers);
 }
 
+void Get(Reader& r, RelayedFeedAcks& m) {
+  m.via_seq = r.GetU64("via_seq");
+  std::uint32_t n = r.GetCount("relayed ack", kMaxSyncMembers, 16);
+  m.acks.reserve(n);
+  std::set<std::uint64_t> seen;
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+    RelayedAck& a = m.acks.emplace_back();
+    a.member = r.GetU64("member");
+    a.applied = r.GetU64("applied");
+    if (r.ok() && !seen.insert(a.member).second) {
+      r.Fail(fmt::format("member {:016x} appears twice", a.member));
+    }
+  }
+}
+
 template <typename T>
 Result<Message> Decode(MessageType type, ByteSpan payload) {
   T m;
@@ -411,7 +436,7 @@ Result<Message> Decode(MessageType type, ByteSpan payload) {
 
 bool KnownType(std::uint16_t t) {
   return t >= static_cast<std::uint16_t>(MessageType::kHello) &&
-         t <= static_cast<std::uint16_t>(MessageType::kMemberSync);
+         t <= static_cast<std::uint16_t>(MessageType::kRelayedFeedAcks);
 }
 
 }  // namespace
@@ -426,7 +451,8 @@ MessageType TypeOf(const Message& m) {
   static_assert(std::is_same_v<std::variant_alternative_t<11, Message>, FeedAck>);
   static_assert(std::is_same_v<std::variant_alternative_t<12, Message>, MemberPing>);
   static_assert(std::is_same_v<std::variant_alternative_t<15, Message>, MemberSync>);
-  static_assert(std::variant_size_v<Message> == 16);
+  static_assert(std::is_same_v<std::variant_alternative_t<16, Message>, RelayedFeedAcks>);
+  static_assert(std::variant_size_v<Message> == 17);
   return static_cast<MessageType>(m.index() + 1);
 }
 
@@ -464,6 +490,8 @@ const char* TypeName(MessageType t) {
       return "MemberPingReq";
     case MessageType::kMemberSync:
       return "MemberSync";
+    case MessageType::kRelayedFeedAcks:
+      return "RelayedFeedAcks";
   }
   return "Unknown";
 }
@@ -544,6 +572,8 @@ Result<Message> DecodePayload(MessageType type, ByteSpan payload) {
       return Decode<MemberPingReq>(type, payload);
     case MessageType::kMemberSync:
       return Decode<MemberSync>(type, payload);
+    case MessageType::kRelayedFeedAcks:
+      return Decode<RelayedFeedAcks>(type, payload);
   }
   return Err(Code::kInvalid, "unknown message type {}", static_cast<std::uint16_t>(type));
 }

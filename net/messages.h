@@ -51,6 +51,7 @@ enum class MessageType : std::uint16_t {
   kMemberAck = 14,
   kMemberPingReq = 15,
   kMemberSync = 16,
+  kRelayedFeedAcks = 17,
 };
 
 // First message on a connection, from both sides. It says nothing about who the sender is:
@@ -218,9 +219,25 @@ struct MemberSync {
   bool operator==(const MemberSync&) const = default;
 };
 
+// "These members hold your change feed through `applied` (your sequence numbers), as far as I
+// know; whatever each of them wrote before is in my own feed through `via_seq`." A node's
+// neighbours relay what the members it has no link to confirmed, so that tombstones can be
+// purged over a bounded link graph (doc/protocol.md, "Tombstones"). Sent every few seconds on
+// long-lived links; at most kMaxSyncMembers entries, member ids unique.
+struct RelayedAck {
+  std::uint64_t member = 0;
+  std::uint64_t applied = 0;
+  bool operator==(const RelayedAck&) const = default;
+};
+struct RelayedFeedAcks {
+  std::uint64_t via_seq = 0;
+  std::vector<RelayedAck> acks;
+  bool operator==(const RelayedFeedAcks&) const = default;
+};
+
 using Message = std::variant<Hello, Auth, Peers, Subscribe, Changes, GetChunk, ChunkReply,
                              HaveChunks, HaveChunksReply, Keepalive, Identity, FeedAck, MemberPing,
-                             MemberAck, MemberPingReq, MemberSync>;
+                             MemberAck, MemberPingReq, MemberSync, RelayedFeedAcks>;
 
 MessageType TypeOf(const Message& m);
 const char* TypeName(MessageType t);

@@ -22,6 +22,11 @@ constexpr std::size_t kMaxQueuedBytes = 8 * kMiB;  // per link, before the feed 
 // A FeedAck follows applied batches after at most this long (one per link per interval).
 constexpr auto kAckDelay = std::chrono::milliseconds(1000);
 constexpr auto kNotifyDelay = std::chrono::milliseconds(2);
+// Relayed confirmations: changed ones this often, all of them every kRelayFullEvery rounds
+// (a relay that arrived while an earlier one still waited was ignored).
+constexpr auto kRelayInterval = std::chrono::milliseconds(2000);
+constexpr std::uint64_t kRelayFullEvery = 10;
+constexpr std::size_t kHistory = 256;
 
 }  // namespace
 
@@ -43,7 +48,75 @@ void ChangeFeed::Open(const std::shared_ptr<net::Link>& link) {
   link->Send(net::Subscribe{cursor});
   // What we hold of its feed already, so that it can purge without waiting for a new change.
   SendAck(node, link, cursor);
-  peers_[node].applied = peers_[node].acked = cursor;
+  Peer& p = peers_[node];
+  p.applied = p.acked = cursor;
+  // Everything of its feed through our cursor is here, at or before our feed's end now.
+  if (p.history.empty()) Remember(p, cursor);
+  ArmRelay();
+}
+
+void ChangeFeed::Remember(Peer& p, std::uint64_t their_cursor) {
+  const std::uint64_t ours = fs_.ns().LastSeq();
+  if (!p.history.empty() && p.history.back().first >= their_cursor) return;
+  if (p.history.size() >= kHistory) {
+    // Keep every other entry (the last one too): a coarser history only confirms less.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> thin;
+    for (std::size_t i = 0; i < p.history.size(); i += 2) thin.push_back(p.history[i]);
+    if (thin.back() != p.history.back()) thin.push_back(p.history.back());
+    p.history = std::move(thin);
+  }
+  p.history.emplace_back(their_cursor, ours);
+}
+
+void ChangeFeed::ArmRelay() {
+  if (relay_armed_) return;
+  relay_armed_ = true;
+  auto timer = std::make_shared<asio::steady_timer>(io_, kRelayInterval);
+  timer->async_wait([weak = weak_from_this(), timer](boost::system::error_code) {
+    auto self = weak.lock();
+    if (!self) return;
+    self->relay_armed_ = false;
+    self->RelayAcks();
+    if (!self->peers_.empty()) self->ArmRelay();
+  });
+}
+
+// A member M that confirmed our feed through s (directly or relayed) holds every record of
+// peer P's feed that we had applied when our feed ended at or before s: P's feed through the
+// cursor `c` of the last history entry at or below s. Whatever M wrote before is in our feed
+// through our end now (we counted its confirmation only once we had applied it), so P counts
+// the relay once its cursor in our feed reaches that.
+void ChangeFeed::RelayAcks() {
+  const bool full = relay_rounds_++ % kRelayFullEvery == 0;
+  auto members = fs_.ns().Members();
+  const std::uint64_t via_seq = fs_.ns().LastSeq();
+  for (auto& [node, p] : peers_) {
+    if (p.history.empty() || p.feed_broken) continue;
+    const std::uint64_t cap = fs_.ns().AckCap(node);
+    net::RelayedFeedAcks msg{via_seq, {}};
+    for (const auto& m : members) {
+      if (m.node == node) continue;
+      auto it = std::upper_bound(
+          p.history.begin(), p.history.end(), m.confirmed,
+          [](std::uint64_t s, const std::pair<std::uint64_t, std::uint64_t>& h) {
+            return s < h.second;
+          });
+      if (it == p.history.begin()) continue;
+      const std::uint64_t applied = std::min(std::prev(it)->first, cap);
+      auto& last = p.relayed[m.node];
+      if (applied == 0 || (!full && applied == last)) continue;
+      last = applied;
+      msg.acks.push_back({m.node, applied});
+      if (msg.acks.size() == net::kMaxSyncMembers) break;
+    }
+    if (!msg.acks.empty()) p.link->Send(std::move(msg));
+  }
+}
+
+void ChangeFeed::OnRelayedFeedAcks(std::uint64_t node, const net::RelayedFeedAcks& msg) {
+  // Only from a peer whose feed we apply: the wait is on our cursor in it.
+  if (!peers_.contains(node)) return;
+  fs_.ns().RecordRelayedAcks(node, msg);
 }
 
 void ChangeFeed::Close(std::uint64_t node) { peers_.erase(node); }
@@ -133,6 +206,7 @@ void ChangeFeed::OnChanges(std::uint64_t node, net::Changes&& changes) {
     return;
   }
   ScheduleAck(node, changes.up_to);
+  if (auto p = peers_.find(node); p != peers_.end()) Remember(p->second, changes.up_to);
   if (won->empty()) return;
   spdlog::debug("peer {}: applied {} inode and {} entry changes", Short(node), won->inodes.size(),
                 won->dentries.size());

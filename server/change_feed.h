@@ -41,6 +41,8 @@ class ChangeFeed : public std::enable_shared_from_this<ChangeFeed> {
   void OnSubscribe(std::uint64_t node, const net::Subscribe& msg);
   void OnChanges(std::uint64_t node, net::Changes&& changes);
   void OnFeedAck(std::uint64_t node, const net::FeedAck& ack);
+  // A neighbour relays what members it knows of confirmed of our feed.
+  void OnRelayedFeedAcks(std::uint64_t node, const net::RelayedFeedAcks& msg);
 
   // A local commit: pump it to the peers shortly (changes that follow within a few ms go in
   // the same pump). Any thread.
@@ -70,6 +72,11 @@ class ChangeFeed : public std::enable_shared_from_this<ChangeFeed> {
     std::uint64_t applied = 0;
     std::uint64_t acked = 0;
     bool ack_scheduled = false;
+    // Its feed through `first` had been applied here when our own feed ended at `second`
+    // (ascending in both), thinned to at most kHistory entries: what a member that holds our
+    // feed through s holds of its feed (RelayAcks).
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> history;
+    std::map<std::uint64_t, std::uint64_t> relayed;  // member -> applied, as last relayed to it
   };
 
   void Pump(std::uint64_t node);
@@ -78,6 +85,11 @@ class ChangeFeed : public std::enable_shared_from_this<ChangeFeed> {
   // Tells the peer how far into its feed we are (FeedAck), at most once per kAckDelay.
   void ScheduleAck(std::uint64_t node, std::uint64_t applied);
   void SendAck(std::uint64_t node, const std::shared_ptr<net::Link>& link, std::uint64_t applied);
+  // Every kRelayInterval: tells each peer how far the members it may have no link to hold its
+  // feed, from what they confirmed of ours (net::RelayedFeedAcks).
+  void RelayAcks();
+  void ArmRelay();
+  void Remember(Peer& p, std::uint64_t their_cursor);
 
   boost::asio::io_context& io_;
   FileServer& fs_;
@@ -86,6 +98,8 @@ class ChangeFeed : public std::enable_shared_from_this<ChangeFeed> {
   const std::function<void(const InodeRecord&)> on_manifest_;
   std::map<std::uint64_t, Peer> peers_;  // event thread
   std::atomic<bool> notify_posted_{false};
+  bool relay_armed_ = false;       // event thread
+  std::uint64_t relay_rounds_ = 0;  // event thread
 };
 
 }  // namespace foreverfs::server

@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -121,10 +122,18 @@ class NamespaceDb {
   // (our cursor for it), so that nothing it wrote before it applied our tombstones is still on
   // its way to us.
   Status RecordAck(std::uint64_t node, std::uint64_t applied, std::uint64_t own_seq);
+  // A neighbour (`via`) relays members' confirmations (net::RelayedFeedAcks): each member holds
+  // our feed through its `applied`, and whatever it wrote before it did so is in via's feed
+  // through `via_seq`. It counts once our cursor in via's feed reaches `via_seq`; until then a
+  // later relay of the same member by the same neighbour is ignored (relays repeat). Relayed
+  // confirmations only raise what a member confirmed, and are kept in memory: after a restart
+  // the neighbours relay them again.
+  void RecordRelayedAcks(std::uint64_t via, const net::RelayedFeedAcks& acks);
   struct Member {
     std::uint64_t node = 0;
     std::uint64_t confirmed = 0;  // our sequence number it holds everything up to
   };
+  // Every member with the most it confirmed, directly (RecordAck) or relayed; by node.
   std::vector<Member> Members();
 
   // No tombstone waits for `node` any more (`foreverfs node remove`).
@@ -167,6 +176,8 @@ class NamespaceDb {
  private:
   explicit NamespaceDb(sqlite3* db) : db_(db) {}
   Status Exec(const char* sql) REQUIRES(mu_);
+  std::uint64_t CursorLocked(std::uint64_t peer) REQUIRES(mu_);
+  std::vector<Member> MembersLocked() REQUIRES(mu_);
   Status Init() REQUIRES(mu_);
   Status UpgradeFrom5() REQUIRES(mu_);
   Status UpgradeFrom6() REQUIRES(mu_);
@@ -180,6 +191,13 @@ class NamespaceDb {
   sqlite3* const db_;  // its statements run with mu_ held (or before Open returns)
   std::uint64_t node_id_ = 0;
   std::uint64_t seq_ GUARDED_BY(mu_) = 0;
+  // Relayed confirmations (RecordRelayedAck): counted, and waiting for our cursor in the relaying
+  // neighbour's feed, by (member, via).
+  std::map<std::uint64_t, std::uint64_t> relayed_ GUARDED_BY(mu_);
+  struct RelayPending {
+    std::uint64_t applied = 0, via_seq = 0;
+  };
+  std::map<std::pair<std::uint64_t, std::uint64_t>, RelayPending> relay_pending_ GUARDED_BY(mu_);
   std::uint64_t seq_reserved_ GUARDED_BY(mu_) = 0;  // durably recorded: no number up to it lost
   std::string file_;                                // the database file
   ApplyFault apply_fault_ GUARDED_BY(mu_);          // tests only (SetApplyFaultForTest)

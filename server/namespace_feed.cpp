@@ -101,12 +101,7 @@ Status NamespaceDb::RecordAck(std::uint64_t node, std::uint64_t applied, std::ui
         node, applied, seq_);
     applied = 0;
   }
-  std::uint64_t cursor = 0;
-  {
-    Stmt c(db_, "SELECT seq FROM cursors WHERE peer = ?");
-    c.Bind(1, S(node));
-    if (c.Step() == SQLITE_ROW) cursor = U(c.Int(0));
-  }
+  const std::uint64_t cursor = CursorLocked(node);
   // The previous ack counts once we have what the member had written when it sent it.
   std::uint64_t confirmed = 0;
   {
@@ -130,6 +125,8 @@ Status NamespaceDb::RecordAck(std::uint64_t node, std::uint64_t applied, std::ui
 
 Status NamespaceDb::ForgetMember(std::uint64_t node) {
   MutexLock lock(mu_);
+  relayed_.erase(node);
+  std::erase_if(relay_pending_, [&](const auto& p) { return p.first.first == node; });
   return Stmt(db_, "DELETE FROM members WHERE node = ?").Bind(1, S(node)).Run();
 }
 
@@ -169,12 +166,55 @@ std::vector<NamespaceDb::ClusterMember> NamespaceDb::LoadClusterMembers() {
   return out;
 }
 
-std::vector<NamespaceDb::Member> NamespaceDb::Members() {
+void NamespaceDb::RecordRelayedAcks(std::uint64_t via, const net::RelayedFeedAcks& acks) {
   MutexLock lock(mu_);
+  if (via == node_id_) return;
+  const std::uint64_t cursor = CursorLocked(via);
+  for (const auto& [member, applied] : acks.acks) {
+    if (member == node_id_ || member == via) continue;
+    if (applied > seq_) continue;  // not something this database handed out: confirms nothing
+    const auto key = std::make_pair(member, via);
+    if (auto it = relay_pending_.find(key); it != relay_pending_.end()) {
+      if (cursor < it->second.via_seq) continue;  // the earlier one still waits
+      auto& c = relayed_[member];
+      c = std::max(c, it->second.applied);
+      relay_pending_.erase(it);
+    }
+    if (cursor >= acks.via_seq) {
+      auto& c = relayed_[member];
+      c = std::max(c, applied);
+    } else {
+      relay_pending_[key] = RelayPending{applied, acks.via_seq};
+    }
+  }
+}
+
+std::vector<NamespaceDb::Member> NamespaceDb::MembersLocked() {
+  // Relays whose wait is over count now.
+  for (auto it = relay_pending_.begin(); it != relay_pending_.end();) {
+    if (CursorLocked(it->first.second) >= it->second.via_seq) {
+      auto& c = relayed_[it->first.first];
+      c = std::max(c, it->second.applied);
+      it = relay_pending_.erase(it);
+    } else {
+      ++it;
+    }
+  }
   std::vector<Member> out;
   Stmt q(db_, fmt::format("{} ORDER BY m.node", kMembersSql).c_str());
-  while (q.Step() == SQLITE_ROW) out.push_back({U(q.Int(0)), U(q.Int(1))});
+  while (q.Step() == SQLITE_ROW) {
+    Member m{U(q.Int(0)), U(q.Int(1))};
+    if (auto r = relayed_.find(m.node); r != relayed_.end()) {
+      m.confirmed = std::max(m.confirmed, r->second);
+    }
+    out.push_back(m);
+  }
   return out;
+}
+
+std::vector<NamespaceDb::Member> NamespaceDb::Members() {
+  MutexLock lock(mu_);
+  return MembersLocked();
 }
 
 Result<NamespaceDb::PurgeStats> NamespaceDb::PurgeTombstones(std::uint64_t before_hlc,
@@ -183,9 +223,7 @@ Result<NamespaceDb::PurgeStats> NamespaceDb::PurgeTombstones(std::uint64_t befor
   {
     MutexLock lock(mu_);
     st.horizon = seq_;
-    Stmt q(db_, kMembersSql);
-    while (q.Step() == SQLITE_ROW) {
-      const Member m{U(q.Int(0)), U(q.Int(1))};
+    for (const Member& m : MembersLocked()) {
       if (!st.slowest || m.confirmed < st.slowest->confirmed) st.slowest = m;
     }
     if (st.slowest) st.horizon = std::min(st.horizon, st.slowest->confirmed);
@@ -250,6 +288,10 @@ Result<NamespaceDb::PurgeStats> NamespaceDb::PurgeTombstones(std::uint64_t befor
 
 std::uint64_t NamespaceDb::Cursor(std::uint64_t peer) {
   MutexLock lock(mu_);
+  return CursorLocked(peer);
+}
+
+std::uint64_t NamespaceDb::CursorLocked(std::uint64_t peer) {
   Stmt q(db_, "SELECT seq FROM cursors WHERE peer = ?");
   q.Bind(1, S(peer));
   return q.Step() == SQLITE_ROW ? U(q.Int(0)) : 0;

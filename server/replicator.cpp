@@ -84,6 +84,8 @@ void Replicator::OnMessage(const std::shared_ptr<net::Link>& link, net::Message&
           feed_->OnChanges(node, std::move(msg));
         } else if constexpr (std::is_same_v<T, net::FeedAck>) {
           feed_->OnFeedAck(node, msg);
+        } else if constexpr (std::is_same_v<T, net::RelayedFeedAcks>) {
+          feed_->OnRelayedFeedAcks(node, msg);
         } else if constexpr (std::is_same_v<T, net::GetChunk>) {
           fetcher_->OnGetChunk(link, msg);
         } else if constexpr (std::is_same_v<T, net::ChunkReply>) {

@@ -282,7 +282,7 @@ TEST(NetCodecTest, FrameHeaderBounds) {
 }
 
 TEST(NetCodecTest, FrameHeaderRejectsUnknownTypes) {
-  for (std::uint16_t t : {0, 17, 18, 256, 0xFFFF}) {
+  for (std::uint16_t t : {0, 18, 19, 256, 0xFFFF}) {
     auto h = DecodeFrameHeader(Header(10, t));
     ASSERT_FALSE(h.ok()) << t;
     EXPECT_EQ(h.status().code(), Code::kInvalid);
@@ -825,6 +825,37 @@ TEST(NetCodecTest, RandomInputNeverCrashes) {
         << "iteration " << i;
   }
   EXPECT_GT(decoded, 0);  // the mutations do not only exercise the first check
+}
+
+TEST(NetCodecTest, RelayedFeedAcksLayoutBoundsAndDuplicates) {
+  EXPECT_EQ(EncodeFrame(RelayedFeedAcks{5, {{7, 9}}}),
+            (Bytes{30, 0, 0, 0, 17, 0, 5, 0, 0, 0, 0, 0, 0, 0,  // type, via_seq
+                   1,  0, 0, 0,                                 // one ack
+                   7,  0, 0, 0, 0, 0, 0, 0,                     // member
+                   9,  0, 0, 0, 0, 0, 0, 0}));                  // applied
+  EXPECT_STREQ(TypeName(MessageType::kRelayedFeedAcks), "RelayedFeedAcks");
+  // Empty, and at the bound with the largest values.
+  for (std::size_t n : {std::size_t{0}, std::size_t{kMaxSyncMembers}}) {
+    RelayedFeedAcks m{~0ull, {}};
+    for (std::size_t i = 0; i < n; ++i) m.acks.push_back({i + 1, ~0ull});
+    auto d = RoundTrip(m);
+    ASSERT_TRUE(d.ok()) << n << ": " << d.status().message();
+    EXPECT_TRUE(*d == Message(m));
+  }
+  // One past the bound, a member twice, a count the bytes cannot hold, a trailing byte.
+  RelayedFeedAcks over{1, {}};
+  for (std::uint64_t i = 0; i <= kMaxSyncMembers; ++i) over.acks.push_back({i + 1, 1});
+  EXPECT_FALSE(DecodePayload(MessageType::kRelayedFeedAcks, PayloadOf(over)).ok());
+  Status twice =
+      DecodeStatus(MessageType::kRelayedFeedAcks, PayloadOf(RelayedFeedAcks{1, {{3, 1}, {3, 2}}}));
+  EXPECT_EQ(twice.code(), Code::kInvalid);
+  EXPECT_THAT(twice.message(), HasSubstr("appears twice"));
+  Bytes short_count = PayloadOf(RelayedFeedAcks{1, {{3, 1}}});
+  short_count[8] = 2;
+  EXPECT_FALSE(DecodePayload(MessageType::kRelayedFeedAcks, short_count).ok());
+  Bytes trailing = PayloadOf(RelayedFeedAcks{1, {{3, 1}}});
+  trailing.push_back(0);
+  EXPECT_FALSE(DecodePayload(MessageType::kRelayedFeedAcks, trailing).ok());
 }
 
 }  // namespace

@@ -187,5 +187,55 @@ TEST_F(MembershipClusterTest, ChunksComeFromRankedMembersWithoutALongLivedLink) 
   for (auto& node : nodes_) EXPECT_LE(LongLived(*node), 2u) << node->name;
 }
 
+// Eight nodes, two long-lived links each: a node confirms our feed only to its neighbours, so
+// without relayed confirmations the tombstones of a deletion would wait for ever on every node
+// with a member it has no link to. Neighbours relay what the others confirmed
+// (RelayedFeedAcks), and every node purges them; nothing comes back.
+TEST_F(MembershipClusterTest, TombstonesArePurgedEverywhereOverBoundedLinks) {
+  ReplicatorOptions o = Node::Options();
+  o.max_links = 2;
+  o.probe_period = 300ms;
+  o.short_idle = 100ms;
+  for (int i = 0; i < 8; ++i) AddNode(o);
+  StartAll();
+  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+
+  std::vector<InodeId> ids;
+  for (int f = 0; f < 5; ++f) {
+    const std::string path = "/f" + std::to_string(f);
+    ASSERT_TRUE(StoreBytes(*n(1).files, path, Pattern(1000, f)).ok());
+    ids.push_back(n(1).files->Resolve(path)->rec.id);
+  }
+  for (auto& node : nodes_) {
+    ASSERT_TRUE(Eventually([&] { return node->files->Resolve("/f4").ok(); })) << node->name;
+  }
+  for (int f = 0; f < 5; ++f) ASSERT_TRUE(n(2).files->Remove("/f" + std::to_string(f)).ok());
+  for (auto& node : nodes_) {
+    ASSERT_TRUE(Eventually([&] {
+      return node->files->Resolve("/f0").status().code() == Code::kNotFound &&
+             node->files->Resolve("/f4").status().code() == Code::kNotFound;
+    })) << node->name;
+  }
+  auto purged = [&](Node& node) {
+    auto st = node.files->PurgeTombstones(0ns);
+    EXPECT_TRUE(st.ok()) << st.status().message();
+    for (InodeId id : ids) {
+      if (node.db->GetInodeOrTombstone(id).ok()) return false;
+    }
+    return true;
+  };
+  for (auto& node : nodes_) {
+    EXPECT_TRUE(Eventually([&] { return purged(*node); }, 60s))
+        << node->name << ": tombstones never purged";
+  }
+  std::this_thread::sleep_for(1s);
+  for (auto& node : nodes_) {
+    for (InodeId id : ids) {
+      EXPECT_FALSE(node->db->GetInodeOrTombstone(id).ok()) << node->name << ": a record came back";
+    }
+    EXPECT_TRUE(node->files->ReadDir(kRootId)->empty()) << node->name;
+  }
+}
+
 }  // namespace
 }  // namespace foreverfs::server
