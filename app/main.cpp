@@ -66,6 +66,8 @@ struct Options {
   double tombstone_grace_s = 86400;
   int max_links = 8;
   double down_after_s = 900;
+  int sync_copies = 0;
+  double sync_timeout_s = 30;
   double max_clock_skew_s = 600;
   std::string metrics;  // ADDR:PORT for Prometheus, "" for none
 };
@@ -145,14 +147,18 @@ std::string SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
         o.log_file = value;
       } else if (name == "replicas" || name == "fetch-timeout" || name == "gc-interval" ||
                  name == "max-clock-skew" || name == "tombstone-grace" || name == "max-links" ||
-                 name == "down-after") {
-        const bool integer = name == "replicas" || name == "max-links";
+                 name == "down-after" || name == "sync-copies" || name == "sync-timeout") {
+        const bool integer = name == "replicas" || name == "max-links" || name == "sync-copies";
         if (!ParseNumber(value, number) || (integer && number != std::floor(number)))
           return opt + ": not a number from 0 to 1e9";
         if (name == "max-links" && number > 1024) return opt + ": at most 1024";
+        if (name == "sync-copies" && number > 1024) return opt + ": at most 1024";
+        if (name == "sync-timeout" && number < 0.001) return opt + ": at least 0.001";
         if (name == "replicas") o.replicas = static_cast<int>(number);
         if (name == "max-links") o.max_links = static_cast<int>(number);
         if (name == "down-after") o.down_after_s = number;
+        if (name == "sync-copies") o.sync_copies = static_cast<int>(number);
+        if (name == "sync-timeout") o.sync_timeout_s = number;
         if (name == "fetch-timeout") o.fetch_timeout_s = number;
         if (name == "gc-interval") o.gc_interval_s = number;
         if (name == "max-clock-skew") o.max_clock_skew_s = number;
@@ -269,6 +275,8 @@ int Serve(Options o) {
   config.max_clock_skew_s = o.max_clock_skew_s;
   config.max_links = o.max_links;
   config.down_after_s = o.down_after_s;
+  config.sync_copies = o.sync_copies;
+  config.sync_timeout_s = o.sync_timeout_s;
   // Errors return through fail() before `node` is destroyed, as when every part was a local.
   app::Node node(std::move(config));
   if (auto s = node.Start(); !s.ok()) return fail(s.message());
@@ -344,7 +352,7 @@ int main(int argc, char** argv) {
                  "Mount options: FUSE ones (allow_other, ro, ...) and name=value for the options "
                  "above (listen=, peer=, data=, key=, replicas=, log-level=, log-file=, "
                  "fetch-timeout=, gc-interval=, max-clock-skew=, tombstone-grace=, max-links=, "
-                 "down-after=, metrics=); "
+                 "down-after=, sync-copies=, sync-timeout=, metrics=); "
                  "_netdev, nofail, "
                  "noauto, x-* and other "
                  "mount(8) options are ignored")
@@ -386,6 +394,16 @@ int main(int argc, char** argv) {
                  "Seconds a member may be unreachable before it is down and its chunks are "
                  "placed elsewhere")
       ->check(CLI::Range(1.0, kMaxSeconds))
+      ->capture_default_str();
+
+  app.add_option("--sync-copies", o.sync_copies,
+                 "fsync returns once the file is durable on this many members, this one "
+                 "included (0: 2 when the cluster has two members or more, else 1)")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
+  app.add_option("--sync-timeout", o.sync_timeout_s,
+                 "Seconds fsync waits for --sync-copies members before it fails with EIO")
+      ->check(CLI::Range(0.001, kMaxSeconds))
       ->capture_default_str();
 
   std::string remove_id;

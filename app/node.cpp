@@ -75,6 +75,9 @@ Status Node::Start() {
       std::chrono::milliseconds(static_cast<long>(config_.fetch_timeout_s * 1000));
   ropts.max_links = static_cast<std::size_t>(config_.max_links);
   ropts.down_after = std::chrono::milliseconds(static_cast<long>(config_.down_after_s * 1000));
+  ropts.sync_copies = static_cast<std::size_t>(config_.sync_copies);
+  ropts.sync_timeout =
+      std::chrono::milliseconds(static_cast<long>(config_.sync_timeout_s * 1000));
   replicator_ = std::make_unique<server::Replicator>(*io_, *files_, ropts);
   net::TcpOptions topts;
   topts.node_id = files_->node_id();

@@ -51,6 +51,8 @@ struct NodeConfig {
   double max_clock_skew_s = 600;
   int max_links = 8;          // long-lived links (the membership's link plan)
   double down_after_s = 900;  // an unreachable member is down (leaves placement) after this
+  int sync_copies = 0;        // fsync waits for this many durable copies (0: 2 in a cluster)
+  double sync_timeout_s = 30;
 };
 
 class Node {

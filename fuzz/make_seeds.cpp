@@ -46,6 +46,10 @@ int main(int argc, char** argv) {
       GetChunk{77, crypto::Digest{8}},
       ChunkReply{77, true, Bytes(300, 0xab)},
       ChunkReply{78, false, {}},
+      FeedAck{5, 6},
+      MemberPing{1, {{2, "10.0.0.3:3000", MemberState::kSuspect, 4}}},
+      MemberSync{true, {{2, "10.0.0.3:3000", MemberState::kAlive, 1}}},
+      RelayedFeedAcks{9, {{2, 7}, {3, 8}}},
   };
   int i = 0;
   for (const auto& m : messages) {

@@ -172,6 +172,20 @@ void Put(Writer& w, const RelayedFeedAcks& m) {
   }
 }
 
+void Put(Writer& w, const DurableRequest& m) {
+  w.PutU64(m.request_id);
+  w.PutU64(m.seq);
+  w.PutU64(m.inode);
+  w.PutU64(m.version.hlc);
+  w.PutU64(m.version.node);
+}
+
+void Put(Writer& w, const DurableReply& m) {
+  w.PutU64(m.request_id);
+  w.PutBool(m.ok);
+  w.PutStr16(m.error);
+}
+
 void Put(Writer& w, const MemberSync& m) {
   w.PutBool(m.want_reply);
   Put(w, m.members);
@@ -425,6 +439,19 @@ void Get(Reader& r, RelayedFeedAcks& m) {
   }
 }
 
+void Get(Reader& r, DurableRequest& m) {
+  m.request_id = r.GetU64("request id");
+  m.seq = r.GetU64("seq");
+  m.inode = r.GetU64("inode");
+  Get(r, m.version);
+}
+
+void Get(Reader& r, DurableReply& m) {
+  m.request_id = r.GetU64("request id");
+  m.ok = r.GetBool("ok");
+  m.error = r.GetStr16("error", kMaxErrorSize);
+}
+
 template <typename T>
 Result<Message> Decode(MessageType type, ByteSpan payload) {
   T m;
@@ -436,7 +463,7 @@ Result<Message> Decode(MessageType type, ByteSpan payload) {
 
 bool KnownType(std::uint16_t t) {
   return t >= static_cast<std::uint16_t>(MessageType::kHello) &&
-         t <= static_cast<std::uint16_t>(MessageType::kRelayedFeedAcks);
+         t <= static_cast<std::uint16_t>(MessageType::kDurableReply);
 }
 
 }  // namespace
@@ -452,7 +479,8 @@ MessageType TypeOf(const Message& m) {
   static_assert(std::is_same_v<std::variant_alternative_t<12, Message>, MemberPing>);
   static_assert(std::is_same_v<std::variant_alternative_t<15, Message>, MemberSync>);
   static_assert(std::is_same_v<std::variant_alternative_t<16, Message>, RelayedFeedAcks>);
-  static_assert(std::variant_size_v<Message> == 17);
+  static_assert(std::is_same_v<std::variant_alternative_t<18, Message>, DurableReply>);
+  static_assert(std::variant_size_v<Message> == 19);
   return static_cast<MessageType>(m.index() + 1);
 }
 
@@ -492,6 +520,10 @@ const char* TypeName(MessageType t) {
       return "MemberSync";
     case MessageType::kRelayedFeedAcks:
       return "RelayedFeedAcks";
+    case MessageType::kDurableRequest:
+      return "DurableRequest";
+    case MessageType::kDurableReply:
+      return "DurableReply";
   }
   return "Unknown";
 }
@@ -574,6 +606,10 @@ Result<Message> DecodePayload(MessageType type, ByteSpan payload) {
       return Decode<MemberSync>(type, payload);
     case MessageType::kRelayedFeedAcks:
       return Decode<RelayedFeedAcks>(type, payload);
+    case MessageType::kDurableRequest:
+      return Decode<DurableRequest>(type, payload);
+    case MessageType::kDurableReply:
+      return Decode<DurableReply>(type, payload);
   }
   return Err(Code::kInvalid, "unknown message type {}", static_cast<std::uint16_t>(type));
 }

@@ -52,6 +52,8 @@ enum class MessageType : std::uint16_t {
   kMemberPingReq = 15,
   kMemberSync = 16,
   kRelayedFeedAcks = 17,
+  kDurableRequest = 18,
+  kDurableReply = 19,
 };
 
 // First message on a connection, from both sides. It says nothing about who the sender is:
@@ -235,9 +237,29 @@ struct RelayedFeedAcks {
   bool operator==(const RelayedFeedAcks&) const = default;
 };
 
+// "Make inode `inode` at `version` (or newer) durable on your disk: its record, which is in my
+// change feed through `seq`, and every chunk it names; then say so." Sent by a node whose
+// fsync(2) waits for --sync-copies members (doc/protocol.md, "Durable copies").
+struct DurableRequest {
+  std::uint64_t request_id = 0;
+  std::uint64_t seq = 0;
+  std::uint64_t inode = 0;
+  model::Version version;
+  bool operator==(const DurableRequest&) const = default;
+};
+// The answer: done, or why not (at most kMaxErrorSize bytes).
+inline constexpr std::size_t kMaxErrorSize = 1024;
+struct DurableReply {
+  std::uint64_t request_id = 0;
+  bool ok = false;
+  std::string error;
+  bool operator==(const DurableReply&) const = default;
+};
+
 using Message = std::variant<Hello, Auth, Peers, Subscribe, Changes, GetChunk, ChunkReply,
                              HaveChunks, HaveChunksReply, Keepalive, Identity, FeedAck, MemberPing,
-                             MemberAck, MemberPingReq, MemberSync, RelayedFeedAcks>;
+                             MemberAck, MemberPingReq, MemberSync, RelayedFeedAcks, DurableRequest,
+                             DurableReply>;
 
 MessageType TypeOf(const Message& m);
 const char* TypeName(MessageType t);

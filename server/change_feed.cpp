@@ -278,6 +278,14 @@ void ChangeFeed::NotifyLocalChange() {
   });
 }
 
+std::vector<std::uint64_t> ChangeFeed::Subscribers() const {
+  std::vector<std::uint64_t> out;
+  for (const auto& [node, p] : peers_) {
+    if (p.subscribed && !p.feed_broken) out.push_back(node);
+  }
+  return out;
+}
+
 ChangeFeed::Progress ChangeFeed::PeerProgress(std::uint64_t node, std::uint64_t last_seq) const {
   Progress out;
   auto it = peers_.find(node);

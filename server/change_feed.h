@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <vector>
 
 #include "net/transport.h"
 #include "server/file_server.h"
@@ -53,6 +54,8 @@ class ChangeFeed : public std::enable_shared_from_this<ChangeFeed> {
     std::uint64_t records_received = 0;
     std::uint64_t peer_seq = 0;
   };
+  // Peers that subscribed to our feed (they apply it), by node id. Event thread.
+  std::vector<std::uint64_t> Subscribers() const;
   // The feed to and from `node` (zeros if it has no link); `last_seq` is our feed's end.
   Progress PeerProgress(std::uint64_t node, std::uint64_t last_seq) const;
 

@@ -659,8 +659,15 @@ Status FileServer::Flush(std::uint64_t handle) {
 }
 
 Status FileServer::Fsync(std::uint64_t handle) {
-  if (auto s = Flush(handle); !s.ok()) return s;
-  return Sync();
+  auto of = HandleFile(handle);
+  if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);
+  if (auto s = of->Commit(); !s.ok()) return s;
+  if (auto s = Sync(); !s.ok()) return s;
+  if (!remote_) return Ok();
+  // Durable here; and on --sync-copies members in all.
+  auto rec = ns_.GetInode(of->id());
+  if (!rec.ok()) return rec.status().code() == Code::kNotFound ? Ok() : rec.status();
+  return remote_->MakeDurable(rec->id, rec->version, ns_.LastSeq());
 }
 
 Status FileServer::Sync() {

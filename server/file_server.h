@@ -40,6 +40,9 @@ class RemoteChunks {
  public:
   virtual ~RemoteChunks() = default;
   virtual Result<Bytes> Fetch(const cas::ChunkId& id) = 0;
+  // Inode `id` at `version` (in our feed through `seq`) is durable here: return once it is on
+  // as many members as --sync-copies asks, or why not (kIOError). Blocks.
+  virtual Status MakeDurable(InodeId, const model::Version&, std::uint64_t) { return Ok(); }
 };
 
 struct Attr {

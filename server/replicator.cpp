@@ -11,6 +11,7 @@
 #include "server/peer_links.h"
 #include "server/replication_common.h"
 #include "server/storage_work.h"
+#include "server/sync_copies.h"
 
 namespace foreverfs::server {
 
@@ -33,7 +34,11 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
       members_(std::make_shared<MemberLinks>(
           io, fs.ns(), links_,
           MemberLinksOptions{options.max_links, options.down_after, options.probe_period,
-                             options.short_idle})) {
+                             options.short_idle})),
+      sync_copies_(std::make_shared<SyncCopies>(io, fs, links_, fetcher_, storage_,
+                                                [f = feed_] { return f->Subscribers(); })),
+      copies_(options.sync_copies),
+      sync_timeout_(options.sync_timeout) {
   // Chunks whose holders we have no link to: short-lived links to the members ranked for them.
   const std::size_t reach = options.replicas > 0 ? static_cast<std::size_t>(options.replicas) : 3;
   fetcher_->SetReach({[m = members_, reach](const cas::ChunkId& id,
@@ -86,6 +91,10 @@ void Replicator::OnMessage(const std::shared_ptr<net::Link>& link, net::Message&
           feed_->OnFeedAck(node, msg);
         } else if constexpr (std::is_same_v<T, net::RelayedFeedAcks>) {
           feed_->OnRelayedFeedAcks(node, msg);
+        } else if constexpr (std::is_same_v<T, net::DurableRequest>) {
+          sync_copies_->OnRequest(link, msg);
+        } else if constexpr (std::is_same_v<T, net::DurableReply>) {
+          sync_copies_->OnReply(node, msg);
         } else if constexpr (std::is_same_v<T, net::GetChunk>) {
           fetcher_->OnGetChunk(link, msg);
         } else if constexpr (std::is_same_v<T, net::ChunkReply>) {
@@ -118,9 +127,22 @@ void Replicator::OnClose(const std::shared_ptr<net::Link>& link, const std::stri
   feed_->Close(node);
   // Requests in flight to that peer go to the next one.
   fetcher_->PeerClosed(node);
+  sync_copies_->PeerClosed(node);
 }
 
 Result<Bytes> Replicator::Fetch(const cas::ChunkId& id) { return fetcher_->Fetch(id); }
+
+Status Replicator::MakeDurable(InodeId id, const model::Version& version, std::uint64_t seq) {
+  std::size_t copies = copies_;
+  if (copies == 0) {
+    // Two when the cluster has two members or more (a member away counts: its copy is what
+    // fsync promises), else one.
+    const std::size_t members =
+        membership_started_ ? members_->PlacementMembers().size() : links_->Count() + 1;
+    copies = members >= 2 ? 2 : 1;
+  }
+  return sync_copies_->Wait(id, version, seq, copies, sync_timeout_);
+}
 
 void Replicator::NotifyLocalChange() { feed_->NotifyLocalChange(); }
 

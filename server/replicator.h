@@ -25,6 +25,7 @@
 // from any thread; the rest as marked. The parts live as long as their pending timers: the
 // destructor joins the storage pool, after which their disk work runs inline.
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -49,6 +50,7 @@ struct Dialer;
 struct MemberInfo;
 class PeerLinks;
 class StorageWork;
+class SyncCopies;
 
 struct ReplicatorOptions {
   int replicas = 0;  // 0: every node holds every chunk
@@ -58,6 +60,10 @@ struct ReplicatorOptions {
   std::chrono::milliseconds down_after{15 * 60 * 1000};
   std::chrono::milliseconds probe_period{1000};  // membership's protocol period
   std::chrono::milliseconds short_idle{3000};    // a short-lived link idle this long closes
+  // fsync(2) returns once the file is durable on this many members (0: 2 when the cluster has
+  // two or more members, else 1), or fails with EIO after sync_timeout.
+  std::size_t sync_copies = 0;
+  std::chrono::milliseconds sync_timeout{30000};
 };
 
 class Replicator : public net::LinkHandler, public RemoteChunks {
@@ -72,6 +78,7 @@ class Replicator : public net::LinkHandler, public RemoteChunks {
   void OnClose(const std::shared_ptr<net::Link>& link, const std::string& reason) override;
 
   Result<Bytes> Fetch(const cas::ChunkId& id) override;
+  Status MakeDurable(InodeId id, const model::Version& version, std::uint64_t seq) override;
   void NotifyLocalChange();
   // Where learned peer addresses go (the transport's AddPeer) while membership does not run.
   // Event thread.
@@ -110,7 +117,10 @@ class Replicator : public net::LinkHandler, public RemoteChunks {
   std::shared_ptr<HolderQueries> holders_;
   std::unique_ptr<PeerGossip> gossip_;
   std::shared_ptr<MemberLinks> members_;
-  bool membership_started_ = false;
+  std::shared_ptr<SyncCopies> sync_copies_;
+  const std::size_t copies_;
+  const std::chrono::milliseconds sync_timeout_;
+  std::atomic<bool> membership_started_{false};
 };
 
 }  // namespace foreverfs::server

@@ -282,7 +282,7 @@ TEST(NetCodecTest, FrameHeaderBounds) {
 }
 
 TEST(NetCodecTest, FrameHeaderRejectsUnknownTypes) {
-  for (std::uint16_t t : {0, 18, 19, 256, 0xFFFF}) {
+  for (std::uint16_t t : {0, 20, 21, 256, 0xFFFF}) {
     auto h = DecodeFrameHeader(Header(10, t));
     ASSERT_FALSE(h.ok()) << t;
     EXPECT_EQ(h.status().code(), Code::kInvalid);
@@ -856,6 +856,29 @@ TEST(NetCodecTest, RelayedFeedAcksLayoutBoundsAndDuplicates) {
   Bytes trailing = PayloadOf(RelayedFeedAcks{1, {{3, 1}}});
   trailing.push_back(0);
   EXPECT_FALSE(DecodePayload(MessageType::kRelayedFeedAcks, trailing).ok());
+}
+
+TEST(NetCodecTest, DurableMessagesRoundTripAndBounds) {
+  for (std::uint64_t v : {0ull, 1ull, ~0ull}) {
+    DurableRequest req{v, v, v, {v, v}};
+    auto d = RoundTrip(req);
+    ASSERT_TRUE(d.ok()) << d.status().message();
+    EXPECT_TRUE(*d == Message(req));
+  }
+  EXPECT_EQ(EncodeFrame(DurableReply{1, true, "x"}),
+            (Bytes{14, 0, 0, 0, 19, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 'x'}));
+  DurableReply at_limit{2, false, std::string(kMaxErrorSize, 'e')};
+  auto d = RoundTrip(at_limit);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  EXPECT_TRUE(*d == Message(at_limit));
+  DurableReply over{2, false, std::string(kMaxErrorSize + 1, 'e')};
+  EXPECT_FALSE(DecodePayload(MessageType::kDurableReply, PayloadOf(over)).ok());
+  Bytes bad_bool = PayloadOf(DurableReply{3, true, ""});
+  bad_bool[8] = 2;
+  EXPECT_FALSE(DecodePayload(MessageType::kDurableReply, bad_bool).ok());
+  Bytes short_req = PayloadOf(DurableRequest{1, 2, 3, {4, 5}});
+  short_req.pop_back();
+  EXPECT_FALSE(DecodePayload(MessageType::kDurableRequest, short_req).ok());
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 // and reaches Replicator state only by posting to the io thread.
 
 #include <fcntl.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -174,8 +175,9 @@ class ReplicationTest : public ::testing::Test {
     nodes_.clear();
   }
 
-  Node& AddNode() {
-    nodes_.push_back(std::make_unique<Node>(io_, "node" + std::to_string(nodes_.size() + 1)));
+  Node& AddNode(ReplicatorOptions options = Node::Options()) {
+    nodes_.push_back(
+        std::make_unique<Node>(io_, "node" + std::to_string(nodes_.size() + 1), options));
     return *nodes_.back();
   }
 
@@ -1092,6 +1094,60 @@ TEST_F(ReplicationTest, ANodeAPeerNamesHoldsBackPurgingUntilItConfirms) {
     EXPECT_TRUE(a.files->PurgeTombstones(0ns).ok());
     return !HasRecord(a, id);
   }));
+}
+
+// --sync-copies (default: two in a cluster): fsync returns only once another node holds the
+// file's record and every chunk, synced. Checked the moment fsync returns, without waiting.
+TEST_F(ReplicationTest, FsyncReturnsOnceAnotherNodeHoldsTheFile) {
+  MakeMesh();
+  const Bytes data = Pattern(3 * kMiB + 11, 31);
+  auto c = n(1).files->Create(kRootId, "f", 0644, 0, 0, O_RDWR | O_CREAT);
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  ASSERT_TRUE(n(1).files->Write(c->handle, 0, data).ok());
+  ASSERT_TRUE(n(1).files->Fsync(c->handle).ok());
+  auto rec = n(1).db->GetInode(c->attr.rec.id);
+  ASSERT_TRUE(rec.ok());
+  ASSERT_EQ(rec->manifest.size(), 4u);
+  auto holds = [&](Node& x) {
+    auto r = x.db->GetInode(rec->id);
+    if (!r.ok() || r->version != rec->version) return false;
+    for (const auto& [index, id] : rec->manifest) {
+      if (!x.store->Has(id)) return false;
+    }
+    return true;
+  };
+  EXPECT_TRUE(holds(n(2)) || holds(n(3)));
+  n(1).files->Release(c->handle);
+}
+
+// With fewer nodes than --sync-copies, fsync fails (EIO) after --sync-timeout and says how many
+// confirmed; once enough nodes are there it succeeds. A file deleted before its fsync asks
+// nobody.
+TEST_F(ReplicationTest, FsyncFailsWhenTooFewNodesConfirmAndSucceedsOnceThereAreEnough) {
+  ReplicatorOptions o = Node::Options();
+  o.sync_copies = 3;
+  o.sync_timeout = 700ms;
+  Node& a = AddNode(o);
+  Node& b = AddNode(o);
+  Connect(a, b);
+  ASSERT_TRUE(Eventually([&] { return PeerCount(a) == 1 && PeerCount(b) == 1; }));
+  auto c = a.files->Create(kRootId, "f", 0644, 0, 0, O_RDWR | O_CREAT);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(a.files->Write(c->handle, 0, Pattern(5000, 1)).ok());
+  const auto t0 = Clock::now();
+  Status s = a.files->Fsync(c->handle);
+  EXPECT_EQ(s.code(), Code::kIOError);
+  EXPECT_THAT(s.message(), ::testing::HasSubstr("durable on 2 of 3 members"));
+  EXPECT_GE(Clock::now() - t0, 700ms);
+
+  Node& third = AddNode(o);
+  Connect(a, third);
+  Connect(b, third);
+  ASSERT_TRUE(Eventually([&] { return PeerCount(a) == 2 && PeerCount(third) == 2; }));
+  ASSERT_TRUE(a.files->Write(c->handle, 5000, Pattern(5000, 2)).ok());
+  s = a.files->Fsync(c->handle);
+  EXPECT_TRUE(s.ok()) << s.message();
+  a.files->Release(c->handle);
 }
 
 }  // namespace
