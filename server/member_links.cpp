@@ -226,7 +226,9 @@ void MemberLinks::Handle(Actions&& actions) {
     dirty_ = true;
   }
   if (actions.links_changed || !actions.events.empty()) Reconcile();
+  const auto before = PlacementMembers();
   Publish();
+  if (placement_observer_ && PlacementMembers() != before) placement_observer_();
 }
 
 void MemberLinks::Send(Outgoing&& out) {

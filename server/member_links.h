@@ -85,6 +85,10 @@ class MemberLinks : public std::enable_shared_from_this<MemberLinks> {
   // thread.
   void Touch(std::uint64_t node) { last_used_[node] = Now(); }
 
+  // Called when the members placement ranks change (one joined, went down or was removed): the
+  // chunks ranked to this node may have changed (repair, rebalancing).
+  void SetPlacementObserver(std::function<void()> fn) { placement_observer_ = std::move(fn); }
+
   // `foreverfs node remove ID`. Event thread.
   Status Remove(std::uint64_t node);
 
@@ -112,6 +116,7 @@ class MemberLinks : public std::enable_shared_from_this<MemberLinks> {
   std::unique_ptr<Timer> timer_;
   Dialer dialer_;
   std::function<void(std::uint64_t, bool)> plan_observer_;
+  std::function<void()> placement_observer_;
   std::set<std::uint64_t> planned_;              // node ids of the plan
   std::map<std::string, std::uint64_t> dialed_;  // plan addresses we keep dialing -> node
   // Short-lived: messages waiting for a link to an address, and when each link was last used.

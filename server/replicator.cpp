@@ -44,6 +44,9 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
   fetcher_->SetReach({[m = members_, reach](const cas::ChunkId& id,
                                             std::uint64_t hint) { m->Reach(id, reach, hint); },
                       [m = members_](std::uint64_t node) { m->Touch(node); }});
+  // A member joined, went down or was removed: chunks now ranked to this node are fetched
+  // (repair, rebalancing).
+  members_->SetPlacementObserver([r = replication_] { r->ScanMissing(); });
   members_->SetPlanObserver([this](std::uint64_t node, bool planned) {
     // A link turned long-lived (the feed starts on it) or short-lived (it stops; the link
     // closes when idle).

@@ -237,5 +237,69 @@ TEST_F(MembershipClusterTest, TombstonesArePurgedEverywhereOverBoundedLinks) {
   }
 }
 
+// Repair: a member that holds chunks (--replicas 2) goes away for good. Once it is down, each of
+// its chunks is ranked to another member, which fetches it: every chunk is back on two live
+// members.
+TEST_F(MembershipClusterTest, ChunksOfAMemberThatWentDownAreCopiedToTheNextRanked) {
+  ReplicatorOptions o = Node::Options();
+  o.replicas = 2;
+  o.max_links = 2;
+  o.probe_period = 200ms;
+  o.short_idle = 300ms;
+  o.down_after = 1s;
+  for (int i = 0; i < 6; ++i) AddNode(o);
+  StartAll();
+  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  const Bytes data = Pattern(10 * kMiB, 17);
+  ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
+  const auto manifest = n(1).files->Resolve("/f")->rec.manifest;
+  std::map<std::uint64_t, Node*> by_id;
+  for (auto& node : nodes_) by_id[node->id()] = node.get();
+  auto on_ranked = [&](const std::vector<std::uint64_t>& ids) {
+    for (const auto& [index, id] : manifest) {
+      for (std::uint64_t h : replication::Ranked(ids, id, 2)) {
+        if (!by_id.at(h)->store->Has(id)) return false;
+      }
+    }
+    return true;
+  };
+  ASSERT_TRUE(Eventually([&] { return on_ranked(Ids()); }, 20s));
+
+  // The victim: the member (not the writer) ranked for the most chunks.
+  std::map<std::uint64_t, int> load;
+  for (const auto& [index, id] : manifest) {
+    for (std::uint64_t h : replication::Ranked(Ids(), id, 2)) ++load[h];
+  }
+  load.erase(n(1).id());
+  Node* victim = by_id.at(std::max_element(load.begin(), load.end(), [](auto& a, auto& b) {
+                            return a.second < b.second;
+                          })->first);
+  ASSERT_GT(load[victim->id()], 0);
+  OnIo(io_, [&] {
+    victim->replicator->StopMembership();
+    return 0;
+  });
+  std::vector<std::uint64_t> alive;
+  for (auto& node : nodes_) {
+    if (node.get() == victim) continue;
+    alive.push_back(node->id());
+    network_->Partition(victim->id(), node->id());
+  }
+  auto down_everywhere = [&] {
+    return OnIo(io_, [&] {
+      for (auto& node : nodes_) {
+        if (node.get() == victim) continue;
+        for (const auto& m : node->replicator->Members()) {
+          if (m.node_id == victim->id() && m.state != net::MemberState::kDown) return false;
+        }
+      }
+      return true;
+    });
+  };
+  ASSERT_TRUE(Eventually(down_everywhere, 30s));
+  EXPECT_TRUE(Eventually([&] { return on_ranked(alive); }, 20s))
+      << "chunks of the member that went down are not back on two live members";
+}
+
 }  // namespace
 }  // namespace foreverfs::server
