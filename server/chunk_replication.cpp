@@ -31,18 +31,21 @@ ChunkReplication::ChunkReplication(asio::io_context& io, FileServer& fs,
       fetch_timeout_(fetch_timeout) {}
 
 bool ChunkReplication::ShouldHold(const cas::ChunkId& id) const {
-  // Ranked over the members (alive or suspect: a node briefly away keeps its chunks), or over
+  if (replicas_ <= 0) return true;
+  const auto n = static_cast<std::size_t>(replicas_);
+  // Placed over the members (alive or suspect: a node briefly away keeps its chunks), or over
   // the connected peers when membership does not run.
-  std::vector<std::uint64_t> members = placement_ ? placement_() : std::vector<std::uint64_t>{};
-  if (members.empty()) {
-    members.push_back(fs_.node_id());
+  std::vector<std::uint64_t> holders;
+  if (auto map = placement_ ? placement_() : nullptr; map && map->size() > 0) {
+    if (map->size() <= n) return true;
+    holders = map->Pick(id, n);
+  } else {
+    std::vector<std::uint64_t> members{fs_.node_id()};
     for (auto& [node, link] : links_->links()) members.push_back(node);
+    if (members.size() <= n) return true;
+    holders = Ranked(members, id, n);
   }
-  if (replicas_ <= 0 || members.size() <= static_cast<std::size_t>(replicas_)) return true;
-  for (std::uint64_t node : Ranked(std::move(members), id, static_cast<std::size_t>(replicas_))) {
-    if (node == fs_.node_id()) return true;
-  }
-  return false;
+  return std::find(holders.begin(), holders.end(), fs_.node_id()) != holders.end();
 }
 
 void ChunkReplication::EnqueueManifest(const InodeRecord& r) {

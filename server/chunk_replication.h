@@ -20,6 +20,7 @@
 #include "server/chunk_fetcher.h"
 #include "server/file_server.h"
 #include "server/peer_links.h"
+#include "server/placement.h"
 #include "server/replication_status.h"
 
 namespace foreverfs::server {
@@ -32,9 +33,9 @@ class ChunkReplication : public std::enable_shared_from_this<ChunkReplication> {
                    int replicas, std::size_t background_fetches,
                    std::chrono::milliseconds fetch_timeout);
 
-  // The members placement ranks (alive and suspect, this node included), if membership runs;
-  // empty: the connected peers are ranked.
-  void SetPlacementMembers(std::function<std::vector<std::uint64_t>()> fn) {
+  // The placement over the members (alive and suspect, this node included), if membership
+  // runs; null or empty: the connected peers are placed.
+  void SetPlacement(std::function<std::shared_ptr<const Placement>()> fn) {
     placement_ = std::move(fn);
   }
   // Queues the chunks of `r` this node should hold and lacks.
@@ -58,7 +59,7 @@ class ChunkReplication : public std::enable_shared_from_this<ChunkReplication> {
   const std::shared_ptr<const PeerLinks> links_;
   const std::shared_ptr<ChunkFetcher> fetcher_;
   const int replicas_;
-  std::function<std::vector<std::uint64_t>()> placement_;
+  std::function<std::shared_ptr<const Placement>()> placement_;
   const std::size_t background_fetches_;
   const std::chrono::milliseconds fetch_timeout_;
   std::deque<std::pair<cas::ChunkId, std::uint64_t>> queue_;  // chunk, the node that wrote it

@@ -83,6 +83,10 @@ void MemberLinks::OnTimer() {
   for (auto& [node, link] : links_->links()) {
     if (planned_.contains(node)) continue;
     auto used = last_used_.find(node);
+    if (busy_ && busy_(node)) {
+      last_used_[node] = now;  // a request of ours waits on it
+      continue;
+    }
     if (used == last_used_.end()) {
       last_used_[node] = now;
     } else if (now - used->second > options_.short_idle) {
@@ -157,7 +161,9 @@ void MemberLinks::OnMessage(std::uint64_t from, const net::Message& m) {
 void MemberLinks::Reach(const cas::ChunkId& id, std::size_t n, std::uint64_t hint) {
   if (!membership_) return;
   const auto now = Now();
-  auto candidates = replication::Ranked(membership_->PlacementMembers(), id, n);
+  auto map = PlacementMap();
+  std::vector<std::uint64_t> candidates;
+  if (map) candidates = map->Pick(id, n);
   if (hint != 0) candidates.push_back(hint);
   for (std::uint64_t node : candidates) {
     if (node == membership_->self_id()) continue;
@@ -290,9 +296,20 @@ void MemberLinks::Publish() {
   if (!membership_) return;
   auto members = membership_->Members();
   auto placement = membership_->PlacementMembers();
+  std::shared_ptr<const Placement> map;
+  {
+    MutexLock lock(copy_mu_);
+    if (placement == placement_copy_ && placement_map_) map = placement_map_;
+  }
+  if (!map) {
+    std::vector<Placement::Member> weighted;
+    for (std::uint64_t node : placement) weighted.push_back({node, 1});
+    map = std::make_shared<const Placement>(weighted);
+  }
   MutexLock lock(copy_mu_);
   members_copy_ = std::move(members);
   placement_copy_ = std::move(placement);
+  placement_map_ = std::move(map);
 }
 
 void MemberLinks::Persist() {
@@ -313,6 +330,11 @@ void MemberLinks::Persist() {
 std::vector<MemberInfo> MemberLinks::Members() const {
   MutexLock lock(copy_mu_);
   return members_copy_;
+}
+
+std::shared_ptr<const Placement> MemberLinks::PlacementMap() const {
+  MutexLock lock(copy_mu_);
+  return placement_map_;
 }
 
 std::vector<std::uint64_t> MemberLinks::PlacementMembers() const {

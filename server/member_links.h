@@ -27,6 +27,7 @@
 #include "server/membership.h"
 #include "server/namespace_db.h"
 #include "server/peer_links.h"
+#include "server/placement.h"
 
 namespace boost::asio {
 class io_context;
@@ -85,6 +86,8 @@ class MemberLinks : public std::enable_shared_from_this<MemberLinks> {
   // thread.
   void Touch(std::uint64_t node) { last_used_[node] = Now(); }
 
+  // True while requests of ours to `node` wait for an answer: its short-lived link stays open.
+  void SetBusy(std::function<bool(std::uint64_t node)> fn) { busy_ = std::move(fn); }
   // Called when the members placement ranks change (one joined, went down or was removed): the
   // chunks ranked to this node may have changed (repair, rebalancing).
   void SetPlacementObserver(std::function<void()> fn) { placement_observer_ = std::move(fn); }
@@ -95,6 +98,9 @@ class MemberLinks : public std::enable_shared_from_this<MemberLinks> {
   // Any thread.
   std::vector<MemberInfo> Members() const;
   std::vector<std::uint64_t> PlacementMembers() const;
+  // The placement over PlacementMembers(), built once per change of the list (null before
+  // Start).
+  std::shared_ptr<const Placement> PlacementMap() const;
 
  private:
   using SteadyMs = std::chrono::milliseconds;
@@ -117,6 +123,7 @@ class MemberLinks : public std::enable_shared_from_this<MemberLinks> {
   Dialer dialer_;
   std::function<void(std::uint64_t, bool)> plan_observer_;
   std::function<void()> placement_observer_;
+  std::function<bool(std::uint64_t)> busy_;
   std::set<std::uint64_t> planned_;              // node ids of the plan
   std::map<std::string, std::uint64_t> dialed_;  // plan addresses we keep dialing -> node
   // Short-lived: messages waiting for a link to an address, and when each link was last used.
@@ -134,6 +141,7 @@ class MemberLinks : public std::enable_shared_from_this<MemberLinks> {
   mutable Mutex copy_mu_;  // leaf: the copies other threads read
   std::vector<MemberInfo> members_copy_ GUARDED_BY(copy_mu_);
   std::vector<std::uint64_t> placement_copy_ GUARDED_BY(copy_mu_);
+  std::shared_ptr<const Placement> placement_map_ GUARDED_BY(copy_mu_);
 };
 
 }  // namespace foreverfs::server

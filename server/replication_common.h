@@ -1,6 +1,6 @@
 #pragma once
 // Small helpers the replicator's parts share (server/replicator.h and the classes it owns):
-// how a node id is logged, the rendezvous score that ranks nodes for a chunk, and recording a
+// how a node id is logged, the rendezvous score that orders peers to ask for a chunk, placement, and recording a
 // node as a member. Pure functions; any thread.
 
 #include <fmt/format.h>
@@ -15,6 +15,7 @@
 
 #include "cas/chunk_store.h"
 #include "server/namespace_db.h"
+#include "server/placement.h"
 
 namespace foreverfs::server::replication {
 
@@ -31,20 +32,15 @@ inline std::uint64_t Score(std::uint64_t node, const cas::ChunkId& id) {
   return h ^ (h >> 32);
 }
 
-// The `n` members of `members` that rank highest for `id` (all of them when there are no more
-// than `n`), best first.
-inline std::vector<std::uint64_t> Ranked(std::vector<std::uint64_t> members,
+// The `n` members of `members` (equal weights) that hold `id` by placement (Placement), in pick
+// order; all of them when there are no more than `n`. Builds the placement each call: for a
+// handful of members, or tests; the daemon keeps one built per member list (MemberLinks).
+inline std::vector<std::uint64_t> Ranked(const std::vector<std::uint64_t>& members,
                                          const cas::ChunkId& id, std::size_t n) {
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> scores;
-  scores.reserve(members.size());
-  for (std::uint64_t node : members) scores.emplace_back(Score(node, id), node);
-  const std::size_t k = std::min(n, scores.size());
-  std::partial_sort(scores.begin(), scores.begin() + static_cast<std::ptrdiff_t>(k), scores.end(),
-                    std::greater<>());
-  std::vector<std::uint64_t> out;
-  out.reserve(k);
-  for (std::size_t i = 0; i < k; ++i) out.push_back(scores[i].second);
-  return out;
+  std::vector<Placement::Member> m;
+  m.reserve(members.size());
+  for (std::uint64_t node : members) m.push_back({node, 1});
+  return Placement(m).Pick(id, n);
 }
 
 // A member from now on: no tombstone is purged before it confirms it holds it (README,

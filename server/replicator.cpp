@@ -46,6 +46,7 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
                       [m = members_](std::uint64_t node) { m->Touch(node); }});
   // A member joined, went down or was removed: chunks now ranked to this node are fetched
   // (repair, rebalancing).
+  members_->SetBusy([f = fetcher_](std::uint64_t node) { return f->InFlightTo(node) > 0; });
   members_->SetPlacementObserver([r = replication_] { r->ScanMissing(); });
   members_->SetPlanObserver([this](std::uint64_t node, bool planned) {
     // A link turned long-lived (the feed starts on it) or short-lived (it stops; the link
@@ -156,7 +157,7 @@ void Replicator::SetDialer(std::function<void(const std::string&)> dial) {
 void Replicator::StartMembership(const std::string& self_addr,
                                  const std::vector<std::string>& seeds, Dialer dialer) {
   membership_started_ = true;
-  replication_->SetPlacementMembers([m = members_] { return m->PlacementMembers(); });
+  replication_->SetPlacement([m = members_] { return m->PlacementMap(); });
   members_->Start(self_addr, seeds, std::move(dialer));
 }
 

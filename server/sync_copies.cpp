@@ -19,7 +19,8 @@ using replication::Clock;
 using replication::Short;
 
 constexpr auto kRetry = std::chrono::milliseconds(200);     // no candidate left: look again
-constexpr auto kPoll = std::chrono::milliseconds(10);       // serving: wait for the record
+constexpr auto kPoll = std::chrono::milliseconds(20);       // serving: wait for the record
+constexpr std::size_t kMaxServing = 64;                     // requests served at once
 constexpr auto kServeLimit = std::chrono::seconds(120);     // serving: give up after this
 constexpr std::size_t kConcurrentFetches = 8;
 
@@ -173,6 +174,12 @@ void SyncCopies::Finish(const std::shared_ptr<Ask>& ask, Status s) {
 }
 
 void SyncCopies::OnRequest(const std::shared_ptr<net::Link>& link, const net::DurableRequest& req) {
+  if (serving_ >= kMaxServing) {
+    link->Send(net::DurableReply{req.request_id, false,
+                                 fmt::format("busy: {} requests served already", serving_)});
+    return;
+  }
+  ++serving_;
   auto serve = std::make_shared<Serve>();
   serve->link = link;
   serve->req = req;
@@ -183,6 +190,10 @@ void SyncCopies::OnRequest(const std::shared_ptr<net::Link>& link, const net::Du
 
 void SyncCopies::Step(const std::shared_ptr<Serve>& serve) {
   if (serve->answered || serve->syncing) return;
+  if (!links_->IsCurrent(serve->link)) {  // the asker went: nobody waits for the answer
+    Answer(serve, Err(Code::kUnavailable, "link closed"));
+    return;
+  }
   if (Clock::now() >= serve->deadline) {
     Answer(serve, Err(Code::kTimedOut, "its change {} did not arrive here in time", serve->req.seq));
     return;
@@ -205,6 +216,22 @@ void SyncCopies::Step(const std::shared_ptr<Serve>& serve) {
       Answer(serve, Err(Code::kInvalid, "inode {:016x}: its version was refused here",
                         serve->req.inode));
       return;
+    }
+    if (rec->version != serve->req.version && !rec->deleted) {
+      // A newer version won here. It stands for the asked one only if it descends from it (its
+      // content clock has the asked write); a concurrent one left the asked content as a
+      // conflict copy, which this request does not cover.
+      const auto& v = serve->req.version;
+      const bool descends = std::any_of(
+          rec->content_clock.begin(), rec->content_clock.end(),
+          [&](const model::ClockEntry& c) { return c.node == v.node && c.hlc >= v.hlc; });
+      if (!descends) {
+        Answer(serve, Err(Code::kInvalid,
+                          "inode {:016x}: a concurrent version won here; the asked one is a "
+                          "conflict copy",
+                          serve->req.inode));
+        return;
+      }
     }
     serve->have_record = true;
     if (!rec->deleted) {
@@ -238,6 +265,7 @@ void SyncCopies::Step(const std::shared_ptr<Serve>& serve) {
 void SyncCopies::Answer(const std::shared_ptr<Serve>& serve, Status s) {
   if (serve->answered) return;
   serve->answered = true;
+  --serving_;
   std::string error = s.ok() ? std::string() : s.message();
   if (error.size() > net::kMaxErrorSize) error.resize(net::kMaxErrorSize);
   serve->link->Send(net::DurableReply{serve->req.request_id, s.ok(), std::move(error)});

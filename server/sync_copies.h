@@ -64,6 +64,7 @@ class SyncCopies : public std::enable_shared_from_this<SyncCopies> {
   const std::function<std::vector<std::uint64_t>()> candidates_;
   std::map<std::uint64_t, std::pair<std::shared_ptr<Ask>, std::uint64_t>> asked_;  // req -> ask, node
   std::uint64_t next_request_ = 1;
+  std::size_t serving_ = 0;  // requests we serve now, at most kMaxServing
 };
 
 }  // namespace foreverfs::server
