@@ -127,6 +127,7 @@ int main(int argc, char** argv) {
   std::size_t members = 10000;
   std::uint64_t chunks = 100'000'000, sample = 10'000'000;
   int threads = 2;
+  std::uint32_t points = Placement::kPoints;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const auto v = std::strtoull(argv[i + 1], nullptr, 10);
@@ -134,22 +135,23 @@ int main(int argc, char** argv) {
     if (a == "--chunks") chunks = v;
     if (a == "--sample") sample = v;
     if (a == "--threads") threads = static_cast<int>(std::max<unsigned long long>(1, v));
+    if (a == "--points") points = static_cast<std::uint32_t>(v);
   }
-  fmt::print("placement: multi-probe consistent hashing, {} probes; {} members\n",
-             Placement::kProbes, members);
+  fmt::print("placement: multi-probe consistent hashing, {} probes, {} point(s) per unit of weight; {} members\n",
+             Placement::kProbes, points, members);
 
   const auto t0 = Clock::now();
-  Placement equal(Members(members, false));
+  Placement equal(Members(members, false), points);
   auto loads = Loads(equal, chunks, threads);
-  std::uint64_t max = 0;
-  for (auto& [id, n] : loads) max = std::max(max, n);
+  std::uint64_t max = 0, min = loads.size() < members ? 0 : ~0ull;
+  for (auto& [id, n] : loads) max = std::max(max, n), min = std::min(min, n);
   const double mean = static_cast<double>(chunks) / static_cast<double>(members);
-  fmt::print("load, equal weights: max/mean {:.3f} over {} placements ({} members got none; {:.0f} s)\n",
-             static_cast<double>(max) / mean, chunks, members - loads.size(),
+  fmt::print("load, equal weights: max/mean {:.3f}, min/mean {:.3f} over {} placements ({} members got none; {:.0f} s)\n",
+             static_cast<double>(max) / mean, static_cast<double>(min) / mean, chunks, members - loads.size(),
              std::chrono::duration<double>(Clock::now() - t0).count());
 
   auto mixed_members = Members(members, true);
-  Placement mixed(mixed_members);
+  Placement mixed(mixed_members, points);
   std::uint64_t total_weight = 0;
   for (auto& m : mixed_members) total_weight += m.weight;
   auto mixed_loads = Loads(mixed, chunks, threads);
@@ -176,10 +178,10 @@ int main(int argc, char** argv) {
       class_share[2] / class_cap[2]);
 
   auto plus = Members(members + 1, false);
-  Placement joined(plus);
+  Placement joined(plus, points);
   auto minus = Members(members, false);
   minus.erase(minus.begin() + static_cast<std::ptrdiff_t>(members / 2));
-  Placement left(minus);
+  Placement left(minus, points);
   for (std::size_t holders : {std::size_t{1}, std::size_t{3}}) {
     const double join = Moved(equal, joined, sample, holders);
     const double leave = Moved(equal, left, sample, holders);
@@ -192,7 +194,7 @@ int main(int argc, char** argv) {
   }
 
   for (std::size_t n : {std::size_t{100}, std::size_t{1000}, std::size_t{10000}}) {
-    Placement p(Members(n, false));
+    Placement p(Members(n, false), points);
     std::vector<std::uint64_t> ids;
     for (auto& m : Members(n, false)) ids.push_back(m.id);
     volatile std::uint64_t sink = 0;

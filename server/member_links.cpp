@@ -211,7 +211,12 @@ void MemberLinks::Handle(Actions&& actions) {
         spdlog::info("member {} ({}): {} -> {} (incarnation {})", Short(e.node_id), e.addr,
                      net::MemberStateName(e.old_state), net::MemberStateName(e.state),
                      e.incarnation);
-        if (e.state == net::MemberState::kRemoved) (void)ns_.ForgetMember(e.node_id);
+        if (e.state == net::MemberState::kRemoved) {
+          (void)ns_.ForgetMember(e.node_id);
+        } else if (e.old_state == net::MemberState::kRemoved) {
+          // Back after a removal (it restarted): our deletions wait for it again.
+          replication::AddMember(ns_, e.node_id);
+        }
         break;
       case MemberEvent::Kind::kUnreachable:
         spdlog::warn(

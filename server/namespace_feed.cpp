@@ -175,9 +175,13 @@ void NamespaceDb::RecordRelayedAcks(std::uint64_t via, const net::RelayedFeedAck
     if (applied > seq_) continue;  // not something this database handed out: confirms nothing
     const auto key = std::make_pair(member, via);
     if (auto it = relay_pending_.find(key); it != relay_pending_.end()) {
-      if (cursor < it->second.via_seq) continue;  // the earlier one still waits
-      auto& c = relayed_[member];
-      c = std::max(c, it->second.applied);
+      // The earlier one still waits, unless this one waits for less (the neighbour's feed
+      // restarted, or the earlier one named a point its feed never reached).
+      if (cursor < it->second.via_seq && acks.via_seq > it->second.via_seq) continue;
+      if (cursor >= it->second.via_seq) {
+        auto& c = relayed_[member];
+        c = std::max(c, it->second.applied);
+      }
       relay_pending_.erase(it);
     }
     if (cursor >= acks.via_seq) {

@@ -17,12 +17,13 @@ std::uint64_t Mix(std::uint64_t x) {
 
 }  // namespace
 
-Placement::Placement(const std::vector<Member>& members) {
+Placement::Placement(const std::vector<Member>& members, std::uint32_t points) {
+  points = std::max<std::uint32_t>(points, 1);
   std::set<std::uint64_t> seen;
   for (const Member& m : members) {
     if (!seen.insert(m.id).second) continue;
     const std::uint32_t w = std::clamp<std::uint32_t>(m.weight, 1, kMaxWeight);
-    for (std::uint32_t p = 0; p < w; ++p) {
+    for (std::uint32_t p = 0; p < w * points; ++p) {
       points_.emplace_back(Mix(m.id ^ Mix(0x706c6163656d656eull + p)), m.id);
     }
   }

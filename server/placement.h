@@ -33,8 +33,10 @@ class Placement {
   static constexpr std::uint32_t kMaxWeight = 1024;
 
   Placement() = default;
-  // Duplicate ids count once (the first); weights are clamped to 1..kMaxWeight.
-  explicit Placement(const std::vector<Member>& members);
+  // Duplicate ids count once (the first); weights are clamped to 1..kMaxWeight. Each unit of
+  // weight is `points` points on the ring (at least 1).
+  explicit Placement(const std::vector<Member>& members, std::uint32_t points = kPoints);
+  static constexpr std::uint32_t kPoints = 4;
 
   // The `n` members that hold `key`, in pick order (all of them when there are no more than
   // `n`).

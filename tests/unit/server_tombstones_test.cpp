@@ -199,6 +199,46 @@ TEST_F(TombstoneTest, AConfirmationCountsOnceTheMembersEarlierChangesArrived) {
   EXPECT_EQ(db_->Members()[0].confirmed, db_->LastSeq());
 }
 
+// A relayed confirmation (a neighbour kM2 says member kM1 holds our feed through s) counts once
+// our cursor in kM2's feed reaches the relay's via_seq; a later relay is ignored while an earlier
+// one waits, unless it waits for less; one past our feed's end, or about ourselves or the relay
+// itself, confirms nothing; and forgetting the member drops them.
+TEST_F(TombstoneTest, ARelayedConfirmationCountsOnceTheNeighboursChangesArrived) {
+  CreateAndDelete();
+  ASSERT_TRUE(db_->AddMember(kM1).ok());
+  const std::uint64_t all = db_->LastSeq();
+  auto confirmed = [&] { return db_->Members()[0].confirmed; };
+  db_->RecordRelayedAcks(kM2, net::RelayedFeedAcks{30, {{kM1, all}}});
+  EXPECT_EQ(confirmed(), 0u);
+  EXPECT_EQ(Purge().inodes, 0u);
+  // A later one waiting for more is ignored while the first waits.
+  db_->RecordRelayedAcks(kM2, net::RelayedFeedAcks{60, {{kM1, all}}});
+  ASSERT_TRUE(db_->Apply({}, kM2, 29).ok());
+  EXPECT_EQ(confirmed(), 0u);
+  ASSERT_TRUE(db_->Apply({}, kM2, 30).ok());
+  EXPECT_EQ(confirmed(), all);
+  EXPECT_EQ(Purge().inodes, 1u);
+  // Nothing past our end, nothing about ourselves or the relay, and never less than before.
+  db_->RecordRelayedAcks(kM2, net::RelayedFeedAcks{0, {{kM1, db_->LastSeq() + 5},
+                                                      {db_->node_id(), 1},
+                                                      {kM2, 1}}});
+  EXPECT_EQ(confirmed(), all);
+  EXPECT_EQ(db_->Members().size(), 1u);
+  db_->RecordRelayedAcks(kM2, net::RelayedFeedAcks{0, {{kM1, 1}}});
+  EXPECT_EQ(confirmed(), all);
+  // A pending relay with an unreachable via_seq is replaced by one that waits for less.
+  ASSERT_TRUE(db_->AddMember(0x3333).ok());
+  db_->RecordRelayedAcks(kM2, net::RelayedFeedAcks{1'000'000, {{0x3333, all}}});
+  db_->RecordRelayedAcks(kM2, net::RelayedFeedAcks{30, {{0x3333, all}}});
+  auto members = db_->Members();
+  ASSERT_EQ(members.size(), 2u);
+  EXPECT_EQ(members[1].confirmed, all);
+  // Forgotten: its relayed confirmation goes with it.
+  ASSERT_TRUE(db_->ForgetMember(0x3333).ok());
+  ASSERT_TRUE(db_->AddMember(0x3333).ok());
+  EXPECT_EQ(db_->Members()[1].confirmed, 0u);
+}
+
 // A confirmation past the end of our feed is not something we handed out: it confirms nothing.
 TEST_F(TombstoneTest, AConfirmationPastOurLastChangeConfirmsNothing) {
   CreateAndDelete();
