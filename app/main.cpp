@@ -47,6 +47,7 @@ Examples:
   foreverfs status /mnt/fs --json                   # peers, bytes in/out, backlog, last errors
   getfattr -n user.foreverfs.replicas /mnt/fs/film.mkv   # nodes holding every chunk of it
   getfattr -n user.foreverfs.holders /mnt/fs/film.mkv    # which ones (node id@address)
+  getfattr -n user.foreverfs.local /mnt/fs/film.mkv      # bytes of it held on this node
   foreverfs /mnt/fs --metrics 127.0.0.1:9464 ...    # Prometheus: curl 127.0.0.1:9464/metrics
 )";
 

@@ -45,6 +45,12 @@ for i in 2 3 4; do
     ceventually $T same "$CW/src" "$(cmnt "$i")/f"
 done
 
+# user.foreverfs.local: every survivor ends up holding all of the file's bytes (every node
+# holds every chunk without --replicas).
+local_bytes() { python3 -c 'import os,sys; print(os.getxattr(sys.argv[1], "user.foreverfs.local").decode())' "$1" 2>/dev/null; }
+holds_all() { [ "$(local_bytes "$(cmnt "$1")/f")" = "$(stat -c %s "$CW/src")" ]; }
+for i in 2 3 4; do check "host $i holds all $(stat -c %s "$CW/src") bytes (user.foreverfs.local)" ceventually $T holds_all "$i"; done
+
 # Host 4 asks for 4 copies; only 3 members are up.
 cat >"$CW/eio.py" <<'PY'
 import errno, os, sys
