@@ -102,6 +102,7 @@ Status Node::Start() {
   });
   files_->SetRemote(replicator_.get());
   files_->SetOnLocalChange([r = replicator_.get()] { r->NotifyLocalChange(); });
+  files_->SetOnPinChange([r = replicator_.get()] { r->Rescan(); });
 
   fuse_->SetControlPath((data / "control.sock").string());
   fuse_->SetOpObserver(

@@ -106,6 +106,7 @@ std::int64_t ToNs(const timespec& t) {
 // Names the daemon answers itself (the control socket, replica counts): read-only.
 constexpr std::string_view kReservedXattrPrefix = "user.foreverfs.";
 constexpr std::string_view kControlXattr = "user.foreverfs.control";
+constexpr std::string_view kPinXattr = "user.foreverfs.pin";
 
 // By OpId.
 constexpr std::array<const char*, kOpCount> kOpNames = {
@@ -336,6 +337,11 @@ void Ops::Setxattr(Reply& r, fuse_ino_t ino, const char* name, const char* value
   // The kernel refuses both before asking (ERANGE, E2BIG), as Linux does for every file system.
   if (::strnlen(name, kMaxNameBytes + 1) > kMaxNameBytes) return r.Err(ERANGE);
   if (size > kMaxXattrValueBytes) return r.Err(E2BIG);
+  if (name == kPinXattr) {
+    auto s = fs_.SetPin(ino, ByteSpan(reinterpret_cast<const std::uint8_t*>(value), size));
+    if (!s.ok()) return ReplyError(r, s, "setxattr");
+    return r.Err(0);
+  }
   if (std::string_view(name).starts_with(kReservedXattrPrefix)) return r.Err(EPERM);
   auto s =
       fs_.SetXattr(ino, name, ByteSpan(reinterpret_cast<const std::uint8_t*>(value), size), flags);
@@ -346,7 +352,9 @@ void Ops::Setxattr(Reply& r, fuse_ino_t ino, const char* name, const char* value
 void Ops::Getxattr(Reply& r, fuse_ino_t ino, const char* name, std::size_t size) {
   if (::strnlen(name, kMaxNameBytes + 1) > kMaxNameBytes) return r.Err(ERANGE);
   std::optional<Result<Bytes>> virt;
-  if (virtual_xattr_ && std::string_view(name).starts_with(kReservedXattrPrefix)) {
+  if (name == kPinXattr) {
+    virt = fs_.GetPin(ino);
+  } else if (virtual_xattr_ && std::string_view(name).starts_with(kReservedXattrPrefix)) {
     virt = virtual_xattr_(ino, name);
   }
   auto v = virt ? std::move(*virt)

@@ -55,8 +55,10 @@ void ChunkReplication::EnqueueManifest(const InodeRecord& r) {
   for (const auto& c : r.content_clock) {
     if (c.hlc >= newest) newest = c.hlc, writer = c.node;
   }
+  // A pinned file (or one in a pinned directory) keeps every chunk here.
+  const bool pinned = replicas_ > 0 && !r.manifest.empty() && fs_.ns().Pinned(r.id);
   for (const auto& [index, id] : r.manifest) {
-    if (queued_.contains(id) || !ShouldHold(id) || fs_.HasChunk(id)) continue;
+    if (queued_.contains(id) || !(pinned || ShouldHold(id)) || fs_.HasChunk(id)) continue;
     queued_.insert(id);
     queue_.emplace_back(id, writer);
     if (!round_.running) {
@@ -74,7 +76,10 @@ void ChunkReplication::ScanMissing() {
 
 void ChunkReplication::RunQueue() {
   while (in_flight_ < background_fetches_ && !queue_.empty() && !links_->empty()) {
-    auto [id, writer] = queue_.front();
+    // Named copies, not a structured binding: a lambda below captures them (clang 14 cannot
+    // capture bindings).
+    const cas::ChunkId id = queue_.front().first;
+    const std::uint64_t writer = queue_.front().second;
     queue_.pop_front();
     if (fs_.HasChunk(id)) {
       queued_.erase(id);

@@ -658,6 +658,27 @@ Status FileServer::Flush(std::uint64_t handle) {
   return of->Commit();
 }
 
+Status FileServer::SetPin(InodeId id, ByteSpan value) {
+  std::string v(value.begin(), value.end());
+  while (!v.empty() && (v.back() == '\n' || v.back() == ' ')) v.pop_back();
+  if (v != "0" && v != "1") {
+    return Err(Code::kInvalid, "user.foreverfs.pin takes 1 (pin) or 0 (unpin), not {:?}", v);
+  }
+  auto rec = ns_.GetInode(id);
+  if (!rec.ok()) return rec.status();
+  if (auto s = ns_.SetPin(id, v == "1"); !s.ok()) return s;
+  spdlog::info("inode {:016x}: {}", id, v == "1" ? "pinned here" : "unpinned");
+  if (on_pin_change_) on_pin_change_();
+  return Ok();
+}
+
+Result<Bytes> FileServer::GetPin(InodeId id) {
+  auto rec = ns_.GetInode(id);
+  if (!rec.ok()) return rec.status();
+  const char c = ns_.PinnedHere(id) ? '1' : '0';
+  return Bytes{static_cast<std::uint8_t>(c)};
+}
+
 Status FileServer::Fsync(std::uint64_t handle) {
   auto of = HandleFile(handle);
   if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);

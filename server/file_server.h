@@ -81,6 +81,8 @@ class FileServer : public FileHost {
   void SetRemote(RemoteChunks* remote) { remote_ = remote; }
   // Called after every local commit (from the committing thread).
   void SetOnLocalChange(std::function<void()> fn) { on_local_change_ = std::move(fn); }
+  // Called after a pin changed (SetPin): chunks may need fetching. Set before use.
+  void SetOnPinChange(std::function<void()> fn) { on_pin_change_ = std::move(fn); }
   // Called with the records that won after a remote update was applied.
   void SetOnRemoteChange(std::function<void(const ChangeSet&)> fn) {
     on_remote_change_ = std::move(fn);
@@ -116,6 +118,11 @@ class FileServer : public FileHost {
   Status SetXattr(InodeId id, std::string_view name, ByteSpan value, int flags);
   Result<Bytes> GetXattr(InodeId id, std::string_view name);
   Result<std::vector<std::string>> ListXattr(InodeId id);
+  // user.foreverfs.pin: `value` "1" keeps the chunks of `id` (a file, or a directory and all
+  // below it) on this node whatever placement says; "0" unpins. Anything else: kInvalid.
+  Status SetPin(InodeId id, ByteSpan value);
+  // "1" if `id` itself is pinned here, else "0".
+  Result<Bytes> GetPin(InodeId id);
   Status RemoveXattr(InodeId id, std::string_view name);
   Status Unlink(InodeId parent, std::string_view name);
   Status Rmdir(InodeId parent, std::string_view name);
@@ -235,6 +242,7 @@ class FileServer : public FileHost {
   bool gc_window_ GUARDED_BY(gc_mu_) = false;
   std::set<cas::ChunkId> gc_touched_ GUARDED_BY(gc_mu_);
   std::function<void()> on_local_change_;
+  std::function<void()> on_pin_change_;
   std::function<void(const ChangeSet&)> on_remote_change_;
 
   // Serializes check-then-commit namespace operations. Lock order: before OpenFile::mu_ (which

@@ -139,6 +139,12 @@ class NamespaceDb {
   // No tombstone waits for `node` any more (`foreverfs node remove`).
   Status ForgetMember(std::uint64_t node);
 
+  // Pins (user.foreverfs.pin), local to this node: `id` (a file, or a directory and all below
+  // it) keeps its chunks here whatever placement says.
+  Status SetPin(InodeId id, bool pinned);
+  bool PinnedHere(InodeId id);  // `id` itself
+  bool Pinned(InodeId id);      // `id` or a directory above it
+
   // The cluster's member list as Membership exports it, replaced whole.
   struct ClusterMember {
     std::uint64_t node = 0;

@@ -130,6 +130,42 @@ Status NamespaceDb::ForgetMember(std::uint64_t node) {
   return Stmt(db_, "DELETE FROM members WHERE node = ?").Bind(1, S(node)).Run();
 }
 
+Status NamespaceDb::SetPin(InodeId id, bool pinned) {
+  MutexLock lock(mu_);
+  return pinned ? Stmt(db_, "INSERT OR IGNORE INTO pins(inode) VALUES(?)").Bind(1, S(id)).Run()
+                : Stmt(db_, "DELETE FROM pins WHERE inode = ?").Bind(1, S(id)).Run();
+}
+
+bool NamespaceDb::PinnedHere(InodeId id) {
+  MutexLock lock(mu_);
+  Stmt q(db_, "SELECT 1 FROM pins WHERE inode = ?");
+  q.Bind(1, S(id));
+  return q.Step() == SQLITE_ROW;
+}
+
+bool NamespaceDb::Pinned(InodeId id) {
+  MutexLock lock(mu_);
+  {
+    Stmt any(db_, "SELECT 1 FROM pins LIMIT 1");
+    if (any.Step() != SQLITE_ROW) return false;
+  }
+  // Up through the directories that name it (the first live entry; a hard-linked file is
+  // pinned through any one of them it finds first), at most a deep path's worth of steps.
+  for (int depth = 0; depth < 4096; ++depth) {
+    {
+      Stmt q(db_, "SELECT 1 FROM pins WHERE inode = ?");
+      q.Bind(1, S(id));
+      if (q.Step() == SQLITE_ROW) return true;
+    }
+    if (id == kRootId) return false;
+    Stmt up(db_, "SELECT parent FROM dentries WHERE child = ? AND deleted = 0 LIMIT 1");
+    up.Bind(1, S(id));
+    if (up.Step() != SQLITE_ROW) return false;
+    id = U(up.Int(0));
+  }
+  return false;
+}
+
 Status NamespaceDb::SaveClusterMembers(const std::vector<ClusterMember>& members) {
   MutexLock lock(mu_);
   if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;

@@ -51,6 +51,9 @@ Status NamespaceDb::Init() {
           " pending_own INTEGER NOT NULL DEFAULT 0);"
           // The cluster's member list (server/membership.h), restored at start. Not part of
           // the schema version: a database of any version gets it empty when opened.
+          // Inodes pinned on this node (user.foreverfs.pin): not replicated, not part of the
+          // schema version, like cluster_members.
+          "CREATE TABLE IF NOT EXISTS pins(inode INTEGER PRIMARY KEY);"
           "CREATE TABLE IF NOT EXISTS cluster_members(node INTEGER PRIMARY KEY, addr TEXT,"
           " state INTEGER NOT NULL, incarnation INTEGER NOT NULL, unseen_ms INTEGER NOT NULL);"
           "CREATE INDEX IF NOT EXISTS inodes_tombstones ON inodes(seq) WHERE deleted = 1;"

@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+
 #include "server/change_feed.h"
 #include "server/chunk_fetcher.h"
 #include "server/chunk_replication.h"
@@ -18,7 +21,8 @@ namespace foreverfs::server {
 using replication::Short;
 
 Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOptions options)
-    : fs_(fs),
+    : io_(io),
+      fs_(fs),
       links_(std::make_shared<PeerLinks>(fs.node_id())),
       storage_(std::make_shared<StorageWork>(io)),
       fetcher_(std::make_shared<ChunkFetcher>(io, fs, links_, storage_, options.fetch_timeout)),
@@ -149,6 +153,10 @@ Status Replicator::MakeDurable(InodeId id, const model::Version& version, std::u
 }
 
 void Replicator::NotifyLocalChange() { feed_->NotifyLocalChange(); }
+
+void Replicator::Rescan() {
+  boost::asio::post(io_, [r = replication_] { r->ScanMissing(); });
+}
 
 void Replicator::SetDialer(std::function<void(const std::string&)> dial) {
   gossip_->SetDialer(std::move(dial));

@@ -80,6 +80,8 @@ class Replicator : public net::LinkHandler, public RemoteChunks {
   Result<Bytes> Fetch(const cas::ChunkId& id) override;
   Status MakeDurable(InodeId id, const model::Version& version, std::uint64_t seq) override;
   void NotifyLocalChange();
+  // Look for chunks to fetch again (a pin changed). Any thread.
+  void Rescan();
   // Where learned peer addresses go (the transport's AddPeer) while membership does not run.
   // Event thread.
   void SetDialer(std::function<void(const std::string&)> dial);
@@ -108,6 +110,7 @@ class Replicator : public net::LinkHandler, public RemoteChunks {
   HolderReport Holders(const std::vector<cas::ChunkId>& ids, std::chrono::milliseconds timeout);
 
  private:
+  boost::asio::io_context& io_;
   FileServer& fs_;
   std::shared_ptr<PeerLinks> links_;
   std::shared_ptr<StorageWork> storage_;

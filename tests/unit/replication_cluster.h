@@ -69,6 +69,7 @@ struct Node {
     replicator = std::make_unique<Replicator>(io, *files, options);
     files->SetRemote(replicator.get());
     files->SetOnLocalChange([r = replicator.get()] { r->NotifyLocalChange(); });
+    files->SetOnPinChange([r = replicator.get()] { r->Rescan(); });
   }
 
   std::uint64_t id() const { return db->node_id(); }

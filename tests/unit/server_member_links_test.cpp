@@ -162,9 +162,10 @@ TEST_F(MembershipClusterTest, ChunksComeFromRankedMembersWithoutALongLivedLink) 
   for (auto& node : nodes_) by_id[node->id()] = node.get();
   // Each chunk reaches the member ranked for it (pulled from the writer, hinted by the
   // manifest's content clock).
-  for (const auto& [index, id] : rec->rec.manifest) {
+  for (const auto& entry : rec->rec.manifest) {
+    const cas::ChunkId id = entry.id;
     Node& holder = *by_id.at(replication::Ranked(ids, id, 1).front());
-    EXPECT_TRUE(Eventually([&] { return holder.store->Has(id); })) << "chunk " << index;
+    EXPECT_TRUE(Eventually([&] { return holder.store->Has(id); })) << "chunk " << entry.index;
   }
   // Node 1 keeps its copies (nothing drops unranked chunks yet); hide them so that reads
   // must come from the ranked members.

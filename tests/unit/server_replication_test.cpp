@@ -1150,5 +1150,49 @@ TEST_F(ReplicationTest, FsyncFailsWhenTooFewNodesConfirmAndSucceedsOnceThereAreE
   a.files->Release(c->handle);
 }
 
+// user.foreverfs.pin: with one copy of each chunk (--replicas 1), a node holds only the chunks
+// ranked to it; pinning a directory there fetches every chunk of the files below it. The pin
+// is this node's own: it does not travel, and reads back 1 on the directory only.
+TEST_F(ReplicationTest, PinningADirectoryFetchesEveryChunkBelowIt) {
+  ReplicatorOptions o = Node::Options();
+  o.replicas = 1;
+  Node& a = AddNode(o);
+  Node& b = AddNode(o);
+  Node& c = AddNode(o);
+  Connect(a, b);
+  Connect(a, c);
+  Connect(b, c);
+  ASSERT_TRUE(Eventually([&] { return PeerCount(a) == 2 && PeerCount(c) == 2; }));
+  ASSERT_TRUE(a.files->Mkdir(kRootId, "d", 0755, 0, 0).ok());
+  const Bytes data = Pattern(9 * kMiB, 41);
+  ASSERT_TRUE(StoreBytes(*a.files, "/d/f", data).ok());
+  ASSERT_TRUE(Eventually([&] {
+    auto r = c.files->Resolve("/d/f");
+    return r.ok() && r->rec.size == data.size();
+  }));
+  const auto rec = c.files->Resolve("/d/f")->rec;
+  ASSERT_EQ(rec.manifest.size(), 9u);
+  auto held = [&] {
+    std::size_t n = 0;
+    for (const auto& [index, id] : rec.manifest) n += c.store->Has(id) ? 1 : 0;
+    return n;
+  };
+  std::this_thread::sleep_for(500ms);
+  ASSERT_LT(held(), rec.manifest.size()) << "node 3 should hold only its ranked chunks, holds " << held();
+
+  const InodeId dir = c.files->Resolve("/d")->rec.id;
+  EXPECT_EQ(c.files->SetPin(dir, AsBytes("2")).code(), Code::kInvalid);
+  ASSERT_TRUE(c.files->SetPin(dir, AsBytes("1\n")).ok());
+  EXPECT_TRUE(Eventually([&] { return held() == rec.manifest.size(); }))
+      << held() << " of " << rec.manifest.size();
+  const Bytes one{'1'}, zero{'0'};
+  EXPECT_EQ(*c.files->GetPin(dir), one);
+  EXPECT_EQ(*c.files->GetPin(rec.id), zero);
+  EXPECT_EQ(*b.files->GetPin(b.files->Resolve("/d")->rec.id), zero);
+  ASSERT_TRUE(c.files->SetPin(dir, AsBytes("0")).ok());
+  EXPECT_EQ(*c.files->GetPin(dir), zero);
+  EXPECT_EQ(c.files->SetPin(0x7fffffff, AsBytes("1")).code(), Code::kNotFound);
+}
+
 }  // namespace
 }  // namespace foreverfs::server
