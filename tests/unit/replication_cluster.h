@@ -5,7 +5,9 @@
 // carries every link and every Replicator; the test thread calls FileServer methods.
 
 #include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <chrono>
@@ -14,12 +16,15 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "cas/chunk_store.h"
 #include "cas/testing/memory_store.h"
+#include "net/memory_transport.h"
 #include "server/file_server.h"
 #include "server/namespace_db.h"
 #include "server/replicator.h"
@@ -112,5 +117,45 @@ inline bool HasBytes(Node& n, std::string_view path, const Bytes& want) {
   auto got = GetBytes(*n.files, path);
   return got.ok() && *got == want;
 }
+
+// Nodes on one MemoryNetwork, driven by one io_context thread. Tests add nodes, link them and
+// reach Replicator state through OnIo.
+class ClusterFixture : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    spdlog::set_level(spdlog::level::err);
+    network_ = std::make_unique<net::MemoryNetwork>(io_);
+    thread_ = std::thread([this] { io_.run(); });
+  }
+
+  void TearDown() override {
+    work_.reset();
+    io_.stop();
+    thread_.join();
+    network_.reset();
+    nodes_.clear();
+  }
+
+  Node& AddNode(ReplicatorOptions options = Node::Options()) {
+    nodes_.push_back(
+        std::make_unique<Node>(io_, "node" + std::to_string(nodes_.size() + 1), options));
+    Added(*nodes_.back());
+    return *nodes_.back();
+  }
+  virtual void Added(Node&) {}
+
+  std::size_t PeerCount(Node& n) {
+    return OnIo(io_, [&] { return n.replicator->Peers().size(); });
+  }
+
+  Node& n(std::size_t i) { return *nodes_.at(i - 1); }
+
+  boost::asio::io_context io_;
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_{
+      boost::asio::make_work_guard(io_)};
+  std::unique_ptr<net::MemoryNetwork> network_;
+  std::vector<std::unique_ptr<Node>> nodes_;
+  std::thread thread_;
+};
 
 }  // namespace foreverfs::test

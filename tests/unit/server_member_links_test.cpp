@@ -38,31 +38,27 @@ using test::StoreBytes;
 
 std::string Addr(const Node& n) { return "mem:" + std::to_string(n.id()); }
 
-class MembershipClusterTest : public ::testing::Test {
+class MembershipClusterTest : public test::ClusterFixture {
  protected:
-  void SetUp() override {
-    spdlog::set_level(spdlog::level::err);
-    network_ = std::make_unique<net::MemoryNetwork>(io_);
-    thread_ = std::thread([this] { io_.run(); });
-  }
-
   void TearDown() override {
     OnIo(io_, [&] {
       for (auto& n : nodes_) n->replicator->StopMembership();
       return 0;
     });
-    work_.reset();
-    io_.stop();
-    thread_.join();
-    network_.reset();
-    nodes_.clear();
+    ClusterFixture::TearDown();
   }
 
-  Node& AddNode(ReplicatorOptions options) {
-    nodes_.push_back(
-        std::make_unique<Node>(io_, "node" + std::to_string(nodes_.size() + 1), options));
-    by_addr_[Addr(*nodes_.back())] = nodes_.back().get();
-    return *nodes_.back();
+  void Added(Node& node) override { by_addr_[Addr(node)] = &node; }
+
+  // Options for a membership test: `links` long-lived links each, a probe every `probe`,
+  // short-lived links closed after `short_idle`.
+  static ReplicatorOptions Small(std::size_t links, std::chrono::milliseconds probe,
+                                 std::chrono::milliseconds short_idle) {
+    ReplicatorOptions o = Node::Options();
+    o.max_links = links;
+    o.probe_period = probe;
+    o.short_idle = short_idle;
+    return o;
   }
 
   // What the TCP transport's AddPeer/RemovePeer do, over the MemoryNetwork: a link to an
@@ -125,16 +121,8 @@ class MembershipClusterTest : public ::testing::Test {
     return ids;
   }
 
-  Node& n(std::size_t i) { return *nodes_.at(i - 1); }
-
-  asio::io_context io_;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_{
-      asio::make_work_guard(io_)};
-  std::unique_ptr<net::MemoryNetwork> network_;
-  std::vector<std::unique_ptr<Node>> nodes_;
   std::map<std::string, Node*> by_addr_;                   // event thread after start
   std::map<std::uint64_t, std::set<std::uint64_t>> wants_;  // event thread
-  std::thread thread_;
 };
 
 // Sixteen nodes, two long-lived links each, one copy of every chunk: the member ranked for a
@@ -142,11 +130,8 @@ class MembershipClusterTest : public ::testing::Test {
 // neither is in general linked with the other. Short-lived links close after 100 ms idle and
 // probes are rare, so a read that waited for a probe link to the holder would time out.
 TEST_F(MembershipClusterTest, ChunksComeFromRankedMembersWithoutALongLivedLink) {
-  ReplicatorOptions o = Node::Options();
+  ReplicatorOptions o = Small(2, 300ms, 100ms);
   o.replicas = 1;
-  o.max_links = 2;
-  o.probe_period = 300ms;
-  o.short_idle = 100ms;
   o.fetch_timeout = 1500ms;
   for (int i = 0; i < 16; ++i) AddNode(o);
   StartAll();
@@ -193,10 +178,7 @@ TEST_F(MembershipClusterTest, ChunksComeFromRankedMembersWithoutALongLivedLink) 
 // with a member it has no link to. Neighbours relay what the others confirmed
 // (RelayedFeedAcks), and every node purges them; nothing comes back.
 TEST_F(MembershipClusterTest, TombstonesArePurgedEverywhereOverBoundedLinks) {
-  ReplicatorOptions o = Node::Options();
-  o.max_links = 2;
-  o.probe_period = 300ms;
-  o.short_idle = 100ms;
+  const ReplicatorOptions o = Small(2, 300ms, 100ms);
   for (int i = 0; i < 8; ++i) AddNode(o);
   StartAll();
   ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
@@ -242,11 +224,8 @@ TEST_F(MembershipClusterTest, TombstonesArePurgedEverywhereOverBoundedLinks) {
 // its chunks is ranked to another member, which fetches it: every chunk is back on two live
 // members.
 TEST_F(MembershipClusterTest, ChunksOfAMemberThatWentDownAreCopiedToTheNextRanked) {
-  ReplicatorOptions o = Node::Options();
+  ReplicatorOptions o = Small(2, 200ms, 300ms);
   o.replicas = 2;
-  o.max_links = 2;
-  o.probe_period = 200ms;
-  o.short_idle = 300ms;
   o.down_after = 1s;
   for (int i = 0; i < 6; ++i) AddNode(o);
   StartAll();

@@ -159,36 +159,12 @@ net::Changes AnnounceFile(const Bytes& data, std::uint64_t node) {
   return net::Changes{2, {r}, {d}};
 }
 
-class ReplicationTest : public ::testing::Test {
+class ReplicationTest : public test::ClusterFixture {
  protected:
-  void SetUp() override {
-    spdlog::set_level(spdlog::level::err);
-    network_ = std::make_unique<net::MemoryNetwork>(io_);
-    thread_ = std::thread([this] { io_.run(); });
-  }
-
-  void TearDown() override {
-    work_.reset();
-    io_.stop();
-    thread_.join();
-    network_.reset();
-    nodes_.clear();
-  }
-
-  Node& AddNode(ReplicatorOptions options = Node::Options()) {
-    nodes_.push_back(
-        std::make_unique<Node>(io_, "node" + std::to_string(nodes_.size() + 1), options));
-    return *nodes_.back();
-  }
-
   void Connect(Node& a, Node& b) {
     network_->Connect(a.id(), *a.replicator, b.id(), *b.replicator);
   }
   void Disconnect(Node& a, Node& b) { network_->Disconnect(a.id(), b.id()); }
-
-  std::size_t PeerCount(Node& n) {
-    return OnIo(io_, [&] { return n.replicator->Peers().size(); });
-  }
 
   // Three nodes, fully connected, with every link up.
   void MakeMesh() {
@@ -201,15 +177,6 @@ class ReplicationTest : public ::testing::Test {
     ASSERT_TRUE(
         Eventually([&] { return PeerCount(a) == 2 && PeerCount(b) == 2 && PeerCount(c) == 2; }));
   }
-
-  Node& n(std::size_t i) { return *nodes_.at(i - 1); }
-
-  asio::io_context io_;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_{
-      asio::make_work_guard(io_)};
-  std::unique_ptr<net::MemoryNetwork> network_;
-  std::vector<std::unique_ptr<Node>> nodes_;
-  std::thread thread_;
 };
 
 TEST_F(ReplicationTest, StoredFileReachesEveryNode) {
