@@ -10,8 +10,8 @@
 // hashing costs one hash per member; a member that joins only takes chunks for itself (a
 // probe's nearest point changes only to one of the newcomer's), and one that leaves only gives
 // up its own, so movement stays minimal; and many probes even out the ring's uneven arcs
-// (max/mean load near 1.05 with equal weights, where one point per member gives about 4 at
-// 10,000 members). bench/placement_sim.cpp measures all of it.
+// (max/mean load 1.09 at 10,000 members with equal weights; the low tail is wider: see the
+// README). bench/placement_sim.cpp measures all of it.
 //
 // Immutable once built; any thread.
 
