@@ -164,6 +164,12 @@ void ChunkFetcher::PeerClosed(std::uint64_t node) {
   for (auto& job : retry) TryNext(job);
 }
 
+void ChunkFetcher::Drop() {
+  for (auto& [req, p] : pending_) p.timer->cancel();
+  pending_.clear();
+  waiting_.clear();
+}
+
 std::size_t ChunkFetcher::InFlightTo(std::uint64_t node) const {
   return static_cast<std::size_t>(std::count_if(
       pending_.begin(), pending_.end(), [&](const auto& p) { return p.second.node == node; }));

@@ -54,6 +54,9 @@ class ChunkFetcher : public std::enable_shared_from_this<ChunkFetcher> {
   void PeerClosed(std::uint64_t node);
   // Requests to `node` not answered yet.
   std::size_t InFlightTo(std::uint64_t node) const;
+  // Forgets every request in flight and waiting, without calling back: the event loop is
+  // gone (Replicator's destructor).
+  void Drop();
 
   // With bounded links the members that hold a chunk may not be linked with us. `reach` is
   // called (event thread) when no linked peer is left to ask for `id`: it opens short-lived

@@ -45,13 +45,24 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
       sync_timeout_(options.sync_timeout) {
   // Chunks whose holders we have no link to: short-lived links to the members ranked for them.
   const std::size_t reach = options.replicas > 0 ? static_cast<std::size_t>(options.replicas) : 3;
-  fetcher_->SetReach({[m = members_, reach](const cas::ChunkId& id,
-                                            std::uint64_t hint) { m->Reach(id, reach, hint); },
-                      [m = members_](std::uint64_t node) { m->Touch(node); }});
+  // Weak both ways: the fetcher and the membership refer to each other (a cycle of
+  // shared_ptrs would keep both alive for ever).
+  fetcher_->SetReach({[w = std::weak_ptr<MemberLinks>(members_), reach](
+                          const cas::ChunkId& id, std::uint64_t hint) {
+                        if (auto m = w.lock()) m->Reach(id, reach, hint);
+                      },
+                      [w = std::weak_ptr<MemberLinks>(members_)](std::uint64_t node) {
+                        if (auto m = w.lock()) m->Touch(node);
+                      }});
   // A member joined, went down or was removed: chunks now ranked to this node are fetched
   // (repair, rebalancing).
-  members_->SetBusy([f = fetcher_](std::uint64_t node) { return f->InFlightTo(node) > 0; });
-  members_->SetPlacementObserver([r = replication_] { r->ScanMissing(); });
+  members_->SetBusy([w = std::weak_ptr<ChunkFetcher>(fetcher_)](std::uint64_t node) {
+    auto f = w.lock();
+    return f && f->InFlightTo(node) > 0;
+  });
+  members_->SetPlacementObserver([w = std::weak_ptr<ChunkReplication>(replication_)] {
+    if (auto r = w.lock()) r->ScanMissing();
+  });
   members_->SetPlanObserver([this](std::uint64_t node, bool planned) {
     // A link turned long-lived (the feed starts on it) or short-lived (it stops; the link
     // closes when idle).
@@ -67,7 +78,12 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
   });
 }
 
-Replicator::~Replicator() { storage_->Stop(); }
+Replicator::~Replicator() {
+  storage_->Stop();
+  // Requests still waiting hold callbacks that hold the parts (the parts hold the fetcher):
+  // drop them, so that nothing keeps the parts alive once the event loop is gone.
+  fetcher_->Drop();
+}
 
 bool Replicator::OnOpen(const std::shared_ptr<net::Link>& link) {
   if (!links_->Admit(link)) return false;
@@ -165,7 +181,10 @@ void Replicator::SetDialer(std::function<void(const std::string&)> dial) {
 void Replicator::StartMembership(const std::string& self_addr,
                                  const std::vector<std::string>& seeds, Dialer dialer) {
   membership_started_ = true;
-  replication_->SetPlacement([m = members_] { return m->PlacementMap(); });
+  replication_->SetPlacement([w = std::weak_ptr<MemberLinks>(members_)] {
+    auto m = w.lock();
+    return m ? m->PlacementMap() : nullptr;
+  });
   members_->Start(self_addr, seeds, std::move(dialer));
 }
 
