@@ -91,9 +91,9 @@ class ChunkFetcher : public std::enable_shared_from_this<ChunkFetcher> {
   const std::shared_ptr<const PeerLinks> links_;
   const std::shared_ptr<StorageWork> storage_;
   const std::chrono::milliseconds fetch_timeout_;
-  Reach reach_;                               // event thread
-  std::map<std::uint64_t, Pending> pending_;  // by request id; event thread
-  std::uint64_t next_request_ = 1;            // event thread
+  Reach reach_;                                // event thread
+  std::map<std::uint64_t, Pending> pending_;   // by request id; event thread
+  std::uint64_t next_request_ = 1;             // event thread
   std::vector<std::shared_ptr<Job>> waiting_;  // jobs with nobody left to ask; event thread
   // Chunks a blocking Fetch could not get, and when (any thread; guarded).
   Mutex failed_mu_;

@@ -237,9 +237,7 @@ void MemberLinks::Handle(Actions&& actions) {
     dirty_ = true;
   }
   if (actions.links_changed || !actions.events.empty()) Reconcile();
-  const auto before = PlacementMembers();
-  Publish();
-  if (placement_observer_ && PlacementMembers() != before) placement_observer_();
+  if (Publish() && placement_observer_) placement_observer_();
 }
 
 void MemberLinks::Send(Outgoing&& out) {
@@ -297,8 +295,8 @@ void MemberLinks::Reconcile() {
   if (!up.send.empty() || !up.events.empty() || up.links_changed) Handle(std::move(up));
 }
 
-void MemberLinks::Publish() {
-  if (!membership_) return;
+bool MemberLinks::Publish() {
+  if (!membership_) return false;
   auto members = membership_->Members();
   auto placement = membership_->PlacementMembers();
   std::shared_ptr<const Placement> map;
@@ -306,7 +304,8 @@ void MemberLinks::Publish() {
     MutexLock lock(copy_mu_);
     if (placement == placement_copy_ && placement_map_) map = placement_map_;
   }
-  if (!map) {
+  const bool changed = !map;  // a new list: a new placement
+  if (changed) {
     std::vector<Placement::Member> weighted;
     for (std::uint64_t node : placement) weighted.push_back({node, 1});
     map = std::make_shared<const Placement>(weighted);
@@ -315,6 +314,7 @@ void MemberLinks::Publish() {
   members_copy_ = std::move(members);
   placement_copy_ = std::move(placement);
   placement_map_ = std::move(map);
+  return changed;
 }
 
 void MemberLinks::Persist() {

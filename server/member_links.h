@@ -110,7 +110,8 @@ class MemberLinks : public std::enable_shared_from_this<MemberLinks> {
   void Reconcile();
   void Arm();
   void OnTimer();
-  void Publish();
+  // Refreshes the copies other threads read; true if the placement members changed.
+  bool Publish();
   void Persist();
 
   boost::asio::io_context& io_;

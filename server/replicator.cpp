@@ -47,8 +47,8 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
   const std::size_t reach = options.replicas > 0 ? static_cast<std::size_t>(options.replicas) : 3;
   // Weak both ways: the fetcher and the membership refer to each other (a cycle of
   // shared_ptrs would keep both alive for ever).
-  fetcher_->SetReach({[w = std::weak_ptr<MemberLinks>(members_), reach](
-                          const cas::ChunkId& id, std::uint64_t hint) {
+  fetcher_->SetReach({[w = std::weak_ptr<MemberLinks>(members_), reach](const cas::ChunkId& id,
+                                                                        std::uint64_t hint) {
                         if (auto m = w.lock()) m->Reach(id, reach, hint);
                       },
                       [w = std::weak_ptr<MemberLinks>(members_)](std::uint64_t node) {
