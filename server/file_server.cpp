@@ -889,7 +889,29 @@ Status FileServer::StoreChunk(const cas::ChunkId& id, ByteSpan data) {
   return PutChunk(id, data);
 }
 
+void FileServer::NoteRead(const cas::ChunkId& id) {
+  MutexLock lock(reads_mu_);
+  reads_[id] = ++read_clock_;
+}
+
+std::map<cas::ChunkId, std::uint64_t> FileServer::Reads() {
+  MutexLock lock(reads_mu_);
+  return reads_;
+}
+
+std::uint64_t FileServer::LastRead(const cas::ChunkId& id) {
+  MutexLock lock(reads_mu_);
+  auto it = reads_.find(id);
+  return it == reads_.end() ? 0 : it->second;
+}
+
+void FileServer::PruneReads(const std::function<bool(const cas::ChunkId&)>& keep) {
+  MutexLock lock(reads_mu_);
+  std::erase_if(reads_, [&](const auto& e) { return !keep(e.first); });
+}
+
 Status FileServer::ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out) {
+  NoteRead(id);
   auto part = store_.ReadAt(id, offset, out);
   if (!part.ok()) {
     auto whole = LoadChunk(id);
@@ -905,6 +927,7 @@ Status FileServer::ReadChunk(const cas::ChunkId& id, std::size_t offset, Mutable
 }
 
 Result<Bytes> FileServer::LoadChunk(const cas::ChunkId& id) {
+  NoteRead(id);
   auto local = store_.Get(id);
   if (local.ok()) return local;
   if (local.status().code() == Code::kCorruption) {

@@ -183,6 +183,12 @@ class FileServer : public FileHost {
   Status ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out) override;
   NamespaceDb& ns() { return ns_; }
   cas::ChunkStore& store() { return store_; }
+  // When each chunk was last read here (ReadChunk, LoadChunk), as a counter that only grows;
+  // chunks not read since start are absent. ChunkTrim keeps the most recently read copies
+  // that placement does not rank here. PruneReads drops the entries `keep` refuses.
+  std::map<cas::ChunkId, std::uint64_t> Reads();
+  std::uint64_t LastRead(const cas::ChunkId& id);
+  void PruneReads(const std::function<bool(const cas::ChunkId&)>& keep);
   // Calls `fn` with the working manifest of every file open here, through any handle (they may
   // reference chunks no committed version does: a file unlinked while open, or the version a
   // handle opened before a peer replaced it).
@@ -241,6 +247,10 @@ class FileServer : public FileHost {
   Mutex gc_mu_;  // guards the two below; taken alone (store calls inside are leaves)
   bool gc_window_ GUARDED_BY(gc_mu_) = false;
   std::set<cas::ChunkId> gc_touched_ GUARDED_BY(gc_mu_);
+  void NoteRead(const cas::ChunkId& id);
+  Mutex reads_mu_;  // leaf
+  std::map<cas::ChunkId, std::uint64_t> reads_ GUARDED_BY(reads_mu_);
+  std::uint64_t read_clock_ GUARDED_BY(reads_mu_) = 0;
   std::function<void()> on_local_change_;
   std::function<void()> on_pin_change_;
   std::function<void(const ChangeSet&)> on_remote_change_;

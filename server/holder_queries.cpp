@@ -109,7 +109,83 @@ void HolderQueries::Finish(const std::shared_ptr<Query>& q) {
   q->promise->set_value(q->report);
 }
 
+// An Ask in progress; event thread.
+struct HolderQueries::AskQuery {
+  std::map<std::uint64_t, std::vector<cas::ChunkId>> ids;
+  Answers answers;                              // bits so far, for nodes still counted
+  std::map<std::uint64_t, std::size_t> pending;  // batches not answered yet
+  std::function<void(Answers)> done;
+  std::shared_ptr<asio::steady_timer> timer;
+  bool finished = false;
+};
+
+void HolderQueries::Ask(std::map<std::uint64_t, std::vector<cas::ChunkId>> asks,
+                        std::chrono::milliseconds timeout, std::function<void(Answers)> done) {
+  auto q = std::make_shared<AskQuery>();
+  q->ids = std::move(asks);
+  q->done = std::move(done);
+  for (const auto& [node, ids] : q->ids) {
+    auto link = links_->Find(node);
+    if (!link) continue;  // not answering
+    q->answers[node].assign(ids.size(), false);
+    auto& pending = q->pending[node];
+    for (std::size_t off = 0; off == 0 || off < ids.size(); off += net::kMaxHaveChunksQuery) {
+      const std::size_t n = std::min<std::size_t>(net::kMaxHaveChunksQuery, ids.size() - off);
+      const std::uint64_t req = next_request_++;
+      ask_requests_[req] = AskRequest{q, node, off, n};
+      ++pending;
+      link->Send(net::HaveChunks{
+          req, std::vector<cas::ChunkId>(ids.begin() + static_cast<std::ptrdiff_t>(off),
+                                         ids.begin() + static_cast<std::ptrdiff_t>(off + n))});
+    }
+  }
+  q->timer = std::make_shared<asio::steady_timer>(io_, timeout);
+  q->timer->async_wait([self = shared_from_this(), q](boost::system::error_code ec) {
+    if (!ec) self->FinishAsk(q);
+  });
+  MaybeFinishAsk(q);
+}
+
+void HolderQueries::MaybeFinishAsk(const std::shared_ptr<AskQuery>& q) {
+  for (const auto& [node, n] : q->pending) {
+    if (n > 0) return;
+  }
+  FinishAsk(q);
+}
+
+void HolderQueries::FinishAsk(const std::shared_ptr<AskQuery>& q) {
+  if (q->finished) return;
+  q->finished = true;
+  if (q->timer) q->timer->cancel();
+  for (auto it = ask_requests_.begin(); it != ask_requests_.end();) {
+    it = it->second.query == q ? ask_requests_.erase(it) : std::next(it);
+  }
+  for (const auto& [node, n] : q->pending) {
+    if (n > 0) q->answers.erase(node);  // did not answer in time
+  }
+  auto done = std::move(q->done);
+  done(std::move(q->answers));
+}
+
 void HolderQueries::OnHaveReply(std::uint64_t node, const net::HaveChunksReply& reply) {
+  if (auto a = ask_requests_.find(reply.request_id); a != ask_requests_.end()) {
+    if (a->second.node != node) return;  // not its to answer
+    AskRequest req = a->second;
+    ask_requests_.erase(a);
+    auto bits = req.query->answers.find(node);
+    if (bits == req.query->answers.end()) return;
+    if (reply.count != req.count) {
+      spdlog::warn("peer {}: HaveChunks reply for {} ids, asked {}; counted as not answering",
+                   Short(node), reply.count, req.count);
+      req.query->answers.erase(bits);
+      req.query->pending.erase(node);
+    } else {
+      for (std::size_t i = 0; i < req.count; ++i) bits->second[req.offset + i] = reply.Has(i);
+      --req.query->pending[node];
+    }
+    MaybeFinishAsk(req.query);
+    return;
+  }
   auto it = requests_.find(reply.request_id);
   if (it == requests_.end() || it->second.node != node) return;  // late or not ours
   Request req = it->second;
@@ -153,6 +229,20 @@ void HolderQueries::PeerClosed(std::uint64_t node) {
   for (auto& q : queries) {
     q->answers.erase(node);
     MaybeFinish(q);
+  }
+  std::vector<std::shared_ptr<AskQuery>> asks;
+  for (auto r = ask_requests_.begin(); r != ask_requests_.end();) {
+    if (r->second.node == node) {
+      asks.push_back(r->second.query);
+      r = ask_requests_.erase(r);
+    } else {
+      ++r;
+    }
+  }
+  for (auto& q : asks) {
+    q->answers.erase(node);
+    q->pending.erase(node);
+    MaybeFinishAsk(q);
   }
 }
 

@@ -36,6 +36,14 @@ class HolderQueries : public std::enable_shared_from_this<HolderQueries> {
   // answers. Blocks: never call on the event thread.
   HolderReport Holders(const std::vector<cas::ChunkId>& ids, std::chrono::milliseconds timeout);
 
+  // Asks each node of `asks` (over its link: a node without one counts as not answering) which
+  // of its ids it holds, and calls `done` once all answered or `timeout` passed, with one bool
+  // per id for every node that answered every batch (with the count asked); nodes missing from
+  // the answers did not. Event thread; `done` runs on it.
+  using Answers = std::map<std::uint64_t, std::vector<bool>>;
+  void Ask(std::map<std::uint64_t, std::vector<cas::ChunkId>> asks,
+           std::chrono::milliseconds timeout, std::function<void(Answers)> done);
+
   // A peer asks which of its ids we hold: answered on `link`.
   void OnHaveChunks(const std::shared_ptr<net::Link>& link, net::HaveChunks&& q);
   void OnHaveReply(std::uint64_t node, const net::HaveChunksReply& reply);
@@ -50,7 +58,16 @@ class HolderQueries : public std::enable_shared_from_this<HolderQueries> {
     std::size_t offset = 0, count = 0;
   };
 
+  struct AskQuery;
+  struct AskRequest {
+    std::shared_ptr<AskQuery> query;
+    std::uint64_t node = 0;
+    std::size_t offset = 0, count = 0;
+  };
+
   void Start(const std::shared_ptr<Query>& q, std::chrono::milliseconds timeout);
+  void MaybeFinishAsk(const std::shared_ptr<AskQuery>& q);
+  void FinishAsk(const std::shared_ptr<AskQuery>& q);
   void MaybeFinish(const std::shared_ptr<Query>& q);
   void Finish(const std::shared_ptr<Query>& q);
 
@@ -59,7 +76,8 @@ class HolderQueries : public std::enable_shared_from_this<HolderQueries> {
   const std::shared_ptr<StorageWork> storage_;
   const std::function<bool(const cas::ChunkId&)> has_chunk_;
   std::map<std::uint64_t, Request> requests_;  // by request id; event thread
-  std::uint64_t next_request_ = 1;             // event thread
+  std::map<std::uint64_t, AskRequest> ask_requests_;  // by request id; event thread
+  std::uint64_t next_request_ = 1;                    // event thread (both maps)
 };
 
 }  // namespace foreverfs::server

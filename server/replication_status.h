@@ -45,6 +45,35 @@ struct CatchUpStatus {
   double seconds = 0;  // since the round began (until it ended, if not running)
 };
 
+// What this node holds against what placement gives it (ChunkTrim, one pass every
+// --rebalance-interval): repair and rebalancing progress, and the cache of copies not ranked
+// here. Only with --replicas N (every node holds every chunk otherwise).
+struct PlacementStatus {
+  bool enabled = false;   // --replicas N and membership running
+  std::size_t passes = 0;  // passes completed since start
+  double last_pass_seconds_ago = -1;  // -1: none yet
+  // Chunks of live files ranked to this node (among the N it places), and of those, the ones
+  // it lacks (the background replication fetches them).
+  std::size_t ranked_here = 0;
+  std::size_t missing_here = 0;
+  // Chunks this node is the first ranked member for ("primary"), and of those, the ones that
+  // fewer than N live ranked members (this node included) confirmed holding at the last pass.
+  // Summed over the nodes, the cluster's under-replicated chunks.
+  std::size_t primary = 0;
+  std::size_t under_replicated = 0;
+  // Copies here that placement does not rank here and no pin keeps: kept as a cache of at
+  // most cache_limit bytes (the most recently read first), the rest dropped once every ranked
+  // member confirmed it holds the chunk.
+  std::size_t extra = 0;
+  std::uint64_t extra_bytes = 0;
+  std::uint64_t cache_limit = 0;
+  std::size_t pinned = 0;  // copies kept here by a pin, not ranked here
+  std::size_t dropped = 0;  // since start
+  std::uint64_t dropped_bytes = 0;
+  std::size_t unconfirmed = 0;  // over the cache at the last pass, not dropped: a ranked
+                                // member did not confirm (or was not reachable)
+};
+
 // Who holds every chunk of a list (user.foreverfs.replicas / .holders).
 struct HolderReport {
   std::size_t chunks = 0;  // distinct non-hole chunk ids asked about

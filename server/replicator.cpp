@@ -8,6 +8,7 @@
 #include "server/change_feed.h"
 #include "server/chunk_fetcher.h"
 #include "server/chunk_replication.h"
+#include "server/chunk_trim.h"
 #include "server/holder_queries.h"
 #include "server/member_links.h"
 #include "server/peer_gossip.h"
@@ -41,6 +42,14 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
                              options.short_idle})),
       sync_copies_(std::make_shared<SyncCopies>(io, fs, links_, fetcher_, storage_,
                                                 [f = feed_] { return f->Subscribers(); })),
+      trim_(std::make_shared<ChunkTrim>(
+          io, fs, storage_, holders_,
+          [w = std::weak_ptr<MemberLinks>(members_)]() -> std::shared_ptr<const Placement> {
+            auto m = w.lock();
+            return m ? m->PlacementMap() : nullptr;
+          },
+          ChunkTrimOptions{options.replicas, options.cache_size, options.rebalance_interval,
+                           options.settle, options.fetch_timeout})),
       copies_(options.sync_copies),
       sync_timeout_(options.sync_timeout) {
   // Chunks whose holders we have no link to: short-lived links to the members ranked for them.
@@ -60,8 +69,10 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
     auto f = w.lock();
     return f && f->InFlightTo(node) > 0;
   });
-  members_->SetPlacementObserver([w = std::weak_ptr<ChunkReplication>(replication_)] {
+  members_->SetPlacementObserver([w = std::weak_ptr<ChunkReplication>(replication_),
+                                  t = std::weak_ptr<ChunkTrim>(trim_)] {
     if (auto r = w.lock()) r->ScanMissing();
+    if (auto trim = t.lock()) trim->PlacementChanged();
   });
   members_->SetPlanObserver([this](std::uint64_t node, bool planned) {
     // A link turned long-lived (the feed starts on it) or short-lived (it stops; the link
@@ -79,6 +90,7 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
 }
 
 Replicator::~Replicator() {
+  trim_->Stop();
   storage_->Stop();
   // Requests still waiting hold callbacks that hold the parts (the parts hold the fetcher):
   // drop them, so that nothing keeps the parts alive once the event loop is gone.
@@ -186,9 +198,17 @@ void Replicator::StartMembership(const std::string& self_addr,
     return m ? m->PlacementMap() : nullptr;
   });
   members_->Start(self_addr, seeds, std::move(dialer));
+  trim_->Start();
 }
 
-void Replicator::StopMembership() { members_->Stop(); }
+void Replicator::StopMembership() {
+  trim_->Stop();
+  members_->Stop();
+}
+
+PlacementStatus Replicator::PlacementState() const { return trim_->Status(); }
+
+void Replicator::RunPlacementPass() { trim_->RunPass(); }
 
 Status Replicator::RemoveMember(std::uint64_t node) { return members_->Remove(node); }
 

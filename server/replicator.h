@@ -43,6 +43,7 @@ namespace foreverfs::server {
 class ChangeFeed;
 class ChunkFetcher;
 class ChunkReplication;
+class ChunkTrim;
 class HolderQueries;
 class PeerGossip;
 class MemberLinks;
@@ -64,6 +65,12 @@ struct ReplicatorOptions {
   // two or more members, else 1), or fails with EIO after sync_timeout.
   std::size_t sync_copies = 0;
   std::chrono::milliseconds sync_timeout{30000};
+  // With replicas > 0 (ChunkTrim): bytes of copies not ranked here kept as a cache, the most
+  // recently read first; a pass over what this node holds this often; no copy dropped within
+  // `settle` of a change of the placement members.
+  std::uint64_t cache_size = std::uint64_t{1} << 30;
+  std::chrono::milliseconds rebalance_interval{30000};
+  std::chrono::milliseconds settle{60000};
 };
 
 class Replicator : public net::LinkHandler, public RemoteChunks {
@@ -98,6 +105,11 @@ class Replicator : public net::LinkHandler, public RemoteChunks {
   // Event thread.
   // Connected peers; with include_gone, also the ones whose link closed (the last 256).
   std::vector<PeerStatus> Peers(bool include_gone = false) const;
+  // What this node holds against what placement gives it (repair, rebalancing, cache).
+  // Event thread.
+  PlacementStatus PlacementState() const;
+  // Runs a placement pass now (tests; `foreverfs` has no command for it). Event thread.
+  void RunPlacementPass();
   // Chunks queued or in flight for background replication. Event thread.
   std::size_t Backlog() const;
   // Connected peers. Any thread.
@@ -121,6 +133,7 @@ class Replicator : public net::LinkHandler, public RemoteChunks {
   std::unique_ptr<PeerGossip> gossip_;
   std::shared_ptr<MemberLinks> members_;
   std::shared_ptr<SyncCopies> sync_copies_;
+  std::shared_ptr<ChunkTrim> trim_;
   const std::size_t copies_;
   const std::chrono::milliseconds sync_timeout_;
   std::atomic<bool> membership_started_{false};
