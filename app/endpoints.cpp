@@ -97,6 +97,8 @@ StatusSnapshot Endpoints::CollectStatus() {
       std::chrono::steady_clock::now().time_since_epoch());
   std::tie(s.backlog, s.catch_up) = OnEventThread<std::pair<std::size_t, server::CatchUpStatus>>(
       p_.io, [&] { return std::make_pair(p_.replicator.Backlog(), p_.replicator.CatchUp()); });
+  s.placement = OnEventThread<server::PlacementStatus>(
+      p_.io, [&] { return p_.replicator.PlacementState(); });
   const auto usage = p_.usage.Get(std::chrono::minutes(1));  // at most 2 s old
   s.local_chunks = usage.chunks;
   s.local_bytes = usage.bytes;

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "app/byte_size.h"
 #include "app/control.h"
 #include "app/node.h"
 #include "base/fd_limit.h"
@@ -69,6 +70,8 @@ struct Options {
   double down_after_s = 900;
   int sync_copies = 0;
   double sync_timeout_s = 30;
+  std::uint64_t cache_size = std::uint64_t{1} << 30;
+  double rebalance_interval_s = 30;
   double max_clock_skew_s = 600;
   std::string metrics;  // ADDR:PORT for Prometheus, "" for none
 };
@@ -146,15 +149,22 @@ std::string SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
         o.metrics = value;
       } else if (name == "log-file") {
         o.log_file = value;
+      } else if (name == "cache-size") {
+        auto size = app::ParseByteSize(value);
+        if (!size) return opt + ": not a size (bytes, or a number with K, M, G or T)";
+        o.cache_size = *size;
       } else if (name == "replicas" || name == "fetch-timeout" || name == "gc-interval" ||
                  name == "max-clock-skew" || name == "tombstone-grace" || name == "max-links" ||
-                 name == "down-after" || name == "sync-copies" || name == "sync-timeout") {
+                 name == "down-after" || name == "sync-copies" || name == "sync-timeout" ||
+                 name == "rebalance-interval") {
         const bool integer = name == "replicas" || name == "max-links" || name == "sync-copies";
         if (!ParseNumber(value, number) || (integer && number != std::floor(number)))
           return opt + ": not a number from 0 to 1e9";
         if (name == "max-links" && number > 1024) return opt + ": at most 1024";
         if (name == "sync-copies" && number > 1024) return opt + ": at most 1024";
         if (name == "sync-timeout" && number < 0.001) return opt + ": at least 0.001";
+        if (name == "rebalance-interval" && number < 0.1) return opt + ": at least 0.1";
+        if (name == "rebalance-interval") o.rebalance_interval_s = number;
         if (name == "replicas") o.replicas = static_cast<int>(number);
         if (name == "max-links") o.max_links = static_cast<int>(number);
         if (name == "down-after") o.down_after_s = number;
@@ -278,6 +288,8 @@ int Serve(Options o) {
   config.down_after_s = o.down_after_s;
   config.sync_copies = o.sync_copies;
   config.sync_timeout_s = o.sync_timeout_s;
+  config.cache_size = o.cache_size;
+  config.rebalance_interval_s = o.rebalance_interval_s;
   // Errors return through fail() before `node` is destroyed, as when every part was a local.
   app::Node node(std::move(config));
   if (auto s = node.Start(); !s.ok()) return fail(s.message());
@@ -353,7 +365,8 @@ int main(int argc, char** argv) {
                  "Mount options: FUSE ones (allow_other, ro, ...) and name=value for the options "
                  "above (listen=, peer=, data=, key=, replicas=, log-level=, log-file=, "
                  "fetch-timeout=, gc-interval=, max-clock-skew=, tombstone-grace=, max-links=, "
-                 "down-after=, sync-copies=, sync-timeout=, metrics=); "
+                 "down-after=, sync-copies=, sync-timeout=, cache-size=, rebalance-interval=, "
+                 "metrics=); "
                  "_netdev, nofail, "
                  "noauto, x-* and other "
                  "mount(8) options are ignored")
@@ -407,6 +420,17 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.001, kMaxSeconds))
       ->capture_default_str();
 
+  std::string cache_size_text;
+  app.add_option("--cache-size", cache_size_text,
+                 "With --replicas N: bytes of copies not ranked here (read on demand, written "
+                 "here) kept as a cache, the most recently read first; the rest are dropped once "
+                 "their ranked members hold them (K, M, G, T suffixes; default 1G)");
+  app.add_option("--rebalance-interval", o.rebalance_interval_s,
+                 "Seconds between passes that count under-replicated chunks and drop copies "
+                 "not ranked here")
+      ->check(CLI::Range(0.1, kMaxSeconds))
+      ->capture_default_str();
+
   std::string remove_id;
   auto* node_cmd = app.add_subcommand("node", "Cluster members");
   auto* node_remove = node_cmd->add_subcommand(
@@ -427,6 +451,15 @@ int main(int argc, char** argv) {
   if (scrub->parsed()) return ControlClient("scrub", ctl_mount, ctl_data);
   if (gc->parsed()) return ControlClient("gc", ctl_mount, ctl_data);
   if (o.mountpoint.empty()) o.mountpoint = source;
+  if (!cache_size_text.empty()) {
+    auto size = app::ParseByteSize(cache_size_text);
+    if (!size) {
+      fmt::print(stderr, "foreverfs: --cache-size {}: not a size (bytes, or a number with K, M, "
+                         "G or T)\n", cache_size_text);
+      return 2;
+    }
+    o.cache_size = *size;
+  }
   if (o.mountpoint.empty()) {
     fmt::print(stderr, "foreverfs: missing MOUNTPOINT\n{}", app.help());
     return 2;

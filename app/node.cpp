@@ -78,6 +78,9 @@ Status Node::Start() {
   ropts.sync_copies = static_cast<std::size_t>(config_.sync_copies);
   ropts.sync_timeout =
       std::chrono::milliseconds(static_cast<long>(config_.sync_timeout_s * 1000));
+  ropts.cache_size = config_.cache_size;
+  ropts.rebalance_interval =
+      std::chrono::milliseconds(static_cast<long>(config_.rebalance_interval_s * 1000));
   replicator_ = std::make_unique<server::Replicator>(*io_, *files_, ropts);
   net::TcpOptions topts;
   topts.node_id = files_->node_id();

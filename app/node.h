@@ -53,6 +53,9 @@ struct NodeConfig {
   double down_after_s = 900;  // an unreachable member is down (leaves placement) after this
   int sync_copies = 0;        // fsync waits for this many durable copies (0: 2 in a cluster)
   double sync_timeout_s = 30;
+  // With replicas > 0: bytes of copies not ranked here kept (LRU), and the placement pass.
+  std::uint64_t cache_size = std::uint64_t{1} << 30;
+  double rebalance_interval_s = 30;
 };
 
 class Node {

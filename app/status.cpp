@@ -125,6 +125,22 @@ std::vector<std::string> RenderStatusText(const StatusSnapshot& s) {
                                    "share; see user.foreverfs.replicas per file)",
                                    s.replicas)
                      : ""));
+  if (const auto& pl = s.placement; pl.enabled) {
+    out.push_back(fmt::format(
+        "placement   {} chunks ranked here ({} missing); first ranked for {}: {} "
+        "under-replicated{}",
+        pl.ranked_here, pl.missing_here, pl.primary, pl.under_replicated,
+        pl.passes == 0 ? " (no pass yet)"
+                       : fmt::format(" (pass {} ago)", Duration(pl.last_pass_seconds_ago))));
+    out.push_back(fmt::format(
+        "cache       {} copies not ranked here ({} of {} cache), {} pinned; {} dropped ({})"
+        "{}",
+        pl.extra, Mib(pl.extra_bytes), Mib(pl.cache_limit), pl.pinned, pl.dropped,
+        Mib(pl.dropped_bytes),
+        pl.unconfirmed > 0
+            ? fmt::format("; {} over the cache wait for their ranked members", pl.unconfirmed)
+            : ""));
+  }
   std::size_t connected = 0;
   for (const auto& p : s.peers) connected += p.connected;
   out.push_back(fmt::format("peers       {} connected, {} known", connected, s.peers.size()));
@@ -157,8 +173,9 @@ std::vector<std::string> RenderStatusText(const StatusSnapshot& s) {
     for (const auto& m : s.members) {
       const double ago = SeenAgo(s, m);
       out.push_back(fmt::format(
-          "  {:016x}  {}  {}  incarnation {}{}{}", m.node_id, m.addr.empty() ? "-" : m.addr,
-          m.self ? "this node" : MemberState(m), m.incarnation, m.linked ? "  linked" : "",
+          "  {:016x}  {}  {}  incarnation {}  weight {}{}{}", m.node_id,
+          m.addr.empty() ? "-" : m.addr, m.self ? "this node" : MemberState(m), m.incarnation,
+          m.weight, m.linked ? "  linked" : "",
           m.self    ? ""
           : ago < 0 ? "  not seen since start"
                     : fmt::format("  seen {} ago", Duration(ago))));
@@ -174,11 +191,20 @@ std::string RenderStatusJson(const StatusSnapshot& s) {
       R"("backlog_chunks":{},"replicas":{},"local":{{"chunks":{},"bytes":{}}},)"
       R"("files":{{"live":{},"missing_chunks_locally":{}}},)"
       R"("catch_up":{{"running":{},"done":{},"total":{},"failed":{},"bytes":{},"seconds":{:.3f},)"
-      R"("chunks_per_second":{:.3f},"bytes_per_second":{:.0f}}},"peers":[)",
+      R"("chunks_per_second":{:.3f},"bytes_per_second":{:.0f}}},)",
       s.node_id, JsonString(s.listen), JsonString(s.data), s.free_bytes, s.total_bytes, s.changes,
       s.backlog, s.replicas, s.local_chunks, s.local_bytes, s.live_files, s.files_missing_chunks,
       round.running, round.done, round.total, round.failed, round.bytes, round.seconds, Rate(round),
       ByteRate(round));
+  const auto& pl = s.placement;
+  j += fmt::format(
+      R"("placement":{{"enabled":{},"passes":{},"last_pass_seconds_ago":{:.3f},)"
+      R"("ranked_here":{},"missing_here":{},"primary":{},"under_replicated":{},"extra":{},)"
+      R"("extra_bytes":{},"cache_limit":{},"pinned":{},"dropped":{},"dropped_bytes":{},)"
+      R"("unconfirmed":{}}},"peers":[)",
+      pl.enabled, pl.passes, pl.last_pass_seconds_ago, pl.ranked_here, pl.missing_here,
+      pl.primary, pl.under_replicated, pl.extra, pl.extra_bytes, pl.cache_limit, pl.pinned,
+      pl.dropped, pl.dropped_bytes, pl.unconfirmed);
   for (std::size_t i = 0; i < s.peers.size(); ++i) {
     const auto& p = s.peers[i];
     j += fmt::format(
@@ -203,9 +229,9 @@ std::string RenderStatusJson(const StatusSnapshot& s) {
     const double ago = SeenAgo(s, m);
     j += fmt::format(
         R"({}{{"node":"{:016x}","addr":{},"state":"{}","unreachable":{},"incarnation":{},)"
-        R"("linked":{},"self":{},"seen_seconds_ago":{}}})",
+        R"("weight":{},"linked":{},"self":{},"seen_seconds_ago":{}}})",
         i ? "," : "", m.node_id, JsonString(m.addr), net::MemberStateName(m.state), m.unreachable,
-        m.incarnation, m.linked, m.self,
+        m.incarnation, m.weight, m.linked, m.self,
         ago < 0 ? std::string("null") : fmt::format("{:.1f}", ago));
   }
   return j + "]}";

@@ -25,6 +25,7 @@ struct StatusSnapshot {
   std::uint64_t changes = 0;  // the local change sequence
   std::size_t backlog = 0;    // chunks to fetch
   server::CatchUpStatus catch_up;
+  server::PlacementStatus placement;  // with --replicas N
   std::uint64_t live_files = 0, files_missing_chunks = 0;
   int replicas = 0;  // --replicas
   std::vector<server::PeerStatus> peers;

@@ -93,7 +93,11 @@ TEST(AppStatus, Json) {
       R"("replicas":0,"local":{"chunks":4,"bytes":4194304},)"
       R"("files":{"live":5,"missing_chunks_locally":1},)"
       R"("catch_up":{"running":false,"done":0,"total":0,"failed":0,"bytes":0,"seconds":0.000,)"
-      R"("chunks_per_second":0.000,"bytes_per_second":0},"peers":[)"
+      R"("chunks_per_second":0.000,"bytes_per_second":0},)"
+      R"("placement":{"enabled":false,"passes":0,"last_pass_seconds_ago":-1.000,)"
+      R"("ranked_here":0,"missing_here":0,"primary":0,"under_replicated":0,"extra":0,)"
+      R"("extra_bytes":0,"cache_limit":0,"pinned":0,"dropped":0,"dropped_bytes":0,)"
+      R"("unconfirmed":0},"peers":[)"
       R"({"node":"0000000000001234","addr":"10.0.0.2:3000","remote":"10.0.0.2:41000",)"
       R"("direction":"dialed","connected":true,"connected_since":"2026-01-02T03:04:05Z",)"
       R"("connected_seconds":3725,"bytes_in":1048576,"bytes_out":2097152,)"
@@ -104,7 +108,54 @@ TEST(AppStatus, Json) {
       R"("last_error_at":"2026-01-02T04:06:05Z"}],"members":[]})");
 }
 
-// Members: every state, the unreachable flag, never seen, this node; text and JSON.
+// The placement pass (--replicas N): ranked, missing, under-replicated, the cache; text and
+// JSON.
+TEST(AppStatus, Placement) {
+  auto s = Sample();
+  s.peers.clear();
+  s.replicas = 2;
+  server::PlacementStatus& p = s.placement;
+  p.enabled = true;
+  p.passes = 3;
+  p.last_pass_seconds_ago = 4;
+  p.ranked_here = 100;
+  p.missing_here = 7;
+  p.primary = 51;
+  p.under_replicated = 5;
+  p.extra = 12;
+  p.extra_bytes = 12u << 20;
+  p.cache_limit = 1u << 30;
+  p.pinned = 2;
+  p.dropped = 30;
+  p.dropped_bytes = 30u << 20;
+  p.unconfirmed = 1;
+  const auto lines = RenderStatusText(s);
+  ASSERT_EQ(lines.size(), 10u);
+  EXPECT_EQ(lines[7],
+            "placement   100 chunks ranked here (7 missing); first ranked for 51: 5 "
+            "under-replicated (pass 4s ago)");
+  EXPECT_EQ(lines[8],
+            "cache       12 copies not ranked here (12.0 MiB of 1024.0 MiB cache), 2 pinned; 30 "
+            "dropped (30.0 MiB); 1 over the cache wait for their ranked members");
+  const auto j = RenderStatusJson(s);
+  EXPECT_NE(j.find(R"("placement":{"enabled":true,"passes":3,"last_pass_seconds_ago":4.000,)"
+                   R"("ranked_here":100,"missing_here":7,"primary":51,"under_replicated":5,)"
+                   R"("extra":12,"extra_bytes":12582912,"cache_limit":1073741824,"pinned":2,)"
+                   R"("dropped":30,"dropped_bytes":31457280,"unconfirmed":1},"peers":[])"),
+            std::string::npos)
+      << j;
+  p.passes = 0;
+  p.unconfirmed = 0;
+  const auto first = RenderStatusText(s);
+  EXPECT_EQ(first[7],
+            "placement   100 chunks ranked here (7 missing); first ranked for 51: 5 "
+            "under-replicated (no pass yet)");
+  EXPECT_EQ(first[8],
+            "cache       12 copies not ranked here (12.0 MiB of 1024.0 MiB cache), 2 pinned; 30 "
+            "dropped (30.0 MiB)");
+}
+
+// Members: every state, the unreachable flag, never seen, this node, weights; text and JSON.
 TEST(AppStatus, Members) {
   StatusSnapshot s = Sample();
   s.steady_now = std::chrono::milliseconds(100000);
@@ -113,6 +164,7 @@ TEST(AppStatus, Members) {
   self.addr = "10.0.0.1:3000";
   self.self = true;
   self.incarnation = 2;
+  self.weight = 16;
   server::MemberInfo suspect;
   suspect.node_id = 0x1234;
   suspect.addr = "10.0.0.2:3000";
@@ -127,12 +179,12 @@ TEST(AppStatus, Members) {
   const std::string j = RenderStatusJson(s);
   EXPECT_NE(
       j.find(R"("members":[{"node":"0000000000000abc","addr":"10.0.0.1:3000","state":"alive",)"
-             R"("unreachable":false,"incarnation":2,"linked":false,"self":true,)"
+             R"("unreachable":false,"incarnation":2,"weight":16,"linked":false,"self":true,)"
              R"("seen_seconds_ago":null},)"),
       std::string::npos)
       << j;
   EXPECT_NE(j.find(R"({"node":"0000000000001234","addr":"10.0.0.2:3000","state":"suspect",)"
-                   R"("unreachable":true,"incarnation":7,"linked":false,"self":false,)"
+                   R"("unreachable":true,"incarnation":7,"weight":1,"linked":false,"self":false,)"
                    R"("seen_seconds_ago":60.0})"),
             std::string::npos)
       << j;
@@ -140,11 +192,14 @@ TEST(AppStatus, Members) {
   std::string text;
   for (const auto& line : RenderStatusText(s)) text += line + "\n";
   EXPECT_NE(text.find("members     3 (1 alive, 1 down, 1 suspect)"), std::string::npos) << text;
-  EXPECT_NE(text.find("0000000000001234  10.0.0.2:3000  suspect (unreachable)  incarnation 7  "
-                      "seen 1m00s ago"),
+  EXPECT_NE(text.find("0000000000000abc  10.0.0.1:3000  this node  incarnation 2  weight 16\n"),
             std::string::npos)
       << text;
-  EXPECT_NE(text.find("0000000000005678  -  down  incarnation 0  not seen since start"),
+  EXPECT_NE(text.find("0000000000001234  10.0.0.2:3000  suspect (unreachable)  incarnation 7  "
+                      "weight 1  seen 1m00s ago"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("0000000000005678  -  down  incarnation 0  weight 1  not seen since start"),
             std::string::npos)
       << text;
 }
