@@ -1,13 +1,16 @@
 // Placement (multi-probe consistent hashing): distinct holders, order-independence, bounds,
-// and minimal movement when a member joins or leaves.
-
-#include "server/placement.h"
+// minimal movement when a member joins or leaves, each member's share with mixed weights, and
+// WeightOf.
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <iostream>
+#include <map>
 #include <set>
 #include <vector>
+
+#include "server/placement.h"
 
 namespace foreverfs::server {
 namespace {
@@ -39,7 +42,8 @@ TEST(PlacementTest, SameMembersInAnyOrderGiveTheSamePicks) {
   members.push_back(members.front());  // a duplicate counts once
   Placement b(members);
   EXPECT_EQ(b.size(), 50u);
-  for (std::uint64_t key = 0; key < 2000; ++key) EXPECT_EQ(a.Pick(key * 0x9e3779b9, 3), b.Pick(key * 0x9e3779b9, 3));
+  for (std::uint64_t key = 0; key < 2000; ++key)
+    EXPECT_EQ(a.Pick(key * 0x9e3779b9, 3), b.Pick(key * 0x9e3779b9, 3));
 }
 
 TEST(PlacementTest, AJoiningMemberOnlyTakesChunksForItselfAndALeavingOneOnlyGivesUpItsOwn) {
@@ -86,6 +90,46 @@ TEST(PlacementTest, WeightsSetTheShareAndAreClamped) {
   // Weight 0 counts as 1, and more than kMaxWeight as kMaxWeight: both still place.
   Placement edge({{1, 0}, {2, 0xFFFFFFFFu}});
   EXPECT_EQ(edge.Pick(5, 2).size(), 2u);
+}
+
+TEST(PlacementTest, EachMemberGetsItsCapacityShareWithin15PercentWithMixedWeights) {
+  // 200 members weighing 1, 2 and 4 (a third each): every member's share of 2M chunks against
+  // its weight's share of the total, so a weight-1 member expects about 4,300 chunks.
+  std::vector<Placement::Member> members;
+  std::uint64_t total_weight = 0;
+  for (std::uint64_t i = 0; i < 200; ++i) {
+    members.push_back({0x9e3779b97f4a7c15ull * (i + 1), 1u << (i % 3)});
+    total_weight += members.back().weight;
+  }
+  Placement p(members);
+  std::map<std::uint64_t, std::uint64_t> count;
+  const std::uint64_t keys = 2'000'000;
+  for (std::uint64_t k = 0; k < keys; ++k)
+    ++count[p.Pick(k * 0xbf58476d1ce4e5b9ull + 7, 1).front()];
+  double lo = 10, hi = 0;
+  for (const auto& m : members) {
+    const double want = static_cast<double>(keys) * m.weight / static_cast<double>(total_weight);
+    const double ratio = static_cast<double>(count[m.id]) / want;
+    lo = std::min(lo, ratio);
+    hi = std::max(hi, ratio);
+  }
+  EXPECT_GT(lo, 0.85);
+  EXPECT_LT(hi, 1.15);
+  std::cout << "share / capacity share per member: " << lo << " to " << hi << "\n";
+}
+
+TEST(PlacementTest, WeightOfIsCapacityIn64GiBUnitsRoundedAndBounded) {
+  constexpr std::uint64_t kGiB = std::uint64_t{1} << 30;
+  EXPECT_EQ(Placement::WeightOf(0), 1u);
+  EXPECT_EQ(Placement::WeightOf(1), 1u);
+  EXPECT_EQ(Placement::WeightOf(96 * kGiB - 1), 1u);  // under 96 GiB: all weigh 1
+  EXPECT_EQ(Placement::WeightOf(96 * kGiB), 2u);
+  EXPECT_EQ(Placement::WeightOf(1024 * kGiB), 16u);
+  EXPECT_EQ(Placement::WeightOf(Placement::kWeightUnit * Placement::kMaxWeight),
+            Placement::kMaxWeight);
+  EXPECT_EQ(Placement::WeightOf(Placement::kWeightUnit * (Placement::kMaxWeight + 5)),
+            Placement::kMaxWeight);
+  EXPECT_EQ(Placement::WeightOf(~std::uint64_t{0}), Placement::kMaxWeight);
 }
 
 }  // namespace
