@@ -14,8 +14,9 @@ namespace {
 
 // The fewest bytes each repeated item can take on the wire, used to bound a count by the bytes
 // that are left before reserving anything.
-constexpr std::size_t kMinPeerSize = 8 + 2;                  // node_id, addr length
-constexpr std::size_t kMinMemberUpdateSize = 8 + 2 + 1 + 8;  // node_id, addr length, state, inc
+constexpr std::size_t kMinPeerSize = 8 + 2;  // node_id, addr length
+// node_id, addr length, state, incarnation, weight
+constexpr std::size_t kMinMemberUpdateSize = 8 + 2 + 1 + 8 + 4;
 constexpr std::size_t kMinInodeSize =
     8 + 1 + 4 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 16 + 2 + 1 + 2 + 2 + 4;  // fixed, lengths, counts
 constexpr std::size_t kMinDentrySize = 8 + 2 + 8 + 8 + 8 + 1 + 16;   // an empty name fails later
@@ -143,6 +144,7 @@ void Put(Writer& w, const std::vector<MemberUpdate>& updates) {
     w.PutStr16(u.addr);
     w.PutU8(static_cast<std::uint8_t>(u.state));
     w.PutU64(u.incarnation);
+    w.PutU32(u.weight);
   }
 }
 
@@ -399,6 +401,7 @@ void Get(Reader& r, std::vector<MemberUpdate>& out, std::uint32_t max) {
     }
     u.state = static_cast<MemberState>(state);
     u.incarnation = r.GetU64("member incarnation");
+    u.weight = r.GetU32("member weight");  // 0 decodes as 0 (canonical); receivers count it as 1
   }
 }
 

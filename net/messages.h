@@ -179,13 +179,15 @@ const char* MemberStateName(MemberState s);  // "alive", "suspect", "down", "rem
 inline constexpr std::uint32_t kMaxMemberUpdates = 64;   // piggybacked on one ping, ack, ping-req
 inline constexpr std::uint32_t kMaxSyncMembers = 16384;  // members in one MemberSync
 
-// What one node says about a member: its address, state and incarnation (a counter only that
-// member raises, to refute a suspicion or to come back after a restart).
+// What one node says about a member: its address, state, incarnation (a counter only that
+// member raises, to refute a suspicion or to come back after a restart) and placement weight
+// (its capacity, which only the member sets, at start: server/placement.h).
 struct MemberUpdate {
   std::uint64_t node_id = 0;
   std::string addr;  // "host:port" it accepts on, at most kMaxAddrSize bytes ("" if unknown)
   MemberState state = MemberState::kAlive;
   std::uint64_t incarnation = 0;
+  std::uint32_t weight = 1;  // any value decodes; the receiver counts 0 as 1
   bool operator==(const MemberUpdate&) const = default;
 };
 

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -38,12 +39,15 @@ void MemberLinks::Start(const std::string& self_addr, const std::vector<std::str
   o.protocol_period = options_.protocol_period;
   o.ack_timeout = options_.protocol_period / 2;
   o.seed = crypto::RandomU64();
+  // This node's placement weight, which the daemon recorded at start (--capacity).
+  o.weight = static_cast<std::uint32_t>(std::clamp<std::int64_t>(
+      ns_.GetMeta(kPlacementWeightKey).value_or(1), 1, Placement::kMaxWeight));
   const auto now = Now();
   membership_ = std::make_unique<Membership>(o, now);
   std::vector<MemberRecord> rows;
   for (const auto& m : ns_.LoadClusterMembers()) {
-    rows.push_back(
-        {m.node, m.addr, static_cast<net::MemberState>(m.state), m.incarnation, m.unseen_ms});
+    rows.push_back({m.node, m.addr, static_cast<net::MemberState>(m.state), m.incarnation,
+                    m.unseen_ms, m.weight});
   }
   Actions actions = membership_->Import(rows, now);
   actions.Append(membership_->Join(seeds, now));
@@ -298,18 +302,14 @@ void MemberLinks::Reconcile() {
 bool MemberLinks::Publish() {
   if (!membership_) return false;
   auto members = membership_->Members();
-  auto placement = membership_->PlacementMembers();
+  auto placement = membership_->WeightedPlacementMembers();
   std::shared_ptr<const Placement> map;
   {
     MutexLock lock(copy_mu_);
     if (placement == placement_copy_ && placement_map_) map = placement_map_;
   }
-  const bool changed = !map;  // a new list: a new placement
-  if (changed) {
-    std::vector<Placement::Member> weighted;
-    for (std::uint64_t node : placement) weighted.push_back({node, 1});
-    map = std::make_shared<const Placement>(weighted);
-  }
+  const bool changed = !map;  // a new list, or new weights: a new placement
+  if (changed) map = std::make_shared<const Placement>(placement);
   MutexLock lock(copy_mu_);
   members_copy_ = std::move(members);
   placement_copy_ = std::move(placement);
@@ -321,8 +321,8 @@ void MemberLinks::Persist() {
   if (!membership_ || !dirty_) return;
   std::vector<NamespaceDb::ClusterMember> rows;
   for (const auto& r : membership_->Export(Now())) {
-    rows.push_back(
-        {r.node_id, r.addr, static_cast<std::uint8_t>(r.state), r.incarnation, r.unseen_ms});
+    rows.push_back({r.node_id, r.addr, static_cast<std::uint8_t>(r.state), r.incarnation,
+                    r.unseen_ms, r.weight});
   }
   if (auto s = ns_.SaveClusterMembers(rows); !s.ok()) {
     spdlog::error("saving the member list: {}", s.message());
@@ -343,8 +343,11 @@ std::shared_ptr<const Placement> MemberLinks::PlacementMap() const {
 }
 
 std::vector<std::uint64_t> MemberLinks::PlacementMembers() const {
+  std::vector<std::uint64_t> ids;
   MutexLock lock(copy_mu_);
-  return placement_copy_;
+  ids.reserve(placement_copy_.size());
+  for (const auto& m : placement_copy_) ids.push_back(m.id);
+  return ids;
 }
 
 }  // namespace foreverfs::server

@@ -5,7 +5,7 @@
 // (at most --max-links), opens short-lived connections to members it must reach without one
 // (a probe, a join) and closes them once idle, persists the member list in meta.db, and tells
 // the rest of the replicator which links are long-lived (the change feed runs on those) and
-// which members placement ranks.
+// which members placement ranks, with their weights (capacities).
 //
 // Threading: event thread only, except Members() and PlacementMembers() (any thread: they
 // read a copy taken after every change). Owns the Membership and its timer; held by
@@ -19,6 +19,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/mutex.h"
@@ -40,6 +41,10 @@ struct Dialer {
   std::function<void(const std::string& addr)> add;
   std::function<void(const std::string& addr, const std::string& reason)> remove;
 };
+
+// The meta.db key (NamespaceDb::SetMeta) under which the daemon records this node's placement
+// weight at start (--capacity: Placement::WeightOf); Start announces it (1 if absent).
+inline constexpr std::string_view kPlacementWeightKey = "placement_weight";
 
 struct MemberLinksOptions {
   std::size_t max_links = 8;
@@ -98,8 +103,8 @@ class MemberLinks : public std::enable_shared_from_this<MemberLinks> {
   // Any thread.
   std::vector<MemberInfo> Members() const;
   std::vector<std::uint64_t> PlacementMembers() const;
-  // The placement over PlacementMembers(), built once per change of the list (null before
-  // Start).
+  // The placement over PlacementMembers() and their weights, built once per change of the
+  // list or of a weight (null before Start).
   std::shared_ptr<const Placement> PlacementMap() const;
 
  private:
@@ -141,7 +146,7 @@ class MemberLinks : public std::enable_shared_from_this<MemberLinks> {
 
   mutable Mutex copy_mu_;  // leaf: the copies other threads read
   std::vector<MemberInfo> members_copy_ GUARDED_BY(copy_mu_);
-  std::vector<std::uint64_t> placement_copy_ GUARDED_BY(copy_mu_);
+  std::vector<Placement::Member> placement_copy_ GUARDED_BY(copy_mu_);
   std::shared_ptr<const Placement> placement_map_ GUARDED_BY(copy_mu_);
 };
 

@@ -43,6 +43,7 @@ Membership::Membership(MembershipOptions options, Millis now)
   self.id = options_.self_id;
   self.addr = options_.self_addr;
   self.incarnation = incarnation_;
+  self.weight = std::max<std::uint32_t>(options_.weight, 1);
   self.state_since = now;
   self.last_seen = now;
   members_.emplace(self.id, std::move(self));
@@ -278,6 +279,16 @@ std::vector<std::uint64_t> Membership::PlacementMembers() const {
   return ids;
 }
 
+std::vector<Placement::Member> Membership::WeightedPlacementMembers() const {
+  std::vector<Placement::Member> out;
+  for (const auto& [id, e] : members_) {
+    if (e.state == MemberState::kAlive || e.state == MemberState::kSuspect) {
+      out.push_back({id, e.weight});
+    }
+  }
+  return out;
+}
+
 std::vector<MemberInfo> Membership::Members() const {
   std::vector<MemberInfo> all;
   all.reserve(members_.size());
@@ -289,8 +300,18 @@ std::optional<MemberInfo> Membership::Member(std::uint64_t node) const {
   auto it = members_.find(node);
   if (it == members_.end()) return std::nullopt;
   const Entry& e = it->second;
-  return MemberInfo{e.id,          e.addr,      e.state,  e.unreachable,           e.incarnation,
-                    e.state_since, e.last_seen, e.linked, e.id == options_.self_id};
+  MemberInfo info;
+  info.node_id = e.id;
+  info.addr = e.addr;
+  info.state = e.state;
+  info.unreachable = e.unreachable;
+  info.incarnation = e.incarnation;
+  info.weight = e.weight;
+  info.state_since = e.state_since;
+  info.last_seen = e.last_seen;
+  info.linked = e.linked;
+  info.self = e.id == options_.self_id;
+  return info;
 }
 
 std::vector<MemberRecord> Membership::Export(Millis now) const {
@@ -298,7 +319,8 @@ std::vector<MemberRecord> Membership::Export(Millis now) const {
   rows.reserve(members_.size());
   for (const auto& [id, e] : members_) {
     rows.push_back({id, e.addr, e.state, e.incarnation,
-                    e.last_seen ? std::max<std::int64_t>(0, (now - *e.last_seen).count()) : -1});
+                    e.last_seen ? std::max<std::int64_t>(0, (now - *e.last_seen).count()) : -1,
+                    e.weight});
   }
   return rows;
 }
@@ -306,12 +328,13 @@ std::vector<MemberRecord> Membership::Export(Millis now) const {
 Actions Membership::Import(const std::vector<MemberRecord>& records, Millis now) {
   Actions out;
   for (const MemberRecord& r : records) {
-    if (!Valid({r.node_id, r.addr, r.state, r.incarnation})) {
+    if (!Valid({r.node_id, r.addr, r.state, r.incarnation, r.weight})) {
       ++ignored_;
       continue;
     }
     if (r.node_id == options_.self_id) {
-      // A restart: above whatever the previous run was known by, removed or not.
+      // A restart: above whatever the previous run was known by, removed or not. The weight
+      // is this run's (options), whatever the previous one announced.
       incarnation_ = std::max(incarnation_, r.incarnation + 1);
       Entry& self = members_.at(options_.self_id);
       self.incarnation = incarnation_;
@@ -326,6 +349,7 @@ Actions Membership::Import(const std::vector<MemberRecord>& records, Millis now)
     e.addr = r.addr;
     e.state = r.state;
     e.incarnation = r.incarnation;
+    e.weight = std::max<std::uint32_t>(r.weight, 1);
     e.unreachable = false;
     e.verified = false;   // what the cluster says now wins over the old table (see Apply)
     e.state_since = now;  // a suspicion starts over: our own downtime proves nothing
@@ -364,7 +388,7 @@ unsigned Membership::RetransmitLimit() const {
 // --- State --------------------------------------------------------------------------------
 
 MemberUpdate Membership::UpdateOf(const Entry& e) const {
-  return MemberUpdate{e.id, e.addr, e.state, e.incarnation};
+  return MemberUpdate{e.id, e.addr, e.state, e.incarnation, e.weight};
 }
 
 bool Membership::Valid(const MemberUpdate& u) const {
@@ -388,6 +412,7 @@ void Membership::Apply(const MemberUpdate& u, Millis now, bool from_sync, Action
     e.addr = u.addr;
     e.state = u.state;
     e.incarnation = u.incarnation;
+    e.weight = std::max<std::uint32_t>(u.weight, 1);
     e.state_since = now;
     if (u.state == MemberState::kAlive) e.last_seen = now;
     it = members_.emplace(u.node_id, std::move(e)).first;
@@ -404,6 +429,13 @@ void Membership::Apply(const MemberUpdate& u, Millis now, bool from_sync, Action
     return;
   }
   Entry& e = it->second;
+  const std::uint32_t weight = std::max<std::uint32_t>(u.weight, 1);
+  if (u.incarnation == e.incarnation && weight > e.weight && e.state != MemberState::kRemoved) {
+    // The member's weight at its current incarnation: it replaces the 1 assumed for a member
+    // first met on a link (OnLinkUp), whatever the state this update says. Passed on.
+    e.weight = weight;
+    Enqueue(UpdateOf(e));
+  }
   MemberState state = u.state;
   if (e.state == MemberState::kRemoved) {
     // Removed for good: only the member itself mints a higher incarnation (by restarting).
@@ -427,6 +459,7 @@ void Membership::Apply(const MemberUpdate& u, Millis now, bool from_sync, Action
                      (u.incarnation == e.incarnation && Rank(state) > Rank(e.state));
   if (!newer) return;
   if (!u.addr.empty() && u.addr != e.addr) e.addr = u.addr;
+  if (u.incarnation > e.incarnation) e.weight = weight;  // at the same one, the larger (above)
   if (state == MemberState::kAlive) {
     // A new incarnation: the member itself spoke, recently.
     e.last_seen = now;

@@ -13,6 +13,12 @@
 // `RemoveMember` (`foreverfs node remove`) removes a member at once, for good: only the member
 // itself can bring itself back, by a restart (which raises its incarnation).
 //
+// Weights: every member's entry carries its placement weight (its capacity), which only the
+// member sets, at start, so it changes only with a new incarnation. A node takes the weight of
+// every update it applies, and at the member's current incarnation the larger one: the only
+// other weight it may hold there is the 1 it assumed for a member first met on a link, before
+// the member's own entry arrived.
+//
 // The link plan: at most `max_links` long-lived links, the union of a few cycles through the
 // live members (the ring in id order, and pseudo-random cycles whose order every node computes
 // alike), so links are symmetric, the link graph is connected and its diameter is O(log n).
@@ -37,6 +43,7 @@
 
 #include "base/status.h"
 #include "net/messages.h"
+#include "server/placement.h"
 
 namespace foreverfs::server {
 
@@ -47,9 +54,12 @@ using Millis = std::chrono::milliseconds;  // steady time, from any fixed origin
 inline constexpr std::uint64_t kMaxIncarnation = std::uint64_t{1} << 62;
 
 struct MembershipOptions {
-  std::uint64_t self_id = 0;        // must not be 0
-  std::string self_addr;            // "host:port" others dial (may be empty)
-  std::uint64_t incarnation = 0;    // at start; Import raises it past the persisted one
+  std::uint64_t self_id = 0;      // must not be 0
+  std::string self_addr;          // "host:port" others dial (may be empty)
+  std::uint64_t incarnation = 0;  // at start; Import raises it past the persisted one
+  // This node's placement weight (its capacity: Placement::WeightOf), gossiped with its
+  // entry. Set at start only: it changes with a restart, which raises the incarnation.
+  std::uint32_t weight = 1;
   std::size_t max_links = 8;        // long-lived links in the plan
   Millis protocol_period{1000};     // one probe per period
   Millis ack_timeout{500};          // direct probe; then indirect probes until the period ends
@@ -74,7 +84,8 @@ struct MemberInfo {
   net::MemberState state = net::MemberState::kAlive;
   bool unreachable = false;  // suspect whose suspicion timed out (SWIM: faulty)
   std::uint64_t incarnation = 0;
-  Millis state_since{0};  // when it entered its state (steady time)
+  std::uint32_t weight = 1;  // its placement weight, as it announced it (at least 1)
+  Millis state_since{0};     // when it entered its state (steady time)
   // Last evidence that it is up: a message or ack from it, or an alive update with a new
   // incarnation. Empty: none since this process started.
   std::optional<Millis> last_seen;
@@ -134,6 +145,7 @@ struct MemberRecord {
   net::MemberState state = net::MemberState::kAlive;
   std::uint64_t incarnation = 0;
   std::int64_t unseen_ms = -1;  // since last seen at export; -1 never
+  std::uint32_t weight = 1;
   bool operator==(const MemberRecord&) const = default;
 };
 
@@ -164,6 +176,8 @@ class Membership {
   std::vector<PlannedLink> LinkPlan() const;
   // Members placement ranks: alive and suspect (unreachable included), this node too; by id.
   std::vector<std::uint64_t> PlacementMembers() const;
+  // The same with their weights, for Placement.
+  std::vector<Placement::Member> WeightedPlacementMembers() const;
   // Every member, this node included, by id.
   std::vector<MemberInfo> Members() const;
   std::optional<MemberInfo> Member(std::uint64_t node) const;
@@ -191,6 +205,7 @@ class Membership {
     std::string addr;
     net::MemberState state = net::MemberState::kAlive;
     std::uint64_t incarnation = 0;
+    std::uint32_t weight = 1;  // at least 1
     bool unreachable = false;
     bool verified = true;  // heard of in this process (not only from Import)
     bool linked = false;

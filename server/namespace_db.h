@@ -152,6 +152,7 @@ class NamespaceDb {
     std::uint8_t state = 0;  // net::MemberState
     std::uint64_t incarnation = 0;
     std::int64_t unseen_ms = -1;
+    std::uint32_t weight = 1;  // its placement weight (Placement::WeightOf)
   };
   Status SaveClusterMembers(const std::vector<ClusterMember>& members);
   std::vector<ClusterMember> LoadClusterMembers();
@@ -187,6 +188,7 @@ class NamespaceDb {
   Status Init() REQUIRES(mu_);
   Status UpgradeFrom5() REQUIRES(mu_);
   Status UpgradeFrom6() REQUIRES(mu_);
+  Status AddClusterMemberWeights() REQUIRES(mu_);
   // Durably reserves sequence numbers for at least `need` more changes. With mu_ held.
   Status ReserveSeqs(std::uint64_t need) REQUIRES(mu_);
   Result<ChangeSet> ApplyLocked(const ChangeSet& changes, std::optional<std::uint64_t> peer,

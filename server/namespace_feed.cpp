@@ -177,12 +177,13 @@ Status NamespaceDb::SaveClusterMembers(const std::vector<ClusterMember>& members
   for (const auto& m : members) {
     Status s = Stmt(db_,
                     "INSERT OR REPLACE INTO cluster_members(node, addr, state, incarnation,"
-                    " unseen_ms) VALUES(?, ?, ?, ?, ?)")
+                    " unseen_ms, weight) VALUES(?, ?, ?, ?, ?, ?)")
                    .Bind(1, S(m.node))
                    .Bind(2, m.addr)
                    .Bind(3, m.state)
                    .Bind(4, S(m.incarnation))
                    .Bind(5, m.unseen_ms)
+                   .Bind(6, static_cast<std::int64_t>(m.weight))
                    .Run();
     if (!s.ok()) return fail(s);
   }
@@ -194,10 +195,13 @@ std::vector<NamespaceDb::ClusterMember> NamespaceDb::LoadClusterMembers() {
   MutexLock lock(mu_);
   std::vector<ClusterMember> out;
   Stmt q(db_,
-         "SELECT node, addr, state, incarnation, unseen_ms FROM cluster_members ORDER BY node");
+         "SELECT node, addr, state, incarnation, unseen_ms, weight FROM cluster_members"
+         " ORDER BY node");
   while (q.Step() == SQLITE_ROW) {
-    out.push_back(
-        {U(q.Int(0)), q.Text(1), static_cast<std::uint8_t>(q.Int(2)), U(q.Int(3)), q.Int(4)});
+    const std::int64_t weight =
+        std::clamp<std::int64_t>(q.Int(5), 1, std::numeric_limits<std::uint32_t>::max());
+    out.push_back({U(q.Int(0)), q.Text(1), static_cast<std::uint8_t>(q.Int(2)), U(q.Int(3)),
+                   q.Int(4), static_cast<std::uint32_t>(weight)});
   }
   return out;
 }

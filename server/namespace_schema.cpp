@@ -55,7 +55,8 @@ Status NamespaceDb::Init() {
           // schema version, like cluster_members.
           "CREATE TABLE IF NOT EXISTS pins(inode INTEGER PRIMARY KEY);"
           "CREATE TABLE IF NOT EXISTS cluster_members(node INTEGER PRIMARY KEY, addr TEXT,"
-          " state INTEGER NOT NULL, incarnation INTEGER NOT NULL, unseen_ms INTEGER NOT NULL);"
+          " state INTEGER NOT NULL, incarnation INTEGER NOT NULL, unseen_ms INTEGER NOT NULL,"
+          " weight INTEGER NOT NULL DEFAULT 1);"
           "CREATE INDEX IF NOT EXISTS inodes_tombstones ON inodes(seq) WHERE deleted = 1;"
           "CREATE INDEX IF NOT EXISTS dentries_tombstones ON dentries(seq) WHERE deleted = 1;");
       !s.ok()) {
@@ -78,6 +79,7 @@ Status NamespaceDb::Init() {
                  kSchemaVersion);
     }
   }
+  if (auto s = AddClusterMemberWeights(); !s.ok()) return s;
   Stmt q(db_, "SELECT v FROM meta WHERE k = 'node_id'");
   if (q.Step() == SQLITE_ROW) {
     node_id_ = U(q.Int(0));
@@ -170,6 +172,24 @@ Status NamespaceDb::UpgradeFrom6() {
       !s.ok())
     return fail(s);
   if (auto s = Exec("COMMIT"); !s.ok()) return fail(s);
+  return Ok();
+}
+
+// cluster_members had no weight column before placement weights (--capacity): added, every
+// member weighing 1 until it is heard from again. The table is outside the schema version (see
+// Init), so its columns are checked instead: a build without the column still opens the
+// database and writes its rows (the column's default fills in), so no version bump stops a
+// downgrade.
+Status NamespaceDb::AddClusterMemberWeights() {
+  {
+    Stmt q(db_, "SELECT count(*) FROM pragma_table_info('cluster_members') WHERE name = 'weight'");
+    if (q.Step() == SQLITE_ROW && q.Int(0) > 0) return Ok();
+  }
+  spdlog::info("{}: adding placement weights to the member list", file_);
+  if (auto s = Exec("ALTER TABLE cluster_members ADD COLUMN weight INTEGER NOT NULL DEFAULT 1");
+      !s.ok()) {
+    return Err(s.code(), "adding the weight column to {}: {}", file_, s.message());
+  }
   return Ok();
 }
 

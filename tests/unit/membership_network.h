@@ -42,10 +42,12 @@ class MembershipNetwork {
   Millis now() const { return now_; }
 
   // Starts a node (random id, spread over the id space) that joins through `seeds` (node ids
-  // whose addresses it is given, as --peer would).
-  std::uint64_t AddNode(const std::vector<std::uint64_t>& seeds = {}) {
+  // whose addresses it is given, as --peer would), with placement weight `weight` (0: the
+  // options').
+  std::uint64_t AddNode(const std::vector<std::uint64_t>& seeds = {}, std::uint32_t weight = 0) {
     std::uint64_t id = 0;
     while (id == 0 || nodes_.contains(id)) id = rng_();
+    nodes_[id].weight = weight;
     Start(id, {}, seeds);
     return id;
   }
@@ -98,9 +100,12 @@ class MembershipNetwork {
     s.up = false;
     DropLinksOf(id);
   }
-  // The process starts again from its persisted table (so with a higher incarnation).
-  void Restart(std::uint64_t id, const std::vector<std::uint64_t>& seeds) {
+  // The process starts again from its persisted table (so with a higher incarnation), with
+  // placement weight `weight` (0: as before).
+  void Restart(std::uint64_t id, const std::vector<std::uint64_t>& seeds,
+               std::uint32_t weight = 0) {
     Slot& s = nodes_.at(id);
+    if (weight != 0) s.weight = weight;
     std::vector<MemberRecord> saved = s.up ? s.m->Export(now_) : s.saved;
     if (s.up) Kill(id);
     Start(id, saved, seeds);
@@ -205,6 +210,7 @@ class MembershipNetwork {
     bool up = false;
     int side = 0;
     Millis delay{0};
+    std::uint32_t weight = 0;  // 0: options_.node.weight
     Millis deadline{0};
     bool plan_dirty = true;
     std::set<std::uint64_t> plan;
@@ -227,6 +233,7 @@ class MembershipNetwork {
     o.self_addr = Addr(id);
     o.seed = rng_();
     Slot& s = nodes_[id];
+    if (s.weight != 0) o.weight = s.weight;
     s.m = std::make_unique<Membership>(o, now_);
     s.up = true;
     s.plan_dirty = true;

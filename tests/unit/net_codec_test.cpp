@@ -684,15 +684,17 @@ TEST(NetCodecTest, ValidName) {
 // --- Membership messages ------------------------------------------------------------------
 
 TEST(NetCodecTest, MemberMessagesLayoutMatchesTheDocument) {
-  // MemberPing: seq, then the updates (count; node id, address, state, incarnation each).
-  EXPECT_EQ(EncodeFrame(MemberPing{3, {{2, "ab", MemberState::kSuspect, 5}}}),
-            (Bytes{35, 0, 0,   0,   13, 0,           // header
-                   3,  0, 0,   0,   0,  0, 0, 0,     // seq
-                   1,  0, 0,   0,                    // one update
-                   2,  0, 0,   0,   0,  0, 0, 0,     // node id
-                   2,  0, 'a', 'b',                  // address
-                   2,                                // state: suspect
-                   5,  0, 0,   0,   0,  0, 0, 0}));  // incarnation
+  // MemberPing: seq, then the updates (count; node id, address, state, incarnation, weight
+  // each).
+  EXPECT_EQ(EncodeFrame(MemberPing{3, {{2, "ab", MemberState::kSuspect, 5, 6}}}),
+            (Bytes{39, 0, 0,   0,   13, 0,        // header
+                   3,  0, 0,   0,   0,  0, 0, 0,  // seq
+                   1,  0, 0,   0,                 // one update
+                   2,  0, 0,   0,   0,  0, 0, 0,  // node id
+                   2,  0, 'a', 'b',               // address
+                   2,                             // state: suspect
+                   5,  0, 0,   0,   0,  0, 0, 0,  // incarnation
+                   6,  0, 0,   0}));              // weight
   EXPECT_EQ(EncodeFrame(MemberAck{1, {}}),
             (Bytes{14, 0, 0, 0, 14, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}));
   EXPECT_EQ(EncodeFrame(MemberPingReq{1, 2, "t", {}}),
@@ -745,9 +747,31 @@ TEST(NetCodecTest, RejectsOversizedMemberUpdateCounts) {
     w.PutU64(7);
     w.PutStr16("");
     w.PutU8(1);
-    w.PutU64(0);  // one update's worth of bytes
+    w.PutU64(0);
+    w.PutU32(1);  // one update's worth of bytes
     EXPECT_FALSE(DecodePayload(MessageType::kMemberAck, std::move(w).Take()).ok()) << count;
   }
+}
+
+TEST(NetCodecTest, MemberWeightRoundTripsAtItsBounds) {
+  // Any weight decodes, 0 included (the receiver counts it as 1: server/membership.h), so the
+  // encoding stays canonical; an update cut inside its weight is refused.
+  for (std::uint32_t weight : {0u, 1u, 2u, 0xFFFFFFFFu}) {
+    MemberSync sync{false, {{7, "a:1", MemberState::kAlive, 3, weight}}};
+    auto d = RoundTrip(sync);
+    ASSERT_TRUE(d.ok()) << d.status().message();
+    EXPECT_TRUE(*d == Message(sync)) << weight;
+    EXPECT_EQ(std::get<MemberSync>(*d).members.at(0).weight, weight);
+    Bytes payload = PayloadOf(sync);
+    EXPECT_EQ(payload.size(), 1u + 4 + 8 + 2 + 3 + 1 + 8 + 4);
+    for (std::size_t cut = 1; cut <= 4; ++cut) {
+      Bytes shorter(payload.begin(), payload.end() - static_cast<std::ptrdiff_t>(cut));
+      EXPECT_FALSE(DecodePayload(MessageType::kMemberSync, shorter).ok()) << cut;
+    }
+  }
+  // The weight follows the incarnation, little-endian.
+  Bytes payload = PayloadOf(MemberAck{1, {{7, "", MemberState::kAlive, 0, 0x01020304u}}});
+  EXPECT_EQ(Bytes(payload.end() - 4, payload.end()), (Bytes{4, 3, 2, 1}));
 }
 
 TEST(NetCodecTest, RejectsUnknownMemberStatesAndLongAddresses) {

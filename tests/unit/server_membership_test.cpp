@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <deque>
 #include <limits>
@@ -497,6 +498,97 @@ TEST(MembershipTest, PiggybackIsBoundedAndRetransmitsAreLimited) {
   }
   // Every update went out exactly the retransmit limit, and then no more.
   EXPECT_EQ(carried, 298u * m.RetransmitLimit());
+}
+
+// --- Weights ------------------------------------------------------------------------------
+
+// Each node announces its own placement weight at start: every node learns every weight by
+// gossip and places by it; a restart with another weight (a higher incarnation) replaces it.
+TEST(MembershipTest, WeightsTravelByGossipToEveryNodeAndIntoPlacement) {
+  MembershipNetwork net(Fast());
+  const std::vector<std::uint32_t> weights{1, 2, 4, 8, 1, 3, 16, 1, 2, 4};
+  std::map<std::uint64_t, std::uint32_t> want;
+  std::vector<std::uint64_t> ids{net.AddNode({}, weights[0])};
+  want[ids[0]] = weights[0];
+  for (std::size_t i = 1; i < weights.size(); ++i) {
+    ids.push_back(net.AddNode({ids[0]}, weights[i]));
+    want[ids.back()] = weights[i];
+  }
+  std::vector<Placement::Member> expected;
+  for (const auto& [id, w] : want) expected.push_back({id, w});  // by id, as the list is
+  ASSERT_TRUE(net.RunUntil(
+      [&] {
+        for (std::uint64_t id : ids) {
+          if (net.node(id).WeightedPlacementMembers() != expected) return false;
+        }
+        return true;
+      },
+      30s));
+  for (std::uint64_t id : ids) {
+    for (const MemberInfo& m : net.node(id).Members()) EXPECT_EQ(m.weight, want.at(m.node_id));
+  }
+  // Into placement: the weight-8 member holds about 8 times what a weight-1 member does.
+  Placement p(net.node(ids[5]).WeightedPlacementMembers());
+  std::map<std::uint64_t, int> count;
+  for (std::uint64_t k = 0; k < 200000; ++k) ++count[p.Pick(k * 0x9e3779b97f4a7c15ull, 1).front()];
+  const double ratio = static_cast<double>(count[ids[3]]) / static_cast<double>(count[ids[0]]);
+  EXPECT_GT(ratio, 6.0);
+  EXPECT_LT(ratio, 10.0);
+
+  // A restart with another capacity: its new weight, at its new incarnation, everywhere.
+  const std::uint64_t before = net.node(ids[3]).Incarnation();
+  net.Restart(ids[3], {}, 2);
+  EXPECT_GT(net.node(ids[3]).Incarnation(), before);
+  ASSERT_TRUE(net.RunUntil(
+      [&] {
+        for (std::uint64_t id : ids) {
+          if (net.node(id).Member(ids[3])->weight != 2) return false;
+        }
+        return true;
+      },
+      30s));
+  for (std::uint64_t id : ids) {
+    EXPECT_EQ(net.node(id).Member(ids[3])->incarnation, net.node(ids[3]).Incarnation());
+  }
+}
+
+// At the member's current incarnation only a larger weight is taken: the smaller one is the 1 a
+// node assumed for a member it first met on a link, which a third node may still send.
+TEST(MembershipTest, AWeightAtTheSameIncarnationOnlyReplacesTheOneAssumedOnALink) {
+  Membership m({.self_id = 1, .self_addr = "a:1", .weight = 4}, Millis(0));
+  m.OnLinkUp(7, "b:1", Millis(1));
+  EXPECT_EQ(m.Member(7)->weight, 1u);
+  // Gossip (piggybacked on an ack that answers no probe).
+  auto gossip = [&](std::uint64_t from, net::MemberUpdate u, Millis now) {
+    return m.OnMessage(from, net::MemberAck{0, {std::move(u)}}, now);
+  };
+  gossip(7, {7, "b:1", MemberState::kAlive, 0, 5}, Millis(2));  // its own entry
+  EXPECT_EQ(m.Member(7)->weight, 5u);
+  // Passed on to others.
+  Actions a = m.OnMessage(9, net::MemberPing{1, {}}, Millis(3));
+  const auto& ack = std::get<net::MemberAck>(a.send.at(0).message);
+  EXPECT_TRUE(std::any_of(ack.updates.begin(), ack.updates.end(), [](const net::MemberUpdate& u) {
+    return u.node_id == 7 && u.weight == 5;
+  }));
+  gossip(8, {7, "b:1", MemberState::kAlive, 0, 1}, Millis(4));  // another node's assumption
+  EXPECT_EQ(m.Member(7)->weight, 5u);
+  gossip(8, {7, "b:1", MemberState::kAlive, 1, 0}, Millis(5));  // restarted; 0 counts as 1
+  EXPECT_EQ(m.Member(7)->weight, 1u);
+  gossip(8, {7, "b:1", MemberState::kAlive, 2, 3}, Millis(6));  // restarted again
+  EXPECT_EQ(m.Member(7)->weight, 3u);
+  gossip(8, {7, "b:1", MemberState::kSuspect, 2, 3}, Millis(7));
+  EXPECT_EQ(m.Member(7)->state, MemberState::kSuspect);
+  EXPECT_EQ(m.Member(7)->weight, 3u);
+  // Nobody else sets this node's weight.
+  gossip(7, {1, "a:1", MemberState::kAlive, 0, 99}, Millis(8));
+  EXPECT_EQ(m.Member(1)->weight, 4u);
+  EXPECT_EQ(m.WeightedPlacementMembers(), (std::vector<Placement::Member>{{1, 4}, {7, 3}}));
+  // Persisted, and restored; this node's own weight is the new run's.
+  const auto saved = m.Export(Millis(9));
+  Membership again({.self_id = 1, .self_addr = "a:1", .weight = 6}, Millis(0));
+  again.Import(saved, Millis(0));
+  EXPECT_EQ(again.WeightedPlacementMembers(), (std::vector<Placement::Member>{{1, 6}, {7, 3}}));
+  EXPECT_EQ(again.Member(7)->weight, 3u);
 }
 
 // --- Persistence --------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 // and convergence of nodes that apply the same records in different orders.
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -844,9 +846,53 @@ TEST_F(NamespaceDbTest, ClusterMembersPersistAndForgetMemberDropsATombstoneHolde
   EXPECT_EQ(back[0].state, 4);
   EXPECT_EQ(back[0].incarnation, std::uint64_t{1} << 62);
   EXPECT_EQ(back[0].unseen_ms, 123456);
+  EXPECT_EQ(back[0].weight, 1u);
   auto members = db_->Members();
   ASSERT_EQ(members.size(), 1u);
   EXPECT_EQ(members[0].node, 8u);
+}
+
+// Placement weights are kept with the member list, at their bounds; a member list saved by a
+// build without weights (no weight column) gets the column, every member weighing 1.
+TEST_F(NamespaceDbTest, ClusterMemberWeightsPersistAndOldListsGetThem) {
+  std::vector<NamespaceDb::ClusterMember> rows{
+      {1, "a:1", 1, 0, -1, 1}, {2, "b:1", 1, 3, 10, 1024}, {3, "c:1", 2, 4, 20, UINT32_MAX}};
+  ASSERT_TRUE(db_->SaveClusterMembers(rows).ok());
+  db_.reset();
+  const auto path = dir_.path() / "ns.db";
+  db_ = OpenDb(path);
+  ASSERT_NE(db_, nullptr);
+  auto back = db_->LoadClusterMembers();
+  ASSERT_EQ(back.size(), 3u);
+  for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(back[i].weight, rows[i].weight) << i;
+  db_.reset();
+  {
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &raw), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(raw,
+                           "DROP TABLE cluster_members;"
+                           " CREATE TABLE cluster_members(node INTEGER PRIMARY KEY, addr TEXT,"
+                           " state INTEGER NOT NULL, incarnation INTEGER NOT NULL,"
+                           " unseen_ms INTEGER NOT NULL);"
+                           " INSERT INTO cluster_members VALUES(5, 'e:1', 1, 7, 0);",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(raw);
+  }
+  db_ = OpenDb(path);
+  ASSERT_NE(db_, nullptr);
+  back = db_->LoadClusterMembers();
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].node, 5u);
+  EXPECT_EQ(back[0].incarnation, 7u);
+  EXPECT_EQ(back[0].weight, 1u);
+  ASSERT_TRUE(db_->SaveClusterMembers({{5, "e:1", 1, 8, 0, 9}}).ok());
+  db_.reset();
+  db_ = OpenDb(path);  // and again: the column is there now
+  ASSERT_NE(db_, nullptr);
+  back = db_->LoadClusterMembers();
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].weight, 9u);
 }
 
 }  // namespace
