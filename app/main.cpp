@@ -71,6 +71,7 @@ struct Options {
   int sync_copies = 0;
   double sync_timeout_s = 30;
   std::uint64_t cache_size = std::uint64_t{1} << 30;
+  std::uint64_t capacity = 0;  // --capacity in bytes; 0: the data directory's free space
   double rebalance_interval_s = 30;
   double max_clock_skew_s = 600;
   std::string metrics;  // ADDR:PORT for Prometheus, "" for none
@@ -115,6 +116,10 @@ bool ParseNumber(const std::string& text, double& out) {
   return ec == std::errc() && ptr == end && std::isfinite(out) && out >= 0 && out <= kMaxSeconds;
 }
 
+constexpr const char* kCapacityError =
+    "not a size from 1 byte to 2^63-1 (bytes, or a whole number with K, M, G or T: powers of "
+    "1024, e.g. 500G)";
+
 // -o name=value for our own options (so /etc/fstab lines work); the rest go to FUSE, except
 // the ones meant for mount(8) and systemd, which libfuse would reject. Returns an error
 // message, empty if every option is valid.
@@ -149,6 +154,10 @@ std::string SplitMountOptions(Options& o, const std::vector<std::string>& raw) {
         o.metrics = value;
       } else if (name == "log-file") {
         o.log_file = value;
+      } else if (name == "capacity") {
+        auto size = app::ParseByteSize(value);
+        if (!size || *size == 0) return opt + ": " + kCapacityError;
+        o.capacity = *size;
       } else if (name == "cache-size") {
         auto size = app::ParseByteSize(value);
         if (!size) return opt + ": not a size (bytes, or a number with K, M, G or T)";
@@ -289,6 +298,7 @@ int Serve(Options o) {
   config.sync_copies = o.sync_copies;
   config.sync_timeout_s = o.sync_timeout_s;
   config.cache_size = o.cache_size;
+  config.capacity = o.capacity;
   config.rebalance_interval_s = o.rebalance_interval_s;
   // Errors return through fail() before `node` is destroyed, as when every part was a local.
   app::Node node(std::move(config));
@@ -366,7 +376,7 @@ int main(int argc, char** argv) {
                  "above (listen=, peer=, data=, key=, replicas=, log-level=, log-file=, "
                  "fetch-timeout=, gc-interval=, max-clock-skew=, tombstone-grace=, max-links=, "
                  "down-after=, sync-copies=, sync-timeout=, cache-size=, rebalance-interval=, "
-                 "metrics=); "
+                 "capacity=, metrics=); "
                  "_netdev, nofail, "
                  "noauto, x-* and other "
                  "mount(8) options are ignored")
@@ -431,6 +441,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.1, kMaxSeconds))
       ->capture_default_str();
 
+  std::string capacity_text;
+  app.add_option("--capacity", capacity_text,
+                 "Bytes of this node's disk the cluster may fill (K, M, G, T suffixes; default: "
+                 "the free space of --data at start); sets its share of the chunks with "
+                 "--replicas: one weight per 64 GiB, rounded, 1 to 1024");
+
   std::string remove_id;
   auto* node_cmd = app.add_subcommand("node", "Cluster members");
   auto* node_remove = node_cmd->add_subcommand(
@@ -459,6 +475,14 @@ int main(int argc, char** argv) {
       return 2;
     }
     o.cache_size = *size;
+  }
+  if (!capacity_text.empty()) {
+    auto size = app::ParseByteSize(capacity_text);
+    if (!size || *size == 0) {
+      fmt::print(stderr, "foreverfs: --capacity {}: {}\n", capacity_text, kCapacityError);
+      return 2;
+    }
+    o.capacity = *size;
   }
   if (o.mountpoint.empty()) {
     fmt::print(stderr, "foreverfs: missing MOUNTPOINT\n{}", app.help());

@@ -6,10 +6,13 @@
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <boost/asio/post.hpp>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 
 #include "app/virtual_xattrs.h"
 #include "server/identity.h"
@@ -56,6 +59,28 @@ Status Node::Start() {
         "history both nodes share; peers stream this node's changes again from the start.",
         identity->why, identity->old_id, ns_->node_id());
   }
+  // This node's placement weight, from --capacity or the free space here; the membership
+  // announces it (it is read when the membership starts, and changes only with a restart).
+  std::uint64_t capacity = config_.capacity;
+  std::string source = "--capacity";
+  if (capacity == 0) {
+    struct statvfs st {};
+    if (::statvfs(data.c_str(), &st) == 0) {
+      capacity = static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize;
+      source = "free space in " + data.string();
+    } else {
+      spdlog::warn(
+          "cannot read the free space in {} ({}): this node weighs 1 in placement; "
+          "set --capacity",
+          data.string(), strerror(errno));
+      source = "free space unknown";
+    }
+  }
+  const std::uint32_t weight = server::Placement::WeightOf(capacity);
+  if (auto s = ns_->SetMeta(server::kPlacementWeightKey, weight); !s.ok()) return s;
+  spdlog::info("capacity {:.1f} GiB ({}): placement weight {} (one per {} GiB, rounded, 1 to {})",
+               static_cast<double>(capacity) / (1 << 30), source, weight,
+               server::Placement::kWeightUnit >> 30, server::Placement::kMaxWeight);
   auto store = cas::MakeLocalStore(data / "chunks", config_.key);
   if (!store.ok()) return store.status();
   store_ = std::move(*store);

@@ -55,6 +55,9 @@ struct NodeConfig {
   double sync_timeout_s = 30;
   // With replicas > 0: bytes of copies not ranked here kept (LRU), and the placement pass.
   std::uint64_t cache_size = std::uint64_t{1} << 30;
+  // Bytes the cluster may fill here (--capacity), which sets this node's placement weight;
+  // 0: the free space of `data`'s file system at start.
+  std::uint64_t capacity = 0;
   double rebalance_interval_s = 30;
 };
 
