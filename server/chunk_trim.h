@@ -43,7 +43,7 @@ struct ChunkTrimOptions {
   int replicas = 0;                  // N; 0: every node holds every chunk, nothing to trim
   std::uint64_t cache_size = 1ull << 30;  // bytes of extra copies kept
   std::chrono::milliseconds interval{30000};
-  std::chrono::milliseconds settle{60000};
+  std::chrono::milliseconds settle{10000};
   std::chrono::milliseconds ask_timeout{10000};
 };
 

@@ -70,7 +70,7 @@ struct ReplicatorOptions {
   // `settle` of a change of the placement members.
   std::uint64_t cache_size = std::uint64_t{1} << 30;
   std::chrono::milliseconds rebalance_interval{30000};
-  std::chrono::milliseconds settle{60000};
+  std::chrono::milliseconds settle{10000};
 };
 
 class Replicator : public net::LinkHandler, public RemoteChunks {
