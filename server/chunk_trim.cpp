@@ -47,12 +47,14 @@ struct ChunkTrim::Scan {
 };
 
 ChunkTrim::ChunkTrim(asio::io_context& io, FileServer& fs, std::shared_ptr<StorageWork> storage,
+                     std::shared_ptr<const PeerLinks> links,
                      std::shared_ptr<HolderQueries> holders,
                      std::function<std::shared_ptr<const Placement>()> placement,
                      ChunkTrimOptions options)
     : io_(io),
       fs_(fs),
       storage_(std::move(storage)),
+      links_(std::move(links)),
       holders_(std::move(holders)),
       placement_(std::move(placement)),
       options_(options),
@@ -181,11 +183,36 @@ void ChunkTrim::RunPass() {
           self->Asked(scan, {});
           return;
         }
-        self->holders_->Ask(std::move(asks), self->options_.ask_timeout,
-                            [self, scan](HolderQueries::Answers answers) {
-                              self->Asked(scan, std::move(answers));
-                            });
+        std::vector<std::uint64_t> unlinked;
+        for (const auto& [node, ids] : asks) {
+          if (!self->links_->Find(node) && unlinked.size() < kMaxReach) unlinked.push_back(node);
+        }
+        if (!unlinked.empty() && self->reach_) self->reach_(unlinked);
+        self->AskWhenLinked(
+            scan,
+            std::make_shared<std::map<std::uint64_t, std::vector<cas::ChunkId>>>(std::move(asks)),
+            Clock::now() + (unlinked.empty() ? std::chrono::milliseconds(0)
+                                             : std::chrono::milliseconds(3000)));
       });
+}
+
+void ChunkTrim::AskWhenLinked(
+    const std::shared_ptr<Scan>& scan,
+    std::shared_ptr<std::map<std::uint64_t, std::vector<cas::ChunkId>>> asks,
+    Clock::time_point deadline) {
+  bool all = true;
+  for (const auto& [node, ids] : *asks) all = all && links_->Find(node) != nullptr;
+  if (!all && Clock::now() < deadline && !stopped_) {
+    auto t = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(50));
+    t->async_wait([self = shared_from_this(), scan, asks, deadline, t](boost::system::error_code) {
+      self->AskWhenLinked(scan, asks, deadline);
+    });
+    return;
+  }
+  holders_->Ask(std::move(*asks), options_.ask_timeout,
+                [self = shared_from_this(), scan](HolderQueries::Answers answers) {
+                  self->Asked(scan, std::move(answers));
+                });
 }
 
 void ChunkTrim::Asked(const std::shared_ptr<Scan>& scan, HolderQueries::Answers answers) {

@@ -11,6 +11,8 @@
 //    that fit in --cache-size bytes stay (the cache); the rest are candidates to drop.
 // 3. The ranked members are asked (HaveChunks) which they hold: for every candidate, all N of
 //    them; for every chunk this node is the first ranked for ("primary"), the other N - 1.
+//    Members with no link are reached first over short-lived links (at most kMaxReach a
+//    pass; the others count as not confirming, and are reached at later passes).
 // 4. A candidate is dropped only if every one of its N ranked members confirmed it holds it,
 //    so a chunk never falls below N copies by a drop; a primary chunk with fewer than N
 //    confirmed holders counts as under-replicated (status).
@@ -25,10 +27,13 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <vector>
 
 #include "server/file_server.h"
 #include "server/holder_queries.h"
+#include "server/peer_links.h"
 #include "server/placement.h"
 #include "server/replication_status.h"
 #include "server/storage_work.h"
@@ -50,11 +55,17 @@ struct ChunkTrimOptions {
 class ChunkTrim : public std::enable_shared_from_this<ChunkTrim> {
  public:
   ChunkTrim(boost::asio::io_context& io, FileServer& fs, std::shared_ptr<StorageWork> storage,
-            std::shared_ptr<HolderQueries> holders,
+            std::shared_ptr<const PeerLinks> links, std::shared_ptr<HolderQueries> holders,
             std::function<std::shared_ptr<const Placement>()> placement,
             ChunkTrimOptions options);
   ~ChunkTrim();
 
+  static constexpr std::size_t kMaxReach = 64;
+
+  // Opens short-lived links to members with none (MemberLinks::ReachNodes). Set before Start.
+  void SetReach(std::function<void(const std::vector<std::uint64_t>&)> fn) {
+    reach_ = std::move(fn);
+  }
   // Arms the timer (the first pass after one interval). Event thread.
   void Start();
   void Stop();
@@ -68,13 +79,19 @@ class ChunkTrim : public std::enable_shared_from_this<ChunkTrim> {
  private:
   struct Scan;
   void Arm(std::chrono::milliseconds after);
+  // Asks the members once those reached have links (or after a few seconds).
+  void AskWhenLinked(const std::shared_ptr<Scan>& scan,
+                     std::shared_ptr<std::map<std::uint64_t, std::vector<cas::ChunkId>>> asks,
+                     std::chrono::steady_clock::time_point deadline);
   void Asked(const std::shared_ptr<Scan>& scan, HolderQueries::Answers answers);
   void Done(const std::shared_ptr<Scan>& scan, std::size_t dropped, std::uint64_t bytes);
 
   boost::asio::io_context& io_;
   FileServer& fs_;
   const std::shared_ptr<StorageWork> storage_;
+  const std::shared_ptr<const PeerLinks> links_;
   const std::shared_ptr<HolderQueries> holders_;
+  std::function<void(const std::vector<std::uint64_t>&)> reach_;
   const std::function<std::shared_ptr<const Placement>()> placement_;
   const ChunkTrimOptions options_;
   struct Timer;  // an Asio steady_timer, kept out of this header

@@ -164,12 +164,17 @@ void MemberLinks::OnMessage(std::uint64_t from, const net::Message& m) {
 
 void MemberLinks::Reach(const cas::ChunkId& id, std::size_t n, std::uint64_t hint) {
   if (!membership_) return;
-  const auto now = Now();
   auto map = PlacementMap();
   std::vector<std::uint64_t> candidates;
   if (map) candidates = map->Pick(id, n);
   if (hint != 0) candidates.push_back(hint);
-  for (std::uint64_t node : candidates) {
+  ReachNodes(candidates, fmt::format("chunk {}", cas::Hex(id)));
+}
+
+void MemberLinks::ReachNodes(const std::vector<std::uint64_t>& nodes, std::string_view why) {
+  if (!membership_) return;
+  const auto now = Now();
+  for (std::uint64_t node : nodes) {
     if (node == membership_->self_id()) continue;
     if (links_->Find(node)) {
       last_used_[node] = now;
@@ -177,7 +182,7 @@ void MemberLinks::Reach(const cas::ChunkId& id, std::size_t n, std::uint64_t hin
     }
     auto m = membership_->Member(node);
     if (!m || m->addr.empty() || m->unreachable || dialed_.contains(m->addr)) {
-      spdlog::debug("chunk {}: not dialing member {} ({}{}{})", cas::Hex(id), Short(node),
+      spdlog::debug("{}: not dialing member {} ({}{}{})", why, Short(node),
                     m ? m->addr : "unknown", m && m->unreachable ? ", unreachable" : "",
                     m && dialed_.contains(m->addr) ? ", planned" : "");
       continue;
@@ -185,7 +190,7 @@ void MemberLinks::Reach(const cas::ChunkId& id, std::size_t n, std::uint64_t hin
     auto& p = pending_[m->addr];  // swept with the queued messages if it does not connect
     if (p.messages.empty()) p.since = now;
     if (short_dials_.insert(m->addr).second && dialer_.add) {
-      spdlog::debug("dialing member {} ({}) for chunk {}", Short(node), m->addr, cas::Hex(id));
+      spdlog::debug("dialing member {} ({}) for {}", Short(node), m->addr, why);
       dialer_.add(m->addr);
     }
   }

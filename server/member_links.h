@@ -87,6 +87,8 @@ class MemberLinks : public std::enable_shared_from_this<MemberLinks> {
   // (ChunkFetcher::Reach); a dial that does not connect is dropped after short_idle. Event
   // thread.
   void Reach(const cas::ChunkId& id, std::size_t n, std::uint64_t hint);
+  // The same for the members `nodes` (`why` goes to the debug log). Event thread.
+  void ReachNodes(const std::vector<std::uint64_t>& nodes, std::string_view why);
   // Traffic on the link to `node`: a short-lived link stays open while it is used. Event
   // thread.
   void Touch(std::uint64_t node) { last_used_[node] = Now(); }

@@ -43,7 +43,7 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
       sync_copies_(std::make_shared<SyncCopies>(io, fs, links_, fetcher_, storage_,
                                                 [f = feed_] { return f->Subscribers(); })),
       trim_(std::make_shared<ChunkTrim>(
-          io, fs, storage_, holders_,
+          io, fs, storage_, links_, holders_,
           [w = std::weak_ptr<MemberLinks>(members_)]() -> std::shared_ptr<const Placement> {
             auto m = w.lock();
             return m ? m->PlacementMap() : nullptr;
@@ -73,6 +73,10 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
                                   t = std::weak_ptr<ChunkTrim>(trim_)] {
     if (auto r = w.lock()) r->ScanMissing();
     if (auto trim = t.lock()) trim->PlacementChanged();
+  });
+  trim_->SetReach([w = std::weak_ptr<MemberLinks>(members_)](
+                      const std::vector<std::uint64_t>& nodes) {
+    if (auto m = w.lock()) m->ReachNodes(nodes, "a placement pass");
   });
   members_->SetPlanObserver([this](std::uint64_t node, bool planned) {
     // A link turned long-lived (the feed starts on it) or short-lived (it stops; the link

@@ -333,7 +333,7 @@ class PlacementPassTest : public MembershipClusterTest {
         if (State(*nodes_[i]).passes < start[i] + 2) return false;
       }
       return true;
-    });
+    }, 40s);
   }
 };
 
@@ -529,6 +529,34 @@ TEST_F(PlacementPassTest, ACopyStaysWhileARankedMemberHasNotConfirmed) {
   }
   for (const auto& id : kept) EXPECT_TRUE(n(1).store->Has(id));
   EXPECT_GT(State(n(1)).unconfirmed, 0u);
+}
+
+// With two long-lived links each, most ranked members are not linked with the node that asks:
+// the pass reaches them over short-lived links, so copies still go and nothing counts as
+// under-replicated once placed.
+TEST_F(PlacementPassTest, RankedMembersWithoutALinkAreReachedToConfirm) {
+  ReplicatorOptions o = Trimming(0);
+  o.max_links = 2;
+  o.probe_period = std::chrono::milliseconds(3000);  // few probe links
+  o.short_idle = std::chrono::milliseconds(200);
+  for (int i = 0; i < 8; ++i) AddNode(o);
+  StartAll();
+  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  const Bytes data = Pattern(16 * kMiB, 43);
+  ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
+  const auto manifest = n(1).files->Resolve("/f")->rec.manifest;
+  EXPECT_TRUE(Eventually([&] { return OnRankedOnly(manifest); }, 15s))
+      << "copies not ranked on their holder were not dropped over bounded links";
+  auto none_under = [&] {
+    std::size_t primary = 0;
+    for (auto& node : nodes_) {
+      auto s = State(*node);
+      if (s.under_replicated != 0) return false;
+      primary += s.primary;
+    }
+    return primary == manifest.size();
+  };
+  EXPECT_TRUE(Eventually(none_under, 15s));
 }
 
 }  // namespace
