@@ -209,9 +209,10 @@ void ChunkTrim::AskWhenLinked(
     });
     return;
   }
+  // Weak: the query lives in HolderQueries, which this holds (no cycle if it never ends).
   holders_->Ask(std::move(*asks), options_.ask_timeout,
-                [self = shared_from_this(), scan](HolderQueries::Answers answers) {
-                  self->Asked(scan, std::move(answers));
+                [w = weak_from_this(), scan](HolderQueries::Answers answers) {
+                  if (auto self = w.lock()) self->Asked(scan, std::move(answers));
                 });
 }
 
