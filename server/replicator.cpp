@@ -51,6 +51,7 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
           ChunkTrimOptions{options.replicas, options.cache_size, options.rebalance_interval,
                            options.settle, options.fetch_timeout})),
       copies_(options.sync_copies),
+      replicas_(options.replicas),
       sync_timeout_(options.sync_timeout) {
   // Chunks whose holders we have no link to: short-lived links to the members ranked for them.
   const std::size_t reach = options.replicas > 0 ? static_cast<std::size_t>(options.replicas) : 3;
@@ -181,7 +182,31 @@ Status Replicator::MakeDurable(InodeId id, const model::Version& version, std::u
         membership_started_ ? members_->PlacementMembers().size() : links_->Count() + 1;
     copies = members >= 2 ? 2 : 1;
   }
-  return sync_copies_->Wait(id, version, seq, copies, sync_timeout_);
+  if (copies <= 1) return Ok();
+  return sync_copies_->Wait(id, version, seq, copies, sync_timeout_, DurablePreference(id, copies));
+}
+
+std::vector<std::uint64_t> Replicator::DurablePreference(InodeId id, std::size_t copies) {
+  // The members placement ranks for the file's chunks (its first 64), most chunks first: their
+  // durable copy is one placement keeps. Without membership, no preference.
+  auto map = membership_started_ ? members_->PlacementMap() : nullptr;
+  if (!map || map->size() == 0) return {};
+  auto rec = fs_.ns().GetInode(id);
+  if (!rec.ok()) return {};
+  const std::size_t n = replicas_ > 0 ? static_cast<std::size_t>(replicas_) : copies;
+  std::map<std::uint64_t, std::size_t> count;
+  std::size_t seen = 0;
+  for (const auto& [index, chunk] : rec->manifest) {
+    if (++seen > 64) break;
+    for (std::uint64_t node : map->Pick(chunk, n)) ++count[node];
+  }
+  count.erase(fs_.node_id());
+  std::vector<std::pair<std::uint64_t, std::size_t>> ranked(count.begin(), count.end());
+  std::stable_sort(ranked.begin(), ranked.end(),
+                   [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::vector<std::uint64_t> out;
+  for (const auto& r : ranked) out.push_back(r.first);
+  return out;
 }
 
 void Replicator::NotifyLocalChange() { feed_->NotifyLocalChange(); }

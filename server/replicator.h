@@ -134,7 +134,11 @@ class Replicator : public net::LinkHandler, public RemoteChunks {
   std::shared_ptr<MemberLinks> members_;
   std::shared_ptr<SyncCopies> sync_copies_;
   std::shared_ptr<ChunkTrim> trim_;
+  // The members to ask first for a durable copy of `id` (MakeDurable).
+  std::vector<std::uint64_t> DurablePreference(InodeId id, std::size_t copies);
+
   const std::size_t copies_;
+  const int replicas_;
   const std::chrono::milliseconds sync_timeout_;
   std::atomic<bool> membership_started_{false};
 };

@@ -18,6 +18,7 @@ namespace asio = boost::asio;
 using replication::Clock;
 using replication::Short;
 
+constexpr auto kMaxHedgeDelay = std::chrono::milliseconds(2000);
 constexpr auto kRetry = std::chrono::milliseconds(200);     // no candidate left: look again
 constexpr auto kPoll = std::chrono::milliseconds(20);       // serving: wait for the record
 constexpr std::size_t kMaxServing = 64;                     // requests served at once
@@ -35,12 +36,14 @@ struct SyncCopies::Ask {
   model::Version version;
   std::uint64_t seq = 0;
   std::size_t needed = 0;  // peers, this node not counted
+  std::size_t hedges = 0;  // peers asked beyond `needed` because one was slow
+  std::vector<std::uint64_t> preferred;
   std::chrono::milliseconds timeout{0};
   std::set<std::uint64_t> confirmed, pending;
   std::map<std::uint64_t, std::string> failed;
   std::promise<Status> promise;
   bool done = false;
-  std::shared_ptr<Timer> deadline, retry;
+  std::shared_ptr<Timer> deadline, retry, hedge;
 };
 
 struct SyncCopies::Serve {
@@ -66,7 +69,8 @@ SyncCopies::SyncCopies(asio::io_context& io, FileServer& fs, std::shared_ptr<con
       candidates_(std::move(candidates)) {}
 
 Status SyncCopies::Wait(InodeId id, const model::Version& version, std::uint64_t seq,
-                        std::size_t copies, std::chrono::milliseconds timeout) {
+                        std::size_t copies, std::chrono::milliseconds timeout,
+                        std::vector<std::uint64_t> preferred) {
   if (copies <= 1) return Ok();
   auto ask = std::make_shared<Ask>();
   ask->id = id;
@@ -74,6 +78,7 @@ Status SyncCopies::Wait(InodeId id, const model::Version& version, std::uint64_t
   ask->seq = seq;
   ask->needed = copies - 1;
   ask->timeout = timeout;
+  ask->preferred = std::move(preferred);
   auto done = ask->promise.get_future();
   asio::post(io_, [self = shared_from_this(), ask] { self->Start(ask); });
   if (done.wait_for(timeout + std::chrono::seconds(2)) != std::future_status::ready) {
@@ -98,12 +103,37 @@ void SyncCopies::Start(const std::shared_ptr<Ask>& ask) {
                           ask->timeout.count(), missing));
   });
   AskMore(ask);
+  ArmHedge(ask);
+}
+
+void SyncCopies::ArmHedge(const std::shared_ptr<Ask>& ask) {
+  const auto delay = std::min<std::chrono::milliseconds>(ask->timeout / 4, kMaxHedgeDelay);
+  ask->hedge = std::make_shared<Timer>(io_, delay);
+  ask->hedge->async_wait([self = shared_from_this(), ask](boost::system::error_code ec) {
+    if (ec || ask->done || ask->pending.empty()) return;
+    // A peer is slow: ask one more beside it (the first `needed` confirmations count).
+    ++ask->hedges;
+    self->AskMore(ask);
+    self->ArmHedge(ask);
+  });
 }
 
 void SyncCopies::AskMore(const std::shared_ptr<Ask>& ask) {
   if (ask->done) return;
+  // The members placement ranks for the file first, then the others that apply our feed.
+  auto order = ask->preferred;
   for (std::uint64_t node : candidates_()) {
-    if (ask->confirmed.size() + ask->pending.size() >= ask->needed) return;
+    if (std::find(order.begin(), order.end(), node) == order.end()) order.push_back(node);
+  }
+  const std::set<std::uint64_t> allowed = [&] {
+    auto c = candidates_();
+    return std::set<std::uint64_t>(c.begin(), c.end());
+  }();
+  const std::size_t want = ask->needed + ask->hedges;
+  for (std::uint64_t node : order) {
+    if (ask->confirmed.size() >= ask->needed) return;
+    if (ask->confirmed.size() + ask->pending.size() >= want) return;
+    if (!allowed.contains(node)) continue;
     if (ask->confirmed.contains(node) || ask->pending.contains(node) ||
         ask->failed.contains(node)) {
       continue;
@@ -115,7 +145,7 @@ void SyncCopies::AskMore(const std::shared_ptr<Ask>& ask) {
     ask->pending.insert(node);
     link->Send(net::DurableRequest{req, ask->seq, ask->id, ask->version});
   }
-  if (ask->confirmed.size() + ask->pending.size() >= ask->needed) return;
+  if (ask->confirmed.size() + ask->pending.size() >= want) return;
   // Too few peers now: look again shortly (one that failed may be asked again then).
   if (ask->retry) return;
   ask->retry = std::make_shared<Timer>(io_, kRetry);
@@ -168,6 +198,7 @@ void SyncCopies::Finish(const std::shared_ptr<Ask>& ask, Status s) {
   ask->done = true;
   if (ask->deadline) ask->deadline->cancel();
   if (ask->retry) ask->retry->cancel();
+  if (ask->hedge) ask->hedge->cancel();
   std::erase_if(asked_, [&](const auto& e) { return e.second.first == ask; });
   if (!s.ok()) spdlog::error("{}", s.message());
   ask->promise.set_value(std::move(s));

@@ -37,9 +37,12 @@ class SyncCopies : public std::enable_shared_from_this<SyncCopies> {
              std::function<std::vector<std::uint64_t>()> candidates);
 
   // Inode `id` at `version`, in our feed through `seq`, is durable here; returns once `copies`
-  // members in all hold it durably, or kIOError after `timeout`. Blocks.
+  // members in all hold it durably, or kIOError after `timeout`. Peers are asked in the order
+  // of `preferred` (the members placement ranks for the file's chunks) first, then the other
+  // candidates; a peer that has not answered after a quarter of the timeout (at most 2 s) gets
+  // a hedge: one more peer is asked beside it. Blocks.
   Status Wait(InodeId id, const model::Version& version, std::uint64_t seq, std::size_t copies,
-              std::chrono::milliseconds timeout);
+              std::chrono::milliseconds timeout, std::vector<std::uint64_t> preferred = {});
 
   void OnRequest(const std::shared_ptr<net::Link>& link, const net::DurableRequest& req);
   void OnReply(std::uint64_t node, const net::DurableReply& reply);
@@ -52,6 +55,7 @@ class SyncCopies : public std::enable_shared_from_this<SyncCopies> {
   struct Timer;  // an Asio steady_timer (kept out of this header)
   void Start(const std::shared_ptr<Ask>& ask);
   void AskMore(const std::shared_ptr<Ask>& ask);
+  void ArmHedge(const std::shared_ptr<Ask>& ask);
   void Finish(const std::shared_ptr<Ask>& ask, Status s);
   void Step(const std::shared_ptr<Serve>& serve);
   void Answer(const std::shared_ptr<Serve>& serve, Status s);

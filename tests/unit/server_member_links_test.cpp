@@ -9,6 +9,8 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/executor_work_guard.hpp>
+#include <fcntl.h>
+
 #include <boost/asio/io_context.hpp>
 #include <map>
 #include <memory>
@@ -557,6 +559,37 @@ TEST_F(PlacementPassTest, RankedMembersWithoutALinkAreReachedToConfirm) {
     return primary == manifest.size();
   };
   EXPECT_TRUE(Eventually(none_under, 15s));
+}
+
+// fsync asks the member placement ranks for the file's chunk for the durable copy (not the
+// first peer by id): right after fsync returns, that member holds the chunk and the lowest-id
+// peer, which is not ranked for it, does not.
+TEST_F(PlacementPassTest, FsyncAsksTheRankedMemberForTheDurableCopy) {
+  ReplicatorOptions o = Trimming(std::uint64_t{1} << 40);
+  o.replicas = 1;
+  o.sync_copies = 2;
+  for (int i = 0; i < 5; ++i) AddNode(o);
+  StartAll();
+  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  std::uint64_t lowest = ~0ull;
+  for (std::size_t i = 2; i <= 5; ++i) lowest = std::min(lowest, n(i).id());
+  const cas::ChunkHasher hasher(test::FixedKey());
+  Bytes data;
+  std::uint64_t ranked = 0;
+  for (std::uint8_t seed = 1; seed < 200 && ranked == 0; ++seed) {
+    data = Pattern(kMiB, seed);
+    const auto holder = replication::Ranked(Ids(), hasher.IdOf(data), 1).front();
+    if (holder != n(1).id() && holder != lowest) ranked = holder;
+  }
+  ASSERT_NE(ranked, 0u);
+  const cas::ChunkId chunk = hasher.IdOf(data);
+  auto c = n(1).files->Create(kRootId, "f", 0644, 0, 0, O_RDWR | O_CREAT);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(n(1).files->Write(c->handle, 0, data).ok());
+  ASSERT_TRUE(n(1).files->Fsync(c->handle).ok());
+  EXPECT_TRUE(ById(ranked).store->Has(chunk)) << "the ranked member was not asked";
+  EXPECT_FALSE(ById(lowest).store->Has(chunk)) << "the lowest-id peer was asked";
+  n(1).files->Release(c->handle);
 }
 
 }  // namespace
