@@ -216,30 +216,31 @@ void HolderQueries::OnHaveChunks(const std::shared_ptr<net::Link>& link, net::Ha
       [link](net::HaveChunksReply reply) { link->Send(std::move(reply)); });
 }
 
-void HolderQueries::PeerClosed(std::uint64_t node) {
-  std::vector<std::shared_ptr<Query>> queries;
-  for (auto r = requests_.begin(); r != requests_.end();) {
+namespace {
+
+// Removes the requests to `node` from `requests` and returns their queries.
+template <typename Requests>
+auto TakeQueriesOf(Requests& requests, std::uint64_t node) {
+  std::vector<decltype(requests.begin()->second.query)> queries;
+  for (auto r = requests.begin(); r != requests.end();) {
     if (r->second.node == node) {
       queries.push_back(r->second.query);
-      r = requests_.erase(r);
+      r = requests.erase(r);
     } else {
       ++r;
     }
   }
-  for (auto& q : queries) {
+  return queries;
+}
+
+}  // namespace
+
+void HolderQueries::PeerClosed(std::uint64_t node) {
+  for (auto& q : TakeQueriesOf(requests_, node)) {
     q->answers.erase(node);
     MaybeFinish(q);
   }
-  std::vector<std::shared_ptr<AskQuery>> asks;
-  for (auto r = ask_requests_.begin(); r != ask_requests_.end();) {
-    if (r->second.node == node) {
-      asks.push_back(r->second.query);
-      r = ask_requests_.erase(r);
-    } else {
-      ++r;
-    }
-  }
-  for (auto& q : asks) {
+  for (auto& q : TakeQueriesOf(ask_requests_, node)) {
     q->answers.erase(node);
     q->pending.erase(node);
     MaybeFinishAsk(q);

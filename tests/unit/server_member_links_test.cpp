@@ -117,6 +117,22 @@ class MembershipClusterTest : public test::ClusterFixture {
     });
   }
 
+  // Stops `victim`'s membership and partitions it from every other node, as if it died; the
+  // ids of the others.
+  std::vector<std::uint64_t> CutOff(Node& victim) {
+    OnIo(io_, [&] {
+      victim.replicator->StopMembership();
+      return 0;
+    });
+    std::vector<std::uint64_t> alive;
+    for (auto& node : nodes_) {
+      if (node.get() == &victim) continue;
+      alive.push_back(node->id());
+      network_->Partition(victim.id(), node->id());
+    }
+    return alive;
+  }
+
   std::vector<std::uint64_t> Ids() const {
     std::vector<std::uint64_t> ids;
     for (const auto& n : nodes_) ids.push_back(n->id());
@@ -257,16 +273,7 @@ TEST_F(MembershipClusterTest, ChunksOfAMemberThatWentDownAreCopiedToTheNextRanke
                             return a.second < b.second;
                           })->first);
   ASSERT_GT(load[victim->id()], 0);
-  OnIo(io_, [&] {
-    victim->replicator->StopMembership();
-    return 0;
-  });
-  std::vector<std::uint64_t> alive;
-  for (auto& node : nodes_) {
-    if (node.get() == victim) continue;
-    alive.push_back(node->id());
-    network_->Partition(victim->id(), node->id());
-  }
+  const std::vector<std::uint64_t> alive = CutOff(*victim);
   auto down_everywhere = [&] {
     return OnIo(io_, [&] {
       for (auto& node : nodes_) {
@@ -483,16 +490,7 @@ TEST_F(PlacementPassTest, UnderReplicatedCountGoesToZeroAfterRepair) {
     }
   }
   ASSERT_NE(victim, nullptr);
-  OnIo(io_, [&] {
-    victim->replicator->StopMembership();
-    return 0;
-  });
-  std::vector<std::uint64_t> alive;
-  for (auto& node : nodes_) {
-    if (node.get() == victim) continue;
-    alive.push_back(node->id());
-    network_->Partition(victim->id(), node->id());
-  }
+  const std::vector<std::uint64_t> alive = CutOff(*victim);
   EXPECT_TRUE(Eventually([&] { return under(victim).first > 0; }, 20s))
       << "no chunk counted under-replicated while a holder is away";
   EXPECT_TRUE(Eventually([&] { return under(victim).first == 0; }, 30s))
