@@ -77,7 +77,6 @@ Status Node::Start() {
     }
   }
   const std::uint32_t weight = server::Placement::WeightOf(capacity);
-  if (auto s = ns_->SetMeta(server::kPlacementWeightKey, weight); !s.ok()) return s;
   spdlog::info("capacity {:.1f} GiB ({}): placement weight {} (one per {} GiB, rounded, 1 to {})",
                static_cast<double>(capacity) / (1 << 30), source, weight,
                server::Placement::kWeightUnit >> 30, server::Placement::kMaxWeight);
@@ -104,6 +103,7 @@ Status Node::Start() {
   ropts.sync_timeout =
       std::chrono::milliseconds(static_cast<long>(config_.sync_timeout_s * 1000));
   ropts.cache_size = config_.cache_size;
+  ropts.weight = weight;
   ropts.rebalance_interval =
       std::chrono::milliseconds(static_cast<long>(config_.rebalance_interval_s * 1000));
   replicator_ = std::make_unique<server::Replicator>(*io_, *files_, ropts);

@@ -39,9 +39,7 @@ void MemberLinks::Start(const std::string& self_addr, const std::vector<std::str
   o.protocol_period = options_.protocol_period;
   o.ack_timeout = options_.protocol_period / 2;
   o.seed = crypto::RandomU64();
-  // This node's placement weight, which the daemon recorded at start (--capacity).
-  o.weight = static_cast<std::uint32_t>(std::clamp<std::int64_t>(
-      ns_.GetMeta(kPlacementWeightKey).value_or(1), 1, Placement::kMaxWeight));
+  o.weight = std::clamp<std::uint32_t>(options_.weight, 1, Placement::kMaxWeight);
   const auto now = Now();
   membership_ = std::make_unique<Membership>(o, now);
   std::vector<MemberRecord> rows;

@@ -42,10 +42,6 @@ struct Dialer {
   std::function<void(const std::string& addr, const std::string& reason)> remove;
 };
 
-// The meta.db key (NamespaceDb::SetMeta) under which the daemon records this node's placement
-// weight at start (--capacity: Placement::WeightOf); Start announces it (1 if absent).
-inline constexpr std::string_view kPlacementWeightKey = "placement_weight";
-
 struct MemberLinksOptions {
   std::size_t max_links = 8;
   std::chrono::milliseconds down_after{15 * 60 * 1000};
@@ -54,6 +50,9 @@ struct MemberLinksOptions {
   // message sent or received on it; a message queued for an address we cannot reach is
   // dropped after this long.
   std::chrono::milliseconds short_idle{3000};
+  // This node's placement weight (--capacity: Placement::WeightOf), announced with its
+  // membership entry; clamped to 1..Placement::kMaxWeight.
+  std::uint32_t weight = 1;
 };
 
 class MemberLinks : public std::enable_shared_from_this<MemberLinks> {

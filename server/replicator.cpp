@@ -39,7 +39,7 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
       members_(std::make_shared<MemberLinks>(
           io, fs.ns(), links_,
           MemberLinksOptions{options.max_links, options.down_after, options.probe_period,
-                             options.short_idle})),
+                             options.short_idle, options.weight})),
       sync_copies_(std::make_shared<SyncCopies>(io, fs, links_, fetcher_, storage_,
                                                 [f = feed_] { return f->Subscribers(); })),
       trim_(std::make_shared<ChunkTrim>(

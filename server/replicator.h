@@ -71,6 +71,7 @@ struct ReplicatorOptions {
   std::uint64_t cache_size = std::uint64_t{1} << 30;
   std::chrono::milliseconds rebalance_interval{30000};
   std::chrono::milliseconds settle{10000};
+  std::uint32_t weight = 1;  // this node's placement weight (--capacity), announced to members
 };
 
 class Replicator : public net::LinkHandler, public RemoteChunks {
