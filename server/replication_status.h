@@ -26,6 +26,7 @@ struct PeerStatus {
   // numbers not yet streamed to it (0 if it has not subscribed yet), and chunk requests to it
   // not yet answered.
   std::uint64_t changes_to_send = 0;
+  bool subscribed = false;  // it applies our change feed (it may be asked for durable copies)
   std::size_t chunks_in_flight = 0;
   // Namespace records received from it on this link, and its change sequence number the last
   // batch brought us to (catch-up progress: it streams everything after our cursor first).

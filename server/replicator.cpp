@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 
@@ -246,6 +247,7 @@ std::vector<MemberInfo> Replicator::Members() const { return members_->Members()
 std::vector<PeerStatus> Replicator::Peers(bool include_gone) const {
   std::vector<PeerStatus> out;
   const std::uint64_t last_seq = fs_.ns().LastSeq();
+  const auto subscribers = feed_->Subscribers();
   for (auto& [node, link] : links_->links()) {
     const auto& info = link->Peer();
     PeerStatus s;
@@ -260,6 +262,8 @@ std::vector<PeerStatus> Replicator::Peers(bool include_gone) const {
     s.bytes_out = link->Counters().BytesOut();
     const auto feed = feed_->PeerProgress(node, last_seq);
     s.changes_to_send = feed.changes_to_send;
+    s.subscribed =
+        std::find(subscribers.begin(), subscribers.end(), node) != subscribers.end();
     s.chunks_in_flight = fetcher_->InFlightTo(node);
     s.records_received = feed.records_received;
     s.peer_seq = feed.peer_seq;

@@ -561,7 +561,7 @@ TEST_F(PlacementPassTest, RankedMembersWithoutALinkAreReachedToConfirm) {
 
 // fsync asks the member placement ranks for the file's chunk for the durable copy (not the
 // first peer by id): right after fsync returns, that member holds the chunk and the lowest-id
-// peer, which is not ranked for it, does not.
+// peer that applies node 1's feed, which is not ranked for it, does not.
 TEST_F(PlacementPassTest, FsyncAsksTheRankedMemberForTheDurableCopy) {
   ReplicatorOptions o = Trimming(std::uint64_t{1} << 40);
   o.replicas = 1;
@@ -569,15 +569,27 @@ TEST_F(PlacementPassTest, FsyncAsksTheRankedMemberForTheDurableCopy) {
   for (int i = 0; i < 5; ++i) AddNode(o);
   StartAll();
   ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
-  std::uint64_t lowest = ~0ull;
-  for (std::size_t i = 2; i <= 5; ++i) lowest = std::min(lowest, n(i).id());
+  // Only peers that apply node 1's feed are asked for durable copies: the test picks a chunk
+  // ranked on one of them that is not the lowest-id one.
+  std::set<std::uint64_t> subscribed;
+  ASSERT_TRUE(Eventually([&] {
+    subscribed = OnIo(io_, [&] {
+      std::set<std::uint64_t> s;
+      for (const auto& p : n(1).replicator->Peers()) {
+        if (p.subscribed) s.insert(p.node_id);
+      }
+      return s;
+    });
+    return subscribed.size() >= 3;
+  }, 20s));
+  const std::uint64_t lowest = *subscribed.begin();
   const cas::ChunkHasher hasher(test::FixedKey());
   Bytes data;
   std::uint64_t ranked = 0;
   for (std::uint8_t seed = 1; seed < 200 && ranked == 0; ++seed) {
     data = Pattern(kMiB, seed);
     const auto holder = replication::Ranked(Ids(), hasher.IdOf(data), 1).front();
-    if (holder != n(1).id() && holder != lowest) ranked = holder;
+    if (holder != lowest && subscribed.contains(holder)) ranked = holder;
   }
   ASSERT_NE(ranked, 0u);
   const cas::ChunkId chunk = hasher.IdOf(data);
