@@ -380,7 +380,8 @@ TEST_F(PlacementPassTest, TheCacheKeepsTheMostRecentlyReadCopies) {
   AddNode(Trimming(3 * kMiB));
   StartAll();
   ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
-  const Bytes data = Pattern(12 * kMiB, 29);
+  // 24 chunks, about 14 of them not ranked on node 5 (with 12, fewer than 4 in 1.5% of runs).
+  const Bytes data = Pattern(24 * kMiB, 29);
   ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
   const auto manifest = n(1).files->Resolve("/f")->rec.manifest;
   ASSERT_TRUE(Eventually([&] { return OnRankedOnly(manifest); }, 20s));
@@ -511,7 +512,8 @@ TEST_F(PlacementPassTest, ACopyStaysWhileARankedMemberHasNotConfirmed) {
   ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
   Node& away = n(5);
   for (std::size_t i = 1; i <= 4; ++i) network_->Partition(away.id(), n(i).id());
-  const Bytes data = Pattern(16 * kMiB, 41);
+  // 32 chunks: some are ranked on `away` and not on the writer in all but ~1e-5 of runs.
+  const Bytes data = Pattern(32 * kMiB, 41);
   ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
   const auto manifest = n(1).files->Resolve("/f")->rec.manifest;
   std::vector<cas::ChunkId> kept;  // ranked on `away`, not on the writer
@@ -545,7 +547,7 @@ TEST_F(PlacementPassTest, RankedMembersWithoutALinkAreReachedToConfirm) {
   const Bytes data = Pattern(16 * kMiB, 43);
   ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
   const auto manifest = n(1).files->Resolve("/f")->rec.manifest;
-  EXPECT_TRUE(Eventually([&] { return OnRankedOnly(manifest); }, 15s))
+  EXPECT_TRUE(Eventually([&] { return OnRankedOnly(manifest); }, 40s))
       << "copies not ranked on their holder were not dropped over bounded links";
   auto none_under = [&] {
     std::size_t primary = 0;
@@ -556,7 +558,7 @@ TEST_F(PlacementPassTest, RankedMembersWithoutALinkAreReachedToConfirm) {
     }
     return primary == manifest.size();
   };
-  EXPECT_TRUE(Eventually(none_under, 15s));
+  EXPECT_TRUE(Eventually(none_under, 40s));
 }
 
 // fsync asks the member placement ranks for the file's chunk for the durable copy (not the
