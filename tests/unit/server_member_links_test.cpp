@@ -483,11 +483,13 @@ TEST_F(PlacementPassTest, UnderReplicatedCountGoesToZeroAfterRepair) {
     auto [u, primary] = under(nullptr);
     return u == 0 && primary == manifest.size();
   }, 20s)) << "under-replicated " << under(nullptr).first;
-  // The victim: a node ranked for some chunk, not the writer.
+  // The victim: not the writer, and second-ranked for some chunk, so that the chunk's first
+  // ranked member (alive) counts it while the victim is away. (A chunk whose first-ranked member
+  // is away is counted by nobody until that member is down and placement moves on.)
   Node* victim = nullptr;
   for (std::size_t i = 2; i <= 5 && !victim; ++i) {
     for (const auto& [index, id] : manifest) {
-      if (Ranked(n(i), id)) victim = &n(i);
+      if (replication::Ranked(Ids(), id, 2).back() == n(i).id()) victim = &n(i);
     }
   }
   ASSERT_NE(victim, nullptr);
