@@ -50,8 +50,8 @@ struct CatchUpStatus {
 // --rebalance-interval): repair and rebalancing progress, and the cache of copies not ranked
 // here. Only with --replicas N (every node holds every chunk otherwise).
 struct PlacementStatus {
-  bool enabled = false;   // --replicas N and membership running
-  std::size_t passes = 0;  // passes completed since start
+  bool enabled = false;               // --replicas N and membership running
+  std::size_t passes = 0;             // passes completed since start
   double last_pass_seconds_ago = -1;  // -1: none yet
   // Chunks of live files ranked to this node (among the N it places), and of those, the ones
   // it lacks (the background replication fetches them).
@@ -68,7 +68,7 @@ struct PlacementStatus {
   std::size_t extra = 0;
   std::uint64_t extra_bytes = 0;
   std::uint64_t cache_limit = 0;
-  std::size_t pinned = 0;  // copies kept here by a pin, not ranked here
+  std::size_t pinned = 0;   // copies kept here by a pin, not ranked here
   std::size_t dropped = 0;  // since start
   std::uint64_t dropped_bytes = 0;
   std::size_t unconfirmed = 0;  // over the cache at the last pass, not dropped: a ranked

@@ -71,15 +71,15 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
     auto f = w.lock();
     return f && f->InFlightTo(node) > 0;
   });
-  members_->SetPlacementObserver([w = std::weak_ptr<ChunkReplication>(replication_),
-                                  t = std::weak_ptr<ChunkTrim>(trim_)] {
-    if (auto r = w.lock()) r->ScanMissing();
-    if (auto trim = t.lock()) trim->PlacementChanged();
-  });
-  trim_->SetReach([w = std::weak_ptr<MemberLinks>(members_)](
-                      const std::vector<std::uint64_t>& nodes) {
-    if (auto m = w.lock()) m->ReachNodes(nodes, "a placement pass");
-  });
+  members_->SetPlacementObserver(
+      [w = std::weak_ptr<ChunkReplication>(replication_), t = std::weak_ptr<ChunkTrim>(trim_)] {
+        if (auto r = w.lock()) r->ScanMissing();
+        if (auto trim = t.lock()) trim->PlacementChanged();
+      });
+  trim_->SetReach(
+      [w = std::weak_ptr<MemberLinks>(members_)](const std::vector<std::uint64_t>& nodes) {
+        if (auto m = w.lock()) m->ReachNodes(nodes, "a placement pass");
+      });
   members_->SetPlanObserver([this](std::uint64_t node, bool planned) {
     // A link turned long-lived (the feed starts on it) or short-lived (it stops; the link
     // closes when idle).
@@ -262,8 +262,7 @@ std::vector<PeerStatus> Replicator::Peers(bool include_gone) const {
     s.bytes_out = link->Counters().BytesOut();
     const auto feed = feed_->PeerProgress(node, last_seq);
     s.changes_to_send = feed.changes_to_send;
-    s.subscribed =
-        std::find(subscribers.begin(), subscribers.end(), node) != subscribers.end();
+    s.subscribed = std::find(subscribers.begin(), subscribers.end(), node) != subscribers.end();
     s.chunks_in_flight = fetcher_->InFlightTo(node);
     s.records_received = feed.records_received;
     s.peer_seq = feed.peer_seq;

@@ -5,12 +5,11 @@
 // Threading as in server_replication_test.cpp: one io_context thread carries every link and
 // every Replicator; the dialers the membership calls run on it too.
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/executor_work_guard.hpp>
-#include <fcntl.h>
-
 #include <boost/asio/io_context.hpp>
 #include <map>
 #include <memory>
@@ -66,21 +65,21 @@ class MembershipClusterTest : public test::ClusterFixture {
   // What the TCP transport's AddPeer/RemovePeer do, over the MemoryNetwork: a link to an
   // address stays while either side wants it. Event thread.
   Dialer DialerFor(Node& n) {
-    return Dialer{
-        [this, &n](const std::string& addr) {
-          auto it = by_addr_.find(addr);
-          if (it == by_addr_.end() || it->second == &n) return;
-          Node& peer = *it->second;
-          wants_[n.id()].insert(peer.id());
-          network_->Connect(n.id(), *n.replicator, peer.id(), *peer.replicator);
-        },
-        [this, &n](const std::string& addr, const std::string&) {
-          auto it = by_addr_.find(addr);
-          if (it == by_addr_.end()) return;
-          Node& peer = *it->second;
-          wants_[n.id()].erase(peer.id());
-          if (!wants_[peer.id()].contains(n.id())) network_->Disconnect(n.id(), peer.id());
-        }};
+    return Dialer{[this, &n](const std::string& addr) {
+                    auto it = by_addr_.find(addr);
+                    if (it == by_addr_.end() || it->second == &n) return;
+                    Node& peer = *it->second;
+                    wants_[n.id()].insert(peer.id());
+                    network_->Connect(n.id(), *n.replicator, peer.id(), *peer.replicator);
+                  },
+                  [this, &n](const std::string& addr, const std::string&) {
+                    auto it = by_addr_.find(addr);
+                    if (it == by_addr_.end()) return;
+                    Node& peer = *it->second;
+                    wants_[n.id()].erase(peer.id());
+                    if (!wants_[peer.id()].contains(n.id()))
+                      network_->Disconnect(n.id(), peer.id());
+                  }};
   }
 
   // Starts every node's membership with the first node as its only seed.
@@ -139,7 +138,7 @@ class MembershipClusterTest : public test::ClusterFixture {
     return ids;
   }
 
-  std::map<std::string, Node*> by_addr_;                   // event thread after start
+  std::map<std::string, Node*> by_addr_;                    // event thread after start
   std::map<std::uint64_t, std::set<std::uint64_t>> wants_;  // event thread
 };
 
@@ -183,9 +182,11 @@ TEST_F(MembershipClusterTest, ChunksComeFromRankedMembersWithoutALongLivedLink) 
     std::string where;
     for (const auto& [index, id] : rec->rec.manifest) {
       const auto h = replication::Ranked(ids, id, 1).front();
-      where += fmt::format(" {}:{}:{:016x}{}", index, cas::Hex(id).substr(0, 8), h, by_id.at(h)->store->Has(id) ? "" : "(lacks it)");
+      where += fmt::format(" {}:{}:{:016x}{}", index, cas::Hex(id).substr(0, 8), h,
+                           by_id.at(h)->store->Has(id) ? "" : "(lacks it)");
     }
-    ASSERT_TRUE(got.ok()) << n(i).name << " " << std::hex << n(i).id() << ": " << got.status().message() << where;
+    ASSERT_TRUE(got.ok()) << n(i).name << " " << std::hex << n(i).id() << ": "
+                          << got.status().message() << where;
     EXPECT_TRUE(*got == data) << n(i).name;
   }
   for (auto& node : nodes_) EXPECT_LE(LongLived(*node), 2u) << node->name;
@@ -290,7 +291,6 @@ TEST_F(MembershipClusterTest, ChunksOfAMemberThatWentDownAreCopiedToTheNextRanke
       << "chunks of the member that went down are not back on two live members";
 }
 
-
 // Placement passes (ChunkTrim) for the tests below: every 100 ms, no settle time.
 ReplicatorOptions Trimming(std::uint64_t cache_size) {
   ReplicatorOptions o = Node::Options();
@@ -337,12 +337,14 @@ class PlacementPassTest : public MembershipClusterTest {
   bool TwoPasses() {
     std::vector<std::size_t> start;
     for (auto& node : nodes_) start.push_back(State(*node).passes);
-    return Eventually([&] {
-      for (std::size_t i = 0; i < nodes_.size(); ++i) {
-        if (State(*nodes_[i]).passes < start[i] + 2) return false;
-      }
-      return true;
-    }, 40s);
+    return Eventually(
+        [&] {
+          for (std::size_t i = 0; i < nodes_.size(); ++i) {
+            if (State(*nodes_[i]).passes < start[i] + 2) return false;
+          }
+          return true;
+        },
+        40s);
   }
 };
 
@@ -479,10 +481,13 @@ TEST_F(PlacementPassTest, UnderReplicatedCountGoesToZeroAfterRepair) {
     }
     return std::make_pair(u, primary);
   };
-  ASSERT_TRUE(Eventually([&] {
-    auto [u, primary] = under(nullptr);
-    return u == 0 && primary == manifest.size();
-  }, 20s)) << "under-replicated " << under(nullptr).first;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        auto [u, primary] = under(nullptr);
+        return u == 0 && primary == manifest.size();
+      },
+      20s))
+      << "under-replicated " << under(nullptr).first;
   // The victim: not the writer, and second-ranked for some chunk, so that the chunk's first
   // ranked member (alive) counts it while the victim is away. (A chunk whose first-ranked member
   // is away is counted by nobody until that member is down and placement moves on.)
@@ -576,16 +581,18 @@ TEST_F(PlacementPassTest, FsyncAsksTheRankedMemberForTheDurableCopy) {
   // Only peers that apply node 1's feed are asked for durable copies: the test picks a chunk
   // ranked on one of them that is not the lowest-id one.
   std::set<std::uint64_t> subscribed;
-  ASSERT_TRUE(Eventually([&] {
-    subscribed = OnIo(io_, [&] {
-      std::set<std::uint64_t> s;
-      for (const auto& p : n(1).replicator->Peers()) {
-        if (p.subscribed) s.insert(p.node_id);
-      }
-      return s;
-    });
-    return subscribed.size() >= 3;
-  }, 20s));
+  ASSERT_TRUE(Eventually(
+      [&] {
+        subscribed = OnIo(io_, [&] {
+          std::set<std::uint64_t> s;
+          for (const auto& p : n(1).replicator->Peers()) {
+            if (p.subscribed) s.insert(p.node_id);
+          }
+          return s;
+        });
+        return subscribed.size() >= 3;
+      },
+      20s));
   const std::uint64_t lowest = *subscribed.begin();
   const cas::ChunkHasher hasher(test::FixedKey());
   Bytes data;
