@@ -911,9 +911,10 @@ void FileServer::PruneReads(const std::function<bool(const cas::ChunkId&)>& keep
 }
 
 Status FileServer::ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out) {
-  NoteRead(id);
   auto part = store_.ReadAt(id, offset, out);
-  if (!part.ok()) {
+  if (part.ok()) {
+    NoteRead(id);
+  } else {  // LoadChunk notes the read
     auto whole = LoadChunk(id);
     if (!whole.ok()) return whole.status();
     part = cas::Extent{0, whole->size()};
