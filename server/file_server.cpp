@@ -352,8 +352,9 @@ Status FileServer::SetXattr(InodeId id, std::string_view name, ByteSpan value, i
 }
 
 Result<Bytes> FileServer::GetXattr(InodeId id, std::string_view name) {
-  // Not a user attribute (security.capability is asked on every write): answer at once.
-  if (!UserXattr(name)) return Err(Code::kNoData, "no xattr {}", name);
+  // Not a user attribute: none is stored (SetXattr refuses them alike).
+  if (!UserXattr(name))
+    return Err(Code::kNotSupported, "only user.* extended attributes are stored");
   auto rec = ns_.GetInode(id);
   if (!rec.ok()) return rec.status();
   for (const auto& x : rec->xattrs) {

@@ -698,6 +698,27 @@ TEST_F(FuseOpsTest, ReservedXattrsAreReadOnly) {
   EXPECT_EQ(Getxattr(ino, "user.a", 10).err(), ENODATA);
 }
 
+// Only user.* names are stored: every other namespace is not supported (EOPNOTSUPP, which tells
+// ls to stop asking for security.selinux), on get as on set, whatever the inode holds.
+TEST_F(FuseOpsTest, XattrsOutsideUserAreNotSupported) {
+  const auto new_ino = NewFile("f");
+  const fuse_ino_t ino = new_ino.first;
+  Release(new_ino.second);
+  ASSERT_EQ(Setxattr(ino, "user.selinux", "v").err(), 0);
+  for (const char* name : {"security.selinux", "security.capability", "system.posix_acl_access",
+                           "trusted.a", "user", "user.", "selinux", ""}) {
+    SCOPED_TRACE(name);
+    EXPECT_EQ(Getxattr(ino, name, 0).err(), EOPNOTSUPP);
+    EXPECT_EQ(Getxattr(ino, name, 100).err(), EOPNOTSUPP);
+    EXPECT_EQ(Getxattr(kRoot, name, 100).err(), EOPNOTSUPP);
+    EXPECT_EQ(Setxattr(ino, name, "v").err(), EOPNOTSUPP);
+  }
+  EXPECT_EQ(Getxattr(ino, "user.absent", 100).err(), ENODATA);
+  EXPECT_EQ(Getxattr(ino, "user.selinux", 100).a().data, "v");
+  // A name past 255 bytes is ERANGE before anything else, whatever its namespace.
+  EXPECT_EQ(Getxattr(ino, "security." + std::string(247, 'n'), 10).err(), ERANGE);
+}
+
 TEST_F(FuseOpsTest, ExactlyOneReplyWhenAHandlerThrows) {
   ASSERT_EQ(Statfs().kind(), Kind::kStatfs);
   std::vector<std::size_t> observed;
