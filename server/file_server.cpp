@@ -218,13 +218,11 @@ InodeRecord FileServer::NewInode(InodeKind kind, std::uint32_t mode, std::uint32
   return rec;
 }
 
-Status FileServer::AddEntry(InodeId parent, std::string_view name, const InodeRecord& rec) {
-  if (ns_.GetDentry(parent, name).ok()) return Err(Code::kExists, "'{}' exists", name);
-  auto dir = ns_.GetInode(parent);
-  if (!dir.ok()) return dir.status();
-  DentryRecord d{parent, std::string(name), rec.id, hlc_.Next(), false};
+Status FileServer::AddEntry(InodeRecord dir, std::string_view name, const InodeRecord& rec) {
+  if (ns_.GetDentry(dir.id, name).ok()) return Err(Code::kExists, "'{}' exists", name);
+  DentryRecord d{dir.id, std::string(name), rec.id, hlc_.Next(), false};
   // The directory gets the new inode's time, as on ext4.
-  auto w = CommitLocal({{rec, TouchDir(std::move(*dir), rec.ctime_ns, hlc_)}, {d}});
+  auto w = CommitLocal({{rec, TouchDir(std::move(dir), rec.ctime_ns, hlc_)}, {d}});
   return w.ok() ? Ok() : w.status();
 }
 
@@ -235,7 +233,7 @@ Result<Attr> FileServer::Mkdir(InodeId parent, std::string_view name, std::uint3
   auto p = LiveDir(parent);
   if (!p.ok()) return p.status();
   InodeRecord rec = NewInode(InodeKind::kDir, mode, uid, gid, *p);
-  if (auto s = AddEntry(parent, name, rec); !s.ok()) return s;
+  if (auto s = AddEntry(*p, name, rec); !s.ok()) return s;
   return MakeAttr(rec);
 }
 
@@ -251,7 +249,7 @@ Result<Attr> FileServer::Symlink(InodeId parent, std::string_view name, std::str
   InodeRecord rec = NewInode(InodeKind::kSymlink, 0777, uid, gid, *p);
   rec.size = target.size();
   rec.symlink_target = std::string(target);
-  if (auto s = AddEntry(parent, name, rec); !s.ok()) return s;
+  if (auto s = AddEntry(*p, name, rec); !s.ok()) return s;
   return MakeAttr(rec);
 }
 
@@ -310,7 +308,7 @@ Result<Attr> FileServer::Mknod(InodeId parent, std::string_view name, std::uint3
   if (!p.ok()) return p.status();
   InodeRecord rec = NewInode(kind, mode, uid, gid, *p);
   if (kind == InodeKind::kBlockDevice || kind == InodeKind::kCharDevice) rec.rdev = rdev;
-  if (auto s = AddEntry(parent, name, rec); !s.ok()) return s;
+  if (auto s = AddEntry(*p, name, rec); !s.ok()) return s;
   return MakeAttr(rec);
 }
 
@@ -547,6 +545,7 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
                                    std::uint32_t uid, std::uint32_t gid, int flags) {
   if (auto s = CheckName(name); !s.ok()) return s;
   InodeId id = 0;
+  std::optional<InodeRecord> created;
   {
     MutexLock lock(ns_mu_);
     auto p = LiveDir(parent);
@@ -556,9 +555,19 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
       id = d->child;
     } else {
       InodeRecord rec = NewInode(InodeKind::kFile, mode, uid, gid, *p);
-      if (auto s = AddEntry(parent, name, rec); !s.ok()) return s;
+      if (auto s = AddEntry(std::move(*p), name, rec); !s.ok()) return s;
       id = rec.id;
+      created = std::move(rec);
     }
+  }
+  if (created) {
+    // A new file: its record and its one link are known, no need to read them back (a create
+    // is two FUSE round trips and one commit; every query saved shows in `tar -x`).
+    auto handle = OpenRecord(*created, flags, 0);
+    if (!handle.ok()) return handle.status();
+    Attr attr{std::move(*created), 1};
+    if (auto of = OpenFileOf(id)) of->Overlay(attr.rec);
+    return Created{std::move(attr), *handle};
   }
   auto handle = Open(id, flags);
   if (!handle.ok()) return handle.status();
@@ -570,10 +579,16 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
 Result<std::uint64_t> FileServer::Open(InodeId id, int flags, std::uint32_t caller_uid) {
   auto rec = ns_.GetInode(id);
   if (!rec.ok()) return rec.status();
-  if (rec->kind == InodeKind::kDir && (flags & O_ACCMODE) != O_RDONLY) {
+  return OpenRecord(*rec, flags, caller_uid);
+}
+
+Result<std::uint64_t> FileServer::OpenRecord(const InodeRecord& rec, int flags,
+                                             std::uint32_t caller_uid) {
+  const InodeId id = rec.id;
+  if (rec.kind == InodeKind::kDir && (flags & O_ACCMODE) != O_RDONLY) {
     return Err(Code::kIsDir, "cannot open a directory for writing");
   }
-  auto of = OpenFileFor(*rec);
+  auto of = OpenFileFor(rec);
   if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY) {
     if (auto s = of->Truncate(0); !s.ok()) return s;
     // With atomic O_TRUNC the kernel leaves this to the file system, as it does the truncate.

@@ -225,8 +225,11 @@ class FileServer : public FileHost {
   // A fresh inode created in `parent` (group and setgid inherited from a setgid directory).
   InodeRecord NewInode(InodeKind kind, std::uint32_t mode, std::uint32_t uid, std::uint32_t gid,
                        const InodeRecord& parent);
-  // Checks the name and the parent and commits `rec` under it. Call with ns_mu_ held.
-  Status AddEntry(InodeId parent, std::string_view name, const InodeRecord& rec);
+  // Checks that the name is free in `dir` (the parent's live record) and commits `rec` under
+  // it. Call with ns_mu_ held.
+  Status AddEntry(InodeRecord dir, std::string_view name, const InodeRecord& rec);
+  // Open, for a record the caller just read or made.
+  Result<std::uint64_t> OpenRecord(const InodeRecord& rec, int flags, std::uint32_t caller_uid);
   Status UpdateInode(InodeId id, const std::function<Status(InodeRecord&)>& change);
   std::shared_ptr<OpenFile> OpenFileFor(const InodeRecord& rec);
   std::shared_ptr<OpenFile> HandleFile(std::uint64_t handle);
