@@ -99,13 +99,18 @@ class DiskChunkStore final : public ChunkStore {
     struct stat st {};
     if (::stat(final_path.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_size) == data.size())
       return Ok();
-    const fs::path shard = final_path.parent_path();
-    if (Status s = MakeDir(shard.parent_path()); !s.ok()) return s;
-    if (Status s = MakeDir(shard); !s.ok()) return s;
-    if (Status s = MakeDir(tmp_); !s.ok()) return s;
-
+    // Directories are made only when a call finds them missing (ENOENT): three mkdir calls
+    // that fail with EEXIST on every put were 6.5% of the daemon's time in `tar -x` of small
+    // files (each takes the parent directory's lock).
     const fs::path tmp_path = tmp_ / fmt::format("{}.{:016x}", Hex(id), crypto::RandomU64());
-    UniqueFd fd(::open(tmp_path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600));
+    const auto create_tmp = [&] {
+      return ::open(tmp_path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+    };
+    UniqueFd fd(create_tmp());
+    if (!fd.valid() && errno == ENOENT) {  // the tmp directory was removed under us
+      if (Status s = MakeDir(tmp_); !s.ok()) return s;
+      fd.reset(create_tmp());
+    }
     if (!fd.valid()) {
       return ErrnoStatus(errno, fmt::format("creating '{}'", tmp_path.string()));
     }
@@ -113,9 +118,18 @@ class DiskChunkStore final : public ChunkStore {
     if (s.ok() && ::close(fd.release()) != 0) {
       s = ErrnoStatus(errno, fmt::format("closing '{}'", tmp_path.string()));
     }
-    if (s.ok() && ::rename(tmp_path.c_str(), final_path.c_str()) != 0) {
-      s = ErrnoStatus(errno,
-                      fmt::format("renaming '{}' to '{}'", tmp_path.string(), final_path.string()));
+    if (s.ok()) {
+      int rc = ::rename(tmp_path.c_str(), final_path.c_str());
+      if (rc != 0 && errno == ENOENT) {  // the first chunk of its shard: make the shard
+        const fs::path shard = final_path.parent_path();
+        s = MakeDir(shard.parent_path());
+        if (s.ok()) s = MakeDir(shard);
+        if (s.ok()) rc = ::rename(tmp_path.c_str(), final_path.c_str());
+      }
+      if (s.ok() && rc != 0) {
+        s = ErrnoStatus(
+            errno, fmt::format("renaming '{}' to '{}'", tmp_path.string(), final_path.string()));
+      }
     }
     if (!s.ok()) {
       fd.reset();
@@ -145,6 +159,20 @@ class DiskChunkStore final : public ChunkStore {
 
   Result<Extent> ReadAt(const ChunkId& id, std::size_t offset, MutableByteSpan out) override {
     const fs::path path = PathOf(id);
+    if (out.empty()) {
+      // Only the size (whether a chunk is stored whole, before every put): one stat, the same
+      // checks as OpenChunk.
+      struct stat st {};
+      if (::stat(path.c_str(), &st) != 0) {
+        if (errno == ENOENT) return Err(Code::kNotFound, "chunk {} not found", Hex(id));
+        return ErrnoStatus(errno, fmt::format("checking '{}'", path.string()));
+      }
+      if (!S_ISREG(st.st_mode) || static_cast<std::size_t>(st.st_size) > kMaxBlobSize) {
+        return Err(Code::kCorruption, "chunk file '{}' is not a regular file of at most {} bytes",
+                   path.string(), kMaxBlobSize);
+      }
+      return Extent{0, static_cast<std::size_t>(st.st_size)};
+    }
     auto opened = OpenChunk(id, path);
     if (!opened.ok()) return opened.status();
     auto& [fd, size] = *opened;

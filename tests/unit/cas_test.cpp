@@ -627,6 +627,34 @@ TEST(DiskStoreTest, NoTempFilesLeft) {
   EXPECT_EQ(std::set<fs::path>(files.begin(), files.end()), expected);
 }
 
+// Directories are made when a put finds them missing: the first chunk of a shard, a shard
+// removed since (an operator cleaning up, a test), and the tmp directory removed under a
+// running store all still put, and a shard that cannot be made is an error naming it.
+TEST(DiskStoreTest, MissingDirectoriesAreMadeOnPut) {
+  TempDir dir;
+  auto store = MakeDiskStore(dir.path());
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  const Bytes a = Pattern(300, 31), b = Pattern(301, 32), c = Pattern(302, 33);
+  const ChunkId ida = crypto::Sha256::Of(a), idb = crypto::Sha256::Of(b),
+                idc = crypto::Sha256::Of(c);
+  ASSERT_TRUE((*store)->Put(ida, a).ok());
+  fs::remove_all(ChunkPath(dir.path(), ida).parent_path().parent_path());
+  fs::remove_all(dir.path() / "tmp");
+  ASSERT_TRUE((*store)->Put(ida, a).ok());
+  ASSERT_TRUE((*store)->Put(idb, b).ok());
+  EXPECT_EQ(ReadFileBytes(ChunkPath(dir.path(), ida)), a);
+  EXPECT_EQ(ReadFileBytes(ChunkPath(dir.path(), idb)), b);
+  EXPECT_TRUE(fs::is_empty(dir.path() / "tmp"));
+  // A file where the shard's first level should be: the put fails, names it, leaves no temp.
+  const fs::path top = ChunkPath(dir.path(), idc).parent_path().parent_path();
+  fs::remove_all(top);
+  WriteFileBytes(top, Pattern(1, 1));
+  const Status s = (*store)->Put(idc, c);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(top.filename().string()), std::string::npos) << s.message();
+  EXPECT_TRUE(fs::is_empty(dir.path() / "tmp"));
+}
+
 TEST(DiskStoreTest, StaleTempFilesAreCleanedOnOpen) {
   TempDir dir;
   fs::create_directories(dir.path() / "tmp");
@@ -677,10 +705,24 @@ TEST(DiskStoreTest, OversizedFileIsCorruption) {
   EXPECT_EQ((*store)->Get(id).status().code(), Code::kCorruption);
   Bytes part(10);
   EXPECT_EQ((*store)->ReadAt(id, 0, part).status().code(), Code::kCorruption);
+  // A size query (an empty read, one stat) checks the same.
+  EXPECT_EQ((*store)->ReadAt(id, 0, MutableByteSpan()).status().code(), Code::kCorruption);
   // The largest blob the wrappers can produce is accepted.
   WriteFileBytes(ChunkPath(dir.path(), id), Bytes(kLimit, 0));
   EXPECT_TRUE((*store)->Get(id).ok());
   EXPECT_TRUE((*store)->ReadAt(id, 0, part).ok());
+  auto size = (*store)->ReadAt(id, 0, MutableByteSpan());
+  ASSERT_TRUE(size.ok());
+  EXPECT_EQ(size->n, 0u);
+  EXPECT_EQ(size->total, kLimit);
+  // Not there, or a directory in its place.
+  EXPECT_EQ(
+      (*store)->ReadAt(crypto::Sha256::Of(AsBytes("absent")), 0, MutableByteSpan()).status().code(),
+      Code::kNotFound);
+  fs::remove(ChunkPath(dir.path(), id));
+  fs::create_directory(ChunkPath(dir.path(), id));
+  EXPECT_EQ((*store)->ReadAt(id, 0, MutableByteSpan()).status().code(), Code::kCorruption);
+  EXPECT_EQ((*store)->ReadAt(id, 0, part).status().code(), Code::kCorruption);
   // And Put refuses what Get would refuse.
   EXPECT_EQ((*store)->Put(crypto::Sha256::Of(AsBytes("x")), Bytes(kLimit + 1, 0)).code(),
             Code::kInvalid);
