@@ -117,26 +117,25 @@ SRC=$CW/src.bin; FIO_SRC=$CW/fio-src.bin; RSRC=$CW/repl-src.bin
 random_file "$SRC" "$SIZE"
 random_file "$FIO_SRC" "$SIZE"
 random_file "$RSRC" "$SIZE"
-python3 - "$CW/small" "$NFILES" <<'EOF'
+# make_tree ROOT N DIRS DIRFMT FILEFMT MIN MAX HEX: N files of MIN-MAX random bytes (written as hex
+# text if HEX is 1) spread over DIRS directories.
+make_tree() {
+  python3 - "$@" <<'EOF'
 import os, random, sys
-root, n = sys.argv[1], int(sys.argv[2])
+root, n, dirs, dfmt, ffmt, lo, hi, hexed = sys.argv[1:9]
+n, dirs, lo, hi = int(n), int(dirs), int(lo), int(hi)
 for i in range(n):
-    d = os.path.join(root, "d%02d" % (i % 50))
+    d = os.path.join(root, dfmt % (i % dirs))
     os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "f%05d" % i), "wb") as f:
-        f.write(os.urandom(random.randint(1024, 16384)))
+    data = os.urandom(random.randint(lo, hi))
+    with open(os.path.join(d, ffmt % i), "wb") as f:
+        f.write(data.hex().encode() if hexed == "1" else data)
 EOF
+}
+make_tree "$CW/small" "$NFILES" 50 d%02d f%05d 1024 16384 0
 tar -C "$CW/small" -cf "$CW/small.tar" .
-# A git repository of NGIT files of 1-16 KiB in 20 directories, one commit, to clone.
-python3 - "$CW/gitsrc" "$NGIT" <<'EOF'
-import os, random, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, "src%02d" % (i % 20))
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "file%05d.c" % i), "w") as f:
-        f.write(os.urandom(random.randint(512, 8192)).hex())
-EOF
+# A git repository of NGIT text files of 1-16 KiB in 20 directories, one commit, to clone.
+make_tree "$CW/gitsrc" "$NGIT" 20 src%02d file%05d.c 512 8192 1
 git -C "$CW/gitsrc" init -q && git -C "$CW/gitsrc" add -A &&
   git -C "$CW/gitsrc" -c user.name=bench -c user.email=bench@localhost commit -qm bench
 SMALL_BYTES=$(du -sb "$CW/small" | cut -f1)

@@ -150,11 +150,18 @@ class DiskChunkStore final : public ChunkStore {
     if (::fstat(fd.get(), &st) != 0) {
       return ErrnoStatus(errno, fmt::format("checking '{}'", path.string()));
     }
+    auto size = ChunkFileSize(st, path);
+    if (!size.ok()) return size.status();
+    return std::pair{std::move(fd), *size};
+  }
+
+  // The size of a chunk file, if it is a regular file of a possible size.
+  static Result<std::size_t> ChunkFileSize(const struct stat& st, const fs::path& path) {
     if (!S_ISREG(st.st_mode) || static_cast<std::size_t>(st.st_size) > kMaxBlobSize) {
       return Err(Code::kCorruption, "chunk file '{}' is not a regular file of at most {} bytes",
                  path.string(), kMaxBlobSize);
     }
-    return std::pair{std::move(fd), static_cast<std::size_t>(st.st_size)};
+    return static_cast<std::size_t>(st.st_size);
   }
 
   Result<Extent> ReadAt(const ChunkId& id, std::size_t offset, MutableByteSpan out) override {
@@ -167,11 +174,9 @@ class DiskChunkStore final : public ChunkStore {
         if (errno == ENOENT) return Err(Code::kNotFound, "chunk {} not found", Hex(id));
         return ErrnoStatus(errno, fmt::format("checking '{}'", path.string()));
       }
-      if (!S_ISREG(st.st_mode) || static_cast<std::size_t>(st.st_size) > kMaxBlobSize) {
-        return Err(Code::kCorruption, "chunk file '{}' is not a regular file of at most {} bytes",
-                   path.string(), kMaxBlobSize);
-      }
-      return Extent{0, static_cast<std::size_t>(st.st_size)};
+      auto size = ChunkFileSize(st, path);
+      if (!size.ok()) return size.status();
+      return Extent{0, *size};
     }
     auto opened = OpenChunk(id, path);
     if (!opened.ok()) return opened.status();

@@ -104,7 +104,6 @@ std::int64_t ToNs(const timespec& t) {
 }
 
 // Names the daemon answers itself (the control socket, replica counts): read-only.
-constexpr std::string_view kUserPrefix = "user.";
 constexpr std::string_view kReservedXattrPrefix = "user.foreverfs.";
 constexpr std::string_view kControlXattr = "user.foreverfs.control";
 constexpr std::string_view kPinXattr = "user.foreverfs.pin";
@@ -352,11 +351,6 @@ void Ops::Setxattr(Reply& r, fuse_ino_t ino, const char* name, const char* value
 
 void Ops::Getxattr(Reply& r, fuse_ino_t ino, const char* name, std::size_t size) {
   if (::strnlen(name, kMaxNameBytes + 1) > kMaxNameBytes) return r.Err(ERANGE);
-  // Only user.* names are stored (setxattr of any other gives EOPNOTSUPP, as here). The kernel
-  // asks security.capability before every write(2) and `ls -l` asks security.selinux of every
-  // entry: answered at once, without a record lookup, and EOPNOTSUPP (not ENODATA) makes ls
-  // stop asking for the rest of the file system.
-  if (!std::string_view(name).starts_with(kUserPrefix)) return r.Err(EOPNOTSUPP);
   std::optional<Result<Bytes>> virt;
   if (name == kPinXattr) {
     virt = fs_.GetPin(ino);

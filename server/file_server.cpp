@@ -103,9 +103,9 @@ std::int64_t FileServer::NowNs() const {
       .count();
 }
 
-Result<Attr> FileServer::MakeAttr(InodeRecord rec) {
-  Attr a{std::move(rec), 1};
-  if (a.rec.kind != InodeKind::kDir) {
+Result<Attr> FileServer::MakeAttr(InodeRecord rec, std::optional<std::uint32_t> links) {
+  Attr a{std::move(rec), links.value_or(1)};
+  if (!links && a.rec.kind != InodeKind::kDir) {
     auto links = ns_.LinksTo(a.rec.id);
     if (links.ok()) a.nlink = static_cast<std::uint32_t>(std::max<std::size_t>(1, links->size()));
   }
@@ -350,7 +350,10 @@ Status FileServer::SetXattr(InodeId id, std::string_view name, ByteSpan value, i
 }
 
 Result<Bytes> FileServer::GetXattr(InodeId id, std::string_view name) {
-  // Not a user attribute: none is stored (SetXattr refuses them alike).
+  // Not a user attribute: none is stored (SetXattr refuses them alike). The kernel asks
+  // security.capability before every write(2) and `ls -l` asks security.selinux of every
+  // entry: answered before any record lookup, and EOPNOTSUPP (not ENODATA) makes ls stop
+  // asking for the rest of the file system.
   if (!UserXattr(name))
     return Err(Code::kNotSupported, "only user.* extended attributes are stored");
   auto rec = ns_.GetInode(id);
@@ -565,9 +568,9 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
     // is two FUSE round trips and one commit; every query saved shows in `tar -x`).
     auto handle = OpenRecord(*created, flags, 0);
     if (!handle.ok()) return handle.status();
-    Attr attr{std::move(*created), 1};
-    if (auto of = OpenFileOf(id)) of->Overlay(attr.rec);
-    return Created{std::move(attr), *handle};
+    auto attr = MakeAttr(std::move(*created), 1);
+    if (!attr.ok()) return attr.status();
+    return Created{std::move(*attr), *handle};
   }
   auto handle = Open(id, flags);
   if (!handle.ok()) return handle.status();

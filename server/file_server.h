@@ -220,7 +220,9 @@ class FileServer : public FileHost {
   bool TakeSeqBuffer() override;
   void ReturnSeqBuffer() override { seq_buffers_.fetch_sub(1); }
 
-  Result<Attr> MakeAttr(InodeRecord rec);
+  // The attributes of `rec` as a reader sees them (what an open file holds uncommitted laid
+  // over it); `links` if the caller knows them (a new file's one), else counted.
+  Result<Attr> MakeAttr(InodeRecord rec, std::optional<std::uint32_t> links = std::nullopt);
   Result<InodeRecord> LiveDir(InodeId id);
   // A fresh inode created in `parent` (group and setgid inherited from a setgid directory).
   InodeRecord NewInode(InodeKind kind, std::uint32_t mode, std::uint32_t uid, std::uint32_t gid,
