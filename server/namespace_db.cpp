@@ -119,7 +119,7 @@ Result<std::unique_ptr<NamespaceDb>> NamespaceDb::Open(const std::filesystem::pa
   sqlite3* raw = nullptr;
   int rc =
       sqlite3_open_v2(path.c_str(), &raw,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     std::string msg = raw ? sqlite3_errmsg(raw) : "out of memory";
     sqlite3_close(raw);
@@ -130,16 +130,133 @@ Result<std::unique_ptr<NamespaceDb>> NamespaceDb::Open(const std::filesystem::pa
   {
     MutexLock lock(db->mu_);
     init = db->Init();
+    if (init.ok()) {
+      auto log = RedoLog::Open(db->file_ + "-redo");
+      if (log.ok()) {
+        db->redo_.emplace(std::move(*log));
+        init = db->ReplayLocked();
+      } else {
+        init = log.status();
+      }
+    }
   }
   if (auto s = init; !s.ok()) {
+    db->AbandonForTest();  // nothing to commit: what the log holds stays there
     return Err(s.code(), "metadata database {}: {}", path.string(), s.message());
   }
+  db->committer_ = std::thread([d = db.get()] { d->GroupCommitLoop(); });
   return db;
 }
 
 NamespaceDb::~NamespaceDb() {
+  {
+    MutexLock lock(mu_);
+    stop_ = true;
+    if (!abandoned_) {
+      if (auto s = CommitGroupLocked(); !s.ok()) {
+        spdlog::error("{}: closing with changes not committed (kept in the redo log): {}", file_,
+                      s.message());
+      }
+    }
+  }
+  group_cv_.notify_all();
+  if (committer_.joinable()) committer_.join();
   StmtCache::Clear(db_);
   sqlite3_close(db_);
+}
+
+void NamespaceDb::AbandonForTest() {
+  // (Also a failed Open's way out.)
+  MutexLock lock(mu_);
+  abandoned_ = true;
+}
+
+void NamespaceDb::SetGroupAgeForTest(std::chrono::milliseconds age) {
+  MutexLock lock(mu_);
+  group_age_ = age;
+  group_cv_.notify_all();
+}
+
+std::size_t NamespaceDb::UncommittedChanges() {
+  MutexLock lock(mu_);
+  return group_open_ ? group_changes_ : 0;
+}
+
+void NamespaceDb::GroupCommitLoop() {
+  MutexLock lock(mu_);
+  while (!stop_) {
+    if (!group_open_ || abandoned_) {
+      group_cv_.wait(mu_);
+      continue;
+    }
+    const auto due = group_began_ + group_age_;
+    if (std::chrono::steady_clock::now() < due) {
+      group_cv_.wait_until(mu_, due);
+      continue;
+    }
+    if (auto s = CommitGroupLocked(); !s.ok()) {
+      spdlog::warn("{}: group commit failed, retrying in a second: {}", file_, s.message());
+      group_cv_.wait_for(mu_, std::chrono::seconds(1));
+    }
+  }
+}
+
+Status NamespaceDb::CommitGroupLocked() {
+  if (replay_needed_) {
+    if (auto s = ReplayLocked(); !s.ok()) return s;
+  }
+  if (!group_open_) return Ok();
+  if (auto s = Exec("COMMIT"); !s.ok()) {
+    NoteRollbackLocked();
+    return Err(s.code(), "committing {} changes to {}: {} (they are kept in {})", group_changes_,
+               file_, s.message(), redo_ ? redo_->path().string() : std::string("no log"));
+  }
+  group_open_ = false;
+  group_changes_ = 0;
+  if (redo_ && !replaying_) {
+    // A log left full is replayed at the next start on top of what committed: harmless (the
+    // merge keeps equal versions), so the commit stands either way.
+    if (auto s = redo_->Clear(); !s.ok()) spdlog::warn("{}", s.message());
+  }
+  return Ok();
+}
+
+void NamespaceDb::NoteRollbackLocked() {
+  if (group_open_ && sqlite3_get_autocommit(db_) != 0) {
+    spdlog::warn("{}: SQLite rolled back a group of {} changes; replaying them from {}", file_,
+                 group_changes_, redo_ ? redo_->path().string() : std::string("no log"));
+    group_open_ = false;
+    group_changes_ = 0;
+    replay_needed_ = true;
+  }
+}
+
+Status NamespaceDb::ReplayLocked() {
+  replay_needed_ = false;
+  replaying_ = true;
+  auto st = redo_->Replay([this](const ChangeSet& cs) REQUIRES(mu_) {
+    return ApplyGroupedLocked(cs, false, 0).status();
+  });
+  replaying_ = false;
+  if (!st.ok()) {
+    replay_needed_ = true;
+    return st.status();
+  }
+  if (st->records > 0 || st->dropped_bytes > 0) {
+    spdlog::info("{}: replayed {} changes from {}{}", file_, st->records, redo_->path().string(),
+                 st->dropped_bytes > 0
+                     ? fmt::format(" (dropped a torn last record of {} bytes, never acknowledged)",
+                                   st->dropped_bytes)
+                     : std::string());
+  }
+  if (auto s = CommitGroupLocked(); !s.ok()) return s;
+  // Also when nothing was open: a torn tail must not stay in front of the next records.
+  return redo_->Clear();
+}
+
+Status NamespaceDb::BeginLocked() {
+  if (auto s = CommitGroupLocked(); !s.ok()) return s;
+  return Exec("BEGIN IMMEDIATE");
 }
 
 Status NamespaceDb::Exec(const char* sql) {
@@ -160,6 +277,10 @@ Status NamespaceDb::Exec(const char* sql) {
 }
 
 Status NamespaceDb::Sync() {
+  {
+    MutexLock lock(mu_);
+    if (auto s = CommitGroupLocked(); !s.ok()) return s;
+  }
   // The WAL holds every commit since the last checkpoint; the database file the rest.
   for (const std::string& path : {file_ + "-wal", file_}) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -265,6 +386,7 @@ Result<std::uint64_t> NamespaceDb::TakeFreshNodeId() {
   std::uint64_t fresh = 0;
   do fresh = crypto::RandomU64();
   while (fresh == 0 || fresh == old);
+  if (auto s = CommitGroupLocked(); !s.ok()) return s;
   if (auto s = Exec("PRAGMA synchronous=FULL"); !s.ok()) return s;
   Status s =
       Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES('node_id', ?)").Bind(1, S(fresh)).Run();
@@ -284,6 +406,7 @@ std::optional<std::int64_t> NamespaceDb::GetMeta(std::string_view key) {
 
 Status NamespaceDb::SetMeta(std::string_view key, std::int64_t value) {
   MutexLock lock(mu_);
+  if (auto s = CommitGroupLocked(); !s.ok()) return s;
   return Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES(?, ?)")
       .Bind(1, key)
       .Bind(2, value)
@@ -292,6 +415,7 @@ Status NamespaceDb::SetMeta(std::string_view key, std::int64_t value) {
 
 Status NamespaceDb::ReserveSeqs(std::uint64_t need) {
   const std::uint64_t reserved = seq_ + std::max(kSeqBlock, 2 * need);
+  if (auto s = CommitGroupLocked(); !s.ok()) return s;
   if (auto s = Exec("PRAGMA synchronous=FULL"); !s.ok()) return s;
   Status s = Stmt(db_, "INSERT OR REPLACE INTO meta(k, v) VALUES('seq_reserved', ?)")
                  .Bind(1, S(reserved))
@@ -302,22 +426,82 @@ Status NamespaceDb::ReserveSeqs(std::uint64_t need) {
   return Ok();
 }
 
-Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std::uint64_t> peer,
-                                     std::uint64_t up_to) {
-  MutexLock lock(mu_);
+Status NamespaceDb::ReserveFor(const ChangeSet& changes) {
   // Each record takes a number, and may bring a few derived ones (conflict copies, names
   // restored, directories put back in the tree).
   const std::uint64_t need = 4 * (changes.inodes.size() + changes.dentries.size()) + 64;
-  if (seq_ + need > seq_reserved_) {
-    if (auto s = ReserveSeqs(need); !s.ok()) return s;
+  if (seq_ + need <= seq_reserved_) return Ok();
+  return ReserveSeqs(need);
+}
+
+Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std::uint64_t> peer,
+                                     std::uint64_t up_to) {
+  MutexLock lock(mu_);
+  if (!peer && redo_ && RedoLog::RecordSize(changes) <= kMaxLoggedChange) {
+    return ApplyGroupedLocked(changes, true, 0);
   }
+  // A peer's batch commits with its cursor; a large local change set commits alone rather than
+  // being written twice (log and WAL).
+  if (auto s = CommitGroupLocked(); !s.ok()) return s;
+  if (auto s = ReserveFor(changes); !s.ok()) return s;
   return ApplyLocked(changes, peer, up_to, 0);
+}
+
+Result<ChangeSet> NamespaceDb::ApplyGroupedLocked(const ChangeSet& changes, bool log,
+                                                  int attempt) {
+  if (replay_needed_ && !replaying_) {
+    if (auto s = ReplayLocked(); !s.ok()) return s;
+  }
+  if (auto s = ReserveFor(changes); !s.ok()) return s;
+  if (!group_open_) {
+    if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+    group_open_ = true;
+    group_changes_ = 0;
+    group_began_ = std::chrono::steady_clock::now();
+    group_cv_.notify_one();
+  }
+  if (auto s = Exec("SAVEPOINT change"); !s.ok()) {
+    NoteRollbackLocked();
+    return s;
+  }
+  auto undo = [&](Status s) REQUIRES(mu_) -> Status {
+    if (Exec("ROLLBACK TO change").ok()) (void)Exec("RELEASE change");
+    NoteRollbackLocked();
+    return s;
+  };
+  ChangeSet won;
+  std::uint64_t seq = seq_;
+  SqlRecords view(db_, seq);
+  if (auto s = Merge(view, changes, won); !s.ok()) return undo(s);
+  if (seq > seq_reserved_) {
+    // More derived records than foreseen: as in ApplyLocked.
+    (void)undo(Ok());
+    if (attempt > 0) return Err(Code::kIOError, "sequence reservation did not hold");
+    if (auto s = ReserveSeqs(seq - seq_); !s.ok()) return s;
+    return ApplyGroupedLocked(changes, log, attempt + 1);
+  }
+  const std::uint64_t log_size = redo_->size();
+  if (log) {
+    if (auto s = redo_->Append(changes); !s.ok()) return undo(s);
+  }
+  if (auto s = Exec("RELEASE change"); !s.ok()) {
+    // The caller hears of the failure, so the change must not come back at replay.
+    if (auto t = redo_->TruncateTo(log_size); !t.ok()) spdlog::error("{}", t.message());
+    return undo(s);
+  }
+  seq_ = seq;
+  ++group_changes_;
+  if (group_changes_ >= kGroupChanges && !replaying_) {
+    // The change is logged, so it stands even if this commit fails (the next one retries).
+    if (auto s = CommitGroupLocked(); !s.ok()) spdlog::warn("{}", s.message());
+  }
+  return won;
 }
 
 Result<ChangeSet> NamespaceDb::ApplyLocked(const ChangeSet& changes,
                                            std::optional<std::uint64_t> peer, std::uint64_t up_to,
                                            int attempt) {
-  if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  if (auto s = BeginLocked(); !s.ok()) return s;
   ChangeSet won;
   std::uint64_t seq = seq_;
   auto fail = [&](Status s) REQUIRES(mu_) -> Result<ChangeSet> {

@@ -1,7 +1,14 @@
 #pragma once
 // The replicated namespace, kept in SQLite (WAL, synchronous=NORMAL) under the data directory.
-// A commit survives a crash of the process at once, and a power failure after Sync (called on
-// fsync(2)) or the next checkpoint, as files on a local file system do.
+// A change survives a crash of the process once Apply returns, and a power failure after Sync
+// (called on fsync(2)) or the next checkpoint, as files on a local file system do.
+//
+// Local changes commit in groups: Apply appends the change set to a redo log (RedoLog, one
+// write) and merges it inside a transaction that stays open until kGroupAge has passed since
+// it began, kGroupChanges changes joined it, or anything else writes (a peer's batch, Sync,
+// acks, purges, members, pins, meta): that is the commit point, after which the log is
+// emptied. Open replays the log's records (doc/namespace.md, "Redo log"). Reads on this
+// connection see the open group.
 //
 // Files: namespace_db.cpp (opening, reads, Apply), namespace_schema.cpp (tables and
 // upgrades), namespace_feed.cpp (the change feed, members, acks, tombstone purge),
@@ -33,6 +40,8 @@
 //
 // Thread-safe: one connection behind a mutex.
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -41,12 +50,14 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "base/mutex.h"
 #include "base/status.h"
 #include "net/messages.h"
 #include "server/namespace_merge.h"
+#include "server/redo_log.h"
 
 struct sqlite3;
 
@@ -75,7 +86,8 @@ class NamespaceDb {
   Status CapAcks(std::uint64_t peer, std::uint64_t cursor);
   std::optional<std::int64_t> GetMeta(std::string_view key);
   Status SetMeta(std::string_view key, std::int64_t value);
-  // Makes every commit so far durable (fsync of the WAL and the database file).
+  // Makes every change so far durable: commits the open group, then fsyncs the WAL and the
+  // database file.
   Status Sync();
   // The greatest HLC value stored, so the clock never goes back across restarts.
   std::uint64_t MaxHlc();
@@ -177,12 +189,42 @@ class NamespaceDb {
       std::function<Status(const ChangeSet& changes, std::uint64_t peer, std::uint64_t up_to)>;
   void SetApplyFaultForTest(ApplyFault fault);
 
+  // A group of local changes commits once this much time passed since it began, or when it
+  // holds this many changes; a change set whose log record would be larger commits alone.
+  static constexpr std::chrono::milliseconds kGroupAge{10};
+  static constexpr std::size_t kGroupChanges = 512;
+  static constexpr std::size_t kMaxLoggedChange = 64 * 1024;
+  // Local changes applied but not yet committed (in the redo log).
+  std::size_t UncommittedChanges();
+  // Tests only: the destructor then neither commits the open group nor empties the log, as
+  // after kill -9 (SQLite rolls the group back when the connection closes).
+  void AbandonForTest();
+  // Tests only: another kGroupAge.
+  void SetGroupAgeForTest(std::chrono::milliseconds age);
+
   // Every chunk id referenced by a live inode (for replication and garbage collection).
   Status ForEachLiveManifest(const std::function<void(const InodeRecord&)>& fn);
 
  private:
   explicit NamespaceDb(sqlite3* db) : db_(db) {}
   Status Exec(const char* sql) REQUIRES(mu_);
+  // The commit point: commits the open group of local changes (if any) and empties the log.
+  // Every writer but a local Apply calls it first. If SQLite rolled the group back, replays
+  // the log into a new one (the changes stay in the log either way).
+  Status CommitGroupLocked() REQUIRES(mu_);
+  // CommitGroupLocked, then BEGIN IMMEDIATE.
+  Status BeginLocked() REQUIRES(mu_);
+  // Applies the log's records into the open group (at start, or after SQLite rolled it back).
+  Status ReplayLocked() REQUIRES(mu_);
+  // A failed statement may have made SQLite roll the whole group back: then only the log
+  // holds its changes, and they are replayed before anything else is applied.
+  void NoteRollbackLocked() REQUIRES(mu_);
+  // A local change set joins the group (`log`: appended to the redo log first; false when
+  // replaying it).
+  Result<ChangeSet> ApplyGroupedLocked(const ChangeSet& changes, bool log, int attempt)
+      REQUIRES(mu_);
+  Status ReserveFor(const ChangeSet& changes) REQUIRES(mu_);
+  void GroupCommitLoop();
   std::uint64_t CursorLocked(std::uint64_t peer) REQUIRES(mu_);
   std::vector<Member> MembersLocked() REQUIRES(mu_);
   Status Init() REQUIRES(mu_);
@@ -196,7 +238,9 @@ class NamespaceDb {
   // Guards the connection and the sequence counters. Taken inside every server lock (doc/
   // threads.md); never held across a wait on a peer.
   Mutex mu_;
-  sqlite3* const db_;  // its statements run with mu_ held (or before Open returns)
+  // Opened without SQLite's own mutex (SQLITE_OPEN_NOMUTEX): mu_ serializes every use, and
+  // the analysis checks that each reads db_ with it held.
+  sqlite3* const db_ GUARDED_BY(mu_);
   std::uint64_t node_id_ = 0;
   std::uint64_t seq_ GUARDED_BY(mu_) = 0;
   // Relayed confirmations (RecordRelayedAck): counted, and waiting for our cursor in the relaying
@@ -209,6 +253,19 @@ class NamespaceDb {
   std::uint64_t seq_reserved_ GUARDED_BY(mu_) = 0;  // durably recorded: no number up to it lost
   std::string file_;                                // the database file
   ApplyFault apply_fault_ GUARDED_BY(mu_);          // tests only (SetApplyFaultForTest)
+
+  // The group of local changes (see the top of this file).
+  std::optional<RedoLog> redo_ GUARDED_BY(mu_);
+  bool group_open_ GUARDED_BY(mu_) = false;
+  std::size_t group_changes_ GUARDED_BY(mu_) = 0;
+  std::chrono::steady_clock::time_point group_began_ GUARDED_BY(mu_);
+  bool replaying_ GUARDED_BY(mu_) = false;      // commits keep the log while it is read
+  bool replay_needed_ GUARDED_BY(mu_) = false;  // SQLite rolled a group back
+  bool stop_ GUARDED_BY(mu_) = false;
+  bool abandoned_ GUARDED_BY(mu_) = false;
+  std::chrono::milliseconds group_age_ GUARDED_BY(mu_) = kGroupAge;
+  std::condition_variable_any group_cv_;  // a group began, or stop_
+  std::thread committer_;                 // commits a group when it is kGroupAge old
 };
 
 }  // namespace foreverfs::server

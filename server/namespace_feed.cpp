@@ -87,12 +87,14 @@ std::uint64_t NamespaceDb::LastSeq() {
 Status NamespaceDb::AddMember(std::uint64_t node) {
   MutexLock lock(mu_);
   if (node == node_id_) return Ok();
+  if (auto s = CommitGroupLocked(); !s.ok()) return s;
   return Stmt(db_, "INSERT OR IGNORE INTO members(node) VALUES(?)").Bind(1, S(node)).Run();
 }
 
 Status NamespaceDb::RecordAck(std::uint64_t node, std::uint64_t applied, std::uint64_t own_seq) {
   MutexLock lock(mu_);
   if (node == node_id_) return Ok();
+  if (auto s = CommitGroupLocked(); !s.ok()) return s;
   if (applied > seq_) {
     // Past the end of our feed: not something this database handed out. Confirms nothing.
     spdlog::warn(
@@ -127,11 +129,13 @@ Status NamespaceDb::ForgetMember(std::uint64_t node) {
   MutexLock lock(mu_);
   relayed_.erase(node);
   std::erase_if(relay_pending_, [&](const auto& p) { return p.first.first == node; });
+  if (auto s = CommitGroupLocked(); !s.ok()) return s;
   return Stmt(db_, "DELETE FROM members WHERE node = ?").Bind(1, S(node)).Run();
 }
 
 Status NamespaceDb::SetPin(InodeId id, bool pinned) {
   MutexLock lock(mu_);
+  if (auto s = CommitGroupLocked(); !s.ok()) return s;
   return pinned ? Stmt(db_, "INSERT OR IGNORE INTO pins(inode) VALUES(?)").Bind(1, S(id)).Run()
                 : Stmt(db_, "DELETE FROM pins WHERE inode = ?").Bind(1, S(id)).Run();
 }
@@ -168,7 +172,7 @@ bool NamespaceDb::Pinned(InodeId id) {
 
 Status NamespaceDb::SaveClusterMembers(const std::vector<ClusterMember>& members) {
   MutexLock lock(mu_);
-  if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  if (auto s = BeginLocked(); !s.ok()) return s;
   auto fail = [&](Status s) REQUIRES(mu_) {
     (void)Exec("ROLLBACK");
     return s;
@@ -284,7 +288,7 @@ Result<NamespaceDb::PurgeStats> NamespaceDb::PurgeTombstones(std::uint64_t befor
     std::int64_t after = 0;
     for (;;) {
       MutexLock lock(mu_);
-      if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+      if (auto s = BeginLocked(); !s.ok()) return s;
       auto fail = [&](Status s) REQUIRES(mu_) {
         (void)Exec("ROLLBACK");
         return s;

@@ -1,0 +1,289 @@
+// The namespace's redo log and group commit (NamespaceDb, server/redo_log.h): a local change
+// is in the log when Apply returns, commits later in a group, and comes back after a crash
+// in between; torn tails are dropped, records that had committed change nothing, and every
+// other writer commits the group first.
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "crypto/crypto.h"
+#include "server/namespace_db.h"
+#include "unit/temp_dir.h"
+
+namespace foreverfs::server {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using test::TempDir;
+
+constexpr std::size_t kHuge = 1'000'000;
+
+InodeRecord File(InodeId id, Version v, std::uint32_t mode = 0644) {
+  InodeRecord r;
+  r.id = id;
+  r.kind = InodeKind::kFile;
+  r.mode = mode;
+  r.size = 10;
+  r.mtime_ns = r.ctime_ns = 1234;
+  r.version = v;
+  return r;
+}
+
+DentryRecord Entry(InodeId parent, std::string name, InodeId child, Version v) {
+  DentryRecord d{parent, std::move(name), child, v, false};
+  d.replaces = v;
+  return d;
+}
+
+// A file and its name in the root, as a create sends them.
+ChangeSet Create(InodeId id, const std::string& name, std::uint64_t hlc) {
+  return {{File(id, {hlc, 1})}, {Entry(kRootId, name, id, {hlc, 1})}};
+}
+
+Bytes ReadAll(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return Bytes(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteAll(const fs::path& p, ByteSpan b) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+class RedoLogTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Open(); }
+  void Open() {
+    auto db = NamespaceDb::Open(path_);
+    ASSERT_TRUE(db.ok()) << db.status().message();
+    db_ = std::move(*db);
+    // No commit by age unless a test asks: what is uncommitted stays so.
+    db_->SetGroupAgeForTest(std::chrono::hours(1));
+  }
+  // As kill -9 would leave things: the open group is lost, the log is not.
+  void Crash() {
+    db_->AbandonForTest();
+    db_.reset();
+  }
+  void Apply(const ChangeSet& cs) {
+    auto won = db_->Apply(cs);
+    ASSERT_TRUE(won.ok()) << won.status().message();
+  }
+  std::uint64_t LogSize() { return fs::file_size(log_); }
+
+  TempDir dir_;
+  const fs::path path_ = dir_.path() / "ns.db";
+  const fs::path log_ = dir_.path() / "ns.db-redo";
+  std::unique_ptr<NamespaceDb> db_;
+};
+
+TEST_F(RedoLogTest, LocalChangesSurviveACrashBeforeTheirGroupCommits) {
+  Apply(Create(5, "a", 100));
+  Apply(Create(6, "b", 101));
+  InodeRecord changed = File(5, {102, 1}, 0600);
+  changed.size = 77;
+  Apply({{changed}, {}});
+  EXPECT_EQ(db_->UncommittedChanges(), 3u);
+  EXPECT_GT(LogSize(), 0u);
+  const auto seq = db_->LastSeq();
+  Crash();
+
+  Open();
+  EXPECT_EQ(db_->UncommittedChanges(), 0u);
+  EXPECT_EQ(LogSize(), 0u) << "replayed changes commit and the log empties";
+  auto five = db_->GetInode(5);
+  ASSERT_TRUE(five.ok()) << five.status().message();
+  EXPECT_EQ(*five, changed);
+  EXPECT_EQ(db_->GetDentry(kRootId, "b")->child, 6u);
+  EXPECT_EQ(db_->ListDir(kRootId)->size(), 2u);
+  // Replayed records take numbers after every one handed out before the crash, so peers whose
+  // cursor passed the lost ones still receive them.
+  auto tail = db_->ChangesSince(seq, kHuge, kHuge);
+  ASSERT_TRUE(tail.ok());
+  EXPECT_EQ(tail->inodes.size(), 2u);
+  EXPECT_EQ(tail->dentries.size(), 2u);
+  EXPECT_EQ(db_->MaxHlc(), 102u);
+}
+
+TEST_F(RedoLogTest, ATornLastRecordIsDroppedAndLaterRecordsAreNotHiddenBehindIt) {
+  Apply(Create(5, "a", 100));
+  Apply(Create(6, "b", 101));
+  Crash();
+  // The second record cut short (a power failure in the middle of its write) and, in a second
+  // round, a whole-length record whose checksum fails.
+  Bytes log = ReadAll(log_);
+  ASSERT_GT(log.size(), 40u);
+  log.resize(log.size() - 5);
+  WriteAll(log_, log);
+  Open();
+  EXPECT_TRUE(db_->GetInode(5).ok());
+  EXPECT_FALSE(db_->GetInode(6).ok()) << "the torn record was never acknowledged";
+  EXPECT_EQ(LogSize(), 0u) << "the torn tail is gone, not left in front of the next records";
+  Apply(Create(7, "c", 102));
+  Crash();
+  Open();
+  EXPECT_TRUE(db_->GetInode(7).ok()) << "a record after a torn one must not be lost";
+
+  Apply(Create(8, "d", 103));
+  Crash();
+  log = ReadAll(log_);
+  log.back() ^= 0x01;
+  WriteAll(log_, log);
+  Open();
+  EXPECT_FALSE(db_->GetInode(8).ok());
+  EXPECT_TRUE(db_->GetInode(7).ok());
+  // Bytes that are not a record at all (no magic) end the log too.
+  Apply(Create(9, "e", 104));
+  Crash();
+  log = ReadAll(log_);
+  log.insert(log.end(), {'x', 'y'});
+  WriteAll(log_, log);
+  Open();
+  EXPECT_TRUE(db_->GetInode(9).ok());
+  EXPECT_EQ(LogSize(), 0u);
+}
+
+// A crash between a group's commit and the log's truncation replays records that had
+// committed: older versions lose to what is stored, equal ones change nothing, and no conflict
+// copy appears.
+TEST_F(RedoLogTest, ReplayingChangesThatHadCommittedChangesNothing) {
+  Apply(Create(5, "a", 100));
+  InodeRecord v2 = File(5, {101, 1}, 0600);
+  Apply({{v2}, {}});
+  const Bytes stale = ReadAll(log_);
+  ASSERT_TRUE(db_->Sync().ok());
+  EXPECT_EQ(LogSize(), 0u);
+  InodeRecord v3 = File(5, {102, 1}, 0640);
+  Apply({{v3}, {}});
+  ASSERT_TRUE(db_->Sync().ok());
+  const auto listing = *db_->ListDir(kRootId);
+  db_.reset();
+  WriteAll(log_, stale);
+
+  Open();
+  EXPECT_EQ(*db_->GetInode(5), v3);
+  const auto after = *db_->ListDir(kRootId);
+  ASSERT_EQ(after.size(), listing.size());
+  EXPECT_EQ(after[0].name, "a");
+  // The same log replayed onto the state it produced (a crash right after the commit).
+  Apply(Create(6, "b", 103));
+  const Bytes fresh = ReadAll(log_);
+  ASSERT_TRUE(db_->Sync().ok());
+  db_.reset();
+  WriteAll(log_, fresh);
+  Open();
+  EXPECT_EQ(db_->ListDir(kRootId)->size(), 2u);
+  EXPECT_EQ(db_->GetInode(6)->version, (Version{103, 1}));
+}
+
+TEST_F(RedoLogTest, AGroupCommitsAfterItsAgeOrItsCount) {
+  for (std::size_t i = 0; i + 1 < NamespaceDb::kGroupChanges; ++i) {
+    Apply(Create(100 + i, "f" + std::to_string(i), 1000 + i));
+  }
+  EXPECT_EQ(db_->UncommittedChanges(), NamespaceDb::kGroupChanges - 1);
+  Apply(Create(99, "last", 5000));
+  EXPECT_EQ(db_->UncommittedChanges(), 0u) << "the group's last change commits it";
+  EXPECT_EQ(LogSize(), 0u);
+
+  db_->SetGroupAgeForTest(NamespaceDb::kGroupAge);
+  Apply(Create(98, "late", 5001));
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (db_->UncommittedChanges() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  EXPECT_EQ(db_->UncommittedChanges(), 0u) << "the age bound commits a group nobody adds to";
+  EXPECT_EQ(LogSize(), 0u);
+  Crash();
+  Open();
+  EXPECT_TRUE(db_->GetInode(98).ok());
+  EXPECT_EQ(db_->ListDir(kRootId)->size(), NamespaceDb::kGroupChanges + 1);
+}
+
+// Everything that writes outside a local Apply commits the group first, so that it never
+// becomes part of a transaction the log does not describe (and a crash keeps both).
+TEST_F(RedoLogTest, OtherWritersCommitTheGroupFirst) {
+  struct Writer {
+    const char* what;
+    std::function<Status(NamespaceDb&)> run;
+  };
+  const std::vector<Writer> writers = {
+      {"SetMeta", [](NamespaceDb& db) { return db.SetMeta("k", 7); }},
+      {"a peer's batch",
+       [](NamespaceDb& db) { return db.Apply(ChangeSet{}, 42, 9).status(); }},
+      {"AddMember", [](NamespaceDb& db) { return db.AddMember(43); }},
+      {"RecordAck", [](NamespaceDb& db) { return db.RecordAck(43, 1, 0); }},
+      {"SetPin", [](NamespaceDb& db) { return db.SetPin(5, true); }},
+      {"SaveClusterMembers", [](NamespaceDb& db) { return db.SaveClusterMembers({{44, "h:1"}}); }},
+      {"PurgeTombstones",
+       [](NamespaceDb& db) { return db.PurgeTombstones(0, {}).status(); }},
+      {"ForgetMember", [](NamespaceDb& db) { return db.ForgetMember(43); }},
+      {"Sync", [](NamespaceDb& db) { return db.Sync(); }},
+  };
+  std::uint64_t hlc = 100;
+  for (const Writer& w : writers) {
+    SCOPED_TRACE(w.what);
+    const InodeId id = hlc;
+    Apply(Create(id, "n" + std::to_string(id), hlc++));
+    ASSERT_EQ(db_->UncommittedChanges(), 1u);
+    ASSERT_TRUE(w.run(*db_).ok());
+    EXPECT_EQ(db_->UncommittedChanges(), 0u);
+    EXPECT_EQ(LogSize(), 0u);
+  }
+  Crash();
+  Open();
+  EXPECT_EQ(db_->ListDir(kRootId)->size(), writers.size());
+  EXPECT_EQ(db_->GetMeta("k"), 7);
+  EXPECT_EQ(db_->Cursor(42), 9u);
+  EXPECT_TRUE(db_->PinnedHere(5));
+  ASSERT_EQ(db_->LoadClusterMembers().size(), 1u);
+}
+
+// A change set whose record would be large (a big manifest) commits alone, not written twice.
+TEST_F(RedoLogTest, ALargeChangeSetCommitsAlone) {
+  Apply(Create(5, "small", 100));
+  InodeRecord big = File(6, {101, 1});
+  for (std::uint64_t i = 0; i < 3000; ++i) {  // ~120 KB encoded, past kMaxLoggedChange
+    crypto::Digest id{};
+    id[0] = static_cast<std::uint8_t>(i);
+    id[1] = static_cast<std::uint8_t>(i >> 8);
+    big.manifest.Set(i, id);
+  }
+  big.size = 3000ull << 20;
+  Apply({{big}, {Entry(kRootId, "big", 6, {101, 1})}});
+  EXPECT_EQ(db_->UncommittedChanges(), 0u);
+  EXPECT_EQ(LogSize(), 0u);
+  Crash();
+  Open();
+  EXPECT_EQ(db_->GetInode(6)->manifest, big.manifest);
+  EXPECT_TRUE(db_->GetInode(5).ok());
+}
+
+// A whole record (its checksum holds) that does not decode was acknowledged once: the database
+// does not open without it, and the error names the log.
+TEST_F(RedoLogTest, AWholeRecordThatDoesNotDecodeStopsTheOpen) {
+  Crash();
+  Bytes frame = {3, 0, 0, 0, 99, 0, 0};  // length 3, an unknown type
+  Bytes rec = {'F', 'F', 'R', '1', 0, 0, 0, static_cast<std::uint8_t>(frame.size())};
+  const crypto::Digest sum = crypto::Sha256::Of(frame);
+  rec.insert(rec.end(), sum.begin(), sum.begin() + 8);
+  rec.insert(rec.end(), frame.begin(), frame.end());
+  WriteAll(log_, rec);
+  auto db = NamespaceDb::Open(path_);
+  ASSERT_FALSE(db.ok());
+  EXPECT_NE(db.status().message().find("ns.db-redo"), std::string::npos)
+      << db.status().message();
+  EXPECT_EQ(ReadAll(log_), rec) << "the log is kept for whoever looks into it";
+}
+
+}  // namespace
+}  // namespace foreverfs::server
