@@ -32,17 +32,18 @@ class SqlRecords final : public RecordView {
   std::optional<InodeRecord> Inode(InodeId id) override { return AnyInode(db_, id); }
 
   std::optional<DentryRecord> Entry(InodeId parent, std::string_view name) override {
-    Stmt q(db_,
-           fmt::format("SELECT {} FROM dentries WHERE parent = ? AND name = ?", sql::kDentryColumns)
-               .c_str());
+    static const std::string kSql =
+        fmt::format("SELECT {} FROM dentries WHERE parent = ? AND name = ?", sql::kDentryColumns);
+    Stmt q(db_, kSql.c_str());
     q.Bind(1, S(parent)).Bind(2, name);
     if (q.Step() != SQLITE_ROW) return std::nullopt;
     return sql::ReadDentry(q);
   }
 
   std::vector<DentryRecord> NamesOf(InodeId child) override {
-    Stmt q(db_,
-           fmt::format("SELECT {} FROM dentries WHERE child = ?", sql::kDentryColumns).c_str());
+    static const std::string kSql =
+        fmt::format("SELECT {} FROM dentries WHERE child = ?", sql::kDentryColumns);
+    Stmt q(db_, kSql.c_str());
     q.Bind(1, S(child));
     std::vector<DentryRecord> out;
     while (q.Step() == SQLITE_ROW) out.push_back(sql::ReadDentry(q));
@@ -60,10 +61,11 @@ class SqlRecords final : public RecordView {
   }
 
   Status Put(const InodeRecord& r) override {
-    Stmt ins(db_, fmt::format("INSERT OR REPLACE INTO inodes({}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,"
-                              "?,?,?,?,?)",
-                              sql::kInodeColumns)
-                      .c_str());
+    static const std::string kSql = fmt::format(
+        "INSERT OR REPLACE INTO inodes({}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,"
+        "?,?,?,?,?)",
+        sql::kInodeColumns);
+    Stmt ins(db_, kSql.c_str());
     ins.Bind(1, S(r.id))
         .Bind(2, static_cast<std::int64_t>(r.kind))
         .Bind(3, r.mode)
@@ -102,7 +104,9 @@ class SqlRecords final : public RecordView {
   }
 
   static std::optional<InodeRecord> AnyInode(sqlite3* db, InodeId id) {
-    Stmt q(db, fmt::format("SELECT {} FROM inodes WHERE id = ?", sql::kInodeColumns).c_str());
+    static const std::string kSql =
+        fmt::format("SELECT {} FROM inodes WHERE id = ?", sql::kInodeColumns);
+    Stmt q(db, kSql.c_str());
     q.Bind(1, S(id));
     if (q.Step() != SQLITE_ROW) return std::nullopt;
     return sql::ReadInode(q);
@@ -234,9 +238,8 @@ void NamespaceDb::NoteRollbackLocked() {
 Status NamespaceDb::ReplayLocked() {
   replay_needed_ = false;
   replaying_ = true;
-  auto st = redo_->Replay([this](const ChangeSet& cs) REQUIRES(mu_) {
-    return ApplyGroupedLocked(cs, false, 0).status();
-  });
+  auto st = redo_->Replay([this](const ChangeSet& cs)
+                              REQUIRES(mu_) { return ApplyGroupedLocked(cs, false, 0).status(); });
   replaying_ = false;
   if (!st.ok()) {
     replay_needed_ = true;
@@ -303,8 +306,9 @@ std::uint64_t NamespaceDb::MaxHlc() {
 
 Result<InodeRecord> NamespaceDb::GetInode(InodeId id) {
   MutexLock lock(mu_);
-  Stmt q(db_, fmt::format("SELECT {} FROM inodes WHERE id = ? AND deleted = 0", sql::kInodeColumns)
-                  .c_str());
+  static const std::string kSql =
+      fmt::format("SELECT {} FROM inodes WHERE id = ? AND deleted = 0", sql::kInodeColumns);
+  Stmt q(db_, kSql.c_str());
   q.Bind(1, S(id));
   if (q.Step() != SQLITE_ROW) return Err(Code::kNotFound, "inode {:016x} not found", id);
   return sql::ReadInode(q);
@@ -361,10 +365,11 @@ Result<std::vector<NamespaceDb::DirRow>> NamespaceDb::ListDirKinds(InodeId paren
 
 Result<std::vector<DentryRecord>> NamespaceDb::LinksTo(InodeId child) {
   MutexLock lock(mu_);
-  Stmt q(db_, fmt::format("SELECT {} FROM dentries WHERE child = ? AND deleted = 0"
-                          " ORDER BY hlc DESC, node DESC",
-                          sql::kDentryColumns)
-                  .c_str());
+  static const std::string kSql = fmt::format(
+      "SELECT {} FROM dentries WHERE child = ? AND deleted = 0"
+      " ORDER BY hlc DESC, node DESC",
+      sql::kDentryColumns);
+  Stmt q(db_, kSql.c_str());
   q.Bind(1, S(child));
   std::vector<DentryRecord> out;
   while (q.Step() == SQLITE_ROW) out.push_back(sql::ReadDentry(q));
@@ -447,8 +452,7 @@ Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std
   return ApplyLocked(changes, peer, up_to, 0);
 }
 
-Result<ChangeSet> NamespaceDb::ApplyGroupedLocked(const ChangeSet& changes, bool log,
-                                                  int attempt) {
+Result<ChangeSet> NamespaceDb::ApplyGroupedLocked(const ChangeSet& changes, bool log, int attempt) {
   if (replay_needed_ && !replaying_) {
     if (auto s = ReplayLocked(); !s.ok()) return s;
   }

@@ -85,9 +85,7 @@ class Merger {
     for (const auto& d : won_.dentries) {
       if (!d.deleted) moved.insert(d.child);
     }
-    for (const auto& r : won_.inodes) {
-      if (!r.deleted && r.kind == InodeKind::kDir) moved.insert(r.id);
-    }
+    moved.insert(came_alive_.begin(), came_alive_.end());
     for (InodeId dir : moved) {
       if (auto s = KeepInTree(dir); !s.ok()) return s;
     }
@@ -109,6 +107,9 @@ class Merger {
     }
     if (auto s = v_.Put(r); !s.ok()) return s;
     won_.inodes.push_back(r);
+    // A directory that was absent or deleted brings the names it has into the tree; one that
+    // was live already (a new mtime, say) changes nothing of the tree's shape.
+    if (!r.deleted && r.kind == InodeKind::kDir && (!cur || cur->deleted)) came_alive_.insert(r.id);
     if (cur && ConcurrentContent(*cur, r)) {
       if (auto s = KeepConflictCopy(*cur); !s.ok()) return s;
     }
@@ -335,6 +336,7 @@ class Merger {
   RecordView& v_;
   ChangeSet& won_;
   std::set<InodeId> resurrected_;  // live files that won over (or beat) a tombstone this batch
+  std::set<InodeId> came_alive_;   // directories that were absent or deleted before this batch
 };
 
 }  // namespace

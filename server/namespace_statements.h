@@ -6,9 +6,9 @@
 #include <sqlite3.h>
 
 #include <cstdint>
-#include <map>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -31,7 +31,7 @@ class StmtCache {
   static sqlite3_stmt* Take(sqlite3* db, const char* sql, int& rc) {
     {
       MutexLock lock(mu_);
-      auto it = free_.find(Key{db, sql});
+      auto it = free_.find(KeyView{db, sql});
       if (it != free_.end() && !it->second.empty()) {
         sqlite3_stmt* st = it->second.back();
         it->second.pop_back();
@@ -48,7 +48,10 @@ class StmtCache {
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     MutexLock lock(mu_);
-    auto& list = free_[Key{db, sqlite3_sql(st)}];
+    const KeyView key{db, sqlite3_sql(st)};
+    auto it = free_.find(key);
+    if (it == free_.end()) it = free_.emplace(Key{db, std::string(key.sql)}, 0).first;
+    auto& list = it->second;
     if (list.size() < 4) {
       list.push_back(st);
       return;
@@ -59,7 +62,7 @@ class StmtCache {
   static void Clear(sqlite3* db) {
     MutexLock lock(mu_);
     for (auto it = free_.begin(); it != free_.end();) {
-      if (it->first.first == db) {
+      if (it->first.db == db) {
         for (auto* st : it->second) sqlite3_finalize(st);
         it = free_.erase(it);
       } else {
@@ -69,9 +72,32 @@ class StmtCache {
   }
 
  private:
-  using Key = std::pair<sqlite3*, std::string>;
+  // Looked up by a view of the SQL text: no string is built for a lookup (a create runs
+  // about twenty statements).
+  struct Key {
+    sqlite3* db;
+    std::string sql;
+  };
+  struct KeyView {
+    sqlite3* db;
+    std::string_view sql;
+  };
+  struct KeyHash {
+    using is_transparent = void;
+    std::size_t operator()(const KeyView& k) const {
+      return std::hash<std::string_view>{}(k.sql) ^ std::hash<const void*>{}(k.db);
+    }
+    std::size_t operator()(const Key& k) const { return (*this)(KeyView{k.db, k.sql}); }
+  };
+  struct KeyEq {
+    using is_transparent = void;
+    template <class A, class B>
+    bool operator()(const A& a, const B& b) const {
+      return a.db == b.db && std::string_view(a.sql) == std::string_view(b.sql);
+    }
+  };
   static inline Mutex mu_;  // leaf (doc/threads.md: the statement cache's mutex)
-  static inline std::map<Key, std::vector<sqlite3_stmt*>> free_;
+  static inline std::unordered_map<Key, std::vector<sqlite3_stmt*>, KeyHash, KeyEq> free_;
 };
 
 // A prepared statement from the cache, given back (reset) on destruction.

@@ -33,8 +33,8 @@ Result<std::size_t> ReadAt(int fd, MutableByteSpan out, std::uint64_t off,
                            const std::filesystem::path& path) {
   std::size_t got = 0;
   while (got < out.size()) {
-    const ssize_t n = ::pread(fd, out.data() + got, out.size() - got,
-                              static_cast<off_t>(off + got));
+    const ssize_t n =
+        ::pread(fd, out.data() + got, out.size() - got, static_cast<off_t>(off + got));
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus(errno, fmt::format("reading {}", path.string()));
@@ -67,8 +67,8 @@ std::size_t RedoLog::RecordSize(const ChangeSet& changes) {
 Status RedoLog::Append(const ChangeSet& changes) {
   const Bytes frame = Frame(changes);
   if (frame.size() - 4 > net::kMaxFrameSize) {
-    return Err(Code::kInvalid, "a change set of {} bytes does not fit a record of {}",
-               frame.size(), path_.string());
+    return Err(Code::kInvalid, "a change set of {} bytes does not fit a record of {}", frame.size(),
+               path_.string());
   }
   Bytes rec(kHeaderSize + frame.size());
   std::memcpy(rec.data(), kMagic.data(), 4);
@@ -79,8 +79,8 @@ Status RedoLog::Append(const ChangeSet& changes) {
   std::memcpy(rec.data() + kHeaderSize, frame.data(), frame.size());
   std::size_t done = 0;
   while (done < rec.size()) {
-    const ssize_t n = ::pwrite(fd_.get(), rec.data() + done, rec.size() - done,
-                               static_cast<off_t>(size_ + done));
+    const ssize_t n =
+        ::pwrite(fd_.get(), rec.data() + done, rec.size() - done, static_cast<off_t>(size_ + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       const int err = n < 0 ? errno : EIO;
@@ -98,8 +98,7 @@ Status RedoLog::Append(const ChangeSet& changes) {
   return Ok();
 }
 
-Result<RedoLog::ReplayStats> RedoLog::Replay(
-    const std::function<Status(const ChangeSet&)>& fn) {
+Result<RedoLog::ReplayStats> RedoLog::Replay(const std::function<Status(const ChangeSet&)>& fn) {
   ReplayStats st;
   std::uint64_t off = 0;
   Bytes frame;
@@ -121,14 +120,15 @@ Result<RedoLog::ReplayStats> RedoLog::Replay(
                            : Result<net::Message>(header.status());
     const auto* changes = msg.ok() ? std::get_if<net::Changes>(&*msg) : nullptr;
     if (changes == nullptr) {
-      return Err(Code::kCorruption, "{}: record {} at byte {} is whole but does not decode ({});"
+      return Err(Code::kCorruption,
+                 "{}: record {} at byte {} is whole but does not decode ({});"
                  " move the file aside to start without the changes it holds",
                  path_.string(), st.records + 1, off,
                  msg.ok() ? "not a change set" : msg.status().message());
     }
     if (auto s = fn(ChangeSet{changes->inodes, changes->dentries}); !s.ok()) {
-      return Err(s.code(), "{}: replaying record {} at byte {}: {}", path_.string(),
-                 st.records + 1, off, s.message());
+      return Err(s.code(), "{}: replaying record {} at byte {}: {}", path_.string(), st.records + 1,
+                 off, s.message());
     }
     ++st.records;
     off += kHeaderSize + len;

@@ -309,6 +309,25 @@ TEST(MergeTest, DirectoriesMovedIntoEachOtherLeaveOneTree) {
   EXPECT_TRUE(m.Live(7).empty());
 }
 
+// The names of a directory can arrive before its record (another batch, another peer's feed),
+// or while its record is a tombstone: the tree is repaired when the record comes (alive), not
+// only when a name does. A live directory's newer record (an mtime) leaves its names alone.
+TEST(MergeTest, ADirectoryWhoseRecordComesAfterItsNamesIsPutInOneTree) {
+  for (bool tombstone_first : {false, true}) {
+    SCOPED_TRACE(tombstone_first);
+    MapRecords m;
+    if (tombstone_first) m.Apply({{Dir(7, {1, kA}, true)}, {}});
+    m.Apply({{}, {Name(kRootId, "x", 7, {10, kA})}});
+    m.Apply({{}, {Name(kRootId, "y", 7, {11, kB})}});
+    // Both names are live while the directory is unknown or deleted: nothing to keep in a tree.
+    EXPECT_EQ(m.Live(kRootId).size(), 2u);
+    m.Apply({{Dir(7, {12, kA})}, {}});
+    EXPECT_EQ(m.Live(kRootId), (std::map<std::string, InodeId>{{"y", 7}}));
+    m.Apply({{Dir(7, {13, kB})}, {}});
+    EXPECT_EQ(m.Live(kRootId), (std::map<std::string, InodeId>{{"y", 7}}));
+  }
+}
+
 // A store that fails part-way ends the merge with its error (the caller rolls back).
 TEST(MergeTest, AStoreFailureEndsTheMergeWithItsError) {
   for (int ok_puts : {0, 1, 2}) {

@@ -218,14 +218,15 @@ TEST_F(RedoLogTest, OtherWritersCommitTheGroupFirst) {
   };
   const std::vector<Writer> writers = {
       {"SetMeta", [](NamespaceDb& db) { return db.SetMeta("k", 7); }},
-      {"a peer's batch",
-       [](NamespaceDb& db) { return db.Apply(ChangeSet{}, 42, 9).status(); }},
+      {"a peer's batch", [](NamespaceDb& db) { return db.Apply(ChangeSet{}, 42, 9).status(); }},
       {"AddMember", [](NamespaceDb& db) { return db.AddMember(43); }},
       {"RecordAck", [](NamespaceDb& db) { return db.RecordAck(43, 1, 0); }},
       {"SetPin", [](NamespaceDb& db) { return db.SetPin(5, true); }},
-      {"SaveClusterMembers", [](NamespaceDb& db) { return db.SaveClusterMembers({{44, "h:1"}}); }},
-      {"PurgeTombstones",
-       [](NamespaceDb& db) { return db.PurgeTombstones(0, {}).status(); }},
+      {"SaveClusterMembers",
+       [](NamespaceDb& db) {
+         return db.SaveClusterMembers({{44, "h:1"}});
+       }},
+      {"PurgeTombstones", [](NamespaceDb& db) { return db.PurgeTombstones(0, {}).status(); }},
       {"ForgetMember", [](NamespaceDb& db) { return db.ForgetMember(43); }},
       {"Sync", [](NamespaceDb& db) { return db.Sync(); }},
   };
@@ -280,8 +281,7 @@ TEST_F(RedoLogTest, AWholeRecordThatDoesNotDecodeStopsTheOpen) {
   WriteAll(log_, rec);
   auto db = NamespaceDb::Open(path_);
   ASSERT_FALSE(db.ok());
-  EXPECT_NE(db.status().message().find("ns.db-redo"), std::string::npos)
-      << db.status().message();
+  EXPECT_NE(db.status().message().find("ns.db-redo"), std::string::npos) << db.status().message();
   EXPECT_EQ(ReadAll(log_), rec) << "the log is kept for whoever looks into it";
 }
 
