@@ -11,6 +11,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include "base/bytes.h"
 #include "base/status.h"
@@ -71,7 +72,12 @@ class ChunkHasher {
 // Files under `root`: root/ab/cd/<64 hex digits>, written to a temp file and renamed; Sync is
 // one syncfs(2) of the file system holding `root`.
 // Get returns the bytes as stored (verification belongs to the wrappers).
-Result<std::unique_ptr<ChunkStore>> MakeDiskStore(const std::filesystem::path& root);
+// ReadAt keeps up to `open_files` chunk files open for the next read (default
+// DefaultOpenChunkFiles(); 0 keeps none).
+Result<std::unique_ptr<ChunkStore>> MakeDiskStore(const std::filesystem::path& root,
+                                                  std::optional<std::size_t> open_files = {});
+// 1,024, or a sixteenth of the process's descriptor limit if that is less.
+std::size_t DefaultOpenChunkFiles();
 
 // Seals every chunk with AES-256-GCM under a per-chunk key HKDF(data_key, id) (convergent:
 // the same plaintext gives the same blob on every node), in 16 KiB segments that each carry

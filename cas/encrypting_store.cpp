@@ -126,7 +126,11 @@ class EncryptingChunkStore final : public ChunkStore {
     // Whole segments first..last; from the start of the blob when that is where they begin,
     // so that the version byte is checked too.
     const std::size_t head = first == 0 ? 1 : 0;
-    Bytes raw(head + (last - first + 1) * kSealedSeg);
+    // Not zeroed first: every byte used is read or decrypted into (16 KiB memsets per 4 KiB
+    // read were 2% of the daemon in random reads).
+    const std::size_t raw_size = head + (last - first + 1) * kSealedSeg;
+    const auto raw_buf = std::make_unique_for_overwrite<std::uint8_t[]>(raw_size);
+    const MutableByteSpan raw(raw_buf.get(), raw_size);
     auto got = inner_->ReadAt(id, head ? 0 : 1 + first * kSealedSeg, raw);
     if (!got.ok()) return got.status();
     auto plain_len = CheckBlob(id, ByteSpan(raw).first(head ? got->n : 0), got->total);
@@ -138,16 +142,18 @@ class EncryptingChunkStore final : public ChunkStore {
       return Err(Code::kCorruption, "chunk {}: read {} of {} bytes of its blob", Hex(id),
                  got->n - head, expect);
     }
-    Bytes plain(std::min(*plain_len, (last + 1) * kSeg) - first * kSeg);
-    if (Status s =
-            OpenSegments(id, *plain_len, first, ByteSpan(raw).subspan(head, expect), plain.data());
+    // Not in place: each segment's plaintext would partly overlap its ciphertext, which
+    // OpenSSL refuses.
+    const std::size_t plain_size = std::min(*plain_len, (last + 1) * kSeg) - first * kSeg;
+    const auto plain_buf = std::make_unique_for_overwrite<std::uint8_t[]>(plain_size);
+    std::uint8_t* plain = plain_buf.get();
+    if (Status s = OpenSegments(id, *plain_len, first, ByteSpan(raw).subspan(head, expect), plain);
         !s.ok()) {
       return s;
     }
     Extent e{std::min(out.size(), *plain_len - offset), *plain_len};
-    std::copy_n(plain.begin() + static_cast<std::ptrdiff_t>(offset - first * kSeg), e.n,
-                out.begin());
-    OPENSSL_cleanse(plain.data(), plain.size());
+    std::copy_n(plain + (offset - first * kSeg), e.n, out.begin());
+    OPENSSL_cleanse(plain, plain_size);
     return e;
   }
 
@@ -177,7 +183,9 @@ class EncryptingChunkStore final : public ChunkStore {
   // Opens consecutive sealed segments from index `first` in `sealed` into `out`.
   Status OpenSegments(const ChunkId& id, std::size_t plain_len, std::size_t first, ByteSpan sealed,
                       std::uint8_t* out) const {
-    const crypto::Aead aead(ChunkKey(id));
+    // One per thread, given each chunk's key in turn.
+    thread_local crypto::Aead aead{crypto::Key256{}};
+    aead.Rekey(ChunkKey(id));
     std::size_t pos = 0;
     for (std::size_t i = first; pos < sealed.size(); ++i) {
       const std::size_t len = std::min(kSeg, plain_len - i * kSeg);

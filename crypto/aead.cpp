@@ -48,6 +48,16 @@ EVP_CIPHER_CTX* Aead::KeyedCtx(Ctx*& slot, const Key256& key, bool encrypt) {
 
 Aead::Aead(const Key256& key) : key_(key) {}
 
+void Aead::Rekey(const Key256& key) {
+  key_ = key;
+  for (auto [slot, encrypt] : {std::pair{enc_, 1}, std::pair{dec_, 0}}) {
+    if (slot &&
+        EVP_CipherInit_ex2(slot->ctx, nullptr, key_.data(), nullptr, encrypt, nullptr) != 1) {
+      Die("EVP_CipherInit_ex2(rekey)");
+    }
+  }
+}
+
 Aead::~Aead() {
   delete enc_;
   delete dec_;

@@ -58,6 +58,9 @@ class Aead {
   ~Aead();
   Aead(const Aead&) = delete;
   Aead& operator=(const Aead&) = delete;
+  // Another key for the contexts already made (no new context: a reader reusing one Aead per
+  // thread for every chunk's key saves a context's allocation, set-up and wipe per read).
+  void Rekey(const Key256& key);
   // Returns ciphertext || tag.
   Bytes Seal(ByteSpan nonce, ByteSpan aad, ByteSpan plaintext) const;
   // Writes the plaintext to `out` (resized); kCorruption if the tag does not verify.

@@ -655,6 +655,129 @@ TEST(DiskStoreTest, MissingDirectoriesAreMadeOnPut) {
   EXPECT_TRUE(fs::is_empty(dir.path() / "tmp"));
 }
 
+std::size_t OpenDescriptors() {
+  return static_cast<std::size_t>(
+      std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator()));
+}
+
+Bytes ReadChunk(ChunkStore& store, const ChunkId& id, std::size_t offset, std::size_t n,
+                Code* code = nullptr) {
+  Bytes out(n);
+  auto e = store.ReadAt(id, offset, out);
+  if (code) *code = e.ok() ? Code::kOk : e.status().code();
+  if (!e.ok()) return {};
+  out.resize(e->n);
+  return out;
+}
+
+// Reads keep chunk files open (bounded), but never serve a file the store no longer names:
+// removed behind the store's back, replaced by a rename (a Put healing a short file does
+// that), removed through the store, or rewritten in place (what a disk fault looks like).
+TEST(DiskStoreTest, OpenFilesKeptForReadsFollowTheFilesOnDisk) {
+  TempDir dir;
+  auto store = MakeDiskStore(dir.path(), 4);
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  ChunkStore& st = **store;
+  const Bytes a = Pattern(5000, 41), b = Pattern(5000, 42);
+  const ChunkId id = crypto::Sha256::Of(a);
+  ASSERT_TRUE(st.Put(id, a).ok());
+  const fs::path path = ChunkPath(dir.path(), id);
+  EXPECT_EQ(ReadChunk(st, id, 100, 50), Bytes(a.begin() + 100, a.begin() + 150));
+
+  fs::remove(path);  // behind the store's back
+  Code code{};
+  EXPECT_TRUE(ReadChunk(st, id, 0, 10, &code).empty());
+  EXPECT_EQ(code, Code::kNotFound);
+
+  ASSERT_TRUE(st.Put(id, a).ok());
+  EXPECT_EQ(ReadChunk(st, id, 0, 10), Bytes(a.begin(), a.begin() + 10));
+  WriteFileBytes(dir.path() / "other", b);  // replaced by a rename: a new file under the name
+  fs::rename(dir.path() / "other", path);
+  EXPECT_EQ(ReadChunk(st, id, 0, 5000), b);
+
+  WriteFileBytes(path, a);  // rewritten in place (same file): the new bytes are read
+  EXPECT_EQ(ReadChunk(st, id, 4990, 100), Bytes(a.begin() + 4990, a.end()));
+  ::truncate(path.c_str(), 100);  // cut short in place: the size read is the new one
+  EXPECT_EQ(ReadChunk(st, id, 0, 5000), Bytes(a.begin(), a.begin() + 100));
+
+  ASSERT_TRUE(st.Remove(id).ok());
+  EXPECT_TRUE(ReadChunk(st, id, 0, 10, &code).empty());
+  EXPECT_EQ(code, Code::kNotFound);
+  // A file grown past the limit behind an open descriptor is refused as before.
+  ASSERT_TRUE(st.Put(id, a).ok());
+  EXPECT_EQ(ReadChunk(st, id, 0, 1).size(), 1u);
+  ::truncate(path.c_str(), static_cast<off_t>(kMaxChunkSize + kMaxBlobOverhead + 1));
+  EXPECT_TRUE(ReadChunk(st, id, 0, 1, &code).empty());
+  EXPECT_EQ(code, Code::kCorruption);
+}
+
+TEST(DiskStoreTest, OpenFilesKeptForReadsAreBounded) {
+  for (std::size_t bound : {std::size_t{0}, std::size_t{1}, std::size_t{4}}) {
+    SCOPED_TRACE(bound);
+    TempDir dir;
+    const std::size_t before = OpenDescriptors();
+    {
+      auto store = MakeDiskStore(dir.path(), bound);
+      ASSERT_TRUE(store.ok());
+      const std::size_t with_store = OpenDescriptors();
+      std::vector<std::pair<ChunkId, Bytes>> chunks;
+      for (std::uint32_t i = 0; i < 10; ++i) {
+        Bytes data = Pattern(1000 + i, 50 + i);
+        const ChunkId id = crypto::Sha256::Of(data);
+        ASSERT_TRUE((*store)->Put(id, data).ok());
+        chunks.emplace_back(id, std::move(data));
+      }
+      for (int round = 0; round < 2; ++round) {
+        for (const auto& [id, data] : chunks) {
+          EXPECT_EQ(ReadChunk(**store, id, 1, 3), Bytes(data.begin() + 1, data.begin() + 4));
+          EXPECT_LE(OpenDescriptors(), with_store + bound);
+        }
+      }
+      EXPECT_EQ(OpenDescriptors(), with_store + bound);
+    }
+    EXPECT_EQ(OpenDescriptors(), before) << "the store's descriptors close with it";
+  }
+  EXPECT_GE(DefaultOpenChunkFiles(), 1u);
+  EXPECT_LE(DefaultOpenChunkFiles(), 1024u);
+}
+
+// Readers on several threads while chunks are removed and put again: each read is the
+// chunk's bytes or "not found", never anything else (TSan checks the cache's locking).
+TEST(DiskStoreTest, ReadsRacingRemovesAndPutsSeeWholeChunksOrNone) {
+  TempDir dir;
+  auto store = MakeDiskStore(dir.path(), 3);
+  ASSERT_TRUE(store.ok());
+  ChunkStore& st = **store;
+  std::vector<std::pair<ChunkId, Bytes>> chunks;
+  for (std::uint32_t i = 0; i < 6; ++i) {
+    Bytes data = Pattern(2000, 60 + i);
+    const ChunkId id = crypto::Sha256::Of(data);
+    ASSERT_TRUE(st.Put(id, data).ok());
+    chunks.emplace_back(id, std::move(data));
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t) {
+    readers.emplace_back([&, t] {
+      for (std::size_t n = static_cast<std::size_t>(t); !stop.load(); ++n) {
+        const auto& [id, data] = chunks[n % chunks.size()];
+        Code code{};
+        const Bytes got = ReadChunk(st, id, 0, data.size(), &code);
+        if (!(code == Code::kNotFound || (code == Code::kOk && got == data))) ++bad;
+      }
+    });
+  }
+  for (int i = 0; i < 300; ++i) {
+    const auto& [id, data] = chunks[static_cast<std::size_t>(i) % chunks.size()];
+    ASSERT_TRUE(st.Remove(id).ok());
+    ASSERT_TRUE(st.Put(id, data).ok());
+  }
+  stop = true;
+  for (auto& r : readers) r.join();
+  EXPECT_EQ(bad.load(), 0);
+}
+
 TEST(DiskStoreTest, StaleTempFilesAreCleanedOnOpen) {
   TempDir dir;
   fs::create_directories(dir.path() / "tmp");

@@ -139,6 +139,39 @@ TEST(AeadTest, GcmSpecCase16) {
   EXPECT_EQ(out, plain);
 }
 
+// Rekey gives an Aead whose contexts exist (both directions used) another key: it then seals
+// and opens exactly as a fresh Aead of that key (the spec's test case 16), and no longer opens
+// what the old key sealed.
+TEST(AeadTest, RekeyedAeadMatchesAFreshOne) {
+  const Key256 spec =
+      KeyFromHex("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308");
+  const Bytes nonce = FromHex("cafebabefacedbaddecaf888");
+  const Bytes aad = FromHex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+  const Bytes plain = FromHex(
+      "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72"
+      "1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39");
+  Key256 other{};
+  RandomBytes(other);
+  Aead aead(other);
+  const Bytes by_other = aead.Seal(nonce, aad, plain);
+  Bytes out;
+  ASSERT_TRUE(aead.Open(nonce, aad, by_other, out).ok());
+  aead.Rekey(spec);
+  const Bytes sealed = aead.Seal(nonce, aad, plain);
+  EXPECT_EQ(sealed, Aead(spec).Seal(nonce, aad, plain));
+  EXPECT_EQ(HexOf(sealed).substr(0, 16), "522dc1f099567d07");
+  ASSERT_TRUE(aead.Open(nonce, aad, sealed, out).ok());
+  EXPECT_EQ(out, plain);
+  EXPECT_EQ(aead.Open(nonce, aad, by_other, out).code(), Code::kCorruption);
+  aead.Rekey(other);  // and back
+  ASSERT_TRUE(aead.Open(nonce, aad, by_other, out).ok());
+  EXPECT_EQ(out, plain);
+  // A fresh Aead rekeyed before any use (no context yet) works the same.
+  Aead fresh(Key256{});
+  fresh.Rekey(spec);
+  EXPECT_EQ(fresh.Seal(nonce, aad, plain), sealed);
+}
+
 TEST(AeadTest, TamperingIsCorruption) {
   Key256 key{};
   RandomBytes(key);
