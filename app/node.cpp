@@ -100,8 +100,7 @@ Status Node::Start() {
   ropts.max_links = static_cast<std::size_t>(config_.max_links);
   ropts.down_after = std::chrono::milliseconds(static_cast<long>(config_.down_after_s * 1000));
   ropts.sync_copies = static_cast<std::size_t>(config_.sync_copies);
-  ropts.sync_timeout =
-      std::chrono::milliseconds(static_cast<long>(config_.sync_timeout_s * 1000));
+  ropts.sync_timeout = std::chrono::milliseconds(static_cast<long>(config_.sync_timeout_s * 1000));
   ropts.cache_size = config_.cache_size;
   ropts.weight = weight;
   ropts.rebalance_interval =
@@ -186,6 +185,9 @@ void Node::OnSameNodeId(const net::SameNodeId& s) {
 }
 
 Status Node::Daemonize() {
+  // The namespace's group-commit thread would not exist in the child: ended here, started
+  // again by the first change after the fork.
+  if (auto s = files_->ns().BeforeFork(); !s.ok()) return s;
   io_->notify_fork(asio::io_context::fork_prepare);
   if (fuse_daemonize(0) != 0) return Status(Code::kIOError, "cannot daemonize");
   io_->notify_fork(asio::io_context::fork_child);

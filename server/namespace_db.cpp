@@ -148,11 +148,11 @@ Result<std::unique_ptr<NamespaceDb>> NamespaceDb::Open(const std::filesystem::pa
     db->AbandonForTest();  // nothing to commit: what the log holds stays there
     return Err(s.code(), "metadata database {}: {}", path.string(), s.message());
   }
-  db->committer_ = std::thread([d = db.get()] { d->GroupCommitLoop(); });
   return db;
 }
 
 NamespaceDb::~NamespaceDb() {
+  std::thread committer;
   {
     MutexLock lock(mu_);
     stop_ = true;
@@ -162,11 +162,32 @@ NamespaceDb::~NamespaceDb() {
                       s.message());
       }
     }
+    committer = std::move(committer_);
   }
   group_cv_.notify_all();
-  if (committer_.joinable()) committer_.join();
+  if (committer.joinable()) committer.join();
   StmtCache::Clear(db_);
   sqlite3_close(db_);
+}
+
+void NamespaceDb::EnsureCommitterLocked() {
+  if (!stop_ && !committer_.joinable()) committer_ = std::thread([this] { GroupCommitLoop(); });
+}
+
+Status NamespaceDb::BeforeFork() {
+  Status s;
+  std::thread committer;
+  {
+    MutexLock lock(mu_);
+    s = CommitGroupLocked();
+    stop_ = true;
+    committer = std::move(committer_);
+  }
+  group_cv_.notify_all();
+  if (committer.joinable()) committer.join();
+  MutexLock lock(mu_);
+  stop_ = false;
+  return s;
 }
 
 void NamespaceDb::AbandonForTest() {
@@ -462,6 +483,7 @@ Result<ChangeSet> NamespaceDb::ApplyGroupedLocked(const ChangeSet& changes, bool
     group_open_ = true;
     group_changes_ = 0;
     group_began_ = std::chrono::steady_clock::now();
+    EnsureCommitterLocked();
     group_cv_.notify_one();
   }
   if (auto s = Exec("SAVEPOINT change"); !s.ok()) {

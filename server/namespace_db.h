@@ -194,6 +194,9 @@ class NamespaceDb {
   static constexpr std::chrono::milliseconds kGroupAge{10};
   static constexpr std::size_t kGroupChanges = 512;
   static constexpr std::size_t kMaxLoggedChange = 64 * 1024;
+  // Before fork(2) (daemonizing): commits the open group and ends the thread that commits
+  // groups by age, which would not exist in the child; the next group starts it again.
+  Status BeforeFork();
   // Local changes applied but not yet committed (in the redo log).
   std::size_t UncommittedChanges();
   // Tests only: the destructor then neither commits the open group nor empties the log, as
@@ -225,6 +228,9 @@ class NamespaceDb {
       REQUIRES(mu_);
   Status ReserveFor(const ChangeSet& changes) REQUIRES(mu_);
   void GroupCommitLoop();
+  // Starts the group-commit thread if it is not running (when a group begins: never before
+  // the daemon forks, see BeforeFork).
+  void EnsureCommitterLocked() REQUIRES(mu_);
   std::uint64_t CursorLocked(std::uint64_t peer) REQUIRES(mu_);
   std::vector<Member> MembersLocked() REQUIRES(mu_);
   Status Init() REQUIRES(mu_);
@@ -264,8 +270,8 @@ class NamespaceDb {
   bool stop_ GUARDED_BY(mu_) = false;
   bool abandoned_ GUARDED_BY(mu_) = false;
   std::chrono::milliseconds group_age_ GUARDED_BY(mu_) = kGroupAge;
-  std::condition_variable_any group_cv_;  // a group began, or stop_
-  std::thread committer_;                 // commits a group when it is kGroupAge old
+  std::condition_variable_any group_cv_;   // a group began, or stop_
+  std::thread committer_ GUARDED_BY(mu_);  // commits a group when it is kGroupAge old
 };
 
 }  // namespace foreverfs::server

@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -207,6 +208,36 @@ TEST_F(RedoLogTest, AGroupCommitsAfterItsAgeOrItsCount) {
   Open();
   EXPECT_TRUE(db_->GetInode(98).ok());
   EXPECT_EQ(db_->ListDir(kRootId)->size(), NamespaceDb::kGroupChanges + 1);
+}
+
+// The daemon forks after the database is open (fuse_daemonize): a thread does not survive a
+// fork, so BeforeFork commits and ends the one that commits groups by age, and the child's
+// first change starts it again.
+TEST_F(RedoLogTest, GroupsCommitByAgeInAForkedChild) {
+  db_->SetGroupAgeForTest(NamespaceDb::kGroupAge);
+  Apply(Create(5, "a", 100));  // the thread is running now
+  ASSERT_TRUE(db_->BeforeFork().ok());
+  EXPECT_EQ(db_->UncommittedChanges(), 0u);
+  EXPECT_EQ(LogSize(), 0u);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    bool ok = db_->Apply(Create(6, "b", 101)).ok();
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (db_->UncommittedChanges() > 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(1ms);
+    }
+    ok = ok && db_->UncommittedChanges() == 0 && LogSize() == 0;
+    ::_exit(ok ? 0 : 1);  // no destructors: a wrong thread handle would hang a join
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "the child's group was not committed by age";
+  // This process's connection no longer matches the files the child wrote: closed without a
+  // commit, and not reopened.
+  db_->AbandonForTest();
+  db_.reset();
 }
 
 // Everything that writes outside a local Apply commits the group first, so that it never
