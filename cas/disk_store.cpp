@@ -80,9 +80,16 @@ class OpenChunks {
     lru_.splice(lru_.begin(), lru_, it->second.pos);
     return it->second.fd;
   }
-  void Insert(const ChunkId& id, std::shared_ptr<const UniqueFd> fd) {
+  // Erase calls so far: a reader that opened a file before one of them (a Remove racing its
+  // open) does not insert it, which would keep a removed file's space and descriptor.
+  std::uint64_t Generation() {
+    MutexLock lock(mu_);
+    return generation_;
+  }
+  void Insert(const ChunkId& id, std::shared_ptr<const UniqueFd> fd, std::uint64_t generation) {
     if (capacity_ == 0) return;
     MutexLock lock(mu_);
+    if (generation != generation_) return;
     if (auto it = map_.find(id); it != map_.end()) {
       it->second.fd = std::move(fd);
       return;
@@ -96,6 +103,7 @@ class OpenChunks {
   }
   void Erase(const ChunkId& id) {
     MutexLock lock(mu_);
+    ++generation_;
     if (auto it = map_.find(id); it != map_.end()) {
       lru_.erase(it->second.pos);
       map_.erase(it);
@@ -118,6 +126,7 @@ class OpenChunks {
   // A leaf. Nothing is opened or read under it; an evicted file nobody reads is closed under
   // it (close(2) of a regular file does not wait on the disk).
   Mutex mu_;
+  std::uint64_t generation_ GUARDED_BY(mu_) = 0;
   std::list<ChunkId> lru_ GUARDED_BY(mu_);
   std::unordered_map<ChunkId, Entry, Hash> map_ GUARDED_BY(mu_);
 };
@@ -259,6 +268,7 @@ class DiskChunkStore final : public ChunkStore {
       }
     }
     if (!fd) {
+      const std::uint64_t generation = open_.Generation();
       auto opened = OpenChunk(id, PathOf(id));
       if (!opened.ok()) return opened.status();
       size = opened->second;
@@ -266,7 +276,7 @@ class DiskChunkStore final : public ChunkStore {
       // small read wants it: read-ahead would only cost.
       ::posix_fadvise(opened->first.get(), 0, 0, POSIX_FADV_RANDOM);
       fd = std::make_shared<const UniqueFd>(std::move(opened->first));
-      open_.Insert(id, fd);
+      open_.Insert(id, fd, generation);
     }
     Extent e{0, size};
     if (offset >= size) return e;
@@ -318,10 +328,14 @@ class DiskChunkStore final : public ChunkStore {
   bool Has(const ChunkId& id) override { return Exists(PathOf(id)); }
 
   Status Remove(const ChunkId& id) override {
-    open_.Erase(id);
     const fs::path path = PathOf(id);
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-      return ErrnoStatus(errno, fmt::format("removing '{}'", path.string()));
+    const int rc = ::unlink(path.c_str());
+    const int err = errno;
+    // After the unlink: a reader that opened the file before it either inserted it already
+    // (dropped here) or sees the generation move and does not.
+    open_.Erase(id);
+    if (rc != 0 && err != ENOENT) {
+      return ErrnoStatus(err, fmt::format("removing '{}'", path.string()));
     }
     return Ok();
   }

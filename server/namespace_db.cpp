@@ -61,6 +61,7 @@ class SqlRecords final : public RecordView {
   }
 
   Status Put(const InodeRecord& r) override {
+    if (auto s = InTransaction(); !s.ok()) return s;
     static const std::string kSql = fmt::format(
         "INSERT OR REPLACE INTO inodes({}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,"
         "?,?,?,?,?)",
@@ -88,6 +89,7 @@ class SqlRecords final : public RecordView {
   }
 
   Status Put(const DentryRecord& d) override {
+    if (auto s = InTransaction(); !s.ok()) return s;
     Stmt ins(db_,
              "INSERT OR REPLACE INTO dentries(parent, name, child, hlc, node, deleted, seq,"
              " rep_hlc, rep_node) VALUES(?,?,?,?,?,?,?,?,?)");
@@ -113,6 +115,16 @@ class SqlRecords final : public RecordView {
   }
 
  private:
+  // Every merge runs inside a transaction. SQLite rolls the whole one back on some errors (a
+  // full disk, out of memory), also of a read the merge took for "absent": a Put after that
+  // would commit on its own, so it fails instead.
+  Status InTransaction() const {
+    if (sqlite3_get_autocommit(db_) != 0) {
+      return Err(Code::kIOError, "the namespace transaction was rolled back by SQLite");
+    }
+    return Ok();
+  }
+
   sqlite3* const db_;
   std::uint64_t& seq_;
 };
@@ -190,6 +202,11 @@ Status NamespaceDb::BeforeFork() {
   return s;
 }
 
+void NamespaceDb::RollBackGroupForTest() {
+  MutexLock lock(mu_);
+  if (group_open_) (void)Exec("ROLLBACK");
+}
+
 void NamespaceDb::AbandonForTest() {
   // (Also a failed Open's way out.)
   MutexLock lock(mu_);
@@ -210,23 +227,43 @@ std::size_t NamespaceDb::UncommittedChanges() {
 void NamespaceDb::GroupCommitLoop() {
   MutexLock lock(mu_);
   while (!stop_) {
-    if (!group_open_ || abandoned_) {
-      group_cv_.wait(mu_);
-      continue;
-    }
-    const auto due = group_began_ + group_age_;
-    if (std::chrono::steady_clock::now() < due) {
-      group_cv_.wait_until(mu_, due);
-      continue;
-    }
-    if (auto s = CommitGroupLocked(); !s.ok()) {
-      spdlog::warn("{}: group commit failed, retrying in a second: {}", file_, s.message());
+    try {
+      GroupCommitStepLocked();
+    } catch (const std::exception& e) {
+      spdlog::error("{}: group commit: {}; retrying in a second", file_, e.what());
       group_cv_.wait_for(mu_, std::chrono::seconds(1));
     }
   }
 }
 
+void NamespaceDb::GroupCommitStepLocked() {
+  NoteRollbackLocked();
+  if (replay_needed_ && !abandoned_) {
+    // SQLite rolled a group back: the log has it; replay until that works.
+    if (auto s = CommitGroupLocked(); !s.ok()) {
+      spdlog::warn("{}: replaying the redo log failed, retrying in a second: {}", file_,
+                   s.message());
+      group_cv_.wait_for(mu_, std::chrono::seconds(1));
+    }
+    return;
+  }
+  if (!group_open_ || abandoned_) {
+    group_cv_.wait(mu_);
+    return;
+  }
+  const auto due = group_began_ + group_age_;
+  if (std::chrono::steady_clock::now() < due) {
+    group_cv_.wait_until(mu_, due);
+    return;
+  }
+  if (auto s = CommitGroupLocked(); !s.ok()) {
+    spdlog::warn("{}: group commit failed, retrying in a second: {}", file_, s.message());
+    group_cv_.wait_for(mu_, std::chrono::seconds(1));
+  }
+}
+
 Status NamespaceDb::CommitGroupLocked() {
+  NoteRollbackLocked();
   if (replay_needed_) {
     if (auto s = ReplayLocked(); !s.ok()) return s;
   }
@@ -238,12 +275,21 @@ Status NamespaceDb::CommitGroupLocked() {
   }
   group_open_ = false;
   group_changes_ = 0;
-  if (redo_ && !replaying_) {
-    // A log left full is replayed at the next start on top of what committed: harmless (the
-    // merge keeps equal versions), so the commit stands either way.
-    if (auto s = redo_->Clear(); !s.ok()) spdlog::warn("{}", s.message());
-  }
+  if (redo_ && !replaying_) ClearLogLocked();
   return Ok();
+}
+
+void NamespaceDb::ClearLogLocked() {
+  // Records left in the log after their commit would be replayed at the next start in front
+  // of newer ones (a purge may have removed what they would bring back): until the log can be
+  // emptied, local changes commit one by one and are not logged.
+  if (auto s = redo_->Clear(); !s.ok()) {
+    if (!log_broken_)
+      spdlog::error("{}; committing each change on its own until it can be", s.message());
+    log_broken_ = true;
+    return;
+  }
+  log_broken_ = false;
 }
 
 void NamespaceDb::NoteRollbackLocked() {
@@ -463,7 +509,8 @@ Status NamespaceDb::ReserveFor(const ChangeSet& changes) {
 Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std::uint64_t> peer,
                                      std::uint64_t up_to) {
   MutexLock lock(mu_);
-  if (!peer && redo_ && RedoLog::RecordSize(changes) <= kMaxLoggedChange) {
+  if (log_broken_ && !group_open_) ClearLogLocked();
+  if (!peer && redo_ && !log_broken_ && RedoLog::RecordSize(changes) <= kMaxLoggedChange) {
     return ApplyGroupedLocked(changes, true, 0);
   }
   // A peer's batch commits with its cursor; a large local change set commits alone rather than
@@ -474,47 +521,61 @@ Result<ChangeSet> NamespaceDb::Apply(const ChangeSet& changes, std::optional<std
 }
 
 Result<ChangeSet> NamespaceDb::ApplyGroupedLocked(const ChangeSet& changes, bool log, int attempt) {
+  NoteRollbackLocked();  // a statement since the last change may have ended the group
   if (replay_needed_ && !replaying_) {
     if (auto s = ReplayLocked(); !s.ok()) return s;
   }
   if (auto s = ReserveFor(changes); !s.ok()) return s;
+  EnsureCommitterLocked();
   if (!group_open_) {
     if (auto s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
     group_open_ = true;
     group_changes_ = 0;
     group_began_ = std::chrono::steady_clock::now();
-    EnsureCommitterLocked();
     group_cv_.notify_one();
   }
   if (auto s = Exec("SAVEPOINT change"); !s.ok()) {
     NoteRollbackLocked();
     return s;
   }
-  auto undo = [&](Status s) REQUIRES(mu_) -> Status {
-    if (Exec("ROLLBACK TO change").ok()) (void)Exec("RELEASE change");
-    NoteRollbackLocked();
-    return s;
-  };
+  // Until released, the change is undone however this function is left (an error, or an
+  // exception from the merge or the log's encoding).
+  struct Undo {
+    NamespaceDb* db;
+    bool armed = true;
+    void Now() {
+      if (!armed) return;
+      armed = false;
+      db->mu_.AssertHeld();
+      if (db->Exec("ROLLBACK TO change").ok()) (void)db->Exec("RELEASE change");
+      db->NoteRollbackLocked();
+    }
+    ~Undo() { Now(); }
+  } undo{this};
   ChangeSet won;
   std::uint64_t seq = seq_;
   SqlRecords view(db_, seq);
-  if (auto s = Merge(view, changes, won); !s.ok()) return undo(s);
+  if (auto s = Merge(view, changes, won); !s.ok()) return s;
   if (seq > seq_reserved_) {
     // More derived records than foreseen: as in ApplyLocked.
-    (void)undo(Ok());
+    undo.Now();
     if (attempt > 0) return Err(Code::kIOError, "sequence reservation did not hold");
     if (auto s = ReserveSeqs(seq - seq_); !s.ok()) return s;
     return ApplyGroupedLocked(changes, log, attempt + 1);
   }
   const std::uint64_t log_size = redo_->size();
   if (log) {
-    if (auto s = redo_->Append(changes); !s.ok()) return undo(s);
+    if (auto s = redo_->Append(changes); !s.ok()) return s;
   }
   if (auto s = Exec("RELEASE change"); !s.ok()) {
     // The caller hears of the failure, so the change must not come back at replay.
-    if (auto t = redo_->TruncateTo(log_size); !t.ok()) spdlog::error("{}", t.message());
-    return undo(s);
+    if (auto t = redo_->TruncateTo(log_size); !t.ok()) {
+      spdlog::error("{}", t.message());
+      log_broken_ = true;
+    }
+    return s;
   }
+  undo.armed = false;
   seq_ = seq;
   ++group_changes_;
   if (group_changes_ >= kGroupChanges && !replaying_) {

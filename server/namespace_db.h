@@ -202,6 +202,9 @@ class NamespaceDb {
   // Tests only: the destructor then neither commits the open group nor empties the log, as
   // after kill -9 (SQLite rolls the group back when the connection closes).
   void AbandonForTest();
+  // Tests only: ends the open group's transaction as SQLite does on some errors (a full disk):
+  // its changes are then only in the log.
+  void RollBackGroupForTest();
   // Tests only: another kGroupAge.
   void SetGroupAgeForTest(std::chrono::milliseconds age);
 
@@ -228,6 +231,11 @@ class NamespaceDb {
       REQUIRES(mu_);
   Status ReserveFor(const ChangeSet& changes) REQUIRES(mu_);
   void GroupCommitLoop();
+  // One wait or commit of the loop (waits release mu_ while they wait).
+  void GroupCommitStepLocked() REQUIRES(mu_);
+  // Empties the log after a commit; if that fails, local changes bypass the log (log_broken_)
+  // until it succeeds.
+  void ClearLogLocked() REQUIRES(mu_);
   // Starts the group-commit thread if it is not running (when a group begins: never before
   // the daemon forks, see BeforeFork).
   void EnsureCommitterLocked() REQUIRES(mu_);
@@ -269,6 +277,7 @@ class NamespaceDb {
   bool replay_needed_ GUARDED_BY(mu_) = false;  // SQLite rolled a group back
   bool stop_ GUARDED_BY(mu_) = false;
   bool abandoned_ GUARDED_BY(mu_) = false;
+  bool log_broken_ GUARDED_BY(mu_) = false;  // the log could not be emptied after a commit
   std::chrono::milliseconds group_age_ GUARDED_BY(mu_) = kGroupAge;
   std::condition_variable_any group_cv_;   // a group began, or stop_
   std::thread committer_ GUARDED_BY(mu_);  // commits a group when it is kGroupAge old

@@ -353,6 +353,14 @@ Status NamespaceDb::ForEachLiveManifest(const std::function<void(const InodeReco
     batch.clear();
     {
       MutexLock lock(mu_);
+      // The caller (garbage collection) deletes what no live file names: never from a state
+      // that lacks changes SQLite rolled back and the redo log still holds.
+      NoteRollbackLocked();
+      if (replay_needed_) {
+        return Err(Code::kIOError,
+                   "{}: changes rolled back by SQLite wait to be replayed from the redo log",
+                   file_);
+      }
       Stmt q(db_, fmt::format("SELECT {} FROM inodes WHERE id > ? AND deleted = 0 AND kind = 1"
                               " ORDER BY id LIMIT 256",
                               sql::kInodeColumns)

@@ -737,8 +737,7 @@ TEST(DiskStoreTest, OpenFilesKeptForReadsAreBounded) {
     }
     EXPECT_EQ(OpenDescriptors(), before) << "the store's descriptors close with it";
   }
-  EXPECT_GE(DefaultOpenChunkFiles(), 1u);
-  EXPECT_LE(DefaultOpenChunkFiles(), 1024u);
+  EXPECT_LE(DefaultOpenChunkFiles(), 1024u);  // (0 under a limit below 16 descriptors)
 }
 
 // Readers on several threads while chunks are removed and put again: each read is the

@@ -280,6 +280,74 @@ TEST_F(RedoLogTest, OtherWritersCommitTheGroupFirst) {
   ASSERT_EQ(db_->LoadClusterMembers().size(), 1u);
 }
 
+// SQLite may roll the whole open group back (a full disk, out of memory): its changes are then
+// only in the log. Garbage collection refuses to scan that state (it would delete chunks the
+// lost changes name), and the next change, or the group-commit thread, replays the log first.
+TEST_F(RedoLogTest, AGroupSqliteRolledBackIsReplayedBeforeAnythingElse) {
+  Apply(Create(5, "a", 100));
+  Apply(Create(6, "b", 101));
+  db_->RollBackGroupForTest();
+  const auto scan = [&] { return db_->ForEachLiveManifest([](const InodeRecord&) {}); };
+  EXPECT_FALSE(scan().ok()) << "no garbage collection from a state missing acknowledged changes";
+  Apply(Create(7, "c", 102));
+  for (InodeId id : {5, 6, 7}) EXPECT_TRUE(db_->GetInode(id).ok()) << id;
+  EXPECT_TRUE(scan().ok());
+  EXPECT_EQ(db_->ListDir(kRootId)->size(), 3u);
+  Crash();
+  Open();
+  EXPECT_EQ(db_->ListDir(kRootId)->size(), 3u);
+
+  // With nobody applying anything, the thread replays it.
+  db_->SetGroupAgeForTest(NamespaceDb::kGroupAge);
+  Apply(Create(8, "d", 103));
+  db_->RollBackGroupForTest();
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!db_->GetInode(8).ok() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  EXPECT_TRUE(db_->GetInode(8).ok());
+  EXPECT_EQ(db_->ListDir(kRootId)->size(), 4u);
+}
+
+// RecordSize is what a change set adds to the log (an empty one included), so the size bound
+// holds exactly: a record of kMaxLoggedChange bytes is logged, one byte more commits alone.
+TEST_F(RedoLogTest, RecordSizeIsWhatTheLogGrowsByAndTheBoundIsExact) {
+  ChangeSet empty;
+  std::uint64_t before = LogSize();
+  Apply(empty);
+  EXPECT_EQ(LogSize() - before, RedoLog::RecordSize(empty));
+  const auto with_size = [](std::size_t target) {
+    InodeRecord r = File(9, {200, 1});
+    ChangeSet cs{{r}, {}};
+    std::uint64_t i = 0;
+    // Manifest entries (40 bytes each) for the bulk, then one xattr (2 + name + 4 bytes) whose
+    // name, 206 to 245 bytes, makes up the rest.
+    while (RedoLog::RecordSize(cs) + 40 + 211 < target) {
+      crypto::Digest id{};
+      id[0] = static_cast<std::uint8_t>(i);
+      id[1] = static_cast<std::uint8_t>(i >> 8);
+      cs.inodes[0].manifest.Set(i++, id);
+    }
+    cs.inodes[0].size = i << 20;
+    const std::size_t rest = target - RedoLog::RecordSize(cs);
+    cs.inodes[0].xattrs.push_back({"user." + std::string(rest - 6 - 5, 'x'), {}});
+    return cs;
+  };
+  for (std::size_t target : {NamespaceDb::kMaxLoggedChange, NamespaceDb::kMaxLoggedChange + 1}) {
+    SCOPED_TRACE(target);
+    ASSERT_TRUE(db_->Sync().ok());
+    ChangeSet cs = with_size(target);
+    ASSERT_EQ(RedoLog::RecordSize(cs), target);
+    Apply(cs);
+    const bool logged = target <= NamespaceDb::kMaxLoggedChange;
+    EXPECT_EQ(db_->UncommittedChanges(), logged ? 1u : 0u);
+    EXPECT_EQ(LogSize(), logged ? target : 0u);
+  }
+  Crash();
+  Open();
+  EXPECT_EQ(db_->GetInode(9)->xattrs.size(), 1u);
+}
+
 // A change set whose record would be large (a big manifest) commits alone, not written twice.
 TEST_F(RedoLogTest, ALargeChangeSetCommitsAlone) {
   Apply(Create(5, "small", 100));
