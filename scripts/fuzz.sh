@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 CXX=${FUZZ_CXX:-clang++}
 common=(-std=c++20 -O1 -g -I. -DFMT_HEADER_ONLY=0 -Wall -Wextra -Wno-missing-field-initializers -Werror)
 codec=(net/messages.cpp net/codec.cpp model/records.cpp)
-ns=(server/namespace_db.cpp server/namespace_schema.cpp server/namespace_feed.cpp
+ns=(server/namespace_db.cpp server/redo_log.cpp server/namespace_schema.cpp server/namespace_feed.cpp
     server/namespace_statements.cpp server/namespace_merge.cpp crypto/hash.cpp crypto/kdf.cpp crypto/aead.cpp crypto/ctr.cpp crypto/key_file.cpp)
 san=(-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
 "$CXX" "${common[@]}" "${san[@]}" fuzz/frame_fuzzer.cpp "${codec[@]}" -lfmt -o "$OUT/frame_fuzzer"
