@@ -155,9 +155,10 @@ Result<std::unique_ptr<NamespaceDb>> NamespaceDb::Open(const std::filesystem::pa
         init = log.status();
       }
     }
+    // Nothing to commit on the way out of a failed open: what the log holds stays there.
+    if (!init.ok()) db->abandoned_ = true;
   }
   if (auto s = init; !s.ok()) {
-    db->AbandonForTest();  // nothing to commit: what the log holds stays there
     return Err(s.code(), "metadata database {}: {}", path.string(), s.message());
   }
   return db;
@@ -208,7 +209,6 @@ void NamespaceDb::RollBackGroupForTest() {
 }
 
 void NamespaceDb::AbandonForTest() {
-  // (Also a failed Open's way out.)
   MutexLock lock(mu_);
   abandoned_ = true;
 }
