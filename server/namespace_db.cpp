@@ -146,7 +146,10 @@ Result<std::unique_ptr<NamespaceDb>> NamespaceDb::Open(const std::filesystem::pa
   {
     MutexLock lock(db->mu_);
     init = db->Init();
-    if (init.ok()) {
+    // An in-memory or temporary database (no file name) has nothing to make durable and
+    // gets no log: its changes commit one by one. Otherwise the log would land in the
+    // working directory as "-redo".
+    if (init.ok() && !db->file_.empty()) {
       auto log = RedoLog::Open(db->file_ + "-redo");
       if (log.ok()) {
         db->redo_.emplace(std::move(*log));
