@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "base/mutex.h"
+#include "fuse/kernel_io.h"
 #include "fuse/ops.h"
 #include "fuse/reply.h"
 
@@ -29,11 +30,14 @@ struct Invalidation {
 // functions are poisoned after it, so nothing else here answers around the Reply's mark.
 class FuseReply final : public Reply {
  public:
-  FuseReply(fuse_req_t req, fuse_session* se) : req_(req), se_(se) {}
+  // Made on the thread that read the request, which is where its kill mark is.
+  FuseReply(fuse_req_t req, fuse_session* se, const KernelIo& kio) : req_(req), se_(se) {
+    if (kio.killpriv_v2()) kill_suidgid_ = KernelIo::ThisRequestKills();
+  }
 
   RequestContext Context() const override {
     const fuse_ctx* ctx = fuse_req_ctx(req_);
-    return {ctx->uid, ctx->gid, ctx->umask};
+    return {ctx->uid, ctx->gid, ctx->umask, kill_suidgid_};
   }
   std::size_t AddDirEntry(char* buf, std::size_t size, const char* name, const fuse_entry_param& e,
                           off_t next, bool plus) override {
@@ -66,6 +70,7 @@ class FuseReply final : public Reply {
 
   fuse_req_t req_;    // freed by the answer
   fuse_session* se_;  // for the open-time invalidation; null in no session
+  std::optional<bool> kill_suidgid_;
 };
 #pragma GCC poison fuse_reply_err fuse_reply_none fuse_reply_entry fuse_reply_create
 #pragma GCC poison fuse_reply_attr fuse_reply_readlink fuse_reply_open fuse_reply_write
@@ -78,6 +83,7 @@ class FuseReply final : public Reply {
 struct FuseFs::Impl {
   explicit Impl(server::FileServer& f) : ops(f) {}
   Ops ops;  // the handlers and their shared state (directory snapshots, kernel-cache record)
+  KernelIo kio;  // /dev/fuse reads and writes (the INIT flags libfuse does not negotiate)
   fuse_session* se = nullptr;
   bool mounted = false;
   std::string mountpoint;
@@ -136,7 +142,7 @@ template <OpId K, auto M, typename... A>
 void Serve(fuse_req_t req, A... a) {
   static_assert(K < kOpCount);
   auto& im = Impl::Of(req);
-  FuseReply reply(req, im.se);
+  FuseReply reply(req, im.se, im.kio);
   im.ops.Guard(K, reply, [&] { (im.ops.*M)(reply, a...); });
 }
 template <OpId K, auto M, typename... A>
@@ -237,6 +243,21 @@ Status FuseFs::Mount(const MountOptions& options) {
                impl_->mountpoint);
   }
   impl_->mounted = true;
+  // Every request and reply then goes through KernelIo (the session's userdata is Impl).
+  static constexpr fuse_custom_io kIo = {
+      .writev = [](int fd, struct iovec* iov, int count, void* userdata) {
+        return static_cast<Impl*>(userdata)->kio.Writev(fd, iov, count);
+      },
+      .read = [](int fd, void* buf, size_t len, void* userdata) {
+        return static_cast<Impl*>(userdata)->kio.Read(fd, buf, len);
+      },
+      .splice_receive = nullptr,
+      .splice_send = nullptr,
+  };
+  if (int rc = fuse_session_custom_io(impl_->se, &kIo, fuse_session_fd(impl_->se)); rc != 0) {
+    return Err(Code::kIOError, "cannot set up the FUSE session's I/O on {}: error {}",
+               impl_->mountpoint, rc);
+  }
   return Ok();
 }
 

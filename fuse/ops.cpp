@@ -95,6 +95,10 @@ bool NameFits(Reply& r, const char* name) {
   return false;
 }
 
+// Whether a write or an O_TRUNC open clears setuid/setgid: as the kernel says where it does
+// (FUSE_HANDLE_KILLPRIV_V2), else for any caller but root (CAP_FSETID, as near as a uid gets).
+bool KillsSuidgid(const RequestContext& ctx) { return ctx.kill_suidgid.value_or(ctx.uid != 0); }
+
 // Nanoseconds since the epoch, saturated to what an int64 holds (years 1677 to 2262).
 std::int64_t ToNs(const timespec& t) {
   constexpr std::int64_t kMaxSec = INT64_MAX / 1000000000 - 1;
@@ -277,6 +281,8 @@ void Ops::Setattr(Reply& r, fuse_ino_t ino, struct stat* attr, int to_set, fuse_
     if (attr->st_size < 0) return r.Err(EINVAL);
     req.size = static_cast<std::uint64_t>(attr->st_size);
   }
+  // Only where the kernel says so: otherwise it sends the mode change itself.
+  req.kill_suidgid = r.Context().kill_suidgid.value_or(false);
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
   if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
@@ -431,7 +437,7 @@ void Ops::Rename(Reply& r, fuse_ino_t parent, const char* name, fuse_ino_t newpa
 }
 
 void Ops::Open(Reply& r, fuse_ino_t ino, fuse_file_info* fi) {
-  auto h = fs_.Open(ino, fi->flags, r.Context().uid);
+  auto h = fs_.Open(ino, fi->flags, KillsSuidgid(r.Context()));
   if (!h.ok()) return ReplyError(r, h.status(), "open");
   fi->fh = *h;
   // A version whose attributes the kernel may not hold (a peer's, or another handle's): its
@@ -470,7 +476,8 @@ void Ops::Write(Reply& r, fuse_ino_t, const char* data, std::size_t size, off_t 
   // that crosses it is cut short there, as generic_write_checks does).
   if (off < 0) return r.Err(EINVAL);
   auto n = fs_.Write(fi->fh, static_cast<std::uint64_t>(off),
-                     ByteSpan(reinterpret_cast<const std::uint8_t*>(data), size), r.Context().uid);
+                     ByteSpan(reinterpret_cast<const std::uint8_t*>(data), size),
+                     KillsSuidgid(r.Context()));
   if (!n.ok()) return ReplyError(r, n.status(), "write");
   r.Write(*n);
 }

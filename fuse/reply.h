@@ -19,6 +19,7 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <optional>
 #include <string_view>
 
 namespace foreverfs::fuse {
@@ -28,6 +29,12 @@ struct RequestContext {
   uid_t uid = 0;
   gid_t gid = 0;
   mode_t umask = 0;
+  // Whether this write, truncate, chown or O_TRUNC open must clear setuid/setgid, as the
+  // kernel says with FUSE_HANDLE_KILLPRIV_V2 (fuse/kernel_io.h): set for a caller without
+  // CAP_FSETID, and for every chown. nullopt where the kernel does not say (it did not offer
+  // the flag): the kernel then clears them itself on truncate and chown, and the handlers
+  // decide writes and O_TRUNC opens by uid.
+  std::optional<bool> kill_suidgid;
 };
 
 class Reply {

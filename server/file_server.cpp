@@ -172,18 +172,22 @@ Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& req) {
   }
   if (req.mode || req.uid || req.gid || req.mtime_ns || req.atime_ns) {
     auto open = OpenFileOf(id);
-    if (open && open->DeferAttrs(req)) return GetAttr(id);
-    auto s = UpdateInode(id, [&](InodeRecord& rec) {
-      if (req.mode) rec.mode = *req.mode & 07777;
-      if (req.uid) rec.uid = *req.uid;
-      if (req.gid) rec.gid = *req.gid;
-      if (req.mtime_ns) rec.mtime_ns = *req.mtime_ns;
-      if (req.atime_ns) rec.atime_ns = *req.atime_ns;
-      return Ok();
-    });
-    if (!s.ok()) return s;
-    // A file open for writing keeps the time just set, not the time of its last write.
-    if (req.mtime_ns && open) open->SetMtime(*req.mtime_ns);
+    if (!open || !open->DeferAttrs(req)) {
+      auto s = UpdateInode(id, [&](InodeRecord& rec) {
+        if (req.mode) rec.mode = *req.mode & 07777;
+        if (req.uid) rec.uid = *req.uid;
+        if (req.gid) rec.gid = *req.gid;
+        if (req.mtime_ns) rec.mtime_ns = *req.mtime_ns;
+        if (req.atime_ns) rec.atime_ns = *req.atime_ns;
+        return Ok();
+      });
+      if (!s.ok()) return s;
+      // A file open for writing keeps the time just set, not the time of its last write.
+      if (req.mtime_ns && open) open->SetMtime(*req.mtime_ns);
+    }
+  }
+  if (req.kill_suidgid) {
+    if (auto s = ClearSetIds(id); !s.ok()) return s;
   }
   return GetAttr(id);
 }
@@ -566,7 +570,7 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
   if (created) {
     // A new file: its record and its one link are known, no need to read them back (a create
     // is two FUSE round trips and one commit; every query saved shows in `tar -x`).
-    auto handle = OpenRecord(*created, flags, 0);
+    auto handle = OpenRecord(*created, flags, false);
     if (!handle.ok()) return handle.status();
     auto attr = MakeAttr(std::move(*created), 1);
     if (!attr.ok()) return attr.status();
@@ -579,14 +583,14 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
   return Created{std::move(*attr), *handle};
 }
 
-Result<std::uint64_t> FileServer::Open(InodeId id, int flags, std::uint32_t caller_uid) {
+Result<std::uint64_t> FileServer::Open(InodeId id, int flags, bool kill_suidgid) {
   auto rec = ns_.GetInode(id);
   if (!rec.ok()) return rec.status();
-  return OpenRecord(*rec, flags, caller_uid);
+  return OpenRecord(*rec, flags, kill_suidgid);
 }
 
 Result<std::uint64_t> FileServer::OpenRecord(const InodeRecord& rec, int flags,
-                                             std::uint32_t caller_uid) {
+                                             bool kill_suidgid) {
   const InodeId id = rec.id;
   if (rec.kind == InodeKind::kDir && (flags & O_ACCMODE) != O_RDONLY) {
     return Err(Code::kIsDir, "cannot open a directory for writing");
@@ -595,7 +599,7 @@ Result<std::uint64_t> FileServer::OpenRecord(const InodeRecord& rec, int flags,
   if ((flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY) {
     if (auto s = of->Truncate(0); !s.ok()) return s;
     // With atomic O_TRUNC the kernel leaves this to the file system, as it does the truncate.
-    if (caller_uid != 0) {
+    if (kill_suidgid) {
       if (auto s = ClearSetIds(id); !s.ok()) return s;
     }
   }
@@ -620,10 +624,10 @@ Result<std::size_t> FileServer::Read(std::uint64_t handle, std::uint64_t offset,
 }
 
 Result<std::size_t> FileServer::Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data,
-                                      std::uint32_t caller_uid) {
+                                      bool kill_suidgid) {
   auto of = HandleFile(handle);
   if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);
-  if (caller_uid != 0 && of->TakePrivilegeCheck()) {
+  if (kill_suidgid && of->TakePrivilegeCheck()) {
     // Writing drops setuid, and setgid where it means "set group id" (group-executable).
     if (auto s = ClearSetIds(of->id()); !s.ok()) return s;
   }

@@ -57,6 +57,9 @@ struct SetAttrRequest {
   std::optional<std::uint64_t> size;
   std::optional<std::int64_t> mtime_ns;
   std::optional<std::int64_t> atime_ns;
+  // Clear setuid, and setgid where group-executable, after the rest (a truncate by a caller
+  // without CAP_FSETID, or a chown, when the kernel leaves it to us: FUSE_HANDLE_KILLPRIV_V2).
+  bool kill_suidgid = false;
 };
 
 struct DirEntry {
@@ -135,14 +138,16 @@ class FileServer : public FileHost {
   // Data. `flags` are open(2) flags (O_TRUNC, O_APPEND, O_EXCL honoured).
   Result<Created> Create(InodeId parent, std::string_view name, std::uint32_t mode,
                          std::uint32_t uid, std::uint32_t gid, int flags);
-  // O_TRUNC by a `caller_uid` other than root clears setuid/setgid as a write does.
-  Result<std::uint64_t> Open(InodeId id, int flags, std::uint32_t caller_uid = 0);
+  // An O_TRUNC open with `kill_suidgid` (a caller without CAP_FSETID) clears setuid, and
+  // setgid where the file is group-executable, as a write does.
+  Result<std::uint64_t> Open(InodeId id, int flags, bool kill_suidgid = false);
   // The version a handle reads (nullopt for an unknown handle).
   std::optional<model::Version> HandleVersion(std::uint64_t handle);
   Result<std::size_t> Read(std::uint64_t handle, std::uint64_t offset, MutableByteSpan out);
-  // `caller_uid` decides whether setuid/setgid bits are cleared, as the kernel does elsewhere.
+  // `kill_suidgid` (a caller without CAP_FSETID): the write clears setuid, and setgid where the
+  // file is group-executable (checked once per open file, at its first such write).
   Result<std::size_t> Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data,
-                            std::uint32_t caller_uid = 0);
+                            bool kill_suidgid = false);
   // mode 0 (extends; with FALLOC_FL_KEEP_SIZE does nothing), FALLOC_FL_PUNCH_HOLE (with
   // KEEP_SIZE) and FALLOC_FL_ZERO_RANGE: whole chunks in the range become holes. Other modes
   // are kNotSupported; past model::kMaxFileSize, kTooBig.
@@ -231,7 +236,7 @@ class FileServer : public FileHost {
   // it. Call with ns_mu_ held.
   Status AddEntry(InodeRecord dir, std::string_view name, const InodeRecord& rec);
   // Open, for a record the caller just read or made.
-  Result<std::uint64_t> OpenRecord(const InodeRecord& rec, int flags, std::uint32_t caller_uid);
+  Result<std::uint64_t> OpenRecord(const InodeRecord& rec, int flags, bool kill_suidgid);
   Status UpdateInode(InodeId id, const std::function<Status(InodeRecord&)>& change);
   std::shared_ptr<OpenFile> OpenFileFor(const InodeRecord& rec);
   std::shared_ptr<OpenFile> HandleFile(std::uint64_t handle);

@@ -204,6 +204,79 @@ class FuseOpsTest : public test::FileServerFixture {
   RequestContext ctx_;
 };
 
+// Who clears setuid/setgid: where the kernel says (FUSE_HANDLE_KILLPRIV_V2, a kill mark in
+// the context) the mark alone decides, for writes, truncates, chowns and O_TRUNC opens; where
+// it does not, writes and O_TRUNC opens by anyone but root clear them and setattr leaves them
+// (the kernel sends the mode change itself then).
+TEST_F(FuseOpsTest, SetuidAndSetgidAreClearedAsTheKernelMarksOrByUid) {
+  const auto mode_of = [&](fuse_ino_t ino) { return Getattr(ino).a().st.st_mode & 07777; };
+  const auto with_mode = [&](const std::string& name, mode_t mode) {
+    auto f = NewFile(name);
+    struct stat st {};
+    st.st_mode = mode;
+    const auto mark = ctx_.kill_suidgid;
+    ctx_.kill_suidgid.reset();  // a chmod carries no mark
+    EXPECT_EQ(Setattr(f.first, st, FUSE_SET_ATTR_MODE).kind(), Kind::kAttr);
+    ctx_.kill_suidgid = mark;
+    EXPECT_EQ(mode_of(f.first), mode) << name;
+    return f;
+  };
+  struct stat own {};
+  own.st_uid = 1000;
+  own.st_gid = 1000;
+
+  // No mark (the kernel did not take the flag): by uid for writes.
+  ctx_.kill_suidgid.reset();
+  auto legacy = with_mode("legacy", 04755);
+  EXPECT_EQ(Write(legacy.second, 0, "x").kind(), Kind::kWrite);
+  EXPECT_EQ(mode_of(legacy.first), 0755u);
+  ctx_.uid = 0;
+  auto legacy_root = with_mode("legacy-root", 04755);
+  EXPECT_EQ(Write(legacy_root.second, 0, "x").kind(), Kind::kWrite);
+  EXPECT_EQ(mode_of(legacy_root.first), 04755u);
+  ctx_.uid = 1000;
+  auto legacy_trunc = with_mode("legacy-trunc", 04755);
+  EXPECT_EQ(Truncate(legacy_trunc.first, 0).kind(), Kind::kAttr);
+  EXPECT_EQ(mode_of(legacy_trunc.first), 04755u) << "the kernel sends that mode change itself";
+
+  // The kernel's mark decides, whatever the uid.
+  ctx_.kill_suidgid = false;  // a caller with CAP_FSETID
+  auto keep = with_mode("keep", 04755);
+  EXPECT_EQ(Write(keep.second, 0, "x").kind(), Kind::kWrite);
+  EXPECT_EQ(mode_of(keep.first), 04755u);
+  EXPECT_EQ(Truncate(keep.first, 0).kind(), Kind::kAttr);
+  EXPECT_EQ(mode_of(keep.first), 04755u);
+  EXPECT_EQ(Open(keep.first, O_WRONLY | O_TRUNC).kind(), Kind::kOpen);
+  EXPECT_EQ(mode_of(keep.first), 04755u);
+
+  ctx_.kill_suidgid = true;
+  ctx_.uid = 0;
+  auto both = with_mode("both", 06775);  // setgid on a group-executable file goes too
+  EXPECT_EQ(Write(both.second, 0, "x").kind(), Kind::kWrite);
+  EXPECT_EQ(mode_of(both.first), 0775u);
+  auto noexec = with_mode("noexec", 02745);  // setgid without group execute stays
+  EXPECT_EQ(Write(noexec.second, 0, "x").kind(), Kind::kWrite);
+  EXPECT_EQ(mode_of(noexec.first), 02745u);
+  auto trunc = with_mode("trunc", 04755);
+  EXPECT_EQ(Truncate(trunc.first, 0).kind(), Kind::kAttr);
+  EXPECT_EQ(mode_of(trunc.first), 0755u);
+  auto chown = with_mode("chown", 06755);
+  EXPECT_EQ(Setattr(chown.first, own, FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID).kind(), Kind::kAttr);
+  EXPECT_EQ(mode_of(chown.first), 0755u);
+  EXPECT_EQ(Getattr(chown.first).a().st.st_uid, 1000u);
+  auto open_trunc = with_mode("open-trunc", 04755);
+  EXPECT_EQ(Open(open_trunc.first, O_WRONLY | O_TRUNC).kind(), Kind::kOpen);
+  EXPECT_EQ(mode_of(open_trunc.first), 0755u);
+  auto open_plain = with_mode("open-plain", 04755);  // the mark means O_TRUNC only
+  EXPECT_EQ(Open(open_plain.first, O_WRONLY).kind(), Kind::kOpen);
+  EXPECT_EQ(mode_of(open_plain.first), 04755u);
+  // A directory keeps its setgid (the mark is for files; chown of a directory sends none).
+  auto d = Mkdir(kRoot, "dir", 02775);
+  ASSERT_EQ(d.kind(), Kind::kEntry);
+  EXPECT_EQ(Setattr(d.a().entry.ino, own, FUSE_SET_ATTR_UID).kind(), Kind::kAttr);
+  EXPECT_EQ(mode_of(d.a().entry.ino) & 02000, 02000u);
+}
+
 TEST_F(FuseOpsTest, CreateWriteReadGetattrRoundTrip) {
   ops_->SetAttrTimeout(2.5);
   auto c = Create(kRoot, "f", 0666);
