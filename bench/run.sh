@@ -5,7 +5,7 @@
 # between the same namespaces + a cold passthrough read), then micro benchmarks of the per-byte
 # code beside `openssl speed`. Prints one table; ratios are speed ratios (>1: foreverfs faster).
 #
-# Usage: sudo bash bench/run.sh [SIZE_MIB]        (default 1024; about 10-15 minutes)
+# Usage: sudo bash bench/run.sh [SIZE_MIB]        (default 1024; about 25-30 minutes)
 #        sudo BENCH_QUICK=1 bash bench/run.sh     (64 MiB, fewer files, short fio runs)
 # Environment:
 #   BENCH_BUILD=DIR   build directory (default build-bench; configured and built if needed)
@@ -14,6 +14,9 @@
 #                     see the figures of a run without it). Read with
 #                     perf report -i DIR/ff-seqwrite.data --no-children --sort sym
 #   BENCH_FS_ONLY=1   only the single-mount workloads (no streaming RSS, replication, micro)
+#   BENCH_ROUNDS=N    rounds of the single-mount workloads (default 3; 1 with BENCH_QUICK):
+#                     each workload runs on both mounts back to back, the order alternating
+#                     by round, and the table shows the median of the rounds' ratios
 #   BENCH_PERF_OPTS   perf record options (default: DWARF call graphs at 499 Hz, since the
 #                     libraries and a RelWithDebInfo build have no frame pointers)
 #
@@ -35,15 +38,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-CMDLINE="sudo${BENCH_QUICK:+ BENCH_QUICK=$BENCH_QUICK}${BENCH_FS_ONLY:+ BENCH_FS_ONLY=$BENCH_FS_ONLY}${BENCH_PERF:+ BENCH_PERF=$BENCH_PERF} bash bench/run.sh $*"
+CMDLINE="sudo${BENCH_QUICK:+ BENCH_QUICK=$BENCH_QUICK}${BENCH_ROUNDS:+ BENCH_ROUNDS=$BENCH_ROUNDS}${BENCH_FS_ONLY:+ BENCH_FS_ONLY=$BENCH_FS_ONLY}${BENCH_PERF:+ BENCH_PERF=$BENCH_PERF} bash bench/run.sh $*"
 [ "$(id -u)" = 0 ] || { echo "run as root (mounts, network namespaces, drop_caches)" >&2; exit 1; }
 
 QUICK=${BENCH_QUICK:-0}
 [ "$QUICK" = 0 ] && QUICK=
 if [ -n "$QUICK" ]; then
   SIZE=${1:-64}; NFILES=500; NLS=1000; FIO_RT=5; BIG=256; MICRO_MIN=0.2; SPEED_S=1; NGIT=200; NCSU=10000
+  ROUNDS=${BENCH_ROUNDS:-1}
 else
-  SIZE=${1:-1024}; NFILES=5000; NLS=10000; FIO_RT=20; BIG=4096; MICRO_MIN=1; SPEED_S=2; NGIT=2000; NCSU=100000
+  SIZE=${1:-1024}; NFILES=5000; NLS=10000; FIO_RT=15; BIG=4096; MICRO_MIN=1; SPEED_S=2; NGIT=2000; NCSU=100000
+  ROUNDS=${BENCH_ROUNDS:-3}
 fi
 BUILD=${BENCH_BUILD:-build-bench}
 PERF_DIR=${BENCH_PERF:-}
@@ -110,7 +115,7 @@ echo "# date:    $(date -u '+%Y-%m-%d %H:%M UTC'); foreverfs $(git rev-parse --s
 echo "# machine: $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
 echo "# disk:    data directories under $CW: $(findmnt -n -o FSTYPE,SOURCE,OPTIONS -T "$CW" | awk '{print $1" on "$2" ("$3")"}')"
 echo "# load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at start"
-echo "# sizes:   ${SIZE} MiB files, ${NFILES} small files, ${NLS} entries for ls -l, fio ${FIO_RT} s per run, ${BIG} MiB stream for RSS"
+echo "# sizes:   ${SIZE} MiB files, ${NFILES} small files, ${NLS} entries for ls -l, fio ${FIO_RT} s per run, ${BIG} MiB stream for RSS, ${ROUNDS} rounds"
 
 # --- inputs, made before any timing --------------------------------------------------------------
 SRC=$CW/src.bin; FIO_SRC=$CW/fio-src.bin; RSRC=$CW/repl-src.bin
@@ -168,60 +173,69 @@ fio_json() {  # fio_json FILE RW DIRECT [extra...] -> iops
     python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("%.0f" % (j["read"]["iops"] + j["write"]["iops"]))'
 }
 
-suite() {  # suite FS MNT PID
-  local fs=$1 m=$2 pid=$3 t0 t1 d
-  # Sequential write of SIZE MiB from a file in the page cache, fsynced.
-  d=$m/seq; mkdir "$d"; warm "$SRC"; drop_caches; warm "$SRC"
-  perf_start "$fs-seqwrite" "$pid"
+# The workloads, one function each: W_<name> FS MNT PID ROUND, writing into a fresh directory
+# of its own per round; each stores its figure in R[FS.<key>.ROUND].
+W_seqwrite() {  # sequential write of SIZE MiB from a file in the page cache, fsynced
+  local fs=$1 d=$2/seq.$4 t0 t1; mkdir "$d"; warm "$SRC"; drop_caches; warm "$SRC"
+  perf_start "$fs-seqwrite" "$3"
   t0=$(now); dd if="$SRC" of="$d/f" bs=1M conv=fsync status=none; t1=$(now)
   perf_stop
-  R[$fs.seqwrite]=$(calc "$SIZE / ($t1 - $t0)")
-  # Cold sequential read of it.
-  drop_caches
-  perf_start "$fs-coldread" "$pid"
-  t0=$(now); dd if="$d/f" of=/dev/null bs=1M status=none; t1=$(now)
+  R[$fs.seqwrite.$4]=$(calc "$SIZE / ($t1 - $t0)")
+}
+W_coldread() {  # cold sequential read of the file the same round's seqwrite wrote
+  local fs=$1 f=$2/seq.$4/f t0 t1; drop_caches
+  perf_start "$fs-coldread" "$3"
+  t0=$(now); dd if="$f" of=/dev/null bs=1M status=none; t1=$(now)
   perf_stop
-  R[$fs.coldread]=$(calc "$SIZE / ($t1 - $t0)")
-  # Unpacking many small files, then sync.
-  d=$m/tar; mkdir "$d"; warm "$CW/small.tar"
-  perf_start "$fs-smallfiles" "$pid"
+  R[$fs.coldread.$4]=$(calc "$SIZE / ($t1 - $t0)")
+}
+W_smallfiles() {  # unpacking many small files, then sync
+  local fs=$1 d=$2/tar.$4 t0 t1; mkdir "$d"; warm "$CW/small.tar"
+  perf_start "$fs-smallfiles" "$3"
   t0=$(now); tar -C "$d" -xf "$CW/small.tar"; sync; t1=$(now)
   perf_stop
-  R[$fs.smallfiles]=$(calc "$t1 - $t0")
-  # 4 KiB random I/O on a SIZE MiB file laid out first (random content of its own).
-  d=$m/fio; mkdir "$d"; dd if="$FIO_SRC" of="$d/fio.bin" bs=1M conv=fsync status=none
+  R[$fs.smallfiles.$4]=$(calc "$t1 - $t0")
+}
+W_fio() {  # 4 KiB random I/O on a SIZE MiB file laid out in the first round (random content)
+  local fs=$1 d=$2/fio
+  if [ ! -f "$d/fio.bin" ]; then
+    mkdir -p "$d"; dd if="$FIO_SRC" of="$d/fio.bin" bs=1M conv=fsync status=none
+  fi
   drop_caches
-  perf_start "$fs-randread" "$pid"
-  R[$fs.randread]=$(fio_json "$d/fio.bin" randread 0)
+  perf_start "$fs-randread" "$3"
+  R[$fs.randread.$4]=$(fio_json "$d/fio.bin" randread 0)
   perf_stop
   drop_caches
-  R[$fs.randread_direct]=$(fio_json "$d/fio.bin" randread 1)
+  R[$fs.randread_direct.$4]=$(fio_json "$d/fio.bin" randread 1)
   drop_caches
-  perf_start "$fs-randwrite" "$pid"
-  R[$fs.randwrite]=$(fio_json "$d/fio.bin" randwrite 0 --end_fsync=1)
+  perf_start "$fs-randwrite" "$3"
+  R[$fs.randwrite.$4]=$(fio_json "$d/fio.bin" randwrite 0 --end_fsync=1)
   perf_stop
-  # ls -l of a directory of NLS entries, created before, caches dropped.
-  d=$m/ls; mkdir "$d"
+}
+W_ls() {  # ls -l of a directory of NLS entries, created before, caches dropped
+  local fs=$1 d=$2/ls.$4 t0 t1; mkdir "$d"
   python3 -c 'import os,sys
 for i in range(int(sys.argv[2])): open(os.path.join(sys.argv[1], "entry-%06d" % i), "w").close()' "$d" "$NLS"
   drop_caches
-  perf_start "$fs-ls" "$pid"
+  perf_start "$fs-ls" "$3"
   t0=$(now); ls -l "$d" >/dev/null; t1=$(now)
   perf_stop
-  R[$fs.ls]=$(calc "$t1 - $t0")
-  # git clone of a local repository (--no-local: objects are copied as from a remote, no hard
-  # links), then git status in the clone.
-  d=$m/git; mkdir "$d"
-  perf_start "$fs-git" "$pid"
+  R[$fs.ls.$4]=$(calc "$t1 - $t0")
+}
+W_git() {  # git clone of a local repository (--no-local: objects are copied as from a remote,
+  # no hard links), then git status in the clone
+  local fs=$1 d=$2/git.$4 t0 t1; mkdir "$d"
+  perf_start "$fs-git" "$3"
   t0=$(now); git clone -q --no-local "$CW/gitsrc" "$d/repo"; git -C "$d/repo" status --porcelain >/dev/null; t1=$(now)
   perf_stop
-  R[$fs.git]=$(calc "$t1 - $t0")
-  # Create, stat and unlink NCSU empty files in one directory, 5,000 at a time (create them
-  # all, stat them all, unlink them all): passthrough_ll holds a descriptor for every inode the
-  # kernel knows (caches are dropped first so that it forgets the earlier workloads' inodes),
-  # and a sandbox may cap descriptors at 20,000 with no way to raise it.
-  d=$m/csu; mkdir "$d"; drop_caches
-  perf_start "$fs-csu" "$pid"
+  R[$fs.git.$4]=$(calc "$t1 - $t0")
+}
+W_csu() {  # create, stat and unlink NCSU empty files in one directory, 5,000 at a time
+  # (create them all, stat them all, unlink them all): passthrough_ll holds a descriptor for
+  # every inode the kernel knows (caches are dropped first so that it forgets the earlier
+  # workloads' inodes), and a sandbox may cap descriptors at 20,000 with no way to raise it.
+  local fs=$1 d=$2/csu.$4 t0 t1; mkdir "$d"; drop_caches
+  perf_start "$fs-csu" "$3"
   t0=$(now)
   python3 -c 'import os,sys
 d, n = sys.argv[1], int(sys.argv[2])
@@ -232,17 +246,53 @@ for b in range(0, n, 5000):
     for p in names: os.unlink(p)' "$d" "$NCSU"
   t1=$(now)
   perf_stop
-  R[$fs.csu]=$(calc "$t1 - $t0")
-  R[$fs.rss]=$(cpeak_rss "$pid")
+  R[$fs.csu.$4]=$(calc "$t1 - $t0")
 }
+WORKLOADS="seqwrite coldread smallfiles fio ls git csu"
 
-echo "# running the workloads on passthrough_ll..."
-suite pt "$CW/pt" "$PT_PID"
 cluster_net; cluster_host 1; cluster_host 2; cluster_host 3; cluster_host 4
-echo "# running the workloads on foreverfs..."
 cnode_start 1
-suite ff "$(cmnt 1)" "$(cpid 1)"
+FF_MNT=$(cmnt 1); FF_PID=$(cpid 1)
+# Rounds, and within a round each workload on both file systems back to back, the order
+# alternating by round: a slow minute of this machine (a neighbour, the host's page cache)
+# then weighs on both sides of a ratio, and the median of the rounds discards an outlier.
+# perf records the first round only.
+PERF_KEEP=$PERF_DIR
+for round in $(seq 1 "$ROUNDS"); do
+  echo "# round $round of $ROUNDS..."
+  [ "$round" -gt 1 ] && PERF_DIR=
+  for w in $WORKLOADS; do
+    if [ $((round % 2)) = 1 ]; then order="pt ff"; else order="ff pt"; fi
+    for fs in $order; do
+      if [ "$fs" = pt ]; then "W_$w" pt "$CW/pt" "$PT_PID" "$round"
+      else "W_$w" ff "$FF_MNT" "$FF_PID" "$round"; fi
+    done
+  done
+done
+PERF_DIR=$PERF_KEEP
+R[ff.rss]=$(cpeak_rss "$FF_PID")
+R[pt.rss]=$(cpeak_rss "$PT_PID")
 cnode_stop 1
+
+# R[FS.key]: the median over the rounds. Q[key]: the median of the rounds' ratios (each from
+# two runs a minute apart at most); QR[key]: every round's ratio.
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+declare -A Q QR
+summarize() {  # summarize KEY speed|time (ratio ff/pt for a speed, pt/ff for a time)
+  local k=$1 kind=$2 fs r vals ratios=()
+  for fs in pt ff; do
+    vals=(); for r in $(seq 1 "$ROUNDS"); do vals+=("${R[$fs.$k.$r]}"); done
+    R[$fs.$k]=$(median "${vals[@]}")
+  done
+  for r in $(seq 1 "$ROUNDS"); do
+    if [ "$kind" = speed ]; then ratios+=("$(calc "${R[ff.$k.$r]} / ${R[pt.$k.$r]}")")
+    else ratios+=("$(calc "${R[pt.$k.$r]} / ${R[ff.$k.$r]}")"); fi
+  done
+  Q[$k]=$(median "${ratios[@]}")
+  QR[$k]=$(for x in "${ratios[@]}"; do printf '%.2f ' "$x"; done)
+}
+for k in seqwrite coldread randread randread_direct randwrite; do summarize "$k" speed; done
+for k in smallfiles ls git csu; do summarize "$k" time; done
 
 if [ -z "$FS_ONLY" ]; then
 # Peak RSS of a fresh process while one BIG MiB file streams in (random, never in memory whole).
@@ -307,33 +357,33 @@ fi
 # --- report ----------------------------------------------------------------------------------------
 echo
 mib() { calc "$1 / 1048576"; }
-row() {  # row LABEL FF PT RATIO GOAL(min ratio or "-")
+row() {  # row LABEL FF PT RATIO GOAL(min ratio or "-") [ROUND RATIOS]
   local verdict="-"
   if [ "$5" != "-" ]; then
     if [ "$(calc "$4 >= $5")" = 1 ]; then verdict="ok (>=${5}x)"; else verdict="SHORT (goal ${5}x)"; fi
   fi
-  printf '%-46s %14s %14s %7sx  %s\n' "$1" "$2" "$3" "$(fmt "$4")" "$verdict"
+  printf '%-46s %14s %14s %7sx  %-18s %s\n' "$1" "$2" "$3" "$(fmt "$4")" "$verdict" "${6:+rounds: $6}"
 }
 printf '%-46s %14s %14s %8s  %s\n' "workload" "foreverfs" "passthrough" "ratio" "goal"
 printf '%s\n' "------------------------------------------------------------------------------------------------"
 row "sequential write ${SIZE} MiB, dd conv=fsync" "$(fmt "${R[ff.seqwrite]}" 0) MiB/s" "$(fmt "${R[pt.seqwrite]}" 0) MiB/s" \
-  "$(calc "${R[ff.seqwrite]} / ${R[pt.seqwrite]}")" 0.9
+  "${Q[seqwrite]}" 0.9 "${QR[seqwrite]}"
 row "cold sequential read ${SIZE} MiB" "$(fmt "${R[ff.coldread]}" 0) MiB/s" "$(fmt "${R[pt.coldread]}" 0) MiB/s" \
-  "$(calc "${R[ff.coldread]} / ${R[pt.coldread]}")" 0.8
+  "${Q[coldread]}" 0.8 "${QR[coldread]}"
 row "tar -x ${NFILES} files of 1-16 KiB, sync" "$(fmt "${R[ff.smallfiles]}") s" "$(fmt "${R[pt.smallfiles]}") s" \
-  "$(calc "${R[pt.smallfiles]} / ${R[ff.smallfiles]}")" 0.8
+  "${Q[smallfiles]}" 0.8 "${QR[smallfiles]}"
 row "fio 4 KiB randread, cold, buffered" "$(fmt "${R[ff.randread]}" 0) IOPS" "$(fmt "${R[pt.randread]}" 0) IOPS" \
-  "$(calc "${R[ff.randread]} / ${R[pt.randread]}")" 0.8
+  "${Q[randread]}" 0.8 "${QR[randread]}"
 row "fio 4 KiB randread, O_DIRECT (for reference)" "$(fmt "${R[ff.randread_direct]}" 0) IOPS" "$(fmt "${R[pt.randread_direct]}" 0) IOPS" \
-  "$(calc "${R[ff.randread_direct]} / ${R[pt.randread_direct]}")" -
+  "${Q[randread_direct]}" - "${QR[randread_direct]}"
 row "fio 4 KiB randwrite, buffered, end_fsync" "$(fmt "${R[ff.randwrite]}" 0) IOPS" "$(fmt "${R[pt.randwrite]}" 0) IOPS" \
-  "$(calc "${R[ff.randwrite]} / ${R[pt.randwrite]}")" 0.6
+  "${Q[randwrite]}" 0.6 "${QR[randwrite]}"
 row "ls -l of ${NLS} entries, cold" "$(fmt "${R[ff.ls]}") s" "$(fmt "${R[pt.ls]}") s" \
-  "$(calc "${R[pt.ls]} / ${R[ff.ls]}")" 0.8
+  "${Q[ls]}" 0.8 "${QR[ls]}"
 row "git clone of ${NGIT} files, then git status" "$(fmt "${R[ff.git]}") s" "$(fmt "${R[pt.git]}") s" \
-  "$(calc "${R[pt.git]} / ${R[ff.git]}")" 0.5
+  "${Q[git]}" 0.5 "${QR[git]}"
 row "create+stat+unlink ${NCSU} empty files, 1 dir" "$(fmt "${R[ff.csu]}") s" "$(fmt "${R[pt.csu]}") s" \
-  "$(calc "${R[pt.csu]} / ${R[ff.csu]}")" 0.5
+  "${Q[csu]}" 0.5 "${QR[csu]}"
 ok_rss() { [ "$(calc "$1 <= 64")" = 1 ] && echo "ok (<=64 MiB)" || echo "SHORT (goal <=64 MiB)"; }
 printf '%-46s %14s %14s %8s  %s\n' "peak RSS through all of the above" "${R[ff.rss]} MiB" "${R[pt.rss]} MiB" "" "$(ok_rss "${R[ff.rss]}")"
 if [ -z "$FS_ONLY" ]; then
