@@ -259,10 +259,12 @@ class DiskChunkStore final : public ChunkStore {
     if (auto cached = open_.Find(id)) {
       struct stat st {};
       if (::fstat(cached->get(), &st) == 0 && st.st_nlink > 0) {
-        auto checked = ChunkFileSize(st, PathOf(id));
-        if (!checked.ok()) return checked.status();
+        // The path only for the error (building it per hit was 3% of 4 KiB random reads).
+        if (!S_ISREG(st.st_mode) || static_cast<std::size_t>(st.st_size) > kMaxBlobSize) {
+          return ChunkFileSize(st, PathOf(id)).status();
+        }
         fd = std::move(cached);
-        size = *checked;
+        size = static_cast<std::size_t>(st.st_size);
       } else {
         open_.Erase(id);
       }
