@@ -52,6 +52,10 @@ class ChunkStore {
   // Up to out.size() bytes of the chunk from `offset`, verified as Get is; fewer at its end.
   // The default reads the whole chunk; stores that can read a part cheaply override it.
   virtual Result<Extent> ReadAt(const ChunkId& id, std::size_t offset, MutableByteSpan out);
+  // A hint that `id` will be read soon: a store on disk starts reading it into the page cache
+  // and returns (the next ReadAt then overlaps its disk read with the work before it). Absent
+  // chunks and failures are ignored. The default does nothing.
+  virtual void Prefetch(const ChunkId& id) { (void)id; }
   virtual bool Has(const ChunkId& id) = 0;
   // Removes `id`; Ok if it was absent.
   virtual Status Remove(const ChunkId& id) = 0;

@@ -158,6 +158,7 @@ class EncryptingChunkStore final : public ChunkStore {
   }
 
   Status Sync() override { return inner_->Sync(); }
+  void Prefetch(const ChunkId& id) override { inner_->Prefetch(id); }
   bool Has(const ChunkId& id) override { return inner_->Has(id); }
   Status Remove(const ChunkId& id) override { return inner_->Remove(id); }
   Status ForEach(const std::function<void(const ChunkId&)>& fn) override {

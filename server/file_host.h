@@ -50,6 +50,9 @@ class FileHost {
   virtual Result<Bytes> LoadChunk(const cas::ChunkId& id) = 0;
   // Part of a chunk (zeros past its end); may wait on the network.
   virtual Status ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out) = 0;
+  // A hint that the local chunk `id` is read next (cas::ChunkStore::Prefetch); never waits on
+  // the network. The default does nothing.
+  virtual void PrefetchChunk(const cas::ChunkId& id) { (void)id; }
 
   // --- writing
   // Where staging files are made.

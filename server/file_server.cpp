@@ -106,8 +106,7 @@ std::int64_t FileServer::NowNs() const {
 Result<Attr> FileServer::MakeAttr(InodeRecord rec, std::optional<std::uint32_t> links) {
   Attr a{std::move(rec), links.value_or(1)};
   if (!links && a.rec.kind != InodeKind::kDir) {
-    auto links = ns_.LinksTo(a.rec.id);
-    if (links.ok()) a.nlink = static_cast<std::uint32_t>(std::max<std::size_t>(1, links->size()));
+    a.nlink = static_cast<std::uint32_t>(std::max<std::size_t>(1, ns_.CountLinks(a.rec.id)));
   }
   if (auto of = OpenFileOf(a.rec.id)) of->Overlay(a.rec);
   return a;

@@ -101,8 +101,8 @@ class FileServer : public FileHost {
   Result<Attr> GetAttr(InodeId id);
   // The attributes a reader through `handle` sees: the version it opened, even after a peer
   // replaced it (the kernel asks with the handle before a read that may need the size). For a
-  // replaced version it takes that file's lock, which a reader of the same handle may hold
-  // while it waits for a chunk: only that handle's reads wait, as they would anyway.
+  // replaced version it takes that file's lock, which a writer of the same file may hold
+  // while it brings in a chunk to change it (reads let it go before they read chunks).
   Result<Attr> GetAttr(InodeId id, std::uint64_t handle);
   Result<Attr> SetAttr(InodeId id, const SetAttrRequest& req);
   Result<Attr> Mkdir(InodeId parent, std::string_view name, std::uint32_t mode, std::uint32_t uid,
@@ -186,6 +186,7 @@ class FileServer : public FileHost {
   // Part of a chunk into `out` (zeros past its end): read in place when the chunk is here and
   // sound, else through LoadChunk.
   Status ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out) override;
+  void PrefetchChunk(const cas::ChunkId& id) override { store_.Prefetch(id); }
   NamespaceDb& ns() { return ns_; }
   cas::ChunkStore& store() { return store_; }
   // When each chunk was last read here (ReadChunk, LoadChunk), as a counter that only grows;

@@ -446,6 +446,13 @@ Result<std::vector<DentryRecord>> NamespaceDb::LinksTo(InodeId child) {
   return out;
 }
 
+std::size_t NamespaceDb::CountLinks(InodeId child) {
+  MutexLock lock(mu_);
+  Stmt q(db_, "SELECT count(*) FROM dentries WHERE child = ? AND deleted = 0");
+  q.Bind(1, S(child));
+  return q.Step() == SQLITE_ROW ? static_cast<std::size_t>(q.Int(0)) : 0;
+}
+
 bool NamespaceDb::HasLiveEntries(InodeId parent) {
   MutexLock lock(mu_);
   Stmt q(db_,

@@ -108,6 +108,8 @@ class NamespaceDb {
   Result<std::vector<DirRow>> ListDirKinds(InodeId parent);
   // Live entries pointing at `child`.
   Result<std::vector<DentryRecord>> LinksTo(InodeId child);
+  // How many live entries name `child` (its link count): LinksTo's size, without the rows.
+  std::size_t CountLinks(InodeId child);
   bool HasLiveEntries(InodeId parent);
 
   // Applies records whose version is newer than the stored one, in one transaction; returns

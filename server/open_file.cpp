@@ -11,6 +11,8 @@ namespace foreverfs::server {
 namespace {
 
 constexpr std::uint64_t kCS = cas::kChunkSize;
+// The smallest read taken for a sequential reader's (OpenFile::Read).
+constexpr std::size_t kSequentialRead = 64 * 1024;
 
 bool AllZero(ByteSpan b) {
   return std::all_of(b.begin(), b.end(), [](std::uint8_t c) { return c == 0; });
@@ -174,38 +176,69 @@ Status OpenFile::Materialize(std::uint64_t index) {
 }
 
 Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
-  MutexLock lock(mu_);
-  AdoptRemote();
-  if (offset >= size_) return std::size_t{0};
-  const std::size_t len =
-      static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), size_ - offset));
-  std::size_t done = 0;
-  while (done < len) {
-    const std::uint64_t pos = offset + done;
-    const std::uint64_t i = pos / kCS;
-    const std::size_t in = static_cast<std::size_t>(pos % kCS);
-    const std::size_t n = std::min<std::size_t>(len - done, kCS - in);
-    std::uint8_t* dst = out.data() + done;
-    if (const Bytes* gathered = pipeline_.Gathered(i)) {
-      const Bytes& b = *gathered;
-      std::size_t avail = in < b.size() ? std::min(n, b.size() - in) : 0;
-      if (avail) std::memcpy(dst, b.data() + in, avail);
-      if (avail < n) std::memset(dst + avail, 0, n - avail);
-    } else if (dirty_.contains(i)) {
-      if (auto s = staging_->Read(Slot(i) + in, MutableByteSpan(dst, n)); !s.ok()) return s;
-    } else if (manifest_.IsHole(i)) {
-      std::memset(dst, 0, n);
-    } else if (cached_index_ == i && cached_id_ == manifest_.Get(i)) {
-      const Bytes& c = cached_;
-      std::size_t avail = in < c.size() ? std::min(n, c.size() - in) : 0;
-      if (avail) std::memcpy(dst, c.data() + in, avail);
-      if (avail < n) std::memset(dst + avail, 0, n - avail);
-    } else {
-      // Only the part asked for: a 4 KiB read opens one 16 KiB segment, not the whole chunk.
-      if (auto s = host_.ReadChunk(manifest_.Get(i), in, MutableByteSpan(dst, n)); !s.ok())
-        return s;
+  // Parts of committed chunks are read after mu_ is let go: a chunk's bytes never change (its
+  // id is its content), so the lock only decides where each part comes from. Reads of one
+  // file then overlap (the kernel's read-ahead has several in flight: one decrypts while the
+  // next waits for the disk), and a read waiting for a peer's chunk holds up nobody. A write
+  // racing with the read is ordered after it, as it would be had it come a moment later.
+  struct FromChunk {
+    cas::ChunkId id;
+    std::size_t in;
+    std::uint8_t* dst;
+    std::size_t n;
+  };
+  std::vector<FromChunk> from_chunks;
+  std::vector<cas::ChunkId> prefetch;
+  std::size_t len = 0;
+  {
+    MutexLock lock(mu_);
+    AdoptRemote();
+    if (offset >= size_) return std::size_t{0};
+    len = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), size_ - offset));
+    std::size_t done = 0;
+    while (done < len) {
+      const std::uint64_t pos = offset + done;
+      const std::uint64_t i = pos / kCS;
+      const std::size_t in = static_cast<std::size_t>(pos % kCS);
+      const std::size_t n = std::min<std::size_t>(len - done, kCS - in);
+      std::uint8_t* dst = out.data() + done;
+      if (const Bytes* gathered = pipeline_.Gathered(i)) {
+        const Bytes& b = *gathered;
+        std::size_t avail = in < b.size() ? std::min(n, b.size() - in) : 0;
+        if (avail) std::memcpy(dst, b.data() + in, avail);
+        if (avail < n) std::memset(dst + avail, 0, n - avail);
+      } else if (dirty_.contains(i)) {
+        if (auto s = staging_->Read(Slot(i) + in, MutableByteSpan(dst, n)); !s.ok()) return s;
+      } else if (manifest_.IsHole(i)) {
+        std::memset(dst, 0, n);
+      } else if (cached_index_ == i && cached_id_ == manifest_.Get(i)) {
+        const Bytes& c = cached_;
+        std::size_t avail = in < c.size() ? std::min(n, c.size() - in) : 0;
+        if (avail) std::memcpy(dst, c.data() + in, avail);
+        if (avail < n) std::memset(dst + avail, 0, n - avail);
+      } else {
+        // Only the part asked for: a 4 KiB read opens one 16 KiB segment, not the whole chunk.
+        from_chunks.push_back({manifest_.Get(i), in, dst, n});
+        // A large read at a chunk's start is the kernel's read-ahead of a sequential reader
+        // (128 KiB at a time): the rest of this chunk and the whole next one are read from
+        // disk now, beside the decryption of what comes before (chunk files are read without
+        // the kernel's read-ahead, which would only cost for the small reads).
+        if (in == 0 && n >= kSequentialRead) {
+          if (prefetch.empty() || prefetch.back() != manifest_.Get(i)) {
+            prefetch.push_back(manifest_.Get(i));
+          }
+          if (i + 1 < (size_ + kCS - 1) / kCS && !pipeline_.Holds(i + 1) &&
+              !dirty_.contains(i + 1) && !manifest_.IsHole(i + 1)) {
+            prefetch.push_back(manifest_.Get(i + 1));
+          }
+        }
+      }
+      done += n;
     }
-    done += n;
+  }
+  for (const cas::ChunkId& id : prefetch) host_.PrefetchChunk(id);
+  for (const FromChunk& c : from_chunks) {
+    if (auto s = host_.ReadChunk(c.id, c.in, MutableByteSpan(c.dst, c.n)); !s.ok()) return s;
   }
   return len;
 }

@@ -740,6 +740,49 @@ TEST(DiskStoreTest, OpenFilesKeptForReadsAreBounded) {
   EXPECT_LE(DefaultOpenChunkFiles(), 1024u);  // (0 under a limit below 16 descriptors)
 }
 
+// Prefetch is a hint: an absent chunk, a removed one or a store that keeps no descriptors
+// change nothing; a present chunk is then read as it is, through the descriptor Prefetch kept
+// (within the bound); the encrypting store passes it on.
+TEST(DiskStoreTest, PrefetchIsAHintThatKeepsTheFileOpenForTheRead) {
+  for (std::size_t bound : {std::size_t{0}, std::size_t{1}, std::size_t{4}}) {
+    SCOPED_TRACE(bound);
+    TempDir dir;
+    auto store = MakeDiskStore(dir.path(), bound);
+    ASSERT_TRUE(store.ok());
+    ChunkStore& st = **store;
+    const std::size_t with_store = OpenDescriptors();
+    const Bytes data = Pattern(100000, 70);
+    const ChunkId id = crypto::Sha256::Of(data);
+    const ChunkId absent = crypto::Sha256::Of(Pattern(10, 71));
+    st.Prefetch(absent);
+    EXPECT_EQ(OpenDescriptors(), with_store) << "nothing kept for a chunk that is not there";
+    ASSERT_TRUE(st.Put(id, data).ok());
+    st.Prefetch(id);
+    EXPECT_EQ(OpenDescriptors(), with_store + std::min<std::size_t>(bound, 1));
+    st.Prefetch(id);  // again: the same descriptor
+    EXPECT_EQ(OpenDescriptors(), with_store + std::min<std::size_t>(bound, 1));
+    EXPECT_EQ(ReadChunk(st, id, 5, 10), Bytes(data.begin() + 5, data.begin() + 15));
+    ASSERT_TRUE(st.Remove(id).ok());
+    st.Prefetch(id);
+    Code code{};
+    EXPECT_TRUE(ReadChunk(st, id, 0, 10, &code).empty());
+    EXPECT_EQ(code, Code::kNotFound) << "a prefetch does not bring a removed chunk back";
+    EXPECT_LE(OpenDescriptors(), with_store + bound);
+  }
+  // Through the encryption: the hint reaches the disk store under it.
+  TempDir dir;
+  auto disk = MakeDiskStore(dir.path(), 4);
+  ASSERT_TRUE(disk.ok());
+  auto sealed = MakeEncryptingStore(std::move(*disk), TestDataKey());
+  const Bytes data = Pattern(50000, 72);
+  const ChunkId id = crypto::Sha256::Of(data);
+  ASSERT_TRUE(sealed->Put(id, data).ok());
+  const std::size_t before = OpenDescriptors();
+  sealed->Prefetch(id);
+  EXPECT_EQ(OpenDescriptors(), before + 1);
+  EXPECT_EQ(ReadChunk(*sealed, id, 16380, 10), Bytes(data.begin() + 16380, data.begin() + 16390));
+}
+
 // Readers on several threads while chunks are removed and put again: each read is the
 // chunk's bytes or "not found", never anything else (TSan checks the cache's locking).
 TEST(DiskStoreTest, ReadsRacingRemovesAndPutsSeeWholeChunksOrNone) {
