@@ -11,12 +11,14 @@ namespace {
 
 thread_local bool t_request_kills = false;
 
-// The request's argument, or null if it is shorter than T (libfuse refuses those itself).
+// Whether the request's argument T has `bit` set in `field`; false for a request shorter
+// than its argument (libfuse refuses those itself).
 template <typename T>
-const T* Arg(const std::uint8_t* p, std::size_t n, T* copy) {
-  if (n < sizeof(fuse_in_header) + sizeof(T)) return nullptr;
-  std::memcpy(copy, p + sizeof(fuse_in_header), sizeof(T));
-  return copy;
+bool Marked(const std::uint8_t* p, std::size_t n, std::uint32_t T::*field, std::uint32_t bit) {
+  if (n < sizeof(fuse_in_header) + sizeof(T)) return false;
+  T arg;
+  std::memcpy(&arg, p + sizeof(fuse_in_header), sizeof(T));
+  return (arg.*field & bit) != 0;
 }
 
 }  // namespace
@@ -42,26 +44,18 @@ void KernelIo::NoteRequest(const void* buf, std::size_t n) {
       init_pending_.store(true, std::memory_order_release);
       return;
     }
-    case FUSE_WRITE: {
-      fuse_write_in w;
-      if (Arg(p, n, &w)) t_request_kills = (w.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+    case FUSE_WRITE:
+      t_request_kills = Marked(p, n, &fuse_write_in::write_flags, FUSE_WRITE_KILL_SUIDGID);
       return;
-    }
-    case FUSE_SETATTR: {
-      fuse_setattr_in s;
-      if (Arg(p, n, &s)) t_request_kills = (s.valid & FATTR_KILL_SUIDGID) != 0;
+    case FUSE_SETATTR:
+      t_request_kills = Marked(p, n, &fuse_setattr_in::valid, FATTR_KILL_SUIDGID);
       return;
-    }
-    case FUSE_OPEN: {
-      fuse_open_in o;
-      if (Arg(p, n, &o)) t_request_kills = (o.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
+    case FUSE_OPEN:
+      t_request_kills = Marked(p, n, &fuse_open_in::open_flags, FUSE_OPEN_KILL_SUIDGID);
       return;
-    }
-    case FUSE_CREATE: {
-      fuse_create_in c;
-      if (Arg(p, n, &c)) t_request_kills = (c.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
+    case FUSE_CREATE:
+      t_request_kills = Marked(p, n, &fuse_create_in::open_flags, FUSE_OPEN_KILL_SUIDGID);
       return;
-    }
     default:
       return;
   }
