@@ -132,6 +132,13 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
   conn->max_write = 1 << 20;
   conn->max_readahead = 1 << 20;
+  // Setuid/setgid: libfuse turns on FUSE_HANDLE_KILLPRIV (v1) by default, which makes the
+  // kernel leave truncate and chown to the file system without telling it when. Off: either
+  // the kernel takes FUSE_HANDLE_KILLPRIV_V2 (KernelIo adds it) and marks each request that
+  // must clear them, or it clears them itself.
+  conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
+  // Every request comes through KernelIo's read hook (its kill mark), never by splice.
+  conn->want &= ~FUSE_CAP_SPLICE_READ;
 }
 
 // The libfuse callbacks: each answers through a FuseReply for its request and runs the Ops

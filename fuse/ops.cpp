@@ -399,8 +399,10 @@ void Ops::Fallocate(Reply& r, fuse_ino_t, int mode, off_t offset, off_t length,
   // As vfs_fallocate; a range past the largest file size is the server's EFBIG (whatever the
   // mode: ext4 refuses one even with FALLOC_FL_KEEP_SIZE).
   if (offset < 0 || length <= 0) return r.Err(EINVAL);
+  // The kernel marks no fallocate (it clears nothing itself with FUSE_HANDLE_KILLPRIV_V2):
+  // any caller but root clears setuid/setgid, as near to CAP_FSETID as a uid gets.
   auto s = fs_.Fallocate(fi->fh, mode, static_cast<std::uint64_t>(offset),
-                         static_cast<std::uint64_t>(length));
+                         static_cast<std::uint64_t>(length), r.Context().uid != 0);
   if (!s.ok()) return ReplyError(r, s, "fallocate");
   r.Err(0);
 }
@@ -450,7 +452,8 @@ void Ops::Open(Reply& r, fuse_ino_t ino, fuse_file_info* fi) {
 void Ops::Create(Reply& r, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
   if (!NameFits(r, name)) return;
   const RequestContext ctx = r.Context();
-  auto c = fs_.Create(parent, name, mode & ~ctx.umask, ctx.uid, ctx.gid, fi->flags);
+  auto c = fs_.Create(parent, name, mode & ~ctx.umask, ctx.uid, ctx.gid, fi->flags,
+                      KillsSuidgid(ctx));
   if (!c.ok()) return ReplyError(r, c.status(), "create");
   fi->fh = c->handle;
   Told(c->attr, /*entry=*/true);

@@ -160,7 +160,18 @@ Result<Attr> FileServer::GetAttr(InodeId id, std::uint64_t handle) {
   return Attr{of->Snapshot(), a.ok() ? a->nlink : 0};
 }
 
-Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& req) {
+Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& request) {
+  SetAttrRequest req = request;
+  if (req.kill_suidgid) {
+    // In the same change as the chown (or the mode change after the truncate), as Linux
+    // does: the mode set, or the file's, less setuid, and setgid where group-executable.
+    auto a = GetAttr(id);
+    if (!a.ok()) return a.status();
+    const std::uint32_t mode = req.mode.value_or(a->rec.mode);
+    const std::uint32_t kill = S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
+    if (a->rec.kind == InodeKind::kFile && (mode & kill)) req.mode = mode & ~kill;
+    req.kill_suidgid = false;
+  }
   if (req.size) {
     auto rec = ns_.GetInode(id);
     if (!rec.ok()) return rec.status();
@@ -184,9 +195,8 @@ Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& req) {
       // A file open for writing keeps the time just set, not the time of its last write.
       if (req.mtime_ns && open) open->SetMtime(*req.mtime_ns);
     }
-  }
-  if (req.kill_suidgid) {
-    if (auto s = ClearSetIds(id); !s.ok()) return s;
+    // A mode or owner set again may need clearing again at the next write.
+    if (open && (req.mode || req.uid || req.gid)) open->ResetPrivilegeCheck();
   }
   return GetAttr(id);
 }
@@ -548,7 +558,8 @@ std::shared_ptr<OpenFile> FileServer::HandleFile(std::uint64_t handle) {
 }
 
 Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::uint32_t mode,
-                                   std::uint32_t uid, std::uint32_t gid, int flags) {
+                                   std::uint32_t uid, std::uint32_t gid, int flags,
+                                   bool kill_suidgid) {
   if (auto s = CheckName(name); !s.ok()) return s;
   InodeId id = 0;
   std::optional<InodeRecord> created;
@@ -575,7 +586,7 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
     if (!attr.ok()) return attr.status();
     return Created{std::move(*attr), *handle};
   }
-  auto handle = Open(id, flags);
+  auto handle = Open(id, flags, kill_suidgid);
   if (!handle.ok()) return handle.status();
   auto attr = GetAttr(id);
   if (!attr.ok()) return attr.status();
@@ -646,9 +657,12 @@ Status FileServer::ClearSetIds(InodeId id) {
 }
 
 Status FileServer::Fallocate(std::uint64_t handle, int mode, std::uint64_t offset,
-                             std::uint64_t length) {
+                             std::uint64_t length, bool kill_suidgid) {
   auto of = HandleFile(handle);
   if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);
+  if (kill_suidgid) {
+    if (auto s = ClearSetIds(of->id()); !s.ok()) return s;
+  }
   if (offset > model::kMaxFileSize || length > model::kMaxFileSize - offset) {
     return Err(Code::kTooBig, "fallocate of [{}, +{}) is past the largest file size", offset,
                length);

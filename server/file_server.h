@@ -136,8 +136,10 @@ class FileServer : public FileHost {
   Result<struct statvfs> StatFs();
 
   // Data. `flags` are open(2) flags (O_TRUNC, O_APPEND, O_EXCL honoured).
+  // An existing file opened with O_TRUNC and `kill_suidgid` clears setuid/setgid (Open).
   Result<Created> Create(InodeId parent, std::string_view name, std::uint32_t mode,
-                         std::uint32_t uid, std::uint32_t gid, int flags);
+                         std::uint32_t uid, std::uint32_t gid, int flags,
+                         bool kill_suidgid = false);
   // An O_TRUNC open with `kill_suidgid` (a caller without CAP_FSETID) clears setuid, and
   // setgid where the file is group-executable, as a write does.
   Result<std::uint64_t> Open(InodeId id, int flags, bool kill_suidgid = false);
@@ -151,7 +153,9 @@ class FileServer : public FileHost {
   // mode 0 (extends; with FALLOC_FL_KEEP_SIZE does nothing), FALLOC_FL_PUNCH_HOLE (with
   // KEEP_SIZE) and FALLOC_FL_ZERO_RANGE: whole chunks in the range become holes. Other modes
   // are kNotSupported; past model::kMaxFileSize, kTooBig.
-  Status Fallocate(std::uint64_t handle, int mode, std::uint64_t offset, std::uint64_t length);
+  // `kill_suidgid` clears setuid, and setgid where group-executable, first (as a write).
+  Status Fallocate(std::uint64_t handle, int mode, std::uint64_t offset, std::uint64_t length,
+                   bool kill_suidgid = false);
   // lseek(2) SEEK_DATA (`data`) or SEEK_HOLE, at chunk granularity (1 MiB).
   Result<std::uint64_t> Seek(std::uint64_t handle, std::uint64_t offset, bool data);
   // Commits what was written through any handle of the file (close-to-open consistency).

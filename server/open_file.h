@@ -57,6 +57,8 @@ class OpenFile {
   bool DeferAttrs(const SetAttrRequest& req);
   // True the first time it is called: the first write of a file checks its setuid bits.
   bool TakePrivilegeCheck() { return !privileges_checked_.exchange(true); }
+  // After a mode or owner change: the next such write checks again.
+  void ResetPrivilegeCheck() { privileges_checked_ = false; }
   // Stores dirty chunks and commits a new version of the inode; no-op if nothing changed.
   // Takes the namespace lock (FileHost::NamespaceMutex) with mu_ (never waiting for one while
   // holding the other): never call it with that lock held.

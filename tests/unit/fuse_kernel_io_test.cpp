@@ -183,8 +183,13 @@ TEST(KernelIoTest, ShortAndForeignRequestsAreLeftAlone) {
     std::uint8_t copy[256];
     EXPECT_FALSE(io.PatchInitReply(r.iov, 2, out, copy)) << n;
   }
+  fuse_write_in w{};
+  w.write_flags = FUSE_WRITE_KILL_SUIDGID;
+  const Buf marked = Request(FUSE_WRITE, 2, w);
+  io.NoteRequest(marked.data(), marked.size());
+  ASSERT_TRUE(KernelIo::ThisRequestKills());
   io.NoteRequest(nullptr, 0);
-  EXPECT_FALSE(KernelIo::ThisRequestKills());
+  EXPECT_FALSE(KernelIo::ThisRequestKills()) << "an empty read clears the last request's mark";
   io.NoteRequest(init.data(), sizeof(fuse_in_header) + 16);
   InitReply r(5, 0);
   iovec out[8];
@@ -241,14 +246,27 @@ TEST(KernelIoTest, KillMarksOfWritesSetattrsOpensAndCreates) {
   EXPECT_TRUE(io.killpriv_v2() == false) << "no INIT, no flag";
 }
 
+// Each serving thread has the mark of the request it read: a marked write read on another
+// thread neither sets nor clears this thread's.
 TEST(KernelIoTest, TheMarkIsPerThread) {
   KernelIo io;
   fuse_write_in w{};
+  const Buf plain = Request(FUSE_WRITE, 2, w);
   w.write_flags = FUSE_WRITE_KILL_SUIDGID;
-  const Buf b = Request(FUSE_WRITE, 2, w);
-  io.NoteRequest(b.data(), b.size());
-  bool other = true;
-  std::thread([&] { other = KernelIo::ThisRequestKills(); }).join();
+  const Buf marked = Request(FUSE_WRITE, 3, w);
+  io.NoteRequest(plain.data(), plain.size());
+  bool other = false;
+  std::thread([&] {
+    io.NoteRequest(marked.data(), marked.size());
+    other = KernelIo::ThisRequestKills();
+  }).join();
+  EXPECT_TRUE(other);
+  EXPECT_FALSE(KernelIo::ThisRequestKills());
+  io.NoteRequest(marked.data(), marked.size());
+  std::thread([&] {
+    io.NoteRequest(plain.data(), plain.size());
+    other = KernelIo::ThisRequestKills();
+  }).join();
   EXPECT_FALSE(other);
   EXPECT_TRUE(KernelIo::ThisRequestKills());
 }

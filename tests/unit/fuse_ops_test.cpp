@@ -270,6 +270,40 @@ TEST_F(FuseOpsTest, SetuidAndSetgidAreClearedAsTheKernelMarksOrByUid) {
   auto open_plain = with_mode("open-plain", 04755);  // the mark means O_TRUNC only
   EXPECT_EQ(Open(open_plain.first, O_WRONLY).kind(), Kind::kOpen);
   EXPECT_EQ(mode_of(open_plain.first), 04755u);
+  // An existing file created again (O_CREAT without O_EXCL) with O_TRUNC: as an open.
+  ctx_.kill_suidgid = true;
+  auto again = with_mode("again", 04755);
+  EXPECT_EQ(Create(kRoot, "again", 0644, O_WRONLY | O_CREAT | O_TRUNC).kind(), Kind::kCreate);
+  EXPECT_EQ(mode_of(again.first), 0755u);
+  ctx_.kill_suidgid = false;
+  auto again_keep = with_mode("again-keep", 04755);
+  EXPECT_EQ(Create(kRoot, "again-keep", 0644, O_WRONLY | O_CREAT | O_TRUNC).kind(),
+            Kind::kCreate);
+  EXPECT_EQ(mode_of(again_keep.first), 04755u);
+  // A file still open whose setuid is set again after its first write: the next write
+  // clears it again.
+  ctx_.kill_suidgid = true;
+  auto reset = with_mode("reset", 04755);
+  EXPECT_EQ(Write(reset.second, 0, "x").kind(), Kind::kWrite);
+  EXPECT_EQ(mode_of(reset.first), 0755u);
+  struct stat suid {};
+  suid.st_mode = 04755;
+  ctx_.kill_suidgid.reset();
+  ASSERT_EQ(Setattr(reset.first, suid, FUSE_SET_ATTR_MODE).kind(), Kind::kAttr);
+  ctx_.kill_suidgid = true;
+  EXPECT_EQ(Write(reset.second, 1, "y").kind(), Kind::kWrite);
+  EXPECT_EQ(mode_of(reset.first), 0755u);
+  // fallocate carries no mark: any caller but root clears them.
+  ctx_.kill_suidgid = false;
+  ctx_.uid = 1000;
+  auto falloc = with_mode("falloc", 04755);
+  EXPECT_EQ(Fallocate(falloc.second, 0, 8192).err(), 0);
+  EXPECT_EQ(mode_of(falloc.first), 0755u);
+  ctx_.uid = 0;
+  auto falloc_root = with_mode("falloc-root", 04755);
+  EXPECT_EQ(Fallocate(falloc_root.second, 0, 8192).err(), 0);
+  EXPECT_EQ(mode_of(falloc_root.first), 04755u);
+  ctx_.kill_suidgid = true;
   // A directory keeps its setgid (the mark is for files; chown of a directory sends none).
   auto d = Mkdir(kRoot, "dir", 02775);
   ASSERT_EQ(d.kind(), Kind::kEntry);
