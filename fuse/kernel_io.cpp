@@ -96,7 +96,7 @@ ssize_t KernelIo::Read(int fd, void* buf, std::size_t len) {
 }
 
 ssize_t KernelIo::Writev(int fd, const struct iovec* iov, int count) {
-  if (init_pending_.load(std::memory_order_relaxed)) {
+  if (kNegotiateKillprivV2 && init_pending_.load(std::memory_order_relaxed)) {
     struct iovec patched[8];
     std::uint8_t init_copy[256];
     if (PatchInitReply(iov, count, patched, init_copy)) return ::writev(fd, patched, count);

@@ -290,9 +290,11 @@ TEST(KernelIoTest, TheHooksReadAndWriteRealDescriptors) {
   ASSERT_EQ(read(sv[1], sent.data(), sent.size()), static_cast<ssize_t>(r.h.len));
   fuse_init_out out;
   std::memcpy(&out, sent.data() + sizeof(fuse_out_header), sizeof(out));
-  EXPECT_EQ(out.flags, kLibfuseFlags | FUSE_HANDLE_KILLPRIV_V2);
+  // Patched only while foreverfs negotiates the flag (kNegotiateKillprivV2).
+  EXPECT_EQ(out.flags,
+            kNegotiateKillprivV2 ? (kLibfuseFlags | FUSE_HANDLE_KILLPRIV_V2) : kLibfuseFlags);
   EXPECT_EQ(out.max_write, r.out.max_write);
-  EXPECT_TRUE(io.killpriv_v2());
+  EXPECT_EQ(io.killpriv_v2(), kNegotiateKillprivV2);
 
   // Any later reply goes out byte for byte.
   fuse_out_header h{};
