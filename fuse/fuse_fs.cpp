@@ -82,7 +82,7 @@ class FuseReply final : public Reply {
 
 struct FuseFs::Impl {
   explicit Impl(server::FileServer& f) : ops(f) {}
-  Ops ops;  // the handlers and their shared state (directory snapshots, kernel-cache record)
+  Ops ops;       // the handlers and their shared state (directory snapshots, kernel-cache record)
   KernelIo kio;  // /dev/fuse reads and writes (the INIT flags libfuse does not negotiate)
   fuse_session* se = nullptr;
   bool mounted = false;
@@ -252,12 +252,12 @@ Status FuseFs::Mount(const MountOptions& options) {
   impl_->mounted = true;
   // Every request and reply then goes through KernelIo (the session's userdata is Impl).
   static constexpr fuse_custom_io kIo = {
-      .writev = [](int fd, struct iovec* iov, int count, void* userdata) {
-        return static_cast<Impl*>(userdata)->kio.Writev(fd, iov, count);
-      },
-      .read = [](int fd, void* buf, size_t len, void* userdata) {
-        return static_cast<Impl*>(userdata)->kio.Read(fd, buf, len);
-      },
+      .writev =
+          [](int fd, struct iovec* iov, int count, void* userdata) {
+            return static_cast<Impl*>(userdata)->kio.Writev(fd, iov, count);
+          },
+      .read = [](int fd, void* buf, size_t len,
+                 void* userdata) { return static_cast<Impl*>(userdata)->kio.Read(fd, buf, len); },
       .splice_receive = nullptr,
       .splice_send = nullptr,
   };

@@ -38,8 +38,7 @@ void KernelIo::NoteRequest(const void* buf, std::size_t n) {
       } in;
       if (n < sizeof(fuse_in_header) + sizeof(in)) return;
       std::memcpy(&in, p + sizeof(fuse_in_header), sizeof(in));
-      kernel_offers_v2_.store((in.flags & FUSE_HANDLE_KILLPRIV_V2) != 0,
-                              std::memory_order_relaxed);
+      kernel_offers_v2_.store((in.flags & FUSE_HANDLE_KILLPRIV_V2) != 0, std::memory_order_relaxed);
       init_unique_.store(h.unique, std::memory_order_relaxed);
       init_pending_.store(true, std::memory_order_release);
       return;

@@ -452,8 +452,8 @@ void Ops::Open(Reply& r, fuse_ino_t ino, fuse_file_info* fi) {
 void Ops::Create(Reply& r, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
   if (!NameFits(r, name)) return;
   const RequestContext ctx = r.Context();
-  auto c = fs_.Create(parent, name, mode & ~ctx.umask, ctx.uid, ctx.gid, fi->flags,
-                      KillsSuidgid(ctx));
+  auto c =
+      fs_.Create(parent, name, mode & ~ctx.umask, ctx.uid, ctx.gid, fi->flags, KillsSuidgid(ctx));
   if (!c.ok()) return ReplyError(r, c.status(), "create");
   fi->fh = c->handle;
   Told(c->attr, /*entry=*/true);

@@ -17,6 +17,12 @@
 namespace foreverfs::server {
 namespace {
 
+// The bits a write, truncate or chown clears from `mode`: setuid, and setgid where it means
+// "set group id" (group-executable), as Linux's should_remove_suid.
+std::uint32_t SetIdsToClear(std::uint32_t mode) {
+  return S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
+}
+
 Status CheckName(std::string_view name) {
   if (name.size() > model::kMaxNameSize)
     return Err(Code::kNameTooLong, "name '{}...' is longer than 255 bytes", name.substr(0, 32));
@@ -172,7 +178,7 @@ Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& request) {
     auto a = GetAttr(id);
     if (!a.ok()) return a.status();
     const std::uint32_t mode = req.mode.value_or(a->rec.mode);
-    const std::uint32_t kill = S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
+    const std::uint32_t kill = SetIdsToClear(mode);
     if (a->rec.kind == InodeKind::kFile && (mode & kill)) req.mode = mode & ~kill;
     req.kill_suidgid = false;
   }
@@ -603,8 +609,7 @@ Result<std::uint64_t> FileServer::Open(InodeId id, int flags, bool kill_suidgid)
   return OpenRecord(*rec, flags, kill_suidgid);
 }
 
-Result<std::uint64_t> FileServer::OpenRecord(const InodeRecord& rec, int flags,
-                                             bool kill_suidgid) {
+Result<std::uint64_t> FileServer::OpenRecord(const InodeRecord& rec, int flags, bool kill_suidgid) {
   const InodeId id = rec.id;
   if (rec.kind == InodeKind::kDir && (flags & O_ACCMODE) != O_RDONLY) {
     return Err(Code::kIsDir, "cannot open a directory for writing");
@@ -652,7 +657,7 @@ Status FileServer::ClearSetIds(InodeId id) {
   auto a = GetAttr(id);
   if (!a.ok()) return a.status();
   const std::uint32_t mode = a->rec.mode;
-  const std::uint32_t kill = S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
+  const std::uint32_t kill = SetIdsToClear(mode);
   if (a->rec.kind != InodeKind::kFile || !(mode & kill)) return Ok();  // nothing to commit
   SetAttrRequest req;
   req.mode = mode & ~kill;

@@ -3,8 +3,6 @@
 // creates are read from the raw requests, at every length a request can have; the read and
 // writev hooks do this on real descriptors.
 
-#include "fuse/kernel_io.h"
-
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/fuse.h>
@@ -16,6 +14,8 @@
 #include <cstring>
 #include <thread>
 #include <vector>
+
+#include "fuse/kernel_io.h"
 
 namespace foreverfs::fuse {
 namespace {
@@ -134,9 +134,8 @@ TEST(KernelIoTest, InitOutLengthsAtTheBounds) {
     std::size_t len;
     bool patched;
   };
-  for (Case c : {Case{0, false}, Case{8, false}, Case{15, false}, Case{16, true},
-                 Case{24, true}, Case{sizeof(fuse_init_out), true}, Case{256, true},
-                 Case{257, false}}) {
+  for (Case c : {Case{0, false}, Case{8, false}, Case{15, false}, Case{16, true}, Case{24, true},
+                 Case{sizeof(fuse_init_out), true}, Case{256, true}, Case{257, false}}) {
     KernelIo io;
     io.NoteRequest(init.data(), init.size());
     std::vector<std::uint8_t> body(c.len, 0xAB);
