@@ -25,12 +25,12 @@
 
 namespace foreverfs::fuse {
 
-// Off for now: with the flag taken, the POSIX model test (tests/integration/posix_model.py
-// --seed 569313194 --ops 2765) ends with a file that kept setuid after a chgrp by root (no
-// SETATTR seemed to reach the daemon), where ext4 clears it; without the flag the run
-// matches. Until that is understood the kernel clears setuid/setgid itself (libfuse's v1
-// flag is off too, see OpInit), and the INIT reply goes out as libfuse wrote it.
-inline constexpr bool kNegotiateKillprivV2 = false;
+// With the flag taken the kernel stops probing security.capability before every write and
+// leaves clearing setuid/setgid to the daemon: on write and truncate by its per-request mark,
+// on every chown of anything but a directory (FileServer::SetAttr). Off, the kernel clears
+// them itself (libfuse's v1 flag is off too, see OpInit) and the INIT reply goes out as
+// libfuse wrote it.
+inline constexpr bool kNegotiateKillprivV2 = true;
 
 class KernelIo {
  public:

@@ -61,6 +61,11 @@ fi
 
 echo
 if [ ${#failed[@]} -gt 0 ]; then
+  # The failed unit tests again, where the end of the output (all that CI shows) holds them.
+  for d in build build-asan build-tsan; do
+    f=$d/Testing/Temporary/LastTestsFailed.log
+    [ -s "$f" ] && [ "$f" -nt build/CMakeCache.txt ] && echo "failed in $d: $(tr '\n' ' ' <"$f")"
+  done
   echo "FAILED: ${failed[*]}"
   exit 1
 fi

@@ -168,9 +168,9 @@ Result<Attr> FileServer::GetAttr(InodeId id, std::uint64_t handle) {
 
 Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& request) {
   SetAttrRequest req = request;
-  // A chown or chgrp of a file clears them whoever asks, as Linux does for anything but a
-  // directory (the kernel's mark for it is not needed, nor always sent: a file renamed over
-  // a symlink and then chgrp'd kept setuid in the POSIX model test).
+  // A chown or chgrp clears them whoever asks, as Linux does for anything but a directory:
+  // FIFOs and device nodes too (with FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to us;
+  // a mkfifo'd 04141 node kept setuid after a chgrp in the POSIX model test).
   if (req.uid || req.gid) req.kill_suidgid = true;
   if (req.kill_suidgid) {
     // In the same change as the chown (or the mode change after the truncate), as Linux
@@ -179,7 +179,7 @@ Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& request) {
     if (!a.ok()) return a.status();
     const std::uint32_t mode = req.mode.value_or(a->rec.mode);
     const std::uint32_t kill = SetIdsToClear(mode);
-    if (a->rec.kind == InodeKind::kFile && (mode & kill)) req.mode = mode & ~kill;
+    if (a->rec.kind != InodeKind::kDir && (mode & kill)) req.mode = mode & ~kill;
     req.kill_suidgid = false;
   }
   if (req.size) {
