@@ -7,7 +7,22 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 failed=()
+retried=()
 step() { echo; echo "=== $*"; }
+# Unit tests under a sanitizer: a failed test runs once more, and both the failure and the
+# retry stay in the output and in the summary at the end (the sanitizers slow some timing-bound
+# multi-node tests down many times on two cores; a test that fails twice fails the stage).
+sanitized_ctest() {
+  local dir=$1; shift
+  local log; log=$(mktemp)
+  (cd "$dir" && env "$@" ctest --output-on-failure -j2 --repeat until-pass:2) 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local t
+  for t in $(grep -oE 'Test +#[0-9]+: [A-Za-z0-9_./]+ \.+\*+(Failed|Exception|Timeout)' "$log" |
+             awk '{print $3}' | sort -u); do retried+=("$dir:$t"); done
+  rm -f "$log"
+  return "$rc"
+}
 
 bash scripts/build.sh || { echo "build failed"; exit 1; }
 
@@ -17,7 +32,7 @@ step "unit tests"
 step "unit tests under ASan/UBSan"
 if cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFOREVERFS_SANITIZE=ON >/dev/null &&
    cmake --build build-asan -j"$(nproc)" --target test_crypto test_cas test_model test_net test_server test_fuse test_app; then
-  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j2) || failed+=("sanitized unit tests")
+  sanitized_ctest build-asan ASAN_OPTIONS=detect_leaks=1 || failed+=("sanitized unit tests")
 else
   failed+=("sanitized build")
 fi
@@ -26,7 +41,7 @@ step "unit tests, and two integration scripts, under ThreadSanitizer (clang, -Wt
 tsan_env=(TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 exitcode=66")
 if CC=clang CXX=clang++ cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFOREVERFS_TSAN=ON >/dev/null &&
    cmake --build build-tsan -j"$(nproc)" --target test_crypto test_cas test_model test_net test_server test_fuse test_app foreverfs; then
-  (cd build-tsan && env "${tsan_env[@]}" ctest --output-on-failure -j2) || failed+=("TSan unit tests")
+  sanitized_ctest build-tsan "${tsan_env[@]}" || failed+=("TSan unit tests")
   # A race in the daemon ends it with exit code 66 (the scripts check unmount's exit code) and
   # leaves a report in its log.
   for t in single_node multi_node; do
@@ -60,6 +75,7 @@ else
 fi
 
 echo
+[ ${#retried[@]} -gt 0 ] && echo "failed once under a sanitizer (see above): ${retried[*]}"
 if [ ${#failed[@]} -gt 0 ]; then
   # The failed unit tests again, where the end of the output (all that CI shows) holds them.
   for d in build build-asan build-tsan; do
