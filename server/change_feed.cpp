@@ -119,7 +119,7 @@ void ChangeFeed::OnRelayedFeedAcks(std::uint64_t node, const net::RelayedFeedAck
   fs_.ns().RecordRelayedAcks(node, msg);
 }
 
-void ChangeFeed::Close(std::uint64_t node) { peers_.erase(node); }
+bool ChangeFeed::Close(std::uint64_t node) { return peers_.erase(node) > 0; }
 
 void ChangeFeed::OnSubscribe(std::uint64_t node, const net::Subscribe& msg) {
   auto it = peers_.find(node);

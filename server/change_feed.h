@@ -36,8 +36,9 @@ class ChangeFeed : public std::enable_shared_from_this<ChangeFeed> {
   // PeerLinks admitted `link`: subscribe to its feed from our cursor, and tell it how far we
   // hold its feed already (so that it can purge without waiting for a new change).
   void Open(const std::shared_ptr<net::Link>& link);
-  // The peer's link closed: its feed state goes.
-  void Close(std::uint64_t node);
+  // The peer's link closed, or turned short-lived: its feed state goes (both ways). True if
+  // there was any.
+  bool Close(std::uint64_t node);
 
   void OnSubscribe(std::uint64_t node, const net::Subscribe& msg);
   void OnChanges(std::uint64_t node, net::Changes&& changes);

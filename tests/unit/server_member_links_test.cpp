@@ -248,6 +248,63 @@ TEST_F(MembershipClusterTest, TombstonesArePurgedEverywhereOverBoundedLinks) {
   }
 }
 
+// Links turn short-lived and long-lived again as members join and the plan of bounded links
+// changes. Once it settles, every link both ends hold long-lived carries the feed both ways:
+// each end applies the other's feed (a node that dropped a peer's subscription when its link
+// turned short-lived and took the link back had no way to make the peer subscribe again).
+TEST_F(MembershipClusterTest, EveryLongLivedLinkCarriesTheFeedBothWaysAfterPlanChanges) {
+  // Short-lived links stay open long (10 s idle), so that a link the plan drops and takes back
+  // is still the same link.
+  const ReplicatorOptions o = Small(2, 100ms, 10s);
+  for (int i = 0; i < 4; ++i) AddNode(o);
+  StartAll();
+  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  for (int i = 0; i < 4; ++i) {
+    Node& added = AddNode(o);
+    OnIo(io_, [&] {
+      added.replicator->StartMembership(Addr(added), {Addr(*nodes_.front())}, DialerFor(added));
+      return 0;
+    });
+    ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  }
+  // Node -> (peer -> {long-lived here, the peer applies our feed}).
+  using View = std::map<std::uint64_t, std::map<std::uint64_t, std::pair<bool, bool>>>;
+  auto view = [&] {
+    return OnIo(io_, [&] {
+      View v;
+      for (auto& node : nodes_) {
+        for (const auto& p : node->replicator->Peers()) {
+          if (p.connected) v[node->id()][p.node_id] = {p.long_lived, p.subscribed};
+        }
+      }
+      return v;
+    });
+  };
+  std::string missing;
+  const bool settled = Eventually(
+      [&] {
+        const View v = view();
+        missing.clear();
+        for (const auto& [node, peers] : v) {
+          for (const auto& [peer, state] : peers) {
+            auto back = v.find(peer);
+            const bool both = state.first && back != v.end() && back->second.contains(node) &&
+                              back->second.at(node).first;
+            // Long-lived at both ends: the peer applies our feed. Short-lived at the peer's
+            // end: it has stopped following our feed, so we do not serve it.
+            if (both && !state.second) missing += fmt::format(" {:x} not following {:x};", peer, node);
+            if (!both && state.second && back != v.end() && back->second.contains(node) &&
+                !back->second.at(node).first) {
+              missing += fmt::format(" {:x} still served by {:x};", peer, node);
+            }
+          }
+        }
+        return missing.empty();
+      },
+      20s);
+  EXPECT_TRUE(settled) << missing;
+}
+
 // Repair: a member that holds chunks (--replicas 2) goes away for good. Once it is down, each of
 // its chunks is ranked to another member, which fetches it: every chunk is back on two live
 // members.
