@@ -66,11 +66,12 @@ class ChunkStore {
 // Computes chunk ids: HMAC-SHA-256 keyed with the id key.
 class ChunkHasher {
  public:
-  explicit ChunkHasher(const crypto::Key256& id_key) : key_(id_key) {}
-  ChunkId IdOf(ByteSpan data) const;
+  explicit ChunkHasher(const crypto::Key256& id_key)
+      : key_(std::make_shared<const crypto::HmacSha256Key>(id_key)) {}
+  ChunkId IdOf(ByteSpan data) const { return key_->Of(data); }
 
  private:
-  crypto::Key256 key_;
+  std::shared_ptr<const crypto::HmacSha256Key> key_;  // shared by copies
 };
 
 // Files under `root`: root/ab/cd/<64 hex digits>, written to a temp file and renamed; Sync is

@@ -23,8 +23,6 @@ Result<Extent> ChunkStore::ReadAt(const ChunkId& id, std::size_t offset, Mutable
   return e;
 }
 
-ChunkId ChunkHasher::IdOf(ByteSpan data) const { return crypto::HmacSha256(key_, data); }
-
 ChunkHasher MakeHasher(const crypto::ClusterKey& key) {
   return ChunkHasher(crypto::DeriveKey(key.secret, kIdKeyPurpose));
 }

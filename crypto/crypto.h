@@ -44,6 +44,22 @@ class Sha256 {
 // HMAC-SHA-256 (RFC 2104) in one call.
 Digest HmacSha256(ByteSpan key, ByteSpan data);
 
+// HMAC-SHA-256 under one fixed key, many messages: the key's inner and outer pads are hashed
+// once here, so a message costs its own hashing and two context copies (EVP_Q_mac fetched the
+// algorithm and keyed a context on every call). Of() is safe from any number of threads.
+class HmacSha256Key {
+ public:
+  explicit HmacSha256Key(ByteSpan key);
+  ~HmacSha256Key();
+  HmacSha256Key(const HmacSha256Key&) = delete;
+  HmacSha256Key& operator=(const HmacSha256Key&) = delete;
+  Digest Of(ByteSpan data) const;
+
+ private:
+  struct evp_md_ctx_st* inner_;  // owned: SHA-256 after (key ^ ipad)
+  struct evp_md_ctx_st* outer_;  // owned: SHA-256 after (key ^ opad)
+};
+
 // HKDF-SHA-256 (RFC 5869): extract with `salt`, expand with `info` to `length` bytes.
 Bytes Hkdf(ByteSpan ikm, ByteSpan salt, std::string_view info, std::size_t length);
 // A 256-bit subkey of `master` for one purpose (HKDF, empty salt, info = purpose).

@@ -1,9 +1,11 @@
 // SHA-256, HMAC-SHA-256, hex helpers and the CSPRNG, through OpenSSL 3 EVP.
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -123,6 +125,70 @@ Digest HmacSha256(ByteSpan key, ByteSpan data) {
                 data.size(), d.data(), d.size(), &len) == nullptr ||
       len != d.size()) {
     Die("EVP_Q_mac");
+  }
+  return d;
+}
+
+namespace {
+
+constexpr std::size_t kShaBlock = 64;
+
+EVP_MD_CTX* PaddedCtx(const std::array<std::uint8_t, kShaBlock>& block, std::uint8_t pad) {
+  std::array<std::uint8_t, kShaBlock> padded{};
+  for (std::size_t i = 0; i < kShaBlock; ++i) padded[i] = block[i] ^ pad;
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  if (ctx == nullptr || EVP_DigestInit_ex2(ctx, EVP_sha256(), nullptr) != 1 ||
+      EVP_DigestUpdate(ctx, padded.data(), padded.size()) != 1) {
+    Die("HMAC key setup");
+  }
+  OPENSSL_cleanse(padded.data(), padded.size());
+  return ctx;
+}
+
+// Two reusable contexts per thread for HmacSha256Key::Of.
+struct ThreadMdCtx {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  ThreadMdCtx() {
+    if (ctx == nullptr) Die("EVP_MD_CTX_new");
+  }
+  ~ThreadMdCtx() { EVP_MD_CTX_free(ctx); }
+  ThreadMdCtx(const ThreadMdCtx&) = delete;
+  ThreadMdCtx& operator=(const ThreadMdCtx&) = delete;
+};
+
+}  // namespace
+
+HmacSha256Key::HmacSha256Key(ByteSpan key) {
+  // RFC 2104: a key longer than a block is hashed first, a shorter one padded with zeros.
+  std::array<std::uint8_t, kShaBlock> block{};
+  if (key.size() > kShaBlock) {
+    const Digest d = Sha256::Of(key);
+    std::copy(d.begin(), d.end(), block.begin());
+  } else {
+    std::copy(key.begin(), key.end(), block.begin());
+  }
+  inner_ = PaddedCtx(block, 0x36);
+  outer_ = PaddedCtx(block, 0x5c);
+  OPENSSL_cleanse(block.data(), block.size());
+}
+
+HmacSha256Key::~HmacSha256Key() {
+  EVP_MD_CTX_free(inner_);
+  EVP_MD_CTX_free(outer_);
+}
+
+Digest HmacSha256Key::Of(ByteSpan data) const {
+  thread_local ThreadMdCtx work;
+  Digest inner{};
+  Digest d{};
+  unsigned int len = 0;
+  if (EVP_MD_CTX_copy_ex(work.ctx, inner_) != 1 ||
+      (!data.empty() && EVP_DigestUpdate(work.ctx, data.data(), data.size()) != 1) ||
+      EVP_DigestFinal_ex(work.ctx, inner.data(), &len) != 1 || len != inner.size() ||
+      EVP_MD_CTX_copy_ex(work.ctx, outer_) != 1 ||
+      EVP_DigestUpdate(work.ctx, inner.data(), inner.size()) != 1 ||
+      EVP_DigestFinal_ex(work.ctx, d.data(), &len) != 1 || len != d.size()) {
+    Die("HMAC-SHA-256");
   }
   return d;
 }

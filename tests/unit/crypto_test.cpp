@@ -6,9 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace foreverfs::crypto {
 namespace {
@@ -72,6 +75,45 @@ TEST(HmacSha256Test, EmptyInputs) {
   // HMAC-SHA-256 with an empty key of an empty message (widely published value).
   EXPECT_EQ(HexOf(HmacSha256({}, {})),
             "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad");
+}
+
+// The keyed form gives what the one-call form gives, at every key and message size around
+// SHA-256's 64-byte block (RFC 2104: keys over a block are hashed first), and the RFC 4231
+// vectors; from several threads at once.
+TEST(HmacSha256Test, KeyedFormMatchesTheOneCallForm) {
+  EXPECT_EQ(HexOf(HmacSha256Key(Bytes(20, 0x0b)).Of(AsBytes("Hi There"))),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+  EXPECT_EQ(HexOf(HmacSha256Key(AsBytes("Jefe")).Of(AsBytes("what do ya want for nothing?"))),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  // RFC 4231 test case 6: a 131-byte key.
+  EXPECT_EQ(HexOf(HmacSha256Key(Bytes(131, 0xaa))
+                      .Of(AsBytes("Test Using Larger Than Block-Size Key - Hash Key First"))),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+  Bytes data(1 << 20);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::uint8_t>(i * 131 + 7);
+  for (std::size_t key_size : {0, 1, 31, 32, 63, 64, 65, 128, 200}) {
+    const Bytes key(data.begin() + 100, data.begin() + 100 + static_cast<std::ptrdiff_t>(key_size));
+    const HmacSha256Key keyed(key);
+    for (std::size_t n : {0, 1, 55, 56, 63, 64, 65, 4096, 1 << 20}) {
+      const ByteSpan msg(data.data(), n);
+      EXPECT_EQ(keyed.Of(msg), HmacSha256(key, msg)) << "key " << key_size << ", message " << n;
+      EXPECT_EQ(keyed.Of(msg), keyed.Of(msg)) << "the key is left as it was";
+    }
+  }
+  const Bytes key(32, 0x42);
+  const HmacSha256Key keyed(key);
+  std::vector<std::thread> threads;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) {
+        const ByteSpan msg(data.data() + t * 1000 + i, static_cast<std::size_t>(i * 37 % 5000));
+        if (keyed.Of(msg) != HmacSha256(key, msg)) ++wrong;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wrong.load(), 0);
 }
 
 // RFC 5869 test case 1.
