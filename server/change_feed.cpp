@@ -49,6 +49,7 @@ void ChangeFeed::Open(const std::shared_ptr<net::Link>& link) {
   // What we hold of its feed already, so that it can purge without waiting for a new change.
   SendAck(node, link, cursor);
   Peer& p = peers_[node];
+  p.following = true;
   p.applied = p.acked = cursor;
   // Everything of its feed through our cursor is here, at or before our feed's end now.
   if (p.history.empty()) Remember(p, cursor);
@@ -119,7 +120,7 @@ void ChangeFeed::OnRelayedFeedAcks(std::uint64_t node, const net::RelayedFeedAck
   fs_.ns().RecordRelayedAcks(node, msg);
 }
 
-bool ChangeFeed::Close(std::uint64_t node) { return peers_.erase(node) > 0; }
+void ChangeFeed::Close(std::uint64_t node) { peers_.erase(node); }
 
 void ChangeFeed::OnSubscribe(std::uint64_t node, const net::Subscribe& msg) {
   auto it = peers_.find(node);
@@ -129,10 +130,17 @@ void ChangeFeed::OnSubscribe(std::uint64_t node, const net::Subscribe& msg) {
     if (!link) return;
     it = peers_.emplace(node, Peer{link}).first;
   }
+  Peer& p = it->second;
+  if (p.subscribed && p.following) {
+    // A second Subscribe on a link that carried the first: the peer's end dropped this
+    // link's feed state (the link turned short-lived there and back while it stayed open),
+    // and with it our subscription to its feed, which nothing else would renew.
+    p.link->Send(net::Subscribe{fs_.ns().Cursor(node)});
+  }
   auto since = msg.since;
   if (since > fs_.ns().LastSeq()) since = 0;  // our feed restarted: send it all
-  it->second.feed_cursor = since;
-  it->second.subscribed = true;
+  p.feed_cursor = since;
+  p.subscribed = true;
   Pump(node);
 }
 

@@ -36,9 +36,11 @@ class ChangeFeed : public std::enable_shared_from_this<ChangeFeed> {
   // PeerLinks admitted `link`: subscribe to its feed from our cursor, and tell it how far we
   // hold its feed already (so that it can purge without waiting for a new change).
   void Open(const std::shared_ptr<net::Link>& link);
-  // The peer's link closed, or turned short-lived: its feed state goes (both ways). True if
-  // there was any.
-  bool Close(std::uint64_t node);
+  // The peer's link closed, or turned short-lived: its feed state goes, both ways. If the
+  // link turns long-lived here again while it stays open, Open subscribes anew, and the peer,
+  // seeing a second Subscribe on a link that carried one, subscribes to ours again
+  // (OnSubscribe).
+  void Close(std::uint64_t node);
 
   void OnSubscribe(std::uint64_t node, const net::Subscribe& msg);
   void OnChanges(std::uint64_t node, net::Changes&& changes);
@@ -64,7 +66,8 @@ class ChangeFeed : public std::enable_shared_from_this<ChangeFeed> {
   struct Peer {
     std::shared_ptr<net::Link> link;
     std::uint64_t feed_cursor = 0;
-    bool subscribed = false;
+    bool subscribed = false;  // it applies our feed
+    bool following = false;   // we subscribed to its feed (Open)
     bool pump_scheduled = false;
     std::uint64_t records_received = 0;
     std::uint64_t peer_seq = 0;

@@ -84,16 +84,7 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
     // A link turned long-lived (the feed starts on it) or short-lived (it stops; the link
     // closes when idle).
     if (!planned) {
-      // The feed stops both ways. The peer may still hold the link long-lived and count on
-      // this end serving its subscription, and nothing could tell it to subscribe again if the
-      // link turned long-lived here once more while it stayed open: a link that carried a feed
-      // closes (after this reconcile), and whichever end plans it long-lived dials again and
-      // both subscribe afresh, as after an idle close.
-      if (feed_->Close(node)) {
-        if (auto link = links_->Find(node)) {
-          boost::asio::post(io_, [link] { link->Close("the link plan no longer holds it"); });
-        }
-      }
+      feed_->Close(node);
       return;
     }
     if (auto link = links_->Find(node)) {

@@ -427,6 +427,66 @@ TEST_F(ReplicationTest, FetchCompletesWhileAnUpdateOfTheSameFileArrives) {
   node.files->Release(*h);
 }
 
+// A peer that counts the Subscribes it receives and subscribes to the node when told. Its
+// link is touched on the io thread only.
+class SubscribingPeer : public net::LinkHandler {
+ public:
+  explicit SubscribingPeer(std::uint64_t id) : id_(id) {}
+  std::uint64_t id() const { return id_; }
+  bool OnOpen(const std::shared_ptr<net::Link>& link) override {
+    link_ = link;
+    return true;
+  }
+  void OnMessage(const std::shared_ptr<net::Link>&, net::Message&& m) override {
+    if (std::holds_alternative<net::Subscribe>(m)) ++received;
+  }
+  void OnClose(const std::shared_ptr<net::Link>&, const std::string&) override { link_.reset(); }
+  void Subscribe() {
+    if (link_) link_->Send(net::Subscribe{0});
+  }
+  std::atomic<int> received{0};
+
+ private:
+  const std::uint64_t id_;
+  std::shared_ptr<net::Link> link_;
+};
+
+// The end of a link that dropped its feed state (the link turned short-lived in its plan)
+// and took the link back while it stayed open subscribes a second time on that link; its
+// state held our subscription to its feed, which it has forgotten, so the node subscribes
+// again. A first Subscribe is not answered so.
+TEST_F(ReplicationTest, ASecondSubscribeOnTheSameLinkIsAnsweredWithOurs) {
+  Node& node = AddNode();
+  SubscribingPeer peer(0x5b5b);
+  network_->Connect(node.id(), *node.replicator, peer.id(), peer);
+  ASSERT_TRUE(Eventually([&] { return peer.received.load() == 1; })) << "the node's own";
+  const auto serves = [&] {
+    return OnIo(io_, [&] {
+      for (const auto& p : node.replicator->Peers()) {
+        if (p.node_id == peer.id()) return p.subscribed;
+      }
+      return false;
+    });
+  };
+  EXPECT_FALSE(serves());
+  OnIo(io_, [&] {
+    peer.Subscribe();
+    return 0;
+  });
+  ASSERT_TRUE(Eventually(serves));
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(peer.received.load(), 1) << "a first Subscribe is not answered with one";
+  OnIo(io_, [&] {
+    peer.Subscribe();
+    return 0;
+  });
+  EXPECT_TRUE(Eventually([&] { return peer.received.load() == 2; }));
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(peer.received.load(), 2);
+  network_->Disconnect(node.id(), peer.id());
+  ASSERT_TRUE(Eventually([&] { return PeerCount(node) == 0; }));
+}
+
 TEST_F(ReplicationTest, DuplicateLinksCollapseToOne) {
   Node& a = AddNode();
   Node& b = AddNode();
