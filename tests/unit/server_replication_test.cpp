@@ -119,6 +119,7 @@ class FakePeer : public net::LinkHandler {
     return true;
   }
   void OnMessage(const std::shared_ptr<net::Link>& link, net::Message&& m) override {
+    if (std::holds_alternative<net::Subscribe>(m)) ++subscribes;
     if (std::holds_alternative<net::Subscribe>(m) && announce_) {
       link->Send(*announce_);
     } else if (auto* get = std::get_if<net::GetChunk>(&m)) {
@@ -134,10 +135,15 @@ class FakePeer : public net::LinkHandler {
 
   // Records sent in answer to the node's Subscribe. Set before connecting.
   void Announce(net::Changes changes) { announce_ = std::move(changes); }
+  // Subscribes to the node's feed from its start. io thread only.
+  void Subscribe() {
+    if (link_) link_->Send(net::Subscribe{0});
+  }
 
   // io thread only.
   std::function<void(const std::shared_ptr<net::Link>&, const net::GetChunk&)> answer;
   std::atomic<int> get_chunks{0};
+  std::atomic<int> subscribes{0};  // Subscribe messages received
 
  private:
   const std::uint64_t id_;
@@ -427,39 +433,15 @@ TEST_F(ReplicationTest, FetchCompletesWhileAnUpdateOfTheSameFileArrives) {
   node.files->Release(*h);
 }
 
-// A peer that counts the Subscribes it receives and subscribes to the node when told. Its
-// link is touched on the io thread only.
-class SubscribingPeer : public net::LinkHandler {
- public:
-  explicit SubscribingPeer(std::uint64_t id) : id_(id) {}
-  std::uint64_t id() const { return id_; }
-  bool OnOpen(const std::shared_ptr<net::Link>& link) override {
-    link_ = link;
-    return true;
-  }
-  void OnMessage(const std::shared_ptr<net::Link>&, net::Message&& m) override {
-    if (std::holds_alternative<net::Subscribe>(m)) ++received;
-  }
-  void OnClose(const std::shared_ptr<net::Link>&, const std::string&) override { link_.reset(); }
-  void Subscribe() {
-    if (link_) link_->Send(net::Subscribe{0});
-  }
-  std::atomic<int> received{0};
-
- private:
-  const std::uint64_t id_;
-  std::shared_ptr<net::Link> link_;
-};
-
 // The end of a link that dropped its feed state (the link turned short-lived in its plan)
 // and took the link back while it stayed open subscribes a second time on that link; its
 // state held our subscription to its feed, which it has forgotten, so the node subscribes
 // again. A first Subscribe is not answered so.
 TEST_F(ReplicationTest, ASecondSubscribeOnTheSameLinkIsAnsweredWithOurs) {
   Node& node = AddNode();
-  SubscribingPeer peer(0x5b5b);
+  FakePeer peer(0x5b5b);
   network_->Connect(node.id(), *node.replicator, peer.id(), peer);
-  ASSERT_TRUE(Eventually([&] { return peer.received.load() == 1; })) << "the node's own";
+  ASSERT_TRUE(Eventually([&] { return peer.subscribes.load() == 1; })) << "the node's own";
   const auto serves = [&] {
     return OnIo(io_, [&] {
       for (const auto& p : node.replicator->Peers()) {
@@ -475,14 +457,14 @@ TEST_F(ReplicationTest, ASecondSubscribeOnTheSameLinkIsAnsweredWithOurs) {
   });
   ASSERT_TRUE(Eventually(serves));
   std::this_thread::sleep_for(200ms);
-  EXPECT_EQ(peer.received.load(), 1) << "a first Subscribe is not answered with one";
+  EXPECT_EQ(peer.subscribes.load(), 1) << "a first Subscribe is not answered with one";
   OnIo(io_, [&] {
     peer.Subscribe();
     return 0;
   });
-  EXPECT_TRUE(Eventually([&] { return peer.received.load() == 2; }));
+  EXPECT_TRUE(Eventually([&] { return peer.subscribes.load() == 2; }));
   std::this_thread::sleep_for(200ms);
-  EXPECT_EQ(peer.received.load(), 2);
+  EXPECT_EQ(peer.subscribes.load(), 2);
   network_->Disconnect(node.id(), peer.id());
   ASSERT_TRUE(Eventually([&] { return PeerCount(node) == 0; }));
 }
