@@ -1,6 +1,7 @@
 #pragma once
 // crypto/: hashing, authenticated encryption, key derivation and cluster key files, all through
-// OpenSSL 3 EVP. Every function is thread-safe; objects are not shared between threads.
+// OpenSSL 3 EVP. Every function is thread-safe; objects are not shared between threads, except
+// HmacSha256Key, whose Of() is safe from any number of threads.
 
 #include <array>
 #include <cstdint>
@@ -11,6 +12,11 @@
 
 #include "base/bytes.h"
 #include "base/status.h"
+
+// OpenSSL's context types (openssl/types.h), declared here at global scope so that every
+// translation unit names the same types.
+struct evp_md_ctx_st;
+struct evp_cipher_ctx_st;
 
 namespace foreverfs::crypto {
 
@@ -56,8 +62,8 @@ class HmacSha256Key {
   Digest Of(ByteSpan data) const;
 
  private:
-  struct evp_md_ctx_st* inner_;  // owned: SHA-256 after (key ^ ipad)
-  struct evp_md_ctx_st* outer_;  // owned: SHA-256 after (key ^ opad)
+  ::evp_md_ctx_st* inner_;  // owned: SHA-256 after (key ^ ipad)
+  ::evp_md_ctx_st* outer_;  // owned: SHA-256 after (key ^ opad)
 };
 
 // HKDF-SHA-256 (RFC 5869): extract with `salt`, expand with `info` to `length` bytes.
@@ -91,7 +97,7 @@ class Aead {
 
  private:
   struct Ctx;
-  static struct evp_cipher_ctx_st* KeyedCtx(Ctx*& slot, const Key256& key, bool encrypt);
+  static ::evp_cipher_ctx_st* KeyedCtx(Ctx*& slot, const Key256& key, bool encrypt);
   Key256 key_;
   Ctx* enc_ = nullptr;  // owned; created on first use
   Ctx* dec_ = nullptr;
@@ -115,7 +121,7 @@ class Ctr {
   void Xor(const std::array<std::uint8_t, 16>& iv, std::uint64_t offset, MutableByteSpan data);
 
  private:
-  struct evp_cipher_ctx_st* ctx_;  // owned
+  ::evp_cipher_ctx_st* ctx_;  // owned
 };
 
 // The cluster key: 32 secret bytes stored in a file as 64 hex digits and a newline.

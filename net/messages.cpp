@@ -57,7 +57,10 @@ void Put(Writer& w, const Peers& m) {
   }
 }
 
-void Put(Writer& w, const Subscribe& m) { w.PutU64(m.since); }
+void Put(Writer& w, const Subscribe& m) {
+  w.PutU64(m.since);
+  if (m.answer) w.PutU8(1);
+}
 
 void Put(Writer& w, const InodeRecord& r) {
   w.PutU64(r.id);
@@ -240,7 +243,14 @@ void Get(Reader& r, Peers& m) {
   }
 }
 
-void Get(Reader& r, Subscribe& m) { m.since = r.GetU64("since"); }
+void Get(Reader& r, Subscribe& m) {
+  m.since = r.GetU64("since");
+  if (r.remaining() > 0) {
+    // Only an answer carries the byte, and only as 1.
+    if (r.GetU8("answer") != 1) r.Fail("the answer byte, when present, must be 1");
+    m.answer = true;
+  }
+}
 
 void Get(Reader& r, InodeRecord& rec) {
   rec.id = r.GetU64("inode id");

@@ -98,8 +98,12 @@ struct Peers {
 };
 
 // "Stream me every namespace record you changed after your sequence number `since`."
+// `answer`: sent in answer to a second Subscribe on the same link (server/change_feed.cpp);
+// an answer is never answered. On the wire a byte 1 after `since`, present only then, so a
+// plain Subscribe keeps its layout.
 struct Subscribe {
   std::uint64_t since = 0;
+  bool answer = false;
   bool operator==(const Subscribe&) const = default;
 };
 

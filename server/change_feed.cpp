@@ -131,11 +131,13 @@ void ChangeFeed::OnSubscribe(std::uint64_t node, const net::Subscribe& msg) {
     it = peers_.emplace(node, Peer{link}).first;
   }
   Peer& p = it->second;
-  if (p.subscribed && p.following) {
+  if (p.subscribed && p.following && !msg.answer) {
     // A second Subscribe on a link that carried the first: the peer's end dropped this
     // link's feed state (the link turned short-lived there and back while it stayed open),
-    // and with it our subscription to its feed, which nothing else would renew.
-    p.link->Send(net::Subscribe{fs_.ns().Cursor(node)});
+    // and with it our subscription to its feed, which nothing else would renew. Our
+    // Subscribe goes as an answer, which is never answered: two ends that both took the
+    // link back cannot answer each other in a loop.
+    p.link->Send(net::Subscribe{fs_.ns().Cursor(node), true});
   }
   auto since = msg.since;
   if (since > fs_.ns().LastSeq()) since = 0;  // our feed restarted: send it all

@@ -116,6 +116,7 @@ TEST(NetCodecTest, RoundTripsEveryMessageType) {
           {{1, "a:1"}, {0xFFFFFFFFFFFFFFFFull, "[::1]:7070"}, {3, std::string(kMaxAddrSize, 'h')}}},
       Peers{},
       Subscribe{0x0102030405060708ull},
+      Subscribe{0xFFFFFFFFFFFFFFFFull, true},
       SampleChanges(),
       Changes{},
       GetChunk{77, DigestOf(33)},
@@ -325,7 +326,6 @@ TEST(NetCodecTest, RejectsEveryTypeTruncatedOrWithATrailingByte) {
       Auth{DigestOf(2)},
       Identity{1, 2, 3, "h:1", DigestOf(3)},
       Peers{{{1, "x:1"}, {2, "y:2"}}},
-      Subscribe{3},
       GetChunk{4, DigestOf(5)},
       ChunkReply{6, true, Bytes{1, 2, 3}},
       FeedAck{7, 8},
@@ -345,6 +345,34 @@ TEST(NetCodecTest, RejectsEveryTypeTruncatedOrWithATrailingByte) {
     EXPECT_EQ(s.code(), Code::kInvalid);
     EXPECT_THAT(s.message(), HasSubstr("1 trailing byte"));
   }
+}
+
+// Subscribe's answer byte is there only on an answer, and only as 1: a plain Subscribe keeps
+// the 8-byte layout of doc/protocol.md.
+TEST(NetCodecTest, SubscribeCarriesTheAnswerByteOnlyOnAnAnswer) {
+  const Bytes plain = PayloadOf(Subscribe{3});
+  EXPECT_EQ(plain, (Bytes{3, 0, 0, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(PayloadOf(Subscribe{3, true}), (Bytes{3, 0, 0, 0, 0, 0, 0, 0, 1}));
+  for (std::size_t n = 0; n < plain.size(); ++n) {
+    EXPECT_FALSE(DecodePayload(MessageType::kSubscribe, ByteSpan(plain).first(n)).ok()) << n;
+  }
+  auto decoded = [](Bytes payload) { return DecodePayload(MessageType::kSubscribe, payload); };
+  ASSERT_TRUE(decoded(plain).ok());
+  EXPECT_EQ(std::get<Subscribe>(*decoded(plain)), (Subscribe{3, false}));
+  Bytes answer = plain;
+  answer.push_back(1);
+  ASSERT_TRUE(decoded(answer).ok());
+  EXPECT_EQ(std::get<Subscribe>(*decoded(answer)), (Subscribe{3, true}));
+  for (std::uint8_t bad : {0, 2, 255}) {
+    Bytes b = plain;
+    b.push_back(bad);
+    EXPECT_THAT(DecodeStatus(MessageType::kSubscribe, b).message(), HasSubstr("must be 1"))
+        << int{bad};
+  }
+  answer.push_back(0);
+  Status s = DecodeStatus(MessageType::kSubscribe, answer);
+  EXPECT_EQ(s.code(), Code::kInvalid);
+  EXPECT_THAT(s.message(), HasSubstr("1 trailing byte"));
 }
 
 TEST(NetCodecTest, RejectsChangesWithATrailingByte) {
@@ -855,8 +883,8 @@ TEST(NetCodecTest, RelayedFeedAcksLayoutBoundsAndDuplicates) {
   EXPECT_EQ(EncodeFrame(RelayedFeedAcks{5, {{7, 9}}}),
             (Bytes{30, 0, 0, 0, 17, 0, 5, 0, 0, 0, 0, 0, 0, 0,  // type, via_seq
                    1,  0, 0, 0,                                 // one ack
-                   7,  0, 0, 0, 0, 0, 0, 0,                     // member
-                   9,  0, 0, 0, 0, 0, 0, 0}));                  // applied
+                   7,  0, 0, 0, 0,  0, 0, 0,                    // member
+                   9,  0, 0, 0, 0,  0, 0, 0}));                 // applied
   EXPECT_STREQ(TypeName(MessageType::kRelayedFeedAcks), "RelayedFeedAcks");
   // Empty, and at the bound with the largest values.
   for (std::size_t n : {std::size_t{0}, std::size_t{kMaxSyncMembers}}) {

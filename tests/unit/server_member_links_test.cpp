@@ -290,7 +290,8 @@ TEST_F(MembershipClusterTest, EveryLongLivedLinkCarriesTheFeedBothWaysAfterPlanC
             auto back = v.find(peer);
             const bool both = state.first && back != v.end() && back->second.contains(node) &&
                               back->second.at(node).first;
-            if (both && !state.second) missing += fmt::format(" {:x} not following {:x};", peer, node);
+            if (both && !state.second)
+              missing += fmt::format(" {:x} not following {:x};", peer, node);
           }
         }
         return missing.empty();

@@ -119,7 +119,10 @@ class FakePeer : public net::LinkHandler {
     return true;
   }
   void OnMessage(const std::shared_ptr<net::Link>& link, net::Message&& m) override {
-    if (std::holds_alternative<net::Subscribe>(m)) ++subscribes;
+    if (auto* sub = std::get_if<net::Subscribe>(&m)) {
+      ++subscribes;
+      if (sub->answer) ++answers;
+    }
     if (std::holds_alternative<net::Subscribe>(m) && announce_) {
       link->Send(*announce_);
     } else if (auto* get = std::get_if<net::GetChunk>(&m)) {
@@ -135,15 +138,16 @@ class FakePeer : public net::LinkHandler {
 
   // Records sent in answer to the node's Subscribe. Set before connecting.
   void Announce(net::Changes changes) { announce_ = std::move(changes); }
-  // Subscribes to the node's feed from its start. io thread only.
-  void Subscribe() {
-    if (link_) link_->Send(net::Subscribe{0});
+  // Subscribes to the node's feed from its start (as an answer if `answer`). io thread only.
+  void Subscribe(bool answer = false) {
+    if (link_) link_->Send(net::Subscribe{0, answer});
   }
 
   // io thread only.
   std::function<void(const std::shared_ptr<net::Link>&, const net::GetChunk&)> answer;
   std::atomic<int> get_chunks{0};
   std::atomic<int> subscribes{0};  // Subscribe messages received
+  std::atomic<int> answers{0};     // of which sent as answers
 
  private:
   const std::uint64_t id_;
@@ -463,8 +467,18 @@ TEST_F(ReplicationTest, ASecondSubscribeOnTheSameLinkIsAnsweredWithOurs) {
     return 0;
   });
   EXPECT_TRUE(Eventually([&] { return peer.subscribes.load() == 2; }));
+  EXPECT_EQ(peer.answers.load(), 1);
+  // A Subscribe sent as an answer is never answered (two ends that both took the link back
+  // would otherwise answer each other without end).
+  for (int i = 0; i < 3; ++i) {
+    OnIo(io_, [&] {
+      peer.Subscribe(true);
+      return 0;
+    });
+  }
   std::this_thread::sleep_for(200ms);
   EXPECT_EQ(peer.subscribes.load(), 2);
+  EXPECT_TRUE(serves());
   network_->Disconnect(node.id(), peer.id());
   ASSERT_TRUE(Eventually([&] { return PeerCount(node) == 0; }));
 }
@@ -1187,7 +1201,8 @@ TEST_F(ReplicationTest, PinningADirectoryFetchesEveryChunkBelowIt) {
     return n;
   };
   std::this_thread::sleep_for(500ms);
-  ASSERT_LT(held(), rec.manifest.size()) << "node 3 should hold only its ranked chunks, holds " << held();
+  ASSERT_LT(held(), rec.manifest.size())
+      << "node 3 should hold only its ranked chunks, holds " << held();
 
   const InodeId dir = c.files->Resolve("/d")->rec.id;
   EXPECT_EQ(c.files->SetPin(dir, AsBytes("2")).code(), Code::kInvalid);
