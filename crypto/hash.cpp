@@ -145,7 +145,7 @@ EVP_MD_CTX* PaddedCtx(const std::array<std::uint8_t, kShaBlock>& block, std::uin
   return ctx;
 }
 
-// Two reusable contexts per thread for HmacSha256Key::Of.
+// A reusable digest context per thread for HmacSha256Key::Of (the inner hash, then the outer).
 struct ThreadMdCtx {
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
   ThreadMdCtx() {

@@ -262,10 +262,10 @@ struct DurableReply {
   bool operator==(const DurableReply&) const = default;
 };
 
-using Message = std::variant<Hello, Auth, Peers, Subscribe, Changes, GetChunk, ChunkReply,
-                             HaveChunks, HaveChunksReply, Keepalive, Identity, FeedAck, MemberPing,
-                             MemberAck, MemberPingReq, MemberSync, RelayedFeedAcks, DurableRequest,
-                             DurableReply>;
+using Message =
+    std::variant<Hello, Auth, Peers, Subscribe, Changes, GetChunk, ChunkReply, HaveChunks,
+                 HaveChunksReply, Keepalive, Identity, FeedAck, MemberPing, MemberAck,
+                 MemberPingReq, MemberSync, RelayedFeedAcks, DurableRequest, DurableReply>;
 
 MessageType TypeOf(const Message& m);
 const char* TypeName(MessageType t);

@@ -97,11 +97,11 @@ void ChangeFeed::RelayAcks() {
     net::RelayedFeedAcks msg{via_seq, {}};
     for (const auto& m : members) {
       if (m.node == node) continue;
-      auto it = std::upper_bound(
-          p.history.begin(), p.history.end(), m.confirmed,
-          [](std::uint64_t s, const std::pair<std::uint64_t, std::uint64_t>& h) {
-            return s < h.second;
-          });
+      auto it =
+          std::upper_bound(p.history.begin(), p.history.end(), m.confirmed,
+                           [](std::uint64_t s, const std::pair<std::uint64_t, std::uint64_t>& h) {
+                             return s < h.second;
+                           });
       if (it == p.history.begin()) continue;
       const std::uint64_t applied = std::min(std::prev(it)->first, cap);
       auto& last = p.relayed[m.node];

@@ -105,7 +105,7 @@ class ChangeFeed : public std::enable_shared_from_this<ChangeFeed> {
   const std::function<void(const InodeRecord&)> on_manifest_;
   std::map<std::uint64_t, Peer> peers_;  // event thread
   std::atomic<bool> notify_posted_{false};
-  bool relay_armed_ = false;       // event thread
+  bool relay_armed_ = false;        // event thread
   std::uint64_t relay_rounds_ = 0;  // event thread
 };
 

@@ -17,10 +17,13 @@
 namespace foreverfs::server {
 namespace {
 
-// The bits a write, truncate or chown clears from `mode`: setuid, and setgid where it means
-// "set group id" (group-executable), as Linux's should_remove_suid.
-std::uint32_t SetIdsToClear(std::uint32_t mode) {
-  return S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
+// What a write, truncate or chown leaves of `mode`: without setuid, and setgid where it means
+// "set group id" (group-executable), as Linux's should_remove_suid; nullopt if that changes
+// nothing, or for a directory (whose setgid means inheritance).
+std::optional<std::uint32_t> WithoutSetIds(InodeKind kind, std::uint32_t mode) {
+  const std::uint32_t kill = S_ISUID | ((mode & S_IXGRP) ? S_ISGID : 0);
+  if (kind == InodeKind::kDir || !(mode & kill)) return std::nullopt;
+  return mode & ~kill;
 }
 
 Status CheckName(std::string_view name) {
@@ -177,9 +180,7 @@ Result<Attr> FileServer::SetAttr(InodeId id, const SetAttrRequest& request) {
     // does: the mode set, or the file's, less setuid, and setgid where group-executable.
     auto a = GetAttr(id);
     if (!a.ok()) return a.status();
-    const std::uint32_t mode = req.mode.value_or(a->rec.mode);
-    const std::uint32_t kill = SetIdsToClear(mode);
-    if (a->rec.kind != InodeKind::kDir && (mode & kill)) req.mode = mode & ~kill;
+    if (auto mode = WithoutSetIds(a->rec.kind, req.mode.value_or(a->rec.mode))) req.mode = mode;
     req.kill_suidgid = false;
   }
   if (req.size) {
@@ -656,11 +657,9 @@ Result<std::size_t> FileServer::Write(std::uint64_t handle, std::uint64_t offset
 Status FileServer::ClearSetIds(InodeId id) {
   auto a = GetAttr(id);
   if (!a.ok()) return a.status();
-  const std::uint32_t mode = a->rec.mode;
-  const std::uint32_t kill = SetIdsToClear(mode);
-  if (a->rec.kind != InodeKind::kFile || !(mode & kill)) return Ok();  // nothing to commit
   SetAttrRequest req;
-  req.mode = mode & ~kill;
+  req.mode = WithoutSetIds(a->rec.kind, a->rec.mode);
+  if (!req.mode) return Ok();  // nothing to commit
   auto changed = SetAttr(id, req);
   return changed.ok() ? Ok() : changed.status();
 }

@@ -253,20 +253,20 @@ TEST(KernelIoTest, TheMarkIsPerThread) {
   const Buf plain = Request(FUSE_WRITE, 2, w);
   w.write_flags = FUSE_WRITE_KILL_SUIDGID;
   const Buf marked = Request(FUSE_WRITE, 3, w);
+  // The mark another thread sees after noting `request` there.
+  const auto in_other_thread = [&](const Buf& request) {
+    bool kills = false;
+    std::thread([&] {
+      io.NoteRequest(request.data(), request.size());
+      kills = KernelIo::ThisRequestKills();
+    }).join();
+    return kills;
+  };
   io.NoteRequest(plain.data(), plain.size());
-  bool other = false;
-  std::thread([&] {
-    io.NoteRequest(marked.data(), marked.size());
-    other = KernelIo::ThisRequestKills();
-  }).join();
-  EXPECT_TRUE(other);
+  EXPECT_TRUE(in_other_thread(marked));
   EXPECT_FALSE(KernelIo::ThisRequestKills());
   io.NoteRequest(marked.data(), marked.size());
-  std::thread([&] {
-    io.NoteRequest(plain.data(), plain.size());
-    other = KernelIo::ThisRequestKills();
-  }).join();
-  EXPECT_FALSE(other);
+  EXPECT_FALSE(in_other_thread(plain));
   EXPECT_TRUE(KernelIo::ThisRequestKills());
 }
 
