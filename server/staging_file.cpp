@@ -174,6 +174,21 @@ Status StagingFile::Truncate(std::uint64_t size) {
 
 Status StagingFile::Zero(std::uint64_t offset, std::uint64_t length) {
   if (length == 0) return Ok();
+  // A block cut by either end is written (zeros encrypted), not punched: a punched part of a
+  // block leaves it part ciphertext, part zero bytes, and one whose remaining ciphertext
+  // happened to be zero too (1 in 256 for one byte) read as all zeros, losing its other bytes.
+  // A truncate to a size that is not a multiple of 16 cut the last block of the file so.
+  const std::uint64_t stop = offset + length;
+  const std::uint64_t a = Up(offset), b = Down(stop);
+  if (a >= b) return Write(offset, Bytes(static_cast<std::size_t>(length), 0));
+  if (a != offset) {
+    if (auto s = Write(offset, Bytes(static_cast<std::size_t>(a - offset), 0)); !s.ok()) return s;
+  }
+  if (b != stop) {
+    if (auto s = Write(b, Bytes(static_cast<std::size_t>(stop - b), 0)); !s.ok()) return s;
+  }
+  offset = a;
+  length = b - a;
   Status s = Ok();
   if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                   static_cast<off_t>(length)) != 0) {

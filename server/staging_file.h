@@ -38,7 +38,7 @@ class StagingFile {
   Status Write(std::uint64_t offset, ByteSpan data);
   // Bytes at and after `size` read as zeros afterwards.
   Status Truncate(std::uint64_t size);
-  // [offset, offset + length) reads as zeros afterwards; both multiples of 16.
+  // [offset, offset + length) reads as zeros afterwards (blocks wholly inside become holes).
   Status Zero(std::uint64_t offset, std::uint64_t length);
   // The descriptor, for tests that look at the bytes on disk.
   int RawFdForTest() const { return fd_.get(); }

@@ -193,4 +193,49 @@ TEST_F(StagingFileTest, RewritesKeepTheBytesAroundThem) {
   }
 }
 
+// Zero at any offset keeps the bytes around it: a range cut in a 16-byte block must not leave
+// that block part ciphertext, part zeros, which read as all zeros whenever the ciphertext left
+// was zero too. Forced here: files are made until the one byte of ciphertext kept before the
+// cut is zero (1 in 256; the key is random per file), then every byte must read back.
+TEST_F(StagingFileTest, ZeroCutInsideABlockKeepsTheBytesBeforeIt) {
+  constexpr std::uint64_t kCut = 26177;  // one byte of its block (26176) stays
+  Bytes data(32768);
+  std::mt19937 rng(9);
+  for (auto& b : data) b = static_cast<std::uint8_t>(1 + rng() % 255);
+  bool forced = false;
+  for (int attempt = 0; attempt < 5000 && !forced; ++attempt) {
+    auto f = StagingFile::Create(dir_);
+    ASSERT_TRUE(f.ok());
+    ASSERT_TRUE(f->Write(0, data).ok());
+    if (OnDisk(*f, kCut - 1, 1)[0] != 0) continue;
+    forced = true;
+    ASSERT_TRUE(f->Zero(kCut, data.size() - kCut).ok());
+    Bytes got(data.size());
+    ASSERT_TRUE(f->Read(0, got).ok());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(got[i], i < kCut ? data[i] : 0) << "byte " << i << " after Zero(" << kCut << ")";
+    }
+  }
+  EXPECT_TRUE(forced) << "no key in 5000 gave a zero byte of ciphertext there";
+}
+
+// Zero's boundaries: empty, inside one block, across two, aligned at either end, a whole page.
+TEST_F(StagingFileTest, ZeroAtEveryAlignment) {
+  for (std::uint64_t off : {0, 1, 15, 16, 17, 4095, 4096, 4097}) {
+    for (std::uint64_t len : {0, 1, 14, 15, 16, 17, 31, 32, 33, 4096, 8191}) {
+      auto f = StagingFile::Create(dir_);
+      ASSERT_TRUE(f.ok());
+      Bytes model(16384);
+      std::mt19937 rng(static_cast<unsigned>(off * 10007 + len));
+      for (auto& b : model) b = static_cast<std::uint8_t>(rng());
+      ASSERT_TRUE(f->Write(0, model).ok());
+      ASSERT_TRUE(f->Zero(off, len).ok()) << off << "+" << len;
+      for (std::uint64_t i = off; i < off + len; ++i) model[i] = 0;
+      Bytes got(model.size());
+      ASSERT_TRUE(f->Read(0, got).ok());
+      ASSERT_EQ(got, model) << "Zero(" << off << ", " << len << ")";
+    }
+  }
+}
+
 }  // namespace foreverfs::server
