@@ -24,6 +24,9 @@ inline constexpr std::size_t kChunkSize = 1 * kMiB;     // files are cut at fixe
 inline constexpr std::size_t kMaxChunkSize = 1 * kMiB;  // no stored chunk is larger
 // The all-zero id names a chunk of zeros (a hole); it is never stored.
 inline constexpr ChunkId kHoleId{};
+// The encrypting store seals a chunk in segments of this many bytes: the least a ranged read
+// reads from disk and decrypts.
+inline constexpr std::size_t kSegmentSize = 16 * 1024;
 // What the wrappers may add to a chunk on disk (framing, a tag per segment).
 inline constexpr std::size_t kMaxBlobOverhead = 4096;
 

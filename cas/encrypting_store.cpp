@@ -30,7 +30,7 @@ namespace {
 
 constexpr std::uint8_t kBlobVersion = 2;
 constexpr std::string_view kInfoPrefix = "foreverfs chunk ";
-constexpr std::size_t kSeg = 16 * 1024;
+constexpr std::size_t kSeg = kSegmentSize;
 constexpr std::size_t kTag = crypto::Aead::kTagSize;
 constexpr std::size_t kSealedSeg = kSeg + kTag;
 

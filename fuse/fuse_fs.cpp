@@ -94,6 +94,16 @@ struct FuseFs::Impl {
   bool inval_stop GUARDED_BY(inval_mu) = false;
   std::thread inval_thread;
 
+  // Pages for the kernel's cache (PageFill), stored from a thread of their own: a store may
+  // wait for a page lock that a read in flight holds, so no request handler ever waits on one.
+  // Bounded: when full, the newest are dropped (they are only an offer).
+  static constexpr std::size_t kMaxPageStores = 64;
+  Mutex fill_mu;
+  std::condition_variable_any fill_cv;  // waits on fill_mu
+  std::deque<PageStore> fill_queue GUARDED_BY(fill_mu);
+  bool fill_stop GUARDED_BY(fill_mu) = false;
+  std::thread fill_thread;
+
   static Impl& Of(fuse_req_t req) { return *static_cast<Impl*>(fuse_req_userdata(req)); }
 
   void InvalidationLoop() {
@@ -112,6 +122,53 @@ struct FuseFs::Impl {
         fuse_lowlevel_notify_inval_inode(se, inv.ino, 0, 0);
       }
     }
+  }
+
+  void QueuePages(PageStore&& p) {
+    {
+      MutexLock lock(fill_mu);
+      if (fill_stop || fill_queue.size() >= kMaxPageStores) return;
+      fill_queue.push_back(std::move(p));
+    }
+    fill_cv.notify_one();
+  }
+
+  void FillLoop() {
+    for (;;) {
+      PageStore p;
+      {
+        MutexLock lock(fill_mu);
+        while (!fill_stop && fill_queue.empty()) fill_cv.wait(fill_mu);
+        if (fill_stop) return;
+        p = std::move(fill_queue.front());
+        fill_queue.pop_front();
+      }
+      ops.StorePages(p, [&] {
+        fuse_bufvec bv = FUSE_BUFVEC_INIT(p.data.size());
+        bv.buf[0].mem = p.data.data();
+        // An inode the kernel no longer holds (ENOENT) needs nothing.
+        if (int rc = fuse_lowlevel_notify_store(se, p.ino, p.offset, &bv, {});
+            rc != 0 && rc != -ENOENT) {
+          spdlog::debug("storing {} bytes of inode {} at {} in the kernel's cache: error {}",
+                        p.data.size(), p.ino, p.offset, rc);
+        }
+      });
+    }
+  }
+
+  void StopThreads() {
+    {
+      MutexLock lock(inval_mu);
+      inval_stop = true;
+    }
+    inval_cv.notify_all();
+    {
+      MutexLock lock(fill_mu);
+      fill_stop = true;
+    }
+    fill_cv.notify_all();
+    if (inval_thread.joinable()) inval_thread.join();
+    if (fill_thread.joinable()) fill_thread.join();
   }
 };
 
@@ -211,12 +268,7 @@ bool IsMounted(const std::string& path) {
 FuseFs::FuseFs(server::FileServer& fs) : impl_(std::make_unique<Impl>(fs)) {}
 
 FuseFs::~FuseFs() {
-  {
-    MutexLock lock(impl_->inval_mu);
-    impl_->inval_stop = true;
-  }
-  impl_->inval_cv.notify_all();
-  if (impl_->inval_thread.joinable()) impl_->inval_thread.join();
+  impl_->StopThreads();
   Unmount();
   if (impl_->se) fuse_session_destroy(impl_->se);
 }
@@ -272,18 +324,15 @@ void FuseFs::InstallSignalHandlers() { fuse_set_signal_handlers(impl_->se); }
 
 Status FuseFs::Run() {
   impl_->inval_thread = std::thread([im = impl_.get()] { im->InvalidationLoop(); });
+  impl_->fill_thread = std::thread([im = impl_.get()] { im->FillLoop(); });
+  impl_->ops.SetPageSink([im = impl_.get()](PageStore&& p) { im->QueuePages(std::move(p)); });
   fuse_loop_config* cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_idle_threads(cfg, 8);
   fuse_loop_cfg_set_max_threads(cfg, 64);
   int rc = fuse_session_loop_mt(impl_->se, cfg);
   fuse_loop_cfg_destroy(cfg);
   fuse_remove_signal_handlers(impl_->se);
-  {
-    MutexLock lock(impl_->inval_mu);
-    impl_->inval_stop = true;
-  }
-  impl_->inval_cv.notify_all();
-  impl_->inval_thread.join();
+  impl_->StopThreads();
   if (rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP) {
     return Err(Code::kIOError, "FUSE session on {} ended with error {}", impl_->mountpoint, rc);
   }

@@ -211,10 +211,13 @@ bool Ops::KernelHasOther(fuse_ino_t ino, const model::Version& v) {
 }
 
 void Ops::PeerChanged(fuse_ino_t ino) {
-  MutexLock lock(known_mu_);
-  if (auto it = known_.find(ino); it != known_.end()) {
-    it->second.peer_change = std::chrono::steady_clock::now();
+  {
+    MutexLock lock(known_mu_);
+    if (auto it = known_.find(ino); it != known_.end()) {
+      it->second.peer_change = std::chrono::steady_clock::now();
+    }
   }
+  pages_.Changed(ino);
 }
 
 std::uint64_t Ops::KernelLookups(fuse_ino_t ino) {
@@ -296,6 +299,7 @@ void Ops::Setattr(Reply& r, fuse_ino_t ino, struct stat* attr, int to_set, fuse_
     req.atime_ns = ToNs(attr->st_atim);
   }
   auto a = fs_.SetAttr(ino, req);
+  if (req.size) pages_.Changed(ino);  // whether or not it took: a part may have
   if (!a.ok()) return ReplyError(r, a.status(), "setattr");
   Told(*a, /*entry=*/false);
   r.Attr(ToStat(*a), timeout_);
@@ -442,6 +446,7 @@ void Ops::Open(Reply& r, fuse_ino_t ino, fuse_file_info* fi) {
   auto h = fs_.Open(ino, fi->flags, KillsSuidgid(r.Context()));
   if (!h.ok()) return ReplyError(r, h.status(), "open");
   fi->fh = *h;
+  pages_.Opened(ino, *h, (fi->flags & O_ACCMODE) != O_RDONLY);
   // A version whose attributes the kernel may not hold (a peer's, or another handle's): its
   // cached size goes before the first read (attributes only, which takes no page lock: safe
   // inside a request). Regular files are not invalidated from the invalidation thread.
@@ -456,6 +461,7 @@ void Ops::Create(Reply& r, fuse_ino_t parent, const char* name, mode_t mode, fus
       fs_.Create(parent, name, mode & ~ctx.umask, ctx.uid, ctx.gid, fi->flags, KillsSuidgid(ctx));
   if (!c.ok()) return ReplyError(r, c.status(), "create");
   fi->fh = c->handle;
+  pages_.Opened(c->attr.rec.id, c->handle, (fi->flags & O_ACCMODE) != O_RDONLY);
   Told(c->attr, /*entry=*/true);
   fuse_entry_param e{};
   e.ino = c->attr.rec.id;
@@ -465,12 +471,26 @@ void Ops::Create(Reply& r, fuse_ino_t parent, const char* name, mode_t mode, fus
   r.Create(e, *fi);
 }
 
-void Ops::Read(Reply& r, fuse_ino_t, std::size_t size, off_t off, fuse_file_info* fi) {
+void Ops::Read(Reply& r, fuse_ino_t ino, std::size_t size, off_t off, fuse_file_info* fi) {
   if (off < 0 || size > kMaxReadBytes) return r.Err(EINVAL);
+  // A small read (the kernel's random reads are one page) also brings the rest of its segment,
+  // for the kernel's cache: taken before the read, so a change after it stops the store.
+  std::optional<std::uint64_t> ticket;
+  if (page_sink_ && size < server::ReadWindow::kSize) ticket = pages_.Ticket(ino);
+  Bytes window_buf;
+  server::ReadWindow window;
+  if (ticket) {
+    window_buf.resize(server::ReadWindow::kSize);
+    window.buf = window_buf;
+  }
   Bytes buf(size);
-  auto n = fs_.Read(fi->fh, static_cast<std::uint64_t>(off), buf);
+  auto n = fs_.Read(fi->fh, static_cast<std::uint64_t>(off), buf, ticket ? &window : nullptr);
   if (!n.ok()) return ReplyError(r, n.status(), "read");
   r.Buf(buf.data(), *n);
+  if (window.n > 0) {
+    window_buf.resize(window.n);
+    page_sink_(PageStore{ino, window.offset, std::move(window_buf), *ticket});
+  }
 }
 
 void Ops::Write(Reply& r, fuse_ino_t, const char* data, std::size_t size, off_t off,
@@ -493,6 +513,7 @@ void Ops::Flush(Reply& r, fuse_ino_t, fuse_file_info* fi) {
 
 void Ops::Release(Reply& r, fuse_ino_t, fuse_file_info* fi) {
   fs_.Release(fi->fh);
+  pages_.Released(fi->fh);
   r.Err(0);
 }
 

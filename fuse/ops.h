@@ -28,6 +28,7 @@
 
 #include "base/mutex.h"
 #include "base/status.h"
+#include "fuse/page_fill.h"
 #include "fuse/reply.h"
 #include "server/file_server.h"
 
@@ -96,6 +97,9 @@ class Ops {
   void SetVirtualXattr(VirtualXattr fn) { virtual_xattr_ = std::move(fn); }
   // Called by Guard after each timed handler with its OpId and how long it took.
   void SetOpObserver(OpObserver fn) { op_observer_ = std::move(fn); }
+  // Where a small read's neighbouring pages go after its reply (FuseFs queues them for the
+  // kernel's cache; see PageFill). None: small reads read only what they are asked.
+  void SetPageSink(std::function<void(PageStore&&)> fn) { page_sink_ = std::move(fn); }
   // Test tooling for the guard: "statfs,fsyncdir+" makes the named handlers throw
   // (std::bad_alloc) before they run, or, with "+", an exception after they replied. Names as
   // OpName; unknown names are ignored.
@@ -153,8 +157,13 @@ class Ops {
   void Statfs(Reply& r, fuse_ino_t ino);
 
   // A peer changed `ino`: for a while the kernel may hold attributes other than those last
-  // sent (see KernelHasOther). Any thread.
+  // sent (see KernelHasOther), and pages read before it are not stored. Any thread.
   void PeerChanged(fuse_ino_t ino);
+  // Hands pages from the sink to the kernel through `store`, unless the inode changed since
+  // they were read (PageFill::StoreIfCurrent). True if `store` ran.
+  bool StorePages(const PageStore& p, const std::function<void()>& store) {
+    return pages_.StoreIfCurrent(p, store);
+  }
   // The kernel's lookup count of `ino` as this side counts it (0 once forgotten). For tests.
   std::uint64_t KernelLookups(fuse_ino_t ino);
 
@@ -192,6 +201,8 @@ class Ops {
   std::string control_path_;
   VirtualXattr virtual_xattr_;
   OpObserver op_observer_;
+  std::function<void(PageStore&&)> page_sink_;
+  PageFill pages_;
   std::bitset<kOpCount> fault_before_, fault_after_;  // handlers that throw (tests)
 
   // Open directories: opendir snapshots the listing, readdir pages through it. Held while

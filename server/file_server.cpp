@@ -637,10 +637,14 @@ std::optional<model::Version> FileServer::HandleVersion(std::uint64_t handle) {
 }
 
 Result<std::size_t> FileServer::Read(std::uint64_t handle, std::uint64_t offset,
-                                     MutableByteSpan out) {
+                                     MutableByteSpan out, ReadWindow* window) {
   auto of = HandleFile(handle);
   if (!of) return Err(Code::kBadHandle, "no open file with handle {}", handle);
-  return of->Read(offset, out);
+  // A window only from the file's current version here: a handle that still reads an older
+  // one (a peer's version arrived since it opened) reads its own bytes, which the kernel's
+  // cache of the inode must not take.
+  if (window && OpenFileOf(of->id()) != of) window = nullptr;
+  return of->Read(offset, out, window);
 }
 
 Result<std::size_t> FileServer::Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data,

@@ -75,6 +75,19 @@ struct Created {
 
 class OpenFile;
 
+// The bytes around a small read that come at no extra cost: a read of a committed chunk opens
+// and decrypts a whole segment (cas::kSegmentSize) and hands back only the part asked for. A read
+// given a window fills `buf` with that whole segment, clipped to the file's end, when the read lies
+// inside one segment of a committed chunk of the file's current version here (not of an older
+// version a handle still reads, not of uncommitted writes): the FUSE layer offers those bytes to
+// the kernel's page cache. `n` stays 0 otherwise.
+struct ReadWindow {
+  static constexpr std::size_t kSize = cas::kSegmentSize;
+  MutableByteSpan buf;       // at least kSize bytes
+  std::uint64_t offset = 0;  // in the file, a multiple of kSize
+  std::size_t n = 0;
+};
+
 class FileServer : public FileHost {
  public:
   FileServer(NamespaceDb& ns, cas::ChunkStore& store, cas::ChunkHasher hasher,
@@ -145,7 +158,8 @@ class FileServer : public FileHost {
   Result<std::uint64_t> Open(InodeId id, int flags, bool kill_suidgid = false);
   // The version a handle reads (nullopt for an unknown handle).
   std::optional<model::Version> HandleVersion(std::uint64_t handle);
-  Result<std::size_t> Read(std::uint64_t handle, std::uint64_t offset, MutableByteSpan out);
+  Result<std::size_t> Read(std::uint64_t handle, std::uint64_t offset, MutableByteSpan out,
+                           ReadWindow* window = nullptr);
   // `kill_suidgid` (a caller without CAP_FSETID): the write clears setuid, and setgid where the
   // file is group-executable (checked once per open file, at its first such write).
   Result<std::size_t> Write(std::uint64_t handle, std::uint64_t offset, ByteSpan data,

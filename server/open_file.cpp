@@ -175,7 +175,7 @@ Status OpenFile::Materialize(std::uint64_t index) {
   return Ok();
 }
 
-Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
+Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out, ReadWindow* window) {
   // Parts of committed chunks are read after mu_ is let go: a chunk's bytes never change (its
   // id is its content), so the lock only decides where each part comes from. Reads of one
   // file then overlap (the kernel's read-ahead has several in flight: one decrypts while the
@@ -190,6 +190,7 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
   std::vector<FromChunk> from_chunks;
   std::vector<cas::ChunkId> prefetch;
   std::size_t len = 0;
+  if (window) window->n = 0;
   {
     MutexLock lock(mu_);
     AdoptRemote();
@@ -235,10 +236,31 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out) {
       }
       done += n;
     }
+    // The whole segment instead of the part, when the part is all of the read and lies inside
+    // one segment: the same disk read and decryption, and the rest is worth keeping.
+    if (window && from_chunks.size() == 1 && from_chunks[0].n == len) {
+      const FromChunk& c = from_chunks[0];
+      const std::uint64_t chunk_start = offset - c.in;
+      const std::size_t seg = c.in / ReadWindow::kSize * ReadWindow::kSize;
+      const std::size_t chunk_len =
+          static_cast<std::size_t>(std::min<std::uint64_t>(kCS, size_ - chunk_start));
+      const std::size_t seg_end = std::min(seg + ReadWindow::kSize, chunk_len);
+      if (c.in + c.n <= seg_end && seg_end - seg > c.n && window->buf.size() >= seg_end - seg) {
+        window->offset = chunk_start + seg;
+        window->n = seg_end - seg;
+        from_chunks[0] = {c.id, seg, window->buf.data(), window->n};
+      }
+    }
   }
   for (const cas::ChunkId& id : prefetch) host_.PrefetchChunk(id);
   for (const FromChunk& c : from_chunks) {
-    if (auto s = host_.ReadChunk(c.id, c.in, MutableByteSpan(c.dst, c.n)); !s.ok()) return s;
+    if (auto s = host_.ReadChunk(c.id, c.in, MutableByteSpan(c.dst, c.n)); !s.ok()) {
+      if (window) window->n = 0;
+      return s;
+    }
+  }
+  if (window && window->n) {
+    std::memcpy(out.data(), window->buf.data() + (offset - window->offset), len);
   }
   return len;
 }

@@ -36,7 +36,9 @@ class OpenFile {
   // The committed version this file reads (as opened, last committed here or adopted from a
   // peer). Never waits for a reader: a leaf lock of its own, not mu_.
   model::Version Version() const;
-  Result<std::size_t> Read(std::uint64_t offset, MutableByteSpan out);
+  // With a `window` (ReadWindow): also the whole segment around a read that lies inside one
+  // segment of a committed chunk.
+  Result<std::size_t> Read(std::uint64_t offset, MutableByteSpan out, ReadWindow* window = nullptr);
   // Writes at `offset`, or at the end if `append`. Returns bytes written.
   Result<std::size_t> Write(std::uint64_t offset, ByteSpan data, bool append);
   // Sizes above model::kMaxFileSize give kTooBig (EFBIG), as do writes that would make more than

@@ -72,6 +72,10 @@ for i in $(seq 1 40); do
   dd if="$W/piece" of="$M/big" bs=1M seek="$off" oflag=seek_bytes conv=notrunc status=none
 done
 check "random writes match a local model" cmp -s "$W/model" "$M/big"
+# Small reads give their segment's other pages to the kernel's cache: reads interleaved with
+# writes, truncates and reopens always see the file's bytes.
+check "the page cache matches a model through reads, writes and truncates" \
+  python3 "$(dirname "$0")/page_cache.py" "$M" --ops "${PAGE_CACHE_OPS:-4000}"
 ln -s big "$M/link"
 check "symlink" test "$(readlink "$M/link")" = big
 

@@ -133,9 +133,9 @@ class FuseOpsTest : public test::FileServerFixture {
     auto fi = Fi(fh);
     return Call(kOpWrite, [&](Reply& r) { ops_->Write(r, 0, data.data(), data.size(), off, &fi); });
   }
-  Outcome Read(std::uint64_t fh, off_t off, std::size_t size) {
+  Outcome Read(std::uint64_t fh, off_t off, std::size_t size, fuse_ino_t ino = 0) {
     auto fi = Fi(fh);
-    return Call(kOpRead, [&](Reply& r) { ops_->Read(r, 0, size, off, &fi); });
+    return Call(kOpRead, [&](Reply& r) { ops_->Read(r, ino, size, off, &fi); });
   }
   Outcome Flush(std::uint64_t fh) {
     auto fi = Fi(fh);
@@ -725,6 +725,129 @@ TEST_F(FuseOpsTest, OpenInvalidatesAttributesOnlyOfAnotherVersion) {
   // Shortly after a peer changed the inode, whatever was told last.
   ops_->PeerChanged(ino);
   EXPECT_EQ(Open(ino).invalidated, std::vector<fuse_ino_t>{ino});
+}
+
+// The pages beside a small read go to the page sink with a ticket, and are stored only if
+// nothing changed the inode since: not after an open (for writing or not), a truncate or a
+// peer's change, never while a handle may write, and again once the writer is gone.
+TEST_F(FuseOpsTest, PagesBesideASmallReadAreStoredOnlyIfNothingChangedSince) {
+  constexpr std::size_t kW = server::ReadWindow::kSize;
+  std::vector<PageStore> sunk;
+  ops_->SetPageSink([&](PageStore&& p) { sunk.push_back(std::move(p)); });
+  auto [ino, wfh] = NewFile("f");
+  std::string data(4 * kW + 1, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>('a' + i * 7 % 26);
+  ASSERT_EQ(Write(wfh, 0, data).a().count, data.size());
+  EXPECT_EQ(Flush(wfh).err(), 0);
+  // While a handle may write: no store, even of committed bytes.
+  EXPECT_EQ(Read(wfh, 4096, 4096, ino).a().data, data.substr(4096, 4096));
+  EXPECT_TRUE(sunk.empty());
+  EXPECT_EQ(Release(wfh).err(), 0);
+
+  auto store = [&](const PageStore& p) {
+    bool ran = false;
+    const bool said = ops_->StorePages(p, [&] { ran = true; });
+    EXPECT_EQ(said, ran);
+    return ran;
+  };
+  const std::uint64_t fh = Open(ino, O_RDONLY).a().fi.fh;
+  EXPECT_EQ(Read(fh, kW + 8192, 4096, ino).a().data, data.substr(kW + 8192, 4096));
+  ASSERT_EQ(sunk.size(), 1u);
+  EXPECT_EQ(sunk[0].ino, ino);
+  EXPECT_EQ(sunk[0].offset, kW);
+  EXPECT_EQ(std::string(sunk[0].data.begin(), sunk[0].data.end()), data.substr(kW, kW));
+  EXPECT_TRUE(store(sunk[0]));
+  EXPECT_TRUE(store(sunk[0])) << "nothing changed: still good";
+
+  // Sizes: one byte past the last full segment; a whole segment; across two; zero.
+  sunk.clear();
+  EXPECT_EQ(Read(fh, 4 * kW, 4096, ino).a().data, data.substr(4 * kW));
+  EXPECT_TRUE(sunk.empty()) << "the read is all of its segment";
+  EXPECT_EQ(Read(fh, 0, kW, ino).a().data, data.substr(0, kW));
+  EXPECT_EQ(Read(fh, kW - 1, 2, ino).a().data, data.substr(kW - 1, 2));
+  EXPECT_EQ(Read(fh, 0, 0, ino).a().data, "");
+  EXPECT_TRUE(sunk.empty());
+  EXPECT_EQ(Read(fh, 3 * kW + kW - 1, 1, ino).a().data, data.substr(4 * kW - 1, 1));
+  ASSERT_EQ(sunk.size(), 1u);
+  EXPECT_EQ(sunk[0].offset, 3 * kW);
+  EXPECT_EQ(sunk[0].data.size(), kW);
+
+  // Each change after the read's ticket refuses its store.
+  auto read_then = [&](const std::function<void()>& change) {
+    sunk.clear();
+    EXPECT_EQ(Read(fh, 4096, 4096, ino).a().data, data.substr(4096, 4096));
+    EXPECT_EQ(sunk.size(), 1u);
+    if (sunk.empty()) return true;
+    change();
+    return store(sunk[0]);
+  };
+  EXPECT_TRUE(read_then([] {}));
+  EXPECT_FALSE(read_then([&] { Release(Open(ino, O_RDONLY).a().fi.fh); })) << "an open";
+  EXPECT_FALSE(read_then([&] { ops_->PeerChanged(ino); })) << "a peer's change";
+  EXPECT_FALSE(read_then([&] { Truncate(ino, static_cast<off_t>(data.size())); }))
+      << "a truncate, even to the same size";
+  std::uint64_t writer = 0;
+  EXPECT_FALSE(read_then([&] { writer = Open(ino, O_WRONLY).a().fi.fh; })) << "a writer";
+  sunk.clear();
+  EXPECT_EQ(Read(fh, 4096, 4096, ino).a().data, data.substr(4096, 4096));
+  EXPECT_TRUE(sunk.empty()) << "no ticket while a writer is open";
+  EXPECT_EQ(Release(writer).err(), 0);
+  EXPECT_TRUE(read_then([] {})) << "the writer is gone";
+  // Another inode's change leaves this one's store alone.
+  auto [other, ofh] = NewFile("g");
+  EXPECT_EQ(Release(ofh).err(), 0);
+  EXPECT_TRUE(read_then([&] { ops_->PeerChanged(other); }));
+  EXPECT_EQ(Release(fh).err(), 0);
+}
+
+// The record of changes is bounded: past PageFill::kMaxInodes inodes it is dropped, and a
+// ticket from before that is refused; a writer stays on record.
+TEST(PageFillTest, TheRecordIsBoundedAndKeepsItsWriters) {
+  PageFill pf;
+  pf.Opened(1, 100, /*writes=*/true);
+  auto t = pf.Ticket(2);
+  ASSERT_TRUE(t);
+  EXPECT_FALSE(pf.Ticket(1)) << "a writer is open";
+  const PageStore p{2, 0, Bytes(10), *t};
+  auto ran = [&](const PageStore& s) { return pf.StoreIfCurrent(s, [] {}); };
+  EXPECT_TRUE(ran(p));
+  for (fuse_ino_t i = 10; i < 10 + PageFill::kMaxInodes - 2; ++i) pf.Changed(i);
+  EXPECT_TRUE(ran(p)) << "at the limit nothing is dropped";
+  pf.Changed(5000);
+  EXPECT_TRUE(ran(p));
+  pf.Changed(5001);  // one past it: dropped
+  EXPECT_FALSE(ran(p));
+  EXPECT_FALSE(pf.Ticket(1)) << "the writer survives the drop";
+  auto t2 = pf.Ticket(2);
+  ASSERT_TRUE(t2);
+  EXPECT_TRUE(ran(PageStore{2, 0, Bytes(10), *t2}));
+  pf.Released(100);
+  pf.Released(100);  // twice, and an unknown handle: nothing
+  pf.Released(999);
+  auto t1 = pf.Ticket(1);
+  ASSERT_TRUE(t1);
+  EXPECT_TRUE(ran(PageStore{1, 0, Bytes(10), *t1}));
+}
+
+// Opens, reads, stores and releases from several threads at once: counts stay right (TSan
+// checks the locking).
+TEST(PageFillTest, ConcurrentUseKeepsTheWriterCounts) {
+  PageFill pf;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&pf, t] {
+      for (std::uint64_t i = 0; i < 2000; ++i) {
+        const fuse_ino_t ino = i % 7;
+        const std::uint64_t fh = (static_cast<std::uint64_t>(t) << 32) | i;
+        pf.Opened(ino, fh, i % 3 == 0);
+        if (auto tk = pf.Ticket(ino)) pf.StoreIfCurrent(PageStore{ino, 0, {}, *tk}, [] {});
+        pf.Changed(ino);
+        pf.Released(fh);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (fuse_ino_t ino = 0; ino < 7; ++ino) EXPECT_TRUE(pf.Ticket(ino)) << "inode " << ino;
 }
 
 TEST_F(FuseOpsTest, ForgetCounts) {

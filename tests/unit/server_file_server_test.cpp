@@ -663,6 +663,99 @@ TEST_F(FileServerTest, AnOpenHandleKeepsItsVersionAndTheNextOpenGetsTheRemoteOne
   EXPECT_TRUE(*GetBytes("/f") == half);
 }
 
+// A read given a window brings the whole segment around it only from the file's current
+// version: a handle still reading an older one reads just what it asked for.
+TEST_F(FileServerTest, AReadWindowComesOnlyFromTheCurrentVersion) {
+  constexpr std::size_t kW = ReadWindow::kSize;
+  const Bytes old_data = Pattern(kCS + 3 * kW + 100, 40);
+  ASSERT_TRUE(StoreBytes("/f", old_data).ok());
+  const InodeId id = IdOf("/f");
+  auto h = fs_->Open(id, O_RDONLY);
+  ASSERT_TRUE(h.ok());
+  Bytes wbuf(kW);
+  auto read = [&](std::uint64_t handle, std::uint64_t off, std::size_t len, ReadWindow& w) {
+    w = ReadWindow{};
+    w.buf = wbuf;
+    Bytes out(len);
+    auto n = fs_->Read(handle, off, out, &w);
+    EXPECT_TRUE(n.ok());
+    out.resize(n.ok() ? *n : 0);
+    return out;
+  };
+  auto slice = [](const Bytes& b, std::size_t off, std::size_t n) {
+    return Bytes(b.begin() + off, b.begin() + off + n);
+  };
+  ReadWindow w;
+  EXPECT_EQ(read(*h, kCS + kW + 4096, 4096, w), slice(old_data, kCS + kW + 4096, 4096));
+  EXPECT_EQ(w.offset, kCS + kW);
+  ASSERT_EQ(w.n, kW);
+  EXPECT_EQ(slice(wbuf, 0, kW), slice(old_data, kCS + kW, kW));
+  // The last segment is cut at the end of the file; a read of all of it has nothing more.
+  EXPECT_EQ(read(*h, kCS + 3 * kW, 50, w), slice(old_data, kCS + 3 * kW, 50));
+  EXPECT_EQ(w.offset, kCS + 3 * kW);
+  EXPECT_EQ(w.n, 100u);
+  EXPECT_EQ(slice(wbuf, 0, 100), slice(old_data, kCS + 3 * kW, 100));
+  EXPECT_EQ(read(*h, kCS + 3 * kW, 4096, w), slice(old_data, kCS + 3 * kW, 100));
+  EXPECT_EQ(w.n, 0u);
+  // Across two segments, at or past the end, and empty: nothing more.
+  EXPECT_EQ(read(*h, kW - 4096, 8192, w), slice(old_data, kW - 4096, 8192));
+  EXPECT_EQ(w.n, 0u);
+  EXPECT_TRUE(read(*h, old_data.size(), 4096, w).empty());
+  EXPECT_EQ(w.n, 0u);
+  EXPECT_TRUE(read(*h, (std::uint64_t{1} << 63) - 1, 1, w).empty());
+  EXPECT_EQ(w.n, 0u);
+  EXPECT_TRUE(read(*h, 0, 0, w).empty());
+  EXPECT_EQ(w.n, 0u);
+
+  // A peer replaces the file: the open handle keeps its version, without a window.
+  const Bytes fresh = Pattern(2 * kW, 41);
+  const auto fresh_id = cas::ChunkHasher(FixedKey()).IdOf(fresh);
+  ASSERT_TRUE(fs_->StoreChunk(fresh_id, fresh).ok());
+  InodeRecord r = RemoteVersion(*db_, id);
+  r.size = fresh.size();
+  r.manifest.clear();
+  r.manifest.Set(0, fresh_id);
+  ASSERT_TRUE(fs_->ApplyRemote(net::Changes{1, {r}, {}}, 999).ok());
+  EXPECT_EQ(read(*h, 4096, 4096, w), slice(old_data, 4096, 4096));
+  EXPECT_EQ(w.n, 0u) << "a window from a version the inode no longer has";
+  auto h2 = fs_->Open(id, O_RDONLY);
+  ASSERT_TRUE(h2.ok());
+  EXPECT_EQ(read(*h2, 4096, 4096, w), slice(fresh, 4096, 4096));
+  EXPECT_EQ(w.n, kW);
+  EXPECT_EQ(slice(wbuf, 0, kW), slice(fresh, 0, kW));
+  EXPECT_EQ(read(*h, 4096, 4096, w), slice(old_data, 4096, 4096));
+  EXPECT_EQ(w.n, 0u);
+  fs_->Release(*h);
+  fs_->Release(*h2);
+}
+
+// Uncommitted bytes, holes and a window too small: no window.
+TEST_F(FileServerTest, AReadWindowIsNeverOfUncommittedBytesOrHoles) {
+  constexpr std::size_t kW = ReadWindow::kSize;
+  const std::uint64_t h = CreateFile("f");
+  const Bytes data = Pattern(2 * kW, 42);
+  WriteAt(h, 0, data);
+  Bytes wbuf(kW), out(4096);
+  ReadWindow w;
+  w.buf = wbuf;
+  ASSERT_TRUE(fs_->Read(h, 4096, out, &w).ok());
+  EXPECT_EQ(w.n, 0u) << "uncommitted";
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  ASSERT_TRUE(fs_->Read(h, 4096, out, &w).ok());
+  EXPECT_EQ(w.n, kW) << "committed by the flush";
+  SetAttrRequest grow;
+  grow.size = 3 * kCS;
+  ASSERT_TRUE(fs_->SetAttr(IdOf("/f"), grow).ok());
+  ASSERT_TRUE(fs_->Read(h, 2 * kCS, out, &w).ok());
+  EXPECT_EQ(w.n, 0u) << "a hole";
+  Bytes small(kW - 1);
+  w.buf = small;
+  ASSERT_TRUE(fs_->Read(h, 4096, out, &w).ok());
+  EXPECT_EQ(w.n, 0u) << "a buffer smaller than a segment";
+  EXPECT_EQ(out, Bytes(data.begin() + 4096, data.begin() + 8192));
+  fs_->Release(h);
+}
+
 TEST_F(FileServerTest, RemoteWriteDoesNotOverrideUncommittedLocalWrites) {
   const std::uint64_t h = CreateFile("f");
   const InodeId id = IdOf("/f");
