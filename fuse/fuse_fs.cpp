@@ -143,17 +143,26 @@ struct FuseFs::Impl {
         p = std::move(fill_queue.front());
         fill_queue.pop_front();
       }
-      ops.StorePages(p, [&] {
-        fuse_bufvec bv = FUSE_BUFVEC_INIT(p.data.size());
-        bv.buf[0].mem = p.data.data();
-        // An inode the kernel no longer holds (ENOENT) needs nothing.
-        if (int rc = fuse_lowlevel_notify_store(se, p.ino, p.offset, &bv, {});
-            rc != 0 && rc != -ENOENT) {
-          spdlog::debug("storing {} bytes of inode {} at {} in the kernel's cache: error {}",
-                        p.data.size(), p.ino, p.offset, rc);
-        }
-      });
+      // Only an offer: a failure (out of memory) loses the offer, never the thread.
+      try {
+        StorePages(p);
+      } catch (const std::exception& e) {
+        spdlog::warn("page cache fill of inode {} stopped: {}", p.ino, e.what());
+      }
     }
+  }
+
+  void StorePages(const PageStore& p) {
+    ops.StorePages(p, [&] {
+      fuse_bufvec bv = FUSE_BUFVEC_INIT(p.data.size());
+      bv.buf[0].mem = const_cast<std::uint8_t*>(p.data.data());
+      // An inode the kernel no longer holds (ENOENT) needs nothing.
+      if (int rc = fuse_lowlevel_notify_store(se, p.ino, p.offset, &bv, {});
+          rc != 0 && rc != -ENOENT) {
+        spdlog::debug("storing {} bytes of inode {} at {} in the kernel's cache: error {}",
+                      p.data.size(), p.ino, p.offset, rc);
+      }
+    });
   }
 
   void StopThreads() {
@@ -332,6 +341,9 @@ Status FuseFs::Run() {
   int rc = fuse_session_loop_mt(impl_->se, cfg);
   fuse_loop_cfg_destroy(cfg);
   fuse_remove_signal_handlers(impl_->se);
+  // Unmounted first: requests the loop left unanswered are then aborted, which frees any page
+  // a store or an invalidation is waiting for, so both threads can be joined.
+  Unmount();
   impl_->StopThreads();
   if (rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP) {
     return Err(Code::kIOError, "FUSE session on {} ended with error {}", impl_->mountpoint, rc);

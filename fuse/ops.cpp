@@ -217,7 +217,7 @@ void Ops::PeerChanged(fuse_ino_t ino) {
       it->second.peer_change = std::chrono::steady_clock::now();
     }
   }
-  pages_.Changed(ino);
+  pages_.PeerChanged(ino);
 }
 
 std::uint64_t Ops::KernelLookups(fuse_ino_t ino) {
@@ -444,7 +444,11 @@ void Ops::Rename(Reply& r, fuse_ino_t parent, const char* name, fuse_ino_t newpa
 
 void Ops::Open(Reply& r, fuse_ino_t ino, fuse_file_info* fi) {
   auto h = fs_.Open(ino, fi->flags, KillsSuidgid(r.Context()));
-  if (!h.ok()) return ReplyError(r, h.status(), "open");
+  if (!h.ok()) {
+    // An O_TRUNC open may have cut the file before it failed.
+    if ((fi->flags & O_TRUNC) && (fi->flags & O_ACCMODE) != O_RDONLY) pages_.Changed(ino);
+    return ReplyError(r, h.status(), "open");
+  }
   fi->fh = *h;
   pages_.Opened(ino, *h, (fi->flags & O_ACCMODE) != O_RDONLY);
   // A version whose attributes the kernel may not hold (a peer's, or another handle's): its

@@ -178,14 +178,26 @@ Status StagingFile::Zero(std::uint64_t offset, std::uint64_t length) {
   // block leaves it part ciphertext, part zero bytes, and one whose remaining ciphertext
   // happened to be zero too (1 in 256 for one byte) read as all zeros, losing its other bytes.
   // A truncate to a size that is not a multiple of 16 cut the last block of the file so.
+  // (A page already lost by a failed write cannot be cut so: its bytes cannot be read. The
+  // zeroing then fails with the page's error, where it used to leave the page lost.)
   const std::uint64_t stop = offset + length;
   const std::uint64_t a = Up(offset), b = Down(stop);
   if (a >= b) return Write(offset, Bytes(static_cast<std::size_t>(length), 0));
+  // One end written and the other not: every page of the range reads as an error, never as
+  // half-zeroed bytes.
+  auto lose = [&](Status failed) {
+    for (std::uint64_t p = offset / kPage; p <= (stop - 1) / kPage && p < gens_.size(); ++p) {
+      gens_[static_cast<std::size_t>(p)] = kLost;
+    }
+    return failed;
+  };
   if (a != offset) {
-    if (auto s = Write(offset, Bytes(static_cast<std::size_t>(a - offset), 0)); !s.ok()) return s;
+    auto s = Write(offset, Bytes(static_cast<std::size_t>(a - offset), 0));
+    if (!s.ok()) return lose(s);
   }
   if (b != stop) {
-    if (auto s = Write(b, Bytes(static_cast<std::size_t>(stop - b), 0)); !s.ok()) return s;
+    auto s = Write(b, Bytes(static_cast<std::size_t>(stop - b), 0));
+    if (!s.ok()) return lose(s);
   }
   offset = a;
   length = b - a;

@@ -7,6 +7,7 @@
 #include <sys/sysmacros.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -734,7 +735,9 @@ TEST_F(FuseOpsTest, PagesBesideASmallReadAreStoredOnlyIfNothingChangedSince) {
   constexpr std::size_t kW = server::ReadWindow::kSize;
   std::vector<PageStore> sunk;
   ops_->SetPageSink([&](PageStore&& p) { sunk.push_back(std::move(p)); });
-  auto [ino, wfh] = NewFile("f");
+  const auto created = NewFile("f");  // not a structured binding: the lambdas capture it
+  const fuse_ino_t ino = created.first;
+  const std::uint64_t wfh = created.second;
   std::string data(4 * kW + 1, '\0');
   for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>('a' + i * 7 % 26);
   ASSERT_EQ(Write(wfh, 0, data).a().count, data.size());
@@ -750,7 +753,7 @@ TEST_F(FuseOpsTest, PagesBesideASmallReadAreStoredOnlyIfNothingChangedSince) {
     EXPECT_EQ(said, ran);
     return ran;
   };
-  const std::uint64_t fh = Open(ino, O_RDONLY).a().fi.fh;
+  std::uint64_t fh = Open(ino, O_RDONLY).a().fi.fh;
   EXPECT_EQ(Read(fh, kW + 8192, 4096, ino).a().data, data.substr(kW + 8192, 4096));
   ASSERT_EQ(sunk.size(), 1u);
   EXPECT_EQ(sunk[0].ino, ino);
@@ -784,6 +787,16 @@ TEST_F(FuseOpsTest, PagesBesideASmallReadAreStoredOnlyIfNothingChangedSince) {
   EXPECT_TRUE(read_then([] {}));
   EXPECT_FALSE(read_then([&] { Release(Open(ino, O_RDONLY).a().fi.fh); })) << "an open";
   EXPECT_FALSE(read_then([&] { ops_->PeerChanged(ino); })) << "a peer's change";
+  // Handles opened before a peer's change may read the older version: no stores until they
+  // are all gone, whichever handle reads.
+  sunk.clear();
+  const std::uint64_t after = Open(ino, O_RDONLY).a().fi.fh;
+  EXPECT_EQ(Read(after, 4096, 4096, ino).a().data, data.substr(4096, 4096));
+  EXPECT_EQ(Read(fh, 4096, 4096, ino).a().data, data.substr(4096, 4096));
+  EXPECT_TRUE(sunk.empty()) << "a handle from before the peer's change is still open";
+  EXPECT_EQ(Release(fh).err(), 0);
+  fh = after;
+  EXPECT_TRUE(read_then([] {})) << "only handles from after it are left";
   EXPECT_FALSE(read_then([&] { Truncate(ino, static_cast<off_t>(data.size())); }))
       << "a truncate, even to the same size";
   std::uint64_t writer = 0;
@@ -794,9 +807,9 @@ TEST_F(FuseOpsTest, PagesBesideASmallReadAreStoredOnlyIfNothingChangedSince) {
   EXPECT_EQ(Release(writer).err(), 0);
   EXPECT_TRUE(read_then([] {})) << "the writer is gone";
   // Another inode's change leaves this one's store alone.
-  auto [other, ofh] = NewFile("g");
-  EXPECT_EQ(Release(ofh).err(), 0);
-  EXPECT_TRUE(read_then([&] { ops_->PeerChanged(other); }));
+  const auto other = NewFile("g");
+  EXPECT_EQ(Release(other.second).err(), 0);
+  EXPECT_TRUE(read_then([&] { ops_->PeerChanged(other.first); }));
   EXPECT_EQ(Release(fh).err(), 0);
 }
 
@@ -811,7 +824,8 @@ TEST(PageFillTest, TheRecordIsBoundedAndKeepsItsWriters) {
   const PageStore p{2, 0, Bytes(10), *t};
   auto ran = [&](const PageStore& s) { return pf.StoreIfCurrent(s, [] {}); };
   EXPECT_TRUE(ran(p));
-  for (fuse_ino_t i = 10; i < 10 + PageFill::kMaxInodes - 2; ++i) pf.Changed(i);
+  // On record: 1 (a handle), 2 (stored) and these.
+  for (fuse_ino_t i = 10; i < 10 + PageFill::kMaxInodes - 3; ++i) pf.Changed(i);
   EXPECT_TRUE(ran(p)) << "at the limit nothing is dropped";
   pf.Changed(5000);
   EXPECT_TRUE(ran(p));
@@ -827,6 +841,37 @@ TEST(PageFillTest, TheRecordIsBoundedAndKeepsItsWriters) {
   auto t1 = pf.Ticket(1);
   ASSERT_TRUE(t1);
   EXPECT_TRUE(ran(PageStore{1, 0, Bytes(10), *t1}));
+}
+
+// A store under way holds off opens and truncates of its own inode only; a peer's change
+// never waits for it.
+TEST(PageFillTest, OnlyTheStoredInodeWaitsForAStore) {
+  PageFill pf;
+  auto t = pf.Ticket(1);
+  ASSERT_TRUE(t);
+  std::atomic<bool> release{false}, in_store{false}, opened_1{false};
+  std::thread storer([&] {
+    pf.StoreIfCurrent(PageStore{1, 0, Bytes(10), *t}, [&] {
+      in_store = true;
+      while (!release) std::this_thread::yield();
+    });
+  });
+  while (!in_store) std::this_thread::yield();
+  pf.Opened(2, 20, false);  // another inode: at once
+  pf.Changed(2);
+  pf.PeerChanged(1);  // never waits
+  EXPECT_FALSE(pf.StoreIfCurrent(PageStore{1, 0, Bytes(10), *t}, [] {}))
+      << "one store of an inode at a time (and this ticket is stale anyway)";
+  std::thread opener([&] {
+    pf.Opened(1, 10, false);
+    opened_1 = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(opened_1) << "an open of the stored inode waits for the store";
+  release = true;
+  storer.join();
+  opener.join();
+  EXPECT_TRUE(opened_1);
 }
 
 // Opens, reads, stores and releases from several threads at once: counts stay right (TSan
