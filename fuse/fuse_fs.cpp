@@ -10,6 +10,8 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
 #include <thread>
 
 #include "base/mutex.h"
@@ -24,6 +26,56 @@ struct Invalidation {
   bool entry;
   std::uint64_t ino;  // parent for entries
   std::string name;
+};
+
+// One thread serving a queue of T in order. Push drops the item when `max` are waiting or
+// after Stop; Stop lets the item being served finish and drops the rest. The thread starts
+// with Start (the daemon forks after building its objects; threads do not survive a fork).
+template <typename T>
+class QueueThread {
+ public:
+  explicit QueueThread(std::size_t max) : max_(max) {}
+  ~QueueThread() { Stop(); }
+
+  void Start(std::function<void(T&)> serve) {
+    thread_ = std::thread([this, serve = std::move(serve)] {
+      for (;;) {
+        T item;
+        {
+          MutexLock lock(mu_);
+          while (!stop_ && queue_.empty()) cv_.wait(mu_);
+          if (stop_) return;
+          item = std::move(queue_.front());
+          queue_.pop_front();
+        }
+        serve(item);
+      }
+    });
+  }
+  void Push(T item) {
+    {
+      MutexLock lock(mu_);
+      if (stop_ || queue_.size() >= max_) return;
+      queue_.push_back(std::move(item));
+    }
+    cv_.notify_one();
+  }
+  void Stop() {
+    {
+      MutexLock lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  const std::size_t max_;
+  Mutex mu_;
+  std::condition_variable_any cv_;  // waits on mu_
+  std::deque<T> queue_ GUARDED_BY(mu_);
+  bool stop_ GUARDED_BY(mu_) = false;
+  std::thread thread_;
 };
 
 // The production Reply: answers the kernel's request through libfuse. The fuse_reply_*
@@ -88,68 +140,34 @@ struct FuseFs::Impl {
   bool mounted = false;
   std::string mountpoint;
 
-  Mutex inval_mu;
-  std::condition_variable_any inval_cv;  // waits on inval_mu
-  std::deque<Invalidation> inval_queue GUARDED_BY(inval_mu);
-  bool inval_stop GUARDED_BY(inval_mu) = false;
-  std::thread inval_thread;
-
+  // Invalidations of the kernel's entries and attributes, sent from a thread of their own
+  // (never from a request handler, which could be waiting on the network).
+  QueueThread<Invalidation> invalidations{std::numeric_limits<std::size_t>::max()};
   // Pages for the kernel's cache (PageFill), stored from a thread of their own: a store may
   // wait for a page lock that a read in flight holds, so no request handler ever waits on one.
   // Bounded: when full, the newest are dropped (they are only an offer).
   static constexpr std::size_t kMaxPageStores = 64;
-  Mutex fill_mu;
-  std::condition_variable_any fill_cv;  // waits on fill_mu
-  std::deque<PageStore> fill_queue GUARDED_BY(fill_mu);
-  bool fill_stop GUARDED_BY(fill_mu) = false;
-  std::thread fill_thread;
+  QueueThread<PageStore> page_stores{kMaxPageStores};
 
   static Impl& Of(fuse_req_t req) { return *static_cast<Impl*>(fuse_req_userdata(req)); }
 
-  void InvalidationLoop() {
-    for (;;) {
-      Invalidation inv;
-      {
-        MutexLock lock(inval_mu);
-        while (!inval_stop && inval_queue.empty()) inval_cv.wait(inval_mu);
-        if (inval_stop) return;
-        inv = std::move(inval_queue.front());
-        inval_queue.pop_front();
-      }
+  void StartThreads() {
+    invalidations.Start([this](Invalidation& inv) {
       if (inv.entry) {
         fuse_lowlevel_notify_inval_entry(se, inv.ino, inv.name.c_str(), inv.name.size());
       } else {
         fuse_lowlevel_notify_inval_inode(se, inv.ino, 0, 0);
       }
-    }
-  }
-
-  void QueuePages(PageStore&& p) {
-    {
-      MutexLock lock(fill_mu);
-      if (fill_stop || fill_queue.size() >= kMaxPageStores) return;
-      fill_queue.push_back(std::move(p));
-    }
-    fill_cv.notify_one();
-  }
-
-  void FillLoop() {
-    for (;;) {
-      PageStore p;
-      {
-        MutexLock lock(fill_mu);
-        while (!fill_stop && fill_queue.empty()) fill_cv.wait(fill_mu);
-        if (fill_stop) return;
-        p = std::move(fill_queue.front());
-        fill_queue.pop_front();
-      }
+    });
+    page_stores.Start([this](PageStore& p) {
       // Only an offer: a failure (out of memory) loses the offer, never the thread.
       try {
         StorePages(p);
       } catch (const std::exception& e) {
         spdlog::warn("page cache fill of inode {} stopped: {}", p.ino, e.what());
       }
-    }
+    });
+    ops.SetPageSink([this](PageStore&& p) { page_stores.Push(std::move(p)); });
   }
 
   void StorePages(const PageStore& p) {
@@ -166,18 +184,8 @@ struct FuseFs::Impl {
   }
 
   void StopThreads() {
-    {
-      MutexLock lock(inval_mu);
-      inval_stop = true;
-    }
-    inval_cv.notify_all();
-    {
-      MutexLock lock(fill_mu);
-      fill_stop = true;
-    }
-    fill_cv.notify_all();
-    if (inval_thread.joinable()) inval_thread.join();
-    if (fill_thread.joinable()) fill_thread.join();
+    invalidations.Stop();
+    page_stores.Stop();
   }
 };
 
@@ -332,9 +340,7 @@ Status FuseFs::Mount(const MountOptions& options) {
 void FuseFs::InstallSignalHandlers() { fuse_set_signal_handlers(impl_->se); }
 
 Status FuseFs::Run() {
-  impl_->inval_thread = std::thread([im = impl_.get()] { im->InvalidationLoop(); });
-  impl_->fill_thread = std::thread([im = impl_.get()] { im->FillLoop(); });
-  impl_->ops.SetPageSink([im = impl_.get()](PageStore&& p) { im->QueuePages(std::move(p)); });
+  impl_->StartThreads();
   fuse_loop_config* cfg = fuse_loop_cfg_create();
   fuse_loop_cfg_set_idle_threads(cfg, 8);
   fuse_loop_cfg_set_max_threads(cfg, 64);
@@ -369,21 +375,16 @@ void FuseFs::SetOpObserver(std::function<void(std::size_t, std::chrono::nanoseco
 void FuseFs::SetVirtualXattr(VirtualXattr fn) { impl_->ops.SetVirtualXattr(std::move(fn)); }
 
 void FuseFs::Invalidate(const server::ChangeSet& changes) {
-  {
-    MutexLock lock(impl_->inval_mu);
-    if (impl_->inval_stop) return;
-    for (const auto& r : changes.inodes) {
-      impl_->ops.PeerChanged(r.id);
-      // A regular file's cached attributes and pages stay: they are those of the version the
-      // handles open here read, and the next open drops them (Ops::Open). Invalidating them
-      // here would race the GETATTR of a reader, whose reply the kernel then drops, leaving
-      // it reading with the size it had. A stat shows the new version within attr_timeout.
-      if (r.kind == server::InodeKind::kFile && !r.deleted) continue;
-      impl_->inval_queue.push_back({false, r.id, {}});
-    }
-    for (const auto& d : changes.dentries) impl_->inval_queue.push_back({true, d.parent, d.name});
+  for (const auto& r : changes.inodes) {
+    impl_->ops.PeerChanged(r.id);
+    // A regular file's cached attributes and pages stay: they are those of the version the
+    // handles open here read, and the next open drops them (Ops::Open). Invalidating them
+    // here would race the GETATTR of a reader, whose reply the kernel then drops, leaving
+    // it reading with the size it had. A stat shows the new version within attr_timeout.
+    if (r.kind == server::InodeKind::kFile && !r.deleted) continue;
+    impl_->invalidations.Push({false, r.id, {}});
   }
-  impl_->inval_cv.notify_one();
+  for (const auto& d : changes.dentries) impl_->invalidations.Push({true, d.parent, d.name});
 }
 
 }  // namespace foreverfs::fuse

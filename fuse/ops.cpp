@@ -11,6 +11,9 @@
 namespace foreverfs::fuse {
 namespace {
 
+// Open flags that let the handle write (and an O_TRUNC cut the file).
+bool Writes(int flags) { return (flags & O_ACCMODE) != O_RDONLY; }
+
 using server::Attr;
 using server::InodeKind;
 
@@ -446,11 +449,11 @@ void Ops::Open(Reply& r, fuse_ino_t ino, fuse_file_info* fi) {
   auto h = fs_.Open(ino, fi->flags, KillsSuidgid(r.Context()));
   if (!h.ok()) {
     // An O_TRUNC open may have cut the file before it failed.
-    if ((fi->flags & O_TRUNC) && (fi->flags & O_ACCMODE) != O_RDONLY) pages_.Changed(ino);
+    if ((fi->flags & O_TRUNC) && Writes(fi->flags)) pages_.Changed(ino);
     return ReplyError(r, h.status(), "open");
   }
   fi->fh = *h;
-  pages_.Opened(ino, *h, (fi->flags & O_ACCMODE) != O_RDONLY);
+  pages_.Opened(ino, *h, Writes(fi->flags));
   // A version whose attributes the kernel may not hold (a peer's, or another handle's): its
   // cached size goes before the first read (attributes only, which takes no page lock: safe
   // inside a request). Regular files are not invalidated from the invalidation thread.
@@ -465,7 +468,7 @@ void Ops::Create(Reply& r, fuse_ino_t parent, const char* name, mode_t mode, fus
       fs_.Create(parent, name, mode & ~ctx.umask, ctx.uid, ctx.gid, fi->flags, KillsSuidgid(ctx));
   if (!c.ok()) return ReplyError(r, c.status(), "create");
   fi->fh = c->handle;
-  pages_.Opened(c->attr.rec.id, c->handle, (fi->flags & O_ACCMODE) != O_RDONLY);
+  pages_.Opened(c->attr.rec.id, c->handle, Writes(fi->flags));
   Told(c->attr, /*entry=*/true);
   fuse_entry_param e{};
   e.ino = c->attr.rec.id;
