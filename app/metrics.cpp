@@ -291,6 +291,7 @@ ChunkUsage::Figure ChunkUsage::Walk() const {
       it.disable_recursion_pending();
       continue;
     }
+    if (it.depth() == 0) continue;  // the shard directories, and the store's `layout` file
     std::error_code fec;
     if (it->is_regular_file(fec)) {
       ++f.chunks;

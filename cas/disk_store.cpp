@@ -1,27 +1,38 @@
-// Chunks as files: root/ab/cd/<64 hex digits>, where ab and cd are the first two bytes of the
-// id. A Put writes root/tmp/<unique> and renames it into place, so after a crash of the process
+// Chunks as files: root/ab/<64 hex digits>, where ab is the id's first byte (256 shard
+// directories, made when the store is opened, as git lays out its objects). A Put writes
+// root/tmp/<unique> and renames it into place, so after a crash of the process
 // the final name holds either nothing or the complete chunk. Put does not fsync: Sync makes
 // every chunk so far durable with one syncfs(2), which is what FileServer does on fsync(2)
 // before the namespace is synced (a file system does the same: durable after fsync, not after
 // write). A chunk that a power failure cut short fails its GCM tag on read and is fetched again
 // from a peer. Files left in root/tmp/ by a crash are removed when the store is opened.
 //
+// Stores before 2026-12 used two levels, root/ab/cd/<64 hex>: 65,536 leaf directories, so that
+// nearly every put of a store with fewer chunks than that made a directory too (an inode
+// allocation and a directory block, as costly as the chunk file itself: `tar -x` of small files
+// made two inodes per file). Open moves such a store's chunks up one level once (a rename
+// each, resumable after a crash) and then writes root/layout; a store with that file is not
+// scanned again. Going back to an older version means moving them down again by hand.
+//
 // Thread-safe: its only state beyond the file system is a bounded cache of open chunk files for
 // reads (OpenChunks); concurrent Puts of one id each rename a complete file over the other,
 // which is harmless.
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <list>
 #include <memory>
 #include <string>
 #include <system_error>
 #include <unordered_map>
+#include <vector>
 
 #include "base/fd.h"
 #include "base/mutex.h"
@@ -35,6 +46,9 @@ namespace fs = std::filesystem;
 // A stored blob may exceed a chunk by the framing of the wrappers (version byte, tag).
 constexpr std::size_t kMaxBlobSize = kMaxChunkSize + kMaxBlobOverhead;
 constexpr std::string_view kTmpDir = "tmp";
+// Written once the store has the one-level layout; its content is for people.
+constexpr std::string_view kLayoutFile = "layout";
+constexpr std::string_view kLayoutText = "chunks/<2 hex>/<64 hex>\n";
 
 bool IsLowerHex(std::string_view s, std::size_t len) {
   if (s.size() != len) return false;
@@ -136,7 +150,8 @@ class DiskChunkStore final : public ChunkStore {
   DiskChunkStore(fs::path root, std::size_t open_files)
       : root_(std::move(root)), tmp_(root_ / kTmpDir), open_(open_files) {}
 
-  // Creates the root and tmp directories and removes stale temp files.
+  // Creates the root, tmp and the 256 shard directories, removes stale temp files and moves
+  // the chunks of a two-level store up one level.
   Status Open() {
     std::error_code ec;
     fs::create_directories(root_, ec);
@@ -153,9 +168,12 @@ class DiskChunkStore final : public ChunkStore {
     if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", tmp_.string()));
     root_fd_ = UniqueFd(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!root_fd_.valid()) return ErrnoStatus(errno, fmt::format("opening '{}'", root_.string()));
-    return Ok();
+    for (int b = 0; b < 256; ++b) {
+      if (Status s = MakeDir(root_ / fmt::format("{:02x}", b)); !s.ok()) return s;
+    }
+    if (Exists(root_ / kLayoutFile)) return Ok();
+    return MoveToOneLevel();
   }
-
   Status Sync() override {
     if (::syncfs(root_fd_.get()) != 0) {
       return ErrnoStatus(errno, fmt::format("syncing the file system of '{}'", root_.string()));
@@ -174,9 +192,9 @@ class DiskChunkStore final : public ChunkStore {
     struct stat st {};
     if (::stat(final_path.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_size) == data.size())
       return Ok();
-    // Directories are made only when a call finds them missing (ENOENT): three mkdir calls
-    // that fail with EEXIST on every put were 6.5% of the daemon's time in `tar -x` of small
-    // files (each takes the parent directory's lock).
+    // Directories are made by Open; here only when a call finds them missing (ENOENT): mkdir
+    // calls that fail with EEXIST on every put were 6.5% of the daemon's time in `tar -x` of
+    // small files (each takes the parent directory's lock).
     const fs::path tmp_path = tmp_ / fmt::format("{}.{:016x}", Hex(id), crypto::RandomU64());
     const auto create_tmp = [&] {
       return ::open(tmp_path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
@@ -195,10 +213,8 @@ class DiskChunkStore final : public ChunkStore {
     }
     if (s.ok()) {
       int rc = ::rename(tmp_path.c_str(), final_path.c_str());
-      if (rc != 0 && errno == ENOENT) {  // the first chunk of its shard: make the shard
-        const fs::path shard = final_path.parent_path();
-        s = MakeDir(shard.parent_path());
-        if (s.ok()) s = MakeDir(shard);
+      if (rc != 0 && errno == ENOENT) {  // its shard was removed since Open (by hand)
+        s = MakeDir(final_path.parent_path());
         if (s.ok()) rc = ::rename(tmp_path.c_str(), final_path.c_str());
       }
       if (s.ok() && rc != 0) {
@@ -366,17 +382,10 @@ class DiskChunkStore final : public ChunkStore {
     for (fs::directory_iterator a(root_, ec), end; !ec && a != end; a.increment(ec)) {
       const std::string an = a->path().filename().string();
       if (!IsLowerHex(an, 2) || !a->is_directory()) continue;
-      for (fs::directory_iterator b(a->path(), ec); !ec && b != end; b.increment(ec)) {
-        const std::string bn = b->path().filename().string();
-        if (!IsLowerHex(bn, 2) || !b->is_directory()) continue;
-        for (fs::directory_iterator c(b->path(), ec); !ec && c != end; c.increment(ec)) {
-          const std::string cn = c->path().filename().string();
-          if (!IsLowerHex(cn, 64) || cn.compare(0, 2, an) != 0 || cn.compare(2, 2, bn) != 0) {
-            continue;
-          }
-          if (auto id = crypto::DigestFromHex(cn)) fn(*id);
-        }
-        if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", b->path().string()));
+      for (fs::directory_iterator c(a->path(), ec); !ec && c != end; c.increment(ec)) {
+        const std::string cn = c->path().filename().string();
+        if (!IsLowerHex(cn, 64) || cn.compare(0, 2, an) != 0) continue;
+        if (auto id = crypto::DigestFromHex(cn)) fn(*id);
       }
       if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", a->path().string()));
     }
@@ -387,7 +396,72 @@ class DiskChunkStore final : public ChunkStore {
  private:
   fs::path PathOf(const ChunkId& id) const {
     const std::string hex = Hex(id);
-    return root_ / hex.substr(0, 2) / hex.substr(2, 2) / hex;
+    return root_ / hex.substr(0, 2) / hex;
+  }
+
+  // Moves every chunk of the two-level layout (root/ab/cd/<hex>) to root/ab/<hex>, removes the
+  // emptied directories, makes the moves durable and then writes the layout file. After a
+  // crash on the way the next Open finds no layout file and goes on where this stopped. Names
+  // that are no chunk of their directory stay where they are (and keep their directory).
+  Status MoveToOneLevel() {
+    std::uint64_t moved = 0;
+    auto last_note = std::chrono::steady_clock::now();
+    std::error_code ec;
+    for (int b = 0; b < 256; ++b) {
+      const std::string an = fmt::format("{:02x}", b);
+      const fs::path top = root_ / an;
+      std::vector<fs::path> leaves;
+      for (fs::directory_iterator it(top, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string bn = it->path().filename().string();
+        std::error_code dec;
+        if (IsLowerHex(bn, 2) && it->is_directory(dec)) leaves.push_back(it->path());
+      }
+      if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", top.string()));
+      for (const fs::path& leaf : leaves) {
+        const std::string bn = leaf.filename().string();
+        bool left = false;
+        for (fs::directory_iterator it(leaf, ec), end; !ec && it != end; it.increment(ec)) {
+          const std::string cn = it->path().filename().string();
+          if (!IsLowerHex(cn, 64) || cn.compare(0, 2, an) != 0 || cn.compare(2, 2, bn) != 0) {
+            left = true;
+            continue;
+          }
+          const fs::path to = top / cn;
+          if (::rename(it->path().c_str(), to.c_str()) != 0) {
+            return ErrnoStatus(
+                errno, fmt::format("moving chunk '{}' to '{}'", it->path().string(), to.string()));
+          }
+          ++moved;
+          if (std::chrono::steady_clock::now() - last_note > std::chrono::seconds(5)) {
+            last_note = std::chrono::steady_clock::now();
+            spdlog::info("chunk store '{}': {} chunks moved to the one-level layout so far",
+                         root_.string(), moved);
+          }
+        }
+        if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", leaf.string()));
+        if (left) {
+          spdlog::warn("chunk store: '{}' holds names that are not its chunks; left as they are",
+                       leaf.string());
+        } else if (::rmdir(leaf.c_str()) != 0 && errno != ENOENT) {
+          return ErrnoStatus(errno, fmt::format("removing '{}'", leaf.string()));
+        }
+      }
+    }
+    // The moves reach the disk before the file that says they are done.
+    if (moved > 0 && ::syncfs(root_fd_.get()) != 0) {
+      return ErrnoStatus(errno, fmt::format("syncing the file system of '{}'", root_.string()));
+    }
+    const fs::path layout = root_ / kLayoutFile;
+    UniqueFd fd(::open(layout.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600));
+    if (!fd.valid()) return ErrnoStatus(errno, fmt::format("creating '{}'", layout.string()));
+    const ByteSpan text(reinterpret_cast<const std::uint8_t*>(kLayoutText.data()),
+                        kLayoutText.size());
+    if (Status s = WriteAll(fd.get(), text, layout); !s.ok()) return s;
+    if (moved > 0) {
+      spdlog::info("chunk store '{}': {} chunks moved to the one-level layout (once)",
+                   root_.string(), moved);
+    }
+    return Ok();
   }
 
   static bool Exists(const fs::path& path) {

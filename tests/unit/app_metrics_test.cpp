@@ -280,14 +280,15 @@ TEST(AppMetricsTest, ChunkUsageWalksOffThePathAndCachesForMaxAge) {
     std::filesystem::create_directories((chunks / rel).parent_path());
     std::ofstream(chunks / rel) << std::string(size, 'c');
   };
-  put("ab/cd/abcd01", 100);
-  put("ab/ce/abce02", 50);
+  put("ab/abcd01", 100);
+  put("ab/abce02", 50);
   put("tmp/partial", 1000);  // a chunk being written is not counted
+  put("layout", 20);         // nor the store's layout file
   ChunkUsage usage(chunks, 300ms);
   auto first = usage.Get(5s);
   EXPECT_EQ(first.chunks, 2u);
   EXPECT_EQ(first.bytes, 150u);
-  put("01/02/010203", 10);
+  put("01/010203", 10);
   auto cached = usage.Get(5s);  // younger than 300 ms: no walk
   EXPECT_EQ(cached.chunks, 2u);
   EXPECT_EQ(cached.at, first.at);

@@ -38,6 +38,12 @@ using test::WriteFileBytes;
 
 fs::path ChunkPath(const fs::path& root, const ChunkId& id) {
   const std::string hex = Hex(id);
+  return root / hex.substr(0, 2) / hex;
+}
+
+// Where stores before the one-level layout kept a chunk.
+fs::path TwoLevelPath(const fs::path& root, const ChunkId& id) {
+  const std::string hex = Hex(id);
   return root / hex.substr(0, 2) / hex.substr(2, 2) / hex;
 }
 
@@ -623,6 +629,7 @@ TEST(DiskStoreTest, NoTempFilesLeft) {
     expected.insert(ChunkPath(dir.path(), id));
   }
   EXPECT_TRUE(fs::is_empty(dir.path() / "tmp"));
+  expected.insert(dir.path() / "layout");
   const std::vector<fs::path> files = FilesUnder(dir.path());
   EXPECT_EQ(std::set<fs::path>(files.begin(), files.end()), expected);
 }
@@ -638,15 +645,15 @@ TEST(DiskStoreTest, MissingDirectoriesAreMadeOnPut) {
   const ChunkId ida = crypto::Sha256::Of(a), idb = crypto::Sha256::Of(b),
                 idc = crypto::Sha256::Of(c);
   ASSERT_TRUE((*store)->Put(ida, a).ok());
-  fs::remove_all(ChunkPath(dir.path(), ida).parent_path().parent_path());
+  fs::remove_all(ChunkPath(dir.path(), ida).parent_path());
   fs::remove_all(dir.path() / "tmp");
   ASSERT_TRUE((*store)->Put(ida, a).ok());
   ASSERT_TRUE((*store)->Put(idb, b).ok());
   EXPECT_EQ(ReadFileBytes(ChunkPath(dir.path(), ida)), a);
   EXPECT_EQ(ReadFileBytes(ChunkPath(dir.path(), idb)), b);
   EXPECT_TRUE(fs::is_empty(dir.path() / "tmp"));
-  // A file where the shard's first level should be: the put fails, names it, leaves no temp.
-  const fs::path top = ChunkPath(dir.path(), idc).parent_path().parent_path();
+  // A file where the shard should be: the put fails, names it, leaves no temp.
+  const fs::path top = ChunkPath(dir.path(), idc).parent_path();
   fs::remove_all(top);
   WriteFileBytes(top, Pattern(1, 1));
   const Status s = (*store)->Put(idc, c);
@@ -853,9 +860,95 @@ TEST(DiskStoreTest, ForEachIgnoresForeignFiles) {
   fs::create_directories(dir.path() / "zz" / "zz");
   WriteFileBytes(dir.path() / "zz" / "zz" / hex, data);
   WriteFileBytes(dir.path() / "README", data);
+  // And a chunk left in a two-level directory: not the store's (Open moves them all).
+  fs::create_directories(TwoLevelPath(dir.path(), id).parent_path());
+  WriteFileBytes(TwoLevelPath(dir.path(), id), data);
   std::vector<ChunkId> listed;
   ASSERT_TRUE((*store)->ForEach([&](const ChunkId& c) { listed.push_back(c); }).ok());
   EXPECT_EQ(listed, std::vector<ChunkId>{id});
+}
+
+// A store written with the two-level layout (root/ab/cd/<hex>) is moved to one level when it is
+// opened: every chunk reads back, lists and is removable; the emptied directories are gone; a
+// directory holding a foreign name keeps it; the layout file says it is done.
+TEST(DiskStoreTest, OpenMovesATwoLevelStoreToOneLevel) {
+  TempDir dir;
+  std::vector<std::pair<ChunkId, Bytes>> chunks;
+  for (std::uint32_t i = 0; i < 40; ++i) {
+    Bytes data = Pattern(1 + i * 97, static_cast<std::uint8_t>(i));
+    const ChunkId id = crypto::Sha256::Of(data);
+    fs::create_directories(TwoLevelPath(dir.path(), id).parent_path());
+    WriteFileBytes(TwoLevelPath(dir.path(), id), data);
+    chunks.emplace_back(id, std::move(data));
+  }
+  // A stray name beside the first chunk, and an empty two-level directory.
+  const fs::path stray_dir = TwoLevelPath(dir.path(), chunks[0].first).parent_path();
+  WriteFileBytes(stray_dir / "notes.txt", Pattern(3, 1));
+  fs::create_directories(dir.path() / "ff" / "00");
+  auto store = MakeDiskStore(dir.path());
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  std::set<ChunkId> listed;
+  ASSERT_TRUE((*store)->ForEach([&](const ChunkId& c) { listed.insert(c); }).ok());
+  EXPECT_EQ(listed.size(), chunks.size());
+  for (const auto& [id, data] : chunks) {
+    EXPECT_TRUE(listed.count(id));
+    EXPECT_FALSE(fs::exists(TwoLevelPath(dir.path(), id))) << Hex(id);
+    auto got = (*store)->Get(id);
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    EXPECT_EQ(*got, data);
+  }
+  EXPECT_TRUE(fs::exists(stray_dir / "notes.txt"));
+  EXPECT_FALSE(fs::exists(dir.path() / "ff" / "00"));
+  EXPECT_TRUE(fs::is_regular_file(dir.path() / "layout"));
+  ASSERT_TRUE((*store)->Remove(chunks[1].first).ok());
+  EXPECT_FALSE((*store)->Has(chunks[1].first));
+}
+
+// A move cut short (a crash after some renames): the next Open finds no layout file and
+// finishes; once the file is there, a two-level directory made later is not looked at again.
+TEST(DiskStoreTest, AnInterruptedMoveFinishesAtTheNextOpen) {
+  TempDir dir;
+  const Bytes a = Pattern(500, 1), b = Pattern(501, 2), c = Pattern(502, 3);
+  const ChunkId ida = crypto::Sha256::Of(a), idb = crypto::Sha256::Of(b),
+                idc = crypto::Sha256::Of(c);
+  // a already moved, b not yet.
+  fs::create_directories(ChunkPath(dir.path(), ida).parent_path());
+  WriteFileBytes(ChunkPath(dir.path(), ida), a);
+  fs::create_directories(TwoLevelPath(dir.path(), idb).parent_path());
+  WriteFileBytes(TwoLevelPath(dir.path(), idb), b);
+  {
+    auto store = MakeDiskStore(dir.path());
+    ASSERT_TRUE(store.ok()) << store.status().message();
+    EXPECT_EQ(*(*store)->Get(ida), a);
+    EXPECT_EQ(*(*store)->Get(idb), b);
+  }
+  fs::create_directories(TwoLevelPath(dir.path(), idc).parent_path());
+  WriteFileBytes(TwoLevelPath(dir.path(), idc), c);
+  auto store = MakeDiskStore(dir.path());
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  EXPECT_TRUE(fs::exists(TwoLevelPath(dir.path(), idc)));
+  EXPECT_FALSE((*store)->Has(idc));
+  EXPECT_EQ(*(*store)->Get(idb), b);
+}
+
+// A chunk that cannot be moved (its destination is a directory) fails the open and names it;
+// nothing is lost and no layout file is written, so the next open tries again.
+TEST(DiskStoreTest, AMoveThatFailsNamesTheChunk) {
+  TempDir dir;
+  const Bytes a = Pattern(600, 4);
+  const ChunkId id = crypto::Sha256::Of(a);
+  fs::create_directories(TwoLevelPath(dir.path(), id).parent_path());
+  WriteFileBytes(TwoLevelPath(dir.path(), id), a);
+  fs::create_directories(ChunkPath(dir.path(), id) / "x");
+  auto store = MakeDiskStore(dir.path());
+  ASSERT_FALSE(store.ok());
+  EXPECT_NE(store.status().message().find(Hex(id)), std::string::npos) << store.status().message();
+  EXPECT_EQ(ReadFileBytes(TwoLevelPath(dir.path(), id)), a);
+  EXPECT_FALSE(fs::exists(dir.path() / "layout"));
+  fs::remove_all(ChunkPath(dir.path(), id));
+  auto again = MakeDiskStore(dir.path());
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  EXPECT_EQ(*(*again)->Get(id), a);
 }
 
 TEST(DiskStoreTest, OversizedFileIsCorruption) {

@@ -201,7 +201,7 @@ TEST_F(ChunkMaintenanceTest, ScrubRepairsCorruptAndMissingChunksFromAPeer) {
   // Flip a byte of one chunk file; delete another.
   auto path_of = [&](const cas::ChunkId& id) {
     auto hex = cas::Hex(id);
-    return dir_ / "chunks" / hex.substr(0, 2) / hex.substr(2, 2) / hex;
+    return dir_ / "chunks" / hex.substr(0, 2) / hex;
   };
   {
     std::fstream f(path_of(ids[0]), std::ios::in | std::ios::out | std::ios::binary);
