@@ -23,7 +23,7 @@
 # Method notes (why the workloads look the way they do):
 # - Data are random (openssl AES-CTR keystream, generated before any timing): zeros would be
 #   holes to foreverfs and identical chunks deduplicate, which would flatter it. Every source
-#   file has different content, and so does every workload, for the same reason.
+#   file has different content, and so does every workload and every round, for the same reason.
 # - Cold reads: `sync; echo 3 > /proc/sys/vm/drop_caches` first, which empties the page cache of
 #   both mounts and of the disk under them.
 # - fio uses buffered I/O (direct=0), 1 job, psync: that is what applications do, and both
@@ -118,8 +118,10 @@ echo "# load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min) at start"
 echo "# sizes:   ${SIZE} MiB files, ${NFILES} small files, ${NLS} entries for ls -l, fio ${FIO_RT} s per run, ${BIG} MiB stream for RSS, ${ROUNDS} rounds"
 
 # --- inputs, made before any timing --------------------------------------------------------------
-SRC=$CW/src.bin; FIO_SRC=$CW/fio-src.bin; RSRC=$CW/repl-src.bin
-random_file "$SRC" "$SIZE"
+FIO_SRC=$CW/fio-src.bin; RSRC=$CW/repl-src.bin
+# One source per round for the sequential write, as for the small files below: a round
+# writing what an earlier one stored would only find its chunks there already.
+for r in $(seq "$ROUNDS"); do random_file "$CW/src.$r.bin" "$SIZE"; done
 random_file "$FIO_SRC" "$SIZE"
 random_file "$RSRC" "$SIZE"
 # make_tree ROOT N DIRS DIRFMT FILEFMT MIN MAX HEX: N files of MIN-MAX random bytes (written as hex
@@ -137,13 +139,17 @@ for i in range(n):
         f.write(data.hex().encode() if hexed == "1" else data)
 EOF
 }
-make_tree "$CW/small" "$NFILES" 50 d%02d f%05d 1024 16384 0
-tar -C "$CW/small" -cf "$CW/small.tar" .
-# A git repository of NGIT text files of 1-16 KiB in 20 directories, one commit, to clone.
-make_tree "$CW/gitsrc" "$NGIT" 20 src%02d file%05d.c 512 8192 1
-git -C "$CW/gitsrc" init -q && git -C "$CW/gitsrc" add -A &&
-  git -C "$CW/gitsrc" -c user.name=bench -c user.email=bench@localhost commit -qm bench
-SMALL_BYTES=$(du -sb "$CW/small" | cut -f1)
+# One tarball and one git repository per round: a round unpacking what an earlier round
+# stored would find every chunk already there (deduplicated), which would flatter foreverfs.
+for r in $(seq "$ROUNDS"); do
+  make_tree "$CW/small.$r" "$NFILES" 50 d%02d f%05d 1024 16384 0
+  tar -C "$CW/small.$r" -cf "$CW/small.$r.tar" .
+  # A git repository of NGIT text files of 1-16 KiB in 20 directories, one commit, to clone.
+  make_tree "$CW/gitsrc.$r" "$NGIT" 20 src%02d file%05d.c 512 8192 1
+  git -C "$CW/gitsrc.$r" init -q && git -C "$CW/gitsrc.$r" add -A &&
+    git -C "$CW/gitsrc.$r" -c user.name=bench -c user.email=bench@localhost commit -qm bench
+done
+SMALL_BYTES=$(du -sb "$CW/small.1" | cut -f1)
 
 # --- passthrough_ll, the baseline -------------------------------------------------------------
 EX=/usr/share/doc/libfuse3-dev/examples
@@ -176,9 +182,9 @@ fio_json() {  # fio_json FILE RW DIRECT [extra...] -> iops
 # The workloads, one function each: W_<name> FS MNT PID ROUND, writing into a fresh directory
 # of its own per round; each stores its figure in R[FS.<key>.ROUND].
 W_seqwrite() {  # sequential write of SIZE MiB from a file in the page cache, fsynced
-  local fs=$1 d=$2/seq.$4 t0 t1; mkdir "$d"; warm "$SRC"; drop_caches; warm "$SRC"
+  local fs=$1 d=$2/seq.$4 src=$CW/src.$4.bin t0 t1; mkdir "$d"; warm "$src"; drop_caches; warm "$src"
   perf_start "$fs-seqwrite" "$3"
-  t0=$(now); dd if="$SRC" of="$d/f" bs=1M conv=fsync status=none; t1=$(now)
+  t0=$(now); dd if="$src" of="$d/f" bs=1M conv=fsync status=none; t1=$(now)
   perf_stop
   R[$fs.seqwrite.$4]=$(calc "$SIZE / ($t1 - $t0)")
 }
@@ -190,9 +196,9 @@ W_coldread() {  # cold sequential read of the file the same round's seqwrite wro
   R[$fs.coldread.$4]=$(calc "$SIZE / ($t1 - $t0)")
 }
 W_smallfiles() {  # unpacking many small files, then sync
-  local fs=$1 d=$2/tar.$4 t0 t1; mkdir "$d"; warm "$CW/small.tar"
+  local fs=$1 d=$2/tar.$4 t0 t1; mkdir "$d"; warm "$CW/small.$4.tar"
   perf_start "$fs-smallfiles" "$3"
-  t0=$(now); tar -C "$d" -xf "$CW/small.tar"; sync; t1=$(now)
+  t0=$(now); tar -C "$d" -xf "$CW/small.$4.tar"; sync; t1=$(now)
   perf_stop
   R[$fs.smallfiles.$4]=$(calc "$t1 - $t0")
 }
@@ -226,7 +232,7 @@ W_git() {  # git clone of a local repository (--no-local: objects are copied as 
   # no hard links), then git status in the clone
   local fs=$1 d=$2/git.$4 t0 t1; mkdir "$d"
   perf_start "$fs-git" "$3"
-  t0=$(now); git clone -q --no-local "$CW/gitsrc" "$d/repo"; git -C "$d/repo" status --porcelain >/dev/null; t1=$(now)
+  t0=$(now); git clone -q --no-local "$CW/gitsrc.$4" "$d/repo"; git -C "$d/repo" status --porcelain >/dev/null; t1=$(now)
   perf_stop
   R[$fs.git.$4]=$(calc "$t1 - $t0")
 }
