@@ -77,7 +77,7 @@ class ChunkHasher {
   std::shared_ptr<const crypto::HmacSha256Key> key_;  // shared by copies
 };
 
-// Files under `root`: root/ab/cd/<64 hex digits>, written to a temp file and renamed; Sync is
+// Files under `root`: root/ab/<64 hex digits>, written to a temp file and renamed; Sync is
 // one syncfs(2) of the file system holding `root`.
 // Get returns the bytes as stored (verification belongs to the wrappers).
 // ReadAt keeps up to `open_files` chunk files open for the next read (default

@@ -50,6 +50,15 @@ class FileHost {
   virtual Result<Bytes> LoadChunk(const cas::ChunkId& id) = 0;
   // Part of a chunk (zeros past its end); may wait on the network.
   virtual Status ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out) = 0;
+  // The chunk's first `len` bytes (zeros past its end), handed to `sink` in order in pieces
+  // of at most kCopyPiece bytes, each with its offset: a local chunk is read a segment at a
+  // time (no megabyte buffer per copy, and none of the sink's buffers is large enough for
+  // glibc to give its pages back at free and fault them in again), any other is loaded whole
+  // (LoadChunk) and handed on from where the local read stopped. Stops at the first error,
+  // the sink's included.
+  static constexpr std::size_t kCopyPiece = cas::kSegmentSize;
+  virtual Status CopyChunk(const cas::ChunkId& id, std::uint64_t len,
+                           const std::function<Status(std::uint64_t, ByteSpan)>& sink) = 0;
   // A hint that the local chunk `id` is read next (cas::ChunkStore::Prefetch); never waits on
   // the network. The default does nothing.
   virtual void PrefetchChunk(const cas::ChunkId& id) { (void)id; }

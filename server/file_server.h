@@ -204,6 +204,8 @@ class FileServer : public FileHost {
   // Part of a chunk into `out` (zeros past its end): read in place when the chunk is here and
   // sound, else through LoadChunk.
   Status ReadChunk(const cas::ChunkId& id, std::size_t offset, MutableByteSpan out) override;
+  Status CopyChunk(const cas::ChunkId& id, std::uint64_t len,
+                   const std::function<Status(std::uint64_t, ByteSpan)>& sink) override;
   void PrefetchChunk(const cas::ChunkId& id) override { store_.Prefetch(id); }
   NamespaceDb& ns() { return ns_; }
   cas::ChunkStore& store() { return store_; }

@@ -147,17 +147,6 @@ Status OpenFile::EnsureStaging() {
   return Ok();
 }
 
-Result<const Bytes*> OpenFile::CommittedChunk(std::uint64_t index) {
-  const auto& id = manifest_.Get(index);
-  if (cached_index_ == index && cached_id_ == id) return &cached_;
-  auto data = host_.LoadChunk(id);
-  if (!data.ok()) return data.status();
-  cached_ = std::move(*data);
-  cached_index_ = index;
-  cached_id_ = id;
-  return &cached_;
-}
-
 Status OpenFile::Materialize(std::uint64_t index) {
   if (auto s = EnsureStaging(); !s.ok()) return s;
   if (written_.contains(index)) {
@@ -165,10 +154,13 @@ Status OpenFile::Materialize(std::uint64_t index) {
     if (auto s = staging_->Zero(Slot(index), kCS); !s.ok()) return s;
   }
   if (!manifest_.IsHole(index)) {
-    auto chunk = CommittedChunk(index);
-    if (!chunk.ok()) return chunk.status();
-    std::size_t len = std::min<std::size_t>((*chunk)->size(), ChunkLen(index));
-    if (auto s = staging_->Write(Slot(index), ByteSpan((*chunk)->data(), len)); !s.ok()) return s;
+    // A piece at a time: a megabyte buffer per copy (three, with the store's) is an mmap and
+    // its page faults for every chunk a random writer touches first.
+    const std::uint64_t slot = Slot(index);
+    auto s = host_.CopyChunk(manifest_.Get(index), ChunkLen(index),
+                             [&](std::uint64_t at, ByteSpan piece)
+                                 REQUIRES(mu_) { return staging_->Write(slot + at, piece); });
+    if (!s.ok()) return s;
   }
   dirty_.insert(index);
   written_.insert(index);
@@ -212,11 +204,6 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out, Re
         if (auto s = staging_->Read(Slot(i) + in, MutableByteSpan(dst, n)); !s.ok()) return s;
       } else if (manifest_.IsHole(i)) {
         std::memset(dst, 0, n);
-      } else if (cached_index_ == i && cached_id_ == manifest_.Get(i)) {
-        const Bytes& c = cached_;
-        std::size_t avail = in < c.size() ? std::min(n, c.size() - in) : 0;
-        if (avail) std::memcpy(dst, c.data() + in, avail);
-        if (avail < n) std::memset(dst + avail, 0, n - avail);
       } else {
         // Only the part asked for: a 4 KiB read opens one 16 KiB segment, not the whole chunk.
         from_chunks.push_back({manifest_.Get(i), in, dst, n});

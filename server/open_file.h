@@ -110,9 +110,8 @@ class OpenFile {
   // A write within chunk `i` through staging (copy-on-write of the old chunk if needed).
   Status StageWrite(std::uint64_t i, std::uint64_t offset, ByteSpan data, std::uint64_t old_size)
       REQUIRES(mu_);
+  // Copies chunk `index`'s committed bytes into its staging slot (zeros past the chunk's end).
   Status Materialize(std::uint64_t index) REQUIRES(mu_);
-  // The committed bytes of chunk `index` (may be shorter than the chunk's span: zeros follow).
-  Result<const Bytes*> CommittedChunk(std::uint64_t index) REQUIRES(mu_);
   // Forgets chunks past `size` (the file shrank).
   void ForgetPast(std::uint64_t size) REQUIRES(mu_);
   std::uint64_t ChunkLen(std::uint64_t index) const REQUIRES(mu_);
@@ -143,9 +142,6 @@ class OpenFile {
   std::map<std::uint64_t, std::uint64_t> slots_ GUARDED_BY(mu_);  // chunk index -> staging offset
   std::uint64_t next_slot_ GUARDED_BY(mu_) = 0;
   WritePipeline pipeline_ GUARDED_BY(mu_);  // the sequential-write buffer and chunks in flight
-  std::uint64_t cached_index_ GUARDED_BY(mu_) = kNone;
-  cas::ChunkId cached_id_ GUARDED_BY(mu_){};
-  Bytes cached_ GUARDED_BY(mu_);
   // Taken alone or inside mu_, never the other way round.
   Mutex remote_mu_ ACQUIRED_AFTER(mu_);
   std::optional<InodeRecord> remote_ GUARDED_BY(remote_mu_);  // a peer's version not adopted yet

@@ -973,6 +973,142 @@ TEST_F(FileServerTest, LookupErrors) {
   EXPECT_EQ(fs_->Resolve("/")->rec.id, kRootId);
 }
 
+// ---- CopyChunk: how a random writer's first write into a committed chunk copies it to staging.
+
+// What CopyChunk handed to its sink, checked to be in order and in pieces of at most
+// kCopyPiece bytes.
+struct Copied {
+  Bytes bytes;
+  std::size_t calls = 0;
+  bool in_order = true;
+  Status Sink(std::uint64_t at, ByteSpan piece) {
+    ++calls;
+    if (at != bytes.size() || piece.empty() || piece.size() > FileHost::kCopyPiece) {
+      in_order = false;
+    }
+    bytes.insert(bytes.end(), piece.begin(), piece.end());
+    return Ok();
+  }
+};
+
+// A peer holding given chunks, counting fetches.
+class CountingRemote : public RemoteChunks {
+ public:
+  std::map<cas::ChunkId, Bytes> chunks;
+  int fetches = 0;
+  Result<Bytes> Fetch(const cas::ChunkId& id) override {
+    ++fetches;
+    auto it = chunks.find(id);
+    if (it == chunks.end()) return Err(Code::kUnavailable, "no peer has it");
+    return it->second;
+  }
+};
+
+// OpenFile's view of a file server (its chunk calls are FileHost's).
+FileHost& Host(FileServer& fs) { return fs; }
+
+Bytes Prefix(const Bytes& data, std::uint64_t len) {
+  Bytes out(static_cast<std::size_t>(len), 0);  // zeros past the chunk's end
+  std::copy_n(data.begin(), std::min<std::size_t>(data.size(), out.size()), out.begin());
+  return out;
+}
+
+TEST_F(FileServerTest, CopyChunkHandsOnALocalChunkInPiecesWithZerosPastItsEnd) {
+  const std::size_t kPiece = FileHost::kCopyPiece;
+  const Bytes data = Pattern(2 * kPiece + 12'345, 41);
+  const cas::ChunkId id = Host(*fs_).ChunkIdOf(data);
+  ASSERT_TRUE(Host(*fs_).PutChunk(id, data).ok());
+  for (std::uint64_t len :
+       {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{kPiece - 1}, std::uint64_t{kPiece},
+        std::uint64_t{kPiece + 1}, std::uint64_t{data.size()}, std::uint64_t{data.size() + 1},
+        std::uint64_t{cas::kChunkSize}}) {
+    Copied c;
+    ASSERT_TRUE(Host(*fs_)
+                    .CopyChunk(id, len, [&](std::uint64_t at, ByteSpan p) { return c.Sink(at, p); })
+                    .ok())
+        << len;
+    EXPECT_TRUE(c.in_order) << len;
+    EXPECT_EQ(c.calls, (len + kPiece - 1) / kPiece) << len;
+    EXPECT_EQ(c.bytes, Prefix(data, len)) << len;
+  }
+}
+
+TEST_F(FileServerTest, CopyChunkFetchesAChunkNotHereOnceAndFailsWithoutPeers) {
+  const Bytes data = Pattern(3 * FileHost::kCopyPiece + 7, 42);
+  const cas::ChunkId id = Host(*fs_).ChunkIdOf(data);
+  Copied none;
+  Status s = Host(*fs_).CopyChunk(id, data.size(),
+                                  [&](std::uint64_t at, ByteSpan p) { return none.Sink(at, p); });
+  EXPECT_EQ(s.code(), Code::kUnavailable) << s.message();
+  EXPECT_EQ(none.calls, 0u);
+  CountingRemote remote;
+  remote.chunks[id] = data;
+  fs_->SetRemote(&remote);
+  Copied c;
+  ASSERT_TRUE(
+      Host(*fs_)
+          .CopyChunk(id, data.size(), [&](std::uint64_t at, ByteSpan p) { return c.Sink(at, p); })
+          .ok());
+  EXPECT_EQ(remote.fetches, 1);
+  EXPECT_TRUE(c.in_order);
+  EXPECT_EQ(c.bytes, data);
+  fs_->SetRemote(nullptr);
+}
+
+// A local copy that fails part-way (damaged past its first piece): the pieces already handed
+// on stay, the rest comes from a peer's copy, and nothing is handed on twice.
+TEST_F(FileServerTest, CopyChunkGoesOnFromAPeerWhereTheLocalCopyFails) {
+  class FailingPast : public cas::ChunkStore {
+   public:
+    FailingPast(cas::ChunkStore& inner, std::size_t from) : inner_(inner), from_(from) {}
+    Status Put(const cas::ChunkId& id, ByteSpan d) override { return inner_.Put(id, d); }
+    Status Sync() override { return inner_.Sync(); }
+    Result<Bytes> Get(const cas::ChunkId& id) override {
+      return Err(Code::kCorruption, "chunk {}: damaged", cas::Hex(id));
+    }
+    Result<cas::Extent> ReadAt(const cas::ChunkId& id, std::size_t offset,
+                               MutableByteSpan out) override {
+      if (offset >= from_) return Err(Code::kCorruption, "chunk {}: damaged", cas::Hex(id));
+      return inner_.ReadAt(id, offset, out);
+    }
+    bool Has(const cas::ChunkId& id) override { return inner_.Has(id); }
+    Status Remove(const cas::ChunkId& id) override { return inner_.Remove(id); }
+    Status ForEach(const std::function<void(const cas::ChunkId&)>& fn) override {
+      return inner_.ForEach(fn);
+    }
+
+   private:
+    cas::ChunkStore& inner_;
+    const std::size_t from_;
+  };
+  const std::size_t kPiece = FileHost::kCopyPiece;
+  auto inner = cas::MakeMemoryStore();
+  FailingPast store(*inner, kPiece);
+  FileServer fs(*db_, store, cas::ChunkHasher(FixedKey()), dir_.path() / "staging");
+  const Bytes data = Pattern(3 * kPiece + 99, 43);
+  const cas::ChunkId id = Host(fs).ChunkIdOf(data);
+  ASSERT_TRUE(Host(fs).PutChunk(id, data).ok());
+  CountingRemote remote;
+  remote.chunks[id] = data;
+  fs.SetRemote(&remote);
+  Copied c;
+  ASSERT_TRUE(Host(fs)
+                  .CopyChunk(id, data.size() + 5,
+                             [&](std::uint64_t at, ByteSpan p) { return c.Sink(at, p); })
+                  .ok());
+  EXPECT_EQ(remote.fetches, 1);
+  EXPECT_TRUE(c.in_order);
+  EXPECT_EQ(c.bytes, Prefix(data, data.size() + 5));
+  // A sink that fails stops the copy with its error.
+  Copied twice;
+  Status s = Host(fs).CopyChunk(id, data.size(), [&](std::uint64_t at, ByteSpan p) -> Status {
+    if (twice.calls == 1) return Err(Code::kNoSpace, "staging is full");
+    return twice.Sink(at, p);
+  });
+  EXPECT_EQ(s.code(), Code::kNoSpace);
+  EXPECT_EQ(twice.calls, 1u);
+}
+
 TEST_F(FileServerTest, AFileMissingItsChunkFailsWithoutPeers) {
   ASSERT_TRUE(StoreBytes("/f", Pattern(10, 27)).ok());
   const auto id = db_->GetInode(IdOf("/f"))->manifest[0];
