@@ -16,7 +16,15 @@ WritePipeline::~WritePipeline() {
   Drop();
 }
 
-void WritePipeline::Append(ByteSpan data) { buf_.insert(buf_.end(), data.begin(), data.end()); }
+// A chunk's buffer starts small and then takes the whole megabyte in one step: most files
+// are small (tar's come in 10 KiB writes), and a megabyte reserved for each would be an mmap
+// and a munmap per file.
+constexpr std::size_t kFirstReserve = 64 * 1024;
+
+void WritePipeline::Append(ByteSpan data) {
+  if (buf_.size() + data.size() > buf_.capacity()) buf_.reserve(cas::kChunkSize);
+  buf_.insert(buf_.end(), data.begin(), data.end());
+}
 
 bool WritePipeline::Start(std::uint64_t i, ByteSpan data) {
   if (!slot_) {
@@ -24,7 +32,7 @@ bool WritePipeline::Start(std::uint64_t i, ByteSpan data) {
     slot_ = true;
   }
   index_ = i;
-  buf_.reserve(cas::kChunkSize);
+  buf_.reserve(data.size() <= kFirstReserve ? kFirstReserve : cas::kChunkSize);
   buf_.assign(data.begin(), data.end());
   return true;
 }
