@@ -984,13 +984,11 @@ Status FileServer::CopyChunk(const cas::ChunkId& id, std::uint64_t len,
   // read-ahead, and a segment at a time they would be 64 small disk reads.
   if (len > kCopyPiece) store_.Prefetch(id);
   std::uint64_t at = 0;
-  bool noted = false;
   while (at < len) {
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), len - at));
     auto part = store_.ReadAt(id, static_cast<std::size_t>(at), MutableByteSpan(piece.data(), n));
     if (!part.ok()) break;  // not here, or damaged: the whole chunk from LoadChunk below
-    if (!noted) NoteRead(id);
-    noted = true;
+    if (at == 0) NoteRead(id);
     if (part->n < n) std::memset(piece.data() + part->n, 0, n - part->n);
     if (auto s = sink(at, ByteSpan(piece.data(), n)); !s.ok()) return s;
     at += n;
@@ -1003,13 +1001,14 @@ Status FileServer::CopyChunk(const cas::ChunkId& id, std::uint64_t len,
     const std::size_t have =
         at < whole->size() ? std::min<std::size_t>(n, whole->size() - static_cast<std::size_t>(at))
                            : 0;
-    if (have == n) {
-      if (auto s = sink(at, ByteSpan(whole->data() + at, n)); !s.ok()) return s;
-    } else {
-      if (have) std::memcpy(piece.data(), whole->data() + at, have);
+    // Straight from the chunk, or padded with zeros through `piece` past its end.
+    ByteSpan out(whole->data() + (have ? at : 0), have);
+    if (have < n) {
+      if (have) std::memcpy(piece.data(), out.data(), have);
       std::memset(piece.data() + have, 0, n - have);
-      if (auto s = sink(at, ByteSpan(piece.data(), n)); !s.ok()) return s;
+      out = ByteSpan(piece.data(), n);
     }
+    if (auto s = sink(at, out); !s.ok()) return s;
     at += n;
   }
   return Ok();
