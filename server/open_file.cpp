@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
+#include <future>
 
 namespace foreverfs::server {
 namespace {
@@ -447,20 +449,85 @@ Status OpenFile::StoreDirty() {
     if (auto s = StoreBuffer(/*background=*/false); !s.ok()) return s;
   }
   if (auto s = Reap(0); !s.ok()) return s;
-  Bytes buf;
-  for (auto it = dirty_.begin(); it != dirty_.end(); it = dirty_.erase(it)) {
-    const std::uint64_t i = *it;
-    buf.resize(static_cast<std::size_t>(ChunkLen(i)));
-    if (auto s = staging_->Read(Slot(i), buf); !s.ok()) return s;
-    if (AllZero(buf)) {
-      manifest_.Set(i, cas::kHoleId);
-    } else {
-      auto id = host_.ChunkIdOf(buf);
-      if (auto s = host_.PutChunk(id, buf); !s.ok()) return s;
-      manifest_.Set(i, id);
+  return StoreStaged();
+}
+
+Status OpenFile::StoreStaged() {
+  if (dirty_.empty()) return Ok();
+  // Staging is read here (it is this file's, under mu_); hashing, sealing and writing each
+  // chunk go to the store queue, kStagedInFlight at a time, and the last chunk is done on this
+  // thread. One thread did it all: the fsync at the end of a 15 s fio random write re-stored
+  // 1,024 chunks in 4 s with the other core idle.
+  struct Pending {
+    std::uint64_t index;
+    std::shared_ptr<Bytes> data;
+    std::future<Result<cas::ChunkId>> id;
+  };
+  std::deque<Pending> pending;
+  std::vector<std::shared_ptr<Bytes>> spare;  // buffers back from their jobs, for the next
+  Status failed = Ok();
+  const auto land = [&]() REQUIRES(mu_) {
+    Pending p = std::move(pending.front());
+    pending.pop_front();
+    Result<cas::ChunkId> id = p.id.get();
+    // The job let go of its reference before its result was ready.
+    if (p.data.use_count() == 1) spare.push_back(std::move(p.data));
+    if (!id.ok()) {
+      if (failed.ok()) failed = id.status();  // the chunk stays in staging, dirty
+      return;
     }
+    manifest_.Set(p.index, *id);
+    dirty_.erase(p.index);
+    FreeStaged(p.index);
+  };
+  const std::vector<std::uint64_t> staged(dirty_.begin(), dirty_.end());
+  for (std::size_t k = 0; k < staged.size() && failed.ok(); ++k) {
+    const std::uint64_t i = staged[k];
+    std::shared_ptr<Bytes> buf;
+    if (spare.empty()) {
+      buf = std::make_shared<Bytes>();
+    } else {
+      buf = std::move(spare.back());
+      spare.pop_back();
+    }
+    buf->resize(static_cast<std::size_t>(ChunkLen(i)));
+    if (auto s = staging_->Read(Slot(i), *buf); !s.ok()) {
+      failed = s;
+      break;
+    }
+    auto promise = std::make_shared<std::promise<Result<cas::ChunkId>>>();
+    pending.push_back({i, buf, promise->get_future()});
+    auto store = [&host = host_, buf = std::move(buf), promise]() mutable {
+      Result<cas::ChunkId> stored = cas::kHoleId;
+      if (!AllZero(*buf)) {
+        const cas::ChunkId id = host.ChunkIdOf(*buf);
+        Status s = host.PutChunk(id, *buf);
+        stored = s.ok() ? Result<cas::ChunkId>(id) : Result<cas::ChunkId>(s);
+      }
+      buf.reset();
+      promise->set_value(std::move(stored));
+    };
+    if (k + 1 == staged.size()) {
+      store();
+    } else {
+      host_.PostStore(std::move(store));
+    }
+    while (pending.size() > kStagedInFlight) land();
   }
-  return Ok();
+  while (!pending.empty()) land();
+  return failed;
+}
+
+void OpenFile::FreeStaged(std::uint64_t index) {
+  // The manifest now names the bytes; staging's copy is dead. Punched, its dirty pages are
+  // dropped instead of written back: fsync's syncfs wrote every chunk a random writer touched
+  // twice, once as the chunk and once as its staging copy. A later partial write copies the
+  // chunk in again, as it did before (it zeroed the slot's stale bytes first).
+  if (auto s = staging_->Zero(Slot(index), kCS); !s.ok()) {
+    spdlog::warn("inode {:016x}: freeing chunk {}'s staging copy: {}", id_, index, s.message());
+    return;
+  }
+  written_.erase(index);
 }
 
 Status OpenFile::Commit() {

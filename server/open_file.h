@@ -87,6 +87,12 @@ class OpenFile {
   Status EnsureStaging() REQUIRES(mu_);
   // Stores every dirty chunk (and the pipeline's buffer) and puts its id in the manifest.
   Status StoreDirty() REQUIRES(mu_);
+  // Stores the chunks whose bytes are in staging (StoreDirty's second half); a chunk the store
+  // refuses stays dirty in staging, and the first such error is returned.
+  Status StoreStaged() REQUIRES(mu_);
+  static constexpr std::size_t kStagedInFlight = 2;  // chunks on the store queue at once
+  // Punches chunk `index`'s slot once the chunk is stored (its dirty pages are never written).
+  void FreeStaged(std::uint64_t index) REQUIRES(mu_);
   // Where chunk `i` lives in staging (a slot is given on first use and never reused while the
   // staging file lives, so a new slot reads as zeros). Slots, not file offsets: a file may be
   // larger (16 TiB) than the filesystem under --data lets the staging file be.

@@ -523,6 +523,112 @@ TEST_F(FileServerTest, OneByteWriteStoresExactlyOneNewChunk) {
   EXPECT_EQ(StoredChunks().size(), 5u);
 }
 
+// A commit stores staged chunks on the store queue, two at a time, and the last on its own
+// thread: for 0 to 6 chunks (none, the last alone, as many as in flight, one more), each lands
+// in its own place of the manifest, and writing the same chunks again after the commit (their
+// staging copies were freed) copies them in afresh.
+TEST_F(FileServerTest, ACommitOfStagedChunksPutsEachInItsPlace) {
+  for (std::uint64_t chunks = 0; chunks <= 6; ++chunks) {
+    SCOPED_TRACE(testing::Message() << chunks << " chunks staged");
+    const std::string path = "/s" + std::to_string(chunks);
+    Bytes model = Pattern(6 * kCS + 777, static_cast<std::uint32_t>(chunks + 40));
+    ASSERT_TRUE(StoreBytes(path, model).ok());
+    const InodeId id = IdOf(path);
+    const auto before = db_->GetInode(id)->manifest;
+    for (int round = 0; round < 2; ++round) {
+      auto h = fs_->Open(id, O_RDWR);
+      ASSERT_TRUE(h.ok());
+      // Chunks 6, 4, 2, ... out of order: one byte in the middle of each (copy-on-write).
+      for (std::uint64_t k = 0; k < chunks; ++k) {
+        const std::uint64_t i = (6 - k) % 7;
+        const std::uint64_t at =
+            std::min<std::uint64_t>(i * kCS + 1000 + k + round, model.size() - 1);
+        const std::uint8_t byte = static_cast<std::uint8_t>(model[at] ^ (0x5a + round));
+        WriteAt(*h, at, ByteSpan(&byte, 1));
+        model[at] = byte;
+      }
+      ASSERT_TRUE(fs_->Flush(*h).ok());
+      EXPECT_TRUE(ReadRange(*h, 0, model.size()) == model);
+      fs_->Release(*h);
+      auto got = GetBytes(path);
+      ASSERT_TRUE(got.ok());
+      ASSERT_TRUE(*got == model) << "round " << round;
+    }
+    const auto after = db_->GetInode(id)->manifest;
+    ASSERT_EQ(after.size(), before.size());
+    std::size_t changed = 0;
+    for (std::size_t i = 0; i < after.size(); ++i) changed += after[i] != before[i];
+    EXPECT_EQ(changed, chunks);
+  }
+}
+
+// A store that takes `puts_left` more puts, then refuses every one as a full disk does.
+class RefusingStore final : public cas::ChunkStore {
+ public:
+  explicit RefusingStore(cas::ChunkStore& inner) : inner_(inner) {}
+  std::atomic<int> puts_left{1 << 30};
+  Status Put(const cas::ChunkId& id, ByteSpan data) override {
+    if (puts_left.fetch_sub(1) <= 0) return Err(Code::kNoSpace, "disk full (test)");
+    return inner_.Put(id, data);
+  }
+  Status Sync() override { return inner_.Sync(); }
+  Result<Bytes> Get(const cas::ChunkId& id) override { return inner_.Get(id); }
+  bool Has(const cas::ChunkId& id) override { return inner_.Has(id); }
+  Status Remove(const cas::ChunkId& id) override { return inner_.Remove(id); }
+  Status ForEach(const std::function<void(const cas::ChunkId&)>& fn) override {
+    return inner_.ForEach(fn);
+  }
+
+ private:
+  cas::ChunkStore& inner_;
+};
+
+// Chunks the store refuses in the middle of a commit of many stay in staging: the commit
+// fails with the store's error, the file reads its new bytes meanwhile, and the next commit,
+// once the disk has room, stores what was left. Nothing is lost, whichever chunks were taken.
+TEST_F(FileServerTest, StagedChunksTheStoreRefusesAreStoredByTheNextCommit) {
+  for (int taken = 0; taken <= 5; ++taken) {
+    SCOPED_TRACE(testing::Message() << taken << " puts taken");
+    RefusingStore refusing(*store_);
+    FileServer fs(*db_, refusing, cas::ChunkHasher(FixedKey()), dir_.path() / "staging");
+    const std::string name = "r" + std::to_string(taken);
+    Bytes model = Pattern(5 * kCS, static_cast<std::uint32_t>(taken + 70));
+    auto c = fs.Create(kRootId, name, 0644, 1000, 1000, O_RDWR);
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE(fs.Write(c->handle, 0, model).ok());
+    ASSERT_TRUE(fs.Flush(c->handle).ok());
+    for (std::uint64_t i = 0; i < 5; ++i) {  // five staged chunks
+      const std::uint64_t at = i * kCS + 4096 * (i + 1);
+      const Bytes piece = Pattern(100, static_cast<std::uint32_t>(i + 200));
+      ASSERT_TRUE(fs.Write(c->handle, at, piece).ok());
+      std::copy(piece.begin(), piece.end(), model.begin() + static_cast<std::ptrdiff_t>(at));
+    }
+    refusing.puts_left = taken;
+    Status s = fs.Flush(c->handle);
+    if (taken < 5) {
+      EXPECT_EQ(s.code(), Code::kNoSpace) << s.message();
+    } else {
+      EXPECT_TRUE(s.ok()) << s.message();
+    }
+    Bytes got(model.size());
+    auto n = fs.Read(c->handle, 0, got);
+    ASSERT_TRUE(n.ok());
+    EXPECT_TRUE(got == model);
+    refusing.puts_left = 1 << 30;
+    ASSERT_TRUE(fs.Flush(c->handle).ok());
+    fs.Release(c->handle);
+    auto rec = db_->GetInode(c->attr.rec.id);
+    ASSERT_TRUE(rec.ok());
+    Bytes stored;
+    for (std::size_t i = 0; i < rec->manifest.size(); ++i) {
+      auto chunk = store_->Get(rec->manifest[i]);
+      ASSERT_TRUE(chunk.ok()) << "chunk " << i;
+      stored.insert(stored.end(), chunk->begin(), chunk->end());
+    }
+    EXPECT_TRUE(stored == model);
+  }
+}
+
 TEST_F(FileServerTest, SetAttrChangesModeOwnerAndTimes) {
   const std::uint64_t h = CreateFile("f");
   fs_->Release(h);
