@@ -238,8 +238,9 @@ void MetricsServer::Stop() {
 
 MetricsServer::~MetricsServer() { Stop(); }
 
-ChunkUsage::ChunkUsage(std::filesystem::path dir, std::chrono::milliseconds max_age)
-    : dir_(std::move(dir)), max_age_(max_age) {}
+ChunkUsage::ChunkUsage(std::filesystem::path dir, std::chrono::milliseconds max_age,
+                       std::function<Packed()> packed)
+    : dir_(std::move(dir)), max_age_(max_age), packed_(std::move(packed)) {}
 
 ChunkUsage::~ChunkUsage() {
   {
@@ -291,12 +292,19 @@ ChunkUsage::Figure ChunkUsage::Walk() const {
       it.disable_recursion_pending();
       continue;
     }
-    if (it.depth() == 0) continue;  // the shard directories, and the store's `layout` file
+    // The shard directories, and the store's files (`layout`, the small-blob database, counted
+    // by `packed_` instead).
+    if (it.depth() == 0) continue;
     std::error_code fec;
     if (it->is_regular_file(fec)) {
       ++f.chunks;
       f.bytes += it->file_size(fec);
     }
+  }
+  if (packed_) {
+    const Packed p = packed_();
+    f.chunks += p.chunks;
+    f.bytes += p.bytes;
   }
   return f;
 }

@@ -119,9 +119,10 @@ class MetricsServer {
   std::unique_ptr<Impl> impl_;
 };
 
-// Chunk files and their bytes under a store's chunk directory (its tmp/ left out), by walking it
-// on a thread of its own, so that neither the event loop nor a request pays for a walk of a
-// large store more than it chooses to. Get(wait) returns the last walk if it is at most
+// Chunk files and their bytes under a store's chunk directory (its tmp/ left out), plus what
+// `packed` says the store keeps inside a shared file (small blobs: cas::ChunkStore::PackedUsage),
+// by walking it on a thread of its own, so that neither the event loop nor a request pays for a
+// walk of a large store more than it chooses to. Get(wait) returns the last walk if it is at most
 // `max_age` old; otherwise it asks for a new walk and waits for it at most `wait`, then returns
 // the newest figure there is (the previous walk if the new one is not done; zeros before the
 // first). Thread-safe. The thread starts with the first Get (so after a daemon's fork) and stops
@@ -134,8 +135,13 @@ class ChunkUsage {
     std::chrono::steady_clock::time_point at{};  // when the walk began; {} before the first
   };
 
+  struct Packed {
+    std::uint64_t chunks = 0;
+    std::uint64_t bytes = 0;
+  };
   explicit ChunkUsage(std::filesystem::path dir,
-                      std::chrono::milliseconds max_age = std::chrono::seconds(2));
+                      std::chrono::milliseconds max_age = std::chrono::seconds(2),
+                      std::function<Packed()> packed = {});
   ~ChunkUsage();
   ChunkUsage(const ChunkUsage&) = delete;
   ChunkUsage& operator=(const ChunkUsage&) = delete;
@@ -148,6 +154,7 @@ class ChunkUsage {
 
   const std::filesystem::path dir_;
   const std::chrono::milliseconds max_age_;
+  const std::function<Packed()> packed_;  // called on the walking thread
   std::mutex mu_;
   std::condition_variable cv_;
   Figure figure_;                // guarded by mu_

@@ -64,6 +64,14 @@ class ChunkStore {
   virtual Status Remove(const ChunkId& id) = 0;
   // Calls `fn` once for every stored id, in no particular order.
   virtual Status ForEach(const std::function<void(const ChunkId&)>& fn) = 0;
+  // The chunks kept inside one shared file rather than as files of their own (the disk store's
+  // small blobs), and their bytes: for usage figures, which count files by walking the store.
+  // Kept up to date in memory, so cheap. The default: none.
+  struct Packed {
+    std::uint64_t chunks = 0;
+    std::uint64_t bytes = 0;
+  };
+  virtual Packed PackedUsage() { return {}; }
 };
 
 // Computes chunk ids: HMAC-SHA-256 keyed with the id key.
@@ -77,13 +85,19 @@ class ChunkHasher {
   std::shared_ptr<const crypto::HmacSha256Key> key_;  // shared by copies
 };
 
-// Files under `root`: root/ab/<64 hex digits>, written to a temp file and renamed; Sync is
-// one syncfs(2) of the file system holding `root`.
+// Blobs up to this size are rows of one database (root/small.db) rather than files.
+inline constexpr std::size_t kMaxSmallBlob = 64 * 1024;
+
+// Files under `root`: root/ab/<64 hex digits>, written to a temp file and renamed, except that
+// blobs of at most `small_blobs` bytes (default kMaxSmallBlob; 0: none) are rows of
+// root/small.db. Sync is one syncfs(2) of the file system holding `root` (the database's
+// write-ahead log included).
 // Get returns the bytes as stored (verification belongs to the wrappers).
 // ReadAt keeps up to `open_files` chunk files open for the next read (default
 // DefaultOpenChunkFiles(); 0 keeps none).
 Result<std::unique_ptr<ChunkStore>> MakeDiskStore(const std::filesystem::path& root,
-                                                  std::optional<std::size_t> open_files = {});
+                                                  std::optional<std::size_t> open_files = {},
+                                                  std::size_t small_blobs = kMaxSmallBlob);
 // 1,024, or a sixteenth of the process's descriptor limit if that is less.
 std::size_t DefaultOpenChunkFiles();
 

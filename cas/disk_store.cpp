@@ -14,9 +14,15 @@
 // each, resumable after a crash) and then writes root/layout; a store with that file is not
 // scanned again. Going back to an older version means moving them down again by hand.
 //
+// Blobs of at most kMaxSmallBlob bytes (every chunk of a file of up to 64 KiB) are not files:
+// they are rows of root/small.db (SmallChunks, small_chunks.h), which saves the inode, the
+// directory entry and the rename that a file per chunk costs each small file. Reads look for
+// the file first, then the row, so chunk files an older version wrote for small blobs are read
+// (and removed) as before; a Put that finds one of another size replaces it with a row.
+//
 // Thread-safe: its only state beyond the file system is a bounded cache of open chunk files for
-// reads (OpenChunks); concurrent Puts of one id each rename a complete file over the other,
-// which is harmless.
+// reads (OpenChunks) and the database's connection (behind its own mutex); concurrent Puts of one
+// id each rename a complete file over the other, which is harmless.
 
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
@@ -37,6 +43,7 @@
 #include "base/fd.h"
 #include "base/mutex.h"
 #include "cas/chunk_store.h"
+#include "cas/small_chunks.h"
 
 namespace foreverfs::cas {
 namespace {
@@ -49,6 +56,8 @@ constexpr std::string_view kTmpDir = "tmp";
 // Written once the store has the one-level layout; its content is for people.
 constexpr std::string_view kLayoutFile = "layout";
 constexpr std::string_view kLayoutText = "chunks/<2 hex>/<64 hex>\n";
+// Blobs of at most kMaxSmallBlob bytes (small_chunks.h).
+constexpr std::string_view kSmallDb = "small.db";
 
 bool IsLowerHex(std::string_view s, std::size_t len) {
   if (s.size() != len) return false;
@@ -147,8 +156,8 @@ class OpenChunks {
 
 class DiskChunkStore final : public ChunkStore {
  public:
-  DiskChunkStore(fs::path root, std::size_t open_files)
-      : root_(std::move(root)), tmp_(root_ / kTmpDir), open_(open_files) {}
+  DiskChunkStore(fs::path root, std::size_t open_files, std::size_t small_blobs)
+      : root_(std::move(root)), tmp_(root_ / kTmpDir), open_(open_files), small_max_(small_blobs) {}
 
   // Creates the root, tmp and the 256 shard directories, removes stale temp files and moves
   // the chunks of a two-level store up one level.
@@ -171,6 +180,9 @@ class DiskChunkStore final : public ChunkStore {
     for (int b = 0; b < 256; ++b) {
       if (Status s = MakeDir(root_ / fmt::format("{:02x}", b)); !s.ok()) return s;
     }
+    auto small = SmallChunks::Open(root_ / kSmallDb);
+    if (!small.ok()) return small.status();
+    small_ = std::move(*small);
     if (Exists(root_ / kLayoutFile)) return Ok();
     return MoveToOneLevel();
   }
@@ -190,8 +202,15 @@ class DiskChunkStore final : public ChunkStore {
     // Present and whole: nothing to do. A file of another size (left empty by a power failure
     // after its rename, say) is replaced, so a later write of the same content heals it.
     struct stat st {};
-    if (::stat(final_path.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_size) == data.size())
+    const bool file = ::stat(final_path.c_str(), &st) == 0;
+    if (file && static_cast<std::size_t>(st.st_size) == data.size()) return Ok();
+    // Small blobs are rows of one database, not files (small_chunks.h). A chunk file of
+    // another size (an older version's, cut short) goes, so that no id is both.
+    if (small_max_ != 0 && data.size() <= small_max_) {
+      if (Status s = small_->Put(id, data); !s.ok()) return s;
+      if (file && ::unlink(final_path.c_str()) == 0) open_.Erase(id);
       return Ok();
+    }
     // Directories are made by Open; here only when a call finds them missing (ENOENT): mkdir
     // calls that fail with EEXIST on every put were 6.5% of the daemon's time in `tar -x` of
     // small files (each takes the parent directory's lock).
@@ -276,7 +295,7 @@ class DiskChunkStore final : public ChunkStore {
       // checks as OpenChunk.
       struct stat st {};
       if (::stat(path.c_str(), &st) != 0) {
-        if (errno == ENOENT) return Err(Code::kNotFound, "chunk {} not found", Hex(id));
+        if (errno == ENOENT) return small_->ReadAt(id, 0, out);
         return ErrnoStatus(errno, fmt::format("checking '{}'", path.string()));
       }
       auto size = ChunkFileSize(st, path);
@@ -300,6 +319,9 @@ class DiskChunkStore final : public ChunkStore {
     }
     if (!fd) {
       auto opened = OpenAndKeep(id);
+      if (!opened.ok() && opened.status().code() == Code::kNotFound) {
+        return small_->ReadAt(id, offset, out);
+      }
       if (!opened.ok()) return opened.status();
       std::tie(fd, size) = std::move(*opened);
     }
@@ -337,6 +359,7 @@ class DiskChunkStore final : public ChunkStore {
   Result<Bytes> Get(const ChunkId& id) override {
     const fs::path path = PathOf(id);
     auto opened = OpenChunk(id, path);
+    if (!opened.ok() && opened.status().code() == Code::kNotFound) return small_->Get(id);
     if (!opened.ok()) return opened.status();
     auto& [fd, size] = *opened;
     // Read up to one byte past the limit so that a file that grew since fstat is caught too.
@@ -362,7 +385,7 @@ class DiskChunkStore final : public ChunkStore {
     return out;
   }
 
-  bool Has(const ChunkId& id) override { return Exists(PathOf(id)); }
+  bool Has(const ChunkId& id) override { return Exists(PathOf(id)) || small_->Has(id); }
 
   Status Remove(const ChunkId& id) override {
     const fs::path path = PathOf(id);
@@ -374,7 +397,8 @@ class DiskChunkStore final : public ChunkStore {
     if (rc != 0 && err != ENOENT) {
       return ErrnoStatus(err, fmt::format("removing '{}'", path.string()));
     }
-    return Ok();
+    auto row = small_->Remove(id);
+    return row.ok() ? Ok() : row.status();
   }
 
   Status ForEach(const std::function<void(const ChunkId&)>& fn) override {
@@ -390,8 +414,10 @@ class DiskChunkStore final : public ChunkStore {
       if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", a->path().string()));
     }
     if (ec) return ErrnoStatus(ec.value(), fmt::format("listing '{}'", root_.string()));
-    return Ok();
+    return small_->ForEach(fn);
   }
+
+  Packed PackedUsage() override { return small_->Usage(); }
 
  private:
   fs::path PathOf(const ChunkId& id) const {
@@ -473,6 +499,8 @@ class DiskChunkStore final : public ChunkStore {
   const fs::path tmp_;
   UniqueFd root_fd_;
   OpenChunks open_;
+  const std::size_t small_max_;
+  std::unique_ptr<SmallChunks> small_;  // set by Open
 };
 
 }  // namespace
@@ -486,8 +514,10 @@ std::size_t DefaultOpenChunkFiles() {
 }
 
 Result<std::unique_ptr<ChunkStore>> MakeDiskStore(const std::filesystem::path& root,
-                                                  std::optional<std::size_t> open_files) {
-  auto store = std::make_unique<DiskChunkStore>(root, open_files.value_or(DefaultOpenChunkFiles()));
+                                                  std::optional<std::size_t> open_files,
+                                                  std::size_t small_blobs) {
+  auto store = std::make_unique<DiskChunkStore>(root, open_files.value_or(DefaultOpenChunkFiles()),
+                                                std::min(small_blobs, kMaxSmallBlob));
   if (Status s = store->Open(); !s.ok()) return s;
   return std::unique_ptr<ChunkStore>(std::move(store));
 }

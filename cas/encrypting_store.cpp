@@ -161,6 +161,7 @@ class EncryptingChunkStore final : public ChunkStore {
   void Prefetch(const ChunkId& id) override { inner_->Prefetch(id); }
   bool Has(const ChunkId& id) override { return inner_->Has(id); }
   Status Remove(const ChunkId& id) override { return inner_->Remove(id); }
+  Packed PackedUsage() override { return inner_->PackedUsage(); }
   Status ForEach(const std::function<void(const ChunkId&)>& fn) override {
     return inner_->ForEach(fn);
   }

@@ -39,6 +39,7 @@ class VerifyingChunkStore final : public ChunkStore {
   Status Sync() override { return inner_->Sync(); }
   bool Has(const ChunkId& id) override { return inner_->Has(id); }
   Status Remove(const ChunkId& id) override { return inner_->Remove(id); }
+  Packed PackedUsage() override { return inner_->PackedUsage(); }
   Status ForEach(const std::function<void(const ChunkId&)>& fn) override {
     return inner_->ForEach(fn);
   }

@@ -31,6 +31,7 @@ class FaultyChunkStore : public ChunkStore {
   bool Has(const ChunkId& id) override;
   Status Remove(const ChunkId& id) override;
   Status ForEach(const std::function<void(const ChunkId&)>& fn) override;
+  Packed PackedUsage() override;
 
  private:
   struct Impl;
