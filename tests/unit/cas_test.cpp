@@ -130,13 +130,14 @@ struct MemoryFactory {
   }
 };
 
-// Small blobs in the database, the others files (as the program has it)...
-struct DiskFactory {
-  static std::string Name() { return "Disk"; }
+// Small blobs in the database, the others files (Disk, as the program has it), or every blob a
+// file (DiskFiles, as older versions wrote them, and still read).
+template <std::size_t kSmallBlobs>
+struct DiskFactoryOf {
+  static std::string Name() { return kSmallBlobs ? "Disk" : "DiskFiles"; }
   static constexpr bool kOnDisk = true;
   static constexpr std::size_t kMaxPut = kMaxBlob;
   static constexpr bool kVerifies = false;
-  static constexpr std::size_t kSmallBlobs = kMaxSmallBlob;
   static Built Make(const fs::path& root) {
     auto store = MakeDiskStore(root, {}, kSmallBlobs);
     EXPECT_TRUE(store.ok()) << store.status().message();
@@ -146,20 +147,8 @@ struct DiskFactory {
     return b;
   }
 };
-
-// ... and every blob a file (as older versions wrote them, and still read).
-struct DiskFilesFactory : DiskFactory {
-  static std::string Name() { return "DiskFiles"; }
-  static constexpr std::size_t kSmallBlobs = 0;
-  static Built Make(const fs::path& root) {
-    auto store = MakeDiskStore(root, {}, kSmallBlobs);
-    EXPECT_TRUE(store.ok()) << store.status().message();
-    if (!store.ok()) return {};
-    Built b{std::move(*store)};
-    b.bottom = b.store.get();
-    return b;
-  }
-};
+using DiskFactory = DiskFactoryOf<kMaxSmallBlob>;
+using DiskFilesFactory = DiskFactoryOf<0>;
 
 // Builds Inner and puts `wrap` of it on top; the blobs stay in Inner's bottom store.
 template <typename Inner, typename Wrap>

@@ -38,6 +38,27 @@ using test::Pattern;
 
 std::string Name(const DirEntry& e) { return e.name; }
 
+// Hands every call to `inner`; tests override what they make fail.
+class ForwardingStore : public cas::ChunkStore {
+ public:
+  explicit ForwardingStore(cas::ChunkStore& inner) : inner_(inner) {}
+  Status Put(const cas::ChunkId& id, ByteSpan data) override { return inner_.Put(id, data); }
+  Status Sync() override { return inner_.Sync(); }
+  Result<Bytes> Get(const cas::ChunkId& id) override { return inner_.Get(id); }
+  Result<cas::Extent> ReadAt(const cas::ChunkId& id, std::size_t offset,
+                             MutableByteSpan out) override {
+    return inner_.ReadAt(id, offset, out);
+  }
+  bool Has(const cas::ChunkId& id) override { return inner_.Has(id); }
+  Status Remove(const cas::ChunkId& id) override { return inner_.Remove(id); }
+  Status ForEach(const std::function<void(const cas::ChunkId&)>& fn) override {
+    return inner_.ForEach(fn);
+  }
+
+ protected:
+  cas::ChunkStore& inner_;
+};
+
 class FileServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -563,24 +584,14 @@ TEST_F(FileServerTest, ACommitOfStagedChunksPutsEachInItsPlace) {
 }
 
 // A store that takes `puts_left` more puts, then refuses every one as a full disk does.
-class RefusingStore final : public cas::ChunkStore {
+class RefusingStore final : public ForwardingStore {
  public:
-  explicit RefusingStore(cas::ChunkStore& inner) : inner_(inner) {}
+  using ForwardingStore::ForwardingStore;
   std::atomic<int> puts_left{1 << 30};
   Status Put(const cas::ChunkId& id, ByteSpan data) override {
     if (puts_left.fetch_sub(1) <= 0) return Err(Code::kNoSpace, "disk full (test)");
     return inner_.Put(id, data);
   }
-  Status Sync() override { return inner_.Sync(); }
-  Result<Bytes> Get(const cas::ChunkId& id) override { return inner_.Get(id); }
-  bool Has(const cas::ChunkId& id) override { return inner_.Has(id); }
-  Status Remove(const cas::ChunkId& id) override { return inner_.Remove(id); }
-  Status ForEach(const std::function<void(const cas::ChunkId&)>& fn) override {
-    return inner_.ForEach(fn);
-  }
-
- private:
-  cas::ChunkStore& inner_;
 };
 
 // Chunks the store refuses in the middle of a commit of many stay in staging: the commit
@@ -1164,11 +1175,9 @@ TEST_F(FileServerTest, CopyChunkFetchesAChunkNotHereOnceAndFailsWithoutPeers) {
 // A local copy that fails part-way (damaged past its first piece): the pieces already handed
 // on stay, the rest comes from a peer's copy, and nothing is handed on twice.
 TEST_F(FileServerTest, CopyChunkGoesOnFromAPeerWhereTheLocalCopyFails) {
-  class FailingPast : public cas::ChunkStore {
+  class FailingPast : public ForwardingStore {
    public:
-    FailingPast(cas::ChunkStore& inner, std::size_t from) : inner_(inner), from_(from) {}
-    Status Put(const cas::ChunkId& id, ByteSpan d) override { return inner_.Put(id, d); }
-    Status Sync() override { return inner_.Sync(); }
+    FailingPast(cas::ChunkStore& inner, std::size_t from) : ForwardingStore(inner), from_(from) {}
     Result<Bytes> Get(const cas::ChunkId& id) override {
       return Err(Code::kCorruption, "chunk {}: damaged", cas::Hex(id));
     }
@@ -1177,14 +1186,8 @@ TEST_F(FileServerTest, CopyChunkGoesOnFromAPeerWhereTheLocalCopyFails) {
       if (offset >= from_) return Err(Code::kCorruption, "chunk {}: damaged", cas::Hex(id));
       return inner_.ReadAt(id, offset, out);
     }
-    bool Has(const cas::ChunkId& id) override { return inner_.Has(id); }
-    Status Remove(const cas::ChunkId& id) override { return inner_.Remove(id); }
-    Status ForEach(const std::function<void(const cas::ChunkId&)>& fn) override {
-      return inner_.ForEach(fn);
-    }
 
    private:
-    cas::ChunkStore& inner_;
     const std::size_t from_;
   };
   const std::size_t kPiece = FileHost::kCopyPiece;
