@@ -16,10 +16,6 @@ constexpr std::uint64_t kCS = cas::kChunkSize;
 // The smallest read taken for a sequential reader's (OpenFile::Read).
 constexpr std::size_t kSequentialRead = 64 * 1024;
 
-bool AllZero(ByteSpan b) {
-  return std::all_of(b.begin(), b.end(), [](std::uint8_t c) { return c == 0; });
-}
-
 }  // namespace
 
 OpenFile::OpenFile(FileHost& host, const InodeRecord& rec)
@@ -497,16 +493,7 @@ Status OpenFile::StoreStaged() {
     }
     auto promise = std::make_shared<std::promise<Result<cas::ChunkId>>>();
     pending.push_back({i, buf, promise->get_future()});
-    auto store = [&host = host_, buf = std::move(buf), promise]() mutable {
-      Result<cas::ChunkId> stored = cas::kHoleId;
-      if (!AllZero(*buf)) {
-        const cas::ChunkId id = host.ChunkIdOf(*buf);
-        Status s = host.PutChunk(id, *buf);
-        stored = s.ok() ? Result<cas::ChunkId>(id) : Result<cas::ChunkId>(s);
-      }
-      buf.reset();
-      promise->set_value(std::move(stored));
-    };
+    auto store = StoreChunkJob(host_, std::move(buf), std::move(promise));
     if (k + 1 == staged.size()) {
       store();
     } else {

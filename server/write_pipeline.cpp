@@ -47,24 +47,29 @@ void WritePipeline::Submit(std::uint64_t len, bool background) {
   index_ = kNone;
   auto id = std::make_shared<std::promise<Result<cas::ChunkId>>>();
   inflight_.push_back({i, data, id->get_future()});
-  auto store = [&host = host_, data, id]() mutable {
+  // The job lets go of the buffer before the result is ready, so that Reap finds itself its
+  // only holder and keeps it as the spare: otherwise every other chunk took a fresh megabyte
+  // (an mmap and 256 page faults).
+  auto store = StoreChunkJob(host_, std::move(data), std::move(id));
+  if (background) {
+    host_.PostStore(store);  // overlaps with the writer's next chunk
+  } else {
+    store();
+  }
+}
+
+std::function<void()> StoreChunkJob(FileHost& host, std::shared_ptr<Bytes> data,
+                                    std::shared_ptr<std::promise<Result<cas::ChunkId>>> id) {
+  return [&host, data = std::move(data), id = std::move(id)]() mutable {
     Result<cas::ChunkId> stored = cas::kHoleId;
     if (!AllZero(*data)) {
       const cas::ChunkId chunk = host.ChunkIdOf(*data);
       Status s = host.PutChunk(chunk, *data);
       stored = s.ok() ? Result<cas::ChunkId>(chunk) : Result<cas::ChunkId>(s);
     }
-    // Let go of the buffer before the result is ready, so that Reap finds itself its only
-    // holder and keeps it as the spare: otherwise every other chunk took a fresh megabyte
-    // (an mmap and 256 page faults).
     data.reset();
     id->set_value(std::move(stored));
   };
-  if (background) {
-    host_.PostStore(store);  // overlaps with the writer's next chunk
-  } else {
-    store();
-  }
 }
 
 void WritePipeline::Drop() {

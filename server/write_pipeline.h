@@ -87,4 +87,10 @@ class WritePipeline {
   Bytes spare_;                    // a used buffer, for the next chunk
 };
 
+// The job that stores one chunk on the store queue (or inline): hashes and stores `data` (a
+// chunk of zeros is kHoleId and is not stored), lets go of `data`, then fulfils `id`. Letting
+// go first means that whoever waits on `id` holds the buffer's only reference and may reuse it.
+std::function<void()> StoreChunkJob(FileHost& host, std::shared_ptr<Bytes> data,
+                                    std::shared_ptr<std::promise<Result<cas::ChunkId>>> id);
+
 }  // namespace foreverfs::server
