@@ -208,7 +208,14 @@ class DiskChunkStore final : public ChunkStore {
     // another size (an older version's, cut short) goes, so that no id is both.
     if (small_max_ != 0 && data.size() <= small_max_) {
       if (Status s = small_->Put(id, data); !s.ok()) return s;
-      if (file && ::unlink(final_path.c_str()) == 0) open_.Erase(id);
+      if (!file) return Ok();
+      // Reads find the file first: one left in place would hide the row.
+      const int rc = ::unlink(final_path.c_str());
+      const int err = errno;
+      open_.Erase(id);
+      if (rc != 0 && err != ENOENT) {
+        return ErrnoStatus(err, fmt::format("removing '{}'", final_path.string()));
+      }
       return Ok();
     }
     // Directories are made by Open; here only when a call finds them missing (ENOENT): mkdir

@@ -86,8 +86,9 @@ Status OpenFile::Reap(std::size_t keep) {
             spdlog::warn("inode {:016x}: storing chunk {} failed, kept in staging: {}", id_, index,
                          id.status().message());
             Status s = EnsureStaging();
-            if (s.ok()) s = staging_->Write(Slot(index), data);
-            dirty_.insert(index);
+            if (!s.ok()) return s;  // no staging either: the write that gets this error failed
+            s = staging_->Write(Slot(index), data);
+            dirty_.insert(index);  // a failed write leaves its pages unreadable, never stale
             written_.insert(index);
             return s;
           });
@@ -438,17 +439,17 @@ void OpenFile::SetMtime(std::int64_t mtime_ns) {
   mtime_ns_ = mtime_ns;
 }
 
-Status OpenFile::StoreDirty() {
+Status OpenFile::StoreDirty(bool background) {
   // The last buffered chunk is stored here, on this thread: the commit waits for it anyway,
   // and handing a small file's only chunk to a worker costs two thread wakeups.
   if (pipeline_.index() != WritePipeline::kNone) {
     if (auto s = StoreBuffer(/*background=*/false); !s.ok()) return s;
   }
   if (auto s = Reap(0); !s.ok()) return s;
-  return StoreStaged();
+  return StoreStaged(background);
 }
 
-Status OpenFile::StoreStaged() {
+Status OpenFile::StoreStaged(bool background) {
   if (dirty_.empty()) return Ok();
   // Staging is read here (it is this file's, under mu_); hashing, sealing and writing each
   // chunk go to the store queue, kStagedInFlight at a time, and the last chunk is done on this
@@ -491,15 +492,17 @@ Status OpenFile::StoreStaged() {
       failed = s;
       break;
     }
+    // Read while the others were stored; at most kStagedInFlight on the queue at once.
+    while (pending.size() >= kStagedInFlight) land();
+    if (!failed.ok()) break;
     auto promise = std::make_shared<std::promise<Result<cas::ChunkId>>>();
     pending.push_back({i, buf, promise->get_future()});
     auto store = StoreChunkJob(host_, std::move(buf), std::move(promise));
-    if (k + 1 == staged.size()) {
+    if (!background || k + 1 == staged.size()) {
       store();
     } else {
       host_.PostStore(std::move(store));
     }
-    while (pending.size() > kStagedInFlight) land();
   }
   while (!pending.empty()) land();
   return failed;
@@ -534,7 +537,9 @@ Status OpenFile::Commit() {
   mu_.AssertHeld();
   AdoptRemote();
   if (!changed_) return Ok();
-  if (auto s = StoreDirty(); !s.ok()) return s;  // what was written in between
+  // What was written in between, on this thread: the namespace lock is held, and waiting
+  // behind other files' chunks on the store queue would hold up every namespace operation.
+  if (auto s = StoreDirty(/*background=*/false); !s.ok()) return s;
   auto cur = host_.InodeOrTombstone(id_);
   const bool unlinked_here = cur.ok() && cur->deleted && cur->version.node == host_.node_id();
   if (!cur.ok() || unlinked_here) {

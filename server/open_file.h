@@ -86,10 +86,12 @@ class OpenFile {
   void AdoptRemote() REQUIRES(mu_);
   Status EnsureStaging() REQUIRES(mu_);
   // Stores every dirty chunk (and the pipeline's buffer) and puts its id in the manifest.
-  Status StoreDirty() REQUIRES(mu_);
+  // With `background`, staged chunks are hashed, sealed and stored on the store queue (see
+  // StoreStaged), else all on this thread.
+  Status StoreDirty(bool background = true) REQUIRES(mu_);
   // Stores the chunks whose bytes are in staging (StoreDirty's second half); a chunk the store
   // refuses stays dirty in staging, and the first such error is returned.
-  Status StoreStaged() REQUIRES(mu_);
+  Status StoreStaged(bool background) REQUIRES(mu_);
   static constexpr std::size_t kStagedInFlight = 2;  // chunks on the store queue at once
   // Punches chunk `index`'s slot once the chunk is stored (its dirty pages are never written).
   void FreeStaged(std::uint64_t index) REQUIRES(mu_);

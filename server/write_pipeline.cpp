@@ -1,6 +1,9 @@
 #include "server/write_pipeline.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <exception>
 
 namespace foreverfs::server {
 namespace {
@@ -62,10 +65,17 @@ std::function<void()> StoreChunkJob(FileHost& host, std::shared_ptr<Bytes> data,
                                     std::shared_ptr<std::promise<Result<cas::ChunkId>>> id) {
   return [&host, data = std::move(data), id = std::move(id)]() mutable {
     Result<cas::ChunkId> stored = cas::kHoleId;
-    if (!AllZero(*data)) {
-      const cas::ChunkId chunk = host.ChunkIdOf(*data);
-      Status s = host.PutChunk(chunk, *data);
-      stored = s.ok() ? Result<cas::ChunkId>(chunk) : Result<cas::ChunkId>(s);
+    // Nothing may escape: on the store queue's threads an exception would end the process.
+    try {
+      if (!AllZero(*data)) {
+        const cas::ChunkId chunk = host.ChunkIdOf(*data);
+        Status s = host.PutChunk(chunk, *data);
+        stored = s.ok() ? Result<cas::ChunkId>(chunk) : Result<cas::ChunkId>(s);
+      }
+    } catch (const std::exception& e) {
+      stored = Status(Code::kIOError, fmt::format("storing a chunk failed: {}", e.what()));
+    } catch (...) {
+      stored = Status(Code::kIOError, "storing a chunk failed");
     }
     data.reset();
     id->set_value(std::move(stored));

@@ -1173,6 +1173,45 @@ TEST(DiskStoreTest, SmallBlobsAreRowsAndLargerOnesFiles) {
   EXPECT_EQ(left, 0u);
 }
 
+// The database is the store's alone: reopened, it keeps its write-ahead index in memory (no
+// -shm file), and a second store on the same directory is refused while the first is open.
+// ForEach goes past its batches of 4,096 rows, and its callback may remove what it is given.
+TEST(DiskStoreTest, TheSmallBlobDatabaseIsExclusiveAndListsInBatches) {
+  TempDir dir;
+  std::set<ChunkId> ids;
+  {
+    auto store = MakeDiskStore(dir.path());
+    ASSERT_TRUE(store.ok()) << store.status().message();
+    for (std::uint32_t i = 0; i < 4096 + 10; ++i) {
+      const Bytes data = Pattern(8, i);
+      const ChunkId id = crypto::Sha256::Of(data);
+      ASSERT_TRUE((*store)->Put(id, data).ok());
+      ids.insert(id);
+    }
+  }
+  auto store = MakeDiskStore(dir.path());
+  ASSERT_TRUE(store.ok()) << store.status().message();
+  EXPECT_TRUE((*store)->Has(*ids.begin()));
+  EXPECT_FALSE(fs::exists(dir.path() / "small.db-shm"));
+  auto second = MakeDiskStore(dir.path());
+  EXPECT_FALSE(second.ok()) << "a second store opened the database";
+  std::set<ChunkId> listed;
+  std::size_t calls = 0;
+  ASSERT_TRUE((*store)
+                  ->ForEach([&](const ChunkId& id) {
+                    ++calls;
+                    listed.insert(id);
+                    EXPECT_TRUE((*store)->Remove(id).ok());
+                  })
+                  .ok());
+  EXPECT_EQ(calls, ids.size());
+  EXPECT_EQ(listed, ids);
+  EXPECT_EQ((*store)->PackedUsage().chunks, 0u);
+  std::size_t left = 0;
+  ASSERT_TRUE((*store)->ForEach([&](const ChunkId&) { ++left; }).ok());
+  EXPECT_EQ(left, 0u);
+}
+
 // A store written by an older version has files for small blobs: they are read, listed once
 // and removed with the chunk. A Put that finds one cut short (a power failure) writes the row
 // and removes the file, so no id is kept twice.

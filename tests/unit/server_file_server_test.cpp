@@ -15,6 +15,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -638,6 +639,48 @@ TEST_F(FileServerTest, StagedChunksTheStoreRefusesAreStoredByTheNextCommit) {
     }
     EXPECT_TRUE(stored == model);
   }
+}
+
+// A store that throws (an allocation failing, say) while a commit's staged chunks are stored
+// on the store queue: the commit fails with an error instead of the process ending, nothing is
+// lost, and the next commit stores the chunks.
+TEST_F(FileServerTest, AStoreThatThrowsFailsTheCommitAndLosesNothing) {
+  class Throwing final : public ForwardingStore {
+   public:
+    using ForwardingStore::ForwardingStore;
+    std::atomic<bool> fail{false};
+    Status Put(const cas::ChunkId& id, ByteSpan data) override {
+      if (fail) throw std::runtime_error("out of memory (test)");
+      return inner_.Put(id, data);
+    }
+  };
+  Throwing throwing(*store_);
+  FileServer fs(*db_, throwing, cas::ChunkHasher(FixedKey()), dir_.path() / "staging");
+  Bytes model = Pattern(5 * kCS, 77);
+  auto c = fs.Create(kRootId, "t", 0644, 1000, 1000, O_RDWR);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(fs.Write(c->handle, 0, model).ok());
+  ASSERT_TRUE(fs.Flush(c->handle).ok());
+  for (std::uint64_t i = 0; i < 5; ++i) {
+    const std::uint64_t at = i * kCS + 333;
+    const Bytes piece = Pattern(50, static_cast<std::uint32_t>(i + 300));
+    ASSERT_TRUE(fs.Write(c->handle, at, piece).ok());
+    std::copy(piece.begin(), piece.end(), model.begin() + static_cast<std::ptrdiff_t>(at));
+  }
+  throwing.fail = true;
+  Status s = fs.Flush(c->handle);
+  EXPECT_EQ(s.code(), Code::kIOError) << s.message();
+  throwing.fail = false;
+  ASSERT_TRUE(fs.Flush(c->handle).ok());
+  fs.Release(c->handle);
+  auto h = fs.Open(c->attr.rec.id, O_RDONLY);
+  ASSERT_TRUE(h.ok());
+  Bytes got(model.size());
+  auto n = fs.Read(*h, 0, got);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, model.size());
+  EXPECT_TRUE(got == model);
+  fs.Release(*h);
 }
 
 TEST_F(FileServerTest, SetAttrChangesModeOwnerAndTimes) {
