@@ -239,7 +239,7 @@ void MetricsServer::Stop() {
 MetricsServer::~MetricsServer() { Stop(); }
 
 ChunkUsage::ChunkUsage(std::filesystem::path dir, std::chrono::milliseconds max_age,
-                       std::function<Packed()> packed)
+                       std::function<cas::ChunkStore::Packed()> packed)
     : dir_(std::move(dir)), max_age_(max_age), packed_(std::move(packed)) {}
 
 ChunkUsage::~ChunkUsage() {
@@ -302,7 +302,7 @@ ChunkUsage::Figure ChunkUsage::Walk() const {
     }
   }
   if (packed_) {
-    const Packed p = packed_();
+    const cas::ChunkStore::Packed p = packed_();
     f.chunks += p.chunks;
     f.bytes += p.bytes;
   }

@@ -29,6 +29,7 @@
 
 #include "app/endpoint_limits.h"
 #include "base/status.h"
+#include "cas/chunk_store.h"
 
 namespace boost::asio {
 class io_context;
@@ -135,13 +136,9 @@ class ChunkUsage {
     std::chrono::steady_clock::time_point at{};  // when the walk began; {} before the first
   };
 
-  struct Packed {
-    std::uint64_t chunks = 0;
-    std::uint64_t bytes = 0;
-  };
   explicit ChunkUsage(std::filesystem::path dir,
                       std::chrono::milliseconds max_age = std::chrono::seconds(2),
-                      std::function<Packed()> packed = {});
+                      std::function<cas::ChunkStore::Packed()> packed = {});
   ~ChunkUsage();
   ChunkUsage(const ChunkUsage&) = delete;
   ChunkUsage& operator=(const ChunkUsage&) = delete;
@@ -154,7 +151,7 @@ class ChunkUsage {
 
   const std::filesystem::path dir_;
   const std::chrono::milliseconds max_age_;
-  const std::function<Packed()> packed_;  // called on the walking thread
+  const std::function<cas::ChunkStore::Packed()> packed_;  // called on the walking thread
   std::mutex mu_;
   std::condition_variable cv_;
   Figure figure_;                // guarded by mu_

@@ -88,10 +88,8 @@ Status Node::Start() {
   files_->SetMaxClockSkew(
       std::chrono::milliseconds(static_cast<long>(config_.max_clock_skew_s * 1000)));
   maintenance_ = std::make_unique<server::ChunkMaintenance>(*files_);
-  usage_ = std::make_unique<ChunkUsage>(data / "chunks", std::chrono::seconds(2), [this] {
-    const cas::ChunkStore::Packed p = store_->PackedUsage();
-    return ChunkUsage::Packed{p.chunks, p.bytes};
-  });
+  usage_ = std::make_unique<ChunkUsage>(data / "chunks", std::chrono::seconds(2),
+                                        [this] { return store_->PackedUsage(); });
   latency_ = std::make_unique<OpLatency>(fuse::FuseFs::TimedOpNames());
   fuse_ = std::make_unique<fuse::FuseFs>(*files_);
 

@@ -310,7 +310,7 @@ TEST(AppMetricsTest, ChunkUsageWalksOffThePathAndCachesForMaxAge) {
   EXPECT_EQ(none.Get(5s).chunks, 0u);
   // What the store keeps packed (small blobs as rows of one database) is added to the walk.
   put("small.db", 4096);  // the database file itself is not a chunk
-  ChunkUsage with_rows(chunks, 300ms, [] { return ChunkUsage::Packed{7, 7000}; });
+  ChunkUsage with_rows(chunks, 300ms, [] { return cas::ChunkStore::Packed{7, 7000}; });
   const auto all = with_rows.Get(5s);
   EXPECT_EQ(all.chunks, 3u + 7u);
   EXPECT_EQ(all.bytes, 160u + 7000u);
