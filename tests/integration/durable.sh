@@ -66,8 +66,12 @@ except OSError as e:
 PY
 check "fsync on host 4 fails with EIO when 4 copies cannot be had" \
   python3 "$CW/eio.py" "$(cmnt 4)/four"
-named() { grep -q "durable on 3 of 4 members after 3000 ms; not confirmed by" "$CW/log4"; }
-check "host 4's log says how many confirmed and who did not" named
+# How many confirm within the 3 s depends on the machine (each confirmation is a syncfs of the
+# peer's data file system, shared with whatever else runs); what must hold is that the log
+# names the count short of 4 and the members that did not confirm.
+named() { grep -qE "durable on [1-3] of 4 members after 3000 ms; not confirmed by: ." "$CW/log4"; }
+check "host 4's log says how many confirmed and who did not" ceventually 5 named
+named || grep -n "durable\|confirm" "$CW/log4" | tail -5 | sed 's/^/# log4: /'
 
 for i in 2 3 4; do check "unmount of $i exits 0" cnode_stop "$i"; done
 echo "$PASS passed, $FAIL failed"
