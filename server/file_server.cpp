@@ -227,8 +227,7 @@ Status FileServer::UpdateInode(InodeId id, const std::function<Status(InodeRecor
 InodeRecord FileServer::NewInode(InodeKind kind, std::uint32_t mode, std::uint32_t uid,
                                  std::uint32_t gid, const InodeRecord& parent) {
   InodeRecord rec;
-  do rec.id = crypto::RandomU64();
-  while (rec.id <= kRootId);
+  rec.id = inode_ids_.Next();
   rec.kind = kind;
   rec.mode = mode & 07777;
   rec.uid = uid;

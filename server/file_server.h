@@ -29,6 +29,7 @@
 #include "cas/chunk_store.h"
 #include "server/file_host.h"
 #include "server/hlc.h"
+#include "server/inode_ids.h"
 #include "server/namespace_db.h"
 #include "server/work_queue.h"
 
@@ -273,6 +274,7 @@ class FileServer : public FileHost {
   cas::ChunkHasher hasher_;
   std::filesystem::path staging_dir_;
   Hlc hlc_;
+  InodeIds inode_ids_;
   RemoteChunks* remote_ = nullptr;
   std::atomic<std::uint64_t> max_clock_skew_ns_{600'000'000'000};
   Mutex gc_mu_;  // guards the two below; taken alone (store calls inside are leaves)
