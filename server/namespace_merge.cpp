@@ -7,6 +7,9 @@
 #include <ctime>
 #include <map>
 #include <set>
+#include <string>
+#include <tuple>
+#include <utility>
 
 #include "crypto/crypto.h"
 #include "server/content_clock.h"
@@ -51,10 +54,25 @@ class Merger {
   Merger(RecordView& view, ChangeSet& won) : v_(view), won_(won) {}
 
   Status Run(const ChangeSet& changes) {
+    // A version names one record: honest nodes never send two different records of one inode
+    // (or one entry) with one version. A batch that does is hostile or damaged; the first of
+    // them stands and the others are dropped, so that which one wins does not hang on what the
+    // batch met in the store (a later one would be compared with the first on one pass and
+    // with a newer record on the next, and the merge would not be idempotent).
+    std::set<std::pair<InodeId, Version>> inodes_seen;
     for (const auto& r : changes.inodes) {
+      if (!inodes_seen.emplace(r.id, r.version).second) {
+        DropSecondOfOneVersion("inode", fmt::format("{:016x}", r.id), r.version);
+        continue;
+      }
       if (auto s = PutInode(r); !s.ok()) return s;
     }
+    std::set<std::tuple<InodeId, std::string_view, Version>> entries_seen;
     for (const auto& d : changes.dentries) {
+      if (!entries_seen.emplace(d.parent, d.name, d.version).second) {
+        DropSecondOfOneVersion("entry", fmt::format("{:016x}/{}", d.parent, d.name), d.version);
+        continue;
+      }
       if (auto s = PutDentry(d); !s.ok()) return s;
     }
     // A file written after a delete it had not seen keeps a name (table 1) also when the
@@ -93,6 +111,11 @@ class Merger {
   }
 
  private:
+  static void DropSecondOfOneVersion(const char* what, const std::string& key, Version v) {
+    spdlog::warn("a change batch holds {} {} twice with version {:x}.{:x}; the first stands", what,
+                 key, v.hlc, v.node);
+  }
+
   // Table 1.
   Status PutInode(const InodeRecord& r) {
     auto cur = v_.Inode(r.id);

@@ -174,6 +174,48 @@ TEST(MergeTest, ConcurrentWritesKeepTheLoserAsACopyInEitherOrder) {
   EXPECT_TRUE(two.Apply({{mine}, {}}).empty());
 }
 
+// A hostile batch: two different records of one inode (and of one entry) with one version,
+// then a newer record. The first of each version stands and the second is dropped, so applying
+// the batch again writes nothing, whatever the records before it. (The changes fuzzer found the
+// inode case: the second record was equal to the first on the first pass and lost to the newer
+// one, as a conflict copy, on the second.)
+TEST(MergeTest, ASecondRecordWithOneVersionIsDroppedAndTheBatchAppliesOnce) {
+  const auto first = File(5, {5 * kSec, kB}, {{kA, 4 * kSec}, {kB, 5 * kSec}});
+  auto second = first;
+  second.content_clock = {{kA, 4 * kSec}, {kB + 1, 5 * kSec}};
+  auto newer = File(5, {6 * kSec, kA}, {{kA, 6 * kSec}});
+  newer.kind = InodeKind::kSymlink;
+  newer.content_clock.clear();
+  newer.symlink_target = "t";
+  const auto name = Name(kRootId, "f", 5, {1, kA});
+  auto name_twin = name;
+  name_twin.child = 6;
+  for (bool with_base : {false, true}) {
+    SCOPED_TRACE(with_base ? "over an older version" : "into an empty store");
+    MapRecords m;
+    if (with_base) m.Apply({{File(5, {1, kA}, {{kA, 1}})}, {}});
+    const ChangeSet batch{{first, second, newer}, {name, name_twin}};
+    auto won = m.Apply(batch);
+    EXPECT_EQ(m.inodes_[5].version, newer.version);
+    EXPECT_EQ(m.Entry(kRootId, "f")->child, 5u);  // the first entry of its version stands
+    // The first record lost to the newer one concurrently and is kept as a copy; the second is
+    // not (it was dropped), so exactly one copy exists.
+    int copies = 0;
+    for (const auto& [id, r] : m.inodes_) {
+      if (id != 5 && id != kRootId && r.kind == InodeKind::kFile) {
+        ++copies;
+        EXPECT_EQ(r.content_clock, first.content_clock);
+      }
+    }
+    EXPECT_EQ(copies, 1);
+    const int writes = m.writes_;
+    auto again = m.Apply(batch);
+    EXPECT_TRUE(again.inodes.empty()) << again.inodes.size() << " inodes written again";
+    EXPECT_TRUE(again.dentries.empty()) << again.dentries.size() << " entries written again";
+    EXPECT_EQ(m.writes_, writes);
+  }
+}
+
 // A newer write whose content descends from the old one replaces it without a copy.
 TEST(MergeTest, AWriteThatSawTheOldContentMakesNoCopy) {
   MapRecords m;
