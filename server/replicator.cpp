@@ -41,8 +41,17 @@ Replicator::Replicator(boost::asio::io_context& io, FileServer& fs, ReplicatorOp
           io, fs.ns(), links_,
           MemberLinksOptions{options.max_links, options.down_after, options.probe_period,
                              options.short_idle, options.weight})),
-      sync_copies_(std::make_shared<SyncCopies>(io, fs, links_, fetcher_, storage_,
-                                                [f = feed_] { return f->Subscribers(); })),
+      sync_copies_(std::make_shared<SyncCopies>(
+          io, fs, links_, fetcher_, storage_, [f = feed_] { return f->Subscribers(); },
+          [w = std::weak_ptr<MemberLinks>(members_)] {
+            std::vector<std::uint64_t> others;
+            if (auto m = w.lock()) {
+              for (const MemberInfo& i : m->Members()) {
+                if (!i.self && i.state != net::MemberState::kRemoved) others.push_back(i.node_id);
+              }
+            }
+            return others;
+          })),
       trim_(std::make_shared<ChunkTrim>(
           io, fs, storage_, links_, holders_,
           [w = std::weak_ptr<MemberLinks>(members_)]() -> std::shared_ptr<const Placement> {

@@ -19,11 +19,12 @@ using replication::Clock;
 using replication::Short;
 
 constexpr auto kMaxHedgeDelay = std::chrono::milliseconds(2000);
-constexpr auto kRetry = std::chrono::milliseconds(200);     // no candidate left: look again
-constexpr auto kPoll = std::chrono::milliseconds(20);       // serving: wait for the record
-constexpr std::size_t kMaxServing = 64;                     // requests served at once
-constexpr auto kServeLimit = std::chrono::seconds(120);     // serving: give up after this
+constexpr auto kRetry = std::chrono::milliseconds(200);  // no candidate left: look again
+constexpr auto kPoll = std::chrono::milliseconds(20);    // serving: wait for the record
+constexpr std::size_t kMaxServing = 64;                  // requests served at once
+constexpr auto kServeLimit = std::chrono::seconds(120);  // serving: give up after this
 constexpr std::size_t kConcurrentFetches = 8;
+constexpr std::size_t kNamedUnasked = 8;  // members a failure names that were never asked
 
 }  // namespace
 
@@ -60,13 +61,15 @@ struct SyncCopies::Serve {
 
 SyncCopies::SyncCopies(asio::io_context& io, FileServer& fs, std::shared_ptr<const PeerLinks> links,
                        std::shared_ptr<ChunkFetcher> fetcher, std::shared_ptr<StorageWork> storage,
-                       std::function<std::vector<std::uint64_t>()> candidates)
+                       std::function<std::vector<std::uint64_t>()> candidates,
+                       std::function<std::vector<std::uint64_t>()> members)
     : io_(io),
       fs_(fs),
       links_(std::move(links)),
       fetcher_(std::move(fetcher)),
       storage_(std::move(storage)),
-      candidates_(std::move(candidates)) {}
+      candidates_(std::move(candidates)),
+      members_(std::move(members)) {}
 
 Status SyncCopies::Wait(InodeId id, const model::Version& version, std::uint64_t seq,
                         std::size_t copies, std::chrono::milliseconds timeout,
@@ -95,12 +98,26 @@ void SyncCopies::Start(const std::shared_ptr<Ask>& ask) {
     std::string missing;
     for (std::uint64_t n : ask->pending) missing += fmt::format(" {} (no answer)", Short(n));
     for (const auto& [n, why] : ask->failed) missing += fmt::format(" {} ({})", Short(n), why);
+    if (self->members_) {
+      // Members never asked: no link to them, or they do not apply this node's changes (a
+      // few named, the rest counted: a large cluster has many members this node has no link to).
+      std::size_t unasked = 0;
+      for (std::uint64_t n : self->members_()) {
+        if (ask->confirmed.contains(n) || ask->pending.contains(n) || ask->failed.contains(n)) {
+          continue;
+        }
+        if (++unasked <= kNamedUnasked) missing += fmt::format(" {} (not connected)", Short(n));
+      }
+      if (unasked > kNamedUnasked) {
+        missing += fmt::format(" and {} more not connected", unasked - kNamedUnasked);
+      }
+    }
     if (missing.empty()) missing = " none connected that applies this node's changes";
     self->Finish(ask, Err(Code::kIOError,
                           "inode {:016x}: durable on {} of {} members after {} ms; not confirmed "
                           "by:{}",
-                          ask->id, ask->confirmed.size() + 1, ask->needed + 1,
-                          ask->timeout.count(), missing));
+                          ask->id, ask->confirmed.size() + 1, ask->needed + 1, ask->timeout.count(),
+                          missing));
   });
   AskMore(ask);
   ArmHedge(ask);
@@ -226,16 +243,16 @@ void SyncCopies::Step(const std::shared_ptr<Serve>& serve) {
     return;
   }
   if (Clock::now() >= serve->deadline) {
-    Answer(serve, Err(Code::kTimedOut, "its change {} did not arrive here in time", serve->req.seq));
+    Answer(serve,
+           Err(Code::kTimedOut, "its change {} did not arrive here in time", serve->req.seq));
     return;
   }
   if (!serve->have_record) {
     if (fs_.ns().Cursor(serve->from) < serve->req.seq) {
       // Not applied yet: the feed brings it.
       auto t = std::make_shared<Timer>(io_, kPoll);
-      t->async_wait([self = shared_from_this(), serve, t](boost::system::error_code) {
-        self->Step(serve);
-      });
+      t->async_wait(
+          [self = shared_from_this(), serve, t](boost::system::error_code) { self->Step(serve); });
       return;
     }
     auto rec = fs_.ns().GetInodeOrTombstone(serve->req.inode);
@@ -244,8 +261,8 @@ void SyncCopies::Step(const std::shared_ptr<Serve>& serve) {
       return;
     }
     if (rec->version < serve->req.version) {
-      Answer(serve, Err(Code::kInvalid, "inode {:016x}: its version was refused here",
-                        serve->req.inode));
+      Answer(serve,
+             Err(Code::kInvalid, "inode {:016x}: its version was refused here", serve->req.inode));
       return;
     }
     if (rec->version != serve->req.version && !rec->deleted) {

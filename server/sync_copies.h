@@ -32,9 +32,12 @@ namespace foreverfs::server {
 class SyncCopies : public std::enable_shared_from_this<SyncCopies> {
  public:
   // `candidates` (event thread) lists the peers that may be asked: those that apply our feed.
+  // `members` (event thread; may be empty) lists the cluster's other members, so that a
+  // failure can name those that could not be asked at all.
   SyncCopies(boost::asio::io_context& io, FileServer& fs, std::shared_ptr<const PeerLinks> links,
              std::shared_ptr<ChunkFetcher> fetcher, std::shared_ptr<StorageWork> storage,
-             std::function<std::vector<std::uint64_t>()> candidates);
+             std::function<std::vector<std::uint64_t>()> candidates,
+             std::function<std::vector<std::uint64_t>()> members = {});
 
   // Inode `id` at `version`, in our feed through `seq`, is durable here; returns once `copies`
   // members in all hold it durably, or kIOError after `timeout`. Peers are asked in the order
@@ -66,7 +69,9 @@ class SyncCopies : public std::enable_shared_from_this<SyncCopies> {
   const std::shared_ptr<ChunkFetcher> fetcher_;
   const std::shared_ptr<StorageWork> storage_;
   const std::function<std::vector<std::uint64_t>()> candidates_;
-  std::map<std::uint64_t, std::pair<std::shared_ptr<Ask>, std::uint64_t>> asked_;  // req -> ask, node
+  const std::function<std::vector<std::uint64_t>()> members_;
+  std::map<std::uint64_t, std::pair<std::shared_ptr<Ask>, std::uint64_t>>
+      asked_;  // req -> ask, node
   std::uint64_t next_request_ = 1;
   std::size_t serving_ = 0;  // requests we serve now, at most kMaxServing
 };

@@ -6,6 +6,8 @@
 // every Replicator; the dialers the membership calls run on it too.
 
 #include <fcntl.h>
+#include <fmt/format.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 
@@ -303,6 +305,29 @@ TEST_F(MembershipClusterTest, EveryLongLivedLinkCarriesTheFeedBothWaysAfterPlanC
 // Repair: a member that holds chunks (--replicas 2) goes away for good. Once it is down, each of
 // its chunks is ranked to another member, which fetches it: every chunk is back on two live
 // members.
+// fsync with more --sync-copies than members reachable fails naming each member that did not
+// confirm, also one this node has no link to at all (before, the message said only "none
+// connected" once the links to the others were gone).
+TEST_F(MembershipClusterTest, AFailedFsyncNamesTheMemberItCouldNotAsk) {
+  ReplicatorOptions o = Small(4, 200ms, 300ms);
+  o.sync_copies = 3;
+  o.sync_timeout = 800ms;
+  for (int i = 0; i < 3; ++i) AddNode(o);
+  StartAll();
+  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  CutOff(n(3));
+  ASSERT_TRUE(Eventually([&] { return PeerCount(n(1)) == 1; }, 20s));
+  auto c = n(1).files->Create(kRootId, "f", 0644, 0, 0, O_RDWR | O_CREAT);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(n(1).files->Write(c->handle, 0, Pattern(5000, 3)).ok());
+  Status s = n(1).files->Fsync(c->handle);
+  EXPECT_EQ(s.code(), Code::kIOError);
+  EXPECT_THAT(s.message(), ::testing::HasSubstr("durable on 2 of 3 members"));
+  EXPECT_THAT(s.message(), ::testing::HasSubstr(fmt::format("{:016x} (not connected)", n(3).id())));
+  EXPECT_THAT(s.message(), ::testing::Not(::testing::HasSubstr(fmt::format("{:016x}", n(2).id()))));
+  n(1).files->Release(c->handle);
+}
+
 TEST_F(MembershipClusterTest, ChunksOfAMemberThatWentDownAreCopiedToTheNextRanked) {
   ReplicatorOptions o = Small(2, 200ms, 300ms);
   o.replicas = 2;
