@@ -196,6 +196,16 @@ Result<Bytes> SmallChunks::Get(const ChunkId& id) {
 
 Result<Extent> SmallChunks::ReadAt(const ChunkId& id, std::size_t offset, MutableByteSpan out) {
   MutexLock lock(mu_);
+  if (out.empty()) {
+    // Only the size (a put's "already stored?"): length() reads the row's header, not the
+    // blob, where substr() would read every overflow page of it even for zero bytes.
+    Use st(size_);
+    BindId(*st, id);
+    const int rc = sqlite3_step(*st);
+    if (rc == SQLITE_DONE) return Err(Code::kNotFound, "chunk {} not found", Hex(id));
+    if (rc != SQLITE_ROW) return Error(rc, "reading", &id);
+    return Extent{0, static_cast<std::size_t>(sqlite3_column_int64(*st, 0))};
+  }
   Use st(read_);
   BindId(*st, id);
   // substr counts from 1; past the end it gives an empty blob.
