@@ -1,6 +1,6 @@
 // libFuzzer target: arbitrary bytes as the payload of a Changes message (namespace updates from
 // a peer), decoded and then applied to an in-memory namespace database. Neither step may crash
-// or leak; applying the same updates twice must change no inode the second time.
+// or leak; applying the same updates twice must change no inode and no entry the second time.
 #include <cstdint>
 #include <cstdlib>
 

@@ -103,7 +103,8 @@ FileServer::FileServer(NamespaceDb& ns, cas::ChunkStore& store, cas::ChunkHasher
       store_(store),
       hasher_(hasher),
       staging_dir_(std::move(staging_dir)),
-      hlc_(ns.node_id(), ns.MaxHlc()) {}
+      hlc_(ns.node_id(), ns.MaxHlc()),
+      inode_ids_([&ns](InodeId lo, InodeId hi) { return ns.AnyInodeIn(lo, hi); }) {}
 
 FileServer::~FileServer() = default;
 

@@ -12,7 +12,9 @@
 //
 // Uniqueness: two nodes (or two runs of one) clash only if they draw the same block, about
 // B^2 / 2^45 for B blocks ever drawn in a cluster (1e-5 for 20,000 runs), against F^2 / 2^65
-// for F files with random ids (3e-4 for 1e8 files).
+// for F files with random ids (3e-4 for 1e8 files). A clash would cost more than one file
+// (both runs count from the block's start), so a drawn block that holds any id this node
+// knows of (its own earlier runs', or one replicated here from another node) is drawn again.
 //
 // Thread-safe.
 
@@ -29,17 +31,27 @@ class InodeIds {
  public:
   static constexpr int kIndexBits = 20;
   static constexpr std::uint64_t kBlockSize = std::uint64_t{1} << kIndexBits;
+  static constexpr int kMaxDraws = 64;
 
-  // `random` draws a block (tests pass their own); the default is the system's CSPRNG.
-  explicit InodeIds(std::function<std::uint64_t()> random = crypto::RandomU64)
-      : random_(std::move(random)) {}
+  // `in_use(lo, hi)` says whether any id in [lo, hi] is taken (none if empty); `random`
+  // draws a block (tests pass their own), the default is the system's CSPRNG.
+  explicit InodeIds(std::function<bool(std::uint64_t lo, std::uint64_t hi)> in_use = {},
+                    std::function<std::uint64_t()> random = crypto::RandomU64)
+      : in_use_(std::move(in_use)), random_(std::move(random)) {}
 
   // A new id, never 0 or 1 (no id; the root).
   std::uint64_t Next() {
     MutexLock lock(mu_);
     for (;;) {
       if (index_ == kBlockSize) {
-        block_ = random_() >> kIndexBits;
+        // A block in use is drawn again (a few times at most: a store of a billion files
+        // holds a block in 2^24); after kMaxDraws the last one is taken, since a store whose
+        // every draw is taken is not one a random id would do better in.
+        for (int draw = 0; draw < kMaxDraws; ++draw) {
+          block_ = random_() >> kIndexBits;
+          if (!in_use_ || !in_use_(block_ << kIndexBits, (block_ << kIndexBits) | (kBlockSize - 1)))
+            break;
+        }
         index_ = 0;
       }
       const std::uint64_t id = (block_ << kIndexBits) | index_++;
@@ -49,7 +61,8 @@ class InodeIds {
 
  private:
   Mutex mu_;
-  std::function<std::uint64_t()> random_;
+  const std::function<bool(std::uint64_t, std::uint64_t)> in_use_;
+  const std::function<std::uint64_t()> random_;
   std::uint64_t block_ GUARDED_BY(mu_) = 0;
   std::uint64_t index_ GUARDED_BY(mu_) = kBlockSize;  // used up: the first Next draws a block
 };

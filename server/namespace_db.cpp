@@ -462,6 +462,15 @@ bool NamespaceDb::HasLiveEntries(InodeId parent) {
   return q.Step() == SQLITE_ROW;
 }
 
+bool NamespaceDb::AnyInodeIn(InodeId lo, InodeId hi) {
+  MutexLock lock(mu_);
+  Stmt q(db_, "SELECT 1 FROM inodes WHERE id BETWEEN ? AND ? LIMIT 1");
+  q.Bind(1, S(lo));
+  q.Bind(2, S(hi));
+  const int rc = q.Step();
+  return rc != SQLITE_DONE;
+}
+
 Result<std::uint64_t> NamespaceDb::TakeFreshNodeId() {
   MutexLock lock(mu_);
   const std::uint64_t old = node_id_;

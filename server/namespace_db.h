@@ -111,6 +111,9 @@ class NamespaceDb {
   // How many live entries name `child` (its link count): LinksTo's size, without the rows.
   std::size_t CountLinks(InodeId child);
   bool HasLiveEntries(InodeId parent);
+  // True if any inode record (live or a tombstone) has an id in [lo, hi] (unsigned; the range
+  // must not cross 2^63, where the stored signed ids wrap). An error reads as true.
+  bool AnyInodeIn(InodeId lo, InodeId hi);
 
   // Applies records whose version is newer than the stored one, in one transaction; returns
   // those that won. Used for local changes (fresh versions always win) and remote ones.

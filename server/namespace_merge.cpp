@@ -60,9 +60,11 @@ class Merger {
     // batch met in the store (a later one would be compared with the first on one pass and
     // with a newer record on the next, and the merge would not be idempotent).
     std::set<std::pair<InodeId, Version>> inodes_seen;
+    std::size_t dropped = 0;
+    std::string first_dropped;  // one named in the log, the rest counted
     for (const auto& r : changes.inodes) {
       if (!inodes_seen.emplace(r.id, r.version).second) {
-        DropSecondOfOneVersion("inode", fmt::format("{:016x}", r.id), r.version);
+        if (dropped++ == 0) first_dropped = fmt::format("inode {:016x}", r.id);
         continue;
       }
       if (auto s = PutInode(r); !s.ok()) return s;
@@ -70,10 +72,16 @@ class Merger {
     std::set<std::tuple<InodeId, std::string_view, Version>> entries_seen;
     for (const auto& d : changes.dentries) {
       if (!entries_seen.emplace(d.parent, d.name, d.version).second) {
-        DropSecondOfOneVersion("entry", fmt::format("{:016x}/{}", d.parent, d.name), d.version);
+        if (dropped++ == 0) first_dropped = fmt::format("entry {:016x}/{}", d.parent, d.name);
         continue;
       }
       if (auto s = PutDentry(d); !s.ok()) return s;
+    }
+    if (dropped > 0) {
+      spdlog::warn(
+          "a change batch held {} record(s) with the version of an earlier one for the same key "
+          "(first: {}); the earlier ones stand",
+          dropped, first_dropped);
     }
     // A file written after a delete it had not seen keeps a name (table 1) also when the
     // delete's entry tombstone came in this batch behind the delete's inode record (a batch
@@ -111,11 +119,6 @@ class Merger {
   }
 
  private:
-  static void DropSecondOfOneVersion(const char* what, const std::string& key, Version v) {
-    spdlog::warn("a change batch holds {} {} twice with version {:x}.{:x}; the first stands", what,
-                 key, v.hlc, v.node);
-  }
-
   // Table 1.
   Status PutInode(const InodeRecord& r) {
     auto cur = v_.Inode(r.id);

@@ -106,10 +106,14 @@ void SyncCopies::Start(const std::shared_ptr<Ask>& ask) {
         if (ask->confirmed.contains(n) || ask->pending.contains(n) || ask->failed.contains(n)) {
           continue;
         }
-        if (++unasked <= kNamedUnasked) missing += fmt::format(" {} (not connected)", Short(n));
+        if (++unasked <= kNamedUnasked) {
+          missing += fmt::format(
+              " {} ({})", Short(n),
+              self->links_->Find(n) ? "linked, not applying this node's changes" : "not connected");
+        }
       }
       if (unasked > kNamedUnasked) {
-        missing += fmt::format(" and {} more not connected", unasked - kNamedUnasked);
+        missing += fmt::format(" and {} more not asked", unasked - kNamedUnasked);
       }
     }
     if (missing.empty()) missing = " none connected that applies this node's changes";

@@ -141,6 +141,28 @@ class FileServerTest : public ::testing::Test {
   int local_changes_ = 0;
 };
 
+// Files and directories made one after another get consecutive inode ids (one directory's
+// records sit together in the namespace); the namespace's AnyInodeIn, which a new block is
+// checked with, sees the block taken up to the last id and free after it.
+TEST_F(FileServerTest, NewInodesTakeConsecutiveIds) {
+  std::vector<InodeId> ids;
+  for (int i = 0; i < 5; ++i) {
+    const std::string name = "f" + std::to_string(i);
+    fs_->Release(CreateFile(name));
+    ids.push_back(IdOf("/" + name));
+  }
+  ASSERT_TRUE(fs_->Mkdir(kRootId, "d", 0755, 0, 0).ok());
+  ids.push_back(IdOf("/d"));
+  for (std::size_t i = 1; i < ids.size(); ++i) EXPECT_EQ(ids[i], ids[i - 1] + 1) << i;
+  const InodeId first = ids[0] & ~(InodeIds::kBlockSize - 1);
+  const InodeId end = first | (InodeIds::kBlockSize - 1);
+  EXPECT_TRUE(db_->AnyInodeIn(first, end));
+  EXPECT_TRUE(db_->AnyInodeIn(ids.back(), ids.back()));
+  EXPECT_FALSE(db_->AnyInodeIn(ids.back() + 1, end));
+  ASSERT_TRUE(fs_->Remove("/f0").ok());  // a tombstone still holds its id
+  EXPECT_TRUE(db_->AnyInodeIn(ids[0], ids[0]));
+}
+
 // --- Path API ------------------------------------------------------------------------------
 
 TEST_F(FileServerTest, StoreGetRemoveByPath) {

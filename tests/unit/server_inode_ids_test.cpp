@@ -7,6 +7,7 @@
 #include <deque>
 #include <set>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "server/inode_ids.h"
@@ -27,7 +28,7 @@ std::function<std::uint64_t()> Draws(std::deque<std::uint64_t> values) {
 
 TEST(InodeIdsTest, IdsOfOneBlockAreConsecutiveThenANewBlockIsDrawn) {
   constexpr std::uint64_t kBlockA = 0x123456789ab, kBlockB = 0xfffffffffff;  // 44 bits each
-  InodeIds ids(Draws({kBlockA << InodeIds::kIndexBits, ~std::uint64_t{0}}));
+  InodeIds ids({}, Draws({kBlockA << InodeIds::kIndexBits, ~std::uint64_t{0}}));
   EXPECT_EQ(ids.Next(), kBlockA << InodeIds::kIndexBits);
   for (std::uint64_t i = 1; i < InodeIds::kBlockSize; ++i) {
     const std::uint64_t id = ids.Next();
@@ -35,14 +36,44 @@ TEST(InodeIdsTest, IdsOfOneBlockAreConsecutiveThenANewBlockIsDrawn) {
       FAIL() << "id " << i << " of the block is " << std::hex << id;
     }
   }
-  // The block is used up: the next id comes from the next draw (its low 20 bits dropped), and
-  // the top of the id space (2^64 - 1) is a valid id.
+  // The block is used up: the next id comes from the next draw (its low 20 bits dropped), the
+  // top block of the id space; its last id is 2^64 - 1.
   EXPECT_EQ(ids.Next(), kBlockB << InodeIds::kIndexBits);
   EXPECT_EQ(ids.Next(), (kBlockB << InodeIds::kIndexBits) | 1);
+  std::uint64_t last = 0;
+  for (std::uint64_t i = 2; i < InodeIds::kBlockSize; ++i) last = ids.Next();
+  EXPECT_EQ(last, ~std::uint64_t{0});
+}
+
+// A block that holds a known id is drawn again; the in-use question covers exactly the block.
+TEST(InodeIdsTest, ABlockInUseIsDrawnAgain) {
+  constexpr std::uint64_t kTaken = 0xabc, kFree = 0xdef;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> asked;
+  InodeIds ids(
+      [&](std::uint64_t lo, std::uint64_t hi) {
+        asked.emplace_back(lo, hi);
+        return lo >> InodeIds::kIndexBits == kTaken;
+      },
+      Draws({kTaken << InodeIds::kIndexBits, kFree << InodeIds::kIndexBits}));
+  EXPECT_EQ(ids.Next(), kFree << InodeIds::kIndexBits);
+  ASSERT_EQ(asked.size(), 2u);
+  EXPECT_EQ(asked[0], std::make_pair(kTaken << InodeIds::kIndexBits,
+                                     ((kTaken + 1) << InodeIds::kIndexBits) - 1));
+  EXPECT_EQ(ids.Next(), (kFree << InodeIds::kIndexBits) | 1);  // not asked again within a block
+  EXPECT_EQ(asked.size(), 2u);
+}
+
+// Every draw in use: after kMaxDraws the last drawn block is taken rather than looping forever.
+TEST(InodeIdsTest, EveryBlockInUseEndsAfterMaxDraws) {
+  int draws = 0;
+  InodeIds ids([](std::uint64_t, std::uint64_t) { return true; },
+               [&] { return std::uint64_t(++draws) << InodeIds::kIndexBits; });
+  EXPECT_EQ(ids.Next(), std::uint64_t(InodeIds::kMaxDraws) << InodeIds::kIndexBits);
+  EXPECT_EQ(draws, InodeIds::kMaxDraws);
 }
 
 TEST(InodeIdsTest, BlockZeroSkipsNoIdAndTheRoot) {
-  InodeIds ids(Draws({0x7ffff}));  // only index bits: block 0
+  InodeIds ids({}, Draws({0x7ffff}));  // only index bits: block 0
   EXPECT_EQ(ids.Next(), 2u);
   EXPECT_EQ(ids.Next(), 3u);
 }

@@ -302,9 +302,6 @@ TEST_F(MembershipClusterTest, EveryLongLivedLinkCarriesTheFeedBothWaysAfterPlanC
   EXPECT_TRUE(settled) << missing;
 }
 
-// Repair: a member that holds chunks (--replicas 2) goes away for good. Once it is down, each of
-// its chunks is ranked to another member, which fetches it: every chunk is back on two live
-// members.
 // fsync with more --sync-copies than members reachable fails naming each member that did not
 // confirm, also one this node has no link to at all (before, the message said only "none
 // connected" once the links to the others were gone).
@@ -328,6 +325,9 @@ TEST_F(MembershipClusterTest, AFailedFsyncNamesTheMemberItCouldNotAsk) {
   n(1).files->Release(c->handle);
 }
 
+// Repair: a member that holds chunks (--replicas 2) goes away for good. Once it is down, each of
+// its chunks is ranked to another member, which fetches it: every chunk is back on two live
+// members.
 TEST_F(MembershipClusterTest, ChunksOfAMemberThatWentDownAreCopiedToTheNextRanked) {
   ReplicatorOptions o = Small(2, 200ms, 300ms);
   o.replicas = 2;
