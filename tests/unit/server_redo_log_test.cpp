@@ -5,10 +5,12 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +20,7 @@
 
 #include "crypto/crypto.h"
 #include "server/namespace_db.h"
+#include "server/redo_log.h"
 #include "unit/temp_dir.h"
 
 namespace foreverfs::server {
@@ -391,6 +394,49 @@ TEST_F(RedoLogTest, AWholeRecordThatDoesNotDecodeStopsTheOpen) {
   ASSERT_FALSE(db.ok());
   EXPECT_NE(db.status().message().find("ns.db-redo"), std::string::npos) << db.status().message();
   EXPECT_EQ(ReadAll(log_), rec) << "the log is kept for whoever looks into it";
+}
+
+// A full disk during an append (here RLIMIT_FSIZE, which fails a write past the limit as a
+// full disk does, after a short write): the append fails naming the log, a partial record is
+// taken back, so the log holds exactly the records before it, and the next append after space
+// is back follows them (not hidden behind a torn record). The limit falls at the record's
+// first byte, its second, and its last.
+TEST(RedoLogFullDiskTest, AFailedAppendLeavesTheLogAsBeforeAndTheNextOneFollows) {
+  const ChangeSet first = Create(5, "a", 100), second = Create(6, "b", 101);
+  const std::uint64_t one = RedoLog::RecordSize(first), two = RedoLog::RecordSize(second);
+  for (std::uint64_t limit : {one, one + 1, one + two - 1}) {
+    SCOPED_TRACE(limit);
+    TempDir dir;
+    const fs::path path = dir.path() / "log";
+    auto log = RedoLog::Open(path);
+    ASSERT_TRUE(log.ok()) << log.status().message();
+    ASSERT_TRUE(log->Append(first).ok());
+    ASSERT_EQ(fs::file_size(path), one);
+
+    struct rlimit old {};
+    ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+    auto old_handler = ::signal(SIGXFSZ, SIG_IGN);  // the write then fails with EFBIG
+    struct rlimit lim = old;
+    lim.rlim_cur = limit;
+    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &lim), 0);
+    const Status s = log->Append(second);
+    ::setrlimit(RLIMIT_FSIZE, &old);
+    ::signal(SIGXFSZ, old_handler);
+
+    EXPECT_FALSE(s.ok());
+    EXPECT_NE(s.message().find(path.string()), std::string::npos) << s.message();
+    EXPECT_EQ(fs::file_size(path), one) << "a partial record was left";
+    EXPECT_EQ(log->size(), one);
+    ASSERT_TRUE(log->Append(second).ok());
+    std::vector<InodeId> replayed;
+    auto st = log->Replay([&](const ChangeSet& cs) {
+      for (const auto& r : cs.inodes) replayed.push_back(r.id);
+      return Ok();
+    });
+    ASSERT_TRUE(st.ok()) << st.status().message();
+    EXPECT_EQ(replayed, (std::vector<InodeId>{5, 6}));
+    EXPECT_EQ(st->dropped_bytes, 0u);
+  }
 }
 
 // An in-memory database has nothing to make durable: it writes no log, neither beside a file
