@@ -24,7 +24,6 @@ constexpr auto kPoll = std::chrono::milliseconds(20);    // serving: wait for th
 constexpr std::size_t kMaxServing = 64;                  // requests served at once
 constexpr auto kServeLimit = std::chrono::seconds(120);  // serving: give up after this
 constexpr std::size_t kConcurrentFetches = 8;
-constexpr std::size_t kNamedUnasked = 8;  // members a failure names that were never asked
 
 }  // namespace
 
@@ -95,27 +94,10 @@ void SyncCopies::Start(const std::shared_ptr<Ask>& ask) {
   ask->deadline = std::make_shared<Timer>(io_, ask->timeout);
   ask->deadline->async_wait([self = shared_from_this(), ask](boost::system::error_code ec) {
     if (ec || ask->done) return;
-    std::string missing;
-    for (std::uint64_t n : ask->pending) missing += fmt::format(" {} (no answer)", Short(n));
-    for (const auto& [n, why] : ask->failed) missing += fmt::format(" {} ({})", Short(n), why);
-    if (self->members_) {
-      // Members never asked: no link to them, or they do not apply this node's changes (a
-      // few named, the rest counted: a large cluster has many members this node has no link to).
-      std::size_t unasked = 0;
-      for (std::uint64_t n : self->members_()) {
-        if (ask->confirmed.contains(n) || ask->pending.contains(n) || ask->failed.contains(n)) {
-          continue;
-        }
-        if (++unasked <= kNamedUnasked) {
-          missing += fmt::format(
-              " {} ({})", Short(n),
-              self->links_->Find(n) ? "linked, not applying this node's changes" : "not connected");
-        }
-      }
-      if (unasked > kNamedUnasked) {
-        missing += fmt::format(" and {} more not asked", unasked - kNamedUnasked);
-      }
-    }
+    std::string missing =
+        Unconfirmed(ask->confirmed, ask->pending, ask->failed,
+                    self->members_ ? self->members_() : std::vector<std::uint64_t>{},
+                    [&](std::uint64_t n) { return self->links_->Find(n) != nullptr; });
     if (missing.empty()) missing = " none connected that applies this node's changes";
     self->Finish(ask, Err(Code::kIOError,
                           "inode {:016x}: durable on {} of {} members after {} ms; not confirmed "
@@ -125,6 +107,27 @@ void SyncCopies::Start(const std::shared_ptr<Ask>& ask) {
   });
   AskMore(ask);
   ArmHedge(ask);
+}
+
+std::string Unconfirmed(const std::set<std::uint64_t>& confirmed,
+                        const std::set<std::uint64_t>& pending,
+                        const std::map<std::uint64_t, std::string>& failed,
+                        const std::vector<std::uint64_t>& members,
+                        const std::function<bool(std::uint64_t)>& linked) {
+  std::string out;
+  for (std::uint64_t n : pending) out += fmt::format(" {} (no answer)", Short(n));
+  for (const auto& [n, why] : failed) out += fmt::format(" {} ({})", Short(n), why);
+  std::size_t unasked = 0;
+  for (std::uint64_t n : members) {
+    if (confirmed.contains(n) || pending.contains(n) || failed.contains(n)) continue;
+    if (++unasked <= kNamedUnasked) {
+      out += fmt::format(" {} ({})", Short(n),
+                         linked(n) ? "linked, not applying this node's changes" : "not connected");
+    }
+  }
+  if (unasked > kNamedUnasked)
+    out += fmt::format(" and {} more not asked", unasked - kNamedUnasked);
+  return out;
 }
 
 void SyncCopies::ArmHedge(const std::shared_ptr<Ask>& ask) {

@@ -29,6 +29,17 @@
 
 namespace foreverfs::server {
 
+// What follows "not confirmed by:" in a failed wait: each peer asked that did not confirm (no
+// answer, or why it failed), then the members never asked (those in `members` not in the three
+// sets; `linked` says which have a link), the first kNamedUnasked by name and the rest counted.
+// Each entry starts with a space; empty if there is none.
+inline constexpr std::size_t kNamedUnasked = 8;
+std::string Unconfirmed(const std::set<std::uint64_t>& confirmed,
+                        const std::set<std::uint64_t>& pending,
+                        const std::map<std::uint64_t, std::string>& failed,
+                        const std::vector<std::uint64_t>& members,
+                        const std::function<bool(std::uint64_t)>& linked);
+
 class SyncCopies : public std::enable_shared_from_this<SyncCopies> {
  public:
   // `candidates` (event thread) lists the peers that may be asked: those that apply our feed.

@@ -96,6 +96,14 @@ class MembershipClusterTest : public test::ClusterFixture {
     }
   }
 
+  // `count` nodes with options `o`, their membership started: true once every node knows every
+  // node as alive (within 30 s).
+  bool StartCluster(int count, const ReplicatorOptions& o) {
+    for (int i = 0; i < count; ++i) AddNode(o);
+    StartAll();
+    return Eventually([&] { return AllKnowAll(); }, 30s);
+  }
+
   // Every node knows every node as alive.
   bool AllKnowAll() {
     return OnIo(io_, [&] {
@@ -152,9 +160,7 @@ TEST_F(MembershipClusterTest, ChunksComeFromRankedMembersWithoutALongLivedLink) 
   ReplicatorOptions o = Small(2, 300ms, 100ms);
   o.replicas = 1;
   o.fetch_timeout = 1500ms;
-  for (int i = 0; i < 16; ++i) AddNode(o);
-  StartAll();
-  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  ASSERT_TRUE(StartCluster(16, o));
   for (auto& node : nodes_) EXPECT_LE(LongLived(*node), 2u) << node->name;
 
   const Bytes data = Pattern(12 * kMiB + 5, 9);
@@ -200,9 +206,7 @@ TEST_F(MembershipClusterTest, ChunksComeFromRankedMembersWithoutALongLivedLink) 
 // (RelayedFeedAcks), and every node purges them; nothing comes back.
 TEST_F(MembershipClusterTest, TombstonesArePurgedEverywhereOverBoundedLinks) {
   const ReplicatorOptions o = Small(2, 300ms, 100ms);
-  for (int i = 0; i < 8; ++i) AddNode(o);
-  StartAll();
-  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  ASSERT_TRUE(StartCluster(8, o));
 
   std::vector<InodeId> ids;
   for (int f = 0; f < 5; ++f) {
@@ -258,9 +262,7 @@ TEST_F(MembershipClusterTest, EveryLongLivedLinkCarriesTheFeedBothWaysAfterPlanC
   // Short-lived links stay open long (10 s idle), so that a link the plan drops and takes back
   // is still the same link.
   const ReplicatorOptions o = Small(2, 100ms, 10s);
-  for (int i = 0; i < 4; ++i) AddNode(o);
-  StartAll();
-  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  ASSERT_TRUE(StartCluster(4, o));
   for (int i = 0; i < 4; ++i) {
     Node& added = AddNode(o);
     OnIo(io_, [&] {
@@ -309,9 +311,7 @@ TEST_F(MembershipClusterTest, AFailedFsyncNamesTheMemberItCouldNotAsk) {
   ReplicatorOptions o = Small(4, 200ms, 300ms);
   o.sync_copies = 3;
   o.sync_timeout = 800ms;
-  for (int i = 0; i < 3; ++i) AddNode(o);
-  StartAll();
-  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  ASSERT_TRUE(StartCluster(3, o));
   CutOff(n(3));
   ASSERT_TRUE(Eventually([&] { return PeerCount(n(1)) == 1; }, 20s));
   auto c = n(1).files->Create(kRootId, "f", 0644, 0, 0, O_RDWR | O_CREAT);
@@ -332,9 +332,7 @@ TEST_F(MembershipClusterTest, ChunksOfAMemberThatWentDownAreCopiedToTheNextRanke
   ReplicatorOptions o = Small(2, 200ms, 300ms);
   o.replicas = 2;
   o.down_after = 1s;
-  for (int i = 0; i < 6; ++i) AddNode(o);
-  StartAll();
-  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  ASSERT_TRUE(StartCluster(6, o));
   const Bytes data = Pattern(10 * kMiB, 17);
   ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
   const auto manifest = n(1).files->Resolve("/f")->rec.manifest;
@@ -551,9 +549,7 @@ TEST_F(PlacementPassTest, PinnedChunksStayWhateverTheirRank) {
 TEST_F(PlacementPassTest, UnderReplicatedCountGoesToZeroAfterRepair) {
   ReplicatorOptions o = Trimming(std::uint64_t{1} << 40);
   o.down_after = 3s;
-  for (int i = 0; i < 5; ++i) AddNode(o);
-  StartAll();
-  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  ASSERT_TRUE(StartCluster(5, o));
   const Bytes data = Pattern(10 * kMiB, 37);
   ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
   const auto manifest = n(1).files->Resolve("/f")->rec.manifest;
@@ -634,9 +630,7 @@ TEST_F(PlacementPassTest, RankedMembersWithoutALinkAreReachedToConfirm) {
   o.max_links = 2;
   o.probe_period = std::chrono::milliseconds(3000);  // few probe links
   o.short_idle = std::chrono::milliseconds(200);
-  for (int i = 0; i < 8; ++i) AddNode(o);
-  StartAll();
-  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  ASSERT_TRUE(StartCluster(8, o));
   const Bytes data = Pattern(16 * kMiB, 43);
   ASSERT_TRUE(StoreBytes(*n(1).files, "/f", data).ok());
   const auto manifest = n(1).files->Resolve("/f")->rec.manifest;
@@ -661,9 +655,7 @@ TEST_F(PlacementPassTest, FsyncAsksTheRankedMemberForTheDurableCopy) {
   ReplicatorOptions o = Trimming(std::uint64_t{1} << 40);
   o.replicas = 1;
   o.sync_copies = 2;
-  for (int i = 0; i < 5; ++i) AddNode(o);
-  StartAll();
-  ASSERT_TRUE(Eventually([&] { return AllKnowAll(); }, 30s));
+  ASSERT_TRUE(StartCluster(5, o));
   // Only peers that apply node 1's feed are asked for durable copies: the test picks a chunk
   // ranked on one of them that is not the lowest-id one.
   std::set<std::uint64_t> subscribed;

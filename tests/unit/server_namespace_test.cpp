@@ -80,6 +80,29 @@ class NamespaceDbTest : public ::testing::Test {
   std::unique_ptr<NamespaceDb> db_;
 };
 
+// AnyInodeIn (which a new inode-id block is checked with) at the ends of the id space, where
+// the stored signed ids change sign: ids a peer may send, 2, 2^63 - 1, 2^63 and 2^64 - 1, each
+// found by a range of one and by its block, and not by the neighbouring ones.
+TEST_F(NamespaceDbTest, AnyInodeInFindsIdsAtTheEndsOfTheIdSpace) {
+  constexpr std::uint64_t kBlock = std::uint64_t{1} << 20;
+  constexpr std::uint64_t kTop63 = (std::uint64_t{1} << 63) - 1;
+  const std::vector<std::uint64_t> ids{2, kTop63, kTop63 + 1, ~std::uint64_t{0}};
+  EXPECT_FALSE(db_->AnyInodeIn(kTop63 - kBlock + 1, kTop63));
+  std::vector<InodeRecord> recs;
+  for (std::uint64_t id : ids) recs.push_back(File(id, {100, 1}));
+  ApplyOk(*db_, Inodes(recs));
+  for (std::uint64_t id : ids) {
+    SCOPED_TRACE(id);
+    EXPECT_TRUE(db_->AnyInodeIn(id, id));
+    const std::uint64_t first = id & ~(kBlock - 1);
+    EXPECT_TRUE(db_->AnyInodeIn(first, first | (kBlock - 1)));
+  }
+  EXPECT_FALSE(db_->AnyInodeIn(3, kBlock - 1));                      // past 2 in its block
+  EXPECT_FALSE(db_->AnyInodeIn(kTop63 - kBlock + 1, kTop63 - 1));    // below 2^63 - 1
+  EXPECT_FALSE(db_->AnyInodeIn(kTop63 + 2, ~std::uint64_t{0} - 1));  // between 2^63 and the top
+  EXPECT_FALSE(db_->AnyInodeIn(kBlock, 2 * kBlock - 1));             // the second block
+}
+
 TEST_F(NamespaceDbTest, NewDatabaseHasRootAndNodeId) {
   EXPECT_NE(db_->node_id(), 0u);
   auto root = db_->GetInode(kRootId);
