@@ -189,6 +189,8 @@ Status Node::Daemonize() {
   // The namespace's group-commit thread would not exist in the child: ended here, started
   // again by the first change after the fork.
   if (auto s = files_->ns().BeforeFork(); !s.ok()) return s;
+  // Likewise the small-chunk store's committer (cas/small_chunks.h).
+  if (auto s = store_->BeforeFork(); !s.ok()) return s;
   io_->notify_fork(asio::io_context::fork_prepare);
   if (fuse_daemonize(0) != 0) return Status(Code::kIOError, "cannot daemonize");
   io_->notify_fork(asio::io_context::fork_child);

@@ -72,6 +72,9 @@ class ChunkStore {
     std::uint64_t bytes = 0;
   };
   virtual Packed PackedUsage() { return {}; }
+  // Before fork(2) (daemonizing): ends the store's own threads, which would not exist in the
+  // child, after finishing their work; the store starts them again when it needs them.
+  virtual Status BeforeFork() { return Ok(); }
 };
 
 // Computes chunk ids: HMAC-SHA-256 keyed with the id key.

@@ -425,6 +425,7 @@ class DiskChunkStore final : public ChunkStore {
   }
 
   Packed PackedUsage() override { return small_->Usage(); }
+  Status BeforeFork() override { return small_->BeforeFork(); }
 
  private:
   fs::path PathOf(const ChunkId& id) const {

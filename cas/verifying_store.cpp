@@ -40,6 +40,7 @@ class VerifyingChunkStore final : public ChunkStore {
   bool Has(const ChunkId& id) override { return inner_->Has(id); }
   Status Remove(const ChunkId& id) override { return inner_->Remove(id); }
   Packed PackedUsage() override { return inner_->PackedUsage(); }
+  Status BeforeFork() override { return inner_->BeforeFork(); }
   Status ForEach(const std::function<void(const ChunkId&)>& fn) override {
     return inner_->ForEach(fn);
   }

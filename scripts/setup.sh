@@ -5,7 +5,7 @@ pkgs=(
   build-essential cmake pkg-config git
   libfuse3-dev fuse3
   libboost1.81-dev
-  libssl-dev libfmt-dev libspdlog-dev libcli11-dev libsqlite3-dev
+  libssl-dev libfmt-dev libspdlog-dev libcli11-dev libsqlite3-dev zlib1g-dev
   libgtest-dev libgmock-dev
   iproute2 util-linux attr bc
   clang libclang-rt-14-dev

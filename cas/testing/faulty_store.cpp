@@ -87,6 +87,7 @@ Result<Bytes> FaultyChunkStore::Get(const ChunkId& id) {
 bool FaultyChunkStore::Has(const ChunkId& id) { return impl_->inner->Has(id); }
 Status FaultyChunkStore::Remove(const ChunkId& id) { return impl_->inner->Remove(id); }
 ChunkStore::Packed FaultyChunkStore::PackedUsage() { return impl_->inner->PackedUsage(); }
+Status FaultyChunkStore::BeforeFork() { return impl_->inner->BeforeFork(); }
 
 Status FaultyChunkStore::ForEach(const std::function<void(const ChunkId&)>& fn) {
   return impl_->inner->ForEach(fn);

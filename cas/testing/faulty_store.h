@@ -32,6 +32,7 @@ class FaultyChunkStore : public ChunkStore {
   Status Remove(const ChunkId& id) override;
   Status ForEach(const std::function<void(const ChunkId&)>& fn) override;
   Packed PackedUsage() override;
+  Status BeforeFork() override;
 
  private:
   struct Impl;

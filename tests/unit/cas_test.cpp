@@ -1445,9 +1445,11 @@ TEST_F(LocalStoreTest, TheSmallChunkDatabaseHoldsNoPlaintext) {
     const Bytes bytes = ReadFileBytes(dir_.path() / name);
     return AsChars(bytes).find("attack at dawn") != std::string_view::npos;
   };
-  // Open (the row in the write-ahead log) and closed (folded into the database).
-  EXPECT_FALSE(plaintext_in("small.db-wal"));
-  EXPECT_FALSE(plaintext_in("small.db"));
+  // Open (the blob in a small-chunk log, or its row in the write-ahead log) and closed (folded
+  // into the database).
+  for (const fs::path& f : FilesUnder(dir_.path())) {
+    EXPECT_FALSE(plaintext_in(fs::relative(f, dir_.path()).c_str())) << f;
+  }
   store.reset();
   EXPECT_FALSE(plaintext_in("small.db-wal"));
   EXPECT_FALSE(plaintext_in("small.db"));

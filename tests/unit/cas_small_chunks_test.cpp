@@ -1,0 +1,301 @@
+// The small-chunk store's write-behind (cas/small_chunks.h): a Put is a record in a log and a
+// blob in memory until the committer makes it a row. What a crash of the process must find
+// (every Put that returned), what a torn log tail may lose (only the torn record and what
+// follows it in that log), and that a removal is not undone by a replay.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <thread>
+#include <vector>
+
+#include "cas/small_chunks.h"
+#include "crypto/crypto.h"
+#include "unit/test_util.h"
+
+namespace foreverfs::cas {
+namespace {
+
+namespace fs = std::filesystem;
+using test::Pattern;
+using test::TempDir;
+
+std::vector<fs::path> Logs(const fs::path& dir) {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().filename().string().starts_with("small.db-log.")) out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::unique_ptr<SmallChunks> OpenAt(const fs::path& dir) {
+  auto s = SmallChunks::Open(dir / "small.db");
+  EXPECT_TRUE(s.ok()) << s.status().message();
+  return s.ok() ? std::move(*s) : nullptr;
+}
+
+struct Blob {
+  ChunkId id;
+  Bytes data;
+};
+
+Blob MakeBlob(std::size_t size, std::uint32_t seed) {
+  Bytes data = Pattern(size, seed);
+  ChunkId id = crypto::Sha256::Of(data);
+  id[0] = static_cast<std::uint8_t>(seed);  // distinct ids for equal (empty) contents
+  return {id, std::move(data)};
+}
+
+constexpr std::size_t kHeader = 44;  // the record's header (small_chunks.h)
+
+// Puts that returned survive the process dying before any commit (the store abandoned, as by
+// kill -9): they read back from memory before, and from the database after the replay at the
+// next Open, which deletes the log. Sizes 0, 1, a page, and the largest small blob.
+TEST(SmallChunkLogTest, PutsSurviveACrashBeforeTheirCommit) {
+  TempDir dir;
+  std::vector<Blob> blobs;
+  for (std::size_t size : {std::size_t{0}, std::size_t{1}, std::size_t{4096}, kMaxSmallBlob}) {
+    blobs.push_back(MakeBlob(size, static_cast<std::uint32_t>(blobs.size() + 1)));
+  }
+  {
+    auto store = OpenAt(dir.path());
+    ASSERT_TRUE(store);
+    store->AbandonForTest();  // no committer: every blob stays waiting
+    for (const Blob& b : blobs) ASSERT_TRUE(store->Put(b.id, b.data).ok());
+    EXPECT_EQ(store->WaitingForTest().first, blobs.size());
+    for (const Blob& b : blobs) {
+      EXPECT_TRUE(store->Has(b.id));
+      auto got = store->Get(b.id);
+      ASSERT_TRUE(got.ok()) << got.status().message();
+      EXPECT_EQ(*got, b.data);
+      // Parts of a waiting blob: at 0, inside, at its end, past it and at the largest offset.
+      const std::size_t n = b.data.size();
+      for (std::size_t offset : {std::size_t{0}, n / 2, n, n + 1, SIZE_MAX}) {
+        Bytes out(100, 0xee);
+        auto e = store->ReadAt(b.id, offset, out);
+        ASSERT_TRUE(e.ok()) << e.status().message();
+        EXPECT_EQ(e->total, n);
+        const std::size_t want = offset >= n ? 0 : std::min<std::size_t>(100, n - offset);
+        ASSERT_EQ(e->n, want) << offset;
+        EXPECT_TRUE(std::equal(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(want),
+                               b.data.begin() + static_cast<std::ptrdiff_t>(std::min(offset, n))));
+      }
+      auto size_only = store->ReadAt(b.id, 0, MutableByteSpan());
+      ASSERT_TRUE(size_only.ok());
+      EXPECT_EQ(size_only->total, n);
+    }
+  }
+  ASSERT_EQ(Logs(dir.path()).size(), 1u);
+  auto store = OpenAt(dir.path());
+  ASSERT_TRUE(store);
+  EXPECT_TRUE(Logs(dir.path()).empty()) << "the replayed log was deleted";
+  EXPECT_EQ(store->WaitingForTest().first, 0u);
+  for (const Blob& b : blobs) {
+    auto got = store->Get(b.id);
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    EXPECT_EQ(*got, b.data);
+  }
+  EXPECT_EQ(store->Usage().chunks, blobs.size());
+}
+
+// A log cut anywhere in its last record (a power failure before a Sync): the records before it
+// are replayed, the torn one is dropped, and the store goes on (a Put after it survives the next
+// crash too). Cuts at the record's first byte (nothing torn), second, last header byte, first
+// blob byte and last byte; then a flipped byte in the middle record, which its CRC catches.
+TEST(SmallChunkLogTest, ReplayStopsAtATornOrDamagedRecord) {
+  const Blob a = MakeBlob(100, 1), b = MakeBlob(200, 2), c = MakeBlob(300, 3), d = MakeBlob(5, 4);
+  const std::uint64_t ab = 2 * kHeader + 300;  // records a and b
+  const std::uint64_t whole = ab + kHeader + 300;
+  struct Case {
+    std::uint64_t cut;    // the log's size after the damage
+    std::ptrdiff_t flip;  // or a byte to flip (-1: none)
+    std::size_t kept;     // blobs of a, b, c replayed
+  };
+  const Case cases[] = {{ab, -1, 2},
+                        {ab + 1, -1, 2},
+                        {ab + kHeader - 1, -1, 2},
+                        {ab + kHeader, -1, 2},
+                        {whole - 1, -1, 2},
+                        {whole, -1, 3},
+                        {whole, static_cast<std::ptrdiff_t>(kHeader + 100 + kHeader + 50), 1},
+                        {whole, static_cast<std::ptrdiff_t>(kHeader + 100 + 6), 1}};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(testing::Message() << "cut " << k.cut << " flip " << k.flip);
+    TempDir dir;
+    {
+      auto store = OpenAt(dir.path());
+      ASSERT_TRUE(store);
+      store->AbandonForTest();
+      for (const Blob* x : {&a, &b, &c}) ASSERT_TRUE(store->Put(x->id, x->data).ok());
+    }
+    const auto logs = Logs(dir.path());
+    ASSERT_EQ(logs.size(), 1u);
+    ASSERT_EQ(fs::file_size(logs[0]), whole);
+    Bytes bytes = test::ReadFileBytes(logs[0]);
+    if (k.flip >= 0) bytes[static_cast<std::size_t>(k.flip)] ^= 0x10;
+    bytes.resize(k.cut);
+    test::WriteFileBytes(logs[0], bytes);
+    {
+      auto store = OpenAt(dir.path());
+      ASSERT_TRUE(store);
+      const Blob* all[] = {&a, &b, &c};
+      for (std::size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(store->Has(all[i]->id), i < k.kept) << i;
+        if (i < k.kept) {
+          EXPECT_EQ(*store->Get(all[i]->id), all[i]->data);
+        }
+      }
+      store->AbandonForTest();
+      ASSERT_TRUE(store->Put(d.id, d.data).ok());
+    }
+    auto store = OpenAt(dir.path());
+    ASSERT_TRUE(store);
+    EXPECT_TRUE(store->Has(d.id)) << "a Put after the torn record was lost";
+    EXPECT_EQ(store->Has(a.id), k.kept >= 1);
+  }
+}
+
+// A blob removed while it still waits (its record in a log) stays removed after a crash: Remove
+// commits first, and the commit deletes the log, so no replay brings it back. The other blob
+// of that log stays.
+TEST(SmallChunkLogTest, ARemovedBlobDoesNotComeBackAtTheNextReplay) {
+  TempDir dir;
+  const Blob x = MakeBlob(1000, 1), y = MakeBlob(2000, 2);
+  {
+    auto store = OpenAt(dir.path());
+    ASSERT_TRUE(store);
+    store->AbandonForTest();
+    ASSERT_TRUE(store->Put(x.id, x.data).ok());
+    ASSERT_TRUE(store->Put(y.id, y.data).ok());
+    ASSERT_EQ(store->WaitingForTest().first, 2u);
+    auto removed = store->Remove(x.id);
+    ASSERT_TRUE(removed.ok()) << removed.status().message();
+    EXPECT_TRUE(*removed);
+    EXPECT_FALSE(store->Has(x.id));
+    EXPECT_TRUE(Logs(dir.path()).empty());
+  }
+  auto store = OpenAt(dir.path());
+  ASSERT_TRUE(store);
+  EXPECT_FALSE(store->Has(x.id)) << "the removed blob came back";
+  EXPECT_TRUE(store->Has(y.id));
+}
+
+// The committer makes waiting blobs rows by itself, within about kGroupAge, and deletes their
+// log; a Put of a blob that waits with the same size writes no second record.
+TEST(SmallChunkLogTest, TheCommitterMakesRowsAndDeletesTheLog) {
+  TempDir dir;
+  auto store = OpenAt(dir.path());
+  ASSERT_TRUE(store);
+  const Blob x = MakeBlob(3000, 1);
+  ASSERT_TRUE(store->Put(x.id, x.data).ok());
+  ASSERT_TRUE(store->Put(x.id, x.data).ok());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while ((store->WaitingForTest().first != 0 || !Logs(dir.path()).empty()) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_EQ(store->WaitingForTest().first, 0u);
+  EXPECT_TRUE(Logs(dir.path()).empty());
+  EXPECT_EQ(store->Usage().chunks, 1u);
+  EXPECT_EQ(*store->Get(x.id), x.data);
+}
+
+// Memory stays bounded when nothing commits in the background: a Put that would leave more than
+// kMaxWaitingBytes waiting commits first. Every blob reads back, before and after a reopen.
+TEST(SmallChunkLogTest, WaitingBytesStayBounded) {
+  TempDir dir;
+  std::vector<Blob> blobs;
+  const std::size_t count = SmallChunks::kMaxWaitingBytes / kMaxSmallBlob + 3;
+  {
+    auto store = OpenAt(dir.path());
+    ASSERT_TRUE(store);
+    store->AbandonForTest();
+    std::size_t most = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      blobs.push_back(MakeBlob(kMaxSmallBlob, static_cast<std::uint32_t>(i)));
+      ASSERT_TRUE(store->Put(blobs.back().id, blobs.back().data).ok()) << i;
+      most = std::max(most, store->WaitingForTest().second);
+    }
+    EXPECT_LT(most, SmallChunks::kMaxWaitingBytes);
+    for (const Blob& b : blobs) EXPECT_EQ(*store->Get(b.id), b.data);
+  }
+  auto store = OpenAt(dir.path());
+  ASSERT_TRUE(store);
+  EXPECT_EQ(store->Usage().chunks, count);
+  for (const Blob& b : blobs) EXPECT_EQ(*store->Get(b.id), b.data);
+}
+
+// A full disk while a record is written (RLIMIT_FSIZE: a short write, then EFBIG): the Put
+// fails naming the log, its partial record is taken back, and the next Put's record follows the
+// earlier ones, so a crash then loses nothing that was acknowledged. The limit falls at the
+// record's first byte, second, and last.
+TEST(SmallChunkLogTest, AFullDiskFailsThePutNamingTheLogAndLosesNothingElse) {
+  const Blob a = MakeBlob(500, 1), b = MakeBlob(600, 2), c = MakeBlob(700, 3);
+  const std::uint64_t one = kHeader + 500;
+  for (std::uint64_t limit : {one, one + 1, one + kHeader + 600 - 1}) {
+    SCOPED_TRACE(limit);
+    TempDir dir;
+    {
+      auto store = OpenAt(dir.path());
+      ASSERT_TRUE(store);
+      store->AbandonForTest();
+      ASSERT_TRUE(store->Put(a.id, a.data).ok());
+      struct rlimit old {};
+      ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+      auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+      struct rlimit lim = old;
+      lim.rlim_cur = limit;
+      ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &lim), 0);
+      const Status s = store->Put(b.id, b.data);
+      ::setrlimit(RLIMIT_FSIZE, &old);
+      ::signal(SIGXFSZ, old_handler);
+      EXPECT_FALSE(s.ok());
+      EXPECT_NE(s.message().find("small.db-log."), std::string::npos) << s.message();
+      EXPECT_FALSE(store->Has(b.id));
+      ASSERT_TRUE(store->Put(c.id, c.data).ok());
+    }
+    auto store = OpenAt(dir.path());
+    ASSERT_TRUE(store);
+    EXPECT_TRUE(store->Has(a.id));
+    EXPECT_FALSE(store->Has(b.id));
+    EXPECT_TRUE(store->Has(c.id)) << "the Put after the failed one was lost";
+  }
+}
+
+// Names beside the database that only look like logs are left alone, and a log's generation
+// keeps counting after a replay (a new log never reuses the name of one being replayed).
+TEST(SmallChunkLogTest, OnlyItsOwnLogsAreReplayed) {
+  TempDir dir;
+  for (const char* name :
+       {"small.db-log.", "small.db-log.x", "small.db-log.1a", "other.db-log.3"}) {
+    test::WriteFileBytes(dir.path() / name, Pattern(10, 1));
+  }
+  const Blob x = MakeBlob(10, 1);
+  {
+    auto store = OpenAt(dir.path());
+    ASSERT_TRUE(store);
+    store->AbandonForTest();
+    ASSERT_TRUE(store->Put(x.id, x.data).ok());
+  }
+  ASSERT_TRUE(fs::exists(dir.path() / "small.db-log.0"));
+  fs::rename(dir.path() / "small.db-log.0", dir.path() / "small.db-log.41");
+  {
+    auto store = OpenAt(dir.path());
+    ASSERT_TRUE(store);
+    EXPECT_TRUE(store->Has(x.id));
+    store->AbandonForTest();
+    ASSERT_TRUE(store->Put(MakeBlob(10, 2).id, MakeBlob(10, 2).data).ok());
+  }
+  EXPECT_TRUE(fs::exists(dir.path() / "small.db-log.42"));
+  for (const char* name :
+       {"small.db-log.", "small.db-log.x", "small.db-log.1a", "other.db-log.3"}) {
+    EXPECT_TRUE(fs::exists(dir.path() / name)) << name;
+  }
+}
+
+}  // namespace
+}  // namespace foreverfs::cas
