@@ -152,15 +152,39 @@ Result<Attr> FileServer::GetAttr(InodeId id) {
   auto of = OpenFileOf(id);
   for (int attempt = 0;; ++attempt) {
     const std::uint64_t generation = of ? of->Generation() : 0;
-    auto rec = ns_.GetInode(id);
-    if (!rec.ok()) {
+    auto attr = StoredAttr(id);
+    if (!attr.ok()) {
       // Unlinked but still open: fstat works and says it has no links, as on a local disk.
-      if (!of) return rec.status();
+      if (!of) return attr.status();
       return Attr{of->Snapshot(), 0};
     }
-    auto attr = MakeAttr(std::move(*rec));
+    if (of) of->Overlay(attr->rec);
     if (!of || of->Generation() == generation || attempt >= 8) return attr;
   }
+}
+
+Result<Attr> FileServer::StoredAttr(InodeId id) {
+  // Exact, not a cache with a timeout: every write and rollback moves the stamp, and the
+  // entry is kept only if no change happened while it was read.
+  const std::uint64_t stamp = ns_.ChangeStamp();
+  {
+    MutexLock lock(attr_cache_mu_);
+    if (attr_cache_ && attr_cache_->rec.id == id && attr_cache_stamp_ == stamp) {
+      return *attr_cache_;
+    }
+  }
+  auto rec = ns_.GetInode(id);
+  if (!rec.ok()) return rec.status();
+  Attr a{std::move(*rec), 1};
+  if (a.rec.kind != InodeKind::kDir) {
+    a.nlink = static_cast<std::uint32_t>(std::max<std::size_t>(1, ns_.CountLinks(a.rec.id)));
+  }
+  if (ns_.ChangeStamp() == stamp) {
+    MutexLock lock(attr_cache_mu_);
+    attr_cache_ = a;
+    attr_cache_stamp_ = stamp;
+  }
+  return a;
 }
 
 Result<Attr> FileServer::GetAttr(InodeId id, std::uint64_t handle) {

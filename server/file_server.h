@@ -250,6 +250,9 @@ class FileServer : public FileHost {
   // The attributes of `rec` as a reader sees them (what an open file holds uncommitted laid
   // over it); `links` if the caller knows them (a new file's one), else counted.
   Result<Attr> MakeAttr(InodeRecord rec, std::optional<std::uint32_t> links = std::nullopt);
+  // The stored record and link count of `id` (no open file's overlay), from attr_cache_ when
+  // the namespace has not changed since it was read.
+  Result<Attr> StoredAttr(InodeId id);
   Result<InodeRecord> LiveDir(InodeId id);
   // A fresh inode created in `parent` (group and setgid inherited from a setgid directory).
   InodeRecord NewInode(InodeKind kind, std::uint32_t mode, std::uint32_t uid, std::uint32_t gid,
@@ -281,6 +284,11 @@ class FileServer : public FileHost {
   bool gc_window_ GUARDED_BY(gc_mu_) = false;
   std::set<cas::ChunkId> gc_touched_ GUARDED_BY(gc_mu_);
   void NoteRead(const cas::ChunkId& id);
+  // The last StoredAttr read and the namespace's ChangeStamp before it: tar's utimes, chown
+  // and chmod of one file (four GetAttr, each a record read and a link count) read it once.
+  Mutex attr_cache_mu_;  // leaf
+  std::optional<Attr> attr_cache_ GUARDED_BY(attr_cache_mu_);
+  std::uint64_t attr_cache_stamp_ GUARDED_BY(attr_cache_mu_) = 0;
   Mutex reads_mu_;  // leaf
   std::map<cas::ChunkId, std::uint64_t> reads_ GUARDED_BY(reads_mu_);
   std::uint64_t read_clock_ GUARDED_BY(reads_mu_) = 0;

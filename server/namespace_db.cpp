@@ -142,6 +142,8 @@ Result<std::unique_ptr<NamespaceDb>> NamespaceDb::Open(const std::filesystem::pa
     return Err(Code::kIOError, "cannot open metadata database {}: {}", path.string(), msg);
   }
   std::unique_ptr<NamespaceDb> db(new NamespaceDb(raw));
+  sqlite3_rollback_hook(
+      raw, [](void* self) { ++static_cast<NamespaceDb*>(self)->rollbacks_; }, db.get());
   Status init;
   {
     MutexLock lock(db->mu_);
@@ -332,7 +334,14 @@ Status NamespaceDb::BeginLocked() {
   return Exec("BEGIN IMMEDIATE");
 }
 
+std::uint64_t NamespaceDb::ChangeStamp() {
+  MutexLock lock(mu_);
+  return static_cast<std::uint64_t>(sqlite3_total_changes64(db_)) + rollbacks_.load();
+}
+
 Status NamespaceDb::Exec(const char* sql) {
+  // ROLLBACK TO (a savepoint) undoes rows without the rollback hook.
+  if (std::strncmp(sql, "ROLLBACK", 8) == 0) ++rollbacks_;
   // A single statement (BEGIN, COMMIT, a PRAGMA: every transaction runs some) comes from
   // the statement cache; scripts of several go through sqlite3_exec.
   if (std::strchr(sql, ';') == nullptr) {

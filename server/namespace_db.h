@@ -40,6 +40,7 @@
 //
 // Thread-safe: one connection behind a mutex.
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -110,6 +111,10 @@ class NamespaceDb {
   Result<std::vector<DentryRecord>> LinksTo(InodeId child);
   // How many live entries name `child` (its link count): LinksTo's size, without the rows.
   std::size_t CountLinks(InodeId child);
+  // How often the database changed so far (rows written, and rollbacks, which undo rows
+  // without writing any): equal stamps before and after a read mean that nothing the read saw
+  // has changed since. No query.
+  std::uint64_t ChangeStamp();
   bool HasLiveEntries(InodeId parent);
   // True if any inode record (live or a tombstone) has an id in [lo, hi] (unsigned; the range
   // must not cross 2^63, where the stored signed ids wrap). An error reads as true.
@@ -275,6 +280,8 @@ class NamespaceDb {
 
   // The group of local changes (see the top of this file).
   std::optional<RedoLog> redo_ GUARDED_BY(mu_);
+  // Rollbacks so far (SQLite's rollback hook and every ROLLBACK through Exec), for ChangeStamp.
+  std::atomic<std::uint64_t> rollbacks_{0};
   bool group_open_ GUARDED_BY(mu_) = false;
   std::size_t group_changes_ GUARDED_BY(mu_) = 0;
   std::chrono::steady_clock::time_point group_began_ GUARDED_BY(mu_);

@@ -283,6 +283,21 @@ TEST_F(RedoLogTest, OtherWritersCommitTheGroupFirst) {
   ASSERT_EQ(db_->LoadClusterMembers().size(), 1u);
 }
 
+// ChangeStamp (what FileServer's attribute cache trusts) moves on every change, and on a rollback,
+// which takes rows back without writing one: a record read inside the group that SQLite then
+// rolled back is never served again under the same stamp. Reads leave it where it is.
+TEST_F(RedoLogTest, TheChangeStampMovesOnWritesAndRollbacksAndNotOnReads) {
+  const std::uint64_t start = db_->ChangeStamp();
+  EXPECT_TRUE(db_->GetInode(kRootId).ok());
+  (void)db_->CountLinks(kRootId);
+  EXPECT_EQ(db_->ChangeStamp(), start);
+  Apply(Create(5, "a", 100));
+  const std::uint64_t written = db_->ChangeStamp();
+  EXPECT_GT(written, start);
+  db_->RollBackGroupForTest();
+  EXPECT_NE(db_->ChangeStamp(), written) << "a rollback left the stamp as it was";
+}
+
 // SQLite may roll the whole open group back (a full disk, out of memory): its changes are then
 // only in the log. Garbage collection refuses to scan that state (it would delete chunks the
 // lost changes name), and the next change, or the group-commit thread, replays the log first.
