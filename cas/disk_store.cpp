@@ -58,6 +58,12 @@ constexpr std::string_view kLayoutFile = "layout";
 constexpr std::string_view kLayoutText = "chunks/<2 hex>/<64 hex>\n";
 // Blobs of at most kMaxSmallBlob bytes (small_chunks.h).
 constexpr std::string_view kSmallDb = "small.db";
+// Present in a store made by a version that keeps every blob of at most kMaxSmallBlob bytes as
+// a row (made when the store is, and only then): no chunk file of that size exists, so a Put of
+// a small blob need not look for one (an older version's, to replace). Its content is for people.
+constexpr std::string_view kRowsOnlyFile = "small-blobs-are-rows";
+constexpr std::string_view kRowsOnlyText =
+    "Every chunk of at most 64 KiB in this store is a row of small.db, none a file.\n";
 
 bool IsLowerHex(std::string_view s, std::size_t len) {
   if (s.size() != len) return false;
@@ -163,6 +169,8 @@ class DiskChunkStore final : public ChunkStore {
   // the chunks of a two-level store up one level.
   Status Open() {
     std::error_code ec;
+    // A store made now: nothing in it yet (not even small.db or the shard directories).
+    const bool fresh = !fs::exists(root_, ec) || fs::is_empty(root_, ec);
     fs::create_directories(root_, ec);
     if (ec) return ErrnoStatus(ec.value(), fmt::format("creating store '{}'", root_.string()));
     if (Status s = MakeDir(tmp_); !s.ok()) return s;
@@ -183,6 +191,17 @@ class DiskChunkStore final : public ChunkStore {
     auto small = SmallChunks::Open(root_ / kSmallDb);
     if (!small.ok()) return small.status();
     small_ = std::move(*small);
+    // Only a store that has always kept every small blob as a row may skip looking for files.
+    const fs::path rows_only = root_ / kRowsOnlyFile;
+    if (small_max_ != kMaxSmallBlob) {
+      if (::unlink(rows_only.c_str()) != 0 && errno != ENOENT) {
+        return ErrnoStatus(errno, fmt::format("removing '{}'", rows_only.string()));
+      }
+    } else if (fresh) {
+      // Lost in a crash, it only costs the look (the store then counts as an older one's).
+      if (Status s = WriteSmallFile(rows_only, kRowsOnlyText); !s.ok()) return s;
+    }
+    rows_only_ = Exists(rows_only);
     if (Exists(root_ / kLayoutFile)) return Ok();
     return MoveToOneLevel();
   }
@@ -198,6 +217,8 @@ class DiskChunkStore final : public ChunkStore {
       return Err(Code::kInvalid, "chunk {} of {} bytes exceeds the maximum of {}", Hex(id),
                  data.size(), kMaxBlobSize);
     }
+    // A store with no small chunk file (kRowsOnlyFile): a row at once, nothing to look for.
+    if (rows_only_ && data.size() <= small_max_) return small_->Put(id, data);
     const fs::path final_path = PathOf(id);
     // Present and whole: nothing to do. A file of another size (left empty by a power failure
     // after its rename, say) is replaced, so a later write of the same content heals it.
@@ -485,17 +506,19 @@ class DiskChunkStore final : public ChunkStore {
     if (moved > 0 && ::syncfs(root_fd_.get()) != 0) {
       return ErrnoStatus(errno, fmt::format("syncing the file system of '{}'", root_.string()));
     }
-    const fs::path layout = root_ / kLayoutFile;
-    UniqueFd fd(::open(layout.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600));
-    if (!fd.valid()) return ErrnoStatus(errno, fmt::format("creating '{}'", layout.string()));
-    const ByteSpan text(reinterpret_cast<const std::uint8_t*>(kLayoutText.data()),
-                        kLayoutText.size());
-    if (Status s = WriteAll(fd.get(), text, layout); !s.ok()) return s;
+    if (Status s = WriteSmallFile(root_ / kLayoutFile, kLayoutText); !s.ok()) return s;
     if (moved > 0) {
       spdlog::info("chunk store '{}': {} chunks moved to the one-level layout (once)",
                    root_.string(), moved);
     }
     return Ok();
+  }
+
+  // Creates (or replaces) `path` holding `text`.
+  static Status WriteSmallFile(const fs::path& path, std::string_view text) {
+    UniqueFd fd(::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600));
+    if (!fd.valid()) return ErrnoStatus(errno, fmt::format("creating '{}'", path.string()));
+    return WriteAll(fd.get(), AsBytes(text), path);
   }
 
   static bool Exists(const fs::path& path) {
@@ -509,6 +532,7 @@ class DiskChunkStore final : public ChunkStore {
   OpenChunks open_;
   const std::size_t small_max_;
   std::unique_ptr<SmallChunks> small_;  // set by Open
+  bool rows_only_ = false;              // set by Open: kRowsOnlyFile is there
 };
 
 }  // namespace

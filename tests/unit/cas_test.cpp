@@ -1246,6 +1246,55 @@ TEST(DiskStoreTest, ChunkFilesOfSmallBlobsFromOlderVersionsAreReadAndHealed) {
   EXPECT_FALSE(st.Has(ida));
 }
 
+// Only a store that has kept every small blob as a row since it was made says so
+// (small-blobs-are-rows), and only such a store puts a small blob without looking for a file of
+// it: a store opened once by something writing small blobs as files (an older version; here
+// small_blobs = 0) loses the mark for good, and so does one that was not empty when first
+// opened by this version.
+TEST(DiskStoreTest, OnlyAStoreMadeWithSmallBlobsAsRowsIsMarkedSo) {
+  const auto marked = [](const fs::path& root) {
+    return fs::exists(root / "small-blobs-are-rows");
+  };
+  TempDir dir;
+  const Bytes a = Pattern(3000, 91), b = Pattern(4000, 92);
+  const ChunkId ida = crypto::Sha256::Of(a), idb = crypto::Sha256::Of(b);
+  {
+    auto store = MakeDiskStore(dir.path());
+    ASSERT_TRUE(store.ok());
+    EXPECT_TRUE(marked(dir.path()));
+    ASSERT_TRUE((*store)->Put(ida, a).ok());
+    EXPECT_FALSE(fs::exists(ChunkPath(dir.path(), ida)));
+    EXPECT_EQ(*(*store)->Get(ida), a);
+  }
+  {
+    auto store = MakeDiskStore(dir.path());  // reopened: still marked
+    ASSERT_TRUE(store.ok());
+    EXPECT_TRUE(marked(dir.path()));
+  }
+  {
+    auto files = MakeDiskStore(dir.path(), {}, 0);
+    ASSERT_TRUE(files.ok());
+    EXPECT_FALSE(marked(dir.path()));
+    ASSERT_TRUE((*files)->Put(idb, b).ok());
+    EXPECT_TRUE(fs::exists(ChunkPath(dir.path(), idb)));
+  }
+  WriteFileBytes(ChunkPath(dir.path(), idb), ByteSpan(b).first(10));  // cut short
+  {
+    auto store = MakeDiskStore(dir.path());
+    ASSERT_TRUE(store.ok());
+    EXPECT_FALSE(marked(dir.path())) << "not made now: it may hold small chunk files";
+    ASSERT_TRUE((*store)->Put(idb, b).ok());
+    EXPECT_FALSE(fs::exists(ChunkPath(dir.path(), idb))) << "the short file was not replaced";
+    EXPECT_EQ(*(*store)->Get(idb), b);
+    EXPECT_EQ(*(*store)->Get(ida), a);
+  }
+  TempDir used;
+  WriteFileBytes(used.path() / "something", Pattern(1, 1));
+  auto store = MakeDiskStore(used.path());
+  ASSERT_TRUE(store.ok());
+  EXPECT_FALSE(marked(used.path()));
+}
+
 // Puts, reads and removes of small blobs from several threads at once: every read sees the
 // whole blob or kNotFound, never a part (run under TSan in CI).
 TEST(DiskStoreTest, SmallBlobsFromManyThreads) {
