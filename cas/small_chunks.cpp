@@ -232,13 +232,11 @@ Status SmallChunks::Prepare() {
     if (rc != SQLITE_ROW) return Error(rc, "setting up");
     if (!wal) return Error(SQLITE_ERROR, "turning on write-ahead logging");
   }
-  // auto_vacuum only takes effect before the first table is made. synchronous=FULL: a commit
-  // fsyncs the write-ahead log before the logs it emptied are deleted, so that a power failure
-  // after a Sync never finds a blob in neither (the commit overwrites WAL blocks that the file
-  // system may write after the deletion). One fsync per group, on the committer thread.
+  // auto_vacuum only takes effect before the first table is made. synchronous=NORMAL for
+  // removals; a group's commit runs with FULL (InsertAll).
   const char* setup =
       "PRAGMA auto_vacuum=INCREMENTAL;"
-      "PRAGMA synchronous=FULL;"
+      "PRAGMA synchronous=NORMAL;"
       "CREATE TABLE IF NOT EXISTS chunks(id BLOB PRIMARY KEY, data BLOB NOT NULL);";
   if (int rc = sqlite3_exec(db_, setup, nullptr, nullptr, nullptr); rc != SQLITE_OK) {
     return Error(rc, "setting up");
@@ -334,7 +332,13 @@ Status SmallChunks::InsertLocked(const ChunkId& id, ByteSpan data) {
 Status SmallChunks::InsertAll(const Blobs& blobs) {
   if (blobs.empty()) return Ok();
   MutexLock lock(db_mu_);
-  if (int rc = sqlite3_exec(db_, "BEGIN", nullptr, nullptr, nullptr); rc != SQLITE_OK) {
+  // synchronous=FULL for this commit: it fsyncs the write-ahead log before the logs it emptied
+  // are deleted, so that a power failure after a Sync never finds a blob in neither (the commit
+  // overwrites WAL blocks that the file system may write after the deletion). One fsync per
+  // group, on the committer thread; removals (autocommit) stay NORMAL.
+  if (int rc = sqlite3_exec(db_, "PRAGMA synchronous=FULL; BEGIN", nullptr, nullptr, nullptr);
+      rc != SQLITE_OK) {
+    sqlite3_exec(db_, "PRAGMA synchronous=NORMAL", nullptr, nullptr, nullptr);
     return Error(rc, "beginning a commit");
   }
   const ChunkStore::Packed before = usage_;
@@ -352,6 +356,7 @@ Status SmallChunks::InsertAll(const Blobs& blobs) {
     if (!sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     usage_ = before;
   }
+  sqlite3_exec(db_, "PRAGMA synchronous=NORMAL", nullptr, nullptr, nullptr);
   return s;
 }
 
@@ -397,12 +402,11 @@ Status SmallChunks::Put(const ChunkId& id, ByteSpan data) {
     it->second.assign(data.begin(), data.end());
     waiting_bytes_ += data.size();
     EnsureCommitterLocked();
-    if (waiting_.size() >= kGroupChunks || waiting_bytes_ >= kGroupBytes) cv_.notify_all();
-    std::size_t held = waiting_bytes_;
-    if (committing_) {
-      for (const auto& [cid, blob] : *committing_) held += blob.size();
+    // The committer sleeps until a group begins (its age counts from here) or fills up.
+    if (waiting_.size() == 1 || waiting_.size() >= kGroupChunks || waiting_bytes_ >= kGroupBytes) {
+      cv_.notify_all();
     }
-    commit_now = held >= kMaxWaitingBytes;
+    commit_now = waiting_bytes_ + committing_bytes_ >= kMaxWaitingBytes;
   }
   // The committer is behind (or failing): this Put waits for a commit, so memory stays bounded
   // and a disk that filled up reaches the writer as an error.
@@ -420,17 +424,24 @@ const Bytes* SmallChunks::FindWaitingLocked(const ChunkId& id) const {
 
 Status SmallChunks::Commit() {
   MutexLock commit(commit_mu_);
-  std::shared_ptr<const Blobs> batch;
+  std::shared_ptr<Blobs> batch;
   std::vector<std::uint64_t> logs;
   {
     MutexLock lock(mu_);
-    if (waiting_.empty() && !committing_) return Ok();
-    // What a failed commit left goes again, with what waited since (the newer of one id).
-    auto merged = std::make_shared<Blobs>(std::move(waiting_));
-    if (committing_) merged->insert(committing_->begin(), committing_->end());
+    if (waiting_.empty() && !committing_ && stale_logs_.empty()) return Ok();
+    // What a failed commit left goes again, with what waited since (the newer of one id wins:
+    // merge leaves a key already present in the source). Nodes move: nothing allocates once
+    // the first blob has left waiting_, so no exception can drop blobs whose log then goes.
+    auto merged = std::make_shared<Blobs>();
+    merged->merge(waiting_);
+    if (committing_) merged->merge(*committing_);
+    std::size_t bytes = 0;
+    for (const auto& [id, blob] : *merged) bytes += blob.size();
     waiting_.clear();
     waiting_bytes_ = 0;
-    committing_ = batch = std::move(merged);
+    committing_bytes_ = bytes;
+    batch = merged;
+    committing_ = std::move(merged);
     // Later Puts go to a new log; this one goes once its blobs are rows.
     if (log_.valid()) {
       log_.reset();
@@ -439,22 +450,34 @@ Status SmallChunks::Commit() {
     logs = closed_logs_;
   }
   if (Status s = InsertAll(*batch); !s.ok()) return s;
+  std::vector<std::uint64_t> stale;
   {
     MutexLock lock(mu_);
     committing_.reset();
+    committing_bytes_ = 0;
     closed_logs_.erase(closed_logs_.begin(),
                        closed_logs_.begin() + static_cast<std::ptrdiff_t>(logs.size()));
+    stale.swap(stale_logs_);
   }
+  logs.insert(logs.end(), stale.begin(), stale.end());
+  // Every blob of these logs is a row now. A log that cannot be deleted is tried again at the
+  // next commit, and until then this commit fails (Remove then removes nothing): its records
+  // would bring a blob removed since back at the next Open.
+  std::vector<std::uint64_t> left;
+  int err = 0;
   for (std::uint64_t g : logs) {
-    // Best effort: a log left behind is replayed again at the next Open, which inserts nothing
-    // new (its blobs are rows) but cannot bring back a blob removed since (Remove commits
-    // first, and a commit removes the logs it emptied).
     if (::unlink(LogPath(g).c_str()) != 0 && errno != ENOENT) {
-      spdlog::warn("{}: removing '{}': {}", path_.string(), LogPath(g).string(),
-                   std::strerror(errno));
+      err = errno;
+      left.push_back(g);
     }
   }
-  return Ok();
+  if (left.empty()) return Ok();
+  {
+    MutexLock lock(mu_);
+    stale_logs_.insert(stale_logs_.end(), left.begin(), left.end());
+  }
+  return ErrnoStatus(
+      err, fmt::format("removing '{}' (its chunks are rows)", LogPath(left.front()).string()));
 }
 
 void SmallChunks::EnsureCommitterLocked() {
@@ -467,6 +490,7 @@ void SmallChunks::CommitLoop() {
       MutexLock lock(mu_);
       for (;;) {
         if (stop_) return;
+        if (committing_ || !stale_logs_.empty()) break;  // a failed commit, tried again
         if (!waiting_.empty()) {
           const auto due = first_waiting_ + kGroupAge;
           if (waiting_.size() >= kGroupChunks || waiting_bytes_ >= kGroupBytes ||
@@ -523,9 +547,8 @@ void SmallChunks::AbandonForTest() {
 std::pair<std::size_t, std::size_t> SmallChunks::WaitingForTest() {
   MutexLock lock(mu_);
   std::pair<std::size_t, std::size_t> out{waiting_.size(), waiting_bytes_};
-  if (committing_) {
-    for (const auto& [id, blob] : *committing_) ++out.first, out.second += blob.size();
-  }
+  if (committing_) out.first += committing_->size();
+  out.second += committing_bytes_;
   return out;
 }
 

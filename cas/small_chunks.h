@@ -18,8 +18,11 @@
 //
 // Durability is unchanged: a Put that returned survives kill -9 at once (its record is in the
 // log, a file the kernel holds; Open replays every log into the database before anything else
-// reads it), and a power failure after Sync (which commits, then syncfs of the file system: the
-// database's write-ahead log and the logs with everything else). A record is "FFS1", the blob's
+// reads it), and a power failure after the store's Sync (a syncfs of the file system, which
+// writes the logs with everything else; a group's commit fsyncs the write-ahead log before it
+// deletes the logs it emptied). Ids name content, so a log replayed late (its deletion lost
+// with the power) brings back the same bytes, or a blob removed since, which is unreferenced
+// and goes at the next garbage collection. A record is "FFS1", the blob's
 // length (u32, big-endian), the id, a CRC-32 of those and the blob (u32, big-endian), then the
 // blob; replay stops at the first record that is short or fails its CRC (a torn tail, never
 // made durable), logs how many bytes it dropped, and goes on with the next log.
@@ -127,7 +130,10 @@ class SmallChunks {
   std::size_t waiting_bytes_ GUARDED_BY(mu_) = 0;
   std::chrono::steady_clock::time_point first_waiting_ GUARDED_BY(mu_);
   // Taken by the commit under way (or left by one that failed, for the next).
-  std::shared_ptr<const Blobs> committing_ GUARDED_BY(mu_);
+  std::shared_ptr<Blobs> committing_ GUARDED_BY(mu_);
+  std::size_t committing_bytes_ GUARDED_BY(mu_) = 0;
+  // Logs committed but not deleted (an unlink failed): deleted by the next commit first.
+  std::vector<std::uint64_t> stale_logs_ GUARDED_BY(mu_);
   bool stop_ GUARDED_BY(mu_) = false;
   bool abandoned_ GUARDED_BY(mu_) = false;
   std::condition_variable_any cv_;         // a blob waits, or stop_

@@ -176,10 +176,13 @@ Result<Attr> FileServer::StoredAttr(InodeId id) {
   auto rec = ns_.GetInode(id);
   if (!rec.ok()) return rec.status();
   Attr a{std::move(*rec), 1};
+  std::size_t links = 1;
   if (a.rec.kind != InodeKind::kDir) {
-    a.nlink = static_cast<std::uint32_t>(std::max<std::size_t>(1, ns_.CountLinks(a.rec.id)));
+    links = ns_.CountLinks(a.rec.id);
+    a.nlink = static_cast<std::uint32_t>(std::max<std::size_t>(1, links));
   }
-  if (ns_.ChangeStamp() == stamp) {
+  // A count of 0 (an open file's last name gone, or the count failed) is not kept.
+  if (links > 0 && ns_.ChangeStamp() == stamp) {
     MutexLock lock(attr_cache_mu_);
     attr_cache_ = a;
     attr_cache_stamp_ = stamp;

@@ -122,7 +122,10 @@ TEST(SmallChunkLogTest, ReplayStopsAtATornOrDamagedRecord) {
                         {whole - 1, -1, 2},
                         {whole, -1, 3},
                         {whole, static_cast<std::ptrdiff_t>(kHeader + 100 + kHeader + 50), 1},
-                        {whole, static_cast<std::ptrdiff_t>(kHeader + 100 + 6), 1}};
+                        {whole, static_cast<std::ptrdiff_t>(kHeader + 100 + 6), 1},
+                        {whole, static_cast<std::ptrdiff_t>(kHeader + 100 + 0), 1},    // magic
+                        {whole, static_cast<std::ptrdiff_t>(kHeader + 100 + 41), 1},   // CRC
+                        {whole, static_cast<std::ptrdiff_t>(kHeader + 100 + 10), 1}};  // id
   for (const Case& k : cases) {
     SCOPED_TRACE(testing::Message() << "cut " << k.cut << " flip " << k.flip);
     TempDir dir;
@@ -184,24 +187,118 @@ TEST(SmallChunkLogTest, ARemovedBlobDoesNotComeBackAtTheNextReplay) {
   EXPECT_TRUE(store->Has(y.id));
 }
 
-// The committer makes waiting blobs rows by itself, within about kGroupAge, and deletes their
-// log; a Put of a blob that waits with the same size writes no second record.
-TEST(SmallChunkLogTest, TheCommitterMakesRowsAndDeletesTheLog) {
+// A log that cannot be deleted after its blobs became rows (here a directory in its place)
+// makes the commit fail, so a Remove removes nothing (the log would bring the blob back at the
+// next Open); the next commit deletes it, and the Remove then goes through.
+TEST(SmallChunkLogTest, ALogThatCannotBeDeletedFailsTheRemoveUntilItGoes) {
   TempDir dir;
   auto store = OpenAt(dir.path());
   ASSERT_TRUE(store);
+  store->AbandonForTest();
+  const Blob x = MakeBlob(1000, 1);
+  ASSERT_TRUE(store->Put(x.id, x.data).ok());
+  const fs::path log = dir.path() / "small.db-log.0";
+  ASSERT_TRUE(fs::exists(log));
+  fs::rename(log, dir.path() / "moved");
+  fs::create_directory(log);
+  test::WriteFileBytes(log / "in-the-way", Pattern(1, 1));
+  auto removed = store->Remove(x.id);
+  ASSERT_FALSE(removed.ok());
+  EXPECT_NE(removed.status().message().find(log.string()), std::string::npos)
+      << removed.status().message();
+  EXPECT_TRUE(store->Has(x.id));
+  fs::remove_all(log);
+  removed = store->Remove(x.id);
+  ASSERT_TRUE(removed.ok()) << removed.status().message();
+  EXPECT_TRUE(*removed);
+  EXPECT_FALSE(store->Has(x.id));
+}
+
+// Waits (up to 10 s) until nothing waits and no log is left.
+bool AllCommitted(SmallChunks& store, const fs::path& dir) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (store.WaitingForTest().first != 0 || !Logs(dir).empty()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+// The committer makes waiting blobs rows by itself, within about kGroupAge, and deletes their
+// log: the first group, and every later one (a group of one blob, far below kGroupChunks and
+// kGroupBytes, once the committer has gone back to sleep), without any other call.
+TEST(SmallChunkLogTest, TheCommitterMakesRowsOfEveryGroupAndDeletesTheLogs) {
+  TempDir dir;
+  auto store = OpenAt(dir.path());
+  ASSERT_TRUE(store);
+  for (std::uint32_t i = 1; i <= 3; ++i) {
+    SCOPED_TRACE(i);
+    const Blob x = MakeBlob(3000, i);
+    ASSERT_TRUE(store->Put(x.id, x.data).ok());
+    ASSERT_TRUE(AllCommitted(*store, dir.path()));
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the committer sleeps again
+    EXPECT_EQ(*store->Get(x.id), x.data);
+  }
+  EXPECT_EQ(store->Usage().chunks, 3u);
+}
+
+// A Put of a blob that waits with the same size writes no second record; one of another size
+// (the same id: a blob cut short elsewhere) does, and replaces it.
+TEST(SmallChunkLogTest, APutOfAWaitingBlobWritesNoSecondRecord) {
+  TempDir dir;
+  auto store = OpenAt(dir.path());
+  ASSERT_TRUE(store);
+  store->AbandonForTest();
   const Blob x = MakeBlob(3000, 1);
   ASSERT_TRUE(store->Put(x.id, x.data).ok());
   ASSERT_TRUE(store->Put(x.id, x.data).ok());
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while ((store->WaitingForTest().first != 0 || !Logs(dir.path()).empty()) &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
+  ASSERT_EQ(Logs(dir.path()).size(), 1u);
+  EXPECT_EQ(fs::file_size(Logs(dir.path())[0]), kHeader + 3000);
+  const Bytes shorter(x.data.begin(), x.data.begin() + 100);
+  ASSERT_TRUE(store->Put(x.id, shorter).ok());
+  EXPECT_EQ(fs::file_size(Logs(dir.path())[0]), 2 * kHeader + 3000 + 100);
+  EXPECT_EQ(*store->Get(x.id), shorter);
+  EXPECT_EQ(store->WaitingForTest(), (std::pair<std::size_t, std::size_t>{1, 100}));
+}
+
+// Logs left by several runs replay in the order of their numbers (9 before 10, which a
+// comparison of names would swap), so a later record of an id wins, as a later Put would.
+TEST(SmallChunkLogTest, LogsReplayInTheOrderOfTheirNumbers) {
+  TempDir dir;
+  const Blob x = MakeBlob(3000, 1);
+  const Bytes older(x.data.begin(), x.data.begin() + 10);
+  // Each run leaves one log, numbered 0; renamed to 10 (the newer content) and 9 (the older).
+  const auto run_leaving = [&](const Bytes& bytes, const fs::path& as) {
+    auto store = OpenAt(dir.path());
+    ASSERT_TRUE(store);
+    store->AbandonForTest();
+    ASSERT_TRUE(store->Put(x.id, bytes).ok());
+    store.reset();
+    ASSERT_TRUE(fs::exists(dir.path() / "small.db-log.0"));
+    fs::rename(dir.path() / "small.db-log.0", as);
+  };
+  run_leaving(x.data, dir.path() / "aside");
+  run_leaving(older, dir.path() / "small.db-log.9");
+  fs::rename(dir.path() / "aside", dir.path() / "small.db-log.10");
+  auto store = OpenAt(dir.path());
+  ASSERT_TRUE(store);
+  EXPECT_EQ(*store->Get(x.id), x.data) << "log 9 replayed after log 10";
+  EXPECT_TRUE(Logs(dir.path()).empty());
+}
+
+// Before a fork: what waits is committed and the committer ends; the next Put starts it again.
+TEST(SmallChunkLogTest, BeforeForkCommitsAndTheNextPutStartsTheCommitter) {
+  TempDir dir;
+  auto store = OpenAt(dir.path());
+  ASSERT_TRUE(store);
+  const Blob x = MakeBlob(3000, 1), y = MakeBlob(4000, 2);
+  ASSERT_TRUE(store->Put(x.id, x.data).ok());
+  ASSERT_TRUE(store->BeforeFork().ok());
   EXPECT_EQ(store->WaitingForTest().first, 0u);
   EXPECT_TRUE(Logs(dir.path()).empty());
-  EXPECT_EQ(store->Usage().chunks, 1u);
-  EXPECT_EQ(*store->Get(x.id), x.data);
+  ASSERT_TRUE(store->Put(y.id, y.data).ok());
+  EXPECT_TRUE(AllCommitted(*store, dir.path())) << "no committer after BeforeFork";
+  EXPECT_EQ(store->Usage().chunks, 2u);
 }
 
 // Memory stays bounded when nothing commits in the background: a Put that would leave more than
@@ -270,10 +367,10 @@ TEST(SmallChunkLogTest, AFullDiskFailsThePutNamingTheLogAndLosesNothingElse) {
 // keeps counting after a replay (a new log never reuses the name of one being replayed).
 TEST(SmallChunkLogTest, OnlyItsOwnLogsAreReplayed) {
   TempDir dir;
-  for (const char* name :
-       {"small.db-log.", "small.db-log.x", "small.db-log.1a", "other.db-log.3"}) {
-    test::WriteFileBytes(dir.path() / name, Pattern(10, 1));
-  }
+  const char* const not_logs[] = {"small.db-log.",  "small.db-log.x",  "small.db-log.1a",
+                                  "other.db-log.3", "small.db-log.01", "small.db-log.-1",
+                                  "small.db-log.+2"};
+  for (const char* name : not_logs) test::WriteFileBytes(dir.path() / name, Pattern(10, 1));
   const Blob x = MakeBlob(10, 1);
   {
     auto store = OpenAt(dir.path());
@@ -291,10 +388,7 @@ TEST(SmallChunkLogTest, OnlyItsOwnLogsAreReplayed) {
     ASSERT_TRUE(store->Put(MakeBlob(10, 2).id, MakeBlob(10, 2).data).ok());
   }
   EXPECT_TRUE(fs::exists(dir.path() / "small.db-log.42"));
-  for (const char* name :
-       {"small.db-log.", "small.db-log.x", "small.db-log.1a", "other.db-log.3"}) {
-    EXPECT_TRUE(fs::exists(dir.path() / name)) << name;
-  }
+  for (const char* name : not_logs) EXPECT_TRUE(fs::exists(dir.path() / name)) << name;
 }
 
 }  // namespace
