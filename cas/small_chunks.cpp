@@ -66,8 +66,9 @@ std::uint32_t GetU32(const std::uint8_t* p) {
 // CRC-32 (zlib) of the length and id in `header` and of `data`.
 std::uint32_t RecordCrc(const std::uint8_t* header, ByteSpan data) {
   uLong crc = crc32(0L, header + 4, 4 + std::tuple_size_v<ChunkId>);
-  // zlib takes a uInt length: blobs are at most kMaxSmallBlob bytes.
-  crc = crc32(crc, data.empty() ? nullptr : data.data(), static_cast<uInt>(data.size()));
+  // zlib takes a uInt length: blobs are at most kMaxSmallBlob bytes. Not called for an empty
+  // blob: crc32 with a null buffer returns the initial value, not the CRC so far.
+  if (!data.empty()) crc = crc32(crc, data.data(), static_cast<uInt>(data.size()));
   return static_cast<std::uint32_t>(crc);
 }
 

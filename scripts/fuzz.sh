@@ -14,10 +14,12 @@ ns=(server/namespace_db.cpp server/redo_log.cpp server/namespace_schema.cpp serv
 san=(-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
 "$CXX" "${common[@]}" "${san[@]}" fuzz/frame_fuzzer.cpp "${codec[@]}" -lfmt -o "$OUT/frame_fuzzer"
 "$CXX" "${common[@]}" "${san[@]}" fuzz/changes_fuzzer.cpp "${codec[@]}" "${ns[@]}" -lfmt -lsqlite3 -lcrypto -o "$OUT/changes_fuzzer"
+small=(cas/small_chunks.cpp crypto/hash.cpp)
+"$CXX" "${common[@]}" "${san[@]}" fuzz/small_log_fuzzer.cpp "${small[@]}" -lfmt -lspdlog -lsqlite3 -lz -o "$OUT/small_log_fuzzer"
 g++ "${common[@]}" fuzz/make_seeds.cpp "${codec[@]}" -lfmt -o "$OUT/make_seeds"
 "$OUT/make_seeds" "$OUT/seeds"
-for t in frame changes; do
-  mkdir -p "$OUT/corpus-$t"
+for t in frame changes small_log; do
+  mkdir -p "$OUT/corpus-$t" "$OUT/seeds/$t"
   # Generated seeds, plus inputs that once found a bug (fuzz/corpus/<target>/), kept as tests.
   mkdir -p "fuzz/corpus/$t"
   echo "== $t: replaying $(ls "$OUT/seeds/$t" "fuzz/corpus/$t" | grep -vc ':$') seeds"
