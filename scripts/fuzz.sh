@@ -15,7 +15,7 @@ san=(-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
 "$CXX" "${common[@]}" "${san[@]}" fuzz/frame_fuzzer.cpp "${codec[@]}" -lfmt -o "$OUT/frame_fuzzer"
 "$CXX" "${common[@]}" "${san[@]}" fuzz/changes_fuzzer.cpp "${codec[@]}" "${ns[@]}" -lfmt -lsqlite3 -lcrypto -o "$OUT/changes_fuzzer"
 small=(cas/small_chunks.cpp crypto/hash.cpp)
-"$CXX" "${common[@]}" "${san[@]}" fuzz/small_log_fuzzer.cpp "${small[@]}" -lfmt -lspdlog -lsqlite3 -lz -o "$OUT/small_log_fuzzer"
+"$CXX" "${common[@]}" "${san[@]}" fuzz/small_log_fuzzer.cpp "${small[@]}" -lfmt -lspdlog -lsqlite3 -lz -lcrypto -o "$OUT/small_log_fuzzer"
 g++ "${common[@]}" fuzz/make_seeds.cpp "${codec[@]}" -lfmt -o "$OUT/make_seeds"
 "$OUT/make_seeds" "$OUT/seeds"
 for t in frame changes small_log; do
