@@ -367,13 +367,25 @@ Status SmallChunks::Put(const ChunkId& id, ByteSpan data) {
                Hex(id), data.size());
   }
   bool commit_now = false;
+  // Allocated before the record is written: once it is, nothing may throw before the blob
+  // waits (a reader would find no blob, or a wrong one, for an acknowledged Put).
+  Bytes copy(data.begin(), data.end());
   {
     MutexLock lock(mu_);
     if (const Bytes* w = FindWaitingLocked(id); w && w->size() == data.size()) return Ok();
+    auto [it, inserted] = waiting_.try_emplace(id);
+    // Taken back if the record cannot be written.
+    const auto undo = [&, it = it, inserted = inserted]() REQUIRES(mu_) {
+      if (inserted) waiting_.erase(it);
+    };
     if (!log_.valid()) {
       const auto path = LogPath(generation_);
       log_.reset(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-      if (!log_.valid()) return ErrnoStatus(errno, fmt::format("creating '{}'", path.string()));
+      if (!log_.valid()) {
+        const int err = errno;
+        undo();
+        return ErrnoStatus(err, fmt::format("creating '{}'", path.string()));
+      }
       log_size_ = 0;
     }
     std::uint8_t header[kHeader];
@@ -394,14 +406,13 @@ Status SmallChunks::Put(const ChunkId& id, ByteSpan data) {
         log_.reset();
         closed_logs_.push_back(generation_++);
       }
+      undo();
       return ErrnoStatus(err, fmt::format("writing chunk {} to '{}'", Hex(id), path.string()));
     }
     log_size_ += want;
-    if (waiting_.empty()) first_waiting_ = std::chrono::steady_clock::now();
-    auto [it, inserted] = waiting_.try_emplace(id);
-    if (!inserted) waiting_bytes_ -= it->second.size();
-    it->second.assign(data.begin(), data.end());
-    waiting_bytes_ += data.size();
+    if (inserted && waiting_.size() == 1) first_waiting_ = std::chrono::steady_clock::now();
+    waiting_bytes_ = waiting_bytes_ - it->second.size() + copy.size();
+    it->second.swap(copy);
     EnsureCommitterLocked();
     // The committer sleeps until a group begins (its age counts from here) or fills up.
     if (waiting_.size() == 1 || waiting_.size() >= kGroupChunks || waiting_bytes_ >= kGroupBytes) {
