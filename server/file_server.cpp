@@ -606,14 +606,22 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
     MutexLock lock(ns_mu_);
     auto p = LiveDir(parent);
     if (!p.ok()) return p.status();
-    if (auto d = ns_.GetDentry(parent, name); d.ok()) {
+    auto d = ns_.GetDentry(parent, name);
+    if (!d.ok()) {
+      InodeRecord rec = NewInode(InodeKind::kFile, mode, uid, gid, *p);
+      if (auto s = AddEntry(std::move(*p), name, rec); s.ok()) {
+        id = rec.id;
+        created = std::move(rec);
+      } else if (s.code() != Code::kExists || (flags & O_EXCL) ||
+                 !(d = ns_.GetDentry(parent, name)).ok()) {
+        return s;
+      }
+      // Else a peer's entry of that name was applied between the two looks (a remote change
+      // does not take ns_mu_): without O_EXCL the file is opened, as if it had been there.
+    }
+    if (!created) {
       if (flags & O_EXCL) return Err(Code::kExists, "'{}' exists", name);
       id = d->child;
-    } else {
-      InodeRecord rec = NewInode(InodeKind::kFile, mode, uid, gid, *p);
-      if (auto s = AddEntry(std::move(*p), name, rec); !s.ok()) return s;
-      id = rec.id;
-      created = std::move(rec);
     }
   }
   if (created) {
