@@ -38,6 +38,14 @@ std::unique_ptr<SmallChunks> OpenAt(const fs::path& dir) {
   return s.ok() ? std::move(*s) : nullptr;
 }
 
+// A store whose blobs all stay waiting (no committer), and whose end is as a kill -9: its
+// destructor neither commits nor deletes the logs.
+std::unique_ptr<SmallChunks> OpenWithoutCommitter(const fs::path& dir) {
+  auto store = OpenAt(dir);
+  if (store) store->AbandonForTest();
+  return store;
+}
+
 struct Blob {
   ChunkId id;
   Bytes data;
@@ -62,9 +70,8 @@ TEST(SmallChunkLogTest, PutsSurviveACrashBeforeTheirCommit) {
     blobs.push_back(MakeBlob(size, static_cast<std::uint32_t>(blobs.size() + 1)));
   }
   {
-    auto store = OpenAt(dir.path());
+    auto store = OpenWithoutCommitter(dir.path());
     ASSERT_TRUE(store);
-    store->AbandonForTest();  // no committer: every blob stays waiting
     for (const Blob& b : blobs) ASSERT_TRUE(store->Put(b.id, b.data).ok());
     EXPECT_EQ(store->WaitingForTest().first, blobs.size());
     for (const Blob& b : blobs) {
@@ -130,9 +137,8 @@ TEST(SmallChunkLogTest, ReplayStopsAtATornOrDamagedRecord) {
     SCOPED_TRACE(testing::Message() << "cut " << k.cut << " flip " << k.flip);
     TempDir dir;
     {
-      auto store = OpenAt(dir.path());
+      auto store = OpenWithoutCommitter(dir.path());
       ASSERT_TRUE(store);
-      store->AbandonForTest();
       for (const Blob* x : {&a, &b, &c}) ASSERT_TRUE(store->Put(x->id, x->data).ok());
     }
     const auto logs = Logs(dir.path());
@@ -169,9 +175,8 @@ TEST(SmallChunkLogTest, ARemovedBlobDoesNotComeBackAtTheNextReplay) {
   TempDir dir;
   const Blob x = MakeBlob(1000, 1), y = MakeBlob(2000, 2);
   {
-    auto store = OpenAt(dir.path());
+    auto store = OpenWithoutCommitter(dir.path());
     ASSERT_TRUE(store);
-    store->AbandonForTest();
     ASSERT_TRUE(store->Put(x.id, x.data).ok());
     ASSERT_TRUE(store->Put(y.id, y.data).ok());
     ASSERT_EQ(store->WaitingForTest().first, 2u);
@@ -192,9 +197,8 @@ TEST(SmallChunkLogTest, ARemovedBlobDoesNotComeBackAtTheNextReplay) {
 // next Open); the next commit deletes it, and the Remove then goes through.
 TEST(SmallChunkLogTest, ALogThatCannotBeDeletedFailsTheRemoveUntilItGoes) {
   TempDir dir;
-  auto store = OpenAt(dir.path());
+  auto store = OpenWithoutCommitter(dir.path());
   ASSERT_TRUE(store);
-  store->AbandonForTest();
   const Blob x = MakeBlob(1000, 1);
   ASSERT_TRUE(store->Put(x.id, x.data).ok());
   const fs::path log = dir.path() / "small.db-log.0";
@@ -246,9 +250,8 @@ TEST(SmallChunkLogTest, TheCommitterMakesRowsOfEveryGroupAndDeletesTheLogs) {
 // (the same id: a blob cut short elsewhere) does, and replaces it.
 TEST(SmallChunkLogTest, APutOfAWaitingBlobWritesNoSecondRecord) {
   TempDir dir;
-  auto store = OpenAt(dir.path());
+  auto store = OpenWithoutCommitter(dir.path());
   ASSERT_TRUE(store);
-  store->AbandonForTest();
   const Blob x = MakeBlob(3000, 1);
   ASSERT_TRUE(store->Put(x.id, x.data).ok());
   ASSERT_TRUE(store->Put(x.id, x.data).ok());
@@ -269,9 +272,8 @@ TEST(SmallChunkLogTest, LogsReplayInTheOrderOfTheirNumbers) {
   const Bytes older(x.data.begin(), x.data.begin() + 10);
   // Each run leaves one log, numbered 0; renamed to 10 (the newer content) and 9 (the older).
   const auto run_leaving = [&](const Bytes& bytes, const fs::path& as) {
-    auto store = OpenAt(dir.path());
+    auto store = OpenWithoutCommitter(dir.path());
     ASSERT_TRUE(store);
-    store->AbandonForTest();
     ASSERT_TRUE(store->Put(x.id, bytes).ok());
     store.reset();
     ASSERT_TRUE(fs::exists(dir.path() / "small.db-log.0"));
@@ -308,9 +310,8 @@ TEST(SmallChunkLogTest, WaitingBytesStayBounded) {
   std::vector<Blob> blobs;
   const std::size_t count = SmallChunks::kMaxWaitingBytes / kMaxSmallBlob + 3;
   {
-    auto store = OpenAt(dir.path());
+    auto store = OpenWithoutCommitter(dir.path());
     ASSERT_TRUE(store);
-    store->AbandonForTest();
     std::size_t most = 0;
     for (std::size_t i = 0; i < count; ++i) {
       blobs.push_back(MakeBlob(kMaxSmallBlob, static_cast<std::uint32_t>(i)));
@@ -337,9 +338,8 @@ TEST(SmallChunkLogTest, AFullDiskFailsThePutNamingTheLogAndLosesNothingElse) {
     SCOPED_TRACE(limit);
     TempDir dir;
     {
-      auto store = OpenAt(dir.path());
+      auto store = OpenWithoutCommitter(dir.path());
       ASSERT_TRUE(store);
-      store->AbandonForTest();
       ASSERT_TRUE(store->Put(a.id, a.data).ok());
       struct rlimit old {};
       ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
@@ -373,9 +373,8 @@ TEST(SmallChunkLogTest, OnlyItsOwnLogsAreReplayed) {
   for (const char* name : not_logs) test::WriteFileBytes(dir.path() / name, Pattern(10, 1));
   const Blob x = MakeBlob(10, 1);
   {
-    auto store = OpenAt(dir.path());
+    auto store = OpenWithoutCommitter(dir.path());
     ASSERT_TRUE(store);
-    store->AbandonForTest();
     ASSERT_TRUE(store->Put(x.id, x.data).ok());
   }
   ASSERT_TRUE(fs::exists(dir.path() / "small.db-log.0"));
