@@ -173,6 +173,7 @@ Status SmallChunks::Replay() {
     }
   }
   MutexLock lock(mu_);
+  // Past the last replayed (all are deleted by now, so wrapping from 2^64-1 to 0 is harmless).
   generation_ = generations.empty() ? 0 : generations.back() + 1;
   return Ok();
 }

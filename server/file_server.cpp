@@ -115,12 +115,15 @@ std::int64_t FileServer::NowNs() const {
 }
 
 Result<Attr> FileServer::MakeAttr(InodeRecord rec, std::optional<std::uint32_t> links) {
-  Attr a{std::move(rec), links.value_or(1)};
-  if (!links && a.rec.kind != InodeKind::kDir) {
-    a.nlink = static_cast<std::uint32_t>(std::max<std::size_t>(1, ns_.CountLinks(a.rec.id)));
-  }
+  Attr a = links ? Attr{std::move(rec), *links} : WithLinkCount(std::move(rec)).first;
   if (auto of = OpenFileOf(a.rec.id)) of->Overlay(a.rec);
   return a;
+}
+
+std::pair<Attr, std::size_t> FileServer::WithLinkCount(InodeRecord rec) {
+  if (rec.kind == InodeKind::kDir) return {Attr{std::move(rec), 1}, 1};
+  const std::size_t names = ns_.CountLinks(rec.id);
+  return {Attr{std::move(rec), static_cast<std::uint32_t>(std::max<std::size_t>(1, names))}, names};
 }
 
 Result<InodeRecord> FileServer::LiveDir(InodeId id) {
@@ -175,14 +178,9 @@ Result<Attr> FileServer::StoredAttr(InodeId id) {
   }
   auto rec = ns_.GetInode(id);
   if (!rec.ok()) return rec.status();
-  Attr a{std::move(*rec), 1};
-  std::size_t links = 1;
-  if (a.rec.kind != InodeKind::kDir) {
-    links = ns_.CountLinks(a.rec.id);
-    a.nlink = static_cast<std::uint32_t>(std::max<std::size_t>(1, links));
-  }
+  auto [a, names] = WithLinkCount(std::move(*rec));
   // A count of 0 (an open file's last name gone, or the count failed) is not kept.
-  if (links > 0 && ns_.ChangeStamp() == stamp) {
+  if (names > 0 && ns_.ChangeStamp() == stamp) {
     MutexLock lock(attr_cache_mu_);
     attr_cache_ = a;
     attr_cache_stamp_ = stamp;
@@ -609,15 +607,17 @@ Result<Created> FileServer::Create(InodeId parent, std::string_view name, std::u
     auto d = ns_.GetDentry(parent, name);
     if (!d.ok()) {
       InodeRecord rec = NewInode(InodeKind::kFile, mode, uid, gid, *p);
-      if (auto s = AddEntry(std::move(*p), name, rec); s.ok()) {
+      Status s = AddEntry(std::move(*p), name, rec);
+      if (s.ok()) {
         id = rec.id;
         created = std::move(rec);
-      } else if (s.code() != Code::kExists || (flags & O_EXCL) ||
-                 !(d = ns_.GetDentry(parent, name)).ok()) {
-        return s;
+      } else {
+        // A peer's entry of that name applied between the two looks (a remote change does not
+        // take ns_mu_): without O_EXCL that file is opened, as if it had been there.
+        if (s.code() != Code::kExists || (flags & O_EXCL)) return s;
+        d = ns_.GetDentry(parent, name);
+        if (!d.ok()) return s;
       }
-      // Else a peer's entry of that name was applied between the two looks (a remote change
-      // does not take ns_mu_): without O_EXCL the file is opened, as if it had been there.
     }
     if (!created) {
       if (flags & O_EXCL) return Err(Code::kExists, "'{}' exists", name);

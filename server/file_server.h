@@ -253,6 +253,9 @@ class FileServer : public FileHost {
   // The stored record and link count of `id` (no open file's overlay), from attr_cache_ when
   // the namespace has not changed since it was read.
   Result<Attr> StoredAttr(InodeId id);
+  // `rec` with the link count stat shows (1 for a directory, else its live names, at least 1),
+  // and the names counted (0: an open file's last name gone, or the count failed).
+  std::pair<Attr, std::size_t> WithLinkCount(InodeRecord rec);
   Result<InodeRecord> LiveDir(InodeId id);
   // A fresh inode created in `parent` (group and setgid inherited from a setgid directory).
   InodeRecord NewInode(InodeKind kind, std::uint32_t mode, std::uint32_t uid, std::uint32_t gid,

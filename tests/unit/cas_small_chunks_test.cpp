@@ -5,8 +5,10 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <zlib.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <thread>
@@ -360,6 +362,69 @@ TEST(SmallChunkLogTest, AFullDiskFailsThePutNamingTheLogAndLosesNothingElse) {
     EXPECT_TRUE(store->Has(a.id));
     EXPECT_FALSE(store->Has(b.id));
     EXPECT_TRUE(store->Has(c.id)) << "the Put after the failed one was lost";
+  }
+}
+
+// A record whose length is the largest blob's is replayed; one a byte longer (a whole record
+// with a valid CRC, as damage or a hostile file could make) ends the log there. A Put of a blob
+// a byte over the limit is refused and writes nothing.
+TEST(SmallChunkLogTest, RecordLengthsAtTheLimitAndJustPastIt) {
+  const auto record = [](const ChunkId& id, const Bytes& blob) {
+    Bytes h(kHeader, 0);
+    std::memcpy(h.data(), "FFS1", 4);
+    const auto len = static_cast<std::uint32_t>(blob.size());
+    for (int i = 0; i < 4; ++i) h[4 + i] = static_cast<std::uint8_t>(len >> (24 - 8 * i));
+    std::memcpy(h.data() + 8, id.data(), id.size());
+    uLong crc = crc32(0L, h.data() + 4, 36);
+    if (!blob.empty()) crc = crc32(crc, blob.data(), static_cast<uInt>(blob.size()));
+    for (int i = 0; i < 4; ++i) h[40 + i] = static_cast<std::uint8_t>(crc >> (24 - 8 * i));
+    h.insert(h.end(), blob.begin(), blob.end());
+    return h;
+  };
+  const Blob at = MakeBlob(kMaxSmallBlob, 1), past = MakeBlob(kMaxSmallBlob + 1, 2),
+             after = MakeBlob(10, 3);
+  TempDir dir;
+  Bytes log = record(at.id, at.data);
+  const Bytes second = record(past.id, past.data), third = record(after.id, after.data);
+  log.insert(log.end(), second.begin(), second.end());
+  log.insert(log.end(), third.begin(), third.end());
+  test::WriteFileBytes(dir.path() / "small.db-log.0", log);
+  auto store = OpenWithoutCommitter(dir.path());
+  ASSERT_TRUE(store);
+  EXPECT_EQ(*store->Get(at.id), at.data);
+  EXPECT_FALSE(store->Has(past.id));
+  EXPECT_FALSE(store->Has(after.id)) << "replay went on past a record over the limit";
+  const Status s = store->Put(past.id, past.data);
+  EXPECT_EQ(s.code(), Code::kInvalid) << s.message();
+  EXPECT_TRUE(Logs(dir.path()).empty()) << "a refused Put wrote a record";
+}
+
+// Log numbers at the ends of their range (2^63-1, 2^64-1) are replayed and deleted, and the
+// next log is written and replayed after them; a number past 2^64-1 is not a log of ours.
+TEST(SmallChunkLogTest, LogNumbersAtTheEndsOfTheirRange) {
+  for (const char* number : {"9223372036854775807", "18446744073709551615"}) {
+    SCOPED_TRACE(number);
+    TempDir dir;
+    const Blob x = MakeBlob(10, 1), y = MakeBlob(20, 2);
+    {
+      auto store = OpenWithoutCommitter(dir.path());
+      ASSERT_TRUE(store);
+      ASSERT_TRUE(store->Put(x.id, x.data).ok());
+    }
+    fs::rename(dir.path() / "small.db-log.0", dir.path() / (std::string("small.db-log.") + number));
+    test::WriteFileBytes(dir.path() / "small.db-log.18446744073709551616", Pattern(10, 1));
+    {
+      auto store = OpenWithoutCommitter(dir.path());
+      ASSERT_TRUE(store);
+      EXPECT_TRUE(store->Has(x.id));
+      EXPECT_FALSE(fs::exists(dir.path() / (std::string("small.db-log.") + number)));
+      ASSERT_TRUE(store->Put(y.id, y.data).ok());
+    }
+    auto store = OpenAt(dir.path());
+    ASSERT_TRUE(store);
+    EXPECT_TRUE(store->Has(x.id));
+    EXPECT_TRUE(store->Has(y.id));
+    EXPECT_TRUE(fs::exists(dir.path() / "small.db-log.18446744073709551616"));
   }
 }
 
