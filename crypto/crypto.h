@@ -71,6 +71,20 @@ Bytes Hkdf(ByteSpan ikm, ByteSpan salt, std::string_view info, std::size_t lengt
 // A 256-bit subkey of `master` for one purpose (HKDF, empty salt, info = purpose).
 Key256 DeriveKey(const Key256& master, std::string_view purpose);
 
+// HKDF-SHA-256 with one input key and salt, many infos: the extract step and the HMAC pads of
+// its output are computed once, so a 32-byte key costs one HMAC of the info (the EVP_KDF path
+// allocates, parses parameters and extracts again on every call: 2% of a small file's close).
+// Of() returns exactly Hkdf(ikm, salt, info, 32) and is safe from any number of threads.
+class HkdfSha256 {
+ public:
+  HkdfSha256(ByteSpan ikm, ByteSpan salt);
+  Key256 Of(ByteSpan info) const;
+
+ private:
+  explicit HkdfSha256(Digest prk);  // wipes its copy
+  HmacSha256Key prk_;
+};
+
 // AES-256-GCM with 12-byte nonces and 16-byte tags appended to the ciphertext.
 class Aead {
  public:

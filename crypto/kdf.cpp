@@ -1,6 +1,7 @@
 // HKDF-SHA-256 (RFC 5869) through the OpenSSL 3 EVP_KDF interface.
 
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/kdf.h>
 #include <openssl/params.h>
 
@@ -63,6 +64,21 @@ Key256 DeriveKey(const Key256& master, std::string_view purpose) {
   std::copy(b.begin(), b.end(), k.begin());
   OPENSSL_cleanse(b.data(), b.size());
   return k;
+}
+
+// RFC 5869 2.2: an absent salt is HashLen zeros, which HMAC pads to the same block as empty.
+HkdfSha256::HkdfSha256(ByteSpan ikm, ByteSpan salt) : HkdfSha256(HmacSha256(salt, ikm)) {}
+
+HkdfSha256::HkdfSha256(Digest prk) : prk_(prk) { OPENSSL_cleanse(prk.data(), prk.size()); }
+
+Key256 HkdfSha256::Of(ByteSpan info) const {
+  // RFC 5869 2.3 for L = HashLen: T(1) = HMAC(PRK, info || 0x01), one block.
+  thread_local Bytes msg;
+  msg.assign(info.begin(), info.end());
+  msg.push_back(0x01);
+  Key256 out = prk_.Of(msg);
+  OPENSSL_cleanse(msg.data(), msg.size());
+  return out;
 }
 
 }  // namespace foreverfs::crypto

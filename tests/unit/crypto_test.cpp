@@ -133,6 +133,36 @@ TEST(HkdfTest, Rfc5869Case3) {
             "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8");
 }
 
+// The precomputed form gives the RFC's vectors (their first 32 bytes) and exactly what the
+// EVP_KDF path gives, for infos at 0 bytes, one HMAC block less the counter byte, one block,
+// one past it and many blocks, and salts absent, short and longer than a block.
+TEST(HkdfTest, PrecomputedFormMatchesTheRfcAndEvpKdf) {
+  const Bytes ikm(22, 0x0b);
+  const Bytes salt = FromHex("000102030405060708090a0b0c");
+  const HkdfSha256 case1(ikm, salt);
+  const Key256 k1 = case1.Of(FromHex("f0f1f2f3f4f5f6f7f8f9"));
+  EXPECT_EQ(HexOf(Bytes(k1.begin(), k1.end())),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf");
+  const Key256 k3 = HkdfSha256(ikm, {}).Of({});
+  EXPECT_EQ(HexOf(Bytes(k3.begin(), k3.end())),
+            "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d");
+
+  Bytes big(300);
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<std::uint8_t>(i * 7 + 1);
+  for (const Bytes& s : {Bytes{}, salt, Bytes(65, 0x5a), Bytes(32, 0)}) {
+    const HkdfSha256 kdf(big, s);
+    for (std::size_t n : {0, 1, 47, 48, 63, 64, 65, 200, 300}) {
+      const Bytes info(big.begin(), big.begin() + static_cast<std::ptrdiff_t>(n));
+      const Key256 k = kdf.Of(info);
+      const std::string_view chars(reinterpret_cast<const char*>(info.data()), info.size());
+      EXPECT_EQ(Bytes(k.begin(), k.end()), Hkdf(big, s, chars, 32))
+          << "salt " << s.size() << " bytes, info " << n << " bytes";
+    }
+  }
+  // An all-zero salt of hash length is the absent salt (RFC 5869 2.2).
+  EXPECT_EQ(HkdfSha256(big, Bytes(32, 0)).Of(salt), HkdfSha256(big, {}).Of(salt));
+}
+
 TEST(HkdfTest, DeriveKeySeparatesPurposes) {
   Key256 master{};
   master.fill(0x42);
