@@ -121,6 +121,12 @@ SmallChunks::~SmallChunks() {
       spdlog::error("{}: closing with small chunks not committed (kept in its logs): {}",
                     path_.string(), s.message());
     }
+    // The log made ahead is empty (the next Open would only delete it).
+    MutexLock lock(mu_);
+    if (next_log_.valid()) {
+      next_log_.reset();
+      ::unlink(LogPath(NextLogNumberLocked()).c_str());
+    }
   }
   MutexLock lock(db_mu_);
   for (sqlite3_stmt* st : {put_, get_, read_, has_, remove_, list_, size_, replace_}) {
@@ -379,6 +385,10 @@ Status SmallChunks::Put(const ChunkId& id, ByteSpan data) {
     const auto undo = [&, it = it, inserted = inserted]() REQUIRES(mu_) {
       if (inserted) waiting_.erase(it);
     };
+    if (!log_.valid() && next_log_.valid()) {
+      log_ = std::move(next_log_);  // made ahead as number generation_ (NextLogNumberLocked)
+      log_size_ = 0;
+    }
     if (!log_.valid()) {
       const auto path = LogPath(generation_);
       log_.reset(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
@@ -497,6 +507,28 @@ void SmallChunks::EnsureCommitterLocked() {
   if (!stop_ && !committer_.joinable()) committer_ = std::thread([this] { CommitLoop(); });
 }
 
+std::uint64_t SmallChunks::NextLogNumberLocked() const {
+  return log_.valid() ? generation_ + 1 : generation_;
+}
+
+void SmallChunks::MakeNextLog() {
+  std::uint64_t number = 0;
+  {
+    MutexLock lock(mu_);
+    if (next_log_.valid()) return;
+    number = NextLogNumberLocked();
+  }
+  // Outside the lock, so Puts go on meanwhile; O_EXCL, so that if one of them opened this
+  // number first (its log failed and closed, or none was open), its records are not truncated.
+  const auto path = LogPath(number);
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd.valid()) return;  // the Put that needs it opens it, as without this
+  MutexLock lock(mu_);
+  // Otherwise a Put opened this number meanwhile: the file is its log (open or closed) and
+  // stays.
+  if (!next_log_.valid() && NextLogNumberLocked() == number) next_log_ = std::move(fd);
+}
+
 void SmallChunks::CommitLoop() {
   for (;;) {
     {
@@ -517,6 +549,7 @@ void SmallChunks::CommitLoop() {
       }
     }
     try {
+      MakeNextLog();  // before this commit closes the log
       if (Status s = Commit(); !s.ok()) {
         spdlog::error("{}: committing small chunks: {}; retrying in a second", path_.string(),
                       s.message());

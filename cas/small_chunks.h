@@ -113,6 +113,12 @@ class SmallChunks {
   // The blob waiting under `id`, if any.
   const Bytes* FindWaitingLocked(const ChunkId& id) const REQUIRES(mu_);
   void EnsureCommitterLocked() REQUIRES(mu_);
+  // Creates the log the next Put will need once the current one closes, so that no Put pays
+  // for a file's creation (an ext4 create was as costly as a small file's whole log write).
+  void MakeNextLog() EXCLUDES(mu_);
+  // The number the next log will have: the current one's plus one, or the current one's if
+  // no log is open (Put then opens it).
+  std::uint64_t NextLogNumberLocked() const REQUIRES(mu_);
   void CommitLoop() EXCLUDES(mu_);
   // Ends the committer thread (stop_ stays set until the caller clears it).
   void StopCommitter() EXCLUDES(mu_);
@@ -125,6 +131,8 @@ class SmallChunks {
   UniqueFd log_ GUARDED_BY(mu_);                  // the log Puts append to (opened by the first)
   std::uint64_t generation_ GUARDED_BY(mu_) = 0;  // its number
   std::uint64_t log_size_ GUARDED_BY(mu_) = 0;
+  // The empty log NextLogNumberLocked() names, made ahead by the committer (MakeNextLog).
+  UniqueFd next_log_ GUARDED_BY(mu_);
   std::vector<std::uint64_t> closed_logs_ GUARDED_BY(mu_);  // full, not yet committed
   Blobs waiting_ GUARDED_BY(mu_);                           // in the open log
   std::size_t waiting_bytes_ GUARDED_BY(mu_) = 0;

@@ -223,7 +223,12 @@ TEST(SmallChunkLogTest, ALogThatCannotBeDeletedFailsTheRemoveUntilItGoes) {
 // Waits (up to 10 s) until nothing waits and no log is left.
 bool AllCommitted(SmallChunks& store, const fs::path& dir) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (store.WaitingForTest().first != 0 || !Logs(dir).empty()) {
+  // What is left is at most the log made ahead for the next Put, empty.
+  const auto only_the_next_log = [&] {
+    const auto logs = Logs(dir);
+    return logs.empty() || (logs.size() == 1 && fs::file_size(logs[0]) == 0);
+  };
+  while (store.WaitingForTest().first != 0 || !only_the_next_log()) {
     if (std::chrono::steady_clock::now() > deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
@@ -241,11 +246,45 @@ TEST(SmallChunkLogTest, TheCommitterMakesRowsOfEveryGroupAndDeletesTheLogs) {
     SCOPED_TRACE(i);
     const Blob x = MakeBlob(3000, i);
     ASSERT_TRUE(store->Put(x.id, x.data).ok());
+    if (i > 1) {
+      // The Put wrote to the log the committer made ahead, numbered after the last one.
+      const auto logs = Logs(dir.path());
+      ASSERT_EQ(logs.size(), 1u);
+      EXPECT_EQ(logs[0].filename(), "small.db-log." + std::to_string(i - 1));
+      EXPECT_EQ(fs::file_size(logs[0]), kHeader + 3000);
+    }
     ASSERT_TRUE(AllCommitted(*store, dir.path()));
+    ASSERT_EQ(Logs(dir.path()).size(), 1u) << "the next log, made ahead";
+    EXPECT_EQ(Logs(dir.path())[0].filename(), "small.db-log." + std::to_string(i));
     std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the committer sleeps again
     EXPECT_EQ(*store->Get(x.id), x.data);
   }
   EXPECT_EQ(store->Usage().chunks, 3u);
+  store.reset();
+  EXPECT_TRUE(Logs(dir.path()).empty()) << "closing deletes the empty log made ahead";
+}
+
+// A log made ahead and left by a crash is empty: the next Open deletes it, and Puts go on
+// from there.
+TEST(SmallChunkLogTest, AnEmptyLogMadeAheadIsDeletedByTheNextOpen) {
+  TempDir dir;
+  const Blob x = MakeBlob(3000, 1), y = MakeBlob(5, 2);
+  {
+    auto store = OpenAt(dir.path());
+    ASSERT_TRUE(store);
+    ASSERT_TRUE(store->Put(x.id, x.data).ok());
+    ASSERT_TRUE(AllCommitted(*store, dir.path()));
+    ASSERT_EQ(Logs(dir.path()).size(), 1u);
+    store->AbandonForTest();  // as kill -9: the empty log stays
+  }
+  ASSERT_EQ(Logs(dir.path()).size(), 1u);
+  auto store = OpenWithoutCommitter(dir.path());
+  ASSERT_TRUE(store);
+  EXPECT_EQ(*store->Get(x.id), x.data);
+  ASSERT_TRUE(store->Put(y.id, y.data).ok());
+  const auto logs = Logs(dir.path());
+  ASSERT_EQ(logs.size(), 1u);
+  EXPECT_EQ(fs::file_size(logs[0]), kHeader + 5) << "the old empty log is gone";
 }
 
 // A Put of a blob that waits with the same size writes no second record; one of another size
@@ -299,7 +338,7 @@ TEST(SmallChunkLogTest, BeforeForkCommitsAndTheNextPutStartsTheCommitter) {
   ASSERT_TRUE(store->Put(x.id, x.data).ok());
   ASSERT_TRUE(store->BeforeFork().ok());
   EXPECT_EQ(store->WaitingForTest().first, 0u);
-  EXPECT_TRUE(Logs(dir.path()).empty());
+  for (const auto& log : Logs(dir.path())) EXPECT_EQ(fs::file_size(log), 0u) << log;
   ASSERT_TRUE(store->Put(y.id, y.data).ok());
   EXPECT_TRUE(AllCommitted(*store, dir.path())) << "no committer after BeforeFork";
   EXPECT_EQ(store->Usage().chunks, 2u);
