@@ -228,8 +228,8 @@ class EncryptingChunkStore final : public ChunkStore {
 
   // The chunk's key, from a small cache: HKDF through OpenSSL's EVP_KDF interface cost as
   // much as opening a 16 KiB segment (19% of the daemon's time in 4 KiB random reads); since
-  // crypto::HkdfSha256 it is one HMAC, still four SHA-256 blocks, and a working set of chunks
-  // is read again and again. Direct-mapped by the id's first bytes (ids
+  // crypto::HkdfSha256 it is one HMAC (two SHA-256 compressions and two context copies), and a
+  // working set of chunks is read again and again. Direct-mapped by the id's first bytes (ids
   // are keyed hashes: uniform), so it never grows; a collision only costs a derivation.
   crypto::Key256 ChunkKey(const ChunkId& id) const {
     const std::size_t slot = (std::size_t{id[0]} << 8 | id[1]) % kKeySlots;

@@ -512,20 +512,23 @@ std::uint64_t SmallChunks::NextLogNumberLocked() const {
 }
 
 void SmallChunks::MakeNextLog() {
+  // No commit closes and deletes a log meanwhile: the number checked below then changes only
+  // if a Put opened that log itself.
+  MutexLock commit(commit_mu_);
   std::uint64_t number = 0;
   {
     MutexLock lock(mu_);
     if (next_log_.valid()) return;
     number = NextLogNumberLocked();
   }
-  // Outside the lock, so Puts go on meanwhile; O_EXCL, so that if one of them opened this
+  // Outside mu_, so Puts go on meanwhile; O_EXCL, so that if one of them opened this
   // number first (its log failed and closed, or none was open), its records are not truncated.
   const auto path = LogPath(number);
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd.valid()) return;  // the Put that needs it opens it, as without this
   MutexLock lock(mu_);
-  // Otherwise a Put opened this number meanwhile: the file is its log (open or closed) and
-  // stays.
+  // Otherwise a Put opened this number meanwhile (only a Put moves it while commit_mu_ is
+  // held): the file is that Put's log and stays.
   if (!next_log_.valid() && NextLogNumberLocked() == number) next_log_ = std::move(fd);
 }
 

@@ -113,9 +113,12 @@ class SmallChunks {
   // The blob waiting under `id`, if any.
   const Bytes* FindWaitingLocked(const ChunkId& id) const REQUIRES(mu_);
   void EnsureCommitterLocked() REQUIRES(mu_);
-  // Creates the log the next Put will need once the current one closes, so that no Put pays
-  // for a file's creation (an ext4 create was as costly as a small file's whole log write).
-  void MakeNextLog() EXCLUDES(mu_);
+  // Creates the log the next Put will need once the current one closes, so that a Put seldom
+  // pays for a file's creation (an ext4 create was as costly as a small file's whole log
+  // write): the committer calls it before each commit. The first Put after Open still creates
+  // one, as does a Put after a commit made on another thread (Remove, ForEach, Usage, a Put
+  // that found too much waiting) before the committer's next turn.
+  void MakeNextLog() EXCLUDES(commit_mu_, mu_);
   // The number the next log will have: the current one's plus one, or the current one's if
   // no log is open (Put then opens it).
   std::uint64_t NextLogNumberLocked() const REQUIRES(mu_);

@@ -163,6 +163,37 @@ TEST(HkdfTest, PrecomputedFormMatchesTheRfcAndEvpKdf) {
   EXPECT_EQ(HkdfSha256(big, Bytes(32, 0)).Of(salt), HkdfSha256(big, {}).Of(salt));
 }
 
+// A chunk's key as the encrypting store derives it (data key 0x42 x 32, info "foreverfs chunk "
+// and the id 01..20), against a value computed apart from OpenSSL (Python's hmac module): a
+// change of the derivation would make every stored chunk unreadable. And Of() from several
+// threads at once gives every thread its own info's key.
+TEST(HkdfTest, ChunkKeyKnownAnswerAndThreads) {
+  const Bytes data_key(32, 0x42);
+  const HkdfSha256 kdf(data_key, {});
+  const ByteSpan prefix = AsBytes("foreverfs chunk ");
+  Bytes info(prefix.begin(), prefix.end());
+  for (int i = 1; i <= 32; ++i) info.push_back(static_cast<std::uint8_t>(i));
+  const Key256 k = kdf.Of(info);
+  EXPECT_EQ(HexOf(Bytes(k.begin(), k.end())),
+            "74bbb2e5e5208929cb413b6b1f9790e2409535770f6a450a4b7abb4087a57813");
+  std::vector<std::thread> threads;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 300; ++i) {
+        Bytes mine = info;
+        mine.back() = static_cast<std::uint8_t>(t * 64 + i % 64);
+        mine.resize(mine.size() + static_cast<std::size_t>(i % 80), static_cast<std::uint8_t>(t));
+        const std::string_view chars(reinterpret_cast<const char*>(mine.data()), mine.size());
+        const Key256 got = kdf.Of(mine);
+        if (Bytes(got.begin(), got.end()) != Hkdf(data_key, {}, chars, 32)) ++wrong;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wrong.load(), 0);
+}
+
 TEST(HkdfTest, DeriveKeySeparatesPurposes) {
   Key256 master{};
   master.fill(0x42);
