@@ -445,6 +445,45 @@ TEST(SmallChunkLogTest, AFullDiskFailsThePutNamingTheLogAndLosesNothingElse) {
   }
 }
 
+// The same on the log the committer made ahead (the first record written to it fails at its
+// first, second or last byte): the failed Put names the log and is taken back, the Put after it
+// writes to the same log, and a crash then loses nothing acknowledged.
+TEST(SmallChunkLogTest, AFailedFirstWriteToTheLogMadeAheadLosesNothingElse) {
+  const Blob a = MakeBlob(500, 1), b = MakeBlob(600, 2), c = MakeBlob(700, 3);
+  for (std::uint64_t limit : {std::uint64_t{0}, std::uint64_t{1}, kHeader + 600 - 1}) {
+    SCOPED_TRACE(limit);
+    TempDir dir;
+    {
+      auto store = OpenAt(dir.path());
+      ASSERT_TRUE(store);
+      ASSERT_TRUE(store->Put(a.id, a.data).ok());
+      ASSERT_TRUE(AllCommitted(*store, dir.path()));
+      ASSERT_EQ(Logs(dir.path()).size(), 1u) << "the log made ahead";
+      const fs::path ahead = Logs(dir.path())[0];
+      struct rlimit old {};
+      ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+      auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+      struct rlimit lim = old;
+      lim.rlim_cur = limit;
+      ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &lim), 0);
+      const Status s = store->Put(b.id, b.data);
+      ::setrlimit(RLIMIT_FSIZE, &old);
+      ::signal(SIGXFSZ, old_handler);
+      EXPECT_FALSE(s.ok());
+      EXPECT_NE(s.message().find(ahead.string()), std::string::npos) << s.message();
+      EXPECT_FALSE(store->Has(b.id));
+      ASSERT_TRUE(store->Put(c.id, c.data).ok());
+      EXPECT_EQ(fs::file_size(ahead), kHeader + 700) << "c follows in the same log, b is gone";
+      store->AbandonForTest();
+    }
+    auto store = OpenWithoutCommitter(dir.path());
+    ASSERT_TRUE(store);
+    EXPECT_EQ(*store->Get(a.id), a.data);
+    EXPECT_FALSE(store->Has(b.id));
+    EXPECT_EQ(*store->Get(c.id), c.data) << "the Put after the failed one was lost";
+  }
+}
+
 // A record whose length is the largest blob's is replayed; one a byte longer (a whole record
 // with a valid CRC, as damage or a hostile file could make) ends the log there. A Put of a blob
 // a byte over the limit is refused and writes nothing.
