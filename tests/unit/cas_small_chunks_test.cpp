@@ -3,8 +3,6 @@
 // (every Put that returned), what a torn log tail may lose (only the torn record and what
 // follows it in that log), and that a removal is not undone by a replay.
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/resource.h>
 #include <zlib.h>
 
 #include <atomic>
@@ -423,15 +421,7 @@ TEST(SmallChunkLogTest, AFullDiskFailsThePutNamingTheLogAndLosesNothingElse) {
       auto store = OpenWithoutCommitter(dir.path());
       ASSERT_TRUE(store);
       ASSERT_TRUE(store->Put(a.id, a.data).ok());
-      struct rlimit old {};
-      ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
-      auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
-      struct rlimit lim = old;
-      lim.rlim_cur = limit;
-      ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &lim), 0);
-      const Status s = store->Put(b.id, b.data);
-      ::setrlimit(RLIMIT_FSIZE, &old);
-      ::signal(SIGXFSZ, old_handler);
+      const Status s = test::WithFileSizeLimit(limit, [&] { return store->Put(b.id, b.data); });
       EXPECT_FALSE(s.ok());
       EXPECT_NE(s.message().find("small.db-log."), std::string::npos) << s.message();
       EXPECT_FALSE(store->Has(b.id));
@@ -460,15 +450,7 @@ TEST(SmallChunkLogTest, AFailedFirstWriteToTheLogMadeAheadLosesNothingElse) {
       ASSERT_TRUE(AllCommitted(*store, dir.path()));
       ASSERT_EQ(Logs(dir.path()).size(), 1u) << "the log made ahead";
       const fs::path ahead = Logs(dir.path())[0];
-      struct rlimit old {};
-      ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
-      auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
-      struct rlimit lim = old;
-      lim.rlim_cur = limit;
-      ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &lim), 0);
-      const Status s = store->Put(b.id, b.data);
-      ::setrlimit(RLIMIT_FSIZE, &old);
-      ::signal(SIGXFSZ, old_handler);
+      const Status s = test::WithFileSizeLimit(limit, [&] { return store->Put(b.id, b.data); });
       EXPECT_FALSE(s.ok());
       EXPECT_NE(s.message().find(ahead.string()), std::string::npos) << s.message();
       EXPECT_FALSE(store->Has(b.id));

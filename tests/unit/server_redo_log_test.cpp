@@ -5,12 +5,10 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -22,6 +20,7 @@
 #include "server/namespace_db.h"
 #include "server/redo_log.h"
 #include "unit/temp_dir.h"
+#include "unit/test_util.h"
 
 namespace foreverfs::server {
 namespace {
@@ -428,15 +427,8 @@ TEST(RedoLogFullDiskTest, AFailedAppendLeavesTheLogAsBeforeAndTheNextOneFollows)
     ASSERT_TRUE(log->Append(first).ok());
     ASSERT_EQ(fs::file_size(path), one);
 
-    struct rlimit old {};
-    ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
-    auto old_handler = ::signal(SIGXFSZ, SIG_IGN);  // the write then fails with EFBIG
-    struct rlimit lim = old;
-    lim.rlim_cur = limit;
-    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &lim), 0);
-    const Status s = log->Append(second);
-    ::setrlimit(RLIMIT_FSIZE, &old);
-    ::signal(SIGXFSZ, old_handler);
+    // The write then fails with EFBIG.
+    const Status s = test::WithFileSizeLimit(limit, [&] { return log->Append(second); });
 
     EXPECT_FALSE(s.ok());
     EXPECT_NE(s.message().find(path.string()), std::string::npos) << s.message();

@@ -1,6 +1,11 @@
 #pragma once
 // Helpers shared by the unit tests of every layer: deterministic pseudo-random bytes, fixed
-// keys, whole-file reads and writes. Temporary directories are in temp_dir.h (included).
+// keys, whole-file reads and writes, a full disk. Temporary directories are in temp_dir.h
+// (included).
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
 
 #include <cstdint>
 #include <filesystem>
@@ -40,6 +45,23 @@ inline Bytes ReadFileBytes(const std::filesystem::path& p) {
 inline void WriteFileBytes(const std::filesystem::path& p, ByteSpan data) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);
   out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+}
+
+// Runs `f` with this process's files unable to grow past `limit` bytes (RLIMIT_FSIZE, SIGXFSZ
+// ignored: a write past it is cut short, then fails with EFBIG, as on a full disk), and
+// returns what it returns. The limit and the signal's handler are restored after.
+template <typename F>
+auto WithFileSizeLimit(std::uint64_t limit, F&& f) {
+  struct rlimit old {};
+  EXPECT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+  auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old;
+  lim.rlim_cur = limit;
+  EXPECT_EQ(::setrlimit(RLIMIT_FSIZE, &lim), 0);
+  auto result = f();
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  ::signal(SIGXFSZ, old_handler);
+  return result;
 }
 
 }  // namespace foreverfs::test
