@@ -78,7 +78,7 @@ Status OpenFile::Reap(std::size_t keep) {
           REQUIRES(mu_) -> Status {
             if (id.ok()) {
               manifest_.Set(index, *id);
-              dirty_.erase(index);
+              ForgetDirty(index, index + 1);
               return Ok();
             }
             // Not lost: into staging, where the commit stores it again (and reports the
@@ -88,7 +88,8 @@ Status OpenFile::Reap(std::size_t keep) {
             Status s = EnsureStaging();
             if (!s.ok()) return s;  // no staging either: the write that gets this error failed
             s = staging_->Write(Slot(index), data);
-            dirty_.insert(index);  // a failed write leaves its pages unreadable, never stale
+            partial_.erase(index);  // all of it in staging (it never is partial: see Write)
+            dirty_.insert(index);   // a failed write leaves its pages unreadable, never stale
             written_.insert(index);
             return s;
           });
@@ -99,6 +100,7 @@ Status OpenFile::SpillBuffer() {
   const std::uint64_t i = pipeline_.index();
   if (auto s = EnsureStaging(); !s.ok()) return s;
   if (auto s = staging_->Write(Slot(i), pipeline_.buffer()); !s.ok()) return s;
+  partial_.erase(i);
   dirty_.insert(i);
   written_.insert(i);
   pipeline_.Drop();
@@ -108,8 +110,90 @@ Status OpenFile::SpillBuffer() {
 void OpenFile::ForgetPast(std::uint64_t size) {
   const std::uint64_t n = (size + kCS - 1) / kCS;
   manifest_.KeepFirst(n);
-  dirty_.erase(dirty_.lower_bound(n), dirty_.end());
+  ForgetDirty(n, kNone);
   written_.erase(written_.lower_bound(n), written_.end());
+}
+
+void OpenFile::ForgetDirty(std::uint64_t first, std::uint64_t last) {
+  dirty_.erase(dirty_.lower_bound(first), dirty_.lower_bound(last));
+  partial_.erase(partial_.lower_bound(first), partial_.lower_bound(last));
+}
+
+template <typename F>
+Status OpenFile::ForEachRun(const Partial& p, std::uint64_t from, std::uint64_t to, F&& f) {
+  while (from < to) {
+    const bool staged = p.staged[static_cast<std::size_t>(from / kPage)];
+    std::uint64_t run_end = (from / kPage + 1) * kPage;
+    while (run_end < to && p.staged[static_cast<std::size_t>(run_end / kPage)] == staged) {
+      run_end += kPage;
+    }
+    run_end = std::min(run_end, to);
+    if (auto s = f(staged, from, run_end); !s.ok()) return s;
+    from = run_end;
+  }
+  return Ok();
+}
+
+Status OpenFile::FillPage(std::uint64_t i, Partial& p, std::uint64_t page) {
+  std::array<std::uint8_t, kPage> bytes{};
+  const std::uint64_t at = page * kPage;
+  if (at < p.base_len) {
+    const auto n = static_cast<std::size_t>(std::min(kPage, p.base_len - at));
+    if (auto s =
+            host_.ReadChunk(p.base, static_cast<std::size_t>(at), MutableByteSpan(bytes.data(), n));
+        !s.ok()) {
+      return s;
+    }
+  }
+  // Staged even if the write fails: StagingFile then reads the page as an error, never as
+  // whatever it held before.
+  p.staged.set(static_cast<std::size_t>(page));
+  return staging_->Write(Slot(i) + at, ByteSpan(bytes.data(), bytes.size()));
+}
+
+Status OpenFile::StagePartial(std::uint64_t i, std::uint64_t in, ByteSpan data) {
+  Partial& p = partial_.at(i);
+  const std::uint64_t end = in + data.size();
+  const std::uint64_t first = in / kPage, last = (end - 1) / kPage;
+  // The pages the write covers only in part come in whole first (StagingFile keeps the bytes
+  // around a write from what it holds, which for a page not staged is not the file's).
+  for (const std::uint64_t page : {first, last}) {
+    const bool cut = in > page * kPage || end < (page + 1) * kPage;
+    if (cut && !p.staged[static_cast<std::size_t>(page)]) {
+      if (auto s = FillPage(i, p, page); !s.ok()) return s;
+    }
+    if (first == last) break;
+  }
+  for (std::uint64_t page = first; page <= last; ++page)
+    p.staged.set(static_cast<std::size_t>(page));
+  Status s = staging_->Write(Slot(i) + in, data);
+  if (p.staged.all()) partial_.erase(i);  // staging holds all of it now
+  return s;
+}
+
+Status OpenFile::MergePartial(std::uint64_t i, const Partial& p, MutableByteSpan out) {
+  // The base whole (each segment decrypted once, in the pieces CopyChunk reads through
+  // buffers it keeps), unless staging covers it.
+  const auto have = static_cast<std::size_t>(std::min<std::uint64_t>(p.base_len, out.size()));
+  bool needs_base = false;
+  for (std::uint64_t page = 0; page * kPage < have && !needs_base; ++page) {
+    needs_base = !p.staged[static_cast<std::size_t>(page)];
+  }
+  if (needs_base) {
+    auto s = host_.CopyChunk(p.base, have, [&](std::uint64_t at, ByteSpan piece) {
+      std::memcpy(out.data() + at, piece.data(), piece.size());
+      return Ok();
+    });
+    if (!s.ok()) return s;
+  }
+  std::memset(out.data() + have, 0, out.size() - have);
+  const std::uint64_t slot = Slot(i);
+  return ForEachRun(
+      p, 0, out.size(), [&](bool staged, std::uint64_t a, std::uint64_t b) REQUIRES(mu_) {
+        if (!staged) return Ok();
+        return staging_->Read(
+            slot + a, out.subspan(static_cast<std::size_t>(a), static_cast<std::size_t>(b - a)));
+      });
 }
 
 bool OpenFile::HasData(std::uint64_t i) const {
@@ -181,6 +265,7 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out, Re
   std::vector<FromChunk> from_chunks;
   std::vector<cas::ChunkId> prefetch;
   std::size_t len = 0;
+  bool any_partial = false;  // no read window then: its segment may hold staged pages
   if (window) window->n = 0;
   {
     MutexLock lock(mu_);
@@ -199,6 +284,24 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out, Re
         std::size_t avail = in < b.size() ? std::min(n, b.size() - in) : 0;
         if (avail) std::memcpy(dst, b.data() + in, avail);
         if (avail < n) std::memset(dst + avail, 0, n - avail);
+      } else if (auto part = partial_.find(i); part != partial_.end()) {
+        // Staged pages from staging now; the others from the old chunk after mu_ is let go,
+        // like any committed chunk (zeros past the part of it that is the file's).
+        any_partial = true;
+        const Partial& p = part->second;
+        const std::uint64_t slot = Slot(i);
+        auto s = ForEachRun(
+            p, in, in + n,
+            [&](bool staged, std::uint64_t a, std::uint64_t b) REQUIRES(mu_) -> Status {
+              std::uint8_t* to = dst + (a - in);
+              if (staged) return staging_->Read(slot + a, MutableByteSpan(to, b - a));
+              const std::uint64_t valid = std::clamp(p.base_len, a, b);
+              if (valid > a)
+                from_chunks.push_back({p.base, static_cast<std::size_t>(a), to, valid - a});
+              std::memset(to + (valid - a), 0, b - valid);
+              return Ok();
+            });
+        if (!s.ok()) return s;
       } else if (dirty_.contains(i)) {
         if (auto s = staging_->Read(Slot(i) + in, MutableByteSpan(dst, n)); !s.ok()) return s;
       } else if (manifest_.IsHole(i)) {
@@ -224,7 +327,7 @@ Result<std::size_t> OpenFile::Read(std::uint64_t offset, MutableByteSpan out, Re
     }
     // The whole segment instead of the part, when the part is all of the read and lies inside
     // one segment: the same disk read and decryption, and the rest is worth keeping.
-    if (window && from_chunks.size() == 1 && from_chunks[0].n == len) {
+    if (window && !any_partial && from_chunks.size() == 1 && from_chunks[0].n == len) {
       const FromChunk& c = from_chunks[0];
       const std::uint64_t chunk_start = offset - c.in;
       const std::size_t seg = c.in / ReadWindow::kSize * ReadWindow::kSize;
@@ -304,10 +407,17 @@ Status OpenFile::StageWrite(std::uint64_t i, std::uint64_t offset, ByteSpan data
     if (covers_old && (!written_.contains(i) || covers_all)) {
       dirty_.insert(i);  // nothing of the old chunk survives this write
       written_.insert(i);
+    } else if (old_valid > 0 && !covers_old) {
+      // Only the pages written go to staging; the rest stay the old chunk's until the commit.
+      // (Stale bytes in the slot, written_, are never read: only staged pages are.)
+      partial_.insert_or_assign(i, Partial{manifest_.Get(i), old_valid, {}});
+      dirty_.insert(i);
+      written_.insert(i);
     } else if (auto s = Materialize(i); !s.ok()) {
       return s;
     }
   }
+  if (partial_.contains(i)) return StagePartial(i, offset % kCS, data);
   return staging_->Write(Slot(i) + offset % kCS, data);
 }
 
@@ -326,6 +436,11 @@ Status OpenFile::Truncate(std::uint64_t size) {
     const std::uint64_t k = size / kCS;
     if (size % kCS != 0 && !dirty_.contains(k)) {
       if (auto s = Materialize(k); !s.ok()) return s;
+    }
+    // A partial chunk keeps of its old chunk only what is still the file's; its staged pages
+    // past the cut are zeroed below.
+    if (auto part = partial_.find(k); part != partial_.end()) {
+      part->second.base_len = std::min(part->second.base_len, size % kCS);
     }
     // Staging beyond the new end must read as zeros if the file grows again: the rest of the
     // cut chunk is zeroed, chunks past it lose their slots (a new slot reads as zeros).
@@ -370,7 +485,7 @@ Status OpenFile::ZeroRange(std::uint64_t offset, std::uint64_t length, bool keep
         end == size_ || end % kCS == 0 ? (end + kCS - 1) / kCS : end / kCS;
     if (first_full < last_full) {
       manifest_.Punch(first_full, last_full);
-      dirty_.erase(dirty_.lower_bound(first_full), dirty_.lower_bound(last_full));
+      ForgetDirty(first_full, last_full);
     }
     // The partial chunks at either end get zeros written over the range (within the size).
     const Bytes zeros(static_cast<std::size_t>(kCS), 0);
@@ -474,7 +589,7 @@ Status OpenFile::StoreStaged(bool background) {
       return;
     }
     manifest_.Set(p.index, *id);
-    dirty_.erase(p.index);
+    ForgetDirty(p.index, p.index + 1);
     FreeStaged(p.index);
   };
   const std::vector<std::uint64_t> staged(dirty_.begin(), dirty_.end());
@@ -488,7 +603,18 @@ Status OpenFile::StoreStaged(bool background) {
       spare.pop_back();
     }
     buf->resize(static_cast<std::size_t>(ChunkLen(i)));
-    if (auto s = staging_->Read(Slot(i), *buf); !s.ok()) {
+    // The old chunks of the next partial chunks are read from disk while this one is merged
+    // and stored (a random writer's old chunks are cold: nothing read them since).
+    for (std::size_t ahead = k == 0 ? 0 : k + kMergeAhead; ahead <= k + kMergeAhead; ++ahead) {
+      if (ahead >= staged.size()) break;
+      if (auto next = partial_.find(staged[ahead]); next != partial_.end()) {
+        host_.PrefetchChunk(next->second.base);
+      }
+    }
+    auto part = partial_.find(i);
+    if (auto s = part != partial_.end() ? MergePartial(i, part->second, *buf)
+                                        : staging_->Read(Slot(i), *buf);
+        !s.ok()) {
       failed = s;
       break;
     }
@@ -571,6 +697,7 @@ Status OpenFile::Commit() {
   record_ = rec;
   SetVersion(rec.version);
   dirty_.clear();
+  partial_.clear();
   deferred_ = {};
   changed_ = false;
   pipeline_.Drop();
@@ -607,6 +734,7 @@ void OpenFile::AdoptRemote() {
   size_ = rec.size;
   mtime_ns_ = rec.mtime_ns;
   dirty_.clear();
+  partial_.clear();
   // Nothing staged is current any more. Drop the staging file: chunks cut off by a smaller
   // size would otherwise lose their written_ mark while their stale bytes stay in staging, and
   // a later write or truncate that grows the file would expose them.

@@ -1,9 +1,12 @@
 #pragma once
 // The state of a file while any handle has it open: a working manifest, a size, and a staging
 // file (unlinked O_TMPFILE, so a crash leaves nothing behind) holding the chunks written since
-// the last commit, encrypted (see StagingFile). A chunk is copied into staging before a partial
-// write touches it (copy-on-write), so a commit only re-reads, hashes and stores the chunks that
-// changed. Writes that fill a chunk in order from its start (cp, dd, tar: nearly every write)
+// the last commit, encrypted (see StagingFile). A write into part of a committed chunk stages
+// only the 4 KiB pages it touches (the chunk becomes Partial: the pages not written are still
+// the committed chunk's), and the commit merges them with the old chunk, so a commit only
+// re-reads, hashes and stores the chunks that changed, and a random writer's first write into a
+// chunk costs a page, not a copy of the megabyte. Writes that fill a chunk in order from its
+// start (cp, dd, tar: nearly every write)
 // skip staging: they go through the file's WritePipeline (write_pipeline.h), which stores each
 // chunk as soon as it is full, so those bytes are written once, while the file is still being
 // written.
@@ -11,6 +14,7 @@
 // Thread-safe; all handles of one inode share one OpenFile.
 
 #include <atomic>
+#include <bitset>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -93,6 +97,7 @@ class OpenFile {
   // refuses stays dirty in staging, and the first such error is returned.
   Status StoreStaged(bool background) REQUIRES(mu_);
   static constexpr std::size_t kStagedInFlight = 2;  // chunks on the store queue at once
+  static constexpr std::size_t kMergeAhead = 8;      // old chunks read ahead of their merge
   // Punches chunk `index`'s slot once the chunk is stored (its dirty pages are never written).
   void FreeStaged(std::uint64_t index) REQUIRES(mu_);
   // Where chunk `i` lives in staging (a slot is given on first use and never reused while the
@@ -120,6 +125,32 @@ class OpenFile {
       REQUIRES(mu_);
   // Copies chunk `index`'s committed bytes into its staging slot (zeros past the chunk's end).
   Status Materialize(std::uint64_t index) REQUIRES(mu_);
+
+  // Page staging. A chunk in partial_ is dirty, but staging holds only its `staged` pages; every
+  // other page is the committed chunk's: the first `base_len` bytes of `base`, zeros past them.
+  // Pages, not bytes: a write that covers part of a page not staged yet first copies that page
+  // in (FillPage), so a staged page is always whole. Once every page is staged the chunk is
+  // an ordinary dirty chunk.
+  static constexpr std::uint64_t kPage = StagingFile::kPage;
+  static constexpr std::size_t kChunkPages = cas::kChunkSize / kPage;
+  struct Partial {
+    cas::ChunkId base;
+    std::uint64_t base_len = 0;  // at most kCS; never more than the file holds of the chunk
+    std::bitset<kChunkPages> staged;
+  };
+  // Calls f(staged, from, to) for each run of pages of one kind that [from, to) (bytes within
+  // the chunk) crosses, clipped to [from, to), in order; stops at the first error f returns.
+  template <typename F>
+  Status ForEachRun(const Partial& p, std::uint64_t from, std::uint64_t to, F&& f) REQUIRES(mu_);
+  // A write of `data` at `in` within partial chunk `i`.
+  Status StagePartial(std::uint64_t i, std::uint64_t in, ByteSpan data) REQUIRES(mu_);
+  // Copies page `page` of partial chunk `i`'s base into staging and marks it staged.
+  Status FillPage(std::uint64_t i, Partial& p, std::uint64_t page) REQUIRES(mu_);
+  // The whole of partial chunk `i` into `out` (its length in the file): the base, then the
+  // staged pages over it.
+  Status MergePartial(std::uint64_t i, const Partial& p, MutableByteSpan out) REQUIRES(mu_);
+  // Drops chunks [first, last) from dirty_ and partial_.
+  void ForgetDirty(std::uint64_t first, std::uint64_t last) REQUIRES(mu_);
   // Forgets chunks past `size` (the file shrank).
   void ForgetPast(std::uint64_t size) REQUIRES(mu_);
   std::uint64_t ChunkLen(std::uint64_t index) const REQUIRES(mu_);
@@ -138,6 +169,7 @@ class OpenFile {
   // Sets, not one flag per chunk: a 16 TiB sparse file costs nothing per chunk.
   std::set<std::uint64_t> dirty_ GUARDED_BY(mu_);    // chunks whose current bytes are in staging
   std::set<std::uint64_t> written_ GUARDED_BY(mu_);  // chunks staging holds bytes for (maybe stale)
+  std::map<std::uint64_t, Partial> partial_ GUARDED_BY(mu_);  // dirty chunks staged in part
   std::uint64_t size_ GUARDED_BY(mu_);
   std::int64_t mtime_ns_ GUARDED_BY(mu_);
   SetAttrRequest deferred_ GUARDED_BY(mu_);  // mode, owner and atime for the next commit

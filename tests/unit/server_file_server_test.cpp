@@ -361,6 +361,123 @@ TEST_P(FileServerModelTest, RandomWritesAndTruncatesMatchAModel) {
 INSTANTIATE_TEST_SUITE_P(Seeds, FileServerModelTest,
                          ::testing::Values(7, 1234, 99, 5, 42, 2026, 31337, 8));
 
+// Small writes into committed chunks (page staging: only the pages written are staged, the
+// rest read from the old chunk until the commit merges them), page-aligned and not, with
+// reads, hole punches, zeroed ranges, growth and commits between them, against a model.
+class FileServerPageModelTest : public FileServerTest,
+                                public ::testing::WithParamInterface<std::uint64_t> {};
+
+TEST_P(FileServerPageModelTest, SmallWritesIntoCommittedChunksMatchAModel) {
+  constexpr std::uint64_t kPage = 4096;
+  std::mt19937_64 rng(GetParam());
+  auto pick = [&](std::uint64_t lo, std::uint64_t hi) {
+    return std::uniform_int_distribution<std::uint64_t>(lo, hi)(rng);
+  };
+  std::uint64_t h = CreateFile("pages");
+  const InodeId id = IdOf("/pages");
+  // 3.5 chunks, committed: the old chunks the writes below land in (the last one short).
+  Bytes model = Pattern(static_cast<std::size_t>(3 * kCS + kCS / 2 + 100), 1);
+  WriteAt(h, 0, model);
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  std::uint32_t seed = 100;
+  auto check_all = [&](int step) {
+    Bytes all = ReadRange(h, 0, model.size() + 10);
+    ASSERT_EQ(all.size(), model.size()) << "step " << step;
+    ASSERT_TRUE(all == model) << "step " << step << ": first difference at "
+                              << (std::mismatch(all.begin(), all.end(), model.begin()).first -
+                                  all.begin());
+  };
+  for (int step = 0; step < 300; ++step) {
+    const auto op = pick(0, 99);
+    if (op < 45) {
+      // Whole pages (fio, databases), or any bytes (a page cut at either end or both), rarely
+      // past the end; a chunk's first and last page and its last byte often.
+      const auto kind = pick(0, 9);
+      std::uint64_t off;
+      std::size_t len;
+      if (kind < 5) {
+        off = pick(0, (model.size() + kPage) / kPage) * kPage;
+        len = static_cast<std::size_t>(pick(1, 4) * kPage);
+      } else if (kind < 7) {
+        off = pick(1, 4) * kCS - pick(0, 2) * kPage - pick(0, 1);
+        len = static_cast<std::size_t>(pick(1, 3 * kPage));
+      } else {
+        off = pick(0, model.size() + 2 * kPage);
+        len = static_cast<std::size_t>(pick(1, 9000));
+      }
+      Bytes data = Pattern(len, ++seed);
+      WriteAt(h, off, data);
+      if (model.size() < off + len) model.resize(off + len, 0);
+      std::copy(data.begin(), data.end(), model.begin() + static_cast<std::ptrdiff_t>(off));
+    } else if (op < 52) {
+      // A hole punched or a range zeroed, not committed: whole chunks become holes, the
+      // partial ends are written as zeros.
+      const std::uint64_t off = pick(0, model.size());
+      const std::uint64_t len = pick(1, pick(0, 1) ? 3 * kPage : 2 * kCS);
+      const bool punch = pick(0, 1);
+      const int mode = punch ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE;
+      ASSERT_TRUE(fs_->Fallocate(h, mode, off, len).ok()) << "step " << step;
+      const std::uint64_t end =
+          punch ? std::min<std::uint64_t>(off + len, model.size()) : off + len;
+      if (model.size() < end) model.resize(end, 0);
+      std::fill(model.begin() + static_cast<std::ptrdiff_t>(off),
+                model.begin() + static_cast<std::ptrdiff_t>(end), 0);
+    } else if (op < 56) {
+      // The file grows without a commit (fallocate mode 0): the old chunks' ends read as zeros.
+      const std::uint64_t size = model.size() + pick(1, kCS);
+      ASSERT_TRUE(fs_->Fallocate(h, 0, 0, size).ok());
+      model.resize(size, 0);
+    } else if (op < 61) {
+      // Truncate (SetAttr commits): into the middle of a chunk, often one written in part.
+      const std::uint64_t size = pick(0, 9) < 2 ? pick(1, 4) * kCS : pick(0, 4 * kCS);
+      SetAttrRequest req;
+      req.size = size;
+      ASSERT_TRUE(fs_->SetAttr(id, req).ok());
+      model.resize(size, 0);
+    } else if (op < 68) {
+      ASSERT_TRUE(fs_->Flush(h).ok());
+    } else if (op < 71) {
+      fs_->Release(h);
+      auto reopened = fs_->Open(id, O_RDWR);
+      ASSERT_TRUE(reopened.ok());
+      h = *reopened;
+    } else {
+      // Reads of a page, of bytes across staged and unstaged pages, of whole chunks, with a
+      // read window (which must never hold a page older than what was written since).
+      const std::uint64_t off =
+          pick(0, 9) < 5 ? pick(0, model.size() / kPage) * kPage : pick(0, model.size() + 10);
+      const std::size_t len =
+          static_cast<std::size_t>(pick(0, 1) ? pick(1, 3 * kPage) : pick(1, 2 * kCS));
+      Bytes got(len), wbuf(ReadWindow::kSize);
+      ReadWindow w;
+      w.buf = wbuf;
+      auto n = fs_->Read(h, off, got, &w);
+      ASSERT_TRUE(n.ok()) << n.status().message();
+      const std::size_t want =
+          off >= model.size() ? 0 : std::min<std::size_t>(len, model.size() - off);
+      ASSERT_EQ(*n, want) << "step " << step;
+      ASSERT_TRUE(std::equal(got.begin(), got.begin() + static_cast<std::ptrdiff_t>(want),
+                             model.begin() + static_cast<std::ptrdiff_t>(off)))
+          << "step " << step << " read at " << off;
+      if (w.n) {
+        ASSERT_LE(w.offset + w.n, model.size());
+        ASSERT_TRUE(std::equal(wbuf.begin(), wbuf.begin() + static_cast<std::ptrdiff_t>(w.n),
+                               model.begin() + static_cast<std::ptrdiff_t>(w.offset)))
+            << "step " << step << ": a stale read window at " << w.offset;
+      }
+    }
+    if (step % 20 == 0) check_all(step);
+  }
+  check_all(-1);
+  fs_->Release(h);
+  auto got = GetBytes("/pages");
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(*got == model);
+}
+
+INSTANTIATE_TEST_SUITE_P(Seeds, FileServerPageModelTest,
+                         ::testing::Values(1, 2, 3, 17, 99, 2026, 4242, 65537));
+
 // Writes in order from a chunk's start go to the chunk store as each chunk fills, before any
 // commit, and bypass staging; the file reads right throughout and commits whole.
 TEST_F(FileServerTest, SequentialWritesStoreEachChunkAsItFills) {
@@ -925,6 +1042,16 @@ TEST_F(FileServerTest, AReadWindowIsNeverOfUncommittedBytesOrHoles) {
   ASSERT_TRUE(fs_->Flush(h).ok());
   ASSERT_TRUE(fs_->Read(h, 4096, out, &w).ok());
   EXPECT_EQ(w.n, kW) << "committed by the flush";
+  // One page of the committed chunk rewritten (staged alone): a read of the page beside it
+  // comes from the old chunk, but its segment would bring the old page back.
+  const Bytes page = Pattern(4096, 43);
+  WriteAt(h, 0, page);
+  ASSERT_TRUE(fs_->Read(h, 4096, out, &w).ok());
+  EXPECT_EQ(w.n, 0u) << "a segment holding a page written since";
+  EXPECT_EQ(out, Bytes(data.begin() + 4096, data.begin() + 8192));
+  ASSERT_TRUE(fs_->Read(h, 0, out, &w).ok());
+  EXPECT_EQ(out, page);
+  ASSERT_TRUE(fs_->Flush(h).ok());
   SetAttrRequest grow;
   grow.size = 3 * kCS;
   ASSERT_TRUE(fs_->SetAttr(IdOf("/f"), grow).ok());
