@@ -102,6 +102,15 @@ class FileServerTest : public ::testing::Test {
     return out;
   }
 
+  // Reading all of the file through handle `h` gives `model` (else the first difference).
+  void ExpectWholeFile(std::uint64_t h, const Bytes& model, int step) {
+    Bytes all = ReadRange(h, 0, model.size() + 10);
+    ASSERT_EQ(all.size(), model.size()) << "step " << step;
+    ASSERT_TRUE(all == model) << "step " << step << ": first difference at "
+                              << (std::mismatch(all.begin(), all.end(), model.begin()).first -
+                                  all.begin());
+  }
+
   void WriteAt(std::uint64_t h, std::uint64_t off, ByteSpan data) {
     auto n = fs_->Write(h, off, data);
     ASSERT_TRUE(n.ok()) << n.status().message();
@@ -294,11 +303,7 @@ TEST_P(FileServerModelTest, RandomWritesAndTruncatesMatchAModel) {
     auto attr = fs_->GetAttr(id);
     ASSERT_TRUE(attr.ok());
     ASSERT_EQ(attr->rec.size, model.size()) << when << " step " << step;
-    Bytes all = ReadRange(h, 0, model.size() + 10);
-    ASSERT_EQ(all.size(), model.size()) << when << " step " << step;
-    ASSERT_TRUE(all == model) << when << " step " << step << ": first difference at "
-                              << (std::mismatch(all.begin(), all.end(), model.begin()).first -
-                                  all.begin());
+    ExpectWholeFile(h, model, step);
   };
 
   for (int step = 0; step < 150; ++step) {
@@ -380,13 +385,8 @@ TEST_P(FileServerPageModelTest, SmallWritesIntoCommittedChunksMatchAModel) {
   WriteAt(h, 0, model);
   ASSERT_TRUE(fs_->Flush(h).ok());
   std::uint32_t seed = 100;
-  auto check_all = [&](int step) {
-    Bytes all = ReadRange(h, 0, model.size() + 10);
-    ASSERT_EQ(all.size(), model.size()) << "step " << step;
-    ASSERT_TRUE(all == model) << "step " << step << ": first difference at "
-                              << (std::mismatch(all.begin(), all.end(), model.begin()).first -
-                                  all.begin());
-  };
+  auto check_all = [&](int step) { ExpectWholeFile(h, model, step); };
+
   for (int step = 0; step < 300; ++step) {
     const auto op = pick(0, 99);
     if (op < 45) {
