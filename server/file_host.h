@@ -62,6 +62,9 @@ class FileHost {
   // A hint that the local chunk `id` is read next (cas::ChunkStore::Prefetch); never waits on
   // the network. The default does nothing.
   virtual void PrefetchChunk(const cas::ChunkId& id) { (void)id; }
+  // The chunk is in the local store (readable without a peer, unless damaged); never waits on
+  // the network.
+  virtual bool HasChunkLocally(const cas::ChunkId& id) = 0;
 
   // --- writing
   // Where staging files are made.

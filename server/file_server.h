@@ -208,6 +208,7 @@ class FileServer : public FileHost {
   Status CopyChunk(const cas::ChunkId& id, std::uint64_t len,
                    const std::function<Status(std::uint64_t, ByteSpan)>& sink) override;
   void PrefetchChunk(const cas::ChunkId& id) override { store_.Prefetch(id); }
+  bool HasChunkLocally(const cas::ChunkId& id) override { return store_.Has(id); }
   NamespaceDb& ns() { return ns_; }
   cas::ChunkStore& store() { return store_; }
   // When each chunk was last read here (ReadChunk, LoadChunk), as a counter that only grows;

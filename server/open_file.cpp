@@ -145,10 +145,10 @@ Status OpenFile::FillPage(std::uint64_t i, Partial& p, std::uint64_t page) {
       return s;
     }
   }
-  // Staged even if the write fails: StagingFile then reads the page as an error, never as
-  // whatever it held before.
-  p.staged.set(static_cast<std::size_t>(page));
-  return staging_->Write(Slot(i) + at, ByteSpan(bytes.data(), bytes.size()));
+  // Staged only once written: after a failed write the page is still the old chunk's.
+  Status s = staging_->Write(Slot(i) + at, ByteSpan(bytes.data(), bytes.size()));
+  if (s.ok()) p.staged.set(static_cast<std::size_t>(page));
+  return s;
 }
 
 Status OpenFile::StagePartial(std::uint64_t i, std::uint64_t in, ByteSpan data) {
@@ -164,9 +164,15 @@ Status OpenFile::StagePartial(std::uint64_t i, std::uint64_t in, ByteSpan data) 
     }
     if (first == last) break;
   }
-  for (std::uint64_t page = first; page <= last; ++page)
+  const auto filled = p.staged;
+  for (std::uint64_t page = first; page <= last; ++page) {
     p.staged.set(static_cast<std::size_t>(page));
+  }
   Status s = staging_->Write(Slot(i) + in, data);
+  // A failed write leaves the pages it covers the old chunk's again (StagingFile takes every
+  // one of them as lost, whether it reached it or not); pages staged before it that it
+  // touched read as errors, never as wrong bytes.
+  if (!s.ok()) p.staged = filled;
   if (p.staged.all()) partial_.erase(i);  // staging holds all of it now
   return s;
 }
@@ -407,9 +413,12 @@ Status OpenFile::StageWrite(std::uint64_t i, std::uint64_t offset, ByteSpan data
     if (covers_old && (!written_.contains(i) || covers_all)) {
       dirty_.insert(i);  // nothing of the old chunk survives this write
       written_.insert(i);
-    } else if (old_valid > 0 && !covers_old) {
+    } else if (old_valid > 0 && !covers_old && host_.HasChunkLocally(manifest_.Get(i))) {
       // Only the pages written go to staging; the rest stay the old chunk's until the commit.
-      // (Stale bytes in the slot, written_, are never read: only staged pages are.)
+      // (Stale bytes in the slot, written_, are never read: only staged pages are.) Only for
+      // an old chunk stored here: one held by peers alone is fetched now, by Materialize, so
+      // that the write fails if no peer has it, and the commit, which may hold the namespace
+      // lock, never waits on the network for it.
       partial_.insert_or_assign(i, Partial{manifest_.Get(i), old_valid, {}});
       dirty_.insert(i);
       written_.insert(i);
@@ -437,15 +446,15 @@ Status OpenFile::Truncate(std::uint64_t size) {
     if (size % kCS != 0 && !dirty_.contains(k)) {
       if (auto s = Materialize(k); !s.ok()) return s;
     }
-    // A partial chunk keeps of its old chunk only what is still the file's; its staged pages
-    // past the cut are zeroed below.
-    if (auto part = partial_.find(k); part != partial_.end()) {
-      part->second.base_len = std::min(part->second.base_len, size % kCS);
-    }
     // Staging beyond the new end must read as zeros if the file grows again: the rest of the
     // cut chunk is zeroed, chunks past it lose their slots (a new slot reads as zeros).
     if (auto it = slots_.find(k); it != slots_.end() && size % kCS != 0) {
       if (auto s = staging_->Zero(it->second + size % kCS, kCS - size % kCS); !s.ok()) return s;
+    }
+    // A partial chunk keeps of its old chunk only what is still the file's (once nothing can
+    // fail: a truncate that fails changes nothing).
+    if (auto part = partial_.find(k); part != partial_.end()) {
+      part->second.base_len = std::min(part->second.base_len, size % kCS);
     }
     slots_.erase(slots_.lower_bound(size % kCS == 0 ? k : k + 1), slots_.end());
     size_ = size;

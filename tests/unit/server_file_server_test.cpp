@@ -478,6 +478,153 @@ TEST_P(FileServerPageModelTest, SmallWritesIntoCommittedChunksMatchAModel) {
 INSTANTIATE_TEST_SUITE_P(Seeds, FileServerPageModelTest,
                          ::testing::Values(1, 2, 3, 17, 99, 2026, 4242, 65537));
 
+// Page staging at its boundaries: one byte at a chunk's first and last byte, a page exactly
+// at a chunk's end, the last page of a short last chunk and its last byte, one byte past the
+// end, a hole punched across two chunks staged in part, and a truncate into a page then
+// growth, each checked against a model.
+TEST_F(FileServerTest, PageStagingAtTheBoundaries) {
+  constexpr std::uint64_t kPage = 4096;
+  const std::uint64_t h = CreateFile("b");
+  Bytes model = Pattern(static_cast<std::size_t>(2 * kCS + 5000), 1);
+  WriteAt(h, 0, model);
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  std::uint32_t seed = 10;
+  auto write = [&](std::uint64_t off, std::size_t len) {
+    const Bytes d = Pattern(len, ++seed);
+    WriteAt(h, off, d);
+    if (model.size() < off + len) model.resize(off + len, 0);
+    std::copy(d.begin(), d.end(), model.begin() + static_cast<std::ptrdiff_t>(off));
+    ExpectWholeFile(h, model, static_cast<int>(seed));
+  };
+  write(0, 1);
+  write(kCS - 1, 1);
+  write(kCS - kPage, kPage);
+  write(2 * kCS + 4999, 1);
+  write(2 * kCS + 4096, 904);
+  write(2 * kCS + 4095, 2);
+  write(kCS + kPage, kPage);
+  write(2 * kCS + 5000, 1);
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  ExpectWholeFile(h, model, 100);
+  write(2 * kCS + 4999, 1);
+  write(kCS - 1, 1);
+  write(kCS, 1);
+  ASSERT_TRUE(fs_->Fallocate(h, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, kCS - 10, 20).ok());
+  std::fill(model.begin() + kCS - 10, model.begin() + kCS + 10, 0);
+  ExpectWholeFile(h, model, 101);
+  SetAttrRequest req;
+  req.size = 2 * kCS + 4097;
+  ASSERT_TRUE(fs_->SetAttr(IdOf("/b"), req).ok());
+  model.resize(static_cast<std::size_t>(2 * kCS + 4097));
+  ASSERT_TRUE(fs_->Fallocate(h, 0, 0, 3 * kCS).ok());
+  model.resize(static_cast<std::size_t>(3 * kCS), 0);
+  ExpectWholeFile(h, model, 102);
+  write(2 * kCS + 8000, 1);
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  ExpectWholeFile(h, model, 103);
+  fs_->Release(h);
+  auto got = GetBytes("/b");
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(*got == model);
+}
+
+// Every page of a chunk written one at a time, in reverse: the chunk ends up wholly in
+// staging (an ordinary dirty chunk), reads right on the way and commits whole.
+TEST_F(FileServerTest, AChunkWrittenPageByPageEndsWhollyStaged) {
+  constexpr std::uint64_t kPage = 4096;
+  const std::uint64_t h = CreateFile("p");
+  Bytes model = Pattern(static_cast<std::size_t>(kCS + 10), 1);
+  WriteAt(h, 0, model);
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  for (std::uint64_t page = kCS / kPage; page-- > 0;) {
+    const Bytes d = Pattern(kPage, static_cast<std::uint32_t>(page + 2));
+    WriteAt(h, page * kPage, d);
+    std::copy(d.begin(), d.end(), model.begin() + static_cast<std::ptrdiff_t>(page * kPage));
+    if (page % 64 == 0) ExpectWholeFile(h, model, static_cast<int>(page));
+  }
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  ExpectWholeFile(h, model, -1);
+  fs_->Release(h);
+  auto got = GetBytes("/p");
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(*got == model);
+}
+
+// A write into a chunk staged in part that fails before it writes (it cannot read the page
+// lost by an earlier failed write around it) leaves the pages it did not reach the old
+// chunk's: they read, and commit, as the old bytes, never as zeros.
+TEST_F(FileServerTest, AFailedWriteIntoAChunkStagedInPartLeavesTheOldBytes) {
+  constexpr std::uint64_t kPage = 4096;
+  const std::uint64_t h = CreateFile("f");
+  const Bytes old = Pattern(kCS, 1);
+  WriteAt(h, 0, old);
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  const Bytes page = Pattern(kPage, 2);
+  WriteAt(h, kPage, page);  // page 1 staged
+  // Staging may not grow past its first page: rewriting page 1 fails, and page 1 is lost.
+  auto lost = test::WithFileSizeLimit(kPage, [&] { return fs_->Write(h, kPage, page); });
+  ASSERT_FALSE(lost.ok());
+  // Cut at both ends, so it reads around itself, and page 1 cannot be read.
+  auto failed = fs_->Write(h, kPage + 100, Pattern(3 * kPage, 3));
+  ASSERT_FALSE(failed.ok());
+  const Bytes old_pages(old.begin() + 2 * kPage, old.begin() + 4 * kPage);
+  EXPECT_EQ(ReadRange(h, 2 * kPage, 2 * kPage), old_pages);
+  Bytes lost_page(kPage);
+  EXPECT_FALSE(fs_->Read(h, kPage, lost_page).ok()) << "the lost page reads as an error";
+  WriteAt(h, kPage, page);  // whole: readable again
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  Bytes want = old;
+  std::copy(page.begin(), page.end(), want.begin() + kPage);
+  ExpectWholeFile(h, want, 0);
+  fs_->Release(h);
+}
+
+// A truncate into a chunk staged in part that fails (staging full) leaves what it did not
+// reach as it was: the chunk's old bytes past the size asked for still read as before (the
+// staged page its zeroing cut reads as an error until it is written whole, as before page
+// staging), and nothing of it is committed.
+TEST_F(FileServerTest, AFailedTruncateIntoAChunkStagedInPartKeepsTheOldBytes) {
+  constexpr std::uint64_t kPage = 4096;
+  const std::uint64_t h = CreateFile("g");
+  Bytes model = Pattern(2 * kCS, 1);
+  WriteAt(h, 0, model);
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  const Bytes page = Pattern(kPage, 2);
+  WriteAt(h, 0, page);
+  WriteAt(h, kCS, page);  // chunk 1 is staged in part, in the second slot
+  std::copy(page.begin(), page.end(), model.begin());
+  std::copy(page.begin(), page.end(), model.begin() + kCS);
+  SetAttrRequest req;
+  req.size = kCS + 1003;
+  auto cut = test::WithFileSizeLimit(kCS, [&] { return fs_->SetAttr(IdOf("/g"), req); });
+  ASSERT_FALSE(cut.ok());
+  EXPECT_EQ(ReadRange(h, 0, kCS), Bytes(model.begin(), model.begin() + kCS));
+  EXPECT_EQ(ReadRange(h, kCS + kPage, kCS - kPage),
+            Bytes(model.begin() + kCS + kPage, model.end()));
+  Bytes cut_page(kPage);
+  EXPECT_FALSE(fs_->Read(h, kCS, cut_page).ok());
+  WriteAt(h, kCS, page);
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  ExpectWholeFile(h, model, 0);
+  fs_->Release(h);
+}
+
+// A write into part of a chunk that is not stored here (and no peer to ask) fails at once,
+// as it did when every such write copied the chunk in: with page staging it would have
+// succeeded and left the failure to the commit, which may hold the namespace lock.
+TEST_F(FileServerTest, AWriteIntoAChunkNotHereFailsAtOnce) {
+  ASSERT_TRUE(StoreBytes("/f", Pattern(kCS, 27)).ok());
+  const InodeId id = IdOf("/f");
+  ASSERT_TRUE(store_->Remove(db_->GetInode(id)->manifest[0]).ok());
+  auto h = fs_->Open(id, O_RDWR);
+  ASSERT_TRUE(h.ok());
+  auto n = fs_->Write(*h, 4096, Pattern(4096, 28));
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), Code::kUnavailable);
+  EXPECT_TRUE(fs_->Flush(*h).ok()) << "nothing was written";
+  fs_->Release(*h);
+}
+
 // Writes in order from a chunk's start go to the chunk store as each chunk fills, before any
 // commit, and bypass staging; the file reads right throughout and commits whole.
 TEST_F(FileServerTest, SequentialWritesStoreEachChunkAsItFills) {
