@@ -111,6 +111,22 @@ class FileServerTest : public ::testing::Test {
                                   all.begin());
   }
 
+  // Creates /`name` holding `content`, committed; returns its open handle.
+  std::uint64_t CommittedFile(std::string_view name, const Bytes& content) {
+    const std::uint64_t h = CreateFile(name);
+    WriteAt(h, 0, content);
+    EXPECT_TRUE(fs_->Flush(h).ok());
+    return h;
+  }
+
+  // Closes `h`, then reads `path` back whole through the path API: it must be `model`.
+  void ExpectClosedAs(std::uint64_t h, std::string_view path, const Bytes& model) {
+    fs_->Release(h);
+    auto got = GetBytes(path);
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    EXPECT_TRUE(*got == model);
+  }
+
   void WriteAt(std::uint64_t h, std::uint64_t off, ByteSpan data) {
     auto n = fs_->Write(h, off, data);
     ASSERT_TRUE(n.ok()) << n.status().message();
@@ -378,12 +394,10 @@ TEST_P(FileServerPageModelTest, SmallWritesIntoCommittedChunksMatchAModel) {
   auto pick = [&](std::uint64_t lo, std::uint64_t hi) {
     return std::uniform_int_distribution<std::uint64_t>(lo, hi)(rng);
   };
-  std::uint64_t h = CreateFile("pages");
-  const InodeId id = IdOf("/pages");
   // 3.5 chunks, committed: the old chunks the writes below land in (the last one short).
   Bytes model = Pattern(static_cast<std::size_t>(3 * kCS + kCS / 2 + 100), 1);
-  WriteAt(h, 0, model);
-  ASSERT_TRUE(fs_->Flush(h).ok());
+  std::uint64_t h = CommittedFile("pages", model);
+  const InodeId id = IdOf("/pages");
   std::uint32_t seed = 100;
   auto check_all = [&](int step) { ExpectWholeFile(h, model, step); };
 
@@ -469,10 +483,7 @@ TEST_P(FileServerPageModelTest, SmallWritesIntoCommittedChunksMatchAModel) {
     if (step % 20 == 0) check_all(step);
   }
   check_all(-1);
-  fs_->Release(h);
-  auto got = GetBytes("/pages");
-  ASSERT_TRUE(got.ok());
-  EXPECT_TRUE(*got == model);
+  ExpectClosedAs(h, "/pages", model);
 }
 
 INSTANTIATE_TEST_SUITE_P(Seeds, FileServerPageModelTest,
@@ -484,10 +495,8 @@ INSTANTIATE_TEST_SUITE_P(Seeds, FileServerPageModelTest,
 // growth, each checked against a model.
 TEST_F(FileServerTest, PageStagingAtTheBoundaries) {
   constexpr std::uint64_t kPage = 4096;
-  const std::uint64_t h = CreateFile("b");
   Bytes model = Pattern(static_cast<std::size_t>(2 * kCS + 5000), 1);
-  WriteAt(h, 0, model);
-  ASSERT_TRUE(fs_->Flush(h).ok());
+  const std::uint64_t h = CommittedFile("b", model);
   std::uint32_t seed = 10;
   auto write = [&](std::uint64_t off, std::size_t len) {
     const Bytes d = Pattern(len, ++seed);
@@ -522,20 +531,15 @@ TEST_F(FileServerTest, PageStagingAtTheBoundaries) {
   write(2 * kCS + 8000, 1);
   ASSERT_TRUE(fs_->Flush(h).ok());
   ExpectWholeFile(h, model, 103);
-  fs_->Release(h);
-  auto got = GetBytes("/b");
-  ASSERT_TRUE(got.ok());
-  EXPECT_TRUE(*got == model);
+  ExpectClosedAs(h, "/b", model);
 }
 
 // Every page of a chunk written one at a time, in reverse: the chunk ends up wholly in
 // staging (an ordinary dirty chunk), reads right on the way and commits whole.
 TEST_F(FileServerTest, AChunkWrittenPageByPageEndsWhollyStaged) {
   constexpr std::uint64_t kPage = 4096;
-  const std::uint64_t h = CreateFile("p");
   Bytes model = Pattern(static_cast<std::size_t>(kCS + 10), 1);
-  WriteAt(h, 0, model);
-  ASSERT_TRUE(fs_->Flush(h).ok());
+  const std::uint64_t h = CommittedFile("p", model);
   for (std::uint64_t page = kCS / kPage; page-- > 0;) {
     const Bytes d = Pattern(kPage, static_cast<std::uint32_t>(page + 2));
     WriteAt(h, page * kPage, d);
@@ -544,10 +548,7 @@ TEST_F(FileServerTest, AChunkWrittenPageByPageEndsWhollyStaged) {
   }
   ASSERT_TRUE(fs_->Flush(h).ok());
   ExpectWholeFile(h, model, -1);
-  fs_->Release(h);
-  auto got = GetBytes("/p");
-  ASSERT_TRUE(got.ok());
-  EXPECT_TRUE(*got == model);
+  ExpectClosedAs(h, "/p", model);
 }
 
 // A write into a chunk staged in part that fails before it writes (it cannot read the page
@@ -555,10 +556,8 @@ TEST_F(FileServerTest, AChunkWrittenPageByPageEndsWhollyStaged) {
 // chunk's: they read, and commit, as the old bytes, never as zeros.
 TEST_F(FileServerTest, AFailedWriteIntoAChunkStagedInPartLeavesTheOldBytes) {
   constexpr std::uint64_t kPage = 4096;
-  const std::uint64_t h = CreateFile("f");
   const Bytes old = Pattern(kCS, 1);
-  WriteAt(h, 0, old);
-  ASSERT_TRUE(fs_->Flush(h).ok());
+  const std::uint64_t h = CommittedFile("f", old);
   const Bytes page = Pattern(kPage, 2);
   WriteAt(h, kPage, page);  // page 1 staged
   // Staging may not grow past its first page: rewriting page 1 fails, and page 1 is lost.
@@ -585,10 +584,8 @@ TEST_F(FileServerTest, AFailedWriteIntoAChunkStagedInPartLeavesTheOldBytes) {
 // staging), and nothing of it is committed.
 TEST_F(FileServerTest, AFailedTruncateIntoAChunkStagedInPartKeepsTheOldBytes) {
   constexpr std::uint64_t kPage = 4096;
-  const std::uint64_t h = CreateFile("g");
   Bytes model = Pattern(2 * kCS, 1);
-  WriteAt(h, 0, model);
-  ASSERT_TRUE(fs_->Flush(h).ok());
+  const std::uint64_t h = CommittedFile("g", model);
   const Bytes page = Pattern(kPage, 2);
   WriteAt(h, 0, page);
   WriteAt(h, kCS, page);  // chunk 1 is staged in part, in the second slot
