@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -110,6 +111,33 @@ TEST_F(LimitsTest, WritesUpToTheLargestSizeAndEfbigPastIt) {
   ASSERT_TRUE(ha.ok());
   EXPECT_EQ(ToErrno(fs_->Write(*ha, 0, five).status()), EFBIG);
   fs_->Release(*ha);
+  fs_->Release(h);
+}
+
+// The last chunk of the largest file, committed, then written in part (page staging): its
+// first byte, its last page whole, its last byte, and a write across the limit (short), each
+// read back before and after the commit.
+TEST_F(LimitsTest, PagesOfTheLastChunkOfTheLargestFile) {
+  constexpr std::uint64_t kChunk = cas::kChunkSize;
+  const std::uint64_t h = Create("f");
+  Bytes model = test::Pattern(kChunk, 7);
+  const std::uint64_t start = kMax - kChunk;
+  ASSERT_TRUE(fs_->Write(h, start, model).ok());
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  auto put = [&](std::uint64_t off, const Bytes& data, std::size_t want) {
+    auto n = fs_->Write(h, off, data);
+    ASSERT_TRUE(n.ok()) << n.status().message();
+    ASSERT_EQ(*n, want) << off;
+    std::copy_n(data.begin(), want, model.begin() + static_cast<std::ptrdiff_t>(off - start));
+  };
+  put(start, Bytes{9}, 1);
+  put(kMax - 4096, test::Pattern(4096, 8), 4096);
+  put(kMax - 1, Bytes{10}, 1);
+  put(kMax - 2, Bytes{11, 12, 13, 14, 15}, 2);
+  EXPECT_EQ(Read(h, start, kChunk + 10), model);
+  ASSERT_TRUE(fs_->Flush(h).ok());
+  EXPECT_EQ(Read(h, start, kChunk + 10), model);
+  EXPECT_EQ(db_->GetInode(IdOf("f"))->size, kMax);
   fs_->Release(h);
 }
 
