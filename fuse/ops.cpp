@@ -289,6 +289,13 @@ void Ops::Setattr(Reply& r, fuse_ino_t ino, struct stat* attr, int to_set, fuse_
   }
   // Only where the kernel says so: otherwise it sends the mode change itself.
   req.kill_suidgid = r.Context().kill_suidgid.value_or(false);
+  // A setattr that sets nothing is a chown naming neither owner nor group (chown(path, -1,
+  // -1)): utimensat with both times omitted never leaves the kernel. Linux clears setuid, and
+  // setgid where group-executable, there too (the POSIX model test found a 04050 file kept it).
+  constexpr int kSetsSomething = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
+                                 FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
+                                 FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW;
+  if (!(to_set & kSetsSomething)) req.kill_suidgid = true;
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
   if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
