@@ -16,6 +16,7 @@
 
 #include "base/mutex.h"
 #include "fuse/kernel_io.h"
+#include "fuse/request_reader.h"
 #include "fuse/ops.h"
 #include "fuse/reply.h"
 
@@ -137,6 +138,8 @@ struct FuseFs::Impl {
   Ops ops;       // the handlers and their shared state (directory snapshots, kernel-cache record)
   KernelIo kio;  // /dev/fuse reads and writes (the INIT flags libfuse does not negotiate)
   fuse_session* se = nullptr;
+  // One worker reads requests at a time and polls before it sleeps (request_reader.h).
+  RequestReader reader{{}, [this] { return se && fuse_session_exited(se) != 0; }};
   bool mounted = false;
   std::string mountpoint;
 
@@ -330,12 +333,15 @@ Status FuseFs::Mount(const MountOptions& options) {
       .splice_receive = nullptr,
       .splice_send = nullptr,
   };
+  impl_->kio.SetReader(&impl_->reader);
   if (int rc = fuse_session_custom_io(impl_->se, &kIo, fuse_session_fd(impl_->se)); rc != 0) {
     return Err(Code::kIOError, "cannot set up the FUSE session's I/O on {}: error {}",
                impl_->mountpoint, rc);
   }
   return Ok();
 }
+
+RequestReader::Counters FuseFs::ReaderCounters() const { return impl_->reader.counters(); }
 
 void FuseFs::InstallSignalHandlers() { fuse_set_signal_handlers(impl_->se); }
 

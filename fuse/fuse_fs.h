@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "fuse/request_reader.h"
 #include "server/file_server.h"
 
 namespace foreverfs::fuse {
@@ -72,6 +73,8 @@ class FuseFs {
   using VirtualXattr =
       std::function<std::optional<Result<Bytes>>(std::uint64_t ino, std::string_view name)>;
   void SetVirtualXattr(VirtualXattr fn);
+  // How the workers have taken requests from the kernel (fuse/request_reader.h). Any thread.
+  RequestReader::Counters ReaderCounters() const;
   // Queues kernel cache invalidations for records a peer changed. Any thread.
   void Invalidate(const server::ChangeSet& changes);
 

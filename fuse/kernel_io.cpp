@@ -1,5 +1,7 @@
 #include "fuse/kernel_io.h"
 
+#include "fuse/request_reader.h"
+
 #include <linux/fuse.h>
 #include <unistd.h>
 
@@ -89,7 +91,7 @@ bool KernelIo::PatchInitReply(const struct iovec* iov, int count, struct iovec* 
 bool KernelIo::ThisRequestKills() { return t_request_kills; }
 
 ssize_t KernelIo::Read(int fd, void* buf, std::size_t len) {
-  const ssize_t n = ::read(fd, buf, len);
+  const ssize_t n = reader_ ? reader_->Read(fd, buf, len) : ::read(fd, buf, len);
   if (n > 0) NoteRequest(buf, static_cast<std::size_t>(n));
   return n;  // errno as read left it, which libfuse reads next
 }

@@ -25,6 +25,8 @@
 
 namespace foreverfs::fuse {
 
+class RequestReader;
+
 // With the flag taken the kernel stops probing security.capability before every write and
 // leaves clearing setuid/setgid to the daemon: on write and truncate by its per-request mark,
 // on every chown of anything but a directory (FileServer::SetAttr). Off, the kernel clears
@@ -53,8 +55,10 @@ class KernelIo {
   // The kill mark of the request this thread last read (false for any other opcode).
   static bool ThisRequestKills();
 
-  // What libfuse's read and writev hooks do: read(2) and writev(2) on /dev/fuse, seen.
+  // What libfuse's read and writev hooks do: read(2) (through `reader` once one is set) and
+  // writev(2) on /dev/fuse, seen.
   ssize_t Read(int fd, void* buf, std::size_t len);
+  void SetReader(RequestReader* reader) { reader_ = reader; }
   ssize_t Writev(int fd, const struct iovec* iov, int count);
 
  private:
@@ -62,6 +66,7 @@ class KernelIo {
   std::atomic<std::uint64_t> init_unique_{0};
   std::atomic<bool> kernel_offers_v2_{false};
   std::atomic<bool> killpriv_v2_{false};
+  RequestReader* reader_ = nullptr;  // set before the loop starts
 };
 
 }  // namespace foreverfs::fuse

@@ -1,0 +1,199 @@
+#include "fuse/request_reader.h"
+
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+namespace foreverfs::fuse {
+
+RequestReader::RequestReader(Options options, std::function<bool()> exited)
+    : options_(options), exited_(std::move(exited)) {
+  timer_fd_ = ::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  usable_ = timer_fd_ >= 0 && wake_fd_ >= 0 && ::sem_init(&followers_, 0, 0) == 0;
+}
+
+RequestReader::~RequestReader() {
+  if (usable_) ::sem_destroy(&followers_);
+  if (timer_fd_ >= 0) ::close(timer_fd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+RequestReader::Counters RequestReader::counters() const {
+  return {polled_.load(std::memory_order_relaxed), slept_.load(std::memory_order_relaxed),
+          takeovers_.load(std::memory_order_relaxed), handoffs_.load(std::memory_order_relaxed)};
+}
+
+void RequestReader::SetTicking(bool on) {
+  if (ticking_ == on) return;
+  itimerspec t{};
+  if (on) {
+    const auto us = options_.tick.count();
+    t.it_value.tv_sec = t.it_interval.tv_sec = static_cast<time_t>(us / 1000000);
+    t.it_value.tv_nsec = t.it_interval.tv_nsec = static_cast<long>(us % 1000000) * 1000;
+  }
+  // Cannot fail with a valid descriptor and value. If it did, ticking_ stays as it was: a
+  // timer left off lets a slow handler hold the next request until it returns (as a
+  // single-threaded loop would); one left on costs a wake-up per tick.
+  if (::timerfd_settime(timer_fd_, 0, &t, nullptr) == 0) ticking_ = on;
+}
+
+bool RequestReader::Heavy(const void* buf, std::size_t n) const {
+  fuse_in_header h;
+  if (n < sizeof(h)) return false;
+  std::memcpy(&h, buf, sizeof(h));
+  if (h.opcode == FUSE_FSYNC || h.opcode == FUSE_FSYNCDIR) return true;
+  if (h.opcode != FUSE_READ || n < sizeof(h) + sizeof(fuse_read_in)) return false;
+  fuse_read_in in;
+  std::memcpy(&in, static_cast<const std::uint8_t*>(buf) + sizeof(h), sizeof(in));
+  return in.size > options_.heavy_read;
+}
+
+ssize_t RequestReader::Read(int fd, void* buf, std::size_t len) {
+  if (!usable_) return ::read(fd, buf, len);
+  for (;;) {
+    if (!leader_.exchange(true, std::memory_order_acq_rel)) {
+      const ssize_t n = Lead(fd, buf, len);
+      const int err = errno;
+      if (n > 0) taken_.fetch_add(1, std::memory_order_release);
+      leader_.store(false, std::memory_order_release);
+      // Its handler may be slow: somebody must be the standby. There is none after the standby
+      // took over (it leads now) or was ended by a signal: a follower is woken to be it.
+      if (n > 0 && !standby_.load() &&
+          waiting_.load() > 0) {
+        ::sem_post(&followers_);
+      }
+      if (n > 0 && Heavy(buf, static_cast<std::size_t>(n))) {
+        handoffs_.fetch_add(1, std::memory_order_relaxed);
+        const std::uint64_t one = 1;
+        (void)!::write(wake_fd_, &one, sizeof(one));  // only fails when already signalled
+      }
+      errno = err;
+      return n;
+    }
+    if (!standby_.exchange(true)) {
+      const int r = Standby();
+      const int err = errno;
+      // A follower becomes the next standby when this thread, or another, takes a request.
+      standby_.store(false);
+      if (r != 0) {
+        errno = err;
+        return -1;
+      }
+      continue;
+    }
+    waiting_.fetch_add(1);
+    int r = 0;
+    // Posted when a request is taken and there is no standby; a standby that left before
+    // this thread counted itself is seen here, so no post is missed.
+    if (standby_.load()) r = ::sem_wait(&followers_);
+    const int err = errno;
+    waiting_.fetch_sub(1);
+    if (r != 0) {
+      errno = err;  // EINTR: a signal; libfuse looks whether the session ended
+      return -1;
+    }
+  }
+}
+
+int RequestReader::Standby() {
+  std::uint64_t seen = 0;
+  bool was_free = false;
+  for (;;) {
+    pollfd fds[2] = {{timer_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) return -1;
+    std::uint64_t count = 0;
+    if (fds[1].revents & POLLIN) {
+      (void)!::read(wake_fd_, &count, sizeof(count));
+      return 0;  // a heavy request: lead while its handler runs
+    }
+    if (!(fds[0].revents & POLLIN) || ::read(timer_fd_, &count, sizeof(count)) < 0) continue;
+    {
+      MutexLock lock(timer_mu_);
+      if (leader_asleep_) {  // the burst is over: no ticks until the leader wakes
+        SetTicking(false);
+        was_free = false;
+        continue;
+      }
+    }
+    if (leader_.load(std::memory_order_acquire)) {
+      was_free = false;  // somebody reads
+      continue;
+    }
+    // Nobody reads: a handler runs. Take over if no request was taken since the last tick,
+    // which found the slot free too.
+    const std::uint64_t now = taken_.load(std::memory_order_acquire);
+    if (was_free && now == seen) {
+      takeovers_.fetch_add(1, std::memory_order_relaxed);
+      return 0;
+    }
+    was_free = true;
+    seen = now;
+  }
+}
+
+ssize_t RequestReader::Lead(int fd, void* buf, std::size_t len) {
+  if (!nonblocking_.load(std::memory_order_relaxed)) {
+    {
+      MutexLock lock(timer_mu_);
+      SetTicking(true);  // the first burst has not woken the leader from poll(2)
+    }
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+      // Blocking, then: only the leader reads, so requests still come one at a time.
+      const ssize_t n = ::read(fd, buf, len);
+      if (n > 0) slept_.fetch_add(1, std::memory_order_relaxed);
+      return n;
+    }
+    nonblocking_.store(true, std::memory_order_relaxed);
+  }
+  using Clock = std::chrono::steady_clock;
+  auto until = Clock::now() + options_.spin;
+  bool slept = false;
+  for (unsigned i = 1;; ++i) {
+    const ssize_t n = ::read(fd, buf, len);
+    if (n >= 0) {
+      (slept ? slept_ : polled_).fetch_add(1, std::memory_order_relaxed);
+      return n;
+    }
+    if (errno != EAGAIN) return -1;  // ENODEV (unmounted), EINTR, ...
+    if (exited_ && exited_()) {
+      errno = EINTR;
+      return -1;
+    }
+    if (Clock::now() < until) {
+      // Now and then let a thread waiting for this CPU run: often the very caller whose
+      // next request is awaited.
+      if (i % 8 == 0) ::sched_yield();
+      continue;
+    }
+    {
+      MutexLock lock(timer_mu_);
+      leader_asleep_ = true;
+    }
+    pollfd p{fd, POLLIN, 0};
+    const int r = ::poll(&p, 1, -1);
+    const int err = errno;
+    {
+      MutexLock lock(timer_mu_);
+      leader_asleep_ = false;
+      SetTicking(true);  // a burst begins: a slow handler is noticed within two ticks
+    }
+    if (r < 0) {
+      errno = err;  // EINTR: libfuse looks whether the session ended
+      return -1;
+    }
+    slept = true;
+    until = Clock::now() + options_.spin;
+  }
+}
+
+}  // namespace foreverfs::fuse
