@@ -171,6 +171,13 @@ std::string Endpoints::RenderMetricsPage() {
       TryOnEventThread<std::size_t>(
           p_.io, [this] { return p_.replicator.Backlog(); }, std::chrono::milliseconds(1000))
           .value_or(0);
+  if (p_.reader_counters) {
+    const auto c = p_.reader_counters();
+    snap.fuse_requests_polled = c.polled;
+    snap.fuse_requests_slept = c.slept;
+    snap.fuse_reader_takeovers = c.takeovers;
+    snap.fuse_reader_handoffs = c.handoffs;
+  }
   return RenderMetrics(snap, &p_.latency);
 }
 

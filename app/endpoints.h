@@ -22,6 +22,7 @@
 #include <string>
 
 #include "app/control.h"
+#include "fuse/request_reader.h"
 #include "app/metrics.h"
 #include "app/status.h"
 #include "net/tcp_transport.h"
@@ -68,6 +69,8 @@ struct NodeParts {
   std::string listen;  // the address peers dial this node at
   int replicas = 0;
   std::chrono::nanoseconds tombstone_grace{0};
+  // How the FUSE workers took requests; empty where there is no mount (tests).
+  std::function<fuse::RequestReader::Counters()> reader_counters;
 };
 
 class Endpoints {

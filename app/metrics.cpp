@@ -60,6 +60,20 @@ std::string RenderMetrics(const MetricsSnapshot& m, const OpLatency* latency) {
         m.peers_connected);
   Gauge(out, "foreverfs_replication_backlog", "Chunks queued or in flight to fetch from peers.",
         "gauge", m.replication_backlog);
+  out += "# HELP foreverfs_fuse_requests_total FUSE requests read from the kernel, by whether "
+         "the reader found them while polling or woke up for them.\n"
+         "# TYPE foreverfs_fuse_requests_total counter\n";
+  out += fmt::format("foreverfs_fuse_requests_total{{read=\"polling\"}} {}\n",
+                     m.fuse_requests_polled);
+  out += fmt::format("foreverfs_fuse_requests_total{{read=\"after_sleep\"}} {}\n",
+                     m.fuse_requests_slept);
+  Gauge(out, "foreverfs_fuse_reader_takeovers_total",
+        "Times a slow request handler kept the next request waiting and another thread took "
+        "over reading.",
+        "counter", m.fuse_reader_takeovers);
+  Gauge(out, "foreverfs_fuse_reader_handoffs_total",
+        "Requests slow by their kind (large reads, fsync) that woke another thread to read on.",
+        "counter", m.fuse_reader_handoffs);
   if (latency) {
     constexpr const char* kName = "foreverfs_fuse_op_duration_seconds";
     out += fmt::format("# HELP {} Time the FUSE request handler took, by operation.\n", kName);

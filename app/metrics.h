@@ -79,6 +79,11 @@ struct MetricsSnapshot {
   std::uint64_t bytes_received = 0;
   std::uint64_t peers_connected = 0;
   std::uint64_t replication_backlog = 0;
+  // How FUSE requests were taken from the kernel (fuse/request_reader.h).
+  std::uint64_t fuse_requests_polled = 0;
+  std::uint64_t fuse_requests_slept = 0;
+  std::uint64_t fuse_reader_takeovers = 0;
+  std::uint64_t fuse_reader_handoffs = 0;
 };
 
 // The whole /metrics page.

@@ -143,7 +143,8 @@ Status Node::Start() {
   endpoints_ = std::make_unique<Endpoints>(NodeParts{
       *files_, *replicator_, *transport_, *io_, *maintenance_, *usage_, *latency_, data,
       transport_->AdvertisedAddr(), config_.replicas,
-      std::chrono::nanoseconds(static_cast<std::int64_t>(config_.tombstone_grace_s * 1e9))});
+      std::chrono::nanoseconds(static_cast<std::int64_t>(config_.tombstone_grace_s * 1e9)),
+      [f = fuse_.get()] { return f->ReaderCounters(); }});
   // Rendered on the metrics server's workers, which it starts only once the loop runs.
   if (auto s = endpoints_->BindMetrics(config_.metrics); !s.ok()) return s;
   files_->SetOnRemoteChange([f = fuse_.get()](const server::ChangeSet& cs) { f->Invalidate(cs); });

@@ -56,7 +56,7 @@ TEST(AppMetricsTest, PageHasEveryMetricInTextFormat) {
   lat.Observe(1, 2ms);
   lat.Observe(1, 30ms);
   lat.Observe(7, 1ms);  // unknown op: ignored
-  MetricsSnapshot m{1048576, 3, 1000, 2000, 2, 5};
+  MetricsSnapshot m{1048576, 3, 1000, 2000, 2, 5, 120302, 4147, 18, 7};
   const std::string page = RenderMetrics(m, &lat);
   for (const char* line : {
            "# TYPE foreverfs_bytes_stored gauge\nforeverfs_bytes_stored 1048576\n",
@@ -65,6 +65,13 @@ TEST(AppMetricsTest, PageHasEveryMetricInTextFormat) {
            "# TYPE foreverfs_bytes_received_total counter\nforeverfs_bytes_received_total 2000\n",
            "foreverfs_peers_connected 2\n",
            "foreverfs_replication_backlog 5\n",
+           "# TYPE foreverfs_fuse_requests_total counter\n",
+           "foreverfs_fuse_requests_total{read=\"polling\"} 120302\n",
+           "foreverfs_fuse_requests_total{read=\"after_sleep\"} 4147\n",
+           "# TYPE foreverfs_fuse_reader_takeovers_total counter\n"
+           "foreverfs_fuse_reader_takeovers_total 18\n",
+           "# TYPE foreverfs_fuse_reader_handoffs_total counter\n"
+           "foreverfs_fuse_reader_handoffs_total 7\n",
            "# TYPE foreverfs_fuse_op_duration_seconds histogram\n",
            "foreverfs_fuse_op_duration_seconds_bucket{op=\"read\",le=\"0.001\"} 0\n",
            "foreverfs_fuse_op_duration_seconds_bucket{op=\"read\",le=\"0.0025\"} 1\n",
