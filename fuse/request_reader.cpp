@@ -8,6 +8,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -50,11 +51,43 @@ bool RequestReader::Heavy(const void* buf, std::size_t n) const {
   fuse_in_header h;
   if (n < sizeof(h)) return false;
   std::memcpy(&h, buf, sizeof(h));
-  if (h.opcode == FUSE_FSYNC || h.opcode == FUSE_FSYNCDIR) return true;
-  if (h.opcode != FUSE_READ || n < sizeof(h) + sizeof(fuse_read_in)) return false;
-  fuse_read_in in;
-  std::memcpy(&in, static_cast<const std::uint8_t*>(buf) + sizeof(h), sizeof(in));
-  return in.size > options_.heavy_read;
+  const auto* arg = static_cast<const std::uint8_t*>(buf) + sizeof(h);
+  switch (h.opcode) {
+    case FUSE_FSYNC:
+    case FUSE_FSYNCDIR:
+      return true;
+    case FUSE_READ: {
+      fuse_read_in in;
+      if (n < sizeof(h) + sizeof(in)) return false;
+      std::memcpy(&in, arg, sizeof(in));
+      return in.size > options_.heavy_bytes;
+    }
+    case FUSE_WRITE: {
+      fuse_write_in in;
+      if (n < sizeof(h) + sizeof(in)) return false;
+      std::memcpy(&in, arg, sizeof(in));
+      return in.size > options_.heavy_bytes;
+    }
+    default:
+      return false;
+  }
+}
+
+bool RequestReader::Queued(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & POLLIN) != 0;
+}
+
+RequestReader::State RequestReader::state() const {
+  State st;
+  st.leading = leader_.load();
+  st.standby = standby_.load();
+  st.waiting = waiting_.load();
+  st.spin_misses = spin_misses_.load(std::memory_order_relaxed);
+  MutexLock lock(timer_mu_);
+  st.asleep = leader_asleep_;
+  st.ticking = ticking_;
+  return st;
 }
 
 ssize_t RequestReader::Read(int fd, void* buf, std::size_t len) {
@@ -65,16 +98,17 @@ ssize_t RequestReader::Read(int fd, void* buf, std::size_t len) {
       const int err = errno;
       if (n > 0) taken_.fetch_add(1, std::memory_order_release);
       leader_.store(false, std::memory_order_release);
-      // Its handler may be slow: somebody must be the standby. There is none after the standby
-      // took over (it leads now) or was ended by a signal: a follower is woken to be it.
-      if (n > 0 && !standby_.load() &&
-          waiting_.load() > 0) {
-        ::sem_post(&followers_);
-      }
-      if (n > 0 && Heavy(buf, static_cast<std::size_t>(n))) {
-        handoffs_.fetch_add(1, std::memory_order_relaxed);
-        const std::uint64_t one = 1;
-        (void)!::write(wake_fd_, &one, sizeof(one));  // only fails when already signalled
+      if (n > 0) {
+        // Its handler may be slow: somebody must be the standby. There is none after the
+        // standby took over (it leads now) or was ended by a signal: a follower is woken.
+        if (!standby_.load() && waiting_.load() > 0) ::sem_post(&followers_);
+        const bool heavy = Heavy(buf, static_cast<std::size_t>(n));
+        last_heavy_.store(heavy, std::memory_order_relaxed);
+        if (heavy || Queued(fd)) {
+          handoffs_.fetch_add(1, std::memory_order_relaxed);
+          const std::uint64_t one = 1;
+          (void)!::write(wake_fd_, &one, sizeof(one));  // only fails when already signalled
+        }
       }
       errno = err;
       return n;
@@ -105,15 +139,15 @@ ssize_t RequestReader::Read(int fd, void* buf, std::size_t len) {
 }
 
 int RequestReader::Standby() {
-  std::uint64_t seen = 0;
   bool was_free = false;
+  std::uint64_t seen = 0;
   for (;;) {
     pollfd fds[2] = {{timer_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
     if (::poll(fds, 2, -1) < 0) return -1;
     std::uint64_t count = 0;
     if (fds[1].revents & POLLIN) {
       (void)!::read(wake_fd_, &count, sizeof(count));
-      return 0;  // a heavy request: lead while its handler runs
+      return 0;  // a heavy request, or one queued behind another: lead while it is handled
     }
     if (!(fds[0].revents & POLLIN) || ::read(timer_fd_, &count, sizeof(count)) < 0) continue;
     {
@@ -125,42 +159,79 @@ int RequestReader::Standby() {
       }
     }
     if (leader_.load(std::memory_order_acquire)) {
-      was_free = false;  // somebody reads
+      was_free = false;
       continue;
     }
-    // Nobody reads: a handler runs. Take over if no request was taken since the last tick,
-    // which found the slot free too.
-    const std::uint64_t now = taken_.load(std::memory_order_acquire);
-    if (was_free && now == seen) {
+    // Nobody reads (a handler runs). Read if a request waits; lead anyway if nobody has read
+    // since the last tick either (the leader's thread may have ended after its handler, as
+    // libfuse ends idle workers: somebody must sleep in poll(2) for the ticks to stop).
+    const int device = device_.load(std::memory_order_acquire);
+    const std::uint64_t taken = taken_.load(std::memory_order_acquire);
+    if ((device >= 0 && Queued(device)) || (was_free && taken == seen)) {
       takeovers_.fetch_add(1, std::memory_order_relaxed);
       return 0;
     }
     was_free = true;
-    seen = now;
+    seen = taken;
   }
 }
 
+ssize_t RequestReader::Sleep(int fd, void* buf, std::size_t len, bool blocking) {
+  {
+    MutexLock lock(timer_mu_);
+    leader_asleep_ = true;
+    // With a standby its next tick stops the timer (one call per burst, not per sleep);
+    // without one (it took over, or a signal ended it) nobody would.
+    if (!standby_.load()) SetTicking(false);
+  }
+  ssize_t r;
+  if (blocking) {
+    r = ::read(fd, buf, len);
+  } else {
+    pollfd p{fd, POLLIN, 0};
+    r = ::poll(&p, 1, -1);
+  }
+  const int err = errno;
+  {
+    MutexLock lock(timer_mu_);
+    leader_asleep_ = false;
+    SetTicking(true);  // a burst begins: a request that waits behind a handler is seen
+  }
+  errno = err;
+  return r;
+}
+
 ssize_t RequestReader::Lead(int fd, void* buf, std::size_t len) {
-  if (!nonblocking_.load(std::memory_order_relaxed)) {
+  if (!set_up_.load(std::memory_order_relaxed)) {
     {
       MutexLock lock(timer_mu_);
       SetTicking(true);  // the first burst has not woken the leader from poll(2)
     }
     const int flags = ::fcntl(fd, F_GETFL);
     if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
-      // Blocking, then: only the leader reads, so requests still come one at a time.
-      const ssize_t n = ::read(fd, buf, len);
-      if (n > 0) slept_.fetch_add(1, std::memory_order_relaxed);
-      return n;
+      blocking_.store(true, std::memory_order_relaxed);  // only the leader reads, blocking
     }
-    nonblocking_.store(true, std::memory_order_relaxed);
+    device_.store(fd, std::memory_order_release);
+    set_up_.store(true, std::memory_order_relaxed);
+  }
+  if (blocking_.load(std::memory_order_relaxed)) {
+    const ssize_t n = Sleep(fd, buf, len, /*blocking=*/true);
+    if (n > 0) slept_.fetch_add(1, std::memory_order_relaxed);
+    return n;
   }
   using Clock = std::chrono::steady_clock;
-  auto until = Clock::now() + options_.spin;
+  const int misses = spin_misses_.load(std::memory_order_relaxed);
+  // No polling after a large request: its caller (cp, dd, read-ahead) takes longer than a
+  // spin to come back, and the CPU is better left to the chunk workers.
+  const auto spin = misses < options_.spin_misses && !last_heavy_.load(std::memory_order_relaxed)
+                        ? options_.spin
+                        : std::chrono::microseconds{0};
+  auto until = Clock::now() + spin;
   bool slept = false;
   for (unsigned i = 1;; ++i) {
     const ssize_t n = ::read(fd, buf, len);
     if (n >= 0) {
+      if (!slept) spin_misses_.store(0, std::memory_order_relaxed);
       (slept ? slept_ : polled_).fetch_add(1, std::memory_order_relaxed);
       return n;
     }
@@ -169,30 +240,21 @@ ssize_t RequestReader::Lead(int fd, void* buf, std::size_t len) {
       errno = EINTR;
       return -1;
     }
-    if (Clock::now() < until) {
+    const auto now = Clock::now();
+    if (now < until) {
       // Now and then let a thread waiting for this CPU run: often the very caller whose
       // next request is awaited.
       if (i % 8 == 0) ::sched_yield();
       continue;
     }
-    {
-      MutexLock lock(timer_mu_);
-      leader_asleep_ = true;
+    if (spin.count() > 0 && !slept) {
+      spin_misses_.store(std::min(misses + 1, options_.spin_misses), std::memory_order_relaxed);
     }
-    pollfd p{fd, POLLIN, 0};
-    const int r = ::poll(&p, 1, -1);
-    const int err = errno;
-    {
-      MutexLock lock(timer_mu_);
-      leader_asleep_ = false;
-      SetTicking(true);  // a burst begins: a slow handler is noticed within two ticks
-    }
-    if (r < 0) {
-      errno = err;  // EINTR: libfuse looks whether the session ended
-      return -1;
-    }
+    if (Sleep(fd, buf, len, /*blocking=*/false) < 0) return -1;  // EINTR: libfuse looks
+    // A request that came within two spins of the sleep: polling would have served it.
+    if (Clock::now() - now < 2 * options_.spin) spin_misses_.store(0, std::memory_order_relaxed);
     slept = true;
-    until = Clock::now() + options_.spin;
+    until = Clock::now() + spin;
   }
 }
 

@@ -28,18 +28,25 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// A request as the kernel frames it: the header, then (for a read) its fuse_read_in.
+// A request as the kernel frames it: the header, then (for a read or a write given a size)
+// its fuse_read_in or fuse_write_in.
 std::vector<std::uint8_t> Request(std::uint32_t opcode, std::uint64_t unique,
-                                  std::optional<std::uint32_t> read_size = std::nullopt) {
+                                  std::optional<std::uint32_t> size = std::nullopt) {
   fuse_in_header h{};
   h.opcode = opcode;
   h.unique = unique;
-  h.len = static_cast<std::uint32_t>(sizeof(h) + (read_size ? sizeof(fuse_read_in) : 0));
+  const bool write = opcode == FUSE_WRITE;
+  h.len = static_cast<std::uint32_t>(
+      sizeof(h) + (size ? (write ? sizeof(fuse_write_in) : sizeof(fuse_read_in)) : 0));
   std::vector<std::uint8_t> m(h.len, 0);
   std::memcpy(m.data(), &h, sizeof(h));
-  if (read_size) {
+  if (size && write) {
+    fuse_write_in in{};
+    in.size = *size;
+    std::memcpy(m.data() + sizeof(h), &in, sizeof(in));
+  } else if (size) {
     fuse_read_in in{};
-    in.size = *read_size;
+    in.size = *size;
     std::memcpy(m.data() + sizeof(h), &in, sizeof(in));
   }
   return m;
@@ -68,11 +75,19 @@ class Workers {
     threads_.clear();
   }
   int errors() const { return errors_.load(); }
-  // Waits until every thread has called Read once, and a little more so that each is
-  // inside it: a thread that came later would find the reading slot free and lead.
+  // Waits until every thread is inside Read in its role, with nothing to read: the leader
+  // asleep in poll(2), the standby, and the rest on the semaphore. A thread that came later
+  // would find the reading slot free and lead.
   void WaitStarted() {
-    while (started_.load() < threads_.size()) std::this_thread::sleep_for(1ms);
-    std::this_thread::sleep_for(50ms);
+    const int followers = static_cast<int>(threads_.size()) - 2;
+    while (true) {
+      const auto st = reader_.state();
+      if (started_.load() == threads_.size() && st.leading && st.asleep && st.standby &&
+          st.waiting == followers) {
+        return;
+      }
+      std::this_thread::sleep_for(1ms);
+    }
   }
 
  private:
@@ -183,7 +198,8 @@ TEST_F(RequestReaderTest, EveryRequestReachesExactlyOneThread) {
   for (std::uint64_t i = 1; i <= kRequests; ++i) ASSERT_EQ(seen.count(i), 1u) << i;
   const auto c = reader.counters();
   EXPECT_EQ(c.polled + c.slept, kRequests);
-  EXPECT_EQ(c.handoffs, kRequests / 50 + kRequests / 77 - kRequests / (50 * 77));
+  // Every large read and fsync, and some requests with another queued behind them.
+  EXPECT_GE(c.handoffs, kRequests / 50 + kRequests / 77 - kRequests / (50 * 77));
 }
 
 TEST_F(RequestReaderTest, SlowHandlersHandTheReadingOverWithinTicks) {
@@ -227,13 +243,13 @@ TEST_F(RequestReaderTest, SlowHandlersHandTheReadingOverWithinTicks) {
 }
 
 // With ticks an hour apart only the kind of request can hand the reading over.
-TEST_F(RequestReaderTest, LargeReadsAndFsyncsHandOverAtOnceOthersKeepTheReading) {
+TEST_F(RequestReaderTest, LargeReadsWritesAndFsyncsHandOverAtOnceOthersKeepTheReading) {
   struct Case {
     std::vector<std::uint8_t> first;
     bool hands_over;
   };
   const RequestReader::Options options{.spin = 50us, .tick = std::chrono::hours(1)};
-  const std::uint32_t limit = options.heavy_read;
+  const std::uint32_t limit = options.heavy_bytes;
   const std::vector<Case> cases = {
       {Request(FUSE_READ, 1, limit + 1), true},
       {Request(FUSE_READ, 1, std::numeric_limits<std::uint32_t>::max()), true},
@@ -242,7 +258,10 @@ TEST_F(RequestReaderTest, LargeReadsAndFsyncsHandOverAtOnceOthersKeepTheReading)
       {Request(FUSE_READ, 1, limit), false},
       {Request(FUSE_READ, 1, 0), false},
       {Request(FUSE_READ, 1), false},  // too short to hold its size: not read as one
-      {Request(FUSE_WRITE, 1), false},
+      {Request(FUSE_WRITE, 1, limit + 1), true},
+      {Request(FUSE_WRITE, 1, 1u << 20), true},
+      {Request(FUSE_WRITE, 1, limit), false},
+      {Request(FUSE_WRITE, 1), false},  // too short to hold its size
       {Request(FUSE_FLUSH, 1), false},
   };
   for (std::size_t i = 0; i < cases.size(); ++i) {
@@ -281,6 +300,78 @@ TEST_F(RequestReaderTest, LargeReadsAndFsyncsHandOverAtOnceOthersKeepTheReading)
   }
 }
 
+// Requests queued together (several programs at once) are handled side by side, as with a
+// thread per request; with ticks an hour apart only the leader's look at the queue can do it.
+TEST_F(RequestReaderTest, RequestsQueuedTogetherAreHandledSideBySide) {
+  RequestReader reader({.spin = 50us, .tick = std::chrono::hours(1)}, {});
+  std::atomic<int> inside{0};
+  std::atomic<int> most{0};
+  std::atomic<int> done{0};
+  Workers workers(reader, device(), 4, [&](std::uint64_t) {
+    const int now = inside.fetch_add(1) + 1;
+    int seen = most.load();
+    while (now > seen && !most.compare_exchange_weak(seen, now)) {
+    }
+    std::this_thread::sleep_for(2ms);  // a disk read, a commit
+    inside.fetch_sub(1);
+    done.fetch_add(1);
+  });
+  workers.WaitStarted();
+  constexpr int kRequests = 20;
+  for (int i = 1; i <= kRequests; ++i) Send(Request(FUSE_GETATTR, static_cast<std::uint64_t>(i)));
+  ASSERT_TRUE(Eventually([&] { return done.load() == kRequests; }));
+  EXPECT_GE(most.load(), 2) << "queued requests were handled one at a time";
+  EXPECT_GE(reader.counters().handoffs, 1u);
+  EXPECT_EQ(reader.counters().takeovers, 0u);
+  workers.Stop();
+}
+
+// A caller slower than the spin between requests: after `spin_misses` spins that found
+// nothing the leader sleeps at once; a request found without sleeping starts it polling again.
+TEST_F(RequestReaderTest, ALeaderStopsPollingForASlowCallerAndStartsAgain) {
+  RequestReader reader({.spin = 50us, .spin_misses = 4, .tick = 1ms}, {});
+  std::uint8_t buf[256];
+  for (int i = 1; i <= 6; ++i) {
+    std::thread late([&] {
+      while (!reader.state().asleep) std::this_thread::sleep_for(1ms);
+      std::this_thread::sleep_for(5ms);  // well after the spin and twice it
+      Send(Request(FUSE_GETATTR, static_cast<std::uint64_t>(i)));
+    });
+    ASSERT_GT(reader.Read(device(), buf, sizeof(buf)), 0);
+    late.join();
+    EXPECT_EQ(reader.state().spin_misses, std::min(i, 4)) << i;
+  }
+  Send(Request(FUSE_GETATTR, 7));
+  Send(Request(FUSE_GETATTR, 8));
+  ASSERT_GT(reader.Read(device(), buf, sizeof(buf)), 0);
+  EXPECT_EQ(reader.state().spin_misses, 0) << "a request found without sleeping";
+  ASSERT_GT(reader.Read(device(), buf, sizeof(buf)), 0);
+  EXPECT_EQ(UniqueOf(buf), 8u);
+  EXPECT_EQ(reader.counters().slept, 6u);
+  EXPECT_EQ(reader.counters().polled, 2u);
+}
+
+TEST_F(RequestReaderTest, AThreadThatEndsAfterItsHandlerIsReplacedAsReader) {
+  RequestReader reader({.spin = 50us, .tick = 1ms}, {});
+  std::atomic<int> handled{0};
+  Workers workers(reader, device(), 2, [&](std::uint64_t unique) {
+    handled.fetch_add(1);
+    if (unique == 1) pthread_exit(nullptr);  // as libfuse ends a worker when many are idle
+  });
+  workers.WaitStarted();
+  Send(Request(FUSE_GETATTR, 1));
+  ASSERT_TRUE(Eventually([&] { return handled.load() == 1; }));
+  // Nothing queued: the standby still takes the reading over, sleeps in poll(2), and the
+  // ticks stop.
+  EXPECT_TRUE(Eventually([&] {
+    const auto st = reader.state();
+    return st.leading && st.asleep && !st.standby && !st.ticking;
+  }));
+  Send(Request(FUSE_GETATTR, 2));
+  EXPECT_TRUE(Eventually([&] { return handled.load() == 2; }));
+  workers.Stop();
+}
+
 TEST_F(RequestReaderTest, CountsRequestsFoundPollingApartFromThoseAfterASleep) {
   RequestReader reader({.spin = 50us, .tick = 1ms}, {});
   std::uint8_t buf[256];
@@ -289,7 +380,7 @@ TEST_F(RequestReaderTest, CountsRequestsFoundPollingApartFromThoseAfterASleep) {
   EXPECT_EQ(UniqueOf(buf), 1u);
   EXPECT_EQ(reader.counters().polled, 1u);
   std::thread late([&] {
-    std::this_thread::sleep_for(200ms);  // the reader has long stopped polling and sleeps
+    while (!reader.state().asleep) std::this_thread::sleep_for(1ms);
     Send(Request(FUSE_GETATTR, 2));
   });
   ASSERT_EQ(reader.Read(device(), buf, sizeof(buf)), static_cast<ssize_t>(sizeof(fuse_in_header)));
@@ -321,6 +412,7 @@ TEST_F(RequestReaderTest, AnIdleReaderSleepsRatherThanSpins) {
   std::this_thread::sleep_for(500ms);
   const double used_ms = cpu() - before;
   EXPECT_LT(used_ms, 100.0) << "threads kept running while no request came: used " << used_ms;
+  EXPECT_FALSE(reader.state().ticking) << "the standby's timer still ticks";
   EXPECT_EQ(got.load(), 1);
   workers.Stop();
 }
