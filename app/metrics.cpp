@@ -72,7 +72,7 @@ std::string RenderMetrics(const MetricsSnapshot& m, const OpLatency* latency) {
         "over reading.",
         "counter", m.fuse_reader_takeovers);
   Gauge(out, "foreverfs_fuse_reader_handoffs_total",
-        "Requests slow by their kind (large reads, fsync) that woke another thread to read on.",
+        "Requests with another queued behind them, which woke another thread to read it.",
         "counter", m.fuse_reader_handoffs);
   if (latency) {
     constexpr const char* kName = "foreverfs_fuse_op_duration_seconds";

@@ -47,30 +47,24 @@ void RequestReader::SetTicking(bool on) {
   if (::timerfd_settime(timer_fd_, 0, &t, nullptr) == 0) ticking_ = on;
 }
 
-bool RequestReader::Heavy(const void* buf, std::size_t n) const {
+bool RequestReader::Large(const void* buf, std::size_t n) const {
   fuse_in_header h;
   if (n < sizeof(h)) return false;
   std::memcpy(&h, buf, sizeof(h));
   const auto* arg = static_cast<const std::uint8_t*>(buf) + sizeof(h);
-  switch (h.opcode) {
-    case FUSE_FSYNC:
-    case FUSE_FSYNCDIR:
-      return true;
-    case FUSE_READ: {
-      fuse_read_in in;
-      if (n < sizeof(h) + sizeof(in)) return false;
-      std::memcpy(&in, arg, sizeof(in));
-      return in.size > options_.heavy_bytes;
-    }
-    case FUSE_WRITE: {
-      fuse_write_in in;
-      if (n < sizeof(h) + sizeof(in)) return false;
-      std::memcpy(&in, arg, sizeof(in));
-      return in.size > options_.heavy_bytes;
-    }
-    default:
-      return false;
+  if (h.opcode == FUSE_READ) {
+    fuse_read_in in;
+    if (n < sizeof(h) + sizeof(in)) return false;
+    std::memcpy(&in, arg, sizeof(in));
+    return in.size > options_.large_bytes;
   }
+  if (h.opcode == FUSE_WRITE) {
+    fuse_write_in in;
+    if (n < sizeof(h) + sizeof(in)) return false;
+    std::memcpy(&in, arg, sizeof(in));
+    return in.size > options_.large_bytes;
+  }
+  return false;
 }
 
 bool RequestReader::Queued(int fd) {
@@ -102,9 +96,12 @@ ssize_t RequestReader::Read(int fd, void* buf, std::size_t len) {
         // Its handler may be slow: somebody must be the standby. There is none after the
         // standby took over (it leads now) or was ended by a signal: a follower is woken.
         if (!standby_.load() && waiting_.load() > 0) ::sem_post(&followers_);
-        const bool heavy = Heavy(buf, static_cast<std::size_t>(n));
-        last_heavy_.store(heavy, std::memory_order_relaxed);
-        if (heavy || Queued(fd)) {
+        last_large_.store(Large(buf, static_cast<std::size_t>(n)), std::memory_order_relaxed);
+        // Another request queued already (another program's, the kernel's read-ahead): the
+        // standby reads it while this one is handled. Not for a large request alone: waking
+        // the standby for each of cp's writes cost more than it saved where the CPU is the
+        // limit; a request that comes during its handler is the next tick's.
+        if (Queued(fd)) {
           handoffs_.fetch_add(1, std::memory_order_relaxed);
           const std::uint64_t one = 1;
           (void)!::write(wake_fd_, &one, sizeof(one));  // only fails when already signalled
@@ -147,7 +144,7 @@ int RequestReader::Standby() {
     std::uint64_t count = 0;
     if (fds[1].revents & POLLIN) {
       (void)!::read(wake_fd_, &count, sizeof(count));
-      return 0;  // a heavy request, or one queued behind another: lead while it is handled
+      return 0;  // a request queued behind the one just read: lead while that is handled
     }
     if (!(fds[0].revents & POLLIN) || ::read(timer_fd_, &count, sizeof(count)) < 0) continue;
     {
@@ -223,7 +220,7 @@ ssize_t RequestReader::Lead(int fd, void* buf, std::size_t len) {
   const int misses = spin_misses_.load(std::memory_order_relaxed);
   // No polling after a large request: its caller (cp, dd, read-ahead) takes longer than a
   // spin to come back, and the CPU is better left to the chunk workers.
-  const auto spin = misses < options_.spin_misses && !last_heavy_.load(std::memory_order_relaxed)
+  const auto spin = misses < options_.spin_misses && !last_large_.load(std::memory_order_relaxed)
                         ? options_.spin
                         : std::chrono::microseconds{0};
   auto until = Clock::now() + spin;

@@ -14,15 +14,14 @@
 //   It polls for `spin` after it became leader, then sleeps in poll(2). When it has a request
 //   it gives up the slot and handles the request itself; back in Read, it usually finds the
 //   slot free and leads again, so a caller's stream of requests is served by one thread and
-//   wakes nobody. A leader whose last `spin_misses` spins all found nothing (a caller slower
-//   than `spin` between requests) sleeps at once instead, until a request is found without
-//   sleeping or comes within two `spin`s of its sleep: polling then only costs CPU.
+//   wakes nobody. After a large request (a read or write of more than `large_bytes`), or
+//   when its last `spin_misses` spins all found nothing (a caller slower than `spin` between
+//   requests), the leader sleeps at once instead, until a request is found without sleeping
+//   or comes within two `spin`s of its sleep: polling then only costs CPU.
 // - Requests must not wait behind a handler while the other threads sleep. Right after it
 //   read one, the leader looks (poll(2) with no timeout) whether another is queued already
-//   (another program's, or the kernel's read-ahead): if so, or if the one it read is slow by
-//   its kind (a read or write of more than `heavy_bytes`, an fsync), it wakes the standby at
-//   once through an eventfd, to lead while its own handler runs, as a thread per request
-//   would.
+//   (another program's, or the kernel's read-ahead): if so it wakes the standby at once
+//   through an eventfd, to lead while its own handler runs, as a thread per request would.
 // - A request that comes while a handler runs and nobody reads is the standby's too: it
 //   sleeps on a timer that ticks every `tick` while requests come (armed when the leader wakes
 //   from poll(2), disarmed at the first tick that finds it asleep there again: no timer is set
@@ -67,16 +66,16 @@ class RequestReader {
     // nobody read waits at most one tick. Below anything a person would notice; rare enough
     // to cost nothing (a wake-up per tick while busy).
     std::chrono::microseconds tick{2000};
-    // A read or write of more than this (the kernel's read-ahead, cp, dd) wakes the standby
-    // at once, and the next leader does not poll: its caller is slower than a spin to come
-    // back (a chunk to hash and seal, a segment to decrypt).
-    std::uint32_t heavy_bytes = 32 * 1024;
+    // After a read or write of more than this (cp, dd, the kernel's read-ahead) the leader
+    // does not poll: its caller is slower than a spin to come back, and the CPU is better
+    // left to the chunk workers.
+    std::uint32_t large_bytes = 32 * 1024;
   };
   struct Counters {
     std::uint64_t polled = 0;     // requests the leader found while polling (no wake-up)
     std::uint64_t slept = 0;      // requests the leader read after sleeping in poll(2)
     std::uint64_t takeovers = 0;  // ticks that found nobody reading (and a request queued)
-    std::uint64_t handoffs = 0;   // requests slow by their kind or with another queued behind
+    std::uint64_t handoffs = 0;   // requests with another queued behind them
   };
   // Who does what now (for tests and diagnostics; a snapshot, not atomic as a whole).
   struct State {
@@ -106,7 +105,7 @@ class RequestReader {
   ssize_t Lead(int fd, void* buf, std::size_t len);
   // Sleeps as the standby until it should lead: 0, or -1 with errno (EINTR).
   int Standby();
-  bool Heavy(const void* buf, std::size_t n) const;
+  bool Large(const void* buf, std::size_t n) const;
   // Whether a request waits in the kernel's queue (poll(2) with no timeout).
   static bool Queued(int fd);
   // The leader's sleep until a request comes: poll(2), or read(2) on a blocking device.
@@ -118,7 +117,7 @@ class RequestReader {
   const Options options_;
   const std::function<bool()> exited_;
   int timer_fd_ = -1;
-  int wake_fd_ = -1;  // eventfd: a heavy request wakes the standby
+  int wake_fd_ = -1;  // eventfd: a request queued behind another wakes the standby
   sem_t followers_{};
   bool usable_ = false;  // timer, eventfd and semaphore made; otherwise plain read(2)
   std::atomic<bool> set_up_{false};  // the first leader made the device non-blocking, or failed
@@ -130,7 +129,7 @@ class RequestReader {
   std::atomic<bool> standby_{false};
   std::atomic<int> waiting_{0};          // threads on the semaphore, or about to be
   std::atomic<int> spin_misses_{0};      // spins in a row that found nothing
-  std::atomic<bool> last_heavy_{false};  // the last request read was heavy
+  std::atomic<bool> last_large_{false};  // the last request read was large
   std::atomic<std::uint64_t> taken_{0};  // requests the leaders have read
   // Whether the timer ticks, and whether the leader sleeps in poll(2). Taken only when the
   // leader goes to sleep or wakes, and at a tick: never per request.
