@@ -60,11 +60,12 @@ std::string RenderMetrics(const MetricsSnapshot& m, const OpLatency* latency) {
         m.peers_connected);
   Gauge(out, "foreverfs_replication_backlog", "Chunks queued or in flight to fetch from peers.",
         "gauge", m.replication_backlog);
-  out += "# HELP foreverfs_fuse_requests_total FUSE requests read from the kernel, by whether "
-         "the reader found them while polling or woke up for them.\n"
-         "# TYPE foreverfs_fuse_requests_total counter\n";
-  out += fmt::format("foreverfs_fuse_requests_total{{read=\"polling\"}} {}\n",
-                     m.fuse_requests_polled);
+  out +=
+      "# HELP foreverfs_fuse_requests_total FUSE requests read from the kernel, by whether "
+      "the reader found them while polling or woke up for them.\n"
+      "# TYPE foreverfs_fuse_requests_total counter\n";
+  out +=
+      fmt::format("foreverfs_fuse_requests_total{{read=\"polling\"}} {}\n", m.fuse_requests_polled);
   out += fmt::format("foreverfs_fuse_requests_total{{read=\"after_sleep\"}} {}\n",
                      m.fuse_requests_slept);
   Gauge(out, "foreverfs_fuse_reader_takeovers_total",

@@ -119,7 +119,7 @@ class RequestReader {
   int timer_fd_ = -1;
   int wake_fd_ = -1;  // eventfd: a request queued behind another wakes the standby
   sem_t followers_{};
-  bool usable_ = false;  // timer, eventfd and semaphore made; otherwise plain read(2)
+  bool usable_ = false;              // timer, eventfd and semaphore made; otherwise plain read(2)
   std::atomic<bool> set_up_{false};  // the first leader made the device non-blocking, or failed
   std::atomic<bool> blocking_{false};
   std::atomic<int> device_{-1};

@@ -1,8 +1,6 @@
 // RequestReader (fuse/request_reader.h) over a SOCK_SEQPACKET socket pair standing in for
 // /dev/fuse: one message per read, EAGAIN when empty and non-blocking, poll(2) as the device.
 // Threads are raw pthreads, ended with pthread_cancel as libfuse's loop ends its workers.
-#include "fuse/request_reader.h"
-
 #include <gtest/gtest.h>
 #include <linux/fuse.h>
 #include <pthread.h>
@@ -22,6 +20,8 @@
 #include <set>
 #include <thread>
 #include <vector>
+
+#include "fuse/request_reader.h"
 
 namespace foreverfs::fuse {
 namespace {
