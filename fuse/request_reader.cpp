@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 namespace foreverfs::fuse {
@@ -47,24 +48,27 @@ void RequestReader::SetTicking(bool on) {
   if (::timerfd_settime(timer_fd_, 0, &t, nullptr) == 0) ticking_ = on;
 }
 
+namespace {
+
+// The size field of a read's or write's argument; nullopt if the request is too short to hold it.
+template <typename T>
+std::optional<std::uint32_t> SizeArg(const void* buf, std::size_t n) {
+  T in;
+  if (n < sizeof(fuse_in_header) + sizeof(in)) return std::nullopt;
+  std::memcpy(&in, static_cast<const std::uint8_t*>(buf) + sizeof(fuse_in_header), sizeof(in));
+  return in.size;
+}
+
+}  // namespace
+
 bool RequestReader::Large(const void* buf, std::size_t n) const {
   fuse_in_header h;
   if (n < sizeof(h)) return false;
   std::memcpy(&h, buf, sizeof(h));
-  const auto* arg = static_cast<const std::uint8_t*>(buf) + sizeof(h);
-  if (h.opcode == FUSE_READ) {
-    fuse_read_in in;
-    if (n < sizeof(h) + sizeof(in)) return false;
-    std::memcpy(&in, arg, sizeof(in));
-    return in.size > options_.large_bytes;
-  }
-  if (h.opcode == FUSE_WRITE) {
-    fuse_write_in in;
-    if (n < sizeof(h) + sizeof(in)) return false;
-    std::memcpy(&in, arg, sizeof(in));
-    return in.size > options_.large_bytes;
-  }
-  return false;
+  const auto size = h.opcode == FUSE_READ    ? SizeArg<fuse_read_in>(buf, n)
+                    : h.opcode == FUSE_WRITE ? SizeArg<fuse_write_in>(buf, n)
+                                             : std::nullopt;
+  return size && *size > options_.large_bytes;
 }
 
 bool RequestReader::Queued(int fd) {
